@@ -1,0 +1,1 @@
+"""seqc backends: one folder each, a renderer plus Jinja2 templates."""

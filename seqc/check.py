@@ -1,0 +1,390 @@
+"""The checker: names, dims, shapes and program order. One public function, `check(spec)`.
+
+It returns a `Checked` spec whose expressions carry their named dims (`expr.dims`) and whose names
+carry what they refer to (`name.ref`), or raises SpecError with ALL errors of the file. A bad
+sub-expression is poisoned (its dims are None) so that it yields one message, not a cascade.
+"""
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, replace
+
+from . import ir
+from .errors import Diagnostic, SpecError, closest
+
+MAX_NAME_LENGTH = 64
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "let", "output", "in",
+                               "inf"})
+IMPLICIT_DIMS = frozenset({"B", "T", "H"})
+RESERVED = LANGUAGE_KEYWORDS | IMPLICIT_DIMS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
+    | frozenset(keyword.softkwlist) | {"None", "True", "False"}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A spec that passed the checker, with typed expressions; `warnings` are not fatal."""
+    spec: ir.Spec
+    warnings: tuple[Diagnostic, ...] = ()
+
+
+def check(spec: ir.Spec) -> Checked:
+    checker = _Checker(spec)
+    checked = checker.run()
+    errors = [d for d in checker.diagnostics if d.severity == "error"]
+    if errors:
+        raise SpecError(sorted(checker.diagnostics, key=_position), spec.source)
+    return Checked(checked, tuple(sorted(checker.diagnostics, key=_position)))
+
+
+def _position(d: Diagnostic):
+    return (d.span.line, d.span.col)
+
+
+class _Checker:
+    def __init__(self, spec: ir.Spec):
+        self.spec = spec
+        self.diagnostics: list[Diagnostic] = []
+        self.dims: dict[str, ir.Dim] = {}
+        self.tensors: dict[str, ir.Tensor] = {}
+        self.lets: dict[str, ir.Let] = {}
+        self.outputs: dict[str, ir.Output] = {}
+        self.state_versions: dict[str, int] = {}
+        self.used: set[str] = set()
+
+    def error(self, message: str, span: ir.Span, help: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic("error", message, span, help))
+
+    def warning(self, message: str, span: ir.Span, help: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic("warning", message, span, help))
+
+    # ---- declarations ---------------------------------------------------------------------
+
+    def run(self) -> ir.Spec:
+        spec = self.spec
+        if not spec.model_spans and not spec.dims and not spec.tensors and not spec.body:
+            self.error("the spec is empty", ir.Span(_file(spec), 1, 1, 1, 1),
+                       help="a spec starts with `model NAME`; see docs/language.md")
+            return spec
+        self.check_model()
+        for dim in spec.dims:
+            self.declare_dim(dim)
+        for tensor in spec.tensors:
+            self.declare_tensor(tensor)
+        body = tuple(self.check_statement(s) for s in spec.body)
+        self.check_completeness(body)
+        return replace(spec, body=body)
+
+    def check_model(self) -> None:
+        spans = self.spec.model_spans
+        if not spans:
+            self.error("the spec has no `model NAME` line", ir.Span(_file(self.spec), 1, 1, 1, 1),
+                       help="start the file with `model my_model`")
+            return
+        for extra in spans[1:]:
+            self.error("`model` is given more than once", extra, help="a file holds one model")
+        self.check_identifier(self.spec.name, self.spec.span, "model name")
+
+    def check_identifier(self, name: str, span: ir.Span, what: str) -> bool:
+        if not IDENTIFIER.match(name):
+            self.error(f"`{name}` is not a valid {what}", span,
+                       help="names start with a letter and hold letters, digits and `_`")
+        elif len(name) > MAX_NAME_LENGTH:
+            self.error(f"{what} `{name[:20]}...` is longer than {MAX_NAME_LENGTH} characters", span)
+        elif name in IMPLICIT_DIMS:
+            self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
+                       help="choose another name, e.g. `D` or `N`")
+        elif name in RESERVED:
+            self.error(f"`{name}` is a reserved word and cannot be a {what}", span)
+        else:
+            return True
+        return False
+
+    def already_declared(self, name: str) -> ir.Span | None:
+        for table in (self.dims, self.tensors, self.lets, self.outputs):
+            if name in table:
+                return table[name].span
+        return None
+
+    def declare_dim(self, dim: ir.Dim) -> None:
+        if not self.check_identifier(dim.name, dim.span, "dim name"):
+            return
+        earlier = self.already_declared(dim.name)
+        if earlier:
+            self.error(f"`{dim.name}` is already declared (at line {earlier.line})", dim.span)
+            return
+        self.dims[dim.name] = dim
+
+    def declare_tensor(self, tensor: ir.Tensor) -> None:
+        what = f"{tensor.kind.value} name"
+        if not self.check_identifier(tensor.name, tensor.span, what):
+            return
+        earlier = self.already_declared(tensor.name)
+        if earlier:
+            self.error(f"`{tensor.name}` is already declared (at line {earlier.line})", tensor.span)
+            return
+        ok = True
+        for dim, span in zip(tensor.dims, tensor.dim_spans or (tensor.span,) * len(tensor.dims)):
+            if dim not in self.dims:
+                ok = False
+                suggestion = closest(dim, self.dims)
+                self.error(f"unknown dim `{dim}`", span,
+                           help=f"did you mean `{suggestion}`?" if suggestion
+                           else f"declare it first: `dims {dim}`")
+        if len(set(tensor.dims)) != len(tensor.dims) and not _is_square(tensor):
+            ok = False
+            self.error(f"`{tensor.name}` repeats a dim", tensor.span,
+                       help="a dim appears once per tensor, except in a square `param` such as "
+                            "`param R[D, D]` used with `@`")
+        if tensor.kind is ir.TensorKind.STATE and tensor.range is not None:
+            self.error(f"a state takes no range (`{tensor.name}`)", tensor.span,
+                       help="ranges describe inputs and params")
+        if tensor.kind is not ir.TensorKind.STATE and tensor.init is not None:
+            self.error(f"only a state has an initial value (`{tensor.name}`)", tensor.span)
+        if tensor.range is not None and not tensor.range.low < tensor.range.high:
+            self.error(f"empty range for `{tensor.name}`: the low bound must be below the high one",
+                       tensor.span)
+        if ok:
+            self.tensors[tensor.name] = tensor
+            if tensor.kind is ir.TensorKind.STATE:
+                self.state_versions[tensor.name] = 0
+        else:
+            self.tensors[tensor.name] = replace(tensor, dims=())   # known name, poisoned shape
+
+    # ---- statements -----------------------------------------------------------------------
+
+    def check_statement(self, statement: ir.Statement) -> ir.Statement:
+        value = self.expr(statement.value, statement.span.line)
+        if isinstance(statement, ir.Let):
+            return self.check_let(replace(statement, value=value))
+        if isinstance(statement, ir.Update):
+            return self.check_update(replace(statement, value=value))
+        return self.check_output(replace(statement, value=value))
+
+    def check_let(self, let: ir.Let) -> ir.Let:
+        if self.check_identifier(let.name, let.span, "name"):
+            earlier = self.already_declared(let.name)
+            if earlier and let.name in self.lets:
+                self.error(f"`{let.name}` is assigned twice", let.span,
+                           help=f"`let` names are immutable (first assigned at line {earlier.line}); "
+                                "use a new name")
+            elif earlier:
+                self.error(f"`{let.name}` is already declared (at line {earlier.line})", let.span)
+            else:
+                self.lets[let.name] = let
+        return let
+
+    def check_update(self, update: ir.Update) -> ir.Update:
+        target = self.tensors.get(update.state)
+        if target is None or target.kind is not ir.TensorKind.STATE:
+            if update.state in self.lets:
+                self.error(f"`{update.state}` is a `let` and is assigned only once", update.span,
+                           help="declare it as a state to carry it across steps")
+            elif target is not None:
+                self.error(f"cannot assign to {target.kind.value} `{update.state}`", update.span,
+                           help="only states are updated; use `let` for a new local value")
+            else:
+                suggestion = closest(update.state, [t.name for t in self.tensors.values()
+                                                    if t.kind is ir.TensorKind.STATE])
+                self.error(f"assignment to unknown state `{update.state}`", update.span,
+                           help=f"did you mean `{suggestion}`?" if suggestion
+                           else f"declare it: `state {update.state}[...] = 0`, or use `let`")
+            return update
+        if target.span.line > update.span.line:
+            self.error(f"state `{update.state}` is updated before its declaration (line "
+                       f"{target.span.line})", update.span)
+        value_dims = update.value.dims
+        if value_dims is not None and not _poisoned(target) and \
+                sorted(value_dims) != sorted(target.dims):
+            self.error(f"the new value of `{update.state}` has dims {_fmt(value_dims)} but the "
+                       f"state has {_fmt(target.dims)}", update.value.span,
+                       help=_dims_help(value_dims, target.dims))
+        self.state_versions[update.state] += 1
+        return update
+
+    def check_output(self, output: ir.Output) -> ir.Output:
+        if self.check_identifier(output.name, output.span, "output name"):
+            earlier = self.already_declared(output.name)
+            if earlier and output.name in self.outputs:
+                self.error(f"output `{output.name}` is defined twice", output.span,
+                           help=f"first defined at line {earlier.line}")
+            elif earlier:
+                self.error(f"`{output.name}` is already declared (at line {earlier.line})",
+                           output.span)
+            else:
+                self.outputs[output.name] = output
+        dims = output.value.dims
+        if output.declared_dims is not None:
+            unknown = [d for d in output.declared_dims if d not in self.dims]
+            if unknown:
+                self.error(f"unknown dim `{unknown[0]}` in output `{output.name}`", output.span)
+            elif dims is not None and sorted(dims) != sorted(output.declared_dims):
+                self.error(f"output `{output.name}` is declared {_fmt(output.declared_dims)} but its "
+                           f"value has dims {_fmt(dims)}", output.value.span,
+                           help=_dims_help(dims, output.declared_dims))
+        return output
+
+    def check_completeness(self, body: tuple[ir.Statement, ...]) -> None:
+        if not any(isinstance(s, ir.Output) for s in body):
+            self.error("the spec defines no output", self.spec.span,
+                       help="add a line such as `output o = q @ S`")
+        if any(d.severity == "error" for d in self.diagnostics):
+            return   # what is unused after an error is most likely the error's doing
+        for tensor in self.tensors.values():
+            if tensor.name in self.used:
+                continue
+            if tensor.kind is ir.TensorKind.STATE:
+                if self.state_versions.get(tensor.name, 0) == 0:
+                    self.warning(f"state `{tensor.name}` is never updated or read", tensor.span)
+            else:
+                self.warning(f"{tensor.kind.value} `{tensor.name}` is never used", tensor.span,
+                             help="remove it, or use it in the step")
+        for name, state in self.tensors.items():
+            if state.kind is ir.TensorKind.STATE and name in self.used and \
+                    self.state_versions.get(name, 0) == 0:
+                self.warning(f"state `{name}` is read but never updated", state.span,
+                             help="a constant belongs in a `param`")
+
+    # ---- expressions ----------------------------------------------------------------------
+
+    def expr(self, node: ir.Expr, line: int) -> ir.Expr:
+        """Type an expression: fill `dims` (None when poisoned) and `ref` on names."""
+        if isinstance(node, ir.Num):
+            return replace(node, dims=())
+        if isinstance(node, ir.Name):
+            return self.name(node, line)
+        if isinstance(node, ir.Unary):
+            operand = self.expr(node.operand, line)
+            return replace(node, operand=operand, dims=self.elementwise_operand(operand))
+        if isinstance(node, ir.Binary):
+            left, right = self.expr(node.left, line), self.expr(node.right, line)
+            node = replace(node, left=left, right=right)
+            if node.op is ir.Op.MATMUL:
+                return replace(node, dims=self.matmul_dims(node))
+            return replace(node, dims=self.broadcast(node, left, right))
+        return self.call(node, line)
+
+    def name(self, node: ir.Name, line: int) -> ir.Name:
+        if node.id in self.dims:
+            return replace(node, dims=(), ref=ir.Ref("dim"))
+        if node.id in self.lets:
+            self.used.add(node.id)
+            return replace(node, dims=self.lets[node.id].value.dims, ref=ir.Ref("let"))
+        tensor = self.tensors.get(node.id)
+        if tensor is not None:
+            self.used.add(node.id)
+            if tensor.span.line > line:
+                self.error(f"`{node.id}` is used before its declaration (line {tensor.span.line})",
+                           node.span, help="move the declaration above its first use")
+                return replace(node, dims=None)
+            version = self.state_versions.get(node.id, 0)
+            dims = None if _poisoned(tensor) else tensor.dims
+            return replace(node, dims=dims, ref=ir.Ref(tensor.kind.value, version))
+        if node.id in self.outputs:
+            self.error(f"output `{node.id}` cannot be read inside the step", node.span,
+                       help="compute it with `let` and use the `let` name")
+            return replace(node, dims=None)
+        suggestion = closest(node.id, [*self.dims, *self.lets, *self.tensors])
+        self.error(f"unknown name `{node.id}`", node.span,
+                   help=f"did you mean `{suggestion}`?" if suggestion else None)
+        return replace(node, dims=None)
+
+    def elementwise_operand(self, operand: ir.Expr) -> tuple[str, ...] | None:
+        if operand.dims is None:
+            return None
+        if len(set(operand.dims)) != len(operand.dims):
+            self.error(f"a square matrix {_fmt(operand.dims)} can only be used with `@`",
+                       operand.span)
+            return None
+        return operand.dims
+
+    def broadcast(self, node: ir.Expr, left: ir.Expr, right: ir.Expr) -> tuple[str, ...] | None:
+        left_dims, right_dims = self.elementwise_operand(left), self.elementwise_operand(right)
+        if left_dims is None or right_dims is None:
+            return None
+        return left_dims + tuple(d for d in right_dims if d not in left_dims)
+
+    def matmul_dims(self, node: ir.Binary) -> tuple[str, ...] | None:
+        left, right = node.left.dims, node.right.dims
+        if left is None or right is None:
+            return None
+        if not left or not right:
+            side = node.left if not left else node.right
+            self.error("`@` needs a tensor on each side, not a scalar", side.span,
+                       help="use `*` to scale by a scalar")
+            return None
+        if left[-1] != right[0]:
+            self.error(f"`@` contracts the last dim of the left side with the first dim of the "
+                       f"right side, but they are `{left[-1]}` and `{right[0]}`", node.span,
+                       help=f"left has dims {_fmt(left)}, right has {_fmt(right)}")
+            return None
+        result = left[:-1] + right[1:]
+        if len(set(result)) != len(result):
+            self.error(f"the result of `@` would have dims {_fmt(result)}, repeating a dim",
+                       node.span)
+            return None
+        return result
+
+    def call(self, node: ir.Call, line: int) -> ir.Call:
+        args = tuple(self.expr(a, line) for a in node.args)
+        node = replace(node, args=args)
+        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS else 2
+        if node.func not in ir.FUNCS:
+            suggestion = closest(node.func, ir.FUNCS)
+            self.error(f"unknown function `{node.func}`", node.span,
+                       help=f"did you mean `{suggestion}`?" if suggestion
+                       else "the functions are listed in docs/language.md")
+            return replace(node, dims=None)
+        if node.func in ir.REDUCE_FUNCS and node.dim is None:
+            self.error(f"`{node.func}` takes an expression and the dim to reduce, "
+                       f"as in `{node.func}(x, K)`", node.span)
+            return replace(node, dims=None)
+        if len(args) != expected:
+            self.error(f"`{node.func}` takes {expected} argument{'s' if expected > 1 else ''}, "
+                       f"not {len(args)}", node.span)
+            return replace(node, dims=None)
+        if node.func in ir.REDUCE_FUNCS:
+            return replace(node, dims=self.reduce_dims(node))
+        if expected == 2:
+            return replace(node, dims=self.broadcast(node, args[0], args[1]))
+        return replace(node, dims=self.elementwise_operand(args[0]))
+
+    def reduce_dims(self, node: ir.Call) -> tuple[str, ...] | None:
+        dims = self.elementwise_operand(node.args[0])
+        if dims is None:
+            return None
+        if node.dim not in dims:
+            self.error(f"`{node.func}` over `{node.dim}`, but its argument has dims {_fmt(dims)}",
+                       node.dim_span if node.dim_span.line else node.span)
+            return None
+        return dims if node.func == "l2norm" else tuple(d for d in dims if d != node.dim)
+
+
+def _poisoned(tensor: ir.Tensor) -> bool:
+    """A tensor whose declaration had an error: its name is known, its shape is not."""
+    return not tensor.dims and bool(tensor.dim_spans)
+
+
+def _is_square(tensor: ir.Tensor) -> bool:
+    return tensor.kind is ir.TensorKind.PARAM and len(tensor.dims) == 2 and \
+        tensor.dims[0] == tensor.dims[1]
+
+
+def _fmt(dims: tuple[str, ...]) -> str:
+    return "[" + ", ".join(dims) + "]" if dims else "[] (a scalar)"
+
+
+def _dims_help(have: tuple[str, ...], want: tuple[str, ...]) -> str | None:
+    missing = [d for d in want if d not in have]
+    extra = [d for d in have if d not in want]
+    parts = []
+    if extra:
+        parts.append(f"reduce or remove {', '.join(f'`{d}`' for d in extra)}")
+    if missing:
+        parts.append(f"the value lacks {', '.join(f'`{d}`' for d in missing)}")
+    return "; ".join(parts) or None
+
+
+def _file(spec: ir.Spec) -> str:
+    return spec.span.file

@@ -1,0 +1,153 @@
+"""The `seqc` command line: check, ir, compile, run, bench, list."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SpecError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return 2
+    try:
+        return args.command(args)
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqc", description="A compiler for sequence models.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    check = sub.add_parser("check", help="diagnostics and the analysis verdict per state")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--json", action="store_true", help="one JSON object per file")
+    check.set_defaults(command=cmd_check)
+
+    ir_cmd = sub.add_parser("ir", help="the checked IR, pretty-printed as seqc syntax")
+    ir_cmd.add_argument("file", metavar="FILE")
+    ir_cmd.set_defaults(command=cmd_ir)
+
+    compile_cmd = sub.add_parser("compile", help="emit the Python module of a backend")
+    compile_cmd.add_argument("file", metavar="FILE")
+    compile_cmd.add_argument("-b", "--backend", default="reference")
+    compile_cmd.add_argument("-o", "--output", metavar="OUT", help="write here, not to stdout")
+    compile_cmd.set_defaults(command=cmd_compile)
+
+    run = sub.add_parser("run", help="random inputs through every backend, compared with the reference")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--backends", default="reference")
+    run.add_argument("--dims", default="", help="sizes of the spec's dims, e.g. K=16,V=16")
+    run.add_argument("--batch", type=int, default=2)
+    run.add_argument("--heads", type=int, default=2)
+    run.add_argument("--steps", type=int, default=67)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    run.set_defaults(command=cmd_run)
+
+    bench = sub.add_parser("bench", help="time every backend side by side")
+    bench.add_argument("file", metavar="FILE")
+    bench.add_argument("--backends", default="reference,torch")
+    bench.add_argument("--shape", default="B=2,T=4096,H=4,K=64,V=64")
+    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--io", action="store_true", help="count the bytes the kernels move")
+    bench.add_argument("--plot", metavar="OUT.png")
+    bench.set_defaults(command=cmd_bench)
+
+    listing = sub.add_parser("list", help="the stdlib, one line per spec")
+    listing.set_defaults(command=cmd_list)
+    return parser
+
+
+def _load(path: str):
+    from .api import load
+    return load(path)
+
+
+def cmd_check(args) -> int:
+    from .verdict import describe, to_json
+    status = 0
+    for path in args.files:
+        try:
+            program = _load(path)
+        except SpecError as error:
+            status = 1
+            if args.json:
+                print(json.dumps({"model": None, "file": path, "ok": False, "states": {},
+                                  "diagnostics": [d.to_json() for d in error.diagnostics]}))
+            else:
+                print(error.render(), file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(to_json(program, path)))
+        else:
+            for warning in program.warnings:
+                print(warning.render(program.source), file=sys.stderr)
+            print(describe(program))
+    return status
+
+
+def cmd_ir(args) -> int:
+    from .pretty import pretty
+    try:
+        program = _load(args.file)
+    except SpecError as error:
+        print(error.render(), file=sys.stderr)
+        return 1
+    print(pretty(program.spec), end="")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    try:
+        program = _load(args.file)
+        code = program.emit(args.backend)
+    except SpecError as error:
+        print(error.render(), file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"seqc compile: error: {error}", file=sys.stderr)
+        return 1
+    if args.output:
+        from .cache import write_atomic
+        write_atomic(args.output, code)
+    else:
+        sys.stdout.write(code)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run_command
+    return run_command(args)
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_command
+    return bench_command(args)
+
+
+def cmd_list(args) -> int:
+    from .resources import stdlib_dir, stdlib_names
+    for name in stdlib_names():
+        summary = _summary((stdlib_dir() / f"{name}.seq").read_text(encoding="utf-8"))
+        print(f"{name:<16} {summary}")
+    return 0
+
+
+def _summary(source: str) -> str:
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and stripped.lstrip("# ").strip():
+            return stripped.lstrip("# ").strip()
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

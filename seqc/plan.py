@@ -1,0 +1,126 @@
+"""The Plan: the backend-neutral lowering of a checked spec, built from the analysis.
+
+Every backend except `reference` emits code from a Plan, never from a spec directly. A Plan says,
+for each state group, which kernel family runs it and which expressions play which role. All
+expressions are typed IR (`ir.Expr` with `dims` filled) over the spec's inputs, params, dims and
+`let`s; none of them reads a state unless the family is `sequential`.
+
+Vocabulary (per step t, dims by name as in the spec):
+
+- `scan`     h_t = a_t * h_{t-1} + b_t  elementwise.  `ScanGroup.coefficient` is a_t
+             (`log_coefficient` = log a_t when the analysis can prove a_t = exp(.) > 0, which
+             lets backends cumulate in log space), `ScanGroup.offset` is b_t. A coupled group
+             (jointly affine states) has a matrix of coefficients, `coupling[(i, j)]`: the
+             coefficient of state j in the update of state i.
+- `chunk`    S_t = exp(log_decay_t) * S_{t-1} + sum_w key_w,t (x) value_w,t   for S[Kd, Vd],
+             log_decay over () or (Kd,): scalar or key-wise decay; outputs read S only as
+             `query @ S` (contracting Kd) after the step's last update.
+- `chunk_delta`  S_t = exp(log_decay_t) * S_{t-1}, then for each DeltaStep j in order:
+             S <- S + beta_j * key_j (x) (value_j - key_j @ S).
+- `semiring` h_t = a_t (x) h_{t-1} (+) b_t in (max, +) or (logaddexp, +).
+- `sequential`  the step body as written (the fallback; exact for any spec).
+
+Outputs: `Plan.outputs` maps each output to an expression in which every read of a state
+is replaced by a `ir.Name(id=read.name, ref=ir.Ref("read"))` placeholder; `Plan.reads` says
+what each placeholder is (`query @ state`, or, for scan / semiring states, the state itself).
+`Plan.prelude` lists the `let`s that do not depend on any state, in program order: backends
+compute them for all steps at once before the recurrence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import ir
+
+
+@dataclass(frozen=True)
+class ScanGroup:
+    kind = "scan"
+    states: tuple[str, ...]
+    coefficient: dict[str, ir.Expr]                 # state -> a_t (single-state groups)
+    offset: dict[str, ir.Expr]                      # state -> b_t
+    log_coefficient: dict[str, ir.Expr | None] = field(default_factory=dict)
+    coupling: dict[tuple[str, str], ir.Expr] = field(default_factory=dict)   # coupled groups
+
+
+@dataclass(frozen=True)
+class Write:
+    key: ir.Expr          # dims (Kd,) or () ...
+    value: ir.Expr        # dims (Vd,) or ()
+
+
+@dataclass(frozen=True)
+class ChunkGroup:
+    kind = "chunk"
+    state: str
+    key_dim: str
+    value_dim: str | None          # None for a vector state S[Kd] (a value of one)
+    log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
+    writes: tuple[Write, ...]
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return (self.state,)
+
+
+@dataclass(frozen=True)
+class DeltaStep:
+    key: ir.Expr          # (key_dim,)
+    beta: ir.Expr         # () or (key_dim,)?  () in the stdlib
+    value: ir.Expr        # (value_dim,)
+
+
+@dataclass(frozen=True)
+class DeltaGroup:
+    kind = "chunk_delta"
+    state: str
+    key_dim: str
+    value_dim: str
+    log_decay: ir.Expr | None      # dims () or (key_dim,)
+    steps: tuple[DeltaStep, ...]
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return (self.state,)
+
+
+@dataclass(frozen=True)
+class SemiringGroup:
+    kind = "semiring"
+    state: str
+    semiring: str                  # "maxplus" | "logsumexp"
+    coefficient: ir.Expr           # a_t  (added to the state)
+    offset: ir.Expr                # b_t  (combined with max / logaddexp)
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return (self.state,)
+
+
+@dataclass(frozen=True)
+class SequentialGroup:
+    kind = "sequential"
+    states: tuple[str, ...]
+
+
+Group = ScanGroup | ChunkGroup | DeltaGroup | SemiringGroup | SequentialGroup
+
+
+@dataclass(frozen=True)
+class Read:
+    name: str                      # the placeholder's name in output expressions
+    state: str
+    query: ir.Expr | None          # `query @ state`; None: the state itself (scan, semiring)
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ir.Spec                  # the checked spec
+    groups: tuple[Group, ...]
+    prelude: tuple[ir.Let, ...]
+    reads: tuple[Read, ...]
+    outputs: dict[str, ir.Expr]
+
+    @property
+    def sequential(self) -> bool:
+        return any(g.kind == "sequential" for g in self.groups)
