@@ -1,0 +1,146 @@
+"""Every stdlib spec through seqc's reference backend, against its independent oracle.
+
+The oracles (tests/oracles.py) never import seqc: they wrap flash-linear-attention's pure-PyTorch
+references or write the papers' equations out. seqc is imported inside the tests, so collection
+works before the API exists (the seqc tests then fail, the static ones still run).
+
+Tolerances, relative to the oracle and scaled to the output's magnitude
+(atol = rtol * max(1, max |expected|)):
+  fp32 inputs: rtol = 1e-5 (only rounding differs: same math, different operation order);
+  bf16 inputs: rtol = 2e-2 against the oracle run in fp32 on the same bf16 values (the output
+  is rounded to bf16, ~4e-3, and the kernel may round intermediates to bf16).
+"""
+
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from oracles import ORACLES, SPECS, random_inputs, random_state
+
+STDLIB = Path(__file__).resolve().parents[1] / "stdlib"
+NAMES = sorted(ORACLES)
+B, H = 2, 2
+
+
+def assert_close(actual, expected, rtol):
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=rtol * scale)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_kernel(name):
+    import seqc
+    return seqc.load(name).kernel(backend="reference")
+
+
+def compare(name, T, init, dtype, rtol, seed=0):
+    x, p = random_inputs(name, B, T, H, dtype=dtype, seed=seed)
+    s = random_state(name, B, H, seed=seed) if init else None
+    s_before = {n: t.clone() for n, t in s.items()} if init else None
+    out = reference_kernel(name)(**x, **p, initial_state=s, output_final_state=True)
+    want_out, want_fin = ORACLES[name](x, p, s)
+    for n, want in want_out.items():
+        got = getattr(out, n)
+        assert got.dtype == dtype, f"output {n} is {got.dtype}, inputs were {dtype}"
+        assert got.shape == want.shape, f"output {n}: {tuple(got.shape)} vs {tuple(want.shape)}"
+        assert_close(got, want, rtol)
+    assert set(out.final_state) == set(want_fin)
+    for n, want in want_fin.items():
+        got = out.final_state[n]
+        assert got.dtype == torch.float32, f"state {n} is {got.dtype}, states are fp32"
+        assert got.shape == want.shape, f"state {n}: {tuple(got.shape)} vs {tuple(want.shape)}"
+        assert_close(got, want, rtol)
+    if init:
+        for n, t in s.items():
+            assert torch.equal(t, s_before[n]), f"initial_state[{n!r}] was modified in place"
+
+
+# ---------------------------------------------------------------- static: stdlib <-> oracles
+
+
+def stdlib_names():
+    return sorted(p.stem for p in STDLIB.glob("*.seq"))
+
+
+def test_every_stdlib_spec_has_an_oracle():
+    assert stdlib_names(), f"no specs found in {STDLIB}"
+    assert set(stdlib_names()) == set(ORACLES) == set(SPECS)
+
+
+DECL = re.compile(r"^(input|param|state|output)\s+(.*)$")
+ITEM = re.compile(r"([A-Za-z]\w*)\s*(?:\[([^\]]*)\])?")
+
+
+RANGE = re.compile(r"\s+in\s*\(\s*([^,]+),\s*([^)]+)\)")
+
+
+def declared(name):
+    """({kind: {tensor: dims}}, {tensor: range}, {state: init}) from the declaration lines."""
+    found = {"input": {}, "param": {}, "state": {}, "output": {}}
+    ranges, inits = {}, {}
+    for line in (STDLIB / f"{name}.seq").read_text().splitlines():
+        m = DECL.match(line.split("#")[0].strip())
+        if not m:
+            continue
+        kind, rest = m.groups()
+        rng = RANGE.search(rest)
+        rest = RANGE.sub("", rest)
+        if kind == "output":
+            rest = rest.split("=")[0]
+        for part in re.split(r",\s*(?![^\[]*\])", rest):
+            item = ITEM.match(part.strip())
+            dims = tuple(d.strip() for d in item.group(2).split(",")) if item.group(2) else ()
+            found[kind][item.group(1)] = dims
+            if rng:
+                ranges[item.group(1)] = (float(rng.group(1)), float(rng.group(2)))
+            if kind == "state":
+                init = part.split("=")[1].strip() if "=" in part else "0"
+                inits[item.group(1)] = float(init)
+    return found, ranges, inits
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_header_and_interface_match_the_oracle(name):
+    text = (STDLIB / f"{name}.seq").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines[0].startswith("#"), "a stdlib spec begins with a comment citing the paper"
+    code = [ln for ln in lines if not ln.lstrip().startswith("#")]
+    assert code[0].split("#")[0].split() == ["model", name]
+    assert 5 <= len(code) <= 15, f"{len(code)} lines of code"
+    spec, (decl, ranges, inits) = SPECS[name], declared(name)
+    assert decl["input"] == spec.inputs
+    assert decl["param"] == spec.params
+    assert decl["state"] == {n: ds for n, (ds, _) in spec.states.items()}
+    assert inits == {n: init for n, (_, init) in spec.states.items()}
+    assert ranges == spec.ranges
+    assert set(decl["output"]) == set(spec.outputs)
+
+
+# ---------------------------------------------------------------- seqc reference vs oracle
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("T", [1, 37])
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_matches_oracle_fp32(name, T, init):
+    compare(name, T, init, torch.float32, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_matches_oracle_bf16(name, init):
+    compare(name, 37, init, torch.bfloat16, rtol=2e-2, seed=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_final_state_only_when_asked(name):
+    x, p = random_inputs(name, B, 5, H)
+    out = reference_kernel(name)(**x, **p, initial_state=None, output_final_state=False)
+    assert out.final_state is None
+    want, _ = ORACLES[name](x, p, None)
+    for n, w in want.items():
+        assert_close(getattr(out, n), w, rtol=1e-5)
