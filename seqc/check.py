@@ -19,7 +19,8 @@ LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "let"
                                "inf"})
 IMPLICIT_DIMS = frozenset({"B", "T", "H"})
 RESERVED = LANGUAGE_KEYWORDS | IMPLICIT_DIMS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
-    | frozenset(keyword.softkwlist) | {"None", "True", "False"}
+    | frozenset(keyword.softkwlist) | {"None", "True", "False", "final_state", "initial_state",
+                                       "output_final_state"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""Typed IR expressions -> PyTorch source, broadcasting by dim name.
+
+A value with named dims (d1, ..., dn) is held as a tensor `[*lead, d1, ..., dn]`, where `lead` is
+whatever leading dims the caller iterates over (`[B, H]` in a step loop, `[B, T, H]` when a whole
+sequence is computed at once); params are `[H, d1, ..., dn]` and broadcast against either. All
+alignment (permute, unsqueeze) is decided here at emit time from the dims, so the emitted code is
+plain tensor arithmetic. Shared by the reference and torch backends.
+"""
+from __future__ import annotations
+
+from string import ascii_letters
+from typing import Callable
+
+from seqc import ir
+
+ELEMENTWISE = {
+    "exp": "torch.exp({})", "log": "torch.log({})", "sigmoid": "torch.sigmoid({})",
+    "logsigmoid": "F.logsigmoid({})", "tanh": "torch.tanh({})", "softplus": "F.softplus({})",
+    "silu": "F.silu({})", "relu": "torch.relu({})", "sqrt": "torch.sqrt({})",
+    "rsqrt": "torch.rsqrt({})", "abs": "torch.abs({})",
+    "max": "torch.maximum({}, {})", "min": "torch.minimum({}, {})",
+    "logaddexp": "torch.logaddexp({}, {})",
+}
+BINARY = {ir.Op.ADD: "+", ir.Op.SUB: "-", ir.Op.MUL: "*", ir.Op.DIV: "/", ir.Op.POW: "**"}
+
+
+def align(code: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
+    """Code turning a value with dims `have` into one broadcastable against dims `want`."""
+    order = [d for d in want if d in have]
+    if tuple(order) != have:
+        n = len(have)
+        perm = ", ".join(str(have.index(d) - n) for d in order)
+        code = f"_permute({code}, ({perm},))"
+    if tuple(order) != want and order:
+        index = ", ".join(":" if d in have else "None" for d in want)
+        code = f"{code}[..., {index}]"
+    elif not order and want:
+        code = f"{code}[..., {', '.join('None' for _ in want)}]"
+    return code
+
+
+class TorchRenderer:
+    """Render an expression; `name_code(name_node)` says how each name is spelled."""
+
+    def __init__(self, name_code: Callable[[ir.Name], str]):
+        self.name_code = name_code
+
+    def __call__(self, node: ir.Expr, want: tuple[str, ...] | None = None) -> str:
+        code = self.render(node)
+        if want is not None and node.dims != want and not is_constant(node):
+            code = align(code, node.dims, want)
+        return code
+
+    def render(self, node: ir.Expr) -> str:
+        if isinstance(node, ir.Num):
+            return repr(float(node.value))
+        if isinstance(node, ir.Name):
+            return self.name_code(node)
+        if isinstance(node, ir.Unary):
+            return f"(-{self.render(node.operand)})"
+        if isinstance(node, ir.Binary):
+            if node.op is ir.Op.MATMUL:
+                return self.matmul(node)
+            left, right = self.operands(node, node.left, node.right)
+            return f"({left} {BINARY[node.op]} {right})"
+        return self.call(node)
+
+    def operands(self, node: ir.Expr, left: ir.Expr, right: ir.Expr) -> tuple[str, str]:
+        return self(left, node.dims), self(right, node.dims)
+
+    def call(self, node: ir.Call) -> str:
+        if node.func in ("sum", "norm", "l2norm"):
+            return self.reduce(node)
+        if len(node.args) == 2:
+            left, right = self.operands(node, *node.args)
+            if is_constant(node.args[0]) and is_constant(node.args[1]):
+                left = f"torch.as_tensor({left})"
+            return ELEMENTWISE[node.func].format(left, right)
+        arg = self.render(node.args[0])
+        if is_constant(node.args[0]):
+            arg = f"torch.as_tensor({arg})"
+        return ELEMENTWISE[node.func].format(arg)
+
+    def reduce(self, node: ir.Call) -> str:
+        arg = node.args[0]
+        axis = arg.dims.index(node.dim) - len(arg.dims)
+        code = self.render(arg)
+        if node.func == "sum":
+            return f"{code}.sum(dim={axis})"
+        if node.func == "norm":
+            return f"torch.linalg.vector_norm({code}, dim={axis})"
+        return f"F.normalize({code}, dim={axis}, eps=1e-12)"
+
+    def matmul(self, node: ir.Binary) -> str:
+        left, right = node.left.dims, node.right.dims
+        letters = iter(ascii_letters)
+        left_letters = [next(letters) for _ in left]
+        right_letters = [left_letters[-1]] + [next(letters) for _ in right[1:]]
+        out = left_letters[:-1] + right_letters[1:]
+        equation = f"...{''.join(left_letters)},...{''.join(right_letters)}->...{''.join(out)}"
+        return f"torch.einsum('{equation}', {self.render(node.left)}, {self.render(node.right)})"
+
+
+def is_constant(node: ir.Expr) -> bool:
+    """True when an expression holds no tensor: numbers and dim sizes only."""
+    return all(n.ref is not None and n.ref.kind == "dim"
+               for n in ir.walk(node) if isinstance(n, ir.Name))
+
+
+PRELUDE = '''
+def _permute(x, dims):
+    """Reorder the trailing len(dims) dims of x (negative indices) and keep the leading ones."""
+    lead = x.dim() - len(dims)
+    return x.permute(*range(lead), *(lead + len(dims) + d for d in dims))
+'''

@@ -1,0 +1,68 @@
+"""Kernels: a compiled module behind a validating call.
+
+    fn = seqc.load("gla").kernel(backend="reference")
+    out = fn(q=q, k=k, v=v, g=g, initial_state=None, output_final_state=True)
+    out.o, out.final_state["S"]
+"""
+from __future__ import annotations
+
+from .cache import cache_key, load_module
+from .emit import BACKENDS
+from .validate import validate
+
+
+class KernelOutput:
+    """One attribute per declared output ([B, T, H, ...]) and `final_state` (dict or None)."""
+
+    def __init__(self, outputs: dict, final_state):
+        self._outputs = outputs
+        self.final_state = final_state
+        for name, value in outputs.items():
+            setattr(self, name, value)
+
+    def __getitem__(self, name: str):
+        return self._outputs[name]
+
+    def keys(self):
+        return self._outputs.keys()
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={list(v.shape)}" for k, v in self._outputs.items())
+        return f"KernelOutput({shapes}, final_state={'set' if self.final_state else None})"
+
+
+class Kernel:
+    def __init__(self, program, backend: str, module, options: dict):
+        self.program = program
+        self.backend = backend
+        self.module = module
+        self.options = options
+
+    def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
+        call = validate(self.program.spec, tensors, initial_state)
+        outputs, final = self.module.run(call.inputs, call.params, call.dims, call.initial_state,
+                                         bool(output_final_state), **self.options)
+        outputs = {name: value.to(call.dtype) for name, value in outputs.items()}
+        return KernelOutput(outputs, final if output_final_state else None)
+
+    def __repr__(self) -> str:
+        return f"<seqc.Kernel {self.program.name} backend={self.backend}>"
+
+
+def resolve_backend(backend: str, device_is_cuda: bool | None = None) -> str:
+    if backend != "auto":
+        return backend
+    import torch
+    cuda = torch.cuda.is_available() if device_is_cuda is None else device_is_cuda
+    return "triton" if cuda else "torch"
+
+
+def build_kernel(program, backend: str = "reference", **options) -> Kernel:
+    from . import __version__
+    chosen = resolve_backend(backend)
+    if chosen not in BACKENDS:
+        raise ValueError(f"unknown backend `{backend}`; choose one of "
+                         f"{', '.join(BACKENDS + ('auto',))}")
+    key = cache_key(program.source, __version__, chosen)
+    module = load_module(key, lambda: program.emit(chosen))
+    return Kernel(program, chosen, module, options)

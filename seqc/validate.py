@@ -1,0 +1,155 @@
+"""Check the tensors of a kernel call against the spec before anything runs.
+
+Every problem raises one ValueError naming the tensor, the expected shape in dim names and sizes,
+and what was given. Sizes of B, T, H and the spec's dims are bound by the first tensor that has
+them and must agree everywhere after.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ir
+from .errors import closest
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class Call:
+    """A validated call: tensors by role and the size of every dim."""
+    inputs: dict[str, torch.Tensor]
+    params: dict[str, torch.Tensor]
+    initial_state: dict[str, torch.Tensor] | None
+    dims: dict[str, int]
+    dtype: torch.dtype
+    device: torch.device
+
+
+@dataclass
+class _Binder:
+    sizes: dict[str, int] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def bind(self, what: str, tensor, layout: tuple[str, ...]) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            self.problems.append(f"{what} must be a torch.Tensor of shape {_layout(layout)}, "
+                                 f"not {type(tensor).__name__}")
+            return
+        shape = tuple(tensor.shape)
+        if len(shape) != len(layout):
+            self.problems.append(f"{what} must have {len(layout)} dims {_layout(layout)}"
+                                 f"{self.expected(layout)}, but has shape {list(shape)}")
+            return
+        for dim, size in zip(layout, shape):
+            if dim in self.sizes and self.sizes[dim] != size:
+                self.problems.append(
+                    f"{what} has shape {list(shape)} but expected {_layout(layout)}"
+                    f"{self.expected(layout)}: {dim} = {size} disagrees with {dim} = "
+                    f"{self.sizes[dim]} from {self.source[dim]}")
+                return
+        for dim, size in zip(layout, shape):
+            if dim not in self.sizes:
+                self.sizes[dim], self.source[dim] = size, what
+
+    def expected(self, layout: tuple[str, ...]) -> str:
+        if all(d in self.sizes for d in layout):
+            return " = [" + ", ".join(str(self.sizes[d]) for d in layout) + "]"
+        return ""
+
+
+def _layout(layout: tuple[str, ...]) -> str:
+    return "[" + ", ".join(layout) + "]"
+
+
+def validate(spec: ir.Spec, tensors: dict, initial_state) -> Call:
+    binder = _Binder()
+    inputs, params = {}, {}
+    known = {t.name: t for t in spec.inputs + spec.params}
+    for name in tensors:
+        if name not in known:
+            guess = closest(name, known)
+            hint = f"; did you mean `{guess}`?" if guess else ""
+            binder.problems.append(f"unknown argument `{name}`{hint} (the kernel takes "
+                                   f"{', '.join(known) or 'no tensors'})")
+    for tensor in spec.inputs + spec.params:
+        is_input = tensor.kind is ir.TensorKind.INPUT
+        layout = (("B", "T", "H") if is_input else ("H",)) + tensor.dims
+        what = f"{tensor.kind.value} `{tensor.name}`"
+        if tensor.name not in tensors:
+            binder.problems.append(f"missing {what} (expected shape {_layout(layout)})")
+            continue
+        binder.bind(what, tensors[tensor.name], layout)
+        (inputs if is_input else params)[tensor.name] = tensors[tensor.name]
+    _raise(binder)
+    dtype, device = _dtype_and_device(binder, {**inputs, **params})
+    states = _initial_states(binder, spec, initial_state, device)
+    if binder.sizes.get("T") == 0:
+        binder.problems.append("the sequence is empty (T = 0); pass at least one step")
+    _raise(binder)
+    if not spec.inputs:
+        raise ValueError("the spec has no input, so batch and sequence length are unknown")
+    return Call(inputs, params, states, dict(binder.sizes), dtype, device)
+
+
+def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
+    dtype = device = None
+    for name, tensor in tensors.items():
+        if tensor.dtype not in FLOATS:
+            binder.problems.append(f"`{name}` has dtype {tensor.dtype}; expected a floating dtype "
+                                   "(float32, bfloat16, float16 or float64)")
+        elif dtype is None:
+            dtype, first = tensor.dtype, name
+        elif tensor.dtype != dtype:
+            binder.problems.append(f"`{name}` has dtype {tensor.dtype} but `{first}` has {dtype}: "
+                                   "inputs and params must share one dtype")
+        if device is None:
+            device, first_device = tensor.device, name
+        elif tensor.device != device:
+            binder.problems.append(f"`{name}` is on {tensor.device} but `{first_device}` is on "
+                                   f"{device}: all tensors must be on one device")
+    _raise(binder)
+    return dtype, device
+
+
+def _initial_states(binder: _Binder, spec: ir.Spec, initial_state, device):
+    if initial_state is None:
+        return None
+    if not isinstance(initial_state, dict):
+        binder.problems.append("initial_state must be a dict from state name to a [B, H, ...] "
+                               f"tensor, not {type(initial_state).__name__}")
+        return None
+    states = {s.name: s for s in spec.states}
+    for name in initial_state:
+        if name not in states:
+            binder.problems.append(f"initial_state has unknown state `{name}` (the states are "
+                                   f"{', '.join(states) or 'none'})")
+    full = {}
+    for name, state in states.items():
+        layout = ("B", "H") + state.dims
+        given = initial_state.get(name)
+        if given is None:
+            continue
+        binder.bind(f"initial state `{name}`", given, layout)
+        if isinstance(given, torch.Tensor):
+            if given.dtype not in FLOATS:
+                binder.problems.append(f"initial state `{name}` has dtype {given.dtype}; expected "
+                                       "a floating dtype")
+            if given.device != device:
+                binder.problems.append(f"initial state `{name}` is on {given.device} but the "
+                                       f"inputs are on {device}")
+        full[name] = given
+    _raise(binder)
+    for name, state in states.items():
+        if name not in full:
+            shape = [binder.sizes[d] for d in ("B", "H") + state.dims]
+            value = state.init if state.init is not None else 0.0
+            full[name] = torch.full(shape, value, dtype=torch.float32, device=device)
+    return full
+
+
+def _raise(binder: _Binder) -> None:
+    if binder.problems:
+        raise ValueError("bad kernel call:\n  " + "\n  ".join(binder.problems))
