@@ -53,6 +53,8 @@ class _Checker:
         self.outputs: dict[str, ir.Output] = {}
         self.state_versions: dict[str, int] = {}
         self.used: set[str] = set()
+        self.poisoned: set[str] = set()      # declared with an error: known name, unknown shape
+        self.unknown: set[str] = set()       # unknown names already reported (once each)
 
     def error(self, message: str, span: ir.Span, help: str | None = None) -> None:
         self.diagnostics.append(Diagnostic("error", message, span, help))
@@ -97,7 +99,7 @@ class _Checker:
             self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
                        help="choose another name, e.g. `D` or `N`")
         elif name in RESERVED:
-            self.error(f"`{name}` is a reserved word and cannot be a {what}", span)
+            self.error(f"`{name}` is a reserved word and cannot be {_article(what)} {what}", span)
         else:
             return True
         return False
@@ -109,30 +111,35 @@ class _Checker:
         return None
 
     def declare_dim(self, dim: ir.Dim) -> None:
-        if not self.check_identifier(dim.name, dim.span, "dim name"):
-            return
         earlier = self.already_declared(dim.name)
-        if earlier:
+        if not self.check_identifier(dim.name, dim.span, "dim name"):
+            self.poisoned.add(dim.name)
+        elif earlier:
             self.error(f"`{dim.name}` is already declared (at line {earlier.line})", dim.span)
             return
         self.dims[dim.name] = dim
 
     def declare_tensor(self, tensor: ir.Tensor) -> None:
         what = f"{tensor.kind.value} name"
-        if not self.check_identifier(tensor.name, tensor.span, what):
-            return
+        ok = self.check_identifier(tensor.name, tensor.span, what)
         earlier = self.already_declared(tensor.name)
-        if earlier:
+        if ok and earlier:
             self.error(f"`{tensor.name}` is already declared (at line {earlier.line})", tensor.span)
             return
-        ok = True
         for dim, span in zip(tensor.dims, tensor.dim_spans or (tensor.span,) * len(tensor.dims)):
-            if dim not in self.dims:
+            if dim in self.poisoned:
                 ok = False
-                suggestion = closest(dim, self.dims)
+            elif dim not in self.dims:
+                ok = False
+                suggestion = closest(dim, [d for d in self.dims if d not in self.poisoned])
                 self.error(f"unknown dim `{dim}`", span,
                            help=f"did you mean `{suggestion}`?" if suggestion
                            else f"declare it first: `dims {dim}`")
+            elif self.dims[dim].span.line > tensor.span.line:
+                ok = False
+                self.error(f"dim `{dim}` is used before its declaration (line "
+                           f"{self.dims[dim].span.line})", span,
+                           help="declare the dims first, after `model`")
         if len(set(tensor.dims)) != len(tensor.dims) and not _is_square(tensor):
             ok = False
             self.error(f"`{tensor.name}` repeats a dim", tensor.span,
@@ -146,12 +153,11 @@ class _Checker:
         if tensor.range is not None and not tensor.range.low < tensor.range.high:
             self.error(f"empty range for `{tensor.name}`: the low bound must be below the high one",
                        tensor.span)
-        if ok:
-            self.tensors[tensor.name] = tensor
-            if tensor.kind is ir.TensorKind.STATE:
-                self.state_versions[tensor.name] = 0
-        else:
-            self.tensors[tensor.name] = replace(tensor, dims=())   # known name, poisoned shape
+        self.tensors[tensor.name] = tensor
+        if tensor.kind is ir.TensorKind.STATE:
+            self.state_versions[tensor.name] = 0
+        if not ok:
+            self.poisoned.add(tensor.name)
 
     # ---- statements -----------------------------------------------------------------------
 
@@ -164,7 +170,10 @@ class _Checker:
         return self.check_output(replace(statement, value=value))
 
     def check_let(self, let: ir.Let) -> ir.Let:
-        if self.check_identifier(let.name, let.span, "name"):
+        if not self.check_identifier(let.name, let.span, "name"):
+            self.poisoned.add(let.name)
+            self.lets.setdefault(let.name, let)
+        else:
             earlier = self.already_declared(let.name)
             if earlier and let.name in self.lets:
                 self.error(f"`{let.name}` is assigned twice", let.span,
@@ -196,7 +205,7 @@ class _Checker:
             self.error(f"state `{update.state}` is updated before its declaration (line "
                        f"{target.span.line})", update.span)
         value_dims = update.value.dims
-        if value_dims is not None and not _poisoned(target) and \
+        if value_dims is not None and update.state not in self.poisoned and \
                 sorted(value_dims) != sorted(target.dims):
             self.error(f"the new value of `{update.state}` has dims {_fmt(value_dims)} but the "
                        f"state has {_fmt(target.dims)}", update.value.span,
@@ -220,6 +229,8 @@ class _Checker:
             unknown = [d for d in output.declared_dims if d not in self.dims]
             if unknown:
                 self.error(f"unknown dim `{unknown[0]}` in output `{output.name}`", output.span)
+            elif any(d in self.poisoned for d in output.declared_dims):
+                pass
             elif dims is not None and sorted(dims) != sorted(output.declared_dims):
                 self.error(f"output `{output.name}` is declared {_fmt(output.declared_dims)} but its "
                            f"value has dims {_fmt(dims)}", output.value.span,
@@ -267,7 +278,14 @@ class _Checker:
         return self.call(node, line)
 
     def name(self, node: ir.Name, line: int) -> ir.Name:
+        if node.id in self.poisoned:
+            return replace(node, dims=None)
         if node.id in self.dims:
+            declared = self.dims[node.id].span.line
+            if declared > line:
+                self.error(f"dim `{node.id}` is used before its declaration (line {declared})",
+                           node.span, help="declare the dims first, after `model`")
+                return replace(node, dims=None)
             return replace(node, dims=(), ref=ir.Ref("dim"))
         if node.id in self.lets:
             self.used.add(node.id)
@@ -280,15 +298,16 @@ class _Checker:
                            node.span, help="move the declaration above its first use")
                 return replace(node, dims=None)
             version = self.state_versions.get(node.id, 0)
-            dims = None if _poisoned(tensor) else tensor.dims
-            return replace(node, dims=dims, ref=ir.Ref(tensor.kind.value, version))
+            return replace(node, dims=tensor.dims, ref=ir.Ref(tensor.kind.value, version))
         if node.id in self.outputs:
             self.error(f"output `{node.id}` cannot be read inside the step", node.span,
                        help="compute it with `let` and use the `let` name")
             return replace(node, dims=None)
-        suggestion = closest(node.id, [*self.dims, *self.lets, *self.tensors])
-        self.error(f"unknown name `{node.id}`", node.span,
-                   help=f"did you mean `{suggestion}`?" if suggestion else None)
+        if node.id not in self.unknown:      # reported once, at its first use
+            self.unknown.add(node.id)
+            suggestion = closest(node.id, [*self.dims, *self.lets, *self.tensors])
+            self.error(f"unknown name `{node.id}`", node.span,
+                       help=f"did you mean `{suggestion}`?" if suggestion else None)
         return replace(node, dims=None)
 
     def elementwise_operand(self, operand: ir.Expr) -> tuple[str, ...] | None:
@@ -353,6 +372,14 @@ class _Checker:
 
     def reduce_dims(self, node: ir.Call) -> tuple[str, ...] | None:
         dims = self.elementwise_operand(node.args[0])
+        if node.dim in self.poisoned:
+            return None
+        if node.dim not in self.dims:
+            suggestion = closest(node.dim, [d for d in self.dims if d not in self.poisoned])
+            self.error(f"`{node.func}` reduces over a dim, and `{node.dim}` is not a declared dim",
+                       node.dim_span if node.dim_span.line else node.span,
+                       help=f"did you mean `{suggestion}`?" if suggestion else None)
+            return None
         if dims is None:
             return None
         if node.dim not in dims:
@@ -362,14 +389,13 @@ class _Checker:
         return dims if node.func == "l2norm" else tuple(d for d in dims if d != node.dim)
 
 
-def _poisoned(tensor: ir.Tensor) -> bool:
-    """A tensor whose declaration had an error: its name is known, its shape is not."""
-    return not tensor.dims and bool(tensor.dim_spans)
-
-
 def _is_square(tensor: ir.Tensor) -> bool:
     return tensor.kind is ir.TensorKind.PARAM and len(tensor.dims) == 2 and \
         tensor.dims[0] == tensor.dims[1]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _fmt(dims: tuple[str, ...]) -> str:

@@ -32,7 +32,7 @@ class Diagnostic:
 def _excerpt(source: str, span: Span) -> list[str]:
     if span.line <= 0:
         return []
-    source_lines = source.splitlines()
+    source_lines = split_lines(source)
     if span.line > len(source_lines):
         return []
     text = source_lines[span.line - 1].expandtabs(1)
@@ -45,6 +45,12 @@ def _excerpt(source: str, span: Span) -> list[str]:
     end = span.end_col if span.end_line == span.line and span.end_col > span.col else col + 1
     width = max(1, min(end - span.col, len(text) - col + 1))
     return ["    " + text, "    " + " " * (col - 1) + "^" * width]
+
+
+def split_lines(source: str) -> list[str]:
+    """The lines of a source as an editor numbers them: split at `\n` only (not at form feeds,
+    `\u2028` and the other breaks of str.splitlines), without a trailing `\r`."""
+    return [line.removesuffix("\r") for line in source.split("\n")]
 
 
 class SpecError(Exception):
@@ -62,12 +68,15 @@ class SpecError(Exception):
 
 
 def closest(name: str, candidates) -> str | None:
-    """The candidate nearest to `name` by edit distance, if it is near enough to be a typo."""
-    best, best_distance = None, None
+    """The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
+
+    Case is ignored, except to break ties (`kk` suggests `k` rather than the dim `K`)."""
+    best, best_distance, best_key = None, None, None
     for candidate in candidates:
         distance = _edit_distance(name.lower(), candidate.lower())
-        if best_distance is None or distance < best_distance:
-            best, best_distance = candidate, distance
+        key = (distance, _edit_distance(name, candidate))
+        if best_key is None or key < best_key:
+            best, best_distance, best_key = candidate, distance, key
     if best is not None and best_distance <= max(1, len(name) // 3) and best_distance < len(name):
         return best
     return None

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from lark import Lark, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ir
-from .errors import Diagnostic, SpecError
+from .errors import Diagnostic, SpecError, split_lines
 from .resources import grammar_path
 
-MAX_LINE_LENGTH = 4000
+MAX_LINE_LENGTH = 20_000
 MAX_NESTING = 64
 MAX_DEPTH = 200
 
@@ -132,7 +132,7 @@ def parse(source: str, filename: str = "<spec>") -> ir.Spec:
     parser, transformer = _parser()
     diagnostics: list[Diagnostic] = []
     items = []
-    for number, text in enumerate(source.splitlines(), 1):
+    for number, text in enumerate(split_lines(source), 1):
         code = text.split("#", 1)[0]
         if not code.strip():
             continue
@@ -143,18 +143,15 @@ def parse(source: str, filename: str = "<spec>") -> ir.Spec:
             continue
         transformer.where = where
         try:
-            item = transformer.transform(parser.parse(code))
+            tree = parser.parse(code)
         except UnexpectedInput as error:
             diagnostics.append(_syntax_error(error, code, where))
-        except RecursionError:
-            diagnostics.append(Diagnostic("error", "this line is nested too deeply",
-                                          ir.Span(filename, number, 1, number, len(code) + 1)))
             continue
-        too_deep = _too_deep(item, where, len(code))
-        if too_deep:
-            diagnostics.append(too_deep)
+        problems = _too_deep(tree, where, len(code)) or _too_large(tree, where)
+        if problems:
+            diagnostics.extend(problems)
         else:
-            items.append(item)
+            items.append(transformer.transform(tree))
     if diagnostics:
         raise SpecError(diagnostics, source)
     return _assemble(items, source, filename)
@@ -175,30 +172,39 @@ def _line_too_complex(code: str, where: _Line) -> Diagnostic | None:
     return None
 
 
-def _too_deep(item, where: _Line, length: int) -> Diagnostic | None:
-    value = getattr(item, "value", None) or (item[1].value if isinstance(item, tuple)
-                                              and item[0] == "output" else None)
-    if value is None:
-        return None
-    depth, stack = 0, [(value, 1)]
+def _too_deep(tree: Tree, where: _Line, length: int) -> list[Diagnostic]:
+    """Measured on the parse tree (iteratively) before the recursive transformer sees it; the
+    tree's root is the statement, so its depth is one more than the expression's."""
+    depth, stack = 0, [(tree, 0)]
     while stack:
         node, level = stack.pop()
         depth = max(depth, level)
-        stack.extend((child, level + 1) for child in ir.children(node))
+        stack.extend((child, level + 1) for child in node.children if isinstance(child, Tree))
     if depth <= MAX_DEPTH:
-        return None
-    return Diagnostic("error", f"expression is too deep ({depth} levels; at most {MAX_DEPTH})",
+        return []
+    return [Diagnostic("error", f"expression is too deep ({depth} levels; at most {MAX_DEPTH})",
                       ir.Span(where.filename, where.line, 1, where.line, length + 1),
-                      help="split the expression with `let`")
+                      help="split the expression with `let`")]
+
+
+def _too_large(tree: Tree, where: _Line) -> list[Diagnostic]:
+    """Numbers that overflow a float (`1e400`) would silently become infinities."""
+    return [Diagnostic("error", f"number `{token}` is too large", where.token_span(token),
+                       help="numbers must fit a 64-bit float (at most about 1.8e308)")
+            for token in tree.scan_values(lambda v: isinstance(v, Token) and v.type == "NUMBER")
+            if math.isinf(float(token))]
 
 
 def _syntax_error(error: UnexpectedInput, code: str, where: _Line) -> Diagnostic:
     col = getattr(error, "column", None) or len(code.rstrip()) + 1
-    if col == -1 or isinstance(error, UnexpectedEOF):
-        col = len(code.rstrip()) + 1
+    at_end = isinstance(error, UnexpectedEOF) or \
+        isinstance(error, UnexpectedToken) and error.token.type == "$END"
+    if col == -1 or at_end:
+        col = len(code.rstrip()) + 1   # lark places `$END` on the last token, not after it
     if isinstance(error, UnexpectedCharacters):
         char = code[col - 1] if col - 1 < len(code) else "?"
-        message = f"unexpected character `{char}`"
+        shown = f"`{char}`" if char.isprintable() else f"U+{ord(char):04X}"
+        message = f"unexpected character {shown}"
         width = 1
     elif isinstance(error, UnexpectedToken) and error.token.type != "$END":
         message = f"unexpected `{error.token}`"

@@ -38,11 +38,13 @@ def _read(path: Path, shown: str) -> tuple[str, str]:
         return data.decode("utf-8"), shown
     except UnicodeDecodeError as error:
         line = data[:error.start].count(b"\n") + 1
-        col = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        col = len(data[line_start:error.start].decode("utf-8")) + 1   # in characters, not bytes
         raise SpecError([Diagnostic("error", f"the file is not valid UTF-8 (byte "
                                     f"0x{data[error.start]:02x})", Span(shown, line, col, line,
                                                                           col + 1),
-                                    help="save the spec as UTF-8")], "") from None
+                                    help="save the spec as UTF-8")],
+                        data.decode("utf-8", errors="replace")) from None
 
 
 def _file_error(shown: str, message: str, help: str | None = None) -> SpecError:
