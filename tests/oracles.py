@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fla.ops.delta_rule.naive import delta_rule_recurrence
 from fla.ops.gated_delta_product.naive import naive_recurrent_gated_delta_product
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
 from fla.ops.gla.naive import naive_recurrent_gla
 from fla.ops.hgrn.naive import naive_recurrent_hgrn
 from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
@@ -61,6 +62,9 @@ SPECS: dict[str, Spec] = {
                          {"q": ("K",), "k1": ("K",), "k2": ("K",), "v1": ("V",), "v2": ("V",),
                           "beta1": (), "beta2": ()}, _OV, _SKV,
                          ranges={"beta1": UNIT, "beta2": UNIT}, l2_normalised=("k1", "k2")),
+    "rwkv7": Spec(("K", "V"), {"r": ("K",), "k": ("K",), "v": ("V",), "kk": ("K",), "g": ("K",),
+                                "a": ("K",)}, _OV, _SKV,
+                  ranges={"g": NEG, "a": UNIT}, l2_normalised=("kk",)),
     "hgrn": Spec(("D",), {"x": ("D",), "g": ("D",)}, {"o": ("D",)}, {"h": (("D",), 0.0)},
                  ranges={"g": NEG}),
     "hgrn2": Spec(("K", "V"), {"q": ("K",), "v": ("V",), "g": ("K",)}, _OV, _SKV,
@@ -234,6 +238,18 @@ def oracle_deltaproduct(inputs, params, initial_state):
         interleave(x["beta1"], x["beta2"]), scale=K ** -0.5, initial_state=s["S"],
         output_final_state=True, num_householder=2)
     return {"o": o.float()}, {"S": S}
+
+
+def oracle_rwkv7(inputs, params, initial_state):
+    """fla's dplr_recurrence (head-first; S = exp(gk) S + k v^T + beta (alpha^T S)) with
+    alpha = -kk, beta = a * kk as fla's RWKV-7 layer passes them; it hard-codes a K^-1/2 scale
+    on q, which RWKV-7 does not use, so r is pre-multiplied by K^1/2."""
+    x, _, s = _prep("rwkv7", inputs, params, initial_state)
+    K = x["r"].shape[-1]
+    hf = {n: t.transpose(1, 2) for n, t in x.items()}
+    o, S = dplr_recurrence(hf["r"] * K ** 0.5, hf["k"], hf["v"], -hf["kk"], hf["a"] * hf["kk"],
+                           hf["g"], initial_state=s["S"], output_final_state=True)
+    return {"o": o.transpose(1, 2).float()}, {"S": S}
 
 
 def oracle_hgrn(inputs, params, initial_state):

@@ -175,6 +175,20 @@ def test_delta_family_matches_paper_loop(name, init):
 
 
 @pytest.mark.parametrize("init", [False, True])
+def test_rwkv7_matches_paper_value_by_key_form(init):
+    """The paper's orientation: S[V, K] <- S (diag(w) - kk^T (a * kk)) + v^T k, o = S r."""
+    x, _, s, out, fin = run("rwkv7", init=init)
+    S = s["S"].transpose(-1, -2) if init else torch.zeros_like(fin["S"]).transpose(-1, -2)
+    eye = torch.eye(x["r"].shape[-1])
+    for t in range(T):
+        kk, a = x["kk"][:, t], x["a"][:, t]
+        M = eye * x["g"][:, t].exp()[..., None, :] - kk[..., :, None] * (a * kk)[..., None, :]
+        S = S @ M + x["v"][:, t, ..., :, None] * x["k"][:, t, ..., None, :]
+        close(out["o"][:, t], torch.einsum("bhvk,bhk->bhv", S, x["r"][:, t]))
+    close(fin["S"], S.transpose(-1, -2))
+
+
+@pytest.mark.parametrize("init", [False, True])
 def test_gated_deltanet_matches_fla_chunk_form(init):
     x, _, s, out, fin = run("gated_deltanet", init=init)
     o, S = naive_chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=16,
