@@ -73,8 +73,8 @@ class TorchRenderer:
             return self.reduce(node)
         if len(node.args) == 2:
             left, right = self.operands(node, *node.args)
-            if is_constant(node.args[0]) and is_constant(node.args[1]):
-                left = f"torch.as_tensor({left})"
+            left, right = (f"torch.as_tensor({code})" if is_constant(arg) else code
+                           for code, arg in zip((left, right), node.args))
             return ELEMENTWISE[node.func].format(left, right)
         arg = self.render(node.args[0])
         if is_constant(node.args[0]):

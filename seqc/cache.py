@@ -1,6 +1,7 @@
 """Compiled modules, cached in memory and on disk.
 
-The key is a hash of the spec text, the seqc version and the backend. A disk entry is
+The key is a hash of the spec text, the seqc version (plus a digest of the generator code) and
+the backend. A disk entry is
 `<key>.py` whose first line is `# seqc-cache <sha256 of the rest>`; writes are atomic (a temporary
 file renamed into place), and an entry whose checksum or syntax is wrong is rebuilt, not trusted.
 Modules are imported from their file so that `inspect` (and so `triton.jit`) can read the source.
@@ -12,6 +13,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +32,21 @@ def cache_dir() -> Path:
 def cache_key(source: str, version: str, backend: str) -> str:
     digest = hashlib.sha256(f"{version}\0{backend}\0{source}".encode("utf-8")).hexdigest()
     return f"{backend}_{digest[:32]}"
+
+
+@lru_cache(maxsize=None)
+def generator_digest(backend: str) -> str:
+    """A hash of the code that emits a backend's modules (its folder, the shared renderers and
+    seqc itself), so that a changed generator never serves a stale cached module."""
+    from .resources import resource_dir
+    digest = hashlib.sha256()
+    roots = [resource_dir("backends"), Path(__file__).resolve().parent]
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".j2", ".lark") and "__pycache__" not in path.parts:
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def load_module(key: str, build: Callable[[], str]):

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from .cache import cache_key, load_module
+from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
 from .validate import validate
 
@@ -63,6 +63,6 @@ def build_kernel(program, backend: str = "reference", **options) -> Kernel:
     if chosen not in BACKENDS:
         raise ValueError(f"unknown backend `{backend}`; choose one of "
                          f"{', '.join(BACKENDS + ('auto',))}")
-    key = cache_key(program.source, __version__, chosen)
+    key = cache_key(program.source, f"{__version__}+{generator_digest(chosen)}", chosen)
     module = load_module(key, lambda: program.emit(chosen))
     return Kernel(program, chosen, module, options)

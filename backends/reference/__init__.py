@@ -50,4 +50,5 @@ def _to_dims(expr: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
 
 
 def _init(state: ir.Tensor) -> str:
-    return repr(float(state.init if state.init is not None else 0.0))
+    value = float(state.init if state.init is not None else 0.0)
+    return f'float("{value}")' if value in (float("inf"), float("-inf")) else repr(value)
