@@ -30,7 +30,7 @@ class Diagnostic:
 
 
 def _excerpt(source: str, span: Span) -> list[str]:
-    if span.line <= 0:
+    if span.line <= 0 or not source:
         return []
     source_lines = split_lines(source)
     if span.line > len(source_lines):
