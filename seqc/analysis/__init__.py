@@ -1,0 +1,64 @@
+"""The recurrence analysis: which parallel form each state (or coupled group) admits, and why.
+
+`analyse(checked) -> Analysis`. The passes, one module each:
+    symbolic  IR -> sympy (states as symbols, updates composed, lets inlined) and back
+    reads     how the outputs read the states
+    classify  the rules, giving one `Proof` per group (blame.py points at refusals)
+    lower     Analysis -> seqc.plan.Plan
+    report    the verdicts in words and as JSON
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .. import ir
+from ..check import Checked
+from .proof import Combine, Proof, Reason
+
+__all__ = ["Analysis", "Combine", "Proof", "Reason", "analyse", "lower"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    spec: ir.Spec
+    proofs: tuple[Proof, ...]
+    sym: object = field(compare=False, repr=False)
+
+    def proof(self, state: str) -> Proof:
+        return next(p for p in self.proofs if state in p.states)
+
+    def kind(self, state: str) -> str:
+        return self.proof(state).kind
+
+    @cached_property
+    def plan(self):
+        from .lower import lower
+        return lower(self)
+
+    def describe(self, source: str | None = None) -> str:
+        from .report import describe
+        return describe(self, self.spec.source if source is None else source)
+
+    def to_json(self) -> dict:
+        from .report import to_json
+        return to_json(self)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def analyse(checked: Checked | ir.Spec) -> Analysis:
+    from .classify import classify, groups
+    from .reads import read_forms
+    from .symbolic import Symbolic
+    spec = checked.spec if isinstance(checked, Checked) else checked
+    sym = Symbolic(spec)
+    reads = read_forms(sym)
+    proofs = tuple(classify(sym, group, reads) for group in groups(sym))
+    return Analysis(spec, proofs, sym)
+
+
+def lower(analysis: Analysis):
+    from .lower import lower as _lower
+    return _lower(analysis)

@@ -1,0 +1,307 @@
+"""The rules: group the states, then give each group a kind and its proof.
+
+A group is a connected set of states whose updates read one another (composition in program order
+included). Per group, in this order:
+
+    semiring     one update `h = max(h + a, b)` or `logaddexp(h + a, b)`, a and b state-free
+    refused      the composed update is not a polynomial of degree <= 1 in the group's states
+                 (sympy), or an output reads a state before its last update
+    chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
+                 S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim
+    chunk        a matrix state [Kd, Vd] read only as `q @ S`, decay over () or (Kd,), and every
+                 write term a key over Kd times a value over Vd
+    scan         affine with elementwise coefficients (coupled groups: a matrix of them)
+    sequential   everything else, with the Reason
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from .. import ir, plan
+from ..pretty import expr as text
+from .blame import Blame, dense_transition
+from .logs import log_of
+from .proof import COMBINES, Proof, Reason
+from .reads import ReadForms
+from .symbolic import Symbolic
+
+
+class Refused(Exception):
+    def __init__(self, reason: Reason):
+        super().__init__(reason.message)
+        self.reason = reason
+
+
+def groups(sym: Symbolic) -> list[tuple[str, ...]]:
+    """Connected components of `state reads state`, in declaration order."""
+    order = [t.name for t in sym.spec.states]
+    neighbours = {s: set(sym.update_deps(s)) - {s} for s in order}
+    for state, reads in list(neighbours.items()):
+        for other in reads:
+            neighbours[other].add(state)
+    seen: set[str] = set()
+    result = []
+    for state in order:
+        if state in seen:
+            continue
+        component, stack = set(), [state]
+        while stack:
+            current = stack.pop()
+            if current not in component:
+                component.add(current)
+                stack.extend(neighbours[current])
+        seen |= component
+        result.append(tuple(s for s in order if s in component))
+    return result
+
+
+def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms]) -> Proof:
+    try:
+        _check_fresh_reads(sym, group, reads)
+        if len(group) == 1:
+            return _single(sym, group[0], reads[group[0]])
+        return _coupled(sym, group)
+    except Refused as refused:
+        return Proof("sequential", group, plan.SequentialGroup(group), reason=refused.reason)
+
+
+def _check_fresh_reads(sym: Symbolic, group, reads) -> None:
+    for state in group:
+        for output, name in reads[state].stale:
+            raise Refused(Reason(f"output `{output}` reads `{state}` before its last update",
+                                 name.span, name))
+
+
+def _affine(sym: Symbolic, group: tuple[str, ...]) -> dict[str, sp.Poly]:
+    """Each state's composed update as a polynomial of degree <= 1 in the group, or Refused."""
+    polys = {}
+    for state in group:
+        poly = sym.poly(sym.composed(state), group)
+        if poly is None or poly.total_degree() > 1:
+            reason = Blame(sym, group).find() or _not_affine(sym, state)
+            raise Refused(reason)
+        polys[state] = poly
+    return polys
+
+
+def _not_affine(sym: Symbolic, state: str) -> Reason:
+    update = sym.updates[state][-1]
+    return Reason(f"the update of `{state}` is not affine in the state", update.value.span,
+                  update.value)
+
+
+def _facts(sym: Symbolic, state: str, poly: sp.Poly, group) -> list[str]:
+    terms = ", ".join(f"{sym.state_symbols[s]}: {poly.coeff_monomial(sym.state_symbols[s])}"
+                      for s in group)
+    return [f"{state}_t = {poly.as_expr()}",
+            f"degree {poly.total_degree()} in {', '.join(group)}",
+            f"coefficients ({terms}) are free of the states"]
+
+
+# ---- one state -----------------------------------------------------------------------------------
+
+def _single(sym: Symbolic, state: str, reads: ReadForms) -> Proof:
+    semiring = _semiring(sym, state)
+    if semiring is not None:
+        return semiring
+    poly = _affine(sym, (state,))[state]
+    symbol = sym.state_symbols[state]
+    decay, writes = poly.coeff_monomial(symbol), poly.coeff_monomial(1)
+    facts = _facts(sym, state, poly, (state,))
+    if sym.has_functional(decay):
+        return _delta(sym, state, reads, facts)
+    chunk = _chunk(sym, state, decay, writes, reads, facts)
+    return chunk if chunk is not None else _scan(sym, state, decay, writes, facts)
+
+
+def _scan(sym: Symbolic, state: str, decay: sp.Expr, offset: sp.Expr, facts) -> Proof:
+    coefficient, offset_ir = sym.to_ir(decay), sym.to_ir(offset)
+    log = log_of(sym, decay, strict=True)
+    group = plan.ScanGroup((state,), {state: coefficient}, {state: offset_ir}, {state: log})
+    facts.append("the coefficient is elementwise: a diagonal transition")
+    return Proof("scan", (state,), group, {"coefficient": coefficient, "log_coefficient": log,
+                                          "offset": offset_ir}, COMBINES["scan"], tuple(facts))
+
+
+def _key_dim(sym: Symbolic, dims, decay_dims: set[str], reads: ReadForms) -> str | None:
+    side = reads.matmul_side
+    if side == "left":
+        return dims[0]
+    if side == "right":
+        return dims[-1]
+    if side is None:
+        return next((d for d in dims if decay_dims <= {d}), None)
+    return None
+
+
+def _chunk(sym: Symbolic, state, decay, writes, reads: ReadForms, facts) -> Proof | None:
+    dims = sym.spec.tensor(state).dims
+    if len(dims) != 2:
+        return None
+    key_dim = _key_dim(sym, dims, sym.dims(decay), reads)
+    if key_dim is None or not sym.dims(decay) <= {key_dim}:
+        return None
+    value_dim = next(d for d in dims if d != key_dim)
+    split = _outer_products(sym, writes, key_dim, value_dim)
+    if split is None:
+        return None
+    log_decay = None if decay == 1 else log_of(sym, decay, strict=False)
+    group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split)
+    facts.append(f"the decay is over {_dims_text(sym.dims(decay))}, every write is a key over "
+                 f"{key_dim} times a value over {value_dim}, and outputs read `{state}` by `@`")
+    return Proof("chunk", (state,), group,
+                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "writes": split,
+                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk"], tuple(facts))
+
+
+def _dims_text(dims: set[str]) -> str:
+    return "()" if not dims else "(" + ", ".join(sorted(dims)) + ")"
+
+
+def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
+    """The writes as (key over key_dim) x (value over value_dim) terms, grouped by value."""
+    by_value: dict[sp.Expr, sp.Expr] = {}
+    for term in sp.Add.make_args(sp.expand(writes)):
+        if term == 0:
+            continue
+        key, value = sp.Integer(1), sp.Integer(1)
+        for factor in sp.Mul.make_args(term):
+            factor_dims = sym.dims(factor)
+            if factor_dims <= {key_dim}:
+                key *= factor
+            elif factor_dims <= {value_dim}:
+                value *= factor
+            else:
+                return None
+        by_value[value] = by_value.get(value, 0) + key
+    return tuple(plan.Write(sym.to_ir(sp.factor_terms(k)), sym.to_ir(v))
+                 for v, k in by_value.items())
+
+
+# ---- delta rule ----------------------------------------------------------------------------------
+
+def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
+    dims = sym.spec.tensor(state).dims
+    if len(dims) != 2 or reads.matmul_side not in (None, "left"):
+        raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
+    key_dim, value_dim = dims
+    decay, steps = sp.Integer(1), []
+    for n, update in enumerate(sym.updates[state], 1):
+        poly = sym.poly(sym.per_update(state, n), (state,))
+        if poly is None or poly.total_degree() > 1:
+            raise Refused(Blame(sym, (state,)).find() or _not_affine(sym, state))
+        symbol = sym.state_symbols[state]
+        coefficient, write = poly.coeff_monomial(symbol), poly.coeff_monomial(1)
+        if not sym.has_functional(coefficient):
+            if steps or write != 0 or not sym.dims(coefficient) <= {key_dim}:
+                raise Refused(Reason(f"`{state}` is decayed or written outside a delta step after "
+                                     "a delta step", update.span, update.value))
+            decay *= coefficient
+            continue
+        step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim)
+        if step is None:
+            raise Refused(dense_transition(sym, (state,), low_rank=_rank_one(sym, coefficient,
+                                                                             key_dim))
+                          or _not_affine(sym, state))
+        steps.append(step)
+    log_decay = None if decay == 1 else log_of(sym, decay, strict=False)
+    group = plan.DeltaGroup(state, key_dim, value_dim, log_decay, tuple(steps))
+    facts.append(f"each step's transition is (I - beta k k^T) with k over {key_dim}: "
+                 "identity minus rank one, after a decay over "
+                 f"{_dims_text(sym.dims(decay))}")
+    low_rank = tuple(f"{text(s.beta)} * {text(s.key)} {text(s.key)}^T" for s in steps)
+    return Proof("chunk_delta", (state,), group,
+                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
+                  "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim},
+                 COMBINES["chunk_delta"], tuple(facts))
+
+
+def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):
+    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v."""
+    functionals = [s for s in coefficient.free_symbols if s in sym.functionals]
+    if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value):
+        return None
+    side, key = sym.functionals[functionals[0]]
+    if side != "left" or key.dims != (key_dim,):
+        return None
+    poly = sp.expand(coefficient).as_poly(functionals[0])
+    if poly is None or poly.total_degree() != 1 or sp.simplify(poly.coeff_monomial(1) - 1) != 0:
+        return None
+    weight = -poly.coeff_monomial(functionals[0])
+    beta = sp.cancel(weight / sym.convert(key))
+    value = sp.cancel(write / weight) if write != 0 else sp.Integer(0)
+    if sym.dims(beta) or not sym.dims(value) <= {value_dim} or sym.has_functional(value):
+        return None
+    return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
+
+
+def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str) -> bool:
+    """Whether every functional in the coefficient is a key over `key_dim` read as `k @ S`."""
+    functionals = [sym.functionals[s] for s in coefficient.free_symbols if s in sym.functionals]
+    return all(side == "left" and key.dims == (key_dim,) for side, key in functionals)
+
+
+def _reads_state_plainly(sym: Symbolic, state: str, node: ir.Expr) -> bool:
+    """Every `x @ ...` touching the state is `k @ S` with S the state itself."""
+    for inner in ir.walk(node):
+        if isinstance(inner, ir.Binary) and inner.op is ir.Op.MATMUL and sym.deps(inner):
+            right = inner.right
+            if not (isinstance(right, ir.Name) and right.id == state) or sym.deps(inner.left):
+                return False
+    return True
+
+
+# ---- semiring ------------------------------------------------------------------------------------
+
+def _semiring(sym: Symbolic, state: str) -> Proof | None:
+    if len(sym.updates[state]) != 1:
+        return None
+    value = sym.updates[state][0].value
+    while isinstance(value, ir.Name) and value.ref.kind == "let" and sym.deps(value):
+        value = sym.lets[value.id].value
+    if not isinstance(value, ir.Call) or value.func not in ("max", "logaddexp"):
+        return None
+    symbol = sym.state_symbols[state]
+    for inner, other in (value.args, value.args[::-1]):
+        if sym.deps(other) or sym.deps(inner) != {state}:
+            continue
+        shift = sp.expand(sym.convert(inner) - symbol)
+        if shift.has(symbol) or sym.has_functional(shift):
+            continue
+        semiring = "maxplus" if value.func == "max" else "logsumexp"
+        coefficient = sym.to_ir(shift)
+        group = plan.SemiringGroup(state, semiring, coefficient, other)
+        add = "max" if semiring == "maxplus" else "logaddexp"
+        facts = (f"{state}_t = {add}({state} + {shift}, {text(other)})",
+                 f"`+` distributes over `{add}`: a linear recurrence in the ({add}, +) semiring")
+        return Proof("semiring", (state,), group,
+                     {"semiring": semiring, "coefficient": coefficient, "offset": other},
+                     COMBINES[semiring], facts)
+    return None
+
+
+# ---- coupled states ------------------------------------------------------------------------------
+
+def _coupled(sym: Symbolic, group: tuple[str, ...]) -> Proof:
+    polys = _affine(sym, group)
+    coupling, offsets, facts = {}, {}, []
+    for state in group:
+        for other in group:
+            coefficient = polys[state].coeff_monomial(sym.state_symbols[other])
+            if sym.has_functional(coefficient):
+                raise Refused(dense_transition(sym, group) or _not_affine(sym, state))
+            if coefficient != 0:
+                coupling[(state, other)] = sym.to_ir(coefficient)
+        offsets[state] = sym.to_ir(polys[state].coeff_monomial(1))
+        facts.extend(_facts(sym, state, polys[state], group))
+    dims = {s: set(sym.spec.tensor(s).dims) for s in group}
+    for state, other in coupling:
+        if dims[state] != dims[other]:
+            update = sym.updates[state][0]
+            raise Refused(Reason(f"coupled states `{state}` and `{other}` have different dims",
+                                 update.span, update.value))
+    diagonal = {s: coupling.get((s, s), ir.Num(0.0, dims=())) for s in group}
+    scan = plan.ScanGroup(group, diagonal, offsets, {}, coupling)
+    facts.append("jointly affine with elementwise coefficients: a scan over the stacked states")
+    return Proof("scan", group, scan, {"coupling": coupling, "offset": offsets},
+                 COMBINES["coupled"], tuple(facts))

@@ -1,0 +1,55 @@
+"""Analysis -> seqc.plan.Plan: the groups from the proofs, the prelude, and outputs whose state
+reads are replaced by placeholders (`query @ S` for chunk kinds, the state itself otherwise)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import ir, plan
+from ..pretty import expr as text
+from .reads import inline, query_read, state_name
+
+
+def lower(analysis) -> plan.Plan:
+    sym = analysis.sym
+    spec = analysis.spec
+    kinds = {s: proof.kind for proof in analysis.proofs for s in proof.states}
+    prelude = tuple(s for s in spec.body if isinstance(s, ir.Let) and not sym.deps(s.value))
+    reads = _Reads(sym, kinds)
+    outputs = {o.name: reads.replace(inline(sym, o.value)) for o in spec.outputs}
+    return plan.Plan(spec, tuple(p.group for p in analysis.proofs), prelude,
+                     tuple(reads.reads.values()), outputs)
+
+
+class _Reads:
+    def __init__(self, sym, kinds: dict[str, str]):
+        self.sym = sym
+        self.kinds = kinds
+        self.reads: dict[tuple, plan.Read] = {}
+
+    def placeholder(self, key: tuple, state: str, query: ir.Expr | None, node: ir.Expr) -> ir.Name:
+        if key not in self.reads:
+            self.reads[key] = plan.Read(f"_read{len(self.reads)}_{state}", state, query)
+        return ir.Name(self.reads[key].name, span=node.span, dims=node.dims, ref=ir.Ref("read"))
+
+    def fresh(self, name: ir.Name) -> bool:
+        return name.ref.version == len(self.sym.updates[name.id])
+
+    def replace(self, node: ir.Expr) -> ir.Expr:
+        read = query_read(self.sym, node)
+        if read is not None and self.kinds[read[0]] in ("chunk", "chunk_delta"):
+            state, side, query = read
+            target = node.right if side == "left" else node.left
+            if self.fresh(target):
+                return self.placeholder((state, side, text(query)), state, query, node)
+        state = state_name(node)
+        if state is not None:
+            if self.fresh(node) and self.kinds[state] not in ("chunk", "chunk_delta"):
+                return self.placeholder((state,), state, None, node)
+            return node
+        if isinstance(node, ir.Unary):
+            return replace(node, operand=self.replace(node.operand))
+        if isinstance(node, ir.Binary):
+            return replace(node, left=self.replace(node.left), right=self.replace(node.right))
+        if isinstance(node, ir.Call):
+            return replace(node, args=tuple(self.replace(a) for a in node.args))
+        return node

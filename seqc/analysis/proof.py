@@ -1,0 +1,132 @@
+"""The proof objects: what the analysis concludes for a state group, and why.
+
+A `Proof` names the kind, the group's states, the decomposition of its update (which expression is
+the decay, which the key/value writes, which the low-rank part, as typed IR), the associative
+combine of transition summaries with its identity, the algebraic facts sympy established, and for
+a refusal the `Reason`: the offending sub-expression, its span and a one-line message.
+
+A `Combine` is also executable on numpy arrays, so tests can check associativity and that a tree
+of combines reproduces the step loop. Elements are transition summaries of a run of steps; the
+earlier run is the left operand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import ir
+from ..errors import Diagnostic
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a group is refused a parallel form: the offending sub-expression and a one-line message."""
+    message: str
+    span: ir.Span
+    node: ir.Expr | None = field(default=None, compare=False)
+    help: str | None = None
+
+    def diagnostic(self) -> Diagnostic:
+        return Diagnostic("note", self.message, self.span, self.help)
+
+    def to_json(self) -> dict:
+        return {"line": self.span.line, "col": self.span.col, "end_line": self.span.end_line,
+                "end_col": self.span.end_col, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Combine:
+    """An associative operator on transition summaries, with its identity."""
+    name: str
+    text: str
+    identity_text: str
+    apply: Callable = field(compare=False, repr=False)      # (earlier, later) -> combined
+    identity: Callable = field(compare=False, repr=False)   # (like element) -> identity element
+
+
+def _np():
+    import numpy
+    return numpy
+
+
+def _scan(first, second):
+    (a1, b1), (a2, b2) = first, second
+    return a1 * a2, a2 * b1 + b2
+
+
+def _coupled(first, second):
+    (a1, b1), (a2, b2) = first, second
+    np = _np()
+    return np.einsum("...ij,...jk->...ik", a2, a1), np.einsum("...ij,...j->...i", a2, b1) + b2
+
+
+def _coupled_identity(element):
+    np = _np()
+    a, b = element
+    return np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy(), np.zeros_like(b)
+
+
+def _chunk(first, second):
+    (d1, u1), (d2, u2) = first, second
+    return d1 * d2, d2[..., None] * u1 + u2
+
+
+def _delta(first, second):
+    (a1, u1), (a2, u2) = first, second
+    return a2 @ a1, a2 @ u1 + u2
+
+
+def _maxplus(first, second):
+    (a1, b1), (a2, b2) = first, second
+    return a1 + a2, _np().maximum(b1 + a2, b2)
+
+
+def _logsumexp(first, second):
+    (a1, b1), (a2, b2) = first, second
+    return a1 + a2, _np().logaddexp(b1 + a2, b2)
+
+
+def _ones_zeros(element):
+    np = _np()
+    return np.ones_like(element[0]), np.zeros_like(element[1])
+
+
+def _zero_neginf(element):
+    np = _np()
+    return np.zeros_like(element[0]), np.full_like(element[1], -np.inf)
+
+
+def _eye_zeros(element):
+    np = _np()
+    a, u = element
+    return np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy(), np.zeros_like(u)
+
+
+COMBINES = {
+    "scan": Combine("scan", "(a1, b1) o (a2, b2) = (a1 * a2, a2 * b1 + b2)", "(1, 0)",
+                    _scan, _ones_zeros),
+    "coupled": Combine("coupled", "(A1, b1) o (A2, b2) = (A2 A1, A2 b1 + b2), A the matrix of "
+                       "elementwise couplings", "(I, 0)", _coupled, _coupled_identity),
+    "chunk": Combine("chunk", "(D1, U1) o (D2, U2) = (D2 D1, D2 U1 + U2), D diagonal "
+                     "(exp of the summed log decay), U the summed key (x) value writes", "(1, 0)",
+                     _chunk, _ones_zeros),
+    "chunk_delta": Combine("chunk_delta", "(A1, U1) o (A2, U2) = (A2 A1, A2 U1 + U2), "
+                           "A = exp(log_decay) (I - beta k k^T) per step", "(I, 0)",
+                           _delta, _eye_zeros),
+    "maxplus": Combine("maxplus", "(a1, b1) o (a2, b2) = (a1 + a2, max(b1 + a2, b2))",
+                       "(0, -inf)", _maxplus, _zero_neginf),
+    "logsumexp": Combine("logsumexp", "(a1, b1) o (a2, b2) = (a1 + a2, logaddexp(b1 + a2, b2))",
+                         "(0, -inf)", _logsumexp, _zero_neginf),
+}
+
+
+@dataclass(frozen=True)
+class Proof:
+    """The verdict for one group of states."""
+    kind: str                                  # scan | chunk | chunk_delta | semiring | sequential
+    states: tuple[str, ...]
+    group: object                              # the seqc.plan group it lowers to
+    decomposition: dict = field(default_factory=dict)    # role -> ir.Expr | tuple | str
+    combine: Combine | None = None
+    facts: tuple[str, ...] = ()
+    reason: Reason | None = None

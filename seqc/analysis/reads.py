@@ -1,0 +1,93 @@
+"""How outputs read the states: `query @ S`, `S @ query`, or the state itself.
+
+Outputs are looked at with every state-dependent `let` inlined (state-free lets stay names: they
+go to the Plan's prelude). A read of a state before its last update of the step is *stale*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .. import ir
+from .symbolic import Symbolic
+
+
+@dataclass
+class ReadForms:
+    """Every way the outputs read one state."""
+    left: list[ir.Expr] = field(default_factory=list)    # queries q of `q @ S` (contract dims[0])
+    right: list[ir.Expr] = field(default_factory=list)   # queries w of `S @ w` (contract dims[-1])
+    direct: list[ir.Name] = field(default_factory=list)  # any other read of the state
+    stale: list[tuple[str, ir.Name]] = field(default_factory=list)   # (output, name) too early
+
+    @property
+    def matmul_side(self) -> str | None:
+        """"left" or "right" when every read is a query of that side, None when there is none."""
+        if self.direct or (self.left and self.right):
+            return "mixed"
+        return "left" if self.left else "right" if self.right else None
+
+
+def inline(sym: Symbolic, node: ir.Expr) -> ir.Expr:
+    """The expression with every state-dependent `let` replaced by its (inlined) value."""
+    if isinstance(node, ir.Name):
+        if node.ref is not None and node.ref.kind == "let" and sym.deps(node):
+            return inline(sym, sym.lets[node.id].value)
+        return node
+    if isinstance(node, ir.Unary):
+        return replace(node, operand=inline(sym, node.operand))
+    if isinstance(node, ir.Binary):
+        return replace(node, left=inline(sym, node.left), right=inline(sym, node.right))
+    if isinstance(node, ir.Call):
+        return replace(node, args=tuple(inline(sym, a) for a in node.args))
+    return node
+
+
+def state_name(node: ir.Expr) -> str | None:
+    if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "state":
+        return node.id
+    return None
+
+
+def query_read(sym: Symbolic, node: ir.Expr) -> tuple[str, str, ir.Expr] | None:
+    """(state, side, query) when `node` is `q @ S` or `S @ q` with a state-free query q."""
+    if not isinstance(node, ir.Binary) or node.op is not ir.Op.MATMUL:
+        return None
+    tensor_dims = {t.name: t.dims for t in sym.spec.states}
+    state = state_name(node.right)
+    if state and not sym.deps(node.left) and len(tensor_dims[state]) == 2 \
+            and node.left.dims == (tensor_dims[state][0],):
+        return state, "left", node.left
+    state = state_name(node.left)
+    if state and not sym.deps(node.right) and len(tensor_dims[state]) == 2 \
+            and node.right.dims == (tensor_dims[state][-1],):
+        return state, "right", node.right
+    return None
+
+
+def read_forms(sym: Symbolic) -> dict[str, ReadForms]:
+    forms = {t.name: ReadForms() for t in sym.spec.states}
+    for output in sym.spec.outputs:
+        _collect(sym, inline(sym, output.value), output.name, forms)
+    return forms
+
+
+def _collect(sym: Symbolic, node: ir.Expr, output: str, forms: dict[str, ReadForms]) -> None:
+    read = query_read(sym, node)
+    if read is not None:
+        state, side, query = read
+        target = node.right if side == "left" else node.left
+        _check_fresh(sym, target, output, forms)
+        getattr(forms[state], side).append(query)
+        _collect(sym, query, output, forms)
+        return
+    state = state_name(node)
+    if state:
+        _check_fresh(sym, node, output, forms)
+        forms[state].direct.append(node)
+    for child in ir.children(node):
+        _collect(sym, child, output, forms)
+
+
+def _check_fresh(sym: Symbolic, name: ir.Name, output: str, forms: dict[str, ReadForms]) -> None:
+    if name.ref.version != len(sym.updates[name.id]):
+        forms[name.id].stale.append((output, name))

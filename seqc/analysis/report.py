@@ -1,0 +1,98 @@
+"""The verdicts in words (what `seqc check` prints) and as JSON (`seqc check --json`)."""
+from __future__ import annotations
+
+from .. import ir, plan
+from ..pretty import expr as _text
+
+KIND_WORDS = {
+    "scan": "a parallel scan",
+    "chunk": "the chunkwise form",
+    "chunk_delta": "the chunkwise delta-rule form (WY/UT)",
+    "semiring": "a parallel scan in a semiring",
+    "sequential": "the sequential loop only",
+}
+
+
+def text(node) -> str | None:
+    return None if node is None else _text(node)
+
+
+def summary(proof) -> str:
+    """One plain sentence: what the update is, in the terms of its kind."""
+    d = proof.decomposition
+    if proof.kind == "scan" and len(proof.states) == 1:
+        log = d["log_coefficient"]
+        logged = f" (log coefficient `{text(log)}`)" if log is not None else ""
+        return (f"affine in itself with the elementwise coefficient `{text(d['coefficient'])}`"
+                f"{logged} and the offset `{text(d['offset'])}`")
+    if proof.kind == "scan":
+        pairs = ", ".join(f"`{text(c)}` ({a} <- {b})" for (a, b), c in d["coupling"].items())
+        return f"jointly affine with elementwise couplings {pairs}"
+    if proof.kind == "chunk":
+        writes = " + ".join(f"`{text(w.key)}` (x) `{text(w.value)}`" for w in d["writes"])
+        decay = _decay(d)
+        return (f"matrix state over ({d['key_dim']}, {d['value_dim']}): {decay}, written by "
+                f"{writes or 'nothing'}, read as `q @ {proof.states[0]}`")
+    if proof.kind == "chunk_delta":
+        steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.key)}` (x) (`{text(s.value)}` - "
+                               f"`{text(s.key)}` @ {proof.states[0]})" for s in d["steps"])
+        return (f"{_decay(d)}, then identity minus low rank: {steps}")
+    if proof.kind == "semiring":
+        add = "max" if d["semiring"] == "maxplus" else "logaddexp"
+        return (f"({add}, +) linear: {proof.states[0]} = {add}({proof.states[0]} + "
+                f"`{text(d['coefficient'])}`, `{text(d['offset'])}`)")
+    return f"no parallel form: {proof.reason.message}"
+
+
+def _decay(d: dict) -> str:
+    if d["log_decay"] is None:
+        return "no decay"
+    dims = d["log_decay"].dims
+    where = "scalar" if not dims else "key-wise"
+    return f"{where} decay `{text(d['decay'])}` (log `{text(d['log_decay'])}`)"
+
+
+def describe(analysis, source: str) -> str:
+    lines, notes = [], []
+    for proof in analysis.proofs:
+        names = ", ".join(f"`{s}`" for s in proof.states)
+        coupled = " (coupled)" if len(proof.states) > 1 else ""
+        lines.append(f"  {names}: {proof.kind}{coupled} -> {KIND_WORDS[proof.kind]}")
+        lines.append(f"      {summary(proof)}")
+        if proof.combine is not None:
+            lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
+        if proof.reason is not None:
+            notes.append(proof.reason.diagnostic().render(source))
+    return "\n".join(lines + notes)
+
+
+def _json_value(value):
+    if isinstance(value, dict):
+        return {_key(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (plan.Write, plan.DeltaStep)):
+        return {f: text(getattr(value, f)) for f in value.__dataclass_fields__}
+    if isinstance(value, (ir.Num, ir.Name, ir.Unary, ir.Binary, ir.Call)):
+        return text(value)
+    return value
+
+
+def _key(key) -> str:
+    return " <- ".join(key) if isinstance(key, tuple) else str(key)
+
+
+def to_json(analysis) -> dict:
+    states = {}
+    for proof in analysis.proofs:
+        entry = {"kind": proof.kind,
+                 "reason": proof.reason.to_json() if proof.reason else None,
+                 "group": list(proof.states),
+                 "combine": proof.combine.text if proof.combine else None,
+                 "identity": proof.combine.identity_text if proof.combine else None,
+                 "decomposition": _json_value(proof.decomposition),
+                 "summary": summary(proof),
+                 "proof": list(proof.facts)}
+        for state in proof.states:
+            states[state] = entry
+    return {"model": analysis.spec.name, "states": states}
