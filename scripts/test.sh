@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up in .venv and run the whole test suite (the README's test command).
+# The README's test command: set everything up in .venv, then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0          # the CPU build; never a multi-GB CUDA build
-python -m pip install -q -e ".[test]"
+. scripts/setup.sh
 python -m pytest -q -ra "$@"
