@@ -93,8 +93,7 @@ def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = Fal
                 if low_rank:
                     return Reason(f"the low-rank part `{text(node)}` is not of the delta-rule "
                                   f"form `{statement.state} + beta * k * (v - k @ "
-                                  f"{statement.state})` after a decay", node.span, node,
-                                  help="write the decay as its own update, then the delta step")
+                                  f"{statement.state})` after a decay", node.span, node)
                 return Reason(f"the transition mixes entries of `{statement.state}` through "
                               f"`{text(node)}` (not elementwise, not identity minus low rank)",
                               node.span, node)
