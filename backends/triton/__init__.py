@@ -1,1 +1,33 @@
-"""Backend: triton."""
+"""The Triton backend: a fused recurrent kernel for every spec, plus the parallel family kernels
+(scan, chunk, chunk_delta) that the spec's Plan allows. Expressions are rendered by render.py;
+each kernel skeleton is a Jinja2 template beside a .md statement of its math.
+"""
+from __future__ import annotations
+
+from seqc.templates import render as render_template
+
+from . import families, fused
+from .render import HELPERS, Constants
+
+
+def plan_of(program):
+    """The program's Plan, or None while the analysis cannot give one (fused kernel only)."""
+    try:
+        return program.analysis.plan
+    except (ImportError, AttributeError, NotImplementedError):
+        return None
+
+
+def emit(program, plan=None) -> str:
+    spec = program.spec
+    if plan is None:
+        plan = plan_of(program)
+    constants = Constants()
+    builders = [fused.FusedKernel(spec, constants)] + families.builders(plan, constants)
+    contexts = [(b, b.context()) for b in builders]
+    kernels = [render_template("triton", b.template, spec=spec, constants=list(constants.host),
+                      output_dims=fused.output_dims, **context) for b, context in contexts]
+    modes = [b.mode for b in builders]
+    return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
+                  helpers=HELPERS, kernels=kernels, constants=constants.host,
+                  output_dims=fused.output_dims)

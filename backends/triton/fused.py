@@ -1,0 +1,107 @@
+"""The fused recurrent kernel: the step body in registers, the time loop inside one program.
+
+Exact for every spec (it runs the statements as written, like the reference), and the decode
+kernel (T = 1 with a state in and out). See fused_recurrent.md for the statement of its math.
+"""
+from __future__ import annotations
+
+from seqc import ir
+
+from . import layout
+from .render import Block, Constants, TritonRenderer, align
+
+PREFIX = {"input": "in_", "param": "par_", "state": "st_", "let": "let_"}
+
+
+def output_dims(output: ir.Output) -> tuple[str, ...]:
+    return output.declared_dims if output.declared_dims is not None else output.value.dims
+
+
+def full(block: Block, dims: tuple[str, ...]) -> str:
+    """`block` as a block with exactly the axes `dims` (broadcast when it lacks some)."""
+    code = align(block, dims)
+    if set(block.dims) != set(dims) and dims:
+        shape = ", ".join(f"BLOCK_{d}" for d in dims)
+        code = f"({code} + tl.zeros([{shape}], dtype=tl.float32))"
+    return code
+
+
+class FusedKernel:
+    """Lines of the fused recurrent kernel for one spec."""
+
+    mode = "fused_recurrent"
+    template = "fused_recurrent.py.j2"
+
+    def __init__(self, spec: ir.Spec, constants: Constants):
+        self.spec = spec
+        self.constants = constants
+        self.split = layout.split_dim(spec)
+        self.lets: dict[str, tuple[str, ...]] = {}
+        self.expr = TritonRenderer(self.name_block, constants)
+
+    def name_block(self, node: ir.Name) -> Block:
+        kind = node.ref.kind
+        if kind == "let":
+            return Block(f"let_{node.id}", self.lets[node.id])
+        return Block(PREFIX[kind] + node.id, self.spec.tensor(node.id).dims)
+
+    def guard(self, dims: tuple[str, ...], store: str) -> str:
+        """Only the first split block stores a tensor that lacks the split dim."""
+        if self.split is not None and self.split not in dims:
+            return f"if i_split == 0: {store}"
+        return store
+
+    def context(self) -> dict:
+        spec = self.spec
+        offsets = [f"o_{d.name} = tl.arange(0, BLOCK_{d.name})" if d.name != self.split else
+                   f"o_{d.name} = i_split * BLOCK_{d.name} + tl.arange(0, BLOCK_{d.name})"
+                   for d in spec.dims]
+        masks = [f"mask_{d.name} = o_{d.name} < dim_{d.name}" for d in spec.dims]
+        params, states, finals, loads, body = [], [], [], [], []
+        for p in spec.params:
+            offs, mask = layout.block(layout.row_axes(p.dims))
+            params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
+                          f" + {offs}, mask={mask}, other=0.0).to(tl.float32)")
+        for s in spec.states:
+            offs, mask = layout.block(layout.row_axes(s.dims))
+            row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
+            shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
+            states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
+                           f"other=0.0).to(tl.float32)",
+                           f"st_{s.name} = tl.full([{shape}], {_init(s)}, dtype=tl.float32)"))
+            finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
+                                                   f"st_{s.name}, mask={mask})"))
+        for x in spec.inputs:
+            offs, mask = layout.block(layout.row_axes(x.dims))
+            row = f"((i_b * T + t) * H + i_h) * ({layout.size(x.dims)}) + {offs}"
+            loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + {row}, mask={mask}, "
+                         f"other=0.0).to(tl.float32)")
+        for statement in spec.body:
+            body.append(self.statement(statement))
+        blocks = self.block_names()
+        return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals,
+                    loads=loads, body=body, blocks=blocks, split=self.split)
+
+    def statement(self, statement) -> str:
+        value = self.expr(statement.value)
+        if isinstance(statement, ir.Let):
+            self.lets[statement.name] = value.dims
+            return f"let_{statement.name} = {value.code}"
+        if isinstance(statement, ir.Update):
+            dims = self.spec.tensor(statement.state).dims
+            return f"st_{statement.state} = {full(value, dims)}"
+        dims = output_dims(statement)
+        offs, mask = layout.block(layout.row_axes(dims))
+        row = f"((i_b * T + t) * H + i_h) * ({layout.size(dims)}) + {offs}"
+        return self.guard(dims, f"tl.store(ptr_out_{statement.name} + {row}, "
+                                f"{full(value, dims)}, mask={mask})")
+
+    def block_names(self) -> list[str]:
+        return [f"BLOCK_{d.name}" for d in self.spec.dims]
+
+
+def _init(state: ir.Tensor) -> str:
+    value = float(state.init if state.init is not None else 0.0)
+    return f'float("{value}")' if value in (float("inf"), float("-inf")) else repr(value)
+
+
