@@ -1,1 +1,107 @@
-"""Backend: torch."""
+"""Backend: torch — the parallel PyTorch forms, emitted from the analysis' Plan.
+
+Each state group of the Plan runs in its kernel family (chunk, chunk_delta, scan, semiring; one
+template each, beside a .md stating its math); a Plan with a sequential group runs the step loop,
+with the state-independent lets computed for every step at once. Role expressions (decays, keys,
+values, queries, coefficients) are rendered here over whole sequences `[B, T, H, ...]` and handed
+to the family functions time-second, `[B, H, T, ...]`.
+"""
+from __future__ import annotations
+
+from seqc import ir
+from seqc.backends.torch_render import PRELUDE, TorchRenderer, align, is_constant
+from seqc.templates import render
+
+from .roles import FAMILIES, GroupEmitter, output_dims, supported
+
+PREFIX = {"input": "in_", "param": "par_", "let": "let_", "dim": "dim_", "read": "rd_"}
+
+
+def emit(program) -> str:
+    return emit_plan(program.analysis.plan)
+
+
+def emit_plan(plan) -> str:
+    """The module source for a Plan (tests may hand-build Plans)."""
+    spec = plan.spec
+    whole = TorchRenderer(lambda n: PREFIX[n.ref.kind] + n.id)
+    sequential = plan.sequential or not all(supported(g) for g in plan.groups)
+    prelude_names = {let.name for let in plan.prelude}
+    prelude = [f"let_{let.name} = {_whole_let(whole, let, sequential)}" for let in plan.prelude]
+    if sequential:
+        body, families = _sequential_body(spec, prelude_names), []
+        outputs = [(o.name, f"seq_{o.name}") for o in spec.outputs]
+    else:
+        emitter = GroupEmitter(spec, plan.reads, whole)
+        body = [line for group in plan.groups for line in emitter.lines(group)]
+        families = sorted({FAMILIES[g.kind] for g in plan.groups})
+        outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
+                   for o in spec.outputs]
+    return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
+                  families=[render("torch", f) for f in families], prelude=prelude, body=body,
+                  outputs=outputs, inits={s.name: _init(s) for s in spec.states})
+
+
+def _whole_let(whole: TorchRenderer, let: ir.Let, full: bool) -> str:
+    """A prelude let over all steps; `full` materialises it as [B, T, H, ...] (the loop slices it)."""
+    if not full:
+        return _constant(whole, let.value) if is_constant(let.value) else whole(let.value)
+    return _expanded(whole, let.value, let.value.dims)
+
+
+def _constant(whole: TorchRenderer, value: ir.Expr) -> str:
+    return f"torch.tensor({whole(value)}, dtype=compute, device=device)"
+
+
+def _expanded(whole: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
+    code = _constant(whole, value) if is_constant(value) else whole(value, dims)
+    shape = "".join(f", dim_{d}" for d in dims)
+    return f"{code}.expand(B, T, H{shape})"
+
+
+def _output(whole: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
+    return _expanded(whole, value, dims)
+
+
+def _sequential_body(spec: ir.Spec, prelude_names: set[str]) -> list[str]:
+    def spelled(node: ir.Name) -> str:
+        kind = node.ref.kind
+        if kind == "input" or (kind == "let" and node.id in prelude_names):
+            return f"step_{PREFIX[kind]}{node.id}"
+        return {"state": "st_"}.get(kind, PREFIX.get(kind, "")) + node.id
+
+    step = TorchRenderer(spelled)
+    loop = []
+    for statement in spec.body:
+        if isinstance(statement, ir.Let):
+            if statement.name not in prelude_names:
+                loop.append(f"let_{statement.name} = {step(statement.value)}")
+        elif isinstance(statement, ir.Update):
+            state = spec.tensor(statement.state)
+            loop.append(f"st_{state.name} = {_step_value(step, statement.value, state.dims)}")
+        else:
+            loop.append(f"out_{statement.name}.append("
+                        f"{_step_value(step, statement.value, output_dims(statement))})")
+    sliced = [f"in_{x.name}" for x in spec.inputs] + [f"let_{n}" for n in _ordered(spec, prelude_names)]
+    text = render("torch", "sequential.py.j2", spec=spec, sliced=sliced, loop_body=loop)
+    return [line[4:] for line in text.splitlines()]
+
+
+def _ordered(spec: ir.Spec, names: set[str]) -> list[str]:
+    return [s.name for s in spec.body if isinstance(s, ir.Let) and s.name in names]
+
+
+def _step_value(step: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
+    """One step's value as a full `[B, H, *dims]` tensor."""
+    shape = "".join(f", dim_{d}" for d in dims)
+    if is_constant(value):
+        return f"torch.full((*lead{shape}), {step(value)}, dtype=compute, device=device)"
+    code = step(value)
+    if value.dims != dims:
+        code = align(code, value.dims, dims)
+    return f"{code}.expand(*lead{shape})"
+
+
+def _init(state: ir.Tensor) -> str:
+    value = float(state.init if state.init is not None else 0.0)
+    return f'float("{value}")' if value in (float("inf"), float("-inf")) else repr(value)

@@ -1,0 +1,99 @@
+"""The role expressions of each Plan group, rendered as calls of the family functions.
+
+A role (a key, a decay, a scan coefficient, ...) is an expression over whole sequences; it is
+aligned by name to the dims the family expects and laid out `[B, H, T, *dims]` by `_seq`.
+"""
+from __future__ import annotations
+
+from seqc import ir
+from seqc.backends.torch_render import TorchRenderer, is_constant
+
+FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2", "scan": "scan.py.j2",
+            "semiring": "semiring.py.j2"}
+SEMIRING_ADD = {"maxplus": "torch.maximum", "logsumexp": "torch.logaddexp"}
+
+
+def output_dims(output: ir.Output) -> tuple[str, ...]:
+    return output.declared_dims if output.declared_dims is not None else output.value.dims
+
+
+def supported(group) -> bool:
+    """Whether the torch families run this group (else the whole spec runs the step loop)."""
+    if group.kind == "scan":
+        return not group.coupling
+    if group.kind == "chunk_delta":
+        return group.log_decay is None or group.log_decay.dims == ()
+    return group.kind in ("chunk", "semiring")
+
+
+class GroupEmitter:
+    def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer):
+        self.spec = spec
+        self.reads = reads
+        self.whole = whole
+
+    def seq(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
+        """`value` over [B, H, T, *dims]."""
+        code = (f"torch.tensor({self.whole(value)}, dtype=compute, device=device)"
+                if is_constant(value) else self.whole(value, dims))
+        return f"_seq({code}, B, T, H{''.join(f', dim_{d}' for d in dims)})"
+
+    def reads_of(self, state: str):
+        return [r for r in self.reads if r.state == state]
+
+    def lines(self, group) -> list[str]:
+        return getattr(self, group.kind)(group)
+
+    def chunk(self, g) -> list[str]:
+        vector = g.value_dim is None
+        kd = (g.key_dim,)
+        vd = () if vector else (g.value_dim,)
+        keys = ", ".join(self.seq(w.key, kd) for w in g.writes)
+        values = ", ".join("torch.ones(B, H, T, 1, dtype=compute, device=device)" if vector
+                           else self.seq(w.value, vd) for w in g.writes)
+        reads = self.reads_of(g.state)
+        queries = ", ".join(self.seq(r.query, kd) for r in reads)
+        decay = "None" if g.log_decay is None else self.seq(g.log_decay, g.log_decay.dims and kd)
+        init = f"init_{g.state}" + ("[..., None]" if vector else "")
+        squeeze = ".squeeze(-1)" if vector else ""
+        lines = [f"reads, final_{g.state} = _chunk([{queries}], torch.stack([{keys}], 3), "
+                 f"torch.stack([{values}], 3), {decay}, {init}, chunk_size)"]
+        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
+        if vector:
+            lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")
+        return lines
+
+    def chunk_delta(self, g) -> list[str]:
+        kd, vd = (g.key_dim,), (g.value_dim,)
+        s = g.state
+        lines = []
+        for j, step in enumerate(g.steps):
+            lines.append(f"key_{s}_{j} = {self.seq(step.key, kd)}")
+            lines.append(f"write_{s}_{j} = {self.seq(step.beta, kd)} * key_{s}_{j}")
+        keys = ", ".join(f"key_{s}_{j}" for j in range(len(g.steps)))
+        writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
+        values = ", ".join(self.seq(step.value, vd) for step in g.steps)
+        reads = self.reads_of(s)
+        queries = ", ".join(self.seq(r.query, kd) for r in reads)
+        decay = "None" if g.log_decay is None else self.seq(g.log_decay, ())
+        lines.append(f"reads, final_{s} = _chunk_delta([{queries}], torch.stack([{keys}], 3), "
+                     f"torch.stack([{writes}], 3), torch.stack([{values}], 3), {decay}, "
+                     f"init_{s}, chunk_size)")
+        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
+        return lines
+
+    def scan(self, g) -> list[str]:
+        lines = []
+        for s in g.states:
+            dims = self.spec.tensor(s).dims
+            lines.append(f"all_{s}, final_{s} = _scan({self.seq(g.coefficient[s], dims)}, "
+                         f"{self.seq(g.offset[s], dims)}, init_{s}, chunk_size)")
+            lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
+        return lines
+
+    def semiring(self, g) -> list[str]:
+        s = g.state
+        dims = self.spec.tensor(s).dims
+        lines = [f"all_{s}, final_{s} = _semiring_scan({self.seq(g.coefficient, dims)}, "
+                 f"{self.seq(g.offset, dims)}, init_{s}, chunk_size, {SEMIRING_ADD[g.semiring]})"]
+        return lines + [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
