@@ -1,25 +1,44 @@
-"""What `seqc check` prints: the analysis verdict per state, in words or as JSON."""
+"""What `seqc check` prints: the analysis verdict per state, in words or as JSON.
+
+The analysis imports sympy, whose import alone costs most of a second. `seqc check` is the edit
+loop, so its verdicts are cached on disk, keyed by the file name, the spec text and a digest of
+seqc's own code: re-checking an unchanged spec never imports sympy.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 
-def _analysis(program):
+from .cache import cache_dir, generator_digest, write_atomic
+
+
+def _verdict(program) -> dict:
+    """{"text": the verdict in words, "states": the JSON verdict per state}, cached on disk."""
+    key = hashlib.sha256("\0".join([generator_digest("analysis"), program.spec.span.file,
+                                    program.source]).encode("utf-8")).hexdigest()[:32]
+    path = cache_dir() / "verdicts" / f"{key}.json"
     try:
-        return program.analysis
-    except ImportError:
-        return None
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(cached, dict) and isinstance(cached.get("text"), str) \
+                and isinstance(cached.get("states"), dict):
+            return cached
+    except (OSError, ValueError):
+        pass
+    analysis = program.analysis
+    verdict = {"text": analysis.describe(program.source),
+               "states": analysis.to_json()["states"]}
+    try:
+        write_atomic(path, json.dumps(verdict))
+    except OSError:
+        pass                      # an unwritable cache only costs time
+    return verdict
 
 
 def describe(program) -> str:
-    analysis = _analysis(program)
-    lines = [f"{program.spec.span.file}: ok: model `{program.name}`"]
-    if analysis is None:
-        return lines[0]
-    lines.append(analysis.describe(program.source))
-    return "\n".join(lines)
+    return f"{program.spec.span.file}: ok: model `{program.name}`\n{_verdict(program)['text']}"
 
 
 def to_json(program, path: str) -> dict:
-    analysis = _analysis(program)
-    states = analysis.to_json()["states"] if analysis is not None else {}
-    return {"model": program.name, "file": path, "ok": True, "states": states,
+    return {"model": program.name, "file": path, "ok": True,
+            "states": _verdict(program)["states"],
             "diagnostics": [d.to_json() for d in program.warnings]}
