@@ -235,3 +235,37 @@ def test_check_prints_verdict_in_words():
     result = _seqc("check", str(seqc.resources.stdlib_dir() / "gla.seq"))
     assert result.returncode == 0
     assert "`S`: chunk" in result.stdout and "key-wise decay `exp(g)`" in result.stdout
+
+
+# ---- the Plan drives a backend --------------------------------------------------------------------
+
+def _draw(torch, tensor: ir.Tensor, lead: tuple[int, ...], sizes: dict[str, int]):
+    shape = lead + tuple(sizes[d] for d in tensor.dims)
+    low, high = (-1.0, 1.0) if tensor.range is None else \
+        (max(tensor.range.low, -2.0), min(tensor.range.high, 2.0))
+    if tensor.range is not None and tensor.range.low >= 0:
+        low = max(low, 0.05)
+        high = 0.95 if tensor.range.high <= 1 else high
+    return torch.empty(shape, dtype=torch.float64).uniform_(low, high)
+
+
+@pytest.mark.parametrize("name", stdlib_names())
+def test_plan_through_torch_backend_matches_reference(name):
+    """The analysis' Plan, emitted by the torch backend, reproduces the step loop (fp64)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    program = seqc.load(name)
+    spec = program.spec
+    sizes = {d.name: 4 for d in spec.dims}
+    args = {t.name: _draw(torch, t, (2, 37, 2), sizes) for t in spec.inputs}
+    args.update({t.name: _draw(torch, t, (2,), sizes) for t in spec.params})
+    if "delta" in name:
+        args.update({n: torch.nn.functional.normalize(v, dim=-1) for n, v in args.items()
+                     if n.startswith("k")})
+    reference = program.kernel("reference")(**args, output_final_state=True)
+    parallel = program.kernel("torch")(**args, output_final_state=True)
+    for output in spec.outputs:
+        torch.testing.assert_close(getattr(parallel, output.name), getattr(reference, output.name),
+                                   rtol=1e-9, atol=1e-9)
+    for state, value in reference.final_state.items():
+        torch.testing.assert_close(parallel.final_state[state], value, rtol=1e-9, atol=1e-9)
