@@ -198,4 +198,29 @@ def _logaddexp(a, b):
 @triton.jit
 def _pow(x, y):
     return tl.exp2(y * tl.log2(x))
+
+
+@triton.jit
+def _affine_combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _max_combine(a1, b1, a2, b2):
+    return a1 + a2, tl.maximum(b1 + a2, b2)
+
+
+@triton.jit
+def _logaddexp_combine(a1, b1, a2, b2):
+    return a1 + a2, _logaddexp(b1 + a2, b2)
+
+
+@triton.jit
+def _stack_rows1(a, b):
+    return tl.reshape(tl.permute(tl.join(a, b), (1, 0)), (2 * a.shape[0],))
+
+
+@triton.jit
+def _stack_rows2(a, b):
+    return tl.reshape(tl.permute(tl.join(a, b), (2, 0, 1)), (2 * a.shape[0], a.shape[1]))
 '''

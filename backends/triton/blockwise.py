@@ -1,0 +1,188 @@
+"""The parallel family kernel a Plan allows: time in blocks of `BLOCK_T` steps, states carried.
+
+One program per (value block, batch x head) walks the sequence block by block. Inside a block,
+the Plan's role expressions are rendered over `[BLOCK_T, ...]` register blocks (the pseudo-dim
+`T`), each state group advances the whole block at once with its family's algebra (scan.md,
+chunk.md, chunk_delta.md), and the outputs are evaluated from the groups' reads. Inputs are read
+once and outputs written once, as in the fused recurrent kernel; the parallelism inside a block
+is what replaces the step loop.
+"""
+from __future__ import annotations
+
+from seqc import ir
+from seqc.templates import render
+
+from . import layout
+from .fused import PREFIX, full, output_dims
+from .render import Block, Constants, TritonRenderer, align, index
+
+SECTION = {"scan": "scan.py.j2", "semiring": "scan.py.j2", "chunk": "chunk.py.j2",
+           "chunk_delta": "chunk_delta.py.j2"}
+LOG2E = "1.4426950408889634"
+
+
+def mode_of(plan) -> str | None:
+    """The family kernel of a Plan, or None when some group has none (sequential, coupled,
+    vector-valued chunk states, more than two delta steps)."""
+    if plan is None or not all(_supported(g) for g in plan.groups):
+        return None
+    kinds = {g.kind for g in plan.groups}
+    for mode in ("chunk_delta", "chunk"):
+        if mode in kinds:
+            return mode
+    return "scan"
+
+
+def _supported(group) -> bool:
+    if group.kind == "scan":
+        return not group.coupling
+    if group.kind == "chunk":
+        return group.value_dim is not None and all(
+            w.key.dims == (group.key_dim,) and w.value.dims == (group.value_dim,)
+            for w in group.writes)
+    if group.kind == "chunk_delta":
+        return (len(group.steps) <= 2 and all(s.beta.dims == () for s in group.steps)
+                and (group.log_decay is None or group.log_decay.dims == ()))
+    return group.kind == "semiring"
+
+
+class BlockKernel:
+    template = "blockwise.py.j2"
+
+    def __init__(self, plan, constants: Constants):
+        self.plan = plan
+        self.spec = plan.spec
+        self.mode = mode_of(plan)
+        self.split = layout.split_dim(self.spec)
+        self.lets: dict[str, tuple[str, ...]] = {}
+        self.reads: dict[str, tuple[str, ...]] = {}
+        self.expr = TritonRenderer(self.name_block, constants)
+        self.dot_dims = {d for g in plan.groups if g.kind in ("chunk", "chunk_delta")
+                         for d in (g.key_dim, g.value_dim)}
+
+    def name_block(self, node: ir.Name) -> Block:
+        kind = node.ref.kind
+        if kind == "let":
+            return Block(f"let_{node.id}", self.lets[node.id])
+        if kind == "read":
+            return Block(f"read_{node.id}", self.reads[node.id])
+        dims = self.spec.tensor(node.id).dims
+        return Block(PREFIX[kind] + node.id, ("T",) + dims if kind == "input" else dims)
+
+    def role(self, node: ir.Expr, dims: tuple[str, ...], identity: str = "0.0") -> str:
+        """A role expression as a full `[BLOCK_T, *dims]` block; padded steps and lanes hold
+        `identity` so that they neither move a state nor reach a reduction."""
+        want = ("T",) + dims
+        offs, mask = layout.block(tuple((d, "1") for d in want))
+        return f"tl.where({mask}, {full(self.expr(node), want)}, {identity})"
+
+    def context(self) -> dict:
+        spec = self.spec
+        offsets = [f"o_{d.name} = tl.arange(0, BLOCK_{d.name})" if d.name != self.split else
+                   f"o_{d.name} = i_split * BLOCK_{d.name} + tl.arange(0, BLOCK_{d.name})"
+                   for d in spec.dims]
+        masks = [f"mask_{d.name} = o_{d.name} < dim_{d.name}" for d in spec.dims]
+        params, states, finals, loads = [], [], [], []
+        for p in spec.params:
+            offs, mask = layout.block(layout.row_axes(p.dims))
+            params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
+                          f" + {offs}, mask={mask}, other=0.0).to(tl.float32)")
+        for s in spec.states:
+            offs, mask = layout.block(layout.row_axes(s.dims))
+            row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
+            shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
+            init = float(s.init or 0.0)
+            init = f'float("{init}")' if init in (float("inf"), float("-inf")) else repr(init)
+            states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
+                           f"other=0.0).to(tl.float32)",
+                           f"st_{s.name} = tl.full([{shape}], {init}, dtype=tl.float32)"))
+            finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
+                                              f"st_{s.name}, mask={mask})"))
+        for x in spec.inputs:
+            offs, mask = layout.block(layout.time_axes(x.dims))
+            loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
+                         f"({layout.size(x.dims)}) + {offs}, mask={mask}, other=0.0)"
+                         f".to(tl.float32)")
+        prelude = []
+        for let in self.plan.prelude:
+            value = self.expr(let.value)
+            self.lets[let.name] = value.dims
+            prelude.append(f"let_{let.name} = {value.code}")
+        sections = [self.section(g) for g in self.plan.groups]
+        stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+        return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals,
+                    loads=loads, prelude=prelude, sections=sections, stores=stores,
+                    split=self.split, dot_dims=self.dot_dims, mode=self.mode)
+
+    def guard(self, dims: tuple[str, ...], store: str) -> str:
+        if self.split is not None and self.split not in dims:
+            return f"if i_split == 0: {store}"
+        return store
+
+    def store(self, name: str, value: ir.Expr) -> str:
+        output = next(o for o in self.spec.outputs if o.name == name)
+        dims = output_dims(output)
+        offs, mask = layout.block(layout.time_axes(dims))
+        code = full(self.expr(value), ("T",) + dims)
+        return self.guard(dims, f"tl.store(ptr_out_{name} + (i_b * T * H + i_h) * "
+                                f"({layout.size(dims)}) + {offs}, {code}, mask={mask})")
+
+    def reads_of(self, state: str) -> list[ir.Expr | None]:
+        return [(r.name, r.query) for r in self.plan.reads if r.state == state]
+
+    def section(self, group) -> str:
+        context = getattr(self, f"_{group.kind}")(group)
+        return render("triton", SECTION[group.kind], group=group, **context)
+
+    def _scan(self, group) -> dict:
+        states = []
+        for s in group.states:
+            dims = self.spec.tensor(s).dims
+            states.append(self.scan_state(s, dims, group.coefficient[s], group.offset[s],
+                                          ("1.0", "0.0"), "{a} * {h} + {b}"))
+        return dict(states=states, combine="_affine_combine")
+
+    def _semiring(self, group) -> dict:
+        dims = self.spec.tensor(group.state).dims
+        maxplus = group.semiring == "maxplus"
+        apply = "tl.maximum({a} + {h}, {b})" if maxplus else "_logaddexp({a} + {h}, {b})"
+        state = self.scan_state(group.state, dims, group.coefficient, group.offset,
+                                ("0.0", 'float("-inf")'), apply)
+        return dict(states=[state], combine="_max_combine" if maxplus else "_logaddexp_combine")
+
+    def scan_state(self, name: str, dims, coefficient, offset, identity, apply) -> dict:
+        """h_t = A_t (x) h_0 (+) B_t from the scanned (A, B); `last` selects the block's end."""
+        reads = [read for read, _ in self.reads_of(name)]
+        for read in reads:
+            self.reads[read] = ("T",) + dims
+        held = align(Block(f"st_{name}", dims), ("T",) + dims)
+        return dict(name=name, reads=reads,
+                    a=self.role(coefficient, dims, identity[0]),
+                    b=self.role(offset, dims, identity[1]),
+                    apply=apply.format(a=f"a_{name}", h=held, b=f"b_{name}"),
+                    last=index("last_T", 0, len(dims) + 1))
+
+    def matrix_reads(self, group) -> list[tuple[str, str]]:
+        reads = []
+        for name, query in self.reads_of(group.state):
+            self.reads[name] = ("T", group.value_dim)
+            reads.append((name, self.role(query, (group.key_dim,))))
+        return reads
+
+    def _chunk(self, group) -> dict:
+        K, V = group.key_dim, group.value_dim
+        keywise = group.log_decay is not None and group.log_decay.dims == (K,)
+        decay = None
+        if group.log_decay is not None:
+            decay = self.role(group.log_decay, (K,) if keywise else ())
+        writes = [(self.role(w.key, (K,)), self.role(w.value, (V,))) for w in group.writes]
+        return dict(K=K, V=V, decay=decay, keywise=keywise, writes=writes,
+                    reads=self.matrix_reads(group), log2e=LOG2E)
+
+    def _chunk_delta(self, group) -> dict:
+        K, V = group.key_dim, group.value_dim
+        decay = None if group.log_decay is None else self.role(group.log_decay, ())
+        steps = [(self.role(s.key, (K,)), self.role(s.beta, ()), self.role(s.value, (V,)))
+                 for s in group.steps]
+        return dict(K=K, V=V, decay=decay, steps=steps, n=len(steps),
+                    reads=self.matrix_reads(group), log2e=LOG2E)
