@@ -1,0 +1,57 @@
+"""External baselines for `seqc bench`: independent chunkwise implementations of a stdlib spec.
+
+flash-linear-attention (PyPI `fla-core`) ships pure-PyTorch chunkwise references; where one
+computes exactly a stdlib spec (same scale, layout and gates), `seqc bench` times it beside the
+seqc backends. Each entry adapts the call tensors to the baseline's layout outside the timed call.
+"""
+from __future__ import annotations
+
+
+def _simple_gla(t, sizes):
+    from fla.ops.simple_gla.naive import naive_chunk_simple_gla
+    return lambda: naive_chunk_simple_gla(t["q"], t["k"], t["v"], t["g"])
+
+
+def _gated_deltanet(t, sizes):
+    from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
+    return lambda: naive_chunk_gated_delta_rule(t["q"], t["k"], t["v"], t["g"], t["beta"])
+
+
+def _hgrn(t, sizes):
+    from fla.ops.hgrn.naive import naive_chunk_hgrn
+    B, T = sizes["B"], sizes["T"]
+    if T % 64:
+        return None
+    x, g = (t[n].reshape(B, T, -1) for n in ("x", "g"))      # heads are independent channels
+    return lambda: naive_chunk_hgrn(x, g)
+
+
+def _deltanet(t, sizes):
+    from fla.ops.delta_rule.naive import delta_rule_chunkwise
+    if sizes["T"] % 32:
+        return None
+    q, k, v, beta = (t[n].transpose(1, 2).contiguous() for n in ("q", "k", "v", "beta"))
+    scale = sizes["K"] ** -0.5
+    return lambda: delta_rule_chunkwise(q * scale, k, v, beta)
+
+
+BASELINES = {
+    "simple_gla": ("fla naive_chunk_simple_gla", _simple_gla),
+    "gated_deltanet": ("fla naive_chunk_gated_delta_rule", _gated_deltanet),
+    "hgrn": ("fla naive_chunk_hgrn", _hgrn),
+    "deltanet": ("fla delta_rule_chunkwise", _deltanet),
+}
+
+
+def baseline_for(name: str, tensors: dict, sizes: dict):
+    """(label, zero-argument callable), a note (str) why there is none, or None."""
+    if name not in BASELINES:
+        return None
+    label, make = BASELINES[name]
+    try:
+        fn = make(tensors, sizes)
+    except ImportError as error:
+        return f"baseline {label} skipped: {error.name or error} is not installed (pip install fla-core einops)"
+    if fn is None:
+        return f"baseline {label} skipped: it needs T a multiple of its chunk size"
+    return label, fn

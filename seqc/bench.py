@@ -1,0 +1,235 @@
+"""`seqc bench FILE`: time backends side by side on random inputs, with ratios and GFLOP/s.
+
+Every runner (each backend, and the external baseline when one is known for the spec) is warmed
+up, then timed in alternating rounds (runner A, B, C, A, B, C, ...) so that a noisy machine slows
+them all alike; the table shows medians. The reference step loop is slow at long T: it takes part
+in the first `REFERENCE_ROUNDS` rounds only, and the table says so.
+
+FLOPs are counted from the Plan, the same count for every runner of a spec (so GFLOP/s compare
+like time): the matmul work of seqc's chunkwise form at the chunk size used (2 per multiply-add);
+for scan and semiring states the recurrence's own arithmetic, 2 per state element per step;
+elementwise gate arithmetic is not counted. The share of peak divides by the fp32 matmul rate
+measured in the same run (a 2048^3 torch.matmul, median of 5).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+REFERENCE_ROUNDS = 3
+PEAK_SIZE = 2048
+DEFAULT_DIM = 64
+
+
+def parse_shape(text: str, dims: tuple[str, ...]) -> dict[str, int]:
+    """`B=2,T=4096,H=4,K=64` -> sizes for B, T, H and every dim of the spec (default 64)."""
+    sizes = {"B": 2, "T": 4096, "H": 4}
+    given = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--shape: `{item}` is not NAME=POSITIVE_INTEGER")
+        given[name.strip()] = int(value)
+    sizes.update({k: v for k, v in given.items() if k in ("B", "T", "H")})
+    for dim in dims:
+        sizes[dim] = given.get(dim, DEFAULT_DIM)
+    return sizes
+
+
+def flops_per_token(plan, sizes: dict[str, int], chunk: int) -> int:
+    """Matmul FLOPs a token of the chunkwise forms does (see the module docstring)."""
+    spec = plan.spec
+    total = 0
+    for group in plan.groups:
+        reads = sum(1 for r in plan.reads if r.state in group.states)
+        if group.kind == "chunk":
+            k, v = sizes[group.key_dim], sizes[group.value_dim] if group.value_dim else 1
+            w = len(group.writes)
+            total += 2 * w * k * v + reads * (2 * chunk * w * (k + v) + 2 * k * v)
+        elif group.kind == "chunk_delta":
+            k, v, j = sizes[group.key_dim], sizes[group.value_dim], len(group.steps)
+            total += j * (2 * chunk * j * k + chunk * j * (k + v) + 4 * k * v)
+            total += reads * (2 * k * v + 2 * chunk * j * (k + v))
+        else:
+            for state in group.states:
+                size = 1
+                for dim in spec.tensor(state).dims:
+                    size *= sizes[dim]
+                total += 2 * size
+    return total
+
+
+def measure_peak(torch) -> float:
+    """GFLOP/s of a large fp32 torch.matmul on this machine, now."""
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE)
+    a @ b
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * PEAK_SIZE ** 3 / statistics.median(times) / 1e9
+
+
+class Progress:
+    """A plain-text progress bar on stderr (only when the run is long enough to need one)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = 30 * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
+                             f"{label:<28}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def time_runners(runners: dict, repeats: int, progress: Progress) -> dict[str, list[float]]:
+    times = {name: [] for name in runners}
+    for round_ in range(repeats):
+        for name, (fn, rounds) in runners.items():
+            if round_ >= rounds:
+                continue
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            progress.step(name)
+    return times
+
+
+def build_runners(program, backends, tensors, sizes, repeats):
+    import torch
+
+    from .baselines import baseline_for
+    runners, notes = {}, []
+    for backend in backends:
+        kernel = program.kernel(backend=backend)
+        rounds = min(repeats, REFERENCE_ROUNDS) if backend == "reference" else repeats
+        runners[backend] = (_no_grad(torch, lambda kernel=kernel: kernel(**tensors)), rounds)
+        if rounds < repeats:
+            notes.append(f"reference: median of {rounds} runs, not {repeats} (the step loop is "
+                         f"slow; it takes part in the first {rounds} alternating rounds only)")
+    baseline = baseline_for(program.name, tensors, sizes)
+    if isinstance(baseline, str):
+        notes.append(baseline)
+    elif baseline is not None:
+        label, fn = baseline
+        runners[label] = (_no_grad(torch, fn), repeats)
+    return runners, notes
+
+
+def _no_grad(torch, fn):
+    def run():
+        with torch.no_grad():
+            fn()
+    return run
+
+
+def bench_command(args) -> int:
+    from .api import load
+    from .errors import SpecError
+    try:
+        program = load(args.file)
+        sizes = parse_shape(args.shape, tuple(d.name for d in program.spec.dims))
+    except SpecError as error:
+        print(error.render(), file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"seqc bench: error: {error}", file=sys.stderr)
+        return 1
+    import torch
+
+    from .inputs import random_call
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    repeats = max(1, args.repeats)
+    tensors, _ = random_call(program.spec, sizes)
+    runners, notes = build_runners(program, backends, tensors, sizes, repeats)
+    peak = measure_peak(torch)
+    total = len(runners) + sum(rounds for _, rounds in runners.values())
+    progress = Progress(total, enabled=sys.stderr.isatty() or sizes["T"] >= 1024)
+    for name, (fn, _) in runners.items():
+        fn()
+        progress.step(f"warm-up {name}")
+    times = time_runners(runners, repeats, progress)
+    progress.close()
+    chunk = 64
+    flops = flops_per_token(program.analysis.plan, sizes, chunk) * sizes["B"] * sizes["T"] * \
+        sizes["H"]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(format_table(program, sizes, medians, times, flops, peak, notes, torch))
+    status = 0
+    if args.io:
+        status = _io_report(program, sizes, backends, tensors)
+    if args.plot:
+        status = plot(medians, args.plot, f"seqc bench {program.name} "
+                      f"({', '.join(f'{k}={v}' for k, v in sizes.items())})") or status
+    return status
+
+
+def format_table(program, sizes, medians, times, flops, peak, notes, torch) -> str:
+    shape = ",".join(f"{k}={v}" for k, v in sizes.items())
+    kinds = ", ".join(sorted({g.kind for g in program.analysis.plan.groups}))
+    baseline = next((n for n in medians if n not in ("reference", "torch", "triton")), None)
+    header = ["runner", "median ms", "runs", "x vs reference"]
+    header += [f"x vs {baseline}"] if baseline else []
+    header += ["GFLOP/s", "% of peak"]
+    lines = [f"seqc bench {program.name}  --shape {shape}  (family: {kinds}; fp32; "
+             f"{torch.get_num_threads()} threads; alternating rounds, medians)",
+             f"measured fp32 matmul peak ({PEAK_SIZE}^3 torch.matmul): {peak:.1f} GFLOP/s; "
+             f"work counted: {flops / 1e9:.3f} GFLOP a call",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, median in medians.items():
+        rate = flops / median / 1e9
+        row = [name, f"{median * 1e3:.1f}", str(len(times[name])),
+               _ratio(medians.get("reference"), median)]
+        row += [_ratio(medians[baseline], median)] if baseline else []
+        row += [f"{rate:.2f}", f"{100 * rate / peak:.0f}%"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + [f"note: {n}" for n in notes]
+    lines.append("`x vs R` = R's median time / this runner's (above 1: this runner is faster).")
+    return "\n".join(lines)
+
+
+def _ratio(other: float | None, mine: float) -> str:
+    return "-" if other is None else f"{other / mine:.2f}x"
+
+
+def _io_report(program, sizes, backends, tensors) -> int:
+    try:
+        from . import bench_io
+    except ImportError:
+        print("seqc bench: --io needs seqc.bench_io (the byte counter of the Triton backend), "
+              "which this installation does not have; timings above are complete",
+              file=sys.stderr)
+        return 1
+    print(bench_io.report(program, sizes, backends, tensors))
+    return 0
+
+
+def plot(medians: dict[str, float], path: str, title: str) -> int:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("seqc bench: --plot needs matplotlib: pip install 'seqc[plot]' (or matplotlib)",
+              file=sys.stderr)
+        return 1
+    names = list(medians)
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 1.5))
+    ax.barh(names, [medians[n] * 1e3 for n in names])
+    ax.set_xscale("log")
+    ax.set_xlabel("median time per call (ms, log scale)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+    return 0
