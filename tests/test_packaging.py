@@ -44,8 +44,8 @@ def _clean_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """Built from a copy of the sources, so no build/ or egg-info of the work tree leaks in."""
+def sources(tmp_path_factory) -> Path:
+    """A copy of the sources, so no build/ or egg-info of the work tree leaks into the wheel."""
     root = tmp_path_factory.mktemp("src")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
     for name in SOURCES:
@@ -54,9 +54,14 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(source, root / name, ignore=ignore)
         elif source.exists():
             shutil.copy2(source, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def wheel(sources, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", out, root], env=_clean_env(), cwd=out)
+          "-w", out, sources], env=_clean_env(), cwd=out)
     wheels = list(out.glob("seqc-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -83,6 +88,16 @@ def test_wheel_contents(wheel):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"seqc"}, tops
     assert not any(n.startswith(("backends/", "grammar/", "stdlib/", "tests/")) for n in names)
+
+
+def test_wheel_has_every_module_of_the_repository(sources, wheel):
+    """A new subpackage must be added to pyproject.toml's package list, or installs break."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {str(p.relative_to(sources)) for p in (sources / "seqc").rglob("*.py")}
+    for folder in ("grammar", "stdlib", "backends"):
+        wanted |= {"seqc/" + str(p.relative_to(sources)) for p in (sources / folder).rglob("*")
+                   if p.is_file() and p.suffix in (".py", ".j2", ".lark", ".seq")}
+    assert not {w for w in wanted if "__pycache__" not in w} - names
 
 
 def test_clean_venv_is_clean(clean_venv, tmp_path):
