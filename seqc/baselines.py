@@ -17,15 +17,6 @@ def _gated_deltanet(t, sizes):
     return lambda: naive_chunk_gated_delta_rule(t["q"], t["k"], t["v"], t["g"], t["beta"])
 
 
-def _hgrn(t, sizes):
-    from fla.ops.hgrn.naive import naive_chunk_hgrn
-    B, T = sizes["B"], sizes["T"]
-    if T % 64:
-        return None
-    x, g = (t[n].reshape(B, T, -1) for n in ("x", "g"))      # heads are independent channels
-    return lambda: naive_chunk_hgrn(x, g)
-
-
 def _deltanet(t, sizes):
     from fla.ops.delta_rule.naive import delta_rule_chunkwise
     if sizes["T"] % 32:
@@ -38,7 +29,6 @@ def _deltanet(t, sizes):
 BASELINES = {
     "simple_gla": ("fla naive_chunk_simple_gla", _simple_gla),
     "gated_deltanet": ("fla naive_chunk_gated_delta_rule", _gated_deltanet),
-    "hgrn": ("fla naive_chunk_hgrn", _hgrn),
     "deltanet": ("fla delta_rule_chunkwise", _deltanet),
 }
 

@@ -1,0 +1,199 @@
+"""The torch backend (parallel families from the analysis' Plan) against the reference step loop,
+on every stdlib spec, and against flash-linear-attention's own chunkwise implementations.
+
+Tolerances (atol = rtol * max(1, max |expected|), so relative to the output's magnitude):
+  fp32 inputs: rtol = 1e-5 — same math in a different order (chunked sums, a triangular solve);
+    measured worst case over the stdlib: about 1.2e-6 (the semiring scans, whose log-gates are
+    summed in a different order).
+  bf16 inputs: rtol = 2e-2 — both backends compute in fp32 from the same bf16 values and round the
+    output to bf16 (2^-8 ~ 4e-3 relative), as in test_stdlib_oracles.py.
+  fla chunkwise references: rtol = 1e-5 in fp32.
+"""
+import functools
+import types
+
+import pytest
+import torch
+
+from hand_plans import HAND_PLANS, hand_plan
+from oracles import SPECS, random_inputs, random_state
+
+NAMES = sorted(SPECS)
+B, H = 2, 2
+FP32, BF16 = 1e-5, 2e-2
+
+
+def assert_close(actual, expected, rtol, what=""):
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=rtol * scale,
+                               msg=lambda m: f"{what}: {m}")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(name, backend, **options):
+    import seqc
+    return seqc.load(name).kernel(backend=backend, **options)
+
+
+def run_both(name, T, init, dtype=torch.float32, seed=0, **options):
+    x, p = random_inputs(name, B, T, H, dtype=dtype, seed=seed)
+    s = random_state(name, B, H, seed=seed) if init else None
+    got = kernel(name, "torch", **options)(**x, **p, initial_state=s, output_final_state=True)
+    want = kernel(name, "reference")(**x, **p, initial_state=s, output_final_state=True)
+    return got, want
+
+
+def compare(got, want, rtol, dtype):
+    for n in want.keys():
+        assert got[n].dtype == dtype and got[n].shape == want[n].shape
+        assert_close(got[n], want[n], rtol, f"output {n}")
+    assert set(got.final_state) == set(want.final_state)
+    for n, s in want.final_state.items():
+        assert got.final_state[n].shape == s.shape
+        assert_close(got.final_state[n], s, rtol, f"final state {n}")
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero-state", "initial-state"])
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 300])
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_matches_reference_fp32(name, T, init):
+    got, want = run_both(name, T, init)
+    compare(got, want, FP32, torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_matches_reference_bf16(name):
+    got, want = run_both(name, 65, True, dtype=torch.bfloat16)
+    compare(got, want, BF16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 24, 128])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "deltaproduct", "hgrn", "maxplus",
+                                  "mlstm"])
+def test_any_chunk_size(name, chunk_size):
+    got, want = run_both(name, 65, True, chunk_size=chunk_size)
+    compare(got, want, FP32, torch.float32)
+
+
+def test_fp64_inputs_compute_in_fp64():
+    got, want = run_both("gated_deltanet", 70, True, dtype=torch.float64)
+    compare(got, want, 1e-10, torch.float64)
+
+
+def test_bad_chunk_size_is_refused():
+    x, p = random_inputs("simple_gla", B, 8, H)
+    with pytest.raises(ValueError, match="chunk_size"):
+        kernel("simple_gla", "torch", chunk_size=0)(**x, **p)
+
+
+def test_initial_state_is_not_modified():
+    x, p = random_inputs("gated_deltanet", B, 65, H)
+    s = random_state("gated_deltanet", B, H)
+    before = {n: t.clone() for n, t in s.items()}
+    kernel("gated_deltanet", "torch")(**x, **p, initial_state=s, output_final_state=True)
+    assert all(torch.equal(s[n], before[n]) for n in s)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_emitted_module_is_standalone(name):
+    import seqc
+    code = seqc.load(name).emit("torch")
+    imports = [line for line in code.splitlines() if line.startswith(("import ", "from "))]
+    assert imports == ["import torch", "import torch.nn.functional as F"]
+
+
+def test_families_follow_the_analysis():
+    import seqc
+    kinds = {n: sorted({g.kind for g in seqc.load(n).analysis.plan.groups}) for n in NAMES}
+    assert kinds["simple_gla"] == ["chunk"] and kinds["gla"] == ["chunk"]
+    assert kinds["gated_deltanet"] == ["chunk_delta"] and kinds["deltaproduct"] == ["chunk_delta"]
+    assert kinds["hgrn"] == ["scan"] and kinds["maxplus"] == ["semiring"]
+    assert kinds["lstm"] == ["sequential"]
+
+
+# ---------------------------------------------------------------- hand-built Plans
+
+
+def module_from_plan(plan):
+    from seqc.backends.torch import emit_plan
+    module = types.ModuleType(f"hand_{plan.spec.name}")
+    exec(compile(emit_plan(plan), module.__name__, "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(HAND_PLANS))
+def test_hand_built_plans(name):
+    """The families driven by Plans written by hand (e.g. mLSTM's normaliser as a vector chunk
+    state, which the analysis runs as a scan instead)."""
+    from seqc.validate import validate
+    module = module_from_plan(hand_plan(name))
+    x, p = random_inputs(name, B, 65, H)
+    s = random_state(name, B, H)
+    want = kernel(name, "reference")(**x, **p, initial_state=s, output_final_state=True)
+    call = validate(want_spec(name), {**x, **p}, s)
+    outputs, final = module.run(call.inputs, call.params, call.dims, call.initial_state, True,
+                                chunk_size=16)
+    for n in want.keys():
+        assert_close(outputs[n], want[n], FP32, f"output {n}")
+    for n, state in want.final_state.items():
+        assert_close(final[n], state, FP32, f"final state {n}")
+
+
+def want_spec(name):
+    import seqc
+    return seqc.load(name).spec
+
+
+# ---------------------------------------------------------------- fla's chunkwise references
+
+
+FLA_DIMS = {"hgrn": {"D": 16}, **{n: {"K": 16, "V": 24} for n in
+                                   ("simple_gla", "gated_deltanet", "linear_attn")}}
+
+
+def fla_case(name, T, seed=3):
+    x, p = random_inputs(name, B, T, H, dims=FLA_DIMS[name], seed=seed)
+    s = random_state(name, B, H, dims=FLA_DIMS[name], seed=seed)
+    return x, p, s
+
+
+@pytest.mark.parametrize("T", [64, 100])
+def test_fla_naive_chunk_simple_gla(T):
+    naive = pytest.importorskip("fla.ops.simple_gla.naive")
+    x, _, s = fla_case("simple_gla", T)
+    got = kernel("simple_gla", "torch")(**x, initial_state=s, output_final_state=True)
+    o, S = naive.naive_chunk_simple_gla(x["q"], x["k"], x["v"], x["g"],
+                                        initial_state=s["S"].clone(), output_final_state=True)
+    assert_close(got.o, o, FP32, "o")
+    assert_close(got.final_state["S"], S, FP32, "S")
+
+
+@pytest.mark.parametrize("T", [64, 100])
+def test_fla_naive_chunk_gated_delta_rule(T):
+    naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
+    x, _, s = fla_case("gated_deltanet", T)
+    got = kernel("gated_deltanet", "torch")(**x, initial_state=s, output_final_state=True)
+    o, S = naive.naive_chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
+                                              initial_state=s["S"].clone(),
+                                              output_final_state=True)
+    assert_close(got.o, o, FP32, "o")
+    assert_close(got.final_state["S"], S, FP32, "S")
+
+
+def test_fla_naive_chunk_linear_attn():
+    naive = pytest.importorskip("fla.ops.linear_attn.naive")
+    x, _, _ = fla_case("linear_attn", 128)
+    got = kernel("linear_attn", "torch")(**x)
+    assert_close(got.o, naive.naive_chunk_linear_attn(x["q"], x["k"], x["v"]), FP32, "o")
+
+
+def test_fla_naive_chunk_hgrn():
+    naive = pytest.importorskip("fla.ops.hgrn.naive")
+    x, _, s = fla_case("hgrn", 64)          # fla's naive_chunk_hgrn handles T = 64 only
+    got = kernel("hgrn", "torch")(**x, initial_state=s, output_final_state=True)
+    flat = {n: t.reshape(B, 64, -1) for n, t in x.items()}
+    o, h = naive.naive_chunk_hgrn(flat["x"], flat["g"], initial_state=s["h"].reshape(B, -1),
+                                  output_final_state=True)
+    assert_close(got.o.reshape(B, 64, -1), o, FP32, "o")
+    assert_close(got.final_state["h"].reshape(B, -1), h, FP32, "h")
