@@ -28,12 +28,16 @@ def _read(path: Path, shown: str) -> tuple[str, str]:
         raise _file_error(shown, "no such file")
     if path.is_dir():
         raise _file_error(shown, "is a directory, not a .seq file")
+    if not path.is_file():
+        raise _file_error(shown, "is not a regular file")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:     # bounded: a huge file is refused, not slurped
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise _file_error(shown, f"cannot read the file ({error.strerror})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise _file_error(shown, f"file is too large ({len(data)} bytes; at most {MAX_FILE_BYTES})")
+        raise _file_error(shown, f"file is too large (more than {MAX_FILE_BYTES} bytes)")
+    data = data.removeprefix(b"\xef\xbb\xbf")     # a byte-order mark some editors write
     try:
         return data.decode("utf-8"), shown
     except UnicodeDecodeError as error:

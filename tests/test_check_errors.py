@@ -2,6 +2,7 @@
 message, the help, exit code 1, no traceback and no path of the installed package in the text."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -324,6 +325,11 @@ def test_not_utf8(check_source):
            "# caf\u00e9 \ufffd")
 
 
+def test_byte_order_mark_is_skipped(check_source):
+    err = check_source(b"\xef\xbb\xbf" + gla_with(7, "output o = zz").encode())
+    expect(err, 7, 12, 2, "unknown name `zz`", None, "output o = zz")
+
+
 def test_missing_file(check_source):
     err = check_source(None, "missing.seq")
     expect(err, 1, 1, 1, "no such file", file="missing.seq")
@@ -340,6 +346,25 @@ def test_directory(check_source, tmp_path):
     (tmp_path / "adir.seq").mkdir()
     err = check_source(None, "adir.seq")
     expect(err, 1, 1, 1, "is a directory, not a .seq file", file="adir.seq")
+
+
+def test_not_a_regular_file(check_source):
+    err = check_source(None, "/dev/zero")
+    expect(err, 1, 1, 1, "is not a regular file", file="/dev/zero")
+
+
+def test_file_too_large(check_source):
+    err = check_source("# padding\n" * 200_000)
+    expect(err, 1, 1, 1, "file is too large (more than 1000000 bytes)")
+
+
+def test_unreadable_file(check_source, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    (tmp_path / "secret.seq").write_text(GLA, encoding="utf-8")
+    (tmp_path / "secret.seq").chmod(0)
+    err = check_source(None, "secret.seq")
+    expect(err, 1, 1, 1, "cannot read the file (Permission denied)", file="secret.seq")
 
 
 def test_extremely_long_line(check_source):
