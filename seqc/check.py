@@ -163,6 +163,7 @@ class _Checker:
 
     def check_statement(self, statement: ir.Statement) -> ir.Statement:
         value = self.expr(statement.value, statement.span.line)
+        value = replace(value, dims=self.elementwise_operand(value))   # no bare square matrix
         if isinstance(statement, ir.Let):
             return self.check_let(replace(statement, value=value))
         if isinstance(statement, ir.Update):

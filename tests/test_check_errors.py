@@ -269,6 +269,24 @@ def test_declared_output_dims_mismatch(check_source):
            "reduce or remove `V`; the value lacks `K`", "output o[K] = q @ S")
 
 
+SQUARE = "model m\ndims D\ninput h[D]\nparam R[D, D]\nstate s[D]\ns = R @ s + h\n"
+
+
+@pytest.mark.parametrize("text, col", [("output o = R", 12), ("output o[D, D] = R", 18),
+                                       ("let x = R\noutput o = x @ h", 9),
+                                       ("output o = R * 2", 12), ("output o = sum(R, D)", 16)])
+def test_square_param_only_with_matmul(check_source, text, col):
+    err = check_source(SQUARE + text + "\n")
+    expect(err, 7, col, 1, "a square matrix [D, D] can only be used with `@`")
+
+
+def test_square_param_with_matmul_is_fine(tmp_path, monkeypatch, capsys):
+    (tmp_path / "ok.seq").write_text(SQUARE + "output o = h @ R @ R\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "ok.seq"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 # ---- functions -------------------------------------------------------------------------------
 
 def test_wrong_arity(check_source):
