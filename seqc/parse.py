@@ -20,12 +20,12 @@ MAX_LINE_LENGTH = 20_000
 MAX_NESTING = 64
 MAX_DEPTH = 200
 
-_TOKEN_WORDS = {
-    "NAME": "a name", "NUMBER": "a number", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`",
-    "RSQB": "`]`", "COMMA": "`,`", "EQUAL": "`=`", "MINUS": "`-`", "ADD_OP": "`+` or `-`",
-    "MUL_OP": "`*`, `/` or `@`", "__ANON_0": "`**`", "INF": "`inf`", "IN": "`in`",
-    "TENSOR_KIND": "`input`, `param` or `state`", "MODEL": "`model`", "DIMS": "`dims`",
-    "LET": "`let`", "OUTPUT": "`output`", "$END": "the end of the line", "POW": "`**`",
+# How a syntax error names the terminals it expected; a literal terminal (`(`, `**`, `let`) is
+# named by its text, so this lists only the patterns.
+_PATTERN_WORDS = {
+    "NAME": ("a name",), "NUMBER": ("a number",), "ADD_OP": ("`+`", "`-`"),
+    "MUL_OP": ("`*`", "`/`", "`@`"), "TENSOR_KIND": ("`input`", "`param`", "`state`"),
+    "$END": ("the end of the line",),
 }
 
 
@@ -212,11 +212,32 @@ def _syntax_error(error: UnexpectedInput, code: str, where: _Line) -> Diagnostic
     else:
         message = "unexpected end of line"
         width = 1
-    expected = sorted({_TOKEN_WORDS.get(t, t) for t in getattr(error, "expected", ()) or ()
-                       if not t.startswith("__ANON") or t in _TOKEN_WORDS})
+    expected = sorted({word for terminal in _expected(error) for word in _words(terminal)})
     help_text = f"expected {_join_or(expected)}" if expected and len(expected) <= 8 else None
     span = ir.Span(where.filename, where.line, col, where.line, col + width)
     return Diagnostic("error", f"syntax error: {message}", span, help_text)
+
+
+def _expected(error: UnexpectedInput) -> set[str]:
+    """The terminals that can follow. LALR merges lookaheads, so lark's `expected` may list
+    tokens that fail a moment later (`q q` would "expect" `)`); the interactive parser tries
+    each one for real."""
+    interactive = getattr(error, "interactive_parser", None)
+    if interactive is not None:
+        return set(interactive.accepts())
+    return set(getattr(error, "expected", None) or getattr(error, "allowed", None) or ())
+
+
+def _words(terminal: str) -> tuple[str, ...]:
+    if terminal in _PATTERN_WORDS:
+        return _PATTERN_WORDS[terminal]
+    pattern = _terminals().get(terminal)
+    return (f"`{pattern.value}`",) if pattern is not None and pattern.type == "str" else ()
+
+
+@lru_cache(maxsize=1)
+def _terminals() -> dict:
+    return {t.name: t.pattern for t in _parser()[0].terminals}
 
 
 def _join_or(words: list[str]) -> str:
