@@ -86,7 +86,7 @@ class BlockKernel:
         for p in spec.params:
             offs, mask = layout.block(layout.row_axes(p.dims))
             params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
-                          f" + {offs}, mask={mask}, other=0.0).to(tl.float32)")
+                          f" + {offs}, mask={mask}, other=0.0).to(ACC)")
         for s in spec.states:
             offs, mask = layout.block(layout.row_axes(s.dims))
             row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
@@ -94,15 +94,15 @@ class BlockKernel:
             init = float(s.init or 0.0)
             init = f'float("{init}")' if init in (float("inf"), float("-inf")) else repr(init)
             states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
-                           f"other=0.0).to(tl.float32)",
-                           f"st_{s.name} = tl.full([{shape}], {init}, dtype=tl.float32)"))
+                           f"other=0.0).to(ACC)",
+                           f"st_{s.name} = tl.full([{shape}], {init}, dtype=ACC)"))
             finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
                                               f"st_{s.name}, mask={mask})"))
         for x in spec.inputs:
             offs, mask = layout.block(layout.time_axes(x.dims))
             loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
                          f"({layout.size(x.dims)}) + {offs}, mask={mask}, other=0.0)"
-                         f".to(tl.float32)")
+                         f".to(ACC)")
         prelude = []
         for let in self.plan.prelude:
             value = self.expr(let.value)

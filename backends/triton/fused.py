@@ -22,7 +22,7 @@ def full(block: Block, dims: tuple[str, ...]) -> str:
     code = align(block, dims)
     if set(block.dims) != set(dims) and dims:
         shape = ", ".join(f"BLOCK_{d}" for d in dims)
-        code = f"({code} + tl.zeros([{shape}], dtype=tl.float32))"
+        code = f"({code} + tl.zeros([{shape}], dtype=ACC))"
     return code
 
 
@@ -61,21 +61,21 @@ class FusedKernel:
         for p in spec.params:
             offs, mask = layout.block(layout.row_axes(p.dims))
             params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
-                          f" + {offs}, mask={mask}, other=0.0).to(tl.float32)")
+                          f" + {offs}, mask={mask}, other=0.0).to(ACC)")
         for s in spec.states:
             offs, mask = layout.block(layout.row_axes(s.dims))
             row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
             shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
             states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
-                           f"other=0.0).to(tl.float32)",
-                           f"st_{s.name} = tl.full([{shape}], {_init(s)}, dtype=tl.float32)"))
+                           f"other=0.0).to(ACC)",
+                           f"st_{s.name} = tl.full([{shape}], {_init(s)}, dtype=ACC)"))
             finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
                                                    f"st_{s.name}, mask={mask})"))
         for x in spec.inputs:
             offs, mask = layout.block(layout.row_axes(x.dims))
             row = f"((i_b * T + t) * H + i_h) * ({layout.size(x.dims)}) + {offs}"
             loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + {row}, mask={mask}, "
-                         f"other=0.0).to(tl.float32)")
+                         f"other=0.0).to(ACC)")
         for statement in spec.body:
             body.append(self.statement(statement))
         blocks = self.block_names()
