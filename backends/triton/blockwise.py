@@ -73,7 +73,7 @@ class BlockKernel:
         """A role expression as a full `[BLOCK_T, *dims]` block; padded steps and lanes hold
         `identity` so that they neither move a state nor reach a reduction."""
         want = ("T",) + dims
-        offs, mask = layout.block(tuple((d, "1") for d in want))
+        _, mask = layout.block(tuple((d, "1") for d in want))
         return f"tl.where({mask}, {full(self.expr(node), want)}, {identity})"
 
     def context(self) -> dict:
@@ -127,7 +127,7 @@ class BlockKernel:
         return self.guard(dims, f"tl.store(ptr_out_{name} + (i_b * T * H + i_h) * "
                                 f"({layout.size(dims)}) + {offs}, {code}, mask={mask})")
 
-    def reads_of(self, state: str) -> list[ir.Expr | None]:
+    def reads_of(self, state: str) -> list[tuple[str, ir.Expr | None]]:
         return [(r.name, r.query) for r in self.plan.reads if r.state == state]
 
     def section(self, group) -> str:
