@@ -49,20 +49,44 @@ class Kernel:
         return f"<seqc.Kernel {self.program.name} backend={self.backend}>"
 
 
-def resolve_backend(backend: str, device_is_cuda: bool | None = None) -> str:
+class AutoKernel:
+    """`backend="auto"`: per call, Triton when the tensors are on CUDA, else the torch backend.
+
+    Options go to whichever backend runs; each backend is compiled on first use.
+    """
+
+    backend = "auto"
+
+    def __init__(self, program, options: dict):
+        self.program = program
+        self.options = options
+        self._kernels: dict[str, Kernel] = {}
+
+    def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
+        on_cuda = any(getattr(t, "is_cuda", False) for t in tensors.values())
+        chosen = resolve_backend("auto", on_cuda)
+        if chosen not in self._kernels:
+            self._kernels[chosen] = build_kernel(self.program, chosen, **self.options)
+        return self._kernels[chosen](initial_state=initial_state,
+                                     output_final_state=output_final_state, **tensors)
+
+    def __repr__(self) -> str:
+        return f"<seqc.Kernel {self.program.name} backend=auto>"
+
+
+def resolve_backend(backend: str, device_is_cuda: bool) -> str:
     if backend != "auto":
         return backend
-    import torch
-    cuda = torch.cuda.is_available() if device_is_cuda is None else device_is_cuda
-    return "triton" if cuda else "torch"
+    return "triton" if device_is_cuda else "torch"
 
 
-def build_kernel(program, backend: str = "reference", **options) -> Kernel:
+def build_kernel(program, backend: str = "reference", **options) -> Kernel | AutoKernel:
     from . import __version__
-    chosen = resolve_backend(backend)
-    if chosen not in BACKENDS:
+    if backend == "auto":
+        return AutoKernel(program, options)
+    if backend not in BACKENDS:
         raise ValueError(f"unknown backend `{backend}`; choose one of "
                          f"{', '.join(BACKENDS + ('auto',))}")
-    key = cache_key(program.source, f"{__version__}+{generator_digest(chosen)}", chosen)
-    module = load_module(key, lambda: program.emit(chosen))
-    return Kernel(program, chosen, module, options)
+    key = cache_key(program.source, f"{__version__}+{generator_digest(backend)}", backend)
+    module = load_module(key, lambda: program.emit(backend))
+    return Kernel(program, backend, module, options)

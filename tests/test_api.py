@@ -108,7 +108,16 @@ def test_auto_backend_picks_triton_on_cuda_and_torch_on_the_cpu():
     from seqc.kernel import resolve_backend
     assert resolve_backend("auto", device_is_cuda=True) == "triton"
     assert resolve_backend("auto", device_is_cuda=False) == "torch"
-    assert resolve_backend("reference") == "reference"
+    assert resolve_backend("reference", device_is_cuda=True) == "reference"
+
+
+def test_auto_kernel_runs_the_torch_backend_for_cpu_tensors():
+    fn = seqc.load("gla").kernel(backend="auto")
+    tensors = gla_call()
+    out = fn(**tensors, output_final_state=True)
+    assert set(fn._kernels) == {"torch"}
+    want = seqc.load("gla").kernel("reference")(**tensors)
+    torch.testing.assert_close(out.o, want.o, rtol=1e-5, atol=1e-6)
 
 
 def test_disk_cache_is_reused_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
