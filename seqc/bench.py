@@ -160,7 +160,7 @@ def bench_command(args) -> int:
         progress.step(f"warm-up {name}")
     times = time_runners(runners, repeats, progress)
     progress.close()
-    chunk = 64
+    chunk = 32          # the torch backend's default chunk size (module.md)
     flops = flops_per_token(program.analysis.plan, sizes, chunk) * sizes["B"] * sizes["T"] * \
         sizes["H"]
     medians = {name: statistics.median(t) for name, t in times.items()}
