@@ -51,17 +51,30 @@ class GroupEmitter:
         keys = ", ".join(self.seq(w.key, kd) for w in g.writes)
         values = ", ".join("torch.ones(B, H, T, 1, dtype=compute, device=device)" if vector
                            else self.seq(w.value, vd) for w in g.writes)
+        if not g.writes:        # a state that is only decayed (or constant): one zero write
+            keys = f"torch.zeros(B, H, T, dim_{g.key_dim}, dtype=compute, device=device)"
+            values = (f"torch.zeros(B, H, T, {'1' if vector else 'dim_' + g.value_dim}, "
+                      "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
         queries = ", ".join(self.seq(r.query, kd) for r in reads)
         decay = "None" if g.log_decay is None else self.seq(g.log_decay, g.log_decay.dims and kd)
-        init = f"init_{g.state}" + ("[..., None]" if vector else "")
+        swapped = self.swapped(g)
+        init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
         lines = [f"reads, final_{g.state} = _chunk([{queries}], torch.stack([{keys}], 3), "
                  f"torch.stack([{values}], 3), {decay}, {init}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
         if vector:
             lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")
+        elif swapped:
+            lines.append(f"final_{g.state} = final_{g.state}{swapped}")
         return lines
+
+    def swapped(self, g) -> str:
+        """The kernels hold a matrix state as [K, V] (key dim first); a state declared [V, K]
+        (read as `S @ q`) is transposed on the way in and out."""
+        declared = self.spec.tensor(g.state).dims
+        return ".transpose(-1, -2)" if len(declared) == 2 and declared[0] != g.key_dim else ""
 
     def chunk_delta(self, g) -> list[str]:
         kd, vd = (g.key_dim,), (g.value_dim,)
@@ -78,8 +91,10 @@ class GroupEmitter:
         decay = "None" if g.log_decay is None else self.seq(g.log_decay, ())
         lines.append(f"reads, final_{s} = _chunk_delta([{queries}], torch.stack([{keys}], 3), "
                      f"torch.stack([{writes}], 3), torch.stack([{values}], 3), {decay}, "
-                     f"init_{s}, chunk_size)")
+                     f"init_{s}{self.swapped(g)}, chunk_size)")
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
+        if self.swapped(g):
+            lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
         return lines
 
     def scan(self, g) -> list[str]:

@@ -90,14 +90,18 @@ class BlockKernel:
         for s in spec.states:
             offs, mask = layout.block(layout.row_axes(s.dims))
             row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
-            shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
+            # chunk kernels hold a matrix state key dim first; a state declared [V, K] is
+            # transposed on load and on store
+            swapped = s.name in self.transposed_states()
+            shape = ", ".join(f"BLOCK_{d}" for d in (s.dims[::-1] if swapped else s.dims))
             init = float(s.init or 0.0)
             init = f'float("{init}")' if init in (float("inf"), float("-inf")) else repr(init)
-            states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
-                           f"other=0.0).to(ACC)",
+            loaded = f"tl.load(ptr_init_{s.name} + {row}, mask={mask}, other=0.0).to(ACC)"
+            states.append((f"st_{s.name} = {f'tl.trans({loaded})' if swapped else loaded}",
                            f"st_{s.name} = tl.full([{shape}], {init}, dtype=ACC)"))
+            held = f"tl.trans(st_{s.name})" if swapped else f"st_{s.name}"
             finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
-                                              f"st_{s.name}, mask={mask})"))
+                                              f"{held}, mask={mask})"))
         for x in spec.inputs:
             offs, mask = layout.block(layout.time_axes(x.dims))
             loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
@@ -113,6 +117,10 @@ class BlockKernel:
         return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals,
                     loads=loads, prelude=prelude, sections=sections, stores=stores,
                     split=self.split, dot_dims=self.dot_dims, mode=self.mode)
+
+    def transposed_states(self) -> set[str]:
+        return {g.state for g in self.plan.groups if g.kind in ("chunk", "chunk_delta")
+                and g.value_dim is not None and self.spec.tensor(g.state).dims[0] != g.key_dim}
 
     def guard(self, dims: tuple[str, ...], store: str) -> str:
         if self.split is not None and self.split not in dims:
