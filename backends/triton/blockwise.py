@@ -78,30 +78,7 @@ class BlockKernel:
 
     def context(self) -> dict:
         spec = self.spec
-        offsets = [f"o_{d.name} = tl.arange(0, BLOCK_{d.name})" if d.name != self.split else
-                   f"o_{d.name} = i_split * BLOCK_{d.name} + tl.arange(0, BLOCK_{d.name})"
-                   for d in spec.dims]
-        masks = [f"mask_{d.name} = o_{d.name} < dim_{d.name}" for d in spec.dims]
-        params, states, finals, loads = [], [], [], []
-        for p in spec.params:
-            offs, mask = layout.block(layout.row_axes(p.dims))
-            params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
-                          f" + {offs}, mask={mask}, other=0.0).to(ACC)")
-        for s in spec.states:
-            offs, mask = layout.block(layout.row_axes(s.dims))
-            row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
-            # chunk kernels hold a matrix state key dim first; a state declared [V, K] is
-            # transposed on load and on store
-            swapped = s.name in self.transposed_states()
-            shape = ", ".join(f"BLOCK_{d}" for d in (s.dims[::-1] if swapped else s.dims))
-            init = float(s.init or 0.0)
-            init = f'float("{init}")' if init in (float("inf"), float("-inf")) else repr(init)
-            loaded = f"tl.load(ptr_init_{s.name} + {row}, mask={mask}, other=0.0).to(ACC)"
-            states.append((f"st_{s.name} = {f'tl.trans({loaded})' if swapped else loaded}",
-                           f"st_{s.name} = tl.full([{shape}], {init}, dtype=ACC)"))
-            held = f"tl.trans(st_{s.name})" if swapped else f"st_{s.name}"
-            finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
-                                              f"{held}, mask={mask})"))
+        loads = []
         for x in spec.inputs:
             offs, mask = layout.block(layout.time_axes(x.dims))
             loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
@@ -114,18 +91,17 @@ class BlockKernel:
             prelude.append(f"let_{let.name} = {value.code}")
         sections = [self.section(g) for g in self.plan.groups]
         stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
-        return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals,
-                    loads=loads, prelude=prelude, sections=sections, stores=stores,
-                    split=self.split, dot_dims=self.dot_dims, mode=self.mode)
+        return dict(layout.prologue(spec, self.split, self.transposed_states()), loads=loads,
+                    prelude=prelude, sections=sections, stores=stores, split=self.split,
+                    dot_dims=self.dot_dims, mode=self.mode)
 
-    def transposed_states(self) -> set[str]:
-        return {g.state for g in self.plan.groups if g.kind in ("chunk", "chunk_delta")
-                and g.value_dim is not None and self.spec.tensor(g.state).dims[0] != g.key_dim}
+    def transposed_states(self) -> frozenset[str]:
+        """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
+        return frozenset({g.state for g in self.plan.groups if g.kind in ("chunk", "chunk_delta")
+                and g.value_dim is not None and self.spec.tensor(g.state).dims[0] != g.key_dim})
 
     def guard(self, dims: tuple[str, ...], store: str) -> str:
-        if self.split is not None and self.split not in dims:
-            return f"if i_split == 0: {store}"
-        return store
+        return layout.guard(self.split, dims, store)
 
     def store(self, name: str, value: ir.Expr) -> str:
         output = next(o for o in self.spec.outputs if o.name == name)

@@ -46,31 +46,11 @@ class FusedKernel:
         return Block(PREFIX[kind] + node.id, self.spec.tensor(node.id).dims)
 
     def guard(self, dims: tuple[str, ...], store: str) -> str:
-        """Only the first split block stores a tensor that lacks the split dim."""
-        if self.split is not None and self.split not in dims:
-            return f"if i_split == 0: {store}"
-        return store
+        return layout.guard(self.split, dims, store)
 
     def context(self) -> dict:
         spec = self.spec
-        offsets = [f"o_{d.name} = tl.arange(0, BLOCK_{d.name})" if d.name != self.split else
-                   f"o_{d.name} = i_split * BLOCK_{d.name} + tl.arange(0, BLOCK_{d.name})"
-                   for d in spec.dims]
-        masks = [f"mask_{d.name} = o_{d.name} < dim_{d.name}" for d in spec.dims]
-        params, states, finals, loads, body = [], [], [], [], []
-        for p in spec.params:
-            offs, mask = layout.block(layout.row_axes(p.dims))
-            params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({layout.size(p.dims)})"
-                          f" + {offs}, mask={mask}, other=0.0).to(ACC)")
-        for s in spec.states:
-            offs, mask = layout.block(layout.row_axes(s.dims))
-            row = f"(i_b * H + i_h) * ({layout.size(s.dims)}) + {offs}"
-            shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
-            states.append((f"st_{s.name} = tl.load(ptr_init_{s.name} + {row}, mask={mask}, "
-                           f"other=0.0).to(ACC)",
-                           f"st_{s.name} = tl.full([{shape}], {_init(s)}, dtype=ACC)"))
-            finals.append(self.guard(s.dims, f"tl.store(ptr_final_{s.name} + {row}, "
-                                                   f"st_{s.name}, mask={mask})"))
+        loads, body = [], []
         for x in spec.inputs:
             offs, mask = layout.block(layout.row_axes(x.dims))
             row = f"((i_b * T + t) * H + i_h) * ({layout.size(x.dims)}) + {offs}"
@@ -79,8 +59,8 @@ class FusedKernel:
         for statement in spec.body:
             body.append(self.statement(statement))
         blocks = self.block_names()
-        return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals,
-                    loads=loads, body=body, blocks=blocks, split=self.split)
+        return dict(layout.prologue(spec, self.split), loads=loads, body=body, blocks=blocks,
+                    split=self.split)
 
     def statement(self, statement) -> str:
         value = self.expr(statement.value)
@@ -98,10 +78,3 @@ class FusedKernel:
 
     def block_names(self) -> list[str]:
         return [f"BLOCK_{d.name}" for d in self.spec.dims]
-
-
-def _init(state: ir.Tensor) -> str:
-    value = float(state.init if state.init is not None else 0.0)
-    return f'float("{value}")' if value in (float("inf"), float("-inf")) else repr(value)
-
-

@@ -64,3 +64,43 @@ def split_dim(spec: ir.Spec) -> str | None:
         if state.dims and state.dims[-1] in free:
             return state.dims[-1]
     return None
+
+
+def prologue(spec: ir.Spec, split: str | None, transposed: frozenset[str] = frozenset()) -> dict:
+    """What every kernel does before its time loop: lane offsets and masks of each dim, the
+    params loaded, and per state its load (or fill with the declared initial value) and final
+    store. `split` is the dim spread over programs (only its first program stores a tensor that
+    lacks it); a state in `transposed` is held key dim first, transposed on load and store."""
+    offsets = [f"o_{d.name} = tl.arange(0, BLOCK_{d.name})" if d.name != split else
+               f"o_{d.name} = i_split * BLOCK_{d.name} + tl.arange(0, BLOCK_{d.name})"
+               for d in spec.dims]
+    masks = [f"mask_{d.name} = o_{d.name} < dim_{d.name}" for d in spec.dims]
+    params, states, finals = [], [], []
+    for p in spec.params:
+        offs, mask = block(row_axes(p.dims))
+        params.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * ({size(p.dims)})"
+                      f" + {offs}, mask={mask}, other=0.0).to(ACC)")
+    for s in spec.states:
+        offs, mask = block(row_axes(s.dims))
+        row = f"(i_b * H + i_h) * ({size(s.dims)}) + {offs}"
+        swapped = s.name in transposed
+        shape = ", ".join(f"BLOCK_{d}" for d in (s.dims[::-1] if swapped else s.dims))
+        loaded = f"tl.load(ptr_init_{s.name} + {row}, mask={mask}, other=0.0).to(ACC)"
+        states.append((f"st_{s.name} = {f'tl.trans({loaded})' if swapped else loaded}",
+                       f"st_{s.name} = tl.full([{shape}], {initial_value(s)}, dtype=ACC)"))
+        held = f"tl.trans(st_{s.name})" if swapped else f"st_{s.name}"
+        finals.append(guard(split, s.dims, f"tl.store(ptr_final_{s.name} + {row}, {held}, "
+                                           f"mask={mask})"))
+    return dict(offsets=offsets, masks=masks, params=params, states=states, finals=finals)
+
+
+def guard(split: str | None, dims: tuple[str, ...], store: str) -> str:
+    """Only the first split block stores a tensor that lacks the split dim."""
+    if split is not None and split not in dims:
+        return f"if i_split == 0: {store}"
+    return store
+
+
+def initial_value(state: ir.Tensor) -> str:
+    value = float(state.init if state.init is not None else 0.0)
+    return f'float("{value}")' if value in (float("inf"), float("-inf")) else repr(value)
