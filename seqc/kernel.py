@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import inspect
+
 from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
 from .validate import validate
@@ -89,4 +91,16 @@ def build_kernel(program, backend: str = "reference", **options) -> Kernel | Aut
                          f"{', '.join(BACKENDS + ('auto',))}")
     key = cache_key(program.source, f"{__version__}+{generator_digest(backend)}", backend)
     module = load_module(key, lambda: program.emit(backend))
+    _check_options(module, backend, options)
     return Kernel(program, backend, module, options)
+
+
+def _check_options(module, backend: str, options: dict) -> None:
+    """Options are keyword arguments of the emitted `run` after the call's own five."""
+    parameters = list(inspect.signature(module.run).parameters.values())[5:]
+    known = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
+             or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(f'`{n}`' for n in unknown)} for backend "
+                         f"`{backend}`; its options are: {', '.join(known) or 'none'}")

@@ -153,3 +153,15 @@ def test_spec_errors_are_spec_errors_not_tracebacks():
     with pytest.raises(seqc.SpecError) as error:
         seqc.compile("model m\ndims K\ninput x[K]\noutput o = y\n", "m.seq")
     assert re.search(r"m\.seq:4:12: error: unknown name `y`", str(error.value))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_unknown_kernel_options_are_value_errors_listing_the_known_ones(backend):
+    with pytest.raises(ValueError, match=r"unknown option `chunk_sise` for backend"):
+        seqc.load("gla").kernel(backend, chunk_sise=16)
+
+
+def test_bad_chunk_size_is_a_value_error():
+    fn = seqc.load("gla").kernel("torch", chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        fn(**gla_call())
