@@ -18,7 +18,7 @@ IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "let", "output", "in",
                                "inf"})
 IMPLICIT_DIMS = frozenset({"B", "T", "H"})
-RESERVED = LANGUAGE_KEYWORDS | IMPLICIT_DIMS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
+RESERVED = LANGUAGE_KEYWORDS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
     | frozenset(keyword.softkwlist) | {"None", "True", "False", "final_state", "initial_state",
                                        "output_final_state"}
 
@@ -95,7 +95,7 @@ class _Checker:
                        help="names start with a letter and hold letters, digits and `_`")
         elif len(name) > MAX_NAME_LENGTH:
             self.error(f"{what} `{name[:20]}...` is longer than {MAX_NAME_LENGTH} characters", span)
-        elif name in IMPLICIT_DIMS:
+        elif name in IMPLICIT_DIMS and what == "dim name":
             self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
                        help="choose another name, e.g. `D` or `N`")
         elif name in RESERVED:

@@ -102,8 +102,8 @@ def _mlstm():
 def _mamba2():
     t = Typer("mamba2")
     t.read_dims = {"rdh": ("P",)}
-    group = ChunkGroup("h", "N", "P", t.e("dt * A"), (Write(t.e("dt * Bt"), t.e("x")),))
-    return _plan(t, [group], [Read("rdh", "h", t.e("Ct"))], {"y": "rdh"})
+    group = ChunkGroup("h", "N", "P", t.e("dt * A"), (Write(t.e("dt * B"), t.e("x")),))
+    return _plan(t, [group], [Read("rdh", "h", t.e("C"))], {"y": "rdh"})
 
 
 HAND_PLANS = {
@@ -125,8 +125,8 @@ HAND_PLANS = {
     "lru": lambda: _scan("lru", "h", "lam", "sqrt(1 - lam ** 2) * x", "y", prelude=("lam",)),
     "rglru": lambda: _scan("rglru", "h", "a", "sqrt(1 - a ** 2) * (sigmoid(xi) * x)", "y",
                            prelude=("a",)),
-    "mamba": lambda: _scan("mamba", "h", "exp(dt * A)", "dt * x * Bt", "y", ("D", "N"),
-                           output="rdh @ Ct"),
+    "mamba": lambda: _scan("mamba", "h", "exp(dt * A)", "dt * x * B", "y", ("D", "N"),
+                           output="rdh @ C"),
     "maxplus": lambda: _semiring("maxplus", "m", "maxplus", "a", "x"),
     "logsumexp": lambda: _semiring("logsumexp", "s", "logsumexp", "la", "lb"),
     "lstm": lambda: _sequential("lstm"),

@@ -69,10 +69,10 @@ SPECS: dict[str, Spec] = {
                  ranges={"g": NEG}),
     "hgrn2": Spec(("K", "V"), {"q": ("K",), "v": ("V",), "g": ("K",)}, _OV, _SKV,
                   ranges={"g": NEG}),
-    "mamba2": Spec(("N", "P"), {"x": ("P",), "Bt": ("N",), "Ct": ("N",), "dt": ()},
+    "mamba2": Spec(("N", "P"), {"x": ("P",), "B": ("N",), "C": ("N",), "dt": ()},
                    {"y": ("P",)}, {"h": (("N", "P"), 0.0)}, params={"A": ()},
                    ranges={"dt": POS, "A": NEG}),
-    "mamba": Spec(("D", "N"), {"x": ("D",), "Bt": ("N",), "Ct": ("N",), "dt": ("D",)},
+    "mamba": Spec(("D", "N"), {"x": ("D",), "B": ("N",), "C": ("N",), "dt": ("D",)},
                   {"y": ("D",)}, {"h": (("D", "N"), 0.0)}, params={"A": ("D", "N")},
                   ranges={"dt": POS, "A": NEG}),
     "lstm": Spec(("D",), {n: ("D",) for n in ("xi", "xf", "xz", "xo")}, {"y": ("D",)},
@@ -282,8 +282,8 @@ def oracle_mamba2(inputs, params, initial_state):
         dt = x["dt"][:, t]                                       # [B, H]
         decay = torch.exp(dt * p["A"])                           # [B, H]
         h = decay[..., None, None] * h + torch.einsum(
-            "bh,bhn,bhp->bhnp", dt, x["Bt"][:, t], x["x"][:, t])
-        ys.append(torch.einsum("bhn,bhnp->bhp", x["Ct"][:, t], h))
+            "bh,bhn,bhp->bhnp", dt, x["B"][:, t], x["x"][:, t])
+        ys.append(torch.einsum("bhn,bhnp->bhp", x["C"][:, t], h))
     return {"y": torch.stack(ys, 1)}, {"h": h}
 
 
@@ -292,12 +292,12 @@ def oracle_mamba(inputs, params, initial_state):
     x, p, s = _prep("mamba", inputs, params, initial_state)
     delta, u = x["dt"], x["x"]                                   # [B, T, H, D]
     deltaA = torch.exp(torch.einsum("bthd,hdn->bthdn", delta, p["A"]))
-    deltaB_u = torch.einsum("bthd,bthn,bthd->bthdn", delta, x["Bt"], u)
+    deltaB_u = torch.einsum("bthd,bthn,bthd->bthdn", delta, x["B"], u)
     h = s["h"]
     ys = []
     for t in range(u.shape[1]):
         h = deltaA[:, t] * h + deltaB_u[:, t]
-        ys.append(torch.einsum("bhdn,bhn->bhd", h, x["Ct"][:, t]))
+        ys.append(torch.einsum("bhdn,bhn->bhd", h, x["C"][:, t]))
     return {"y": torch.stack(ys, 1)}, {"h": h}
 
 

@@ -209,12 +209,19 @@ def test_output_read_in_the_step(check_source):
 @pytest.mark.parametrize("line, text, col, name", [
     (2, "dims K, V, B", 12, "B"),
     (2, "dims K, V, T", 12, "T"),
-    (3, "input q[K], k[K], v[V], H", 25, "H"),
 ])
 def test_implicit_dims_are_reserved(check_source, line, text, col, name):
     err = check_source(gla_with(line, text))
     expect(err, line, col, 1, f"`{name}` is reserved (batch, time and heads are implicit dims)",
            "choose another name, e.g. `D` or `N`", text)
+
+
+def test_implicit_dim_names_may_name_tensors(check_source):
+    """B, T, H are reserved as dims only: a tensor may be called B (Mamba's B and C)."""
+    import seqc
+    program = seqc.compile("model m\ndims N\ninput B[N], C[N]\nstate h[N] = 0\nh = h + B\n"
+                           "output y = C @ h\n")
+    assert [t.name for t in program.spec.inputs] == ["B", "C"]
 
 
 @pytest.mark.parametrize("name", ["exp", "sum", "logaddexp", "model", "dims", "input", "param",

@@ -140,7 +140,7 @@ def test_mutated_stdlib(source, data):
 
 UNSAFE = ["__import__", "_x", "__class__", "os.system", "é", "naïve", "λ", "𝑥", "x́", "`x`", "'x'",
           '"x"', "x-y", "x y", "x;y", "x\x00", "1x", "x$", "exec(", "lambda", "import", "None",
-          "True", "class", "match", "exp", "sum", "B", "T", "H", "in", "inf", "model", "K" * 65]
+          "True", "class", "match", "exp", "sum", "in", "inf", "model", "K" * 65]
 
 
 @pytest.mark.parametrize("bad", UNSAFE)
@@ -179,3 +179,9 @@ def test_random_identifiers_are_safe_or_refused(name):
 def test_unsafe_function_names_never_pass(bad):
     with pytest.raises(SpecError):
         check(parse(f"model m\ndims K\ninput q[K]\noutput o = {bad}(q)\n", "x.seq"))
+
+
+@pytest.mark.parametrize("implicit", ["B", "T", "H"])
+def test_implicit_dims_cannot_be_declared_as_dims(implicit):
+    with pytest.raises(SpecError):
+        check(parse(f"model m\ndims K, {implicit}\ninput q[K]\noutput o = q\n", "m.seq"))

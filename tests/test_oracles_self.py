@@ -211,7 +211,7 @@ def test_hgrn2_matches_paper_loop(init):
 def test_mamba2_matches_fla_simple_gla(init):
     """SSD is simple GLA with q = C, k = dt B, v = x, g = dt A and no scale."""
     x, p, s, out, fin = run("mamba2", init=init)
-    o, S = naive_chunk_simple_gla(x["Ct"], x["dt"][..., None] * x["Bt"], x["x"], x["dt"] * p["A"],
+    o, S = naive_chunk_simple_gla(x["C"], x["dt"][..., None] * x["B"], x["x"], x["dt"] * p["A"],
                                   initial_state=s["h"] if init else None,
                                   output_final_state=True, chunk_size=16, scale=1.0)
     close(out["y"], o)
@@ -223,11 +223,11 @@ def test_mamba_matches_fla_gla_per_channel(init):
     """S6 channel d is GLA over N with one value: g = dt_d A_d, k = dt_d B, v = x_d, q = C."""
     x, p, s, out, fin = run("mamba", init=init)
     Bb, Tt, Hh, D = x["x"].shape
-    N = x["Bt"].shape[-1]
+    N = x["B"].shape[-1]
     fold = lambda t: t.reshape(Bb, Tt, Hh * D, *t.shape[4:])    # noqa: E731
     g = fold(x["dt"][..., None] * p["A"])                        # [B, T, H*D, N]
-    k = fold(x["dt"][..., None] * x["Bt"][..., None, :])
-    q = fold(x["Ct"][..., None, :].expand(Bb, Tt, Hh, D, N)) * N ** 0.5
+    k = fold(x["dt"][..., None] * x["B"][..., None, :])
+    q = fold(x["C"][..., None, :].expand(Bb, Tt, Hh, D, N)) * N ** 0.5
     v = fold(x["x"][..., None])
     S0 = s["h"].reshape(Bb, Hh * D, N, 1) if init else None
     o, S = naive_recurrent_gla(q, k, v, g, initial_state=S0, output_final_state=True)

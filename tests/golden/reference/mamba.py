@@ -4,13 +4,13 @@
 #     model mamba
 #     dims D, N
 #     input x[D]
-#     input Bt[N]
-#     input Ct[N]
+#     input B[N]
+#     input C[N]
 #     input dt[D] in (0, inf)
 #     param A[D, N] in (-inf, 0)
 #     state h[D, N] = 0
-#     h = exp(dt * A) * h + dt * x * Bt
-#     output y = h @ Ct
+#     h = exp(dt * A) * h + dt * x * B
+#     output y = h @ C
 """Reference step loop for `mamba`: see backends/reference/step_loop.md in seqc."""
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,8 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False):
     dim_D = dims["D"]
     dim_N = dims["N"]
     seq_x = inputs["x"].to(compute).unbind(1)
-    seq_Bt = inputs["Bt"].to(compute).unbind(1)
-    seq_Ct = inputs["Ct"].to(compute).unbind(1)
+    seq_B = inputs["B"].to(compute).unbind(1)
+    seq_C = inputs["C"].to(compute).unbind(1)
     seq_dt = inputs["dt"].to(compute).unbind(1)
     par_A = params["A"].to(compute)
     if initial_state is None:
@@ -43,11 +43,11 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False):
     out_y = []
     for t in range(dims["T"]):
         in_x = seq_x[t]
-        in_Bt = seq_Bt[t]
-        in_Ct = seq_Ct[t]
+        in_B = seq_B[t]
+        in_C = seq_C[t]
         in_dt = seq_dt[t]
-        st_h = ((torch.exp((in_dt[..., :, None] * par_A)) * st_h) + ((in_dt * in_x)[..., :, None] * in_Bt[..., None, :]))
-        out_y.append(torch.einsum('...ab,...b->...a', st_h, in_Ct))
+        st_h = ((torch.exp((in_dt[..., :, None] * par_A)) * st_h) + ((in_dt * in_x)[..., :, None] * in_B[..., None, :]))
+        out_y.append(torch.einsum('...ab,...b->...a', st_h, in_C))
     outputs = {
         "y": torch.stack(out_y, dim=1),
     }
