@@ -31,6 +31,10 @@ def parse_shape(text: str, dims: tuple[str, ...]) -> dict[str, int]:
         if not value.strip().isdigit() or int(value) < 1:
             raise ValueError(f"--shape: `{item}` is not NAME=POSITIVE_INTEGER")
         given[name.strip()] = int(value)
+    unknown = [name for name in given if name not in ("B", "T", "H") + tuple(dims)]
+    if unknown:
+        raise ValueError(f"--shape: unknown dim {', '.join(unknown)}; the spec's dims are "
+                         f"{', '.join(dims) or 'none'} (and B, T, H)")
     sizes.update({k: v for k, v in given.items() if k in ("B", "T", "H")})
     for dim in dims:
         sizes[dim] = given.get(dim, DEFAULT_DIM)
