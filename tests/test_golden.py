@@ -12,7 +12,8 @@ import seqc
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = [("reference", "gla"), ("reference", "lstm"), ("reference", "maxplus"),
-         ("reference", "mamba")]
+         ("reference", "mamba"), ("triton", "gla"), ("triton", "gated_deltanet"),
+         ("triton", "hgrn")]
 
 
 @pytest.mark.parametrize("backend,name", CASES)
