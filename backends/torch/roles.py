@@ -1,7 +1,9 @@
 """The role expressions of each Plan group, rendered as calls of the family functions.
 
 A role (a key, a decay, a scan coefficient, ...) is an expression over whole sequences; it is
-aligned by name to the dims the family expects and laid out `[B, H, T, *dims]` by `_seq`.
+aligned by name to the dims the family expects and laid out `[B, H, T, *dims]` by `_seq` (scan,
+semiring), or handed over in the call layout `[B, T, H, *dims]` (chunk, chunk_delta: they copy it
+into blocks `[B, H, N, C, *dims]` once).
 """
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ class GroupEmitter:
                 if is_constant(value) else self.whole(value, dims))
         return f"_seq({code}, B, T, H{''.join(f', dim_{d}' for d in dims)})"
 
+    def call(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
+        """`value` over [B, T, H, *dims], the call layout (the chunk families block it themselves)."""
+        code = (f"torch.tensor({self.whole(value)}, dtype=compute, device=device)"
+                if is_constant(value) else self.whole(value, dims))
+        return f"{code}.expand(B, T, H{''.join(f', dim_{d}' for d in dims)})"
+
     def reads_of(self, state: str):
         return [r for r in self.reads if r.state == state]
 
@@ -48,21 +56,21 @@ class GroupEmitter:
         vector = g.value_dim is None
         kd = (g.key_dim,)
         vd = () if vector else (g.value_dim,)
-        keys = ", ".join(self.seq(w.key, kd) for w in g.writes)
-        values = ", ".join("torch.ones(B, H, T, 1, dtype=compute, device=device)" if vector
-                           else self.seq(w.value, vd) for w in g.writes)
+        keys = ", ".join(self.call(w.key, kd) for w in g.writes)
+        values = ", ".join("torch.ones(B, T, H, 1, dtype=compute, device=device)" if vector
+                           else self.call(w.value, vd) for w in g.writes)
         if not g.writes:        # a state that is only decayed (or constant): one zero write
-            keys = f"torch.zeros(B, H, T, dim_{g.key_dim}, dtype=compute, device=device)"
-            values = (f"torch.zeros(B, H, T, {'1' if vector else 'dim_' + g.value_dim}, "
+            keys = f"torch.zeros(B, T, H, dim_{g.key_dim}, dtype=compute, device=device)"
+            values = (f"torch.zeros(B, T, H, {'1' if vector else 'dim_' + g.value_dim}, "
                       "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
-        queries = ", ".join(self.seq(r.query, kd) for r in reads)
-        decay = "None" if g.log_decay is None else self.seq(g.log_decay, g.log_decay.dims and kd)
+        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
-        lines = [f"reads, final_{g.state} = _chunk([{queries}], torch.stack([{keys}], 3), "
-                 f"torch.stack([{values}], 3), {decay}, {init}, chunk_size)"]
+        lines = [f"reads, final_{g.state} = _chunk([{queries}], [{keys}], [{values}], {decay}, "
+                 f"{init}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
         if vector:
             lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")
