@@ -89,17 +89,16 @@ class GroupEmitter:
         s = g.state
         lines = []
         for j, step in enumerate(g.steps):
-            lines.append(f"key_{s}_{j} = {self.seq(step.key, kd)}")
-            lines.append(f"write_{s}_{j} = {self.seq(step.beta, kd)} * key_{s}_{j}")
+            lines.append(f"key_{s}_{j} = {self.call(step.key, kd)}")
+            lines.append(f"write_{s}_{j} = {self.call(step.beta, kd)} * key_{s}_{j}")
         keys = ", ".join(f"key_{s}_{j}" for j in range(len(g.steps)))
         writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
-        values = ", ".join(self.seq(step.value, vd) for step in g.steps)
+        values = ", ".join(self.call(step.value, vd) for step in g.steps)
         reads = self.reads_of(s)
-        queries = ", ".join(self.seq(r.query, kd) for r in reads)
-        decay = "None" if g.log_decay is None else self.seq(g.log_decay, ())
-        lines.append(f"reads, final_{s} = _chunk_delta([{queries}], torch.stack([{keys}], 3), "
-                     f"torch.stack([{writes}], 3), torch.stack([{values}], 3), {decay}, "
-                     f"init_{s}{self.swapped(g)}, chunk_size)")
+        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        decay = "None" if g.log_decay is None else self.call(g.log_decay, ())
+        lines.append(f"reads, final_{s} = _chunk_delta([{queries}], [{keys}], [{writes}], "
+                     f"[{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
