@@ -79,3 +79,18 @@ def test_torch_backend_agrees_with_the_reference_on_edited_specs(source, steps):
     run in it and agree with the step loop (fp64, so the comparison is tight)."""
     import torch
     agrees_with_the_reference(source, steps, "torch", torch.float64, 1e-7, chunk_size=4)
+
+
+def test_a_decay_of_unknown_sign_is_never_cumulated_in_log_space():
+    """`tanh(g)` may be negative: the chunkwise forms (log-space decays) would compute NaN."""
+    import torch
+    scan = seqc.compile("model m\ndims K, V\ninput q[K], k[K], v[V], g\nstate S[K, V] = 0\n"
+                        "S = tanh(g) * S + k * v\noutput o = q @ S\n")
+    assert scan.analysis.kind("S") == "scan"
+    delta = seqc.compile("model m\ndims K, V\ninput q[K], k[K], v[V], g, beta in (0, 1)\n"
+                         "state S[K, V] = 0\nS = tanh(g) * S\nS = S + beta * k * (v - k @ S)\n"
+                         "output o = q @ S\n")
+    proof = delta.analysis.proof("S")
+    assert proof.kind == "sequential" and "not provably positive" in proof.reason.message
+    assert (proof.reason.span.line, proof.reason.span.col) == (5, 1)
+    agrees_with_the_reference(scan.source, 21, "torch", torch.float64, 1e-7, chunk_size=4)

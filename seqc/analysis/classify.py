@@ -145,7 +145,9 @@ def _chunk(sym: Symbolic, state, decay, writes, reads: ReadForms, facts) -> Proo
     split = _outer_products(sym, writes, key_dim, value_dim)
     if split is None:
         return None
-    log_decay = None if decay == 1 else log_of(sym, decay, strict=False)
+    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
+    if decay != 1 and log_decay is None:
+        return None   # the chunkwise form cumulates log decays: a decay of unknown sign scans
     group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split)
     facts.append(f"the decay is over {_dims_text(sym.dims(decay))}, every write is a key over "
                  f"{key_dim} times a value over {value_dim}, and outputs read `{state}` by `@`")
@@ -204,7 +206,11 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
                                                                              key_dim))
                           or _not_affine(sym, state))
         steps.append(step)
-    log_decay = None if decay == 1 else log_of(sym, decay, strict=False)
+    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
+    if decay != 1 and log_decay is None:
+        update = sym.updates[state][0]
+        raise Refused(Reason(f"the decay `{text(sym.to_ir(decay))}` is not provably positive, so "
+                             "it cannot be cumulated in log space", update.span, update.value))
     group = plan.DeltaGroup(state, key_dim, value_dim, log_decay, tuple(steps))
     facts.append(f"each step's transition is (I - beta k k^T) with k over {key_dim}: "
                  "identity minus rank one, after a decay over "
