@@ -1,8 +1,8 @@
 """Backend: torch — the parallel PyTorch forms, emitted from the analysis' Plan.
 
-Each state group of the Plan runs in its kernel family (chunk, chunk_delta, scan, semiring; one
-template each, beside a .md stating its math); a Plan with a sequential group runs the step loop,
-with the state-independent lets computed for every step at once. Role expressions (decays, keys,
+Each state group of the Plan runs in its kernel family (chunk, chunk_delta, scan, coupled scan,
+semiring; one template each, beside a .md stating its math); a Plan with a sequential group runs
+the step loop, with the state-independent lets computed for every step at once. Role expressions (decays, keys,
 values, queries, coefficients) are rendered here over whole sequences `[B, T, H, ...]` and handed
 to the family functions time-second, `[B, H, T, ...]`.
 """
@@ -12,7 +12,7 @@ from seqc import ir
 from seqc.backends.torch_render import PRELUDE, TorchRenderer, align, is_constant
 from seqc.templates import render
 
-from .roles import FAMILIES, GroupEmitter, output_dims, supported
+from .roles import GroupEmitter, family, output_dims, supported
 
 PREFIX = {"input": "in_", "param": "par_", "let": "let_", "dim": "dim_", "read": "rd_"}
 
@@ -25,7 +25,7 @@ def emit_plan(plan) -> str:
     """The module source for a Plan (tests may hand-build Plans)."""
     spec = plan.spec
     whole = TorchRenderer(lambda n: PREFIX[n.ref.kind] + n.id)
-    sequential = plan.sequential or not all(supported(g) for g in plan.groups)
+    sequential = plan.sequential or not all(supported(g, spec) for g in plan.groups)
     prelude_names = {let.name for let in plan.prelude}
     prelude = [f"let_{let.name} = {_whole_let(whole, let, sequential)}" for let in plan.prelude]
     if sequential:
@@ -34,7 +34,7 @@ def emit_plan(plan) -> str:
     else:
         emitter = GroupEmitter(spec, plan.reads, whole)
         body = [line for group in plan.groups for line in emitter.lines(group)]
-        families = sorted({FAMILIES[g.kind] for g in plan.groups})
+        families = sorted({family(g) for g in plan.groups})
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),

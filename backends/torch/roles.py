@@ -11,7 +11,7 @@ from seqc import ir
 from seqc.backends.torch_render import TorchRenderer, is_constant
 
 FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2", "scan": "scan.py.j2",
-            "semiring": "semiring.py.j2"}
+            "semiring": "semiring.py.j2", "coupled_scan": "coupled_scan.py.j2"}
 SEMIRING_ADD = {"maxplus": "torch.maximum", "logsumexp": "torch.logaddexp"}
 
 
@@ -19,10 +19,17 @@ def output_dims(output: ir.Output) -> tuple[str, ...]:
     return output.declared_dims if output.declared_dims is not None else output.value.dims
 
 
-def supported(group) -> bool:
+def family(group) -> str:
+    """The template of the family that runs a (supported) group."""
+    return FAMILIES["coupled_scan" if group.kind == "scan" and group.coupling else group.kind]
+
+
+def supported(group, spec: ir.Spec) -> bool:
     """Whether the torch families run this group (else the whole spec runs the step loop)."""
     if group.kind == "scan":
-        return not group.coupling
+        # a coupled group stacks its states on one axis: their dims must agree in order too
+        # (the analysis only guarantees the same set of dims)
+        return not group.coupling or len({spec.tensor(s).dims for s in group.states}) == 1
     if group.kind == "chunk_delta":
         return group.log_decay is None or group.log_decay.dims == ()
     return group.kind in ("chunk", "semiring")
@@ -105,11 +112,30 @@ class GroupEmitter:
         return lines
 
     def scan(self, g) -> list[str]:
+        if g.coupling:
+            return self.coupled_scan(g)
         lines = []
         for s in g.states:
             dims = self.spec.tensor(s).dims
             lines.append(f"all_{s}, final_{s} = _scan({self.seq(g.coefficient[s], dims)}, "
                          f"{self.seq(g.offset[s], dims)}, init_{s}, chunk_size)")
+            lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
+        return lines
+
+    def coupled_scan(self, g) -> list[str]:
+        """The couplings as an n x n list of elementwise coefficients over [B, H, T, ...]
+        (`None` where a state does not read another), the offsets and states as lists."""
+        dims = self.spec.tensor(g.states[0]).dims
+        rows = ", ".join("[" + ", ".join(
+            self.seq(g.coupling[(i, j)], dims) if (i, j) in g.coupling else "None"
+            for j in g.states) + "]" for i in g.states)
+        offsets = ", ".join(self.seq(g.offset[s], dims) for s in g.states)
+        inits = ", ".join(f"init_{s}" for s in g.states)
+        alls = ", ".join(f"all_{s}" for s in g.states)
+        finals = ", ".join(f"final_{s}" for s in g.states)
+        lines = [f"({alls},), ({finals},) = _coupled_scan([{rows}], [{offsets}], [{inits}], "
+                 "chunk_size)"]
+        for s in g.states:
             lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
         return lines
 
