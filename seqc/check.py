@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from . import ir
 from .errors import Diagnostic, SpecError, closest
+from .shapes import ExpressionTyper, fmt_dims
 
 MAX_NAME_LENGTH = 64
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
@@ -43,7 +44,7 @@ def _position(d: Diagnostic):
     return (d.span.line, d.span.col)
 
 
-class _Checker:
+class _Checker(ExpressionTyper):
     def __init__(self, spec: ir.Spec):
         self.spec = spec
         self.diagnostics: list[Diagnostic] = []
@@ -208,8 +209,8 @@ class _Checker:
         value_dims = update.value.dims
         if value_dims is not None and update.state not in self.poisoned and \
                 sorted(value_dims) != sorted(target.dims):
-            self.error(f"the new value of `{update.state}` has dims {_fmt(value_dims)} but the "
-                       f"state has {_fmt(target.dims)}", update.value.span,
+            self.error(f"the new value of `{update.state}` has dims {fmt_dims(value_dims)} but the "
+                       f"state has {fmt_dims(target.dims)}", update.value.span,
                        help=_dims_help(value_dims, target.dims))
         self.state_versions[update.state] += 1
         return update
@@ -233,8 +234,8 @@ class _Checker:
             elif any(d in self.poisoned for d in output.declared_dims):
                 pass
             elif dims is not None and sorted(dims) != sorted(output.declared_dims):
-                self.error(f"output `{output.name}` is declared {_fmt(output.declared_dims)} but its "
-                           f"value has dims {_fmt(dims)}", output.value.span,
+                self.error(f"output `{output.name}` is declared {fmt_dims(output.declared_dims)} but its "
+                           f"value has dims {fmt_dims(dims)}", output.value.span,
                            help=_dims_help(dims, output.declared_dims))
         return output
 
@@ -259,136 +260,6 @@ class _Checker:
                 self.warning(f"state `{name}` is read but never updated", state.span,
                              help="a constant belongs in a `param`")
 
-    # ---- expressions ----------------------------------------------------------------------
-
-    def expr(self, node: ir.Expr, line: int) -> ir.Expr:
-        """Type an expression: fill `dims` (None when poisoned) and `ref` on names."""
-        if isinstance(node, ir.Num):
-            return replace(node, dims=())
-        if isinstance(node, ir.Name):
-            return self.name(node, line)
-        if isinstance(node, ir.Unary):
-            operand = self.expr(node.operand, line)
-            return replace(node, operand=operand, dims=self.elementwise_operand(operand))
-        if isinstance(node, ir.Binary):
-            left, right = self.expr(node.left, line), self.expr(node.right, line)
-            node = replace(node, left=left, right=right)
-            if node.op is ir.Op.MATMUL:
-                return replace(node, dims=self.matmul_dims(node))
-            return replace(node, dims=self.broadcast(node, left, right))
-        return self.call(node, line)
-
-    def name(self, node: ir.Name, line: int) -> ir.Name:
-        if node.id in self.poisoned:
-            return replace(node, dims=None)
-        if node.id in self.dims:
-            declared = self.dims[node.id].span.line
-            if declared > line:
-                self.error(f"dim `{node.id}` is used before its declaration (line {declared})",
-                           node.span, help="declare the dims first, after `model`")
-                return replace(node, dims=None)
-            return replace(node, dims=(), ref=ir.Ref("dim"))
-        if node.id in self.lets:
-            self.used.add(node.id)
-            return replace(node, dims=self.lets[node.id].value.dims, ref=ir.Ref("let"))
-        tensor = self.tensors.get(node.id)
-        if tensor is not None:
-            self.used.add(node.id)
-            if tensor.span.line > line:
-                self.error(f"`{node.id}` is used before its declaration (line {tensor.span.line})",
-                           node.span, help="move the declaration above its first use")
-                return replace(node, dims=None)
-            version = self.state_versions.get(node.id, 0)
-            return replace(node, dims=tensor.dims, ref=ir.Ref(tensor.kind.value, version))
-        if node.id in self.outputs:
-            self.error(f"output `{node.id}` cannot be read inside the step", node.span,
-                       help="compute it with `let` and use the `let` name")
-            return replace(node, dims=None)
-        if node.id not in self.unknown:      # reported once, at its first use
-            self.unknown.add(node.id)
-            suggestion = closest(node.id, [*self.dims, *self.lets, *self.tensors])
-            self.error(f"unknown name `{node.id}`", node.span,
-                       help=f"did you mean `{suggestion}`?" if suggestion else None)
-        return replace(node, dims=None)
-
-    def elementwise_operand(self, operand: ir.Expr) -> tuple[str, ...] | None:
-        if operand.dims is None:
-            return None
-        if len(set(operand.dims)) != len(operand.dims):
-            self.error(f"a square matrix {_fmt(operand.dims)} can only be used with `@`",
-                       operand.span)
-            return None
-        return operand.dims
-
-    def broadcast(self, node: ir.Expr, left: ir.Expr, right: ir.Expr) -> tuple[str, ...] | None:
-        left_dims, right_dims = self.elementwise_operand(left), self.elementwise_operand(right)
-        if left_dims is None or right_dims is None:
-            return None
-        return left_dims + tuple(d for d in right_dims if d not in left_dims)
-
-    def matmul_dims(self, node: ir.Binary) -> tuple[str, ...] | None:
-        left, right = node.left.dims, node.right.dims
-        if left is None or right is None:
-            return None
-        if not left or not right:
-            side = node.left if not left else node.right
-            self.error("`@` needs a tensor on each side, not a scalar", side.span,
-                       help="use `*` to scale by a scalar")
-            return None
-        if left[-1] != right[0]:
-            self.error(f"`@` contracts the last dim of the left side with the first dim of the "
-                       f"right side, but they are `{left[-1]}` and `{right[0]}`", node.span,
-                       help=f"left has dims {_fmt(left)}, right has {_fmt(right)}")
-            return None
-        result = left[:-1] + right[1:]
-        if len(set(result)) != len(result):
-            self.error(f"the result of `@` would have dims {_fmt(result)}, repeating a dim",
-                       node.span)
-            return None
-        return result
-
-    def call(self, node: ir.Call, line: int) -> ir.Call:
-        args = tuple(self.expr(a, line) for a in node.args)
-        node = replace(node, args=args)
-        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS else 2
-        if node.func not in ir.FUNCS:
-            suggestion = closest(node.func, ir.FUNCS)
-            self.error(f"unknown function `{node.func}`", node.span,
-                       help=f"did you mean `{suggestion}`?" if suggestion
-                       else "the functions are listed in docs/language.md")
-            return replace(node, dims=None)
-        if node.func in ir.REDUCE_FUNCS and node.dim is None:
-            self.error(f"`{node.func}` takes an expression and the dim to reduce, "
-                       f"as in `{node.func}(x, K)`", node.span)
-            return replace(node, dims=None)
-        if len(args) != expected:
-            self.error(f"`{node.func}` takes {expected} argument{'s' if expected > 1 else ''}, "
-                       f"not {len(args)}", node.span)
-            return replace(node, dims=None)
-        if node.func in ir.REDUCE_FUNCS:
-            return replace(node, dims=self.reduce_dims(node))
-        if expected == 2:
-            return replace(node, dims=self.broadcast(node, args[0], args[1]))
-        return replace(node, dims=self.elementwise_operand(args[0]))
-
-    def reduce_dims(self, node: ir.Call) -> tuple[str, ...] | None:
-        dims = self.elementwise_operand(node.args[0])
-        if node.dim in self.poisoned:
-            return None
-        if node.dim not in self.dims:
-            suggestion = closest(node.dim, [d for d in self.dims if d not in self.poisoned])
-            self.error(f"`{node.func}` reduces over a dim, and `{node.dim}` is not a declared dim",
-                       node.dim_span if node.dim_span.line else node.span,
-                       help=f"did you mean `{suggestion}`?" if suggestion else None)
-            return None
-        if dims is None:
-            return None
-        if node.dim not in dims:
-            self.error(f"`{node.func}` over `{node.dim}`, but its argument has dims {_fmt(dims)}",
-                       node.dim_span if node.dim_span.line else node.span)
-            return None
-        return dims if node.func == "l2norm" else tuple(d for d in dims if d != node.dim)
-
 
 def _is_square(tensor: ir.Tensor) -> bool:
     return tensor.kind is ir.TensorKind.PARAM and len(tensor.dims) == 2 and \
@@ -397,10 +268,6 @@ def _is_square(tensor: ir.Tensor) -> bool:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
-
-
-def _fmt(dims: tuple[str, ...]) -> str:
-    return "[" + ", ".join(dims) + "]" if dims else "[] (a scalar)"
 
 
 def _dims_help(have: tuple[str, ...], want: tuple[str, ...]) -> str | None:
