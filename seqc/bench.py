@@ -139,16 +139,10 @@ def _no_grad(torch, fn):
 
 def bench_command(args) -> int:
     from .api import load
-    from .errors import SpecError
-    try:
+    from .cli import reporting
+    with reporting("bench"):
         program = load(args.file)
         sizes = parse_shape(args.shape, tuple(d.name for d in program.spec.dims))
-    except SpecError as error:
-        print(error.render(), file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"seqc bench: error: {error}", file=sys.stderr)
-        return 1
     import torch
 
     from .inputs import random_call

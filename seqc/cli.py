@@ -4,8 +4,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from .errors import SpecError
+
+
+class Failed(Exception):
+    """A command stopped on a user's mistake, already reported on stderr."""
+
+
+@contextmanager
+def reporting(command: str):
+    """Spec errors and bad arguments become a message on stderr and exit status 1."""
+    try:
+        yield
+    except SpecError as error:
+        print(error.render(), file=sys.stderr)
+        raise Failed from None
+    except ValueError as error:
+        print(f"seqc {command}: error: {error}", file=sys.stderr)
+        raise Failed from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.command(args)
+    except Failed:
+        return 1
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
@@ -96,25 +116,15 @@ def cmd_check(args) -> int:
 
 def cmd_ir(args) -> int:
     from .pretty import pretty
-    try:
+    with reporting("ir"):
         program = _load(args.file)
-    except SpecError as error:
-        print(error.render(), file=sys.stderr)
-        return 1
     print(pretty(program.spec), end="")
     return 0
 
 
 def cmd_compile(args) -> int:
-    try:
-        program = _load(args.file)
-        code = program.emit(args.backend)
-    except SpecError as error:
-        print(error.render(), file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"seqc compile: error: {error}", file=sys.stderr)
-        return 1
+    with reporting("compile"):
+        code = _load(args.file).emit(args.backend)
     if args.output:
         from .cache import write_atomic
         write_atomic(args.output, code)

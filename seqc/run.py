@@ -1,10 +1,6 @@
 """`seqc run`: random inputs through every backend, each compared with the reference."""
 from __future__ import annotations
 
-import sys
-
-from .errors import SpecError
-
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 2e-2}
 
 
@@ -33,8 +29,9 @@ def run_command(args) -> int:
     import torch
 
     from .api import load
+    from .cli import reporting
     from .inputs import random_call
-    try:
+    with reporting("run"):
         program = load(args.file)
         sizes = {"B": args.batch, "T": args.steps, "H": args.heads}
         sizes.update({d.name: 16 for d in program.spec.dims})
@@ -42,12 +39,6 @@ def run_command(args) -> int:
         dtype = getattr(torch, args.dtype)
         tensors, initial = random_call(program.spec, sizes, dtype, args.seed,
                                        with_initial_state=True)
-    except SpecError as error:
-        print(error.render(), file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"seqc run: error: {error}", file=sys.stderr)
-        return 1
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     reference = program.kernel("reference")(**tensors, initial_state=initial,
                                             output_final_state=True)
