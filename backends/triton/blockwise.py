@@ -3,9 +3,9 @@
 One program per (value block, batch x head) walks the sequence block by block. Inside a block,
 the Plan's role expressions are rendered over `[BLOCK_T, ...]` register blocks (the pseudo-dim
 `T`), each state group advances the whole block at once with its family's algebra (scan.md,
-chunk.md, chunk_delta.md), and the outputs are evaluated from the groups' reads. Inputs are read
-once and outputs written once, as in the fused recurrent kernel; the parallelism inside a block
-is what replaces the step loop.
+coupled_scan.md, chunk.md, chunk_delta.md), and the outputs are evaluated from the groups'
+reads. Inputs are read once and outputs written once, as in the fused recurrent kernel; the
+parallelism inside a block is what replaces the step loop.
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from . import layout
 from .fused import PREFIX, full, output_dims
 from .render import Block, Constants, TritonRenderer, align, index
 
-SECTION = {"scan": "scan.py.j2", "semiring": "scan.py.j2", "chunk": "chunk.py.j2",
-           "chunk_delta": "chunk_delta.py.j2"}
+SECTION = {"scan": "scan.py.j2", "coupled_scan": "coupled_scan.py.j2", "semiring": "scan.py.j2",
+           "chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2"}
 LOG2E = "1.4426950408889634"
 
 
 def mode_of(plan) -> str | None:
-    """The family kernel of a Plan, or None when some group has none (sequential, coupled,
-    vector-valued chunk states, more than two delta steps)."""
-    if plan is None or not all(_supported(g) for g in plan.groups):
+    """The family kernel of a Plan, or None when some group has none (sequential, coupled with
+    states of different dim orders, vector-valued chunk states, more than two delta steps)."""
+    if plan is None or not all(_supported(g, plan.spec) for g in plan.groups):
         return None
     kinds = {g.kind for g in plan.groups}
     for mode in ("chunk_delta", "chunk"):
@@ -33,9 +33,11 @@ def mode_of(plan) -> str | None:
     return "scan"
 
 
-def _supported(group) -> bool:
+def _supported(group, spec) -> bool:
     if group.kind == "scan":
-        return not group.coupling
+        # a coupled group is scanned entry by entry: its states' dims must agree in order too
+        # (the analysis only guarantees the same set of dims)
+        return not group.coupling or len({spec.tensor(s).dims for s in group.states}) == 1
     if group.kind == "chunk":
         return group.value_dim is not None and all(
             w.key.dims == (group.key_dim,) and w.value.dims == (group.value_dim,)
@@ -59,6 +61,7 @@ class BlockKernel:
         self.expr = TritonRenderer(self.name_block, constants)
         self.dot_dims = {d for g in plan.groups if g.kind in ("chunk", "chunk_delta")
                          for d in (g.key_dim, g.value_dim)}
+        self.combines: list[str] = []       # generated combine functions of coupled groups
 
     def name_block(self, node: ir.Name) -> Block:
         kind = node.ref.kind
@@ -93,7 +96,7 @@ class BlockKernel:
         stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
         return dict(layout.prologue(spec, self.split, self.transposed_states()), loads=loads,
                     prelude=prelude, sections=sections, stores=stores, split=self.split,
-                    dot_dims=self.dot_dims, mode=self.mode)
+                    dot_dims=self.dot_dims, mode=self.mode, combines=self.combines)
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
@@ -115,8 +118,48 @@ class BlockKernel:
         return [(r.name, r.query) for r in self.plan.reads if r.state == state]
 
     def section(self, group) -> str:
-        context = getattr(self, f"_{group.kind}")(group)
-        return render("triton", SECTION[group.kind], group=group, **context)
+        kind = "coupled_scan" if group.kind == "scan" and group.coupling else group.kind
+        context = getattr(self, f"_{kind}")(group)
+        return render("triton", SECTION[kind], group=group, **context)
+
+    def _coupled_scan(self, group) -> dict:
+        """The group's (A_t, b_t) scanned as one tuple of n x n + n blocks (coupled_scan.md):
+        entries of A the analysis proved zero, and that no product of A's can fill, are not
+        carried."""
+        names = group.states
+        n = len(names)
+        dims = self.spec.tensor(names[0]).dims
+        entries = closure(n, {(names.index(i), names.index(j)) for i, j in group.coupling})
+        want = ("T",) + dims
+        _, mask = layout.block(tuple((d, "1") for d in want))
+        zeros = f"tl.zeros([{', '.join(f'BLOCK_{d}' for d in want)}], dtype=ACC)"
+        tag = names[0]
+        a = {}
+        for i, j in entries:
+            coupling = group.coupling.get((names[i], names[j]))
+            if coupling is not None:
+                code = self.role(coupling, dims, "1.0" if i == j else "0.0")
+            elif i == j:        # a state that does not read itself: 0, the identity's 1 in padding
+                code = f"(tl.where({mask}, 0.0, 1.0) + {zeros})"
+            else:
+                code = zeros
+            a[i, j] = (f"ca_{tag}_{i}_{j}", code)
+        states = []
+        for i, s in enumerate(names):
+            reads = [read for read, _ in self.reads_of(s)]
+            for read in reads:
+                self.reads[read] = want
+            terms = [f"{a[i, j][0]} * {align(Block(f'st_{names[j]}', dims), want)}"
+                     for j in range(n) if (i, j) in a]
+            states.append(dict(name=s, b=self.role(group.offset[s], dims, "0.0"), reads=reads,
+                               apply=" + ".join(terms + [f"cb_{s}"]),
+                               last=index("last_T", 0, len(dims) + 1)))
+        combine = f"_coupled_combine_{tag}"
+        self.combines.append(render("triton", "coupled_combine.py.j2", name=combine,
+                                    **combine_code(n, entries)))
+        scanned = [a[e][0] for e in entries] + [f"cb_{s}" for s in names]
+        return dict(entries=[a[e] for e in entries], states=states, combine=combine,
+                    scanned=", ".join(scanned))
 
     def _scan(self, group) -> dict:
         states = []
@@ -170,3 +213,26 @@ class BlockKernel:
                  for s in group.steps]
         return dict(K=K, V=V, decay=decay, steps=steps, n=len(steps),
                     reads=self.matrix_reads(group), log2e=LOG2E)
+
+
+def closure(n: int, coupling: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The entries (i, j) a product of coupling matrices can make non-zero (with the identity's
+    diagonal): the reflexive-transitive closure of `coupling` read as edges i <- j."""
+    reach = {(i, i) for i in range(n)} | set(coupling)
+    for k in range(n):
+        reach |= {(i, j) for i in range(n) for j in range(n) if (i, k) in reach and (k, j) in reach}
+    return sorted(reach)
+
+
+def combine_code(n: int, entries: list[tuple[int, int]]) -> dict:
+    """(A1, b1) o (A2, b2) = (A2 A1, A2 b1 + b2) over the carried entries, earlier on the left."""
+    def a(side, i, j):
+        return f"a{side}_{i}_{j}"
+
+    params = ([a(1, i, j) for i, j in entries] + [f"b1_{i}" for i in range(n)]
+              + [a(2, i, j) for i, j in entries] + [f"b2_{i}" for i in range(n)])
+    results = [" + ".join(f"{a(2, i, j)} * {a(1, j, k)}" for j in range(n)
+                          if (i, j) in entries and (j, k) in entries) for i, k in entries]
+    results += [" + ".join([f"{a(2, i, j)} * b1_{j}" for j in range(n) if (i, j) in entries]
+                           + [f"b2_{i}"]) for i in range(n)]
+    return dict(params=params, results=results)
