@@ -14,9 +14,8 @@ import functools  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import seqc  # noqa: E402
 from seqc.inputs import random_call  # noqa: E402
-from test_torch_coupled import SPECS, assert_close, program  # noqa: E402
+from test_torch_coupled import SPECS, assert_close, program, transposed_coupled_program  # noqa: E402,E501
 
 pytestmark = pytest.mark.triton
 RTOL = 1e-4
@@ -61,11 +60,4 @@ def test_matches_reference(name, T, init):
 
 
 def test_different_dim_orders_keep_the_fused_kernel():
-    source = SPECS["cross_matrix"].replace("state u[E, D] = 0, v[E, D] = 1",
-                                           "state u[E, D] = 0, v[D, E] = 1")
-    source = source.replace("y[E, D]", "y[D, E]").replace("b[E, D]", "b[D, E]")
-    prog = seqc.compile(source, "transposed.seq")
-    (group,) = prog.analysis.plan.groups
-    if group.kind != "scan":
-        pytest.skip(f"the analysis makes it {group.kind}")
-    assert prog.kernel("triton").module.MODES == ("fused_recurrent",)
+    assert transposed_coupled_program().kernel("triton").module.MODES == ("fused_recurrent",)
