@@ -243,6 +243,11 @@ class _Checker(ExpressionTyper):
         if not any(isinstance(s, ir.Output) for s in body):
             self.error("the spec defines no output", self.spec.span,
                        help="add a line such as `output o = q @ S`")
+        if self.spec.model_spans and not any(t.kind is ir.TensorKind.INPUT
+                                             for t in self.spec.tensors):
+            self.error(f"model `{self.spec.name}` has no input: the batch and the sequence length "
+                       "come from the inputs", self.spec.span,
+                       help="declare what arrives at each step, e.g. `input x[D]`")
         if any(d.severity == "error" for d in self.diagnostics):
             return   # what is unused after an error is most likely the error's doing
         for tensor in self.tensors.values():

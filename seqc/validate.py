@@ -89,8 +89,6 @@ def validate(spec: ir.Spec, tensors: dict, initial_state) -> Call:
     if binder.sizes.get("T") == 0:
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
     _raise(binder)
-    if not spec.inputs:
-        raise ValueError("the spec has no input, so batch and sequence length are unknown")
     return Call(inputs, params, states, dict(binder.sizes), dtype, device)
 
 

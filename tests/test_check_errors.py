@@ -194,6 +194,14 @@ def test_output_never_defined(check_source):
            "model gla")
 
 
+def test_a_model_without_inputs(check_source):
+    """Nothing would say how long the sequence is (a randomly edited maxplus spec found this)."""
+    err = check_source("model maxplus\ndims D\nstate m[D] = -inf\noutput y = m\n")
+    expect(err, 1, 7, 7, "model `maxplus` has no input: the batch and the sequence length come "
+           "from the inputs", "declare what arrives at each step, e.g. `input x[D]`",
+           "model maxplus")
+
+
 def test_output_defined_twice(check_source):
     err = check_source(GLA + "output o = k @ S\n")
     expect(err, 8, 1, 16, "output `o` is defined twice", "first defined at line 7",
