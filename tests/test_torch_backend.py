@@ -76,6 +76,33 @@ def test_any_chunk_size(name, chunk_size):
     compare(got, want, FP32, torch.float32)
 
 
+TWO_KEYWISE_WRITES = """model two_writes
+dims K, V
+input q[K], k[K], v[V], k2[K], v2[V]
+input g[K] in (-inf, 0)
+state S[K, V] = 0
+S = exp(g) * S + k * v + k2 * v2
+output o = q @ S
+"""
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 6, 32])
+def test_keywise_decay_with_two_writes_a_step(chunk_size):
+    """The key-wise intra-chunk halving with W = 2 keys a position, also for a chunk padded up to
+    a power of two (6 -> 8); fp64, so only rounding separates it from the step loop."""
+    import seqc
+    from seqc.inputs import random_call
+    program = seqc.compile(TWO_KEYWISE_WRITES)
+    assert program.analysis.kind("S") == "chunk"
+    x, s = random_call(program.spec, dict(B=2, T=70, H=2, K=5, V=3), torch.float64, seed=1,
+                       with_initial_state=True)
+    s = {n: t.double() for n, t in s.items()}
+    want = program.kernel("reference")(**x, initial_state=s, output_final_state=True)
+    got = program.kernel("torch", chunk_size=chunk_size)(**x, initial_state=s,
+                                                         output_final_state=True)
+    compare(got, want, 1e-12, torch.float64)
+
+
 def test_fp64_inputs_compute_in_fp64():
     got, want = run_both("gated_deltanet", 70, True, dtype=torch.float64)
     compare(got, want, 1e-10, torch.float64)
