@@ -221,10 +221,16 @@ def plot(medians: dict[str, float], path: str, title: str) -> int:
         print("seqc bench: --plot needs matplotlib: pip install 'seqc[plot]' (or matplotlib)",
               file=sys.stderr)
         return 1
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
     names = list(medians)
+    milliseconds = [medians[n] * 1e3 for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 1.5))
-    ax.barh(names, [medians[n] * 1e3 for n in names])
+    bars = ax.barh(names, milliseconds)
+    ax.bar_label(bars, labels=[f"{ms:.3g} ms" for ms in milliseconds], padding=3, fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(milliseconds) / 1.5, max(milliseconds) * 3)
     ax.set_xlabel("median time per call (ms, log scale)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -39,3 +39,11 @@ def test_bench_rejects_unknown_dims_and_bad_sizes(capsys):
 
 def test_shape_defaults_every_spec_dim_to_64():
     assert parse_shape("T=8", ("K", "V")) == {"B": 2, "T": 8, "H": 4, "K": 64, "V": 64}
+
+
+def test_bench_plot_writes_a_png_with_one_bar_a_runner(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    assert main(["bench", "simple_gla", "--backends", "torch", *TINY, "--plot", str(path)]) == 0
+    assert f"plot written to {path}" in capsys.readouterr().out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
