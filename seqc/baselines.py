@@ -17,6 +17,13 @@ def _gated_deltanet(t, sizes):
     return lambda: naive_chunk_gated_delta_rule(t["q"], t["k"], t["v"], t["g"], t["beta"])
 
 
+def _kda(t, sizes):
+    from fla.ops.kda.naive import naive_chunk_kda
+    if sizes["T"] % 64:
+        return None
+    return lambda: naive_chunk_kda(t["q"], t["k"], t["v"], t["g"], t["beta"])
+
+
 def _deltanet(t, sizes):
     from fla.ops.delta_rule.naive import delta_rule_chunkwise
     if sizes["T"] % 32:
@@ -30,6 +37,7 @@ BASELINES = {
     "simple_gla": ("fla naive_chunk_simple_gla", _simple_gla),
     "gated_deltanet": ("fla naive_chunk_gated_delta_rule", _gated_deltanet),
     "deltanet": ("fla delta_rule_chunkwise", _deltanet),
+    "kda": ("fla naive_chunk_kda", _kda),
 }
 
 

@@ -25,6 +25,7 @@ from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
 from fla.ops.gla.naive import naive_recurrent_gla
 from fla.ops.hgrn.naive import naive_recurrent_hgrn
+from fla.ops.kda.naive import naive_recurrent_kda
 from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 
@@ -58,6 +59,8 @@ SPECS: dict[str, Spec] = {
                      ranges={"beta": UNIT}, l2_normalised=("k",)),
     "gated_deltanet": Spec(("K", "V"), {**_QKV, "g": (), "beta": ()}, _OV, _SKV,
                            ranges={"g": NEG, "beta": UNIT}, l2_normalised=("k",)),
+    "kda": Spec(("K", "V"), {**_QKV, "g": ("K",), "beta": ()}, _OV, _SKV,
+                ranges={"g": NEG, "beta": UNIT}, l2_normalised=("k",)),
     "deltaproduct": Spec(("K", "V"),
                          {"q": ("K",), "k1": ("K",), "k2": ("K",), "v1": ("V",), "v2": ("V",),
                           "beta1": (), "beta2": ()}, _OV, _SKV,
@@ -222,6 +225,13 @@ def oracle_gated_deltanet(inputs, params, initial_state):
     x, _, s = _prep("gated_deltanet", inputs, params, initial_state)
     o, S = naive_recurrent_gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"],
                                             initial_state=s["S"], output_final_state=True)
+    return {"o": o.float()}, {"S": S}
+
+
+def oracle_kda(inputs, params, initial_state):
+    x, _, s = _prep("kda", inputs, params, initial_state)
+    o, S = naive_recurrent_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=s["S"],
+                               output_final_state=True)
     return {"o": o.float()}, {"S": S}
 
 

@@ -111,7 +111,8 @@ def delta_loop(q, keys, values, betas, log_decay, S):
     """Per step: S *= exp(g); then for each (k, v, beta): S += beta k (v - k^T S)^T; o = q S."""
     os = []
     for t in range(q.shape[1]):
-        S = log_decay[:, t].exp()[..., None, None] * S
+        decay = log_decay[:, t].exp()                        # [B, H] or key-wise [B, H, K]
+        S = (decay[..., None] if decay.dim() == 3 else decay[..., None, None]) * S
         for k, v, beta in zip(keys, values, betas):
             kt, vt = k[:, t], v[:, t]
             err = vt - torch.einsum("bhk,bhkv->bhv", kt, S)
@@ -159,7 +160,7 @@ def test_linear_attn_matches_paper_loop(init):
     close(fin["S"], S)
 
 
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "deltaproduct"])
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kda", "deltaproduct"])
 @pytest.mark.parametrize("init", [False, True])
 def test_delta_family_matches_paper_loop(name, init):
     x, _, s, out, fin = run(name, init=init)

@@ -143,8 +143,22 @@ def test_families_follow_the_analysis():
     kinds = {n: sorted({g.kind for g in seqc.load(n).analysis.plan.groups}) for n in NAMES}
     assert kinds["simple_gla"] == ["chunk"] and kinds["gla"] == ["chunk"]
     assert kinds["gated_deltanet"] == ["chunk_delta"] and kinds["deltaproduct"] == ["chunk_delta"]
+    assert kinds["kda"] == ["chunk_delta"]
     assert kinds["hgrn"] == ["scan"] and kinds["maxplus"] == ["semiring"]
     assert kinds["lstm"] == ["sequential"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parallel_verdict_runs_in_a_parallel_family(name):
+    """What `seqc check` promises is what the torch backend runs: no spec whose groups are all
+    parallel falls back to the step loop (key-wise chunk_delta, kda, once did)."""
+    import seqc
+    from seqc.backends.torch.roles import supported
+    program = seqc.load(name)
+    plan = program.analysis.plan
+    if not plan.sequential:
+        assert all(supported(g, program.spec) for g in plan.groups)
+        assert "for t in range(T)" not in program.emit("torch")
 
 
 # ---------------------------------------------------------------- hand-built Plans
@@ -184,7 +198,7 @@ def want_spec(name):
 
 
 FLA_DIMS = {"hgrn": {"D": 16}, **{n: {"K": 16, "V": 24} for n in
-                                   ("simple_gla", "gated_deltanet", "linear_attn")}}
+                                   ("simple_gla", "gated_deltanet", "linear_attn", "kda")}}
 
 
 def fla_case(name, T, seed=3):
@@ -193,25 +207,22 @@ def fla_case(name, T, seed=3):
     return x, p, s
 
 
-@pytest.mark.parametrize("T", [64, 100])
-def test_fla_naive_chunk_simple_gla(T):
-    naive = pytest.importorskip("fla.ops.simple_gla.naive")
-    x, _, s = fla_case("simple_gla", T)
-    got = kernel("simple_gla", "torch")(**x, initial_state=s, output_final_state=True)
-    o, S = naive.naive_chunk_simple_gla(x["q"], x["k"], x["v"], x["g"],
-                                        initial_state=s["S"].clone(), output_final_state=True)
-    assert_close(got.o, o, FP32, "o")
-    assert_close(got.final_state["S"], S, FP32, "S")
+FLA_CHUNKWISE = [   # spec, fla module, function, its tensor arguments, T (kda: a multiple of 64)
+    ("simple_gla", "fla.ops.simple_gla.naive", "naive_chunk_simple_gla", "q k v g", (64, 100)),
+    ("gated_deltanet", "fla.ops.gated_delta_rule.naive", "naive_chunk_gated_delta_rule",
+     "q k v g beta", (64, 100)),
+    ("kda", "fla.ops.kda.naive", "naive_chunk_kda", "q k v g beta", (64, 128)),
+]
 
 
-@pytest.mark.parametrize("T", [64, 100])
-def test_fla_naive_chunk_gated_delta_rule(T):
-    naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
-    x, _, s = fla_case("gated_deltanet", T)
-    got = kernel("gated_deltanet", "torch")(**x, initial_state=s, output_final_state=True)
-    o, S = naive.naive_chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
-                                              initial_state=s["S"].clone(),
-                                              output_final_state=True)
+@pytest.mark.parametrize("name, module, function, arguments, T", [
+    (*case[:4], T) for case in FLA_CHUNKWISE for T in case[4]])
+def test_fla_naive_chunkwise_with_initial_and_final_state(name, module, function, arguments, T):
+    naive = getattr(pytest.importorskip(module), function)
+    x, _, s = fla_case(name, T)
+    got = kernel(name, "torch")(**x, initial_state=s, output_final_state=True)
+    o, S = naive(*(x[a] for a in arguments.split()), initial_state=s["S"].clone(),
+                 output_final_state=True)
     assert_close(got.o, o, FP32, "o")
     assert_close(got.final_state["S"], S, FP32, "S")
 

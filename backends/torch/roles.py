@@ -30,8 +30,8 @@ def supported(group, spec: ir.Spec) -> bool:
         # a coupled group stacks its states on one axis: their dims must agree in order too
         # (the analysis only guarantees the same set of dims)
         return not group.coupling or len({spec.tensor(s).dims for s in group.states}) == 1
-    if group.kind == "chunk_delta":
-        return group.log_decay is None or group.log_decay.dims == ()
+    if group.kind == "chunk_delta":     # a key-wise decay with one delta step a token
+        return group.log_decay is None or group.log_decay.dims == () or len(group.steps) == 1
     return group.kind in ("chunk", "semiring")
 
 
@@ -103,7 +103,7 @@ class GroupEmitter:
         values = ", ".join(self.call(step.value, vd) for step in g.steps)
         reads = self.reads_of(s)
         queries = ", ".join(self.call(r.query, kd) for r in reads)
-        decay = "None" if g.log_decay is None else self.call(g.log_decay, ())
+        decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         lines.append(f"reads, final_{s} = _chunk_delta([{queries}], [{keys}], [{writes}], "
                      f"[{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
