@@ -10,6 +10,7 @@ run() {
 }
 run simple_gla K=64,V=64
 run gated_deltanet K=64,V=64
+run kda K=64,V=64
 run gla K=64,V=64
 run mamba2 N=64,P=64
 run hgrn D=64
