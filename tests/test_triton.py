@@ -75,7 +75,7 @@ def test_family_against_reference(name, mode):
 
 
 @pytest.mark.parametrize("name,mode", [("gla", "chunk"), ("gla", "fused_recurrent"),
-                                       ("gated_deltanet", "chunk_delta"),
+                                       ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
                                        ("deltaproduct", "chunk_delta"), ("hgrn2", "chunk")])
 def test_odd_sizes(name, mode):
     """K = 48 and V = 20 in blocks of 64 and 32 lanes: masks on every load, store and sum."""
@@ -93,6 +93,11 @@ def test_keywise_decay_reanchored_in_sub_chunks():
     """Strong key-wise decays (log gates down to ~ -30 a step) over chunks of two sub-chunks:
     exp of un-anchored cumulative gates would overflow; the re-anchored kernel stays exact."""
     compare("gla", "chunk", 70, scale={"g": 30.0}, chunk_size=32)
+
+
+def test_keywise_delta_rule_reanchored_in_sub_chunks():
+    """kda (key-wise chunk_delta): the UT system and the read-out re-anchored the same way."""
+    compare("kda", "chunk_delta", 70, scale={"g": 30.0}, chunk_size=32)
 
 
 def test_decode_step_carries_state():
@@ -119,7 +124,7 @@ def test_unknown_mode_is_refused():
 def test_families_follow_the_plan():
     """Each spec gets the fused kernel plus the family of its Plan (when it has one)."""
     want = {"gla": ("fused_recurrent", "chunk"), "deltanet": ("fused_recurrent", "chunk_delta"),
-            "hgrn": ("fused_recurrent", "scan"), "maxplus": ("fused_recurrent", "scan"),
+            "hgrn": ("fused_recurrent", "scan"), "kda": ("fused_recurrent", "chunk_delta"), "maxplus": ("fused_recurrent", "scan"),
             "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk")}
     for name, expected in want.items():
         assert modes(name) == expected, name

@@ -42,9 +42,10 @@ def _supported(group, spec) -> bool:
         return group.value_dim is not None and all(
             w.key.dims == (group.key_dim,) and w.value.dims == (group.value_dim,)
             for w in group.writes)
-    if group.kind == "chunk_delta":
+    if group.kind == "chunk_delta":     # a key-wise decay with one delta step a token
         return (len(group.steps) <= 2 and all(s.beta.dims == () for s in group.steps)
-                and (group.log_decay is None or group.log_decay.dims == ()))
+                and (group.log_decay is None or group.log_decay.dims == ()
+                     or len(group.steps) == 1))
     return group.kind == "semiring"
 
 
@@ -208,10 +209,13 @@ class BlockKernel:
 
     def _chunk_delta(self, group) -> dict:
         K, V = group.key_dim, group.value_dim
-        decay = None if group.log_decay is None else self.role(group.log_decay, ())
+        keywise = group.log_decay is not None and group.log_decay.dims == (K,)
+        decay = None
+        if group.log_decay is not None:
+            decay = self.role(group.log_decay, (K,) if keywise else ())
         steps = [(self.role(s.key, (K,)), self.role(s.beta, ()), self.role(s.value, (V,)))
                  for s in group.steps]
-        return dict(K=K, V=V, decay=decay, steps=steps, n=len(steps),
+        return dict(K=K, V=V, decay=decay, keywise=keywise, steps=steps, n=len(steps),
                     reads=self.matrix_reads(group), log2e=LOG2E)
 
 
