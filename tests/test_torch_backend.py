@@ -103,10 +103,11 @@ def test_keywise_decay_with_two_writes_a_step(chunk_size):
     compare(got, want, 1e-12, torch.float64)
 
 
-@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "deltaproduct"])
+@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "deltaproduct", "mamba",
+                                  "mlstm", "maxplus", "lstm"])
 def test_several_slabs_of_time(name):
-    """The chunk families go over time in slabs of about 1024 steps, carrying the state: T = 2100
-    is two whole slabs and a ragged third, with an initial state."""
+    """The module goes over time in slabs of about 1024 steps, carrying the states: T = 2100 is
+    two whole slabs and a ragged third, with an initial state (every family, the step loop too)."""
     got, want = run_both(name, 2100, True, dtype=torch.float64)
     compare(got, want, 1e-10, torch.float64)
 

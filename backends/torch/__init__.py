@@ -39,7 +39,18 @@ def emit_plan(plan) -> str:
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
                   families=[render("torch", f) for f in families], prelude=prelude, body=body,
-                  outputs=outputs, inits={s.name: _init(s) for s in spec.states})
+                  outputs=outputs, inits={s.name: _init(s) for s in spec.states},
+                  scanned_size=_scanned_size(plan, sequential))
+
+
+def _scanned_size(plan, sequential: bool) -> str:
+    """The values a step of the scanned states' history takes, as code over `dims`: the scan
+    families (and the step loop) keep every step's state; the chunk families keep one a chunk."""
+    chunked = set() if sequential else {g.state for g in plan.groups
+                                        if g.kind in ("chunk", "chunk_delta")}
+    sizes = [" * ".join([f'dims["{d}"]' for d in s.dims] or ["1"])
+             for s in plan.spec.states if s.name not in chunked]
+    return " + ".join(sizes) or "0"
 
 
 def _whole_let(whole: TorchRenderer, let: ir.Let, full: bool) -> str:
