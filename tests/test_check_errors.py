@@ -409,11 +409,17 @@ def test_file_too_large(check_source):
     expect(err, 1, 1, 1, "file is too large (more than 1000000 bytes)")
 
 
-def test_unreadable_file(check_source, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
+def test_unreadable_file(check_source, tmp_path, monkeypatch):
     (tmp_path / "secret.seq").write_text(GLA, encoding="utf-8")
     (tmp_path / "secret.seq").chmod(0)
+    if os.geteuid() == 0:       # root reads every file: refuse this one as the OS would
+        real_open = Path.open
+
+        def refusing_open(self, *args, **kwargs):
+            if self.name == "secret.seq":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "open", refusing_open)
     err = check_source(None, "secret.seq")
     expect(err, 1, 1, 1, "cannot read the file (Permission denied)", file="secret.seq")
 
