@@ -11,6 +11,7 @@ run() {
 run simple_gla K=64,V=64
 run gated_deltanet K=64,V=64
 run kda K=64,V=64
+run rwkv7 K=64,V=64
 run gla K=64,V=64
 run mamba2 N=64,P=64
 run mamba D=64,N=16

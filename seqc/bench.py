@@ -51,6 +51,10 @@ def flops_per_token(plan, sizes: dict[str, int], chunk: int) -> int:
             k, v = sizes[group.key_dim], sizes[group.value_dim] if group.value_dim else 1
             w = len(group.writes)
             total += 2 * w * k * v + reads * (2 * chunk * w * (k + v) + 2 * k * v)
+        elif group.kind == "chunk_dplr":      # the UT system, the pass, four score products
+            k, v, w = sizes[group.key_dim], sizes[group.value_dim], len(group.writes)
+            total += 2 * chunk * k * (1 + w) + 2 * chunk * (w * v + k + v) + (4 + 2 * w) * k * v
+            total += reads * (2 * k * v + 2 * chunk * (1 + w) * (k + v))
         elif group.kind == "chunk_delta":
             k, v, j = sizes[group.key_dim], sizes[group.value_dim], len(group.steps)
             total += j * (2 * chunk * j * k + chunk * j * (k + v) + 4 * k * v)

@@ -17,6 +17,9 @@ Vocabulary (per step t, dims by name as in the spec):
              `query @ S` (contracting Kd) after the step's last update.
 - `chunk_delta`  S_t = exp(log_decay_t) * S_{t-1}, then for each DeltaStep j in order:
              S <- S + beta_j * key_j (x) (value_j - key_j @ S).
+- `chunk_dplr`  S_t = exp(log_decay_t) * S_{t-1} - erase_t (x) (key_t @ S_{t-1})
+             + sum_w key_w,t (x) value_w,t: diagonal plus low rank, the low rank reading the state
+             before the decay (RWKV-7's generalised delta rule); its verdict is `chunk_delta`.
 - `semiring` h_t = a_t (x) h_{t-1} (+) b_t in (max, +) or (logaddexp, +).
 - `sequential`  the step body as written (the fallback; exact for any spec).
 
@@ -85,6 +88,22 @@ class DeltaGroup:
 
 
 @dataclass(frozen=True)
+class DplrGroup:
+    kind = "chunk_dplr"
+    state: str
+    key_dim: str
+    value_dim: str
+    log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
+    erase: ir.Expr                 # (key_dim,): what `key @ S` is taken off along
+    key: ir.Expr                   # (key_dim,): the functional key, read as `key @ S`
+    writes: tuple[Write, ...]
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return (self.state,)
+
+
+@dataclass(frozen=True)
 class SemiringGroup:
     kind = "semiring"
     state: str
@@ -103,7 +122,7 @@ class SequentialGroup:
     states: tuple[str, ...]
 
 
-Group = ScanGroup | ChunkGroup | DeltaGroup | SemiringGroup | SequentialGroup
+Group = ScanGroup | ChunkGroup | DeltaGroup | DplrGroup | SemiringGroup | SequentialGroup
 
 
 @dataclass(frozen=True)

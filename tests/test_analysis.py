@@ -15,7 +15,7 @@ EXPECTED = {
     "gla": "chunk", "simple_gla": "chunk", "mamba2": "chunk", "retnet": "chunk",
     "linear_attn": "chunk", "hgrn2": "chunk",
     "deltanet": "chunk_delta", "gated_deltanet": "chunk_delta", "deltaproduct": "chunk_delta",
-    "kda": "chunk_delta",
+    "kda": "chunk_delta", "rwkv7": "chunk_delta",
     "hgrn": "scan", "mingru": "scan", "minlstm": "scan", "lru": "scan", "rglru": "scan",
     "mamba": "scan",
     "maxplus": "semiring", "logsumexp": "semiring",
@@ -24,9 +24,6 @@ EXPECTED = {
 # mLSTM: the matrix memory C is chunk; the normaliser n[K] is a vector state, hence a scan.
 EXPECTED_PER_STATE = {"mlstm": {"C": "chunk", "n": "scan"},
                       "lstm": {"h": "sequential", "c": "sequential"}}
-# RWKV-7's low-rank part reads the state with another key than it writes (DPLR); the Plan's
-# delta-rule group cannot express it yet, so it is refused with a located reason.
-KNOWN_REFUSED = {"rwkv7"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -42,7 +39,28 @@ def test_stdlib_kind_per_state(name):
 
 
 def test_every_stdlib_spec_has_an_expectation():
-    assert set(stdlib_names()) <= set(EXPECTED) | set(EXPECTED_PER_STATE) | KNOWN_REFUSED
+    assert set(stdlib_names()) <= set(EXPECTED) | set(EXPECTED_PER_STATE)
+
+
+def test_rwkv7_is_diagonal_plus_low_rank():
+    """S = exp(g) * S - a * kk * (kk @ S) + k * v: the low rank reads the state before the decay,
+    with another key (kk) than the write (k)."""
+    proof = seqc.load("rwkv7").analysis.proof("S")
+    group = proof.group
+    assert proof.kind == "chunk_delta" and isinstance(group, plan.DplrGroup)
+    assert seqc.pretty.expr(group.log_decay) == "g" and group.log_decay.dims == ("K",)
+    assert (seqc.pretty.expr(group.erase), seqc.pretty.expr(group.key)) == ("a * kk", "kk")
+    assert [(seqc.pretty.expr(w.key), seqc.pretty.expr(w.value)) for w in group.writes] \
+        == [("k", "v")]
+    assert proof.combine.text.endswith("A = diag(exp(log_decay)) - erase key^T per step")
+
+
+def test_a_decay_before_a_diagonal_plus_low_rank_update_is_sequential():
+    """Only one update is taken in the DPLR form; a separate decay first is refused."""
+    spec = ("model m\ndims K, V\ninput r[K], k[K], v[V], kk[K], a[K], g[K] in (-inf, 0)\n"
+            "state S[K, V] = 0\nS = exp(g) * S\nS = S - a * kk * (kk @ S) + k * v\n"
+            "output o = r @ S\n")
+    assert seqc.compile(spec).analysis.kind("S") == "sequential"
 
 
 def test_lstm_is_one_coupled_group_refused_at_the_decay():
@@ -190,6 +208,9 @@ def test_plan_is_well_formed(name):
             for step in group.steps:
                 assert step.key.dims == (group.key_dim,) and step.beta.dims == ()
                 assert set(step.value.dims) <= {group.value_dim}
+        if isinstance(group, plan.DplrGroup):
+            assert group.erase.dims == group.key.dims == (group.key_dim,)
+            assert all(_no_state(w.key) and _no_state(w.value) for w in group.writes)
         if isinstance(group, plan.ScanGroup):
             for state in group.states:
                 assert _no_state(group.offset[state])
@@ -202,7 +223,8 @@ def test_plan_is_well_formed(name):
         for node in ir.walk(output):
             if isinstance(node, ir.Name) and node.ref == ir.Ref("read"):
                 read = names[node.id]
-                assert (read.query is not None) == (kinds[read.state] in ("chunk", "chunk_delta"))
+                assert (read.query is not None) == (kinds[read.state] in ("chunk", "chunk_delta",
+                                                                          "chunk_dplr"))
     for let in p.prelude:
         assert _no_state(let.value)
 

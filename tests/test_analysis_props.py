@@ -174,6 +174,9 @@ def _element(name: str, rng):
         k /= np.linalg.norm(k)
         decay = rng.uniform(0.1, 1.0)
         return decay * (np.eye(3) - rng.uniform() * np.outer(k, k)), rng.normal(size=(3, 2))
+    if name == "chunk_dplr":
+        e, k = rng.normal(size=3), rng.normal(size=3)
+        return np.diag(rng.uniform(0.1, 1.0, size=3)) - np.outer(e, k), rng.normal(size=(3, 2))
     return rng.normal(size=4), rng.normal(size=4)
 
 

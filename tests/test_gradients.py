@@ -16,6 +16,7 @@ NAMES = sorted(SPECS)
 GRAD_RTOL = 1e-4
 ONE_PER_FAMILY = {"chunk": "gla", "chunk (scalar decay)": "simple_gla",
                   "chunk_delta": "gated_deltanet", "chunk_delta (two steps)": "deltaproduct",
+                  "chunk_delta (key-wise)": "kda", "chunk_dplr": "rwkv7",
                   "scan": "hgrn", "semiring": "logsumexp", "sequential": "gru"}
 
 

@@ -69,8 +69,8 @@ def test_torch_matches_reference_bf16(name):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 24, 128])
-@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "deltaproduct", "hgrn", "maxplus",
-                                  "mlstm"])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "deltaproduct", "kda", "rwkv7", "hgrn",
+                                  "maxplus", "mlstm"])
 def test_any_chunk_size(name, chunk_size):
     got, want = run_both(name, 65, True, chunk_size=chunk_size)
     compare(got, want, FP32, torch.float32)
@@ -103,8 +103,8 @@ def test_keywise_decay_with_two_writes_a_step(chunk_size):
     compare(got, want, 1e-12, torch.float64)
 
 
-@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "deltaproduct", "mamba",
-                                  "mlstm", "maxplus", "lstm"])
+@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "deltaproduct", "rwkv7",
+                                  "mamba", "mlstm", "maxplus", "lstm"])
 def test_several_slabs_of_time(name):
     """The module goes over time in slabs of about 1024 steps, carrying the states: T = 2100 is
     two whole slabs and a ragged third, with an initial state (every family, the step loop too)."""
@@ -144,7 +144,7 @@ def test_families_follow_the_analysis():
     kinds = {n: sorted({g.kind for g in seqc.load(n).analysis.plan.groups}) for n in NAMES}
     assert kinds["simple_gla"] == ["chunk"] and kinds["gla"] == ["chunk"]
     assert kinds["gated_deltanet"] == ["chunk_delta"] and kinds["deltaproduct"] == ["chunk_delta"]
-    assert kinds["kda"] == ["chunk_delta"]
+    assert kinds["kda"] == ["chunk_delta"] and kinds["rwkv7"] == ["chunk_dplr"]
     assert kinds["hgrn"] == ["scan"] and kinds["maxplus"] == ["semiring"]
     assert kinds["lstm"] == ["sequential"]
 

@@ -47,7 +47,7 @@ def _scanned_size(plan, sequential: bool) -> str:
     """The values a step of the scanned states' history takes, as code over `dims`: the scan
     families (and the step loop) keep every step's state; the chunk families keep one a chunk."""
     chunked = set() if sequential else {g.state for g in plan.groups
-                                        if g.kind in ("chunk", "chunk_delta")}
+                                        if g.kind in ("chunk", "chunk_delta", "chunk_dplr")}
     sizes = [" * ".join([f'dims["{d}"]' for d in s.dims] or ["1"])
              for s in plan.spec.states if s.name not in chunked]
     return " + ".join(sizes) or "0"

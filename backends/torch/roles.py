@@ -10,7 +10,8 @@ from __future__ import annotations
 from seqc import ir
 from seqc.backends.torch_render import TorchRenderer, is_constant
 
-FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2", "scan": "scan.py.j2",
+FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
+            "chunk_dplr": "chunk_dplr.py.j2", "scan": "scan.py.j2",
             "semiring": "semiring.py.j2", "coupled_scan": "coupled_scan.py.j2"}
 SEMIRING_ADD = {"maxplus": "torch.maximum", "logsumexp": "torch.logaddexp"}
 
@@ -32,7 +33,7 @@ def supported(group, spec: ir.Spec) -> bool:
         return not group.coupling or len({spec.tensor(s).dims for s in group.states}) == 1
     if group.kind == "chunk_delta":     # a key-wise decay with one delta step a token
         return group.log_decay is None or group.log_decay.dims == () or len(group.steps) == 1
-    return group.kind in ("chunk", "semiring")
+    return group.kind in ("chunk", "chunk_dplr", "semiring")
 
 
 class GroupEmitter:
@@ -106,6 +107,24 @@ class GroupEmitter:
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         lines.append(f"reads, final_{s} = _chunk_delta([{queries}], [{keys}], [{writes}], "
                      f"[{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
+        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
+        if self.swapped(g):
+            lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
+        return lines
+
+    def chunk_dplr(self, g) -> list[str]:
+        kd, vd, s = (g.key_dim,), (g.value_dim,), g.state
+        keys = ", ".join(self.call(w.key, kd) for w in g.writes)
+        values = ", ".join(self.call(w.value, vd) for w in g.writes)
+        if not g.writes:
+            keys = f"torch.zeros(B, T, H, dim_{g.key_dim}, dtype=compute, device=device)"
+            values = f"torch.zeros(B, T, H, dim_{g.value_dim}, dtype=compute, device=device)"
+        reads = self.reads_of(s)
+        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
+        lines = [f"reads, final_{s} = _chunk_dplr([{queries}], {self.call(g.erase, kd)}, "
+                 f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, "
+                 f"init_{s}{self.swapped(g)}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")

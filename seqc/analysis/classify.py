@@ -7,7 +7,9 @@ included). Per group, in this order:
     refused      the composed update is not a polynomial of degree <= 1 in the group's states
                  (sympy), or an output reads a state before its last update
     chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
-                 S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim
+                 S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim;
+                 or one update D * S - e (k @ S) + writes, D a decay and e, k over the key dim
+                 (diagonal plus low rank, RWKV-7)
     chunk        a matrix state [Kd, Vd] read only as `q @ S`, decay over () or (Kd,), and every
                  write term a key over Kd times a value over Vd
     scan         affine with elementwise coefficients (coupled groups: a matrix of them)
@@ -201,6 +203,10 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
             decay *= coefficient
             continue
         step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim)
+        if step is None and n == 1 == len(sym.updates[state]):
+            dplr = _dplr(sym, state, update, coefficient, write, key_dim, value_dim, facts)
+            if dplr is not None:
+                return dplr
         if step is None:
             raise Refused(dense_transition(sym, (state,), low_rank=_rank_one(sym, coefficient,
                                                                              key_dim))
@@ -224,6 +230,19 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
 
 def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):
     """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v."""
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+    if low_rank is None or sp.simplify(low_rank[0] - 1) != 0:
+        return None
+    _, weight, key = low_rank
+    beta = sp.cancel(weight / sym.convert(key))
+    value = sp.cancel(write / weight) if write != 0 else sp.Integer(0)
+    if sym.dims(beta) or not sym.dims(value) <= {value_dim} or sym.has_functional(value):
+        return None
+    return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
+
+
+def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
+    """The coefficient as D - e <k| for one key k over the key dim read as `k @ S`: (D, e, k)."""
     functionals = [s for s in coefficient.free_symbols if s in sym.functionals]
     if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value):
         return None
@@ -231,14 +250,31 @@ def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value
     if side != "left" or key.dims != (key_dim,):
         return None
     poly = sp.expand(coefficient).as_poly(functionals[0])
-    if poly is None or poly.total_degree() != 1 or sp.simplify(poly.coeff_monomial(1) - 1) != 0:
+    if poly is None or poly.total_degree() != 1:
         return None
-    weight = -poly.coeff_monomial(functionals[0])
-    beta = sp.cancel(weight / sym.convert(key))
-    value = sp.cancel(write / weight) if write != 0 else sp.Integer(0)
-    if sym.dims(beta) or not sym.dims(value) <= {value_dim} or sym.has_functional(value):
+    return poly.coeff_monomial(1), -poly.coeff_monomial(functionals[0]), key
+
+
+def _dplr(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim, facts):
+    """D * S - e (k @ S) + sum key (x) value: coefficient D - e <k|, D and e over the key dim."""
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+    if low_rank is None:
         return None
-    return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
+    decay, erase, key = low_rank
+    if sym.has_functional(decay) or sym.has_functional(erase) or sym.has_functional(write) \
+            or not sym.dims(decay) <= {key_dim} or not sym.dims(erase) <= {key_dim}:
+        return None
+    writes = _outer_products(sym, write, key_dim, value_dim)
+    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
+    if writes is None or (decay != 1 and log_decay is None):
+        return None
+    group = plan.DplrGroup(state, key_dim, value_dim, log_decay, sym.to_ir(erase), key, writes)
+    facts.append(f"the transition is a decay over {_dims_text(sym.dims(decay))} minus the rank "
+                 f"one `{text(group.erase)}` `{text(key)}`^T: diagonal plus low rank")
+    return Proof("chunk_delta", (state,), group,
+                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "erase": group.erase,
+                  "key": key, "writes": writes, "low_rank": (f"{text(group.erase)} {text(key)}^T",),
+                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk_dplr"], tuple(facts))
 
 
 def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str) -> bool:

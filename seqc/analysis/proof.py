@@ -113,6 +113,9 @@ COMBINES = {
     "chunk_delta": Combine("chunk_delta", "(A1, U1) o (A2, U2) = (A2 A1, A2 U1 + U2), "
                            "A = exp(log_decay) (I - beta k k^T) per step", "(I, 0)",
                            _delta, _eye_zeros),
+    "chunk_dplr": Combine("chunk_dplr", "(A1, U1) o (A2, U2) = (A2 A1, A2 U1 + U2), "
+                          "A = diag(exp(log_decay)) - erase key^T per step", "(I, 0)",
+                          _delta, _eye_zeros),
     "maxplus": Combine("maxplus", "(a1, b1) o (a2, b2) = (a1 + a2, max(b1 + a2, b2))",
                        "(0, -inf)", _maxplus, _zero_neginf),
     "logsumexp": Combine("logsumexp", "(a1, b1) o (a2, b2) = (a1 + a2, logaddexp(b1 + a2, b2))",

@@ -33,6 +33,11 @@ def summary(proof) -> str:
         decay = _decay(d)
         return (f"matrix state over ({d['key_dim']}, {d['value_dim']}): {decay}, written by "
                 f"{writes or 'nothing'}, read as `q @ {proof.states[0]}`")
+    if proof.kind == "chunk_delta" and "erase" in d:
+        writes = " + ".join(f"`{text(w.key)}` (x) `{text(w.value)}`" for w in d["writes"])
+        return (f"{_decay(d)} minus the low rank `{text(d['erase'])}` (x) (`{text(d['key'])}` @ "
+                f"{proof.states[0]}), both on the state before this step, written by "
+                f"{writes or 'nothing'}")
     if proof.kind == "chunk_delta":
         steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.key)}` (x) (`{text(s.value)}` - "
                                f"`{text(s.key)}` @ {proof.states[0]})" for s in d["steps"])
