@@ -76,6 +76,7 @@ def test_family_against_reference(name, mode):
 
 @pytest.mark.parametrize("name,mode", [("gla", "chunk"), ("gla", "fused_recurrent"),
                                        ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
+                                       ("rwkv7", "chunk_dplr"),
                                        ("deltaproduct", "chunk_delta"), ("hgrn2", "chunk")])
 def test_odd_sizes(name, mode):
     """K = 48 and V = 20 in blocks of 64 and 32 lanes: masks on every load, store and sum."""
@@ -98,6 +99,12 @@ def test_keywise_decay_reanchored_in_sub_chunks():
 def test_keywise_delta_rule_reanchored_in_sub_chunks():
     """kda (key-wise chunk_delta): the UT system and the read-out re-anchored the same way."""
     compare("kda", "chunk_delta", 70, scale={"g": 30.0}, chunk_size=32)
+
+
+def test_diagonal_plus_low_rank_reanchored_in_sub_chunks():
+    """rwkv7: the key's gate is shifted a step (it reads the state before the decay); strong
+    key-wise decays over two sub-chunks a chunk stay exact."""
+    compare("rwkv7", "chunk_dplr", 70, scale={"g": 30.0}, chunk_size=32)
 
 
 def test_decode_step_carries_state():
@@ -124,7 +131,8 @@ def test_unknown_mode_is_refused():
 def test_families_follow_the_plan():
     """Each spec gets the fused kernel plus the family of its Plan (when it has one)."""
     want = {"gla": ("fused_recurrent", "chunk"), "deltanet": ("fused_recurrent", "chunk_delta"),
-            "hgrn": ("fused_recurrent", "scan"), "kda": ("fused_recurrent", "chunk_delta"), "maxplus": ("fused_recurrent", "scan"),
+            "hgrn": ("fused_recurrent", "scan"), "kda": ("fused_recurrent", "chunk_delta"),
+            "rwkv7": ("fused_recurrent", "chunk_dplr"), "maxplus": ("fused_recurrent", "scan"),
             "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk")}
     for name, expected in want.items():
         assert modes(name) == expected, name

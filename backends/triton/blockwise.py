@@ -3,7 +3,7 @@
 One program per (value block, batch x head) walks the sequence block by block. Inside a block,
 the Plan's role expressions are rendered over `[BLOCK_T, ...]` register blocks (the pseudo-dim
 `T`), each state group advances the whole block at once with its family's algebra (scan.md,
-coupled_scan.md, chunk.md, chunk_delta.md), and the outputs are evaluated from the groups'
+coupled_scan.md, chunk.md, chunk_delta.md, chunk_dplr.md), and the outputs are evaluated from the groups'
 reads. Inputs are read once and outputs written once, as in the fused recurrent kernel; the
 parallelism inside a block is what replaces the step loop.
 """
@@ -17,7 +17,8 @@ from .fused import PREFIX, full, output_dims
 from .render import Block, Constants, TritonRenderer, align, index
 
 SECTION = {"scan": "scan.py.j2", "coupled_scan": "coupled_scan.py.j2", "semiring": "scan.py.j2",
-           "chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2"}
+           "chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
+           "chunk_dplr": "chunk_dplr.py.j2"}
 LOG2E = "1.4426950408889634"
 
 
@@ -27,7 +28,7 @@ def mode_of(plan) -> str | None:
     if plan is None or not all(_supported(g, plan.spec) for g in plan.groups):
         return None
     kinds = {g.kind for g in plan.groups}
-    for mode in ("chunk_delta", "chunk"):
+    for mode in ("chunk_dplr", "chunk_delta", "chunk"):
         if mode in kinds:
             return mode
     return "scan"
@@ -46,7 +47,7 @@ def _supported(group, spec) -> bool:
         return (len(group.steps) <= 2 and all(s.beta.dims == () for s in group.steps)
                 and (group.log_decay is None or group.log_decay.dims == ()
                      or len(group.steps) == 1))
-    return group.kind == "semiring"
+    return group.kind in ("chunk_dplr", "semiring")
 
 
 class BlockKernel:
@@ -60,7 +61,7 @@ class BlockKernel:
         self.lets: dict[str, tuple[str, ...]] = {}
         self.reads: dict[str, tuple[str, ...]] = {}
         self.expr = TritonRenderer(self.name_block, constants)
-        self.dot_dims = {d for g in plan.groups if g.kind in ("chunk", "chunk_delta")
+        self.dot_dims = {d for g in plan.groups if g.kind in ("chunk", "chunk_delta", "chunk_dplr")
                          for d in (g.key_dim, g.value_dim)}
         self.combines: list[str] = []       # generated combine functions of coupled groups
 
@@ -101,7 +102,8 @@ class BlockKernel:
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
-        return frozenset({g.state for g in self.plan.groups if g.kind in ("chunk", "chunk_delta")
+        return frozenset({g.state for g in self.plan.groups
+                          if g.kind in ("chunk", "chunk_delta", "chunk_dplr")
                 and g.value_dim is not None and self.spec.tensor(g.state).dims[0] != g.key_dim})
 
     def guard(self, dims: tuple[str, ...], store: str) -> str:
@@ -197,26 +199,33 @@ class BlockKernel:
             reads.append((name, self.role(query, (group.key_dim,))))
         return reads
 
-    def _chunk(self, group) -> dict:
+    def matrix_roles(self, group) -> dict:
+        """What every matrix-state section takes: its dims, its (log) decay, its reads."""
         K, V = group.key_dim, group.value_dim
         keywise = group.log_decay is not None and group.log_decay.dims == (K,)
         decay = None
         if group.log_decay is not None:
             decay = self.role(group.log_decay, (K,) if keywise else ())
-        writes = [(self.role(w.key, (K,)), self.role(w.value, (V,))) for w in group.writes]
-        return dict(K=K, V=V, decay=decay, keywise=keywise, writes=writes,
-                    reads=self.matrix_reads(group), log2e=LOG2E)
+        return dict(K=K, V=V, decay=decay, keywise=keywise, reads=self.matrix_reads(group),
+                    log2e=LOG2E)
+
+    def writes(self, group) -> list[tuple[str, str]]:
+        return [(self.role(w.key, (group.key_dim,)), self.role(w.value, (group.value_dim,)))
+                for w in group.writes]
+
+    def _chunk(self, group) -> dict:
+        return dict(self.matrix_roles(group), writes=self.writes(group))
 
     def _chunk_delta(self, group) -> dict:
         K, V = group.key_dim, group.value_dim
-        keywise = group.log_decay is not None and group.log_decay.dims == (K,)
-        decay = None
-        if group.log_decay is not None:
-            decay = self.role(group.log_decay, (K,) if keywise else ())
         steps = [(self.role(s.key, (K,)), self.role(s.beta, ()), self.role(s.value, (V,)))
                  for s in group.steps]
-        return dict(K=K, V=V, decay=decay, keywise=keywise, steps=steps, n=len(steps),
-                    reads=self.matrix_reads(group), log2e=LOG2E)
+        return dict(self.matrix_roles(group), steps=steps, n=len(steps))
+
+    def _chunk_dplr(self, group) -> dict:
+        K = (group.key_dim,)
+        return dict(self.matrix_roles(group), writes=self.writes(group),
+                    erase=self.role(group.erase, K), key=self.role(group.key, K))
 
 
 def closure(n: int, coupling: set[tuple[int, int]]) -> list[tuple[int, int]]:
