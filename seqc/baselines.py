@@ -24,6 +24,17 @@ def _kda(t, sizes):
     return lambda: naive_chunk_kda(t["q"], t["k"], t["v"], t["g"], t["beta"])
 
 
+def _rwkv7(t, sizes):
+    """fla's generalised delta rule (head-first, q scaled by K^-1/2, which RWKV-7 does not use):
+    S <- exp(gk) S + k v^T + beta (alpha^T S) with alpha = -kk, beta = a * kk."""
+    from fla.ops.generalized_delta_rule.dplr.naive import dplr_chunkwise
+    if sizes["T"] % 32:
+        return None
+    r, k, v, kk, a, g = (t[n].transpose(1, 2).contiguous() for n in ("r", "k", "v", "kk", "a", "g"))
+    r = r * sizes["K"] ** 0.5
+    return lambda: dplr_chunkwise(r, k, v, -kk, a * kk, g)
+
+
 def _deltanet(t, sizes):
     from fla.ops.delta_rule.naive import delta_rule_chunkwise
     if sizes["T"] % 32:
@@ -38,6 +49,7 @@ BASELINES = {
     "gated_deltanet": ("fla naive_chunk_gated_delta_rule", _gated_deltanet),
     "deltanet": ("fla delta_rule_chunkwise", _deltanet),
     "kda": ("fla naive_chunk_kda", _kda),
+    "rwkv7": ("fla dplr_chunkwise", _rwkv7),
 }
 
 

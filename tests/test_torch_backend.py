@@ -199,7 +199,8 @@ def want_spec(name):
 
 
 FLA_DIMS = {"hgrn": {"D": 16}, **{n: {"K": 16, "V": 24} for n in
-                                   ("simple_gla", "gated_deltanet", "linear_attn", "kda")}}
+                                   ("simple_gla", "gated_deltanet", "linear_attn", "kda",
+                                    "rwkv7")}}
 
 
 def fla_case(name, T, seed=3):
@@ -225,6 +226,18 @@ def test_fla_naive_chunkwise_with_initial_and_final_state(name, module, function
     o, S = naive(*(x[a] for a in arguments.split()), initial_state=s["S"].clone(),
                  output_final_state=True)
     assert_close(got.o, o, FP32, "o")
+    assert_close(got.final_state["S"], S, FP32, "S")
+
+
+def test_fla_dplr_chunkwise_rwkv7():
+    """fla's chunkwise generalised delta rule (head-first; it scales q by K^-1/2, undone here)."""
+    naive = pytest.importorskip("fla.ops.generalized_delta_rule.dplr.naive")
+    x, _, s = fla_case("rwkv7", 64)
+    got = kernel("rwkv7", "torch")(**x, initial_state=s, output_final_state=True)
+    r, k, v, kk, a, g = (x[n].transpose(1, 2) for n in ("r", "k", "v", "kk", "a", "g"))
+    o, S = naive.dplr_chunkwise(r * r.shape[-1] ** 0.5, k, v, -kk, a * kk, g,
+                                initial_state=s["S"].clone(), output_final_state=True)
+    assert_close(got.o, o.transpose(1, 2), FP32, "o")
     assert_close(got.final_state["S"], S, FP32, "S")
 
 
