@@ -11,8 +11,8 @@ from dataclasses import fields, replace
 
 import seqc
 from seqc import ir
-from seqc.plan import (ChunkGroup, DeltaGroup, DeltaStep, Plan, Read, ScanGroup, SemiringGroup,
-                       SequentialGroup, Write)
+from seqc.plan import (ChunkGroup, DeltaGroup, DeltaStep, DplrGroup, Plan, Read, ScanGroup,
+                       SemiringGroup, SequentialGroup, Write)
 
 
 class Typer:
@@ -69,6 +69,14 @@ def _delta(name, decay, steps):
     return _plan(t, [group], [Read("rdS", "S", t.e("(K ** -0.5) * q"))], {"o": "rdS"})
 
 
+def _dplr(name, decay, erase, key, writes, query):
+    t = Typer(name)
+    t.read_dims = {"rdS": ("V",)}
+    writes = tuple(Write(t.e(k), t.e(v)) for k, v in writes)
+    group = DplrGroup("S", "K", "V", t.e(decay), t.e(erase), t.e(key), writes)
+    return _plan(t, [group], [Read("rdS", "S", t.e(query))], {"o": "rdS"})
+
+
 def _scan(name, state, coefficient, offset, out, read_dims=("D",), prelude=(), output="rdh"):
     t = Typer(name)
     t.read_dims = {"rdh": read_dims}
@@ -116,6 +124,7 @@ HAND_PLANS = {
     "mlstm": _mlstm,
     "deltanet": lambda: _delta("deltanet", None, [("k", "beta", "v")]),
     "gated_deltanet": lambda: _delta("gated_deltanet", "g", [("k", "beta", "v")]),
+    "kda": lambda: _delta("kda", "g", [("k", "beta", "v")]),
     "deltaproduct": lambda: _delta("deltaproduct", None, [("k1", "beta1", "v1"),
                                                           ("k2", "beta2", "v2")]),
     "hgrn": lambda: _scan("hgrn", "h", "exp(g)", "x", "o"),
@@ -131,7 +140,7 @@ HAND_PLANS = {
     "logsumexp": lambda: _semiring("logsumexp", "s", "logsumexp", "la", "lb"),
     "lstm": lambda: _sequential("lstm"),
     "gru": lambda: _sequential("gru"),
-    "rwkv7": lambda: _sequential("rwkv7"),
+    "rwkv7": lambda: _dplr("rwkv7", "g", "a * kk", "kk", [("k", "v")], query="r"),
 }
 
 
