@@ -17,9 +17,11 @@ Vocabulary (per step t, dims by name as in the spec):
              `query @ S` (contracting Kd) after the step's last update.
 - `chunk_delta`  S_t = exp(log_decay_t) * S_{t-1}, then for each DeltaStep j in order:
              S <- S + beta_j * key_j (x) (value_j - key_j @ S).
-- `chunk_dplr`  S_t = exp(log_decay_t) * S_{t-1} - erase_t (x) (key_t @ S_{t-1})
-             + sum_w key_w,t (x) value_w,t: diagonal plus low rank, the low rank reading the state
-             before the decay (RWKV-7's generalised delta rule); its verdict is `chunk_delta`.
+- `chunk_dplr`  S_t = exp(log_decay_t) * S_{t-1} - erase_t (x) (key_t @ S'_t)
+             + sum_w key_w,t (x) value_w,t with S'_t = exp(log_decay_t - unseen_log_decay_t) S_{t-1}:
+             diagonal plus low rank, the key reading the state before the decay (RWKV-7's
+             generalised delta rule, unseen = log_decay) or after it (unseen None); its verdict
+             is `chunk_delta`.
 - `semiring` h_t = a_t (x) h_{t-1} (+) b_t in (max, +) or (logaddexp, +).
 - `sequential`  the step body as written (the fallback; exact for any spec).
 
@@ -97,6 +99,8 @@ class DplrGroup:
     erase: ir.Expr                 # (key_dim,): what `key @ S` is taken off along
     key: ir.Expr                   # (key_dim,): the functional key, read as `key @ S`
     writes: tuple[Write, ...]
+    unseen_log_decay: ir.Expr | None = None   # the log of the part of a step's decay applied
+    #   after the key reads the state (RWKV-7: all of it); None: the key reads the decayed state
 
     @property
     def states(self) -> tuple[str, ...]:

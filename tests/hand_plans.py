@@ -73,7 +73,7 @@ def _dplr(name, decay, erase, key, writes, query):
     t = Typer(name)
     t.read_dims = {"rdS": ("V",)}
     writes = tuple(Write(t.e(k), t.e(v)) for k, v in writes)
-    group = DplrGroup("S", "K", "V", t.e(decay), t.e(erase), t.e(key), writes)
+    group = DplrGroup("S", "K", "V", t.e(decay), t.e(erase), t.e(key), writes, t.e(decay))
     return _plan(t, [group], [Read("rdS", "S", t.e(query))], {"o": "rdS"})
 
 

@@ -55,11 +55,24 @@ def test_rwkv7_is_diagonal_plus_low_rank():
     assert proof.combine.text.endswith("A = diag(exp(log_decay)) - erase key^T per step")
 
 
-def test_a_decay_before_a_diagonal_plus_low_rank_update_is_sequential():
-    """Only one update is taken in the DPLR form; a separate decay first is refused."""
-    spec = ("model m\ndims K, V\ninput r[K], k[K], v[V], kk[K], a[K], g[K] in (-inf, 0)\n"
-            "state S[K, V] = 0\nS = exp(g) * S\nS = S - a * kk * (kk @ S) + k * v\n"
-            "output o = r @ S\n")
+DECAY_THEN_DPLR = ("model m\ndims K, V\ninput r[K], k[K], v[V], kk[K], a[K] in (0, 1)\n"
+                   "input g[K] in (-inf, 0), h in (-inf, 0)\nstate S[K, V] = 0\n"
+                   "S = exp(g) * S\nS = exp(h) * S - a * kk * (kk @ S) + k * v\n"
+                   "output o = r @ S\n")
+
+
+def test_a_key_that_reads_between_two_decays():
+    """A decay update of its own, then a diagonal-plus-low-rank update with a decay of its own:
+    the key sees the first decay, not the second."""
+    proof = seqc.compile(DECAY_THEN_DPLR).analysis.proof("S")
+    group = proof.group
+    assert proof.kind == "chunk_delta" and isinstance(group, plan.DplrGroup)
+    assert seqc.pretty.expr(group.log_decay) in ("g + h", "h + g")
+    assert seqc.pretty.expr(group.unseen_log_decay) == "h"
+
+
+def test_two_low_rank_updates_are_sequential():
+    spec = DECAY_THEN_DPLR.replace("S = exp(g) * S\n", "S = S - a * kk * (kk @ S)\n")
     assert seqc.compile(spec).analysis.kind("S") == "sequential"
 
 

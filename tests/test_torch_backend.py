@@ -112,6 +112,35 @@ def test_several_slabs_of_time(name):
     compare(got, want, 1e-10, torch.float64)
 
 
+DECAY_THEN_DPLR = """model m
+dims K, V
+input r[K], k[K], v[V], kk[K], a[K] in (0, 1)
+input g[K] in (-inf, 0), h in (-inf, 0)
+state S[K, V] = 0
+S = exp(g) * S
+S = exp(h) * S - a * kk * (kk @ S) + k * v
+output o = r @ S
+"""
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 32])
+def test_diagonal_plus_low_rank_with_the_key_between_two_decays(chunk_size):
+    """The key of the low rank sees the key-wise decay `g` but not the scalar `h` (chunk_dplr's
+    `unseen` gate); fp64 against the step loop."""
+    import seqc
+    from seqc.inputs import random_call
+    program = seqc.compile(DECAY_THEN_DPLR)
+    assert [g.kind for g in program.analysis.plan.groups] == ["chunk_dplr"]
+    x, s = random_call(program.spec, dict(B=2, T=70, H=2, K=5, V=3), torch.float64, seed=2,
+                       with_initial_state=True)
+    x["kk"] = torch.nn.functional.normalize(x["kk"], dim=-1)
+    s = {n: t.double() for n, t in s.items()}
+    want = program.kernel("reference")(**x, initial_state=s, output_final_state=True)
+    got = program.kernel("torch", chunk_size=chunk_size)(**x, initial_state=s,
+                                                         output_final_state=True)
+    compare(got, want, 1e-12, torch.float64)
+
+
 def test_fp64_inputs_compute_in_fp64():
     got, want = run_both("gated_deltanet", 70, True, dtype=torch.float64)
     compare(got, want, 1e-10, torch.float64)

@@ -107,6 +107,24 @@ def test_diagonal_plus_low_rank_reanchored_in_sub_chunks():
     compare("rwkv7", "chunk_dplr", 70, scale={"g": 30.0}, chunk_size=32)
 
 
+def test_diagonal_plus_low_rank_with_the_key_between_two_decays():
+    """A decay update, then the DPLR update with a scalar decay of its own that the key does not
+    see (the `unseen` gate of chunk_dplr.py.j2)."""
+    from seqc.inputs import random_call
+    spec = ("model m\ndims K, V\ninput r[K], k[K], v[V], kk[K], a[K] in (0, 1)\n"
+            "input g[K] in (-inf, 0), h in (-inf, 0)\nstate S[K, V] = 0\nS = exp(g) * S\n"
+            "S = exp(h) * S - a * kk * (kk @ S) + k * v\noutput o = r @ S\n")
+    program = seqc.compile(spec)
+    x, s = random_call(program.spec, dict(B=1, T=37, H=2, K=16, V=16), seed=3,
+                       with_initial_state=True)
+    x["kk"] = torch.nn.functional.normalize(x["kk"], dim=-1)
+    want = program.kernel("reference")(**x, initial_state=s, output_final_state=True)
+    got = program.kernel("triton", mode="chunk_dplr", chunk_size=16)(
+        **x, initial_state=s, output_final_state=True)
+    assert_close(got.o, want.o, "output o")
+    assert_close(got.final_state["S"], want.final_state["S"], "final state S")
+
+
 def test_decode_step_carries_state():
     """T = 1 with a state in and out, twice in a row, equals T = 2 in one call."""
     name = "gated_deltanet"

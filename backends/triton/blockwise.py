@@ -224,8 +224,12 @@ class BlockKernel:
 
     def _chunk_dplr(self, group) -> dict:
         K = (group.key_dim,)
+        unseen = group.unseen_log_decay
+        keywise = unseen is not None and unseen.dims == K
         return dict(self.matrix_roles(group), writes=self.writes(group),
-                    erase=self.role(group.erase, K), key=self.role(group.key, K))
+                    erase=self.role(group.erase, K), key=self.role(group.key, K),
+                    unseen=None if unseen is None else self.role(unseen, K if keywise else ()),
+                    unseen_keywise=keywise)
 
 
 def closure(n: int, coupling: set[tuple[int, int]]) -> list[tuple[int, int]]:

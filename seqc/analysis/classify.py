@@ -203,8 +203,9 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
             decay *= coefficient
             continue
         step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim)
-        if step is None and n == 1 == len(sym.updates[state]):
-            dplr = _dplr(sym, state, update, coefficient, write, key_dim, value_dim, facts)
+        if step is None and n == len(sym.updates[state]) and not steps:
+            dplr = _dplr(sym, state, update, coefficient, write, (key_dim, value_dim), decay,
+                         facts)
             if dplr is not None:
                 return dplr
         if step is None:
@@ -255,8 +256,10 @@ def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
     return poly.coeff_monomial(1), -poly.coeff_monomial(functionals[0]), key
 
 
-def _dplr(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim, facts):
-    """D * S - e (k @ S) + sum key (x) value: coefficient D - e <k|, D and e over the key dim."""
+def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts):
+    """After pure decays `decayed`: D * S - e (k @ S) + sum key (x) value, i.e. the coefficient
+    D - e <k| with D and e over the key dim; k reads the state after `decayed`, before D."""
+    key_dim, value_dim = dims
     low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
     if low_rank is None:
         return None
@@ -265,15 +268,19 @@ def _dplr(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim, 
             or not sym.dims(decay) <= {key_dim} or not sym.dims(erase) <= {key_dim}:
         return None
     writes = _outer_products(sym, write, key_dim, value_dim)
-    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
-    if writes is None or (decay != 1 and log_decay is None):
+    total = decayed * decay
+    log_decay = None if total == 1 else log_of(sym, total, strict=True)
+    unseen = None if decay == 1 else log_of(sym, decay, strict=True)
+    if writes is None or (total != 1 and log_decay is None) or (decay != 1 and unseen is None):
         return None
-    group = plan.DplrGroup(state, key_dim, value_dim, log_decay, sym.to_ir(erase), key, writes)
-    facts.append(f"the transition is a decay over {_dims_text(sym.dims(decay))} minus the rank "
+    group = plan.DplrGroup(state, key_dim, value_dim, log_decay, sym.to_ir(erase), key, writes,
+                           unseen)
+    facts.append(f"the transition is a decay over {_dims_text(sym.dims(total))} minus the rank "
                  f"one `{text(group.erase)}` `{text(key)}`^T: diagonal plus low rank")
     return Proof("chunk_delta", (state,), group,
-                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "erase": group.erase,
-                  "key": key, "writes": writes, "low_rank": (f"{text(group.erase)} {text(key)}^T",),
+                 {"decay": sym.to_ir(total), "log_decay": log_decay, "erase": group.erase,
+                  "key": key, "unseen_decay": None if decay == 1 else sym.to_ir(decay),
+                  "writes": writes, "low_rank": (f"{text(group.erase)} {text(key)}^T",),
                   "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk_dplr"], tuple(facts))
 
 

@@ -35,8 +35,10 @@ def summary(proof) -> str:
                 f"{writes or 'nothing'}, read as `q @ {proof.states[0]}`")
     if proof.kind == "chunk_delta" and "erase" in d:
         writes = " + ".join(f"`{text(w.key)}` (x) `{text(w.value)}`" for w in d["writes"])
+        unseen = d["unseen_decay"]
+        where = f"before the decay `{text(unseen)}`" if unseen is not None else "after the decay"
         return (f"{_decay(d)} minus the low rank `{text(d['erase'])}` (x) (`{text(d['key'])}` @ "
-                f"{proof.states[0]}), both on the state before this step, written by "
+                f"{proof.states[0]}), the key reading the state {where}, written by "
                 f"{writes or 'nothing'}")
     if proof.kind == "chunk_delta":
         steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.key)}` (x) (`{text(s.value)}` - "
