@@ -69,11 +69,12 @@ def _delta(name, decay, steps):
     return _plan(t, [group], [Read("rdS", "S", t.e("(K ** -0.5) * q"))], {"o": "rdS"})
 
 
-def _dplr(name, decay, erase, key, writes, query):
+def _dplr(name, decay, erase, key, writes, query, unseen):
     t = Typer(name)
     t.read_dims = {"rdS": ("V",)}
     writes = tuple(Write(t.e(k), t.e(v)) for k, v in writes)
-    group = DplrGroup("S", "K", "V", t.e(decay), t.e(erase), t.e(key), writes, t.e(decay))
+    group = DplrGroup("S", "K", "V", t.e(decay), t.e(erase), t.e(key), writes,
+                      t.e(unseen) if unseen else None)
     return _plan(t, [group], [Read("rdS", "S", t.e(query))], {"o": "rdS"})
 
 
@@ -140,7 +141,9 @@ HAND_PLANS = {
     "logsumexp": lambda: _semiring("logsumexp", "s", "logsumexp", "la", "lb"),
     "lstm": lambda: _sequential("lstm"),
     "gru": lambda: _sequential("gru"),
-    "rwkv7": lambda: _dplr("rwkv7", "g", "a * kk", "kk", [("k", "v")], query="r"),
+    "rwkv7": lambda: _dplr("rwkv7", "g", "a * kk", "kk", [("k", "v")], "r", unseen="g"),
+    "comba": lambda: _dplr("comba", "g", "beta * k", "p", [("beta * k", "v")],
+                           "(K ** -0.5) * q", unseen=None),
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fla.ops.comba.naive import naive_recurrent_comba
 from fla.ops.delta_rule.naive import delta_rule_recurrence
 from fla.ops.gated_delta_product.naive import naive_recurrent_gated_delta_product
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
@@ -59,6 +60,8 @@ SPECS: dict[str, Spec] = {
                      ranges={"beta": UNIT}, l2_normalised=("k",)),
     "gated_deltanet": Spec(("K", "V"), {**_QKV, "g": (), "beta": ()}, _OV, _SKV,
                            ranges={"g": NEG, "beta": UNIT}, l2_normalised=("k",)),
+    "comba": Spec(("K", "V"), {**_QKV, "p": ("K",), "g": (), "beta": ()}, _OV, _SKV,
+                  ranges={"g": NEG, "beta": UNIT}, l2_normalised=("k", "p")),
     "kda": Spec(("K", "V"), {**_QKV, "g": ("K",), "beta": ()}, _OV, _SKV,
                 ranges={"g": NEG, "beta": UNIT}, l2_normalised=("k",)),
     "deltaproduct": Spec(("K", "V"),
@@ -225,6 +228,13 @@ def oracle_gated_deltanet(inputs, params, initial_state):
     x, _, s = _prep("gated_deltanet", inputs, params, initial_state)
     o, S = naive_recurrent_gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"],
                                             initial_state=s["S"], output_final_state=True)
+    return {"o": o.float()}, {"S": S}
+
+
+def oracle_comba(inputs, params, initial_state):
+    x, _, s = _prep("comba", inputs, params, initial_state)
+    o, S = naive_recurrent_comba(x["q"], x["k"], x["v"], x["p"], x["beta"], x["g"],
+                                 initial_state=s["S"], output_final_state=True)
     return {"o": o.float()}, {"S": S}
 
 
