@@ -127,6 +127,8 @@ class SequentialGroup:
 
 
 Group = ScanGroup | ChunkGroup | DeltaGroup | DplrGroup | SemiringGroup | SequentialGroup
+# the kinds whose state is a matrix [key_dim, value_dim], read only as `query @ state`
+MATRIX_KINDS = frozenset({"chunk", "chunk_delta", "chunk_dplr"})
 
 
 @dataclass(frozen=True)

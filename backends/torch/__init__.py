@@ -9,6 +9,7 @@ to the family functions time-second, `[B, H, T, ...]`.
 from __future__ import annotations
 
 from seqc import ir
+from seqc.plan import MATRIX_KINDS
 from seqc.backends.torch_render import PRELUDE, TorchRenderer, align, is_constant
 from seqc.templates import render
 
@@ -46,8 +47,7 @@ def emit_plan(plan) -> str:
 def _scanned_size(plan, sequential: bool) -> str:
     """The values a step of the scanned states' history takes, as code over `dims`: the scan
     families (and the step loop) keep every step's state; the chunk families keep one a chunk."""
-    chunked = set() if sequential else {g.state for g in plan.groups
-                                        if g.kind in ("chunk", "chunk_delta", "chunk_dplr")}
+    chunked = set() if sequential else {g.state for g in plan.groups if g.kind in MATRIX_KINDS}
     sizes = [" * ".join([f'dims["{d}"]' for d in s.dims] or ["1"])
              for s in plan.spec.states if s.name not in chunked]
     return " + ".join(sizes) or "0"

@@ -10,6 +10,7 @@ parallelism inside a block is what replaces the step loop.
 from __future__ import annotations
 
 from seqc import ir
+from seqc.plan import MATRIX_KINDS
 from seqc.templates import render
 
 from . import layout
@@ -61,7 +62,7 @@ class BlockKernel:
         self.lets: dict[str, tuple[str, ...]] = {}
         self.reads: dict[str, tuple[str, ...]] = {}
         self.expr = TritonRenderer(self.name_block, constants)
-        self.dot_dims = {d for g in plan.groups if g.kind in ("chunk", "chunk_delta", "chunk_dplr")
+        self.dot_dims = {d for g in plan.groups if g.kind in MATRIX_KINDS
                          for d in (g.key_dim, g.value_dim)}
         self.combines: list[str] = []       # generated combine functions of coupled groups
 
@@ -102,9 +103,9 @@ class BlockKernel:
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
-        return frozenset({g.state for g in self.plan.groups
-                          if g.kind in ("chunk", "chunk_delta", "chunk_dplr")
-                and g.value_dim is not None and self.spec.tensor(g.state).dims[0] != g.key_dim})
+        return frozenset({g.state for g in self.plan.groups if g.kind in MATRIX_KINDS
+                          and g.value_dim is not None
+                          and self.spec.tensor(g.state).dims[0] != g.key_dim})
 
     def guard(self, dims: tuple[str, ...], store: str) -> str:
         return layout.guard(self.split, dims, store)
