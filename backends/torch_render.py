@@ -107,6 +107,26 @@ def is_constant(node: ir.Expr) -> bool:
                for n in ir.walk(node) if isinstance(n, ir.Name))
 
 
+def constant_tensor(code: str) -> str:
+    """A constant (numbers and dim sizes; a float or a 0-d tensor) as a 0-d tensor of the
+    compute dtype, so that it broadcasts and indexes (`[..., None]`) like any other value."""
+    return f"torch.as_tensor({code}, dtype=compute, device=device)"
+
+
+def step_value(render: TorchRenderer, value: ir.Expr, dims: tuple[str, ...],
+               expand: bool = True) -> str:
+    """One step's value as a `[*lead, *dims]` tensor (`dims` a permutation of the value's dims;
+    `lead` the iterated leading dims, e.g. `(B, H)`); `expand=False` when the value already has
+    the leading dims."""
+    shape = "".join(f", dim_{d}" for d in dims)
+    if is_constant(value):
+        return f"torch.full((*lead{shape},), {render(value)}, dtype=compute, device=device)"
+    code = render(value)
+    if value.dims != dims:
+        code = align(code, value.dims, dims)
+    return f"{code}.expand(*lead{shape})" if expand else code
+
+
 PRELUDE = '''
 def _permute(x, dims):
     """Reorder the trailing len(dims) dims of x (negative indices) and keep the leading ones."""

@@ -7,7 +7,7 @@ it. See step_loop.md for the statement of what the template computes.
 from __future__ import annotations
 
 from seqc import ir
-from seqc.backends.torch_render import PRELUDE, TorchRenderer, align, is_constant
+from seqc.backends.torch_render import PRELUDE, TorchRenderer, constant_tensor, is_constant, step_value
 from seqc.templates import render
 
 PREFIX = {"input": "in_", "param": "par_", "state": "st_", "let": "let_", "dim": "dim_"}
@@ -25,15 +25,16 @@ def emit(program) -> str:
     for statement in spec.body:
         full = _has_lead(statement.value, per_sample)
         if isinstance(statement, ir.Let):
-            body.append(f"let_{statement.name} = {expr(statement.value)}")
+            body.append(f"let_{statement.name} = {_let_value(expr, statement.value)}")
             if full:
                 per_sample.add(statement.name)
         elif isinstance(statement, ir.Update):
             state = spec.tensor(statement.state)
-            body.append(f"st_{state.name} = {_to_dims(expr, statement.value, state.dims, full)}")
+            value = step_value(expr, statement.value, state.dims, expand=not full)
+            body.append(f"st_{state.name} = {value}")
         else:
-            body.append(f"out_{statement.name}.append("
-                        f"{_to_dims(expr, statement.value, output_dims(statement), full)})")
+            value = step_value(expr, statement.value, output_dims(statement), expand=not full)
+            body.append(f"out_{statement.name}.append({value})")
     return render("reference", "step_loop.py.j2", spec=spec, body=body, helpers=PRELUDE,
                   output_dims=output_dims, init=_init)
 
@@ -49,15 +50,10 @@ def _has_lead(value: ir.Expr, per_sample: set[str]) -> bool:
                for n in ir.walk(value))
 
 
-def _to_dims(expr: TorchRenderer, value: ir.Expr, dims: tuple[str, ...], full: bool) -> str:
-    """The value as a `[B, H, *dims]` tensor (`dims` is a permutation of the value's dims)."""
-    shape = "".join(f", dim_{d}" for d in dims)
-    if is_constant(value):
-        return f"torch.full((*lead{shape}), {expr(value)}, dtype=compute, device=device)"
-    code = expr(value)
-    if value.dims != dims:
-        code = align(code, value.dims, dims)
-    return code if full else f"{code}.expand(*lead{shape})"
+def _let_value(expr: TorchRenderer, value: ir.Expr) -> str:
+    """A let's value; a constant one (numbers and dim sizes) as a 0-d tensor, so that it
+    broadcasts (`let_a[..., None]`) like any other value."""
+    return constant_tensor(expr(value)) if is_constant(value) else expr(value)
 
 
 def _init(state: ir.Tensor) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from seqc import ir
 from seqc.plan import MATRIX_KINDS
-from seqc.backends.torch_render import PRELUDE, TorchRenderer, align, is_constant
+from seqc.backends.torch_render import (PRELUDE, TorchRenderer, constant_tensor, is_constant,
+                                         step_value)
 from seqc.templates import render
 
 from .roles import GroupEmitter, family, output_dims, supported
@@ -61,7 +62,7 @@ def _whole_let(whole: TorchRenderer, let: ir.Let, full: bool) -> str:
 
 
 def _constant(whole: TorchRenderer, value: ir.Expr) -> str:
-    return f"torch.tensor({whole(value)}, dtype=compute, device=device)"
+    return constant_tensor(whole(value))
 
 
 def _expanded(whole: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
@@ -89,10 +90,10 @@ def _sequential_body(spec: ir.Spec, prelude_names: set[str]) -> list[str]:
                 loop.append(f"let_{statement.name} = {step(statement.value)}")
         elif isinstance(statement, ir.Update):
             state = spec.tensor(statement.state)
-            loop.append(f"st_{state.name} = {_step_value(step, statement.value, state.dims)}")
+            loop.append(f"st_{state.name} = {step_value(step, statement.value, state.dims)}")
         else:
             loop.append(f"out_{statement.name}.append("
-                        f"{_step_value(step, statement.value, output_dims(statement))})")
+                        f"{step_value(step, statement.value, output_dims(statement))})")
     sliced = [f"in_{x.name}" for x in spec.inputs] + [f"let_{n}" for n in _ordered(spec, prelude_names)]
     text = render("torch", "sequential.py.j2", spec=spec, sliced=sliced, loop_body=loop)
     return [line[4:] for line in text.splitlines()]
@@ -100,17 +101,6 @@ def _sequential_body(spec: ir.Spec, prelude_names: set[str]) -> list[str]:
 
 def _ordered(spec: ir.Spec, names: set[str]) -> list[str]:
     return [s.name for s in spec.body if isinstance(s, ir.Let) and s.name in names]
-
-
-def _step_value(step: TorchRenderer, value: ir.Expr, dims: tuple[str, ...]) -> str:
-    """One step's value as a full `[B, H, *dims]` tensor."""
-    shape = "".join(f", dim_{d}" for d in dims)
-    if is_constant(value):
-        return f"torch.full((*lead{shape}), {step(value)}, dtype=compute, device=device)"
-    code = step(value)
-    if value.dims != dims:
-        code = align(code, value.dims, dims)
-    return f"{code}.expand(*lead{shape})"
 
 
 def _init(state: ir.Tensor) -> str:

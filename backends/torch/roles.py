@@ -8,7 +8,7 @@ into blocks `[B, H, N, C, *dims]` once).
 from __future__ import annotations
 
 from seqc import ir
-from seqc.backends.torch_render import TorchRenderer, is_constant
+from seqc.backends.torch_render import TorchRenderer, constant_tensor, is_constant
 
 FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
             "chunk_dplr": "chunk_dplr.py.j2", "scan": "scan.py.j2",
@@ -44,14 +44,14 @@ class GroupEmitter:
 
     def seq(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
         """`value` over [B, H, T, *dims]."""
-        code = (f"torch.tensor({self.whole(value)}, dtype=compute, device=device)"
-                if is_constant(value) else self.whole(value, dims))
+        code = (constant_tensor(self.whole(value)) if is_constant(value)
+                else self.whole(value, dims))
         return f"_seq({code}, B, T, H{''.join(f', dim_{d}' for d in dims)})"
 
     def call(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
         """`value` over [B, T, H, *dims], the call layout (the chunk families block it themselves)."""
-        code = (f"torch.tensor({self.whole(value)}, dtype=compute, device=device)"
-                if is_constant(value) else self.whole(value, dims))
+        code = (constant_tensor(self.whole(value)) if is_constant(value)
+                else self.whole(value, dims))
         return f"{code}.expand(B, T, H{''.join(f', dim_{d}' for d in dims)})"
 
     def reads_of(self, state: str):
