@@ -248,6 +248,9 @@ class _Checker(ExpressionTyper):
             self.error(f"model `{self.spec.name}` has no input: the batch and the sequence length "
                        "come from the inputs", self.spec.span,
                        help="declare what arrives at each step, e.g. `input x[D]`")
+        bad_declaration = any(t.name in self.poisoned for t in self.spec.inputs + self.spec.params)
+        if self.spec.inputs and not bad_declaration:     # else the errors above explain it
+            self.check_dims_bound(body)
         if any(d.severity == "error" for d in self.diagnostics):
             return   # what is unused after an error is most likely the error's doing
         for tensor in self.tensors.values():
@@ -264,6 +267,36 @@ class _Checker(ExpressionTyper):
                     self.state_versions.get(name, 0) == 0:
                 self.warning(f"state `{name}` is read but never updated", state.span,
                              help="a constant belongs in a `param`")
+
+
+    def check_dims_bound(self, body: tuple[ir.Statement, ...]) -> None:
+        """A dim's size comes from the call's inputs and params: one that none of them has
+        cannot be given, and every call would fail."""
+        bound = {d for t in self.spec.tensors if t.kind is not ir.TensorKind.STATE for d in t.dims}
+        for name, dim in self.dims.items():
+            if name in bound or name in self.poisoned:
+                continue
+            users = _dim_users(name, self.spec.states, body)
+            used = f"is used by {users}, but" if users else "is declared, but"
+            self.error(f"dim `{name}` {used} no input or param has it, so no call can give its "
+                       "size", dim.span,
+                       help=f"give an input or a param the dim (e.g. `input x[{name}]` or "
+                            f"`param w[{name}]`)" + ("" if users else ", or remove it"))
+
+
+def _dim_users(dim: str, states: tuple[ir.Tensor, ...], body: tuple[ir.Statement, ...]) -> str:
+    """What uses a dim besides inputs and params: states, outputs, or the step's expressions."""
+    users = [f"state `{s.name}`" for s in states if dim in s.dims]
+    users += [f"output `{o.name}`" for o in body
+              if isinstance(o, ir.Output) and dim in (o.declared_dims or ())]
+    if not users and any(_mentions(s.value, dim) for s in body):
+        users.append("the step")
+    return ", ".join(users)
+
+
+def _mentions(value: ir.Expr, dim: str) -> bool:
+    return any(isinstance(n, ir.Name) and n.id == dim or isinstance(n, ir.Call) and n.dim == dim
+               for n in ir.walk(value))
 
 
 def _is_square(tensor: ir.Tensor) -> bool:

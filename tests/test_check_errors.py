@@ -504,3 +504,34 @@ def test_cli_reports_every_file_and_fails_if_any_fails(tmp_path, monkeypatch, ca
     out, err = capsys.readouterr()
     assert "gla.seq: ok" in out and "mamba.seq: ok" in out
     assert err.startswith("bad.seq:7:12: error: unknown name `zz`")
+
+
+# ---- dims no call can bind -------------------------------------------------------------------
+
+UNBOUND = "model m\ndims D, N\ninput x[D]\nstate h[D] = 0\nh = 0.5 * h + x\noutput y = h\n"
+
+
+def test_a_dim_nothing_uses_is_an_error_naming_what_could_bind_it(check_source):
+    err = check_source(UNBOUND)
+    expect(err, 2, 9, 1, "dim `N` is declared, but no input or param has it, so no call can give "
+           "its size", "give an input or a param the dim (e.g. `input x[N]` or `param w[N]`), "
+           "or remove it", "dims D, N")
+
+
+def test_a_dim_only_states_use_is_an_error(check_source):
+    err = check_source(UNBOUND.replace("state h[D]", "state h[D, N]").replace("output y = h",
+                                                                              "output y = sum(h, N)"))
+    expect(err, 2, 9, 1, "dim `N` is used by state `h`, but no input or param has it, so no call "
+           "can give its size", "give an input or a param the dim (e.g. `input x[N]` or "
+           "`param w[N]`)", "dims D, N")
+
+
+def test_a_dim_only_the_step_reads_is_an_error(check_source):
+    err = check_source(UNBOUND.replace("+ x", "+ N * x"))
+    expect(err, 2, 9, 1, "dim `N` is used by the step, but no input or param has it, so no call "
+           "can give its size", "give an input or a param the dim (e.g. `input x[N]` or "
+           "`param w[N]`)", "dims D, N")
+
+
+def test_a_dim_a_param_binds_is_accepted():
+    seqc.compile(UNBOUND.replace("input x[D]", "input x[D]\nparam w[N]"))

@@ -44,7 +44,14 @@ def assert_located(source: str) -> None:
         error.render()
         return
     assert_safe(checked.spec)
+    assert_dims_bound(checked.spec)
     assert parse(pretty(checked.spec)) == checked.spec
+
+
+def assert_dims_bound(spec: ir.Spec) -> None:
+    """Every dim of a checked spec gets its size from an input or a param at call time."""
+    bound = {d for t in spec.inputs + spec.params for d in t.dims}
+    assert {d.name for d in spec.dims} <= bound, pretty(spec)
 
 
 def identifiers(spec: ir.Spec):
@@ -96,10 +103,13 @@ def test_stdlib_with_arbitrary_text_appended(source, text):
 
 def _mutate(lines: list[str], data) -> list[str]:
     kind = data.draw(st.sampled_from(["delete", "duplicate", "swap", "token", "char", "truncate",
-                                      "replace_word"]))
+                                      "replace_word", "dim"]))
     if not lines:
         return [data.draw(st.sampled_from(TOKENS))]
     i = data.draw(st.integers(0, len(lines) - 1))
+    if kind == "dim":       # a new dim, maybe given to a state only: no call could bind it
+        return lines[:i] + [data.draw(st.sampled_from(["dims N", "dims N\nstate extra[N] = 0"]))] \
+            + lines[i:]
     if kind == "delete":
         return lines[:i] + lines[i + 1:]
     if kind == "duplicate":
