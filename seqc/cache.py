@@ -3,14 +3,22 @@
 The key is a hash of the spec text, the seqc version (plus a digest of the generator code) and
 the backend. A disk entry is
 `<key>.py` whose first line is `# seqc-cache <sha256 of the rest>`; writes are atomic (a temporary
-file renamed into place), and an entry whose checksum or syntax is wrong is rebuilt, not trusted.
+file renamed into place), and an entry whose checksum or syntax is wrong is rebuilt, not trusted;
+so is, once, an entry that fails at import or defines no `run`, and a directory in an entry's place.
 Modules are imported from their file so that `inspect` (and so `triton.jit`) can read the source.
+
+When the configured directory cannot be created, the cache falls back to a private directory in
+the temp dir, `seqc-cache-<uid>`: created mode 0700, and before every use verified to be a real
+directory owned by this user that no one else can write or read; otherwise seqc refuses it
+(UnsafeCacheError) rather than import what another local user may have planted there.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import shutil
+import stat
 import sys
 import tempfile
 from functools import lru_cache
@@ -19,6 +27,10 @@ from typing import Callable
 
 _MEMORY: dict[str, object] = {}
 _MARK = "# seqc-cache "
+
+
+class UnsafeCacheError(RuntimeError):
+    """The fallback cache directory is not private to this user: seqc will not import from it."""
 
 
 def cache_dir() -> Path:
@@ -50,15 +62,29 @@ def generator_digest(backend: str) -> str:
 
 
 def load_module(key: str, build: Callable[[], str]):
-    """The module cached under `key`, emitting it with `build()` when absent or corrupt."""
+    """The module cached under `key`, emitting it with `build()` when absent or corrupt, or (once)
+    when the cached entry fails at import or defines no `run`."""
     if key in _MEMORY:
         return _MEMORY[key]
     path = _writable_dir() / f"{key}.py"
-    if _read_valid(path) is None:
-        write_atomic(path, _sealed(build()))
-    module = _import(key, path)
+    fresh = _read_valid(path) is None
+    if fresh:
+        _write_entry(path, build)
+    try:
+        module = _import(key, path)
+    except Exception:
+        if fresh:
+            raise                       # just emitted: a bug of the generator, not of the cache
+        _write_entry(path, build)
+        module = _import(key, path)
     _MEMORY[key] = module
     return module
+
+
+def _write_entry(path: Path, build: Callable[[], str]) -> None:
+    if path.is_dir() and not path.is_symlink():      # a directory squatting on the entry's name
+        shutil.rmtree(path)
+    write_atomic(path, _sealed(build()))
 
 
 def _sealed(code: str) -> str:
@@ -85,7 +111,13 @@ def _import(key: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "run", None)):
+            raise ImportError(f"cached module {path} defines no `run`")
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -98,9 +130,48 @@ def _writable_dir() -> Path:
         probe.unlink()
         return directory
     except OSError:
-        fallback = Path(tempfile.gettempdir()) / f"seqc-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
+        return private_fallback(directory)
+
+
+def private_fallback(configured: Path) -> Path:
+    """`<tempdir>/seqc-cache-<uid>`, created 0700 and verified private before every use."""
+    uid = _uid()
+    fallback = Path(tempfile.gettempdir()) / f"seqc-cache-{uid if uid is not None else 0}"
+    try:
+        fallback.mkdir(mode=0o700)
+        os.chmod(fallback, 0o700)          # whatever the umask
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise UnsafeCacheError(f"seqc cannot create its cache {configured} nor the fallback "
+                               f"{fallback}: {error}; set SEQC_CACHE_DIR to a directory you "
+                               "can write") from error
+    problem = _not_private(fallback, uid)
+    if problem:
+        raise UnsafeCacheError(
+            f"seqc cannot create its cache {configured}, and refuses the fallback {fallback}: "
+            f"{problem}, so another user could plant code in it. Set SEQC_CACHE_DIR to a "
+            f"directory you own, or remove {fallback}")
+    return fallback
+
+
+def _not_private(path: Path, uid: int | None) -> str | None:
+    """Why `path` is not a private directory of user `uid` (None when it is)."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if uid is not None and info.st_uid != uid:
+        return f"it is owned by uid {info.st_uid}, not by you (uid {uid})"
+    if uid is not None and stat.S_IMODE(info.st_mode) & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):o}, open to other users (expected 700)"
+    return None
+
+
+def _uid() -> int | None:
+    """This user's id; None where there is none (Windows: the temp dir is per user there)."""
+    return os.getuid() if hasattr(os, "getuid") else None
 
 
 def write_atomic(path, text: str) -> None:
