@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
 from .validate import validate
@@ -42,13 +44,23 @@ class Kernel:
 
     def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
         call = validate(self.program.spec, tensors, initial_state)
-        outputs, final = self.module.run(call.inputs, call.params, call.dims, call.initial_state,
-                                         bool(output_final_state), **self.options)
+        with without_autocast(call.device):
+            outputs, final = self.module.run(call.inputs, call.params, call.dims,
+                                             call.initial_state, bool(output_final_state),
+                                             **self.options)
         outputs = {name: value.to(call.dtype) for name, value in outputs.items()}
         return KernelOutput(outputs, final if output_final_state else None)
 
     def __repr__(self) -> str:
         return f"<seqc.Kernel {self.program.name} backend={self.backend}>"
+
+
+def without_autocast(device: torch.device):
+    """A context in which the kernel runs as documented, states and accumulators in fp32 (fp64):
+    an enclosing `torch.autocast` would run the emitted matmuls in bf16 / fp16 (and crash at an
+    in-place `baddbmm_` given mixed dtypes), so it is switched off for the run's device. Outputs
+    are still cast back to the input dtype; the caller's autocast applies again after the call."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class AutoKernel:
