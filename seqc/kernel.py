@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import torch
 
@@ -16,7 +17,12 @@ from .validate import validate
 
 
 class KernelOutput:
-    """One attribute per declared output ([B, T, H, ...]) and `final_state` (dict or None)."""
+    """One attribute per declared output ([B, T, H, ...]) and `final_state` (dict or None).
+
+    Like fla's `(o, final_state)`, it unpacks and iterates as the outputs in declaration order,
+    then the final state (`o, ht = out`); `out["o"]` and `out[0]` index it by name or position,
+    and `"o" in out` asks for an output name.
+    """
 
     def __init__(self, outputs: dict, final_state):
         self._outputs = outputs
@@ -24,8 +30,20 @@ class KernelOutput:
         for name, value in outputs.items():
             setattr(self, name, value)
 
-    def __getitem__(self, name: str):
-        return self._outputs[name]
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return tuple(self)[key]
+        return self._outputs[key]
+
+    def __iter__(self):
+        yield from self._outputs.values()
+        yield self.final_state
+
+    def __len__(self) -> int:
+        return len(self._outputs) + 1
+
+    def __contains__(self, name) -> bool:
+        return name in self._outputs
 
     def keys(self):
         return self._outputs.keys()
@@ -43,10 +61,10 @@ class Kernel:
         self.options = options
 
     def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
-        call = validate(self.program.spec, tensors, initial_state)
+        call = validate(self.program.spec, tensors, initial_state, output_final_state)
         with without_autocast(call.device):
             outputs, final = self.module.run(call.inputs, call.params, call.dims,
-                                             call.initial_state, bool(output_final_state),
+                                             call.initial_state, output_final_state,
                                              **self.options)
         outputs = {name: value.to(call.dtype) for name, value in outputs.items()}
         return KernelOutput(outputs, final if output_final_state else None)
@@ -96,6 +114,7 @@ def resolve_backend(backend: str, device_is_cuda: bool) -> str:
 
 def build_kernel(program, backend: str = "reference", **options) -> Kernel | AutoKernel:
     from . import __version__
+    _check_chunk_size(options)
     if backend == "auto":
         return AutoKernel(program, options)
     if backend not in BACKENDS:
@@ -105,6 +124,15 @@ def build_kernel(program, backend: str = "reference", **options) -> Kernel | Aut
     module = load_module(key, lambda: program.emit(backend))
     _check_options(module, backend, options)
     return Kernel(program, backend, module, options)
+
+
+def _check_chunk_size(options: dict) -> None:
+    """`chunk_size`, where a backend takes it, is a positive integer: checked here, at build time,
+    so that 1.5 or "8" is not a TypeError deep inside torch at the first call."""
+    size = options.get("chunk_size", 1)
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, not {size!r} "
+                         f"({type(size).__name__})")
 
 
 def _check_options(module, backend: str, options: dict) -> None:

@@ -64,8 +64,11 @@ def _layout(layout: tuple[str, ...]) -> str:
     return "[" + ", ".join(layout) + "]"
 
 
-def validate(spec: ir.Spec, tensors: dict, initial_state) -> Call:
+def validate(spec: ir.Spec, tensors: dict, initial_state, output_final_state=False) -> Call:
     binder = _Binder()
+    if not isinstance(output_final_state, bool):
+        binder.problems.append(f"output_final_state must be True or False, not "
+                               f"{output_final_state!r} ({type(output_final_state).__name__})")
     inputs, params = {}, {}
     known = {t.name: t for t in spec.inputs + spec.params}
     for name in tensors:
@@ -88,6 +91,7 @@ def validate(spec: ir.Spec, tensors: dict, initial_state) -> Call:
     states = _initial_states(binder, spec, initial_state, device)
     if binder.sizes.get("T") == 0:
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
+    _empty_dims(binder, spec)
     _raise(binder)
     return Call(inputs, params, states, dict(binder.sizes), dtype, device)
 
@@ -103,6 +107,10 @@ def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
         elif tensor.dtype != dtype:
             binder.problems.append(f"`{name}` has dtype {tensor.dtype} but `{first}` has {dtype}: "
                                    "inputs and params must share one dtype")
+        if tensor.device.type == "meta":
+            binder.problems.append(f"`{name}` is on the meta device, which holds shapes but no "
+                                   "values: a kernel computes values (the step loop and the "
+                                   "chunked forms read them), so pass tensors on a real device")
         if device is None:
             device, first_device = tensor.device, name
         elif tensor.device != device:
@@ -110,6 +118,15 @@ def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
                                    f"{device}: all tensors must be on one device")
     _raise(binder)
     return dtype, device
+
+
+def _empty_dims(binder: _Binder, spec: ir.Spec) -> None:
+    """A spec dim of size 0 has no meaning (`K ** -0.5` would divide by zero); B = 0 or H = 0 is
+    an empty batch, which runs and returns empty outputs."""
+    for dim in spec.dims:
+        if binder.sizes.get(dim.name) == 0:
+            binder.problems.append(f"dim `{dim.name}` has size 0 (from {binder.source[dim.name]}); "
+                                   "every dim of the spec needs at least one element")
 
 
 def _initial_states(binder: _Binder, spec: ir.Spec, initial_state, device):

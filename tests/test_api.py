@@ -161,7 +161,9 @@ def test_unknown_kernel_options_are_value_errors_listing_the_known_ones(backend)
         seqc.load("gla").kernel(backend, chunk_sise=16)
 
 
-def test_bad_chunk_size_is_a_value_error():
-    fn = seqc.load("gla").kernel("torch", chunk_size=0)
-    with pytest.raises(ValueError, match="chunk_size"):
-        fn(**gla_call())
+@pytest.mark.parametrize("size", [0, -3, 1.5, "8", True, None])
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_bad_chunk_size_is_a_value_error_when_the_kernel_is_built(backend, size):
+    with pytest.raises(ValueError, match=rf"chunk_size must be a positive integer, not "
+                                         rf"{re.escape(repr(size))}"):
+        seqc.load("gla").kernel(backend, chunk_size=size)

@@ -118,3 +118,52 @@ def test_gradients_under_autocast_are_the_fp32_gradients():
         loss.backward()
         grads.append(q.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+
+
+# ---- item 6: small call errors, and KernelOutput as a tuple ------------------------------------
+
+def _gla(**sizes):
+    program = seqc.load("gla")
+    tensors, _ = random_call(program.spec, {"B": 1, "T": 3, "H": 2, "K": 4, "V": 4, **sizes})
+    return program, tensors
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_a_dim_of_size_zero_is_a_value_error_naming_it(backend):
+    program, tensors = _gla(K=0)          # K ** -0.5 was a ZeroDivisionError
+    with pytest.raises(ValueError, match=r"dim `K` has size 0 \(from input `q`\)"):
+        program.kernel(backend)(**tensors)
+
+
+def test_an_empty_batch_still_runs():
+    program, tensors = _gla(B=0)
+    assert program.kernel("torch")(**tensors).o.shape == (0, 3, 2, 4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_meta_tensors_are_a_value_error_naming_the_device(backend):
+    program, tensors = _gla()
+    tensors = {name: t.to("meta") for name, t in tensors.items()}
+    with pytest.raises(ValueError, match=r"`q` is on the meta device"):
+        program.kernel(backend)(**tensors)
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None, torch.tensor(True)])
+def test_output_final_state_must_be_a_bool(flag):
+    program, tensors = _gla()
+    with pytest.raises(ValueError, match=r"output_final_state must be True or False"):
+        program.kernel()(**tensors, output_final_state=flag)
+
+
+def test_a_kernel_output_unpacks_and_iterates_like_fla_o_and_final_state():
+    program = seqc.compile(CONSTANT_SPECS["output of a number"])
+    tensors, initial = _call(program)
+    out = program.kernel()(**tensors, initial_state=initial, output_final_state=True)
+    y, c, final = out
+    assert y is out.y and c is out.c and final is out.final_state
+    assert list(out) == [out.y, out.c, out.final_state]
+    assert out[0] is out.y and out[-1] is out.final_state and out["c"] is out.c
+    assert "y" in out and "c" in out and "h" not in out and "final_state" not in out
+    assert len(out) == 3
+    o, ht = seqc.load("gla").kernel()(**_gla()[1])
+    assert o.shape == (1, 3, 2, 4) and ht is None
