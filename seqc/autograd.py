@@ -4,8 +4,10 @@ The emitted Triton `run` launches kernels on raw pointers, so its outputs carry 
 Function below runs it in forward and saves the call's tensors; its backward recomputes the same
 call with the torch backend's emitted module (same device) under `torch.enable_grad()` and takes
 `torch.autograd.grad` of that recomputation with the incoming gradients of the outputs and of the
-final states. The gradients are exact (the torch backend's own autograd) and memory is the torch
-backend's: its intermediates exist during backward only (docs/backends.md, "Gradients").
+final states. The prelude and the output expressions go through autograd of the torch code; the
+recurrence core is the torch family, or, where the Triton module carries one (`CORES`: the chunk
+core, backends/triton/chunk_bwd.md), a core with Triton adjoint kernels that keeps one state a
+chunk. Exact either way; memory in docs/backends.md, "Gradients".
 
 Emitted modules never import seqc, so this wrapper lives here and `Kernel` calls it.
 """
@@ -46,6 +48,15 @@ class _Call:
     dims: dict
     options: dict
     layout: _Layout
+    triton_module: object
+
+    def cores(self) -> dict:
+        """Options of the torch recomputation: the Triton module's recurrence cores with adjoint
+        kernels (chunk_bwd.md) in place of the torch families, at the Triton chunk size."""
+        cores = getattr(self.triton_module, "CORES", {})
+        if not cores:
+            return {}
+        return {**cores, "chunk_size": self.options.get("chunk_size", 64)}
 
 
 class _TritonRun(torch.autograd.Function):
@@ -67,7 +78,7 @@ class _TritonRun(torch.autograd.Function):
         inputs, params, states = call.layout.split(leaves)
         with torch.enable_grad():
             outputs, final = call.recompute().run(inputs, params, call.dims, states,
-                                                  bool(call.layout.final))
+                                                  bool(call.layout.final), **call.cores())
             results = call.layout.flatten(outputs, final)
         pairs = [(r, g) for r, g in zip(results, incoming) if g is not None and r.requires_grad]
         wanted = [leaf for leaf, need in zip(leaves, needs) if need]
@@ -91,7 +102,7 @@ def run_triton(kernel, call, output_final_state: bool):
                                  **kernel.options)
     program = kernel.program
     flat = _TritonRun.apply(_Call(kernel.module.run, lambda: torch_module(program), call.dims,
-                                  dict(kernel.options), layout), *tensors)
+                                  dict(kernel.options), layout, kernel.module), *tensors)
     outputs = dict(zip(layout.outputs, flat[:len(layout.outputs)]))
     final = dict(zip(layout.final, flat[len(layout.outputs):])) if output_final_state else None
     return outputs, final
