@@ -1,13 +1,19 @@
-"""Gradients through the Triton backend: every Triton call is one `torch.autograd.Function`.
+"""Gradients through the Triton backend: no Triton call that needs a gradient is detached.
 
-The emitted Triton `run` launches kernels on raw pointers, so its outputs carry no `grad_fn`. The
-Function below runs it in forward and saves the call's tensors; its backward recomputes the same
-call with the torch backend's emitted module (same device) under `torch.enable_grad()` and takes
-`torch.autograd.grad` of that recomputation with the incoming gradients of the outputs and of the
-final states. The prelude and the output expressions go through autograd of the torch code; the
-recurrence core is the torch family, or, where the Triton module carries one (`CORES`: the chunk
-core, backends/triton/chunk_bwd.md), a core with Triton adjoint kernels that keeps one state a
-chunk. Exact either way; memory in docs/backends.md, "Gradients".
+The emitted Triton `run` launches kernels on raw pointers, so its outputs carry no `grad_fn`. A
+call that needs a gradient (grad mode on, some input, param or initial state requiring one) runs
+one of two ways (docs/backends.md, "Gradients"):
+
+- its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
+  chunk core, backends/triton/chunk_bwd.md): the torch module runs with the core in place of its
+  family, so the prelude and the output expressions go through autograd of the torch code, and
+  the recurrence is the core's kernels: forward keeping one state a chunk, backward the adjoint;
+- otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
+  tensors saved), backward recomputes the call with the torch module under `torch.enable_grad()`
+  (with the cores where the module has them) and takes `torch.autograd.grad` with the incoming
+  gradients of the outputs and of the final states.
+
+Exact either way.
 
 Emitted modules never import seqc, so this wrapper lives here and `Kernel` calls it.
 """
@@ -51,12 +57,7 @@ class _Call:
     triton_module: object
 
     def cores(self) -> dict:
-        """Options of the torch recomputation: the Triton module's recurrence cores with adjoint
-        kernels (chunk_bwd.md) in place of the torch families, at the Triton chunk size."""
-        cores = getattr(self.triton_module, "CORES", {})
-        if not cores:
-            return {}
-        return {**cores, "chunk_size": self.options.get("chunk_size", 64)}
+        return core_options(self.triton_module, self.options)
 
 
 class _TritonRun(torch.autograd.Function):
@@ -101,6 +102,10 @@ def run_triton(kernel, call, output_final_state: bool):
         return kernel.module.run(call.inputs, call.params, call.dims, states, output_final_state,
                                  **kernel.options)
     program = kernel.program
+    cores = training_cores(kernel.module, kernel.options)
+    if cores:       # the prelude by torch autograd, the recurrence by the core's kernels
+        return torch_module(program).run(call.inputs, call.params, call.dims, states,
+                                         output_final_state, **cores)
     flat = _TritonRun.apply(_Call(kernel.module.run, lambda: torch_module(program), call.dims,
                                   dict(kernel.options), layout, kernel.module), *tensors)
     outputs = dict(zip(layout.outputs, flat[:len(layout.outputs)]))
@@ -112,3 +117,22 @@ def torch_module(program):
     """The torch backend's emitted module of `program` (compiled once, then from the cache)."""
     from .kernel import build_kernel
     return build_kernel(program, "torch").module
+
+
+def core_options(triton_module, options: dict) -> dict:
+    """Options of the torch module's `run` that put the Triton module's recurrence cores with
+    adjoint kernels (`CORES`, chunk_bwd.md) in place of its families, at the Triton chunk size."""
+    cores = getattr(triton_module, "CORES", {})
+    if not cores:
+        return {}
+    return {**cores, "chunk_size": options.get("chunk_size", 64)}
+
+
+def training_cores(triton_module, options: dict) -> dict:
+    """`core_options` when the call's mode is the one the cores implement (the chunk kernel):
+    such a call runs forward as torch prelude + core, so that the forward keeps the core's
+    chunk-boundary states and the backward is the adjoint kernels alone. Another mode (e.g. a
+    forced `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
+    mode = options.get("mode") or triton_module.DEFAULT_MODE
+    cores = core_options(triton_module, options)
+    return cores if cores and f"{mode}_core" in cores else {}

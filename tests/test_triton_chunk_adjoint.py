@@ -2,13 +2,13 @@
 chunk_core.py.j2, chunk_bwd.md): S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t^T S_t, with no,
 scalar or key-wise log decay g.
 
-The Triton backward of a chunk spec (seqc/autograd.py) recomputes the spec's prelude with the
-torch module's autograd and runs this core in place of the torch `_chunk`; here the core is
+A Triton call of a chunk spec that needs a gradient (seqc/autograd.py) runs the torch module's
+prelude under autograd with this core in place of the torch `_chunk`; here the core is
 checked on its own against the torch `_chunk`'s autograd (fp64, rtol 1e-10: the same sums in
 another order) and through whole specs against the reference's autograd (fp32, rtol 1e-4 as in
 test_gradients.py): T not a multiple of the chunk, odd K and V (padded lanes), initial and final
 states, strong decays (log gates near -8 a step, where exp(-b) of a factored form overflows).
-Its memory traffic is counted under the interpreter (seqc/bench_io.py).
+The backward's memory traffic is counted under the interpreter (seqc/bench_io.py).
 """
 import os
 
@@ -116,22 +116,30 @@ def test_chunk_specs_train_through_the_adjoint_kernels(name):
     assert_gradients_equal(got, want, f"{name} through the chunk adjoint")
 
 
-@pytest.mark.parametrize("decay", ["scalar", "keywise"])
-def test_adjoint_traffic_within_two_and_a_half_forward_compulsory(decay):
-    """Bytes the adjoint kernel loads and stores against the forward's compulsory traffic (q, k,
-    v, g, S_0 read once; o and S_T written once), K = V = 64, T = 128 in chunks of 64."""
-    triton_module, _ = modules()
-    q, k, v, g, s0 = core_inputs(decay, T=128, K=64, V=64, dtype=torch.float32)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, g, s0)]
-    (o,), final = triton_module.chunk_core([leaves[0]], [leaves[1]], [leaves[2]], leaves[3],
-                                           leaves[4], 64)
-    compulsory = 4 * (q.numel() + k.numel() + v.numel() + g.numel() + s0.numel() + o.numel()
-                      + final.numel())
-    loss = (o * torch.randn_like(o)).sum() + (final * torch.randn_like(final)).sum()
-    with counting() as counts:
-        torch.autograd.grad(loss, leaves)
-    ratio = (counts["loaded"] + counts["stored"]) / compulsory
-    assert ratio <= 2.5, f"adjoint traffic {ratio:.2f}x the forward's compulsory"
+@pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
+    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
+    call's compulsory traffic (inputs and params read once, outputs and final state written
+    once), dims of 64, T = 128 in chunks of 64, with an initial state."""
+    from seqc.bench_io import compulsory
+    from seqc.inputs import random_call
+    program = seqc.load(name)
+    sizes = {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}}
+    tensors, s = random_call(program.spec, sizes, seed=5, with_initial_state=True)
+    leaves = {n: t.clone().requires_grad_() for n, t in tensors.items()}
+    with counting() as forward:
+        out = program.kernel("triton")(**leaves, initial_state=s, output_final_state=True)
+    read, written = compulsory({**tensors, **s}, {n: out[n] for n in out.keys()},
+                               out.final_state)
+    gen = torch.Generator().manual_seed(6)
+    loss = sum((t * torch.randn(t.shape, generator=gen)).sum()
+               for t in [out[n] for n in out.keys()] + list(out.final_state.values()))
+    with counting() as backward:
+        loss.backward()
+    ratio = (backward["loaded"] + backward["stored"]) / (read + written)
+    assert ratio <= 2.5, f"{name}: backward traffic {ratio:.2f}x the forward's compulsory"
+    forward_ratio = (forward["loaded"] + forward["stored"]) / (read + written)
+    assert forward_ratio <= 1.3, f"{name}: training forward traffic {forward_ratio:.2f}x"
 
 
 def test_two_writes_a_step_keep_the_torch_recomputation():
