@@ -116,6 +116,32 @@ def test_chunk_specs_train_through_the_adjoint_kernels(name):
     assert_gradients_equal(got, want, f"{name} through the chunk adjoint")
 
 
+@pytest.mark.parametrize("name", ["gla", "simple_gla"])
+def test_minus_infinity_log_decays(name):
+    """A -inf log decay resets the state (nothing decays across it): at step 3 (inside the first
+    chunk), 16 (a chunk's first step), 20 and 36 (the last step); the key-wise spec on one lane
+    only. Outputs, final state and every gradient finite and equal to the reference's."""
+    program = seqc.load(name)
+    dims = {d: 5 for d in SPECS[name].dims}
+    x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
+    s = random_state(name, 1, 2, dims=dims, seed=13)
+    for t in (3, 16, 20, 36):
+        if x["g"].dim() == 4:
+            x["g"][0, t, 1, 2] = float("-inf")
+        else:
+            x["g"][0, t, 1] = float("-inf")
+    kernel = program.kernel("triton", chunk_size=16)
+    got = gradients_of(kernel, x, p, s)
+    want = gradients_of(program.kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"{name} with -inf log decays")
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
+    ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
+    torch.testing.assert_close(out.o.detach(), ref.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.final_state["S"].detach(), ref.final_state["S"], rtol=1e-4,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
 def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
     """Bytes the Triton kernels load and store during `loss.backward()` against the forward

@@ -279,8 +279,9 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
 def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
                       DECAY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
                       ACC: tl.constexpr):
-    """b [BLOCK_T, BLOCK_K]: log decays cumulated from the chunk's start (0 past T and for
-    DECAY 0); a scalar decay (DECAY 1) is broadcast over the key lanes."""
+    """(b, c) [BLOCK_T, BLOCK_K]: the finite log decays cumulated from the chunk's start and the
+    count of -inf ones (a -inf decay is a reset: nothing decays across it); 0 past T and for
+    DECAY 0; a scalar decay (DECAY 1) is broadcast over the key lanes."""
     if DECAY == 2:
         g = tl.load(ptr_g + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     elif DECAY == 1:
@@ -288,15 +289,24 @@ def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
             + tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
     else:
         g = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
-    return tl.cumsum(g, axis=0)
+    cut = g == float("-inf")
+    return tl.cumsum(tl.where(cut, 0.0, g), axis=0), tl.cumsum(cut.to(ACC), axis=0)
 
 
 @triton.jit
-def _chunk_core_decay(b, o_t):
+def _chunk_core_gap(b_to, c_to, b_from, c_from):
+    """exp(b_to - b_from), the decay from one point of a chunk to a later one: 0 when a -inf log
+    decay lies between them (their counts c differ); the exponent is clamped to <= 0."""
+    return tl.where(c_to == c_from, tl.exp(tl.minimum(b_to - b_from, 0.0)), 0.0)
+
+
+@triton.jit
+def _chunk_core_decay(b, c, o_t):
     """M[i, j] = exp(b_i - b_j) for j <= i, else 0, of a scalar decay (equal on every lane)."""
     b1 = tl.max(b, axis=1)
+    c1 = tl.max(c, axis=1)
     return tl.where(o_t[:, None] >= o_t[None, :],
-                    tl.exp(tl.minimum(b1[:, None] - b1[None, :], 0.0)), 0.0)
+                    _chunk_core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
 
 
 @triton.jit
@@ -312,7 +322,8 @@ def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                       BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                       DECAY: tl.constexpr, ACC: tl.constexpr):
     """Chunk n of one batch x head: q, k [BLOCK_T, BLOCK_K], v [BLOCK_T, BLOCK_V] (0 past T and
-    in padded lanes), b the cumulated log decays, b_last the chunk's, and where tokens live."""
+    in padded lanes), the cumulated log decays (b, c: _chunk_core_gates), the decay factors from
+    the chunk's start, to its end and over it, and where the tokens live."""
     o_t = tl.arange(0, BLOCK_T)
     o_k = tl.arange(0, BLOCK_K)
     o_v = tl.arange(0, BLOCK_V)
@@ -326,10 +337,16 @@ def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
     q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
-    b = _chunk_core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T, BLOCK_K,
-                          ACC)
-    b_last = tl.sum(tl.where((o_t == BLOCK_T - 1)[:, None], b, 0.0), axis=0)
-    return q, k, v, b, b_last, base, mask_t, offs_tk, mask_tk, offs_tv, mask_tv
+    b, c = _chunk_core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
+                             BLOCK_K, ACC)
+    last = (o_t == BLOCK_T - 1)[:, None]
+    b_last = tl.sum(tl.where(last, b, 0.0), axis=0)
+    c_last = tl.sum(tl.where(last, c, 0.0), axis=0)
+    from_start = _chunk_core_gap(b, c, 0.0, 0.0)                       # exp(b_i)
+    to_end = _chunk_core_gap(b_last[None, :], c_last[None, :], b, c)   # exp(b_last - b_j)
+    whole = _chunk_core_gap(b_last, c_last, 0.0, 0.0)                  # exp(b_last)
+    return q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+        mask_tv
 
 
 @triton.jit
@@ -349,23 +366,22 @@ def _chunk_core_fwd_kernel(
     S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     for n in range(0, N):
         tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
-        q, k, v, b, b_last, base, mask_t, offs_tk, mask_tk, offs_tv, mask_tv = _chunk_core_chunk(
-            ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K, BLOCK_V,
-            DECAY, ACC)
+        q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+            mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                                        BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
         if DECAY == 2:
-            A = _chunk_core_keywise_scores(q, k, b, o_t, BLOCK_T)
+            A = _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
         else:
-            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _chunk_core_decay(b, o_t)
-        o = tl.dot(q * tl.exp(b), S, input_precision=PRECISION) \
+            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _chunk_core_decay(b, c, o_t)
+        o = tl.dot(q * from_start, S, input_precision=PRECISION) \
             + tl.dot(A, v, input_precision=PRECISION)
         tl.store(ptr_o + offs_tv, o, mask=mask_tv)
-        S = S * tl.exp(b_last)[:, None] \
-            + tl.dot(tl.trans(k * tl.exp(b_last[None, :] - b)), v, input_precision=PRECISION)
+        S = S * whole[:, None] + tl.dot(tl.trans(k * to_end), v, input_precision=PRECISION)
     tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
 
 
 @triton.jit
-def _chunk_core_keywise_scores(q, k, b, o_t, BLOCK_T: tl.constexpr):
+def _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
     """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
     exponent formed is <= 0)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
@@ -373,7 +389,9 @@ def _chunk_core_keywise_scores(q, k, b, o_t, BLOCK_T: tl.constexpr):
         at_j = (o_t == j)[:, None]
         k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
         b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
-        column = tl.sum(q * k_j[None, :] * tl.exp(tl.minimum(b - b_j[None, :], 0.0)), axis=1)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
         A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
     return A
 
@@ -402,23 +420,22 @@ def _chunk_core_bwd_kernel(
     dg_after = tl.sum(dS * final, axis=1)
     for i_n in range(0, N):
         n = N - 1 - i_n
-        q, k, v, b, b_last, base, mask_t, offs_tk, mask_tk, offs_tv, mask_tv = _chunk_core_chunk(
-            ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K, BLOCK_V,
-            DECAY, ACC)
+        q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+            mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                                        BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
         do = tl.load(ptr_do + offs_tv, mask=mask_tv, other=0.0).to(ACC)
         S0 = tl.load(ptr_h + (i_bh * N + n) * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
-        to_end = tl.exp(b_last[None, :] - b)                   # [BLOCK_T, BLOCK_K], <= 1
         # dA[i, j] = do_i . v_j for j <= i: the gradient of the intra-chunk scores
         dA = tl.where(o_t[:, None] >= o_t[None, :],
                       tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0)
         if DECAY == 2:
-            A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, dA, o_t, BLOCK_T, BLOCK_K)
+            A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
         else:
-            M = _chunk_core_decay(b, o_t)
+            M = _chunk_core_decay(b, c, o_t)
             A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * M
             dq = tl.dot(dA * M, k, input_precision=PRECISION)
             dk = tl.dot(tl.trans(dA * M), q, input_precision=PRECISION)
-        dq += tl.exp(b) * tl.dot(do, tl.trans(S0), input_precision=PRECISION)
+        dq += from_start * tl.dot(do, tl.trans(S0), input_precision=PRECISION)
         dk += to_end * tl.dot(v, tl.trans(dS), input_precision=PRECISION)
         dv = tl.dot(tl.trans(A), do, input_precision=PRECISION) \
             + tl.dot(k * to_end, dS, input_precision=PRECISION)
@@ -436,13 +453,12 @@ def _chunk_core_bwd_kernel(
             else:
                 tl.store(ptr_dg + base, tl.sum(tl.where(mask_tk, dg, 0.0), axis=1),
                          mask=mask_t)
-        dS = dS * tl.exp(b_last)[:, None] \
-            + tl.dot(tl.trans(q * tl.exp(b)), do, input_precision=PRECISION)
+        dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
 @triton.jit
-def _chunk_core_keywise_adjoint(q, k, b, dA, o_t, BLOCK_T: tl.constexpr,
+def _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr,
                                 BLOCK_K: tl.constexpr):
     """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
     A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
@@ -454,8 +470,9 @@ def _chunk_core_keywise_adjoint(q, k, b, dA, o_t, BLOCK_T: tl.constexpr,
         at_j = (o_t == j)[:, None]
         k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
         b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
         later = (o_t >= j)[:, None]
-        decay = tl.where(later, tl.exp(tl.minimum(b - b_j[None, :], 0.0)), 0.0)
+        decay = tl.where(later, _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
         A += tl.where(later & (o_t == j)[None, :],
                       tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
         dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
