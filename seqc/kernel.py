@@ -11,6 +11,7 @@ import numbers
 
 import torch
 
+from .autograd import run_triton
 from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
 from .validate import validate
@@ -63,9 +64,12 @@ class Kernel:
     def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
         call = validate(self.program.spec, tensors, initial_state, output_final_state)
         with without_autocast(call.device):
-            outputs, final = self.module.run(call.inputs, call.params, call.dims,
-                                             call.initial_state, output_final_state,
-                                             **self.options)
+            if self.backend == "triton":      # differentiable: seqc/autograd.py
+                outputs, final = run_triton(self, call, output_final_state)
+            else:
+                outputs, final = self.module.run(call.inputs, call.params, call.dims,
+                                                 call.initial_state, output_final_state,
+                                                 **self.options)
         outputs = {name: value.to(call.dtype) for name, value in outputs.items()}
         return KernelOutput(outputs, final if output_final_state else None)
 

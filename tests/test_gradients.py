@@ -46,10 +46,16 @@ def test_gradcheck(family):
 
 
 def gradients(name, backend, x, p, s):
+    return gradients_of(kernel(name, backend, **({"chunk_size": 16} if backend == "torch" else {})),
+                        x, p, s)
+
+
+def gradients_of(fn, x, p, s):
+    """Gradients of inputs, params and initial state under a random incoming gradient on every
+    output and every finite final state (a fixed seed)."""
     leaves = {n: t.clone().requires_grad_() for n, t in {**x, **p}.items()}
     state = {n: t.clone().requires_grad_() for n, t in s.items()} if s else None
-    out = kernel(name, backend, **({"chunk_size": 16} if backend == "torch" else {}))(
-        **leaves, initial_state=state, output_final_state=True)
+    out = fn(**leaves, initial_state=state, output_final_state=True)
     gen = torch.Generator().manual_seed(7)
     loss = sum((out[n] * torch.randn(out[n].shape, generator=gen)).sum() for n in out.keys())
     loss = loss + sum((v * torch.randn(v.shape, generator=gen)).sum()

@@ -77,7 +77,7 @@ class GroupEmitter:
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
-        lines = [f"reads, final_{g.state} = _chunk([{queries}], [{keys}], [{values}], {decay}, "
+        lines = [f"reads, final_{g.state} = chunk_core([{queries}], [{keys}], [{values}], {decay}, "
                  f"{init}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
         if vector:

@@ -28,6 +28,20 @@ def emit(program, plan=None) -> str:
     kernels = [render_template("triton", b.template, spec=spec, constants=list(constants.host),
                       output_dims=fused.output_dims, **context) for b, context in contexts]
     modes = [b.mode for b in builders]
+    cores = {kind: render_template("triton", f"{kind}_core.py.j2")
+             for kind in adjoint_cores(plan, modes)}
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
-                  output_dims=fused.output_dims)
+                  output_dims=fused.output_dims, cores=cores)
+
+
+def adjoint_cores(plan, modes) -> list[str]:
+    """The recurrence cores with adjoint kernels this module carries (chunk_bwd.md): `chunk`
+    when the chunk kernel runs and every chunk group has one query and one write a step."""
+    if "chunk" not in modes:
+        return []
+    groups = [g for g in plan.groups if g.kind == "chunk"]
+    if all(len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+           for g in groups):
+        return ["chunk"]
+    return []

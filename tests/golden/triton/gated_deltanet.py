@@ -279,6 +279,11 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     )
 
 
+# options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
+# a torch family function: seqc's Triton backward passes them (chunk_bwd.md)
+CORES = {
+}
+
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
     "chunk_delta": _run_chunk_delta,

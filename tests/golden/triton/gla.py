@@ -270,6 +270,274 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
     )
 
 
+
+
+# ---- the chunk recurrence core and its adjoint (chunk_bwd.md) ----
+
+
+@triton.jit
+def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
+                      DECAY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                      ACC: tl.constexpr):
+    """(b, c) [BLOCK_T, BLOCK_K]: the finite log decays cumulated from the chunk's start and the
+    count of -inf ones (a -inf decay is a reset: nothing decays across it); 0 past T and for
+    DECAY 0; a scalar decay (DECAY 1) is broadcast over the key lanes."""
+    if DECAY == 2:
+        g = tl.load(ptr_g + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    elif DECAY == 1:
+        g = tl.load(ptr_g + offs_t, mask=mask_t, other=0.0).to(ACC)[:, None] \
+            + tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    else:
+        g = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    cut = g == float("-inf")
+    return tl.cumsum(tl.where(cut, 0.0, g), axis=0), tl.cumsum(cut.to(ACC), axis=0)
+
+
+@triton.jit
+def _chunk_core_gap(b_to, c_to, b_from, c_from):
+    """exp(b_to - b_from), the decay from one point of a chunk to a later one: 0 when a -inf log
+    decay lies between them (their counts c differ); the exponent is clamped to <= 0."""
+    return tl.where(c_to == c_from, tl.exp(tl.minimum(b_to - b_from, 0.0)), 0.0)
+
+
+@triton.jit
+def _chunk_core_decay(b, c, o_t):
+    """M[i, j] = exp(b_i - b_j) for j <= i, else 0, of a scalar decay (equal on every lane)."""
+    b1 = tl.max(b, axis=1)
+    c1 = tl.max(c, axis=1)
+    return tl.where(o_t[:, None] >= o_t[None, :],
+                    _chunk_core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
+
+
+@triton.jit
+def _chunk_core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Offsets and mask of a [K, V] state (key dim first) in a [BLOCK_K, BLOCK_V] block."""
+    o_k = tl.arange(0, BLOCK_K)
+    o_v = tl.arange(0, BLOCK_V)
+    return o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
+
+
+@triton.jit
+def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                      BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+                      DECAY: tl.constexpr, ACC: tl.constexpr):
+    """Chunk n of one batch x head: q, k [BLOCK_T, BLOCK_K], v [BLOCK_T, BLOCK_V] (0 past T and
+    in padded lanes), the cumulated log decays (b, c: _chunk_core_gates), the decay factors from
+    the chunk's start, to its end and over it, and where the tokens live."""
+    o_t = tl.arange(0, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    o_v = tl.arange(0, BLOCK_V)
+    rows = n * BLOCK_T + o_t
+    mask_t = rows < T
+    base = (i_b * T + rows) * H + i_h                              # [BLOCK_T] token index
+    mask_tk = mask_t[:, None] & (o_k < K)[None, :]
+    mask_tv = mask_t[:, None] & (o_v < V)[None, :]
+    offs_tk = base[:, None] * K + o_k[None, :]
+    offs_tv = base[:, None] * V + o_v[None, :]
+    q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
+    b, c = _chunk_core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
+                             BLOCK_K, ACC)
+    last = (o_t == BLOCK_T - 1)[:, None]
+    b_last = tl.sum(tl.where(last, b, 0.0), axis=0)
+    c_last = tl.sum(tl.where(last, c, 0.0), axis=0)
+    from_start = _chunk_core_gap(b, c, 0.0, 0.0)                       # exp(b_i)
+    to_end = _chunk_core_gap(b_last[None, :], c_last[None, :], b, c)   # exp(b_last - b_j)
+    whole = _chunk_core_gap(b_last, c_last, 0.0, 0.0)                  # exp(b_last)
+    return q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+        mask_tv
+
+
+@triton.jit
+def _chunk_core_fwd_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_s0, ptr_o, ptr_h, ptr_final,
+    T, H, N, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """o_t = q_t^T S_t, S_t = exp(g_t) S_{t-1} + k_t v_t^T, chunk by chunk; stores the state
+    entering every chunk (h[n]) and the last state. One program per batch x head."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    for n in range(0, N):
+        tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
+        q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+            mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                                        BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
+        if DECAY == 2:
+            A = _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
+        else:
+            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _chunk_core_decay(b, c, o_t)
+        o = tl.dot(q * from_start, S, input_precision=PRECISION) \
+            + tl.dot(A, v, input_precision=PRECISION)
+        tl.store(ptr_o + offs_tv, o, mask=mask_tv)
+        S = S * whole[:, None] + tl.dot(tl.trans(k * to_end), v, input_precision=PRECISION)
+    tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
+
+
+@triton.jit
+def _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
+    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
+    exponent formed is <= 0)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
+        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _chunk_core_bwd_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_final, ptr_do, ptr_dfinal,
+    ptr_dq, ptr_dk, ptr_dv, ptr_dg, ptr_ds0,
+    T, H, N, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The adjoint, chunks in reverse: dS (the gradient of the state leaving the chunk) carried
+    back in registers, the chunk's entering state h[n] loaded, everything inside recomputed."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    if HAS_DFINAL:
+        dS = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    else:
+        dS = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
+    # d/dG of the last state's decay, sum_v dS_T * S_T: the start of the reverse cumsum of dG
+    final = tl.load(ptr_final + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    dg_after = tl.sum(dS * final, axis=1)
+    for i_n in range(0, N):
+        n = N - 1 - i_n
+        q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
+            mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                                        BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
+        do = tl.load(ptr_do + offs_tv, mask=mask_tv, other=0.0).to(ACC)
+        S0 = tl.load(ptr_h + (i_bh * N + n) * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+        # dA[i, j] = do_i . v_j for j <= i: the gradient of the intra-chunk scores
+        dA = tl.where(o_t[:, None] >= o_t[None, :],
+                      tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0)
+        if DECAY == 2:
+            A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
+        else:
+            M = _chunk_core_decay(b, c, o_t)
+            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * M
+            dq = tl.dot(dA * M, k, input_precision=PRECISION)
+            dk = tl.dot(tl.trans(dA * M), q, input_precision=PRECISION)
+        dq += from_start * tl.dot(do, tl.trans(S0), input_precision=PRECISION)
+        dk += to_end * tl.dot(v, tl.trans(dS), input_precision=PRECISION)
+        dv = tl.dot(tl.trans(A), do, input_precision=PRECISION) \
+            + tl.dot(k * to_end, dS, input_precision=PRECISION)
+        tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
+        tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
+        tl.store(ptr_dv + offs_tv, dv, mask=mask_tv)
+        if DECAY > 0:
+            # dL/dG_t = q_t dq_t - k_t dk_t; dg_t = sum_{s >= t} dL/dG_s (reverse cumsum)
+            dG = q * dq - k * dk
+            within = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG
+            dg = within + dg_after[None, :]
+            dg_after += tl.sum(dG, axis=0)
+            if DECAY == 2:
+                tl.store(ptr_dg + offs_tk, dg, mask=mask_tk)
+            else:
+                tl.store(ptr_dg + base, tl.sum(tl.where(mask_tk, dg, 0.0), axis=1),
+                         mask=mask_t)
+        dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION)
+    tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
+
+
+@triton.jit
+def _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr,
+                                BLOCK_K: tl.constexpr):
+    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
+    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
+    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        later = (o_t >= j)[:, None]
+        decay = tl.where(later, _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        A += tl.where(later & (o_t == j)[None, :],
+                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * k_j[None, :] * decay
+        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
+    return A, dq, dk
+
+
+def _chunk_core_shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    block_t = max(16, _pow2(chunk_size))
+    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
+
+
+class _ChunkCore(torch.autograd.Function):
+    """(o, S_T) of the chunk recurrence; the forward keeps the chunk-boundary states only."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, s0, chunk_size):
+        q, k, v, s0 = (x.contiguous() for x in (q, k, v, s0))
+        g = None if g is None else g.contiguous()
+        B, T, H, K, V, block_t, N, block_k, block_v = _chunk_core_shapes(q, v, chunk_size)
+        o = torch.empty_like(v)
+        h = torch.empty((B, H, N, K, V), dtype=q.dtype, device=q.device)
+        final = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
+        decay = 0 if g is None else (2 if g.dim() == 4 else 1)
+        _chunk_core_fwd_kernel[(B * H,)](
+            q, k, v, q if g is None else g, s0, o, h, final, T, H, N, K, V,
+            block_t, block_k, block_v, decay, _acc(q), "ieee")
+        ctx.save_for_backward(q, k, v, g, h, final)
+        ctx.chunk_size = chunk_size
+        ctx.decay = decay
+        return o, final
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        q, k, v, g, h, final = ctx.saved_tensors
+        B, T, H, K, V, block_t, N, block_k, block_v = _chunk_core_shapes(q, v, ctx.chunk_size)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dg = None if g is None else torch.empty_like(g)
+        ds0 = torch.empty_like(final)
+        _chunk_core_bwd_kernel[(B * H,)](
+            q, k, v, q if g is None else g, h, final, do,
+            final if dfinal is None else dfinal.contiguous(),
+            dq, dk, dv, dq if dg is None else dg, ds0, T, H, N, K, V,
+            block_t, block_k, block_v, ctx.decay, dfinal is not None, _acc(q), "ieee")
+        return dq, dk, dv, dg, ds0, None
+
+
+def chunk_core(queries, keys, values, log_decay, state, chunk_size):
+    """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
+    state) on these kernels: one query and one write a step. `run(..., chunk_core=)` of the
+    torch module takes it; seqc's Triton backward does (docs/backends.md)."""
+    (q,), (k,), (v,) = queries, keys, values
+    o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
+    return [o.transpose(1, 2)], final
+
+# options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
+# a torch family function: seqc's Triton backward passes them (chunk_bwd.md)
+CORES = {
+    "chunk_core": chunk_core,
+}
+
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
     "chunk": _run_chunk,

@@ -1,0 +1,138 @@
+"""Gradients through the Triton backend: no Triton call that needs a gradient is detached.
+
+The emitted Triton `run` launches kernels on raw pointers, so its outputs carry no `grad_fn`. A
+call that needs a gradient (grad mode on, some input, param or initial state requiring one) runs
+one of two ways (docs/backends.md, "Gradients"):
+
+- its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
+  chunk core, backends/triton/chunk_bwd.md): the torch module runs with the core in place of its
+  family, so the prelude and the output expressions go through autograd of the torch code, and
+  the recurrence is the core's kernels: forward keeping one state a chunk, backward the adjoint;
+- otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
+  tensors saved), backward recomputes the call with the torch module under `torch.enable_grad()`
+  (with the cores where the module has them) and takes `torch.autograd.grad` with the incoming
+  gradients of the outputs and of the final states.
+
+Exact either way.
+
+Emitted modules never import seqc, so this wrapper lives here and `Kernel` calls it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+@dataclass
+class _Layout:
+    """How the flat tensor list of the Function maps back to the call's dicts."""
+    inputs: tuple[str, ...]
+    params: tuple[str, ...]
+    states: tuple[str, ...]         # empty when the call has no initial state
+    outputs: tuple[str, ...]
+    final: tuple[str, ...]          # empty unless the final state is returned
+
+    def split(self, tensors):
+        n_in, n_par = len(self.inputs), len(self.params)
+        inputs = dict(zip(self.inputs, tensors[:n_in]))
+        params = dict(zip(self.params, tensors[n_in:n_in + n_par]))
+        states = dict(zip(self.states, tensors[n_in + n_par:])) if self.states else None
+        return inputs, params, states
+
+    def flatten(self, outputs, final):
+        return ([outputs[n] for n in self.outputs]
+                + [final[n] for n in self.final])
+
+
+@dataclass
+class _Call:
+    forward: Callable       # the Triton module's run(inputs, params, dims, init, final, **options)
+    recompute: Callable     # () -> the torch backend's emitted module, built on first use
+    dims: dict
+    options: dict
+    layout: _Layout
+    triton_module: object
+
+    def cores(self) -> dict:
+        return core_options(self.triton_module, self.options)
+
+
+class _TritonRun(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, call: _Call, *tensors):
+        inputs, params, states = call.layout.split(tensors)
+        outputs, final = call.forward(inputs, params, call.dims, states,
+                                      bool(call.layout.final), **call.options)
+        ctx.call = call
+        ctx.save_for_backward(*tensors)
+        return tuple(call.layout.flatten(outputs, final))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *incoming):
+        call = ctx.call
+        needs = ctx.needs_input_grad[1:]
+        leaves = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
+        inputs, params, states = call.layout.split(leaves)
+        with torch.enable_grad():
+            outputs, final = call.recompute().run(inputs, params, call.dims, states,
+                                                  bool(call.layout.final), **call.cores())
+            results = call.layout.flatten(outputs, final)
+        pairs = [(r, g) for r, g in zip(results, incoming) if g is not None and r.requires_grad]
+        wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+        if not pairs or not wanted:
+            return (None,) * (1 + len(leaves))
+        grads = iter(torch.autograd.grad([r for r, _ in pairs], wanted, [g for _, g in pairs],
+                                         allow_unused=True))
+        return (None, *(next(grads) if need else None for need in needs))
+
+
+def run_triton(kernel, call, output_final_state: bool):
+    """`kernel.module.run` on a validated call, differentiable in every input, param and initial
+    state (the Function is skipped when nothing requires a gradient)."""
+    states = call.initial_state
+    layout = _Layout(tuple(call.inputs), tuple(call.params), tuple(states or ()),
+                     tuple(kernel.module.OUTPUTS),
+                     tuple(kernel.module.STATES) if output_final_state else ())
+    tensors = [*call.inputs.values(), *call.params.values(), *(states or {}).values()]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return kernel.module.run(call.inputs, call.params, call.dims, states, output_final_state,
+                                 **kernel.options)
+    program = kernel.program
+    cores = training_cores(kernel.module, kernel.options)
+    if cores:       # the prelude by torch autograd, the recurrence by the core's kernels
+        return torch_module(program).run(call.inputs, call.params, call.dims, states,
+                                         output_final_state, **cores)
+    flat = _TritonRun.apply(_Call(kernel.module.run, lambda: torch_module(program), call.dims,
+                                  dict(kernel.options), layout, kernel.module), *tensors)
+    outputs = dict(zip(layout.outputs, flat[:len(layout.outputs)]))
+    final = dict(zip(layout.final, flat[len(layout.outputs):])) if output_final_state else None
+    return outputs, final
+
+
+def torch_module(program):
+    """The torch backend's emitted module of `program` (compiled once, then from the cache)."""
+    from .kernel import build_kernel
+    return build_kernel(program, "torch").module
+
+
+def core_options(triton_module, options: dict) -> dict:
+    """Options of the torch module's `run` that put the Triton module's recurrence cores with
+    adjoint kernels (`CORES`, chunk_bwd.md) in place of its families, at the Triton chunk size."""
+    cores = getattr(triton_module, "CORES", {})
+    if not cores:
+        return {}
+    return {**cores, "chunk_size": options.get("chunk_size", 64)}
+
+
+def training_cores(triton_module, options: dict) -> dict:
+    """`core_options` when the call's mode is the one the cores implement (the chunk kernel):
+    such a call runs forward as torch prelude + core, so that the forward keeps the core's
+    chunk-boundary states and the backward is the adjoint kernels alone. Another mode (e.g. a
+    forced `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
+    mode = options.get("mode") or triton_module.DEFAULT_MODE
+    cores = core_options(triton_module, options)
+    return cores if cores and f"{mode}_core" in cores else {}

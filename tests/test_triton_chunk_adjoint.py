@@ -1,0 +1,184 @@
+"""The chunk recurrence core of the Triton backend and its adjoint kernels (backends/triton/
+chunk_core.py.j2, chunk_bwd.md): S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t^T S_t, with no,
+scalar or key-wise log decay g.
+
+A Triton call of a chunk spec that needs a gradient (seqc/autograd.py) runs the torch module's
+prelude under autograd with this core in place of the torch `_chunk`; here the core is
+checked on its own against the torch `_chunk`'s autograd (fp64, rtol 1e-10: the same sums in
+another order) and through whole specs against the reference's autograd (fp32, rtol 1e-4 as in
+test_gradients.py): T not a multiple of the chunk, odd K and V (padded lanes), initial and final
+states, strong decays (log gates near -8 a step, where exp(-b) of a factored form overflows).
+The backward's memory traffic is counted under the interpreter (seqc/bench_io.py).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import seqc  # noqa: E402
+from oracles import SPECS, random_inputs, random_state  # noqa: E402
+from seqc.bench_io import counting  # noqa: E402
+from test_gradients import gradients_of  # noqa: E402
+from test_triton_gradients import assert_gradients_equal  # noqa: E402
+
+pytestmark = pytest.mark.triton
+DECAYS = ["none", "scalar", "keywise"]
+CHUNK_SPECS = ["gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet", "simple_gla"]
+
+
+@functools.lru_cache(maxsize=None)
+def modules():
+    program = seqc.load("gla")
+    return program.kernel("triton").module, program.kernel("torch").module
+
+
+def core_inputs(decay, B=1, T=37, H=2, K=5, V=3, dtype=torch.float64, seed=0, strength=1.0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    q, k, v = randn(B, T, H, K), randn(B, T, H, K) / K ** 0.5, randn(B, T, H, V)
+    g = {"none": None, "scalar": F.logsigmoid(randn(B, T, H)) * strength,
+         "keywise": F.logsigmoid(randn(B, T, H, K)) * strength}[decay]
+    return q, k, v, g, 0.5 * randn(B, H, K, V)
+
+
+def core_gradients(core, tensors, chunk_size, seed=1):
+    leaves = [None if t is None else t.clone().requires_grad_() for t in tensors]
+    q, k, v, g, s0 = leaves
+    (o,), final = core([q], [k], [v], g, s0, chunk_size)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum() \
+        + (final * torch.randn(final.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+    wanted = [t for t in leaves if t is not None]
+    return [o.detach(), final.detach(), *torch.autograd.grad(loss, wanted)]
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_core_adjoint_matches_torch_autograd_fp64(decay):
+    """T = 37 in chunks of 16 (the last one ragged), K = 5 and V = 3 in blocks of 16."""
+    triton_module, torch_module = modules()
+    tensors = core_inputs(decay)
+    got = core_gradients(triton_module.chunk_core, tensors, 16)
+    want = core_gradients(torch_module._chunk, tensors, 16)
+    names = ["o", "final state", "dq", "dk", "dv"] + (["dg"] if decay != "none" else []) + ["ds0"]
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{decay}: {name}: {m}")
+
+
+@pytest.mark.parametrize("decay", ["scalar", "keywise"])
+def test_core_adjoint_strong_decays_fp32(decay):
+    """Log gates near -8 a step: a chunk of 16 cumulates to about -130, beyond fp32's exp range
+    for any form that factors exp(b_i - b_j) as exp(b_i) exp(-b_j)."""
+    triton_module, torch_module = modules()
+    tensors = core_inputs(decay, dtype=torch.float32, seed=3, strength=8.0)
+    got = core_gradients(triton_module.chunk_core, tensors, 16)
+    want = core_gradients(torch_module._chunk, [None if t is None else t.double() for t in tensors],
+                          16)
+    for a, b in zip(got, want):
+        a, b = a.detach().double(), b.detach()
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("name", CHUNK_SPECS)
+def test_chunk_specs_train_through_the_adjoint_kernels(name):
+    """The whole spec: prelude by autograd, core by the adjoint kernels; T = 37 in chunks of 16,
+    dims of 5; the backward runs the core's adjoint (counted) and matches the reference."""
+    program = seqc.load(name)
+    kernel = program.kernel("triton", chunk_size=16)
+    module = kernel.module
+    assert "chunk_core" in module.CORES
+    dims = {d: 5 for d in SPECS[name].dims}
+    x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=11)
+    s = random_state(name, 1, 2, dims=dims, seed=11)
+    backward = module._ChunkCore.backward
+    calls = []
+
+    def counted(ctx, *grads):
+        calls.append(ctx.chunk_size)
+        return backward(ctx, *grads)
+
+    module._ChunkCore.backward = staticmethod(counted)
+    try:
+        got = gradients_of(kernel, x, p, s)
+    finally:
+        module._ChunkCore.backward = staticmethod(backward)
+    assert calls == [16], "the backward did not run the chunk core's adjoint kernel"
+    want = gradients_of(program.kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"{name} through the chunk adjoint")
+
+
+@pytest.mark.parametrize("name", ["gla", "simple_gla"])
+def test_minus_infinity_log_decays(name):
+    """A -inf log decay resets the state (nothing decays across it): at step 3 (inside the first
+    chunk), 16 (a chunk's first step), 20 and 36 (the last step); the key-wise spec on one lane
+    only. Outputs, final state and every gradient finite and equal to the reference's."""
+    program = seqc.load(name)
+    dims = {d: 5 for d in SPECS[name].dims}
+    x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
+    s = random_state(name, 1, 2, dims=dims, seed=13)
+    for t in (3, 16, 20, 36):
+        if x["g"].dim() == 4:
+            x["g"][0, t, 1, 2] = float("-inf")
+        else:
+            x["g"][0, t, 1] = float("-inf")
+    kernel = program.kernel("triton", chunk_size=16)
+    got = gradients_of(kernel, x, p, s)
+    want = gradients_of(program.kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"{name} with -inf log decays")
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
+    ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
+    torch.testing.assert_close(out.o.detach(), ref.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.final_state["S"].detach(), ref.final_state["S"], rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
+    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
+    call's compulsory traffic (inputs and params read once, outputs and final state written
+    once), dims of 64, T = 128 in chunks of 64, with an initial state."""
+    from seqc.bench_io import compulsory
+    from seqc.inputs import random_call
+    program = seqc.load(name)
+    sizes = {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}}
+    tensors, s = random_call(program.spec, sizes, seed=5, with_initial_state=True)
+    leaves = {n: t.clone().requires_grad_() for n, t in tensors.items()}
+    with counting() as forward:
+        out = program.kernel("triton")(**leaves, initial_state=s, output_final_state=True)
+    read, written = compulsory({**tensors, **s}, {n: out[n] for n in out.keys()},
+                               out.final_state)
+    gen = torch.Generator().manual_seed(6)
+    loss = sum((t * torch.randn(t.shape, generator=gen)).sum()
+               for t in [out[n] for n in out.keys()] + list(out.final_state.values()))
+    with counting() as backward:
+        loss.backward()
+    ratio = (backward["loaded"] + backward["stored"]) / (read + written)
+    assert ratio <= 2.5, f"{name}: backward traffic {ratio:.2f}x the forward's compulsory"
+    forward_ratio = (forward["loaded"] + forward["stored"]) / (read + written)
+    assert forward_ratio <= 1.3, f"{name}: training forward traffic {forward_ratio:.2f}x"
+
+
+def test_two_writes_a_step_keep_the_torch_recomputation():
+    """A chunk group with two writes a step has no adjoint core (one query, one write only): the
+    module carries none and the backward recomputes with the torch module, still exact."""
+    from seqc.inputs import random_call
+    from test_torch_backend import TWO_KEYWISE_WRITES
+    program = seqc.compile(TWO_KEYWISE_WRITES)
+    kernel = program.kernel("triton", chunk_size=16)
+    assert kernel.module.DEFAULT_MODE == "chunk" and kernel.module.CORES == {}
+    tensors, s = random_call(program.spec, dict(B=1, T=21, H=2, K=5, V=3), seed=2,
+                             with_initial_state=True)
+    x = {n: t for n, t in tensors.items()}
+    got = gradients_of(kernel, x, {}, s)
+    want = gradients_of(program.kernel("reference"), x, {}, s)
+    assert_gradients_equal(got, want, "two writes a step")
