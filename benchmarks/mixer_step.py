@@ -5,7 +5,7 @@ the same layer's decoding step written by hand in plain torch, reading the Mixer
 (checked equal first), each fed one token at a time with its cache. Also the recurrence alone:
 the Mixer's step kernel (one step of the reference step loop, through the validating kernel call)
 against the hand-written state update. Prints microseconds per token (median of REPEATS runs of
-TOKENS tokens) and the ratios; the target is at most 2x.
+TOKENS tokens, the two sides timed in alternation) and the ratios; the target is at most 2x.
 
     python benchmarks/mixer_step.py [--hidden 256] [--heads 4] [--batch 1] [--threads 1]
 """
@@ -81,27 +81,32 @@ class HandStep:
         return S, tails
 
 
-def per_token(step, x, cache) -> float:
-    """Median microseconds per token of decoding x [B, TOKENS, hidden] one token at a time."""
-    times = []
+def decode_time(step, x, cache) -> float:
+    """Microseconds per token of decoding x [B, TOKENS, hidden] one token at a time."""
+    start = time.perf_counter()
+    for t in range(x.shape[1]):
+        _, cache = step(x[:, t:t + 1], cache)
+    return (time.perf_counter() - start) / x.shape[1] * 1e6
+
+
+def paired(first, second, x) -> tuple[float, float]:
+    """Median us per token of two (step, empty cache) pairs, timed in alternation so that a
+    shared machine's load falls on both alike."""
+    times = [[], []]
     for _ in range(REPEATS):
-        state = cache
-        start = time.perf_counter()
-        for t in range(x.shape[1]):
-            _, state = step(x[:, t:t + 1], state)
-        times.append((time.perf_counter() - start) / x.shape[1] * 1e6)
-    return statistics.median(times)
+        for runs, (step, cache) in zip(times, (first, second)):
+            runs.append(decode_time(step, x, cache))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def recurrence_only(mixer: Mixer, update, x):
     """(step kernel us, hand update us) per token on the Mixer's projected inputs."""
     inputs, _ = mixer.project(x[:, :1])
-    state = mixer.program.spec.states[0].name
-    S0 = torch.zeros(x.shape[0], mixer.num_heads,
-                     *(mixer.sizes[d] for d in mixer.program.spec.states[0].dims))
-    kernel = lambda _x, st: (None, mixer.recurrence(inputs, st, True)[1])
+    state = mixer.program.spec.states[0]
+    S0 = torch.zeros(x.shape[0], mixer.num_heads, *(mixer.sizes[d] for d in state.dims))
+    kernel = lambda _x, states: (None, mixer.recurrence(inputs, states, True)[1])
     hand = lambda _x, S: (None, update(inputs, S)[1])
-    return (per_token(kernel, x, {state: S0}), per_token(hand, x, S0))
+    return paired((kernel, {state.name: S0}), (hand, S0), x)
 
 
 @torch.no_grad()
@@ -122,8 +127,9 @@ def main() -> None:
         hand = HandStep(mixer, update)
         x = torch.randn(args.batch, TOKENS, args.hidden)
         _check_equal(mixer, hand, x[:, :8])
-        layer_mixer = per_token(lambda xt, c: mixer(xt, cache=c, use_cache=True), x, None)
-        layer_hand = per_token(hand, x, hand.empty_cache(args.batch))
+        layer_mixer, layer_hand = paired(
+            (lambda xt, c: mixer(xt, cache=c, use_cache=True), None),
+            (hand, hand.empty_cache(args.batch)), x)
         kernel, update_hand = recurrence_only(mixer, update, x)
         print(f"{name:16} {layer_mixer:8.1f} {layer_hand:8.1f} {layer_mixer / layer_hand:5.2f}x"
               f"   {kernel:8.1f} {update_hand:8.1f} {kernel / update_hand:5.2f}x")
