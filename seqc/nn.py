@@ -228,9 +228,19 @@ class Mixer(nn.Module):
                              f"{self.hidden_size}], not {shape}")
         if x.shape[1] == 0:
             raise ValueError("Mixer input x is empty (T = 0); pass at least one token")
-        if cache is not None and not isinstance(cache, MixerCache):
+        if cache is None:
+            return
+        if not isinstance(cache, MixerCache):
             raise ValueError(f"cache must be the MixerCache an earlier call returned with "
                              f"use_cache=True, not {type(cache).__name__}")
+        missing = [s.name for s in self.program.spec.states if s.name not in cache.states]
+        if missing:
+            raise ValueError(f"cache has no state {', '.join(f'`{n}`' for n in missing)}: pass the "
+                             "MixerCache an earlier call returned with use_cache=True")
+        batch = {int(t.shape[0]) for t in (*cache.states.values(), *cache.conv.values())}
+        if batch != {x.shape[0]}:
+            raise ValueError(f"cache holds {' and '.join(map(str, sorted(batch)))} sequences but "
+                             f"x has B = {x.shape[0]}")
 
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{d}={n}" for d, n in self.sizes.items())

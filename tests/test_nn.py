@@ -232,3 +232,9 @@ def test_bad_calls_are_clear_value_errors():
         mixer(torch.zeros(2, 0, HIDDEN))
     with pytest.raises(ValueError, match="cache must be the MixerCache"):
         mixer(tokens(), cache={"S": None})
+    with torch.no_grad():
+        _, cache = mixer(tokens(batch=2), use_cache=True)
+    with pytest.raises(ValueError, match="cache holds 2 sequences but x has B = 3"):
+        mixer(tokens(batch=3, length=1), cache=cache)    # the step path, which skips validation
+    with pytest.raises(ValueError, match="cache has no state `S`"):
+        mixer(tokens(length=1), cache=MixerCache({}, cache.conv))
