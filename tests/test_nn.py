@@ -238,3 +238,15 @@ def test_bad_calls_are_clear_value_errors():
         mixer(tokens(batch=3, length=1), cache=cache)    # the step path, which skips validation
     with pytest.raises(ValueError, match="cache has no state `S`"):
         mixer(tokens(length=1), cache=MixerCache({}, cache.conv))
+
+
+@pytest.mark.triton
+def test_the_triton_backend_runs_the_full_forward_and_agrees_with_decoding():
+    torch.manual_seed(0)
+    mixer = Mixer("gated_deltanet", 8, 2, short_conv=("k",), l2norm=("q", "k"), backend="triton")
+    x = tokens(length=5)[..., :8]
+    with torch.no_grad():
+        full, _ = mixer(x)
+        decoded, _ = decode(mixer, x)
+    assert mixer.kernel.backend == "triton"
+    torch.testing.assert_close(decoded, full, atol=1e-5, rtol=1e-5)
