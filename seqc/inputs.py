@@ -11,29 +11,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from . import ir
+from .ranges import to_range
 
 
 def random_tensor(tensor: ir.Tensor, shape: list[int], generator: torch.Generator,
                   dtype: torch.dtype) -> torch.Tensor:
     normal = torch.randn(shape, generator=generator, dtype=torch.float64)
-    value_range = tensor.range
-    if value_range is None:
+    if tensor.range is None:
         per_step = math.prod(shape[-len(tensor.dims):]) if tensor.dims else 1
-        value = normal / math.sqrt(per_step)
-    else:
-        low, high = value_range.low, value_range.high
-        if math.isinf(low) and math.isinf(high):
-            value = normal
-        elif math.isinf(low):
-            value = high - F.softplus(-normal) if high != 0 else F.logsigmoid(normal)
-        elif math.isinf(high):
-            value = low + F.softplus(normal)
-        else:
-            value = low + (high - low) * torch.sigmoid(normal)
-    return value.to(dtype)
+        return (normal / math.sqrt(per_step)).to(dtype)
+    return to_range(normal, tensor.range).to(dtype)
 
 
 def random_call(spec: ir.Spec, sizes: dict[str, int], dtype=torch.float32, seed: int = 0,
