@@ -5,7 +5,7 @@ call that needs a gradient (grad mode on, some input, param or initial state req
 one of two ways (docs/backends.md, "Gradients"):
 
 - its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
-  chunk core, backends/triton/chunk_bwd.md): the torch module runs with the core in place of its
+  chunk core, backends/triton/chunk_core.md): the torch module runs with the core in place of its
   family, so the prelude and the output expressions go through autograd of the torch code, and
   the recurrence is the core's kernels: forward keeping one state a chunk, backward the adjoint;
 - otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
@@ -121,7 +121,7 @@ def torch_module(program):
 
 def core_options(triton_module, options: dict) -> dict:
     """Options of the torch module's `run` that put the Triton module's recurrence cores with
-    adjoint kernels (`CORES`, chunk_bwd.md) in place of its families, at the Triton chunk size."""
+    adjoint kernels (`CORES`, chunk_core.md) in place of its families, at the Triton chunk size."""
     cores = getattr(triton_module, "CORES", {})
     if not cores:
         return {}

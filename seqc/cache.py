@@ -125,9 +125,8 @@ def _writable_dir() -> Path:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".probe"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass                        # a name of its own: concurrent processes never share it
         return directory
     except OSError:
         return private_fallback(directory)

@@ -8,3 +8,9 @@ collected, i.e. here.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# Every property test is deterministic in CI: the same examples on every run.
+settings.register_profile("seqc", derandomize=True, database=None)
+settings.load_profile("seqc")

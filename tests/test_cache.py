@@ -118,3 +118,16 @@ def test_an_entry_replaced_by_a_directory_is_recovered(tmp_path, monkeypatch):
     (entry / "junk").write_text("")
     program.kernel()
     assert entry.is_file() and entry.read_text() == good
+
+
+def test_concurrent_processes_all_get_the_configured_cache(tmp_path, monkeypatch):
+    """Many processes probing the cache at once (pytest workers, DDP ranks) must not see each
+    other's probe vanish and fall back: a shared `.probe` name raced and sent some to the fallback."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    code = ("from seqc import cache\n"
+            "for _ in range(300):\n"
+            "    assert cache._writable_dir() == cache.cache_dir(), cache._writable_dir()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]

@@ -1,5 +1,5 @@
 """The chunk recurrence core of the Triton backend and its adjoint kernels (backends/triton/
-chunk_core.py.j2, chunk_bwd.md): S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t^T S_t, with no,
+chunk_core.py.j2, chunk_core.md): S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t^T S_t, with no,
 scalar or key-wise log decay g.
 
 A Triton call of a chunk spec that needs a gradient (seqc/autograd.py) runs the torch module's

@@ -36,7 +36,7 @@ def emit(program, plan=None) -> str:
 
 
 def adjoint_cores(plan, modes) -> list[str]:
-    """The recurrence cores with adjoint kernels this module carries (chunk_bwd.md): `chunk`
+    """The recurrence cores with adjoint kernels this module carries (chunk_core.md): `chunk`
     when the chunk kernel runs and every chunk group has one query and one write a step."""
     if "chunk" not in modes:
         return []

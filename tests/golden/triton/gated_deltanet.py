@@ -280,7 +280,7 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
 
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
-# a torch family function: seqc's Triton backward passes them (chunk_bwd.md)
+# a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
 }
 

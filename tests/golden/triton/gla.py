@@ -272,7 +272,7 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
 
 
 
-# ---- the chunk recurrence core and its adjoint (chunk_bwd.md) ----
+# ---- the chunk recurrence core and its adjoint (chunk_core.md) ----
 
 
 @triton.jit
@@ -533,7 +533,7 @@ def chunk_core(queries, keys, values, log_decay, state, chunk_size):
     return [o.transpose(1, 2)], final
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
-# a torch family function: seqc's Triton backward passes them (chunk_bwd.md)
+# a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
     "chunk_core": chunk_core,
 }
