@@ -20,7 +20,9 @@ pytestmark = pytest.mark.triton
 
 @settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(edited_specs(), st.sampled_from(["auto", "fused_recurrent"]))
-def test_triton_agrees_with_the_reference_on_edited_specs(source, mode):
+@given(edited_specs(), st.sampled_from(["auto", "fused_recurrent"]), st.booleans())
+def test_triton_agrees_with_the_reference_on_edited_specs(source, mode, extremes):
+    """Also across hard resets (`-inf` log gates) and zero gates (test_hard_resets.py)."""
     options = {} if mode == "auto" else {"mode": mode}
-    agrees_with_the_reference(source, 7, "triton", torch.float32, 1e-4, chunk_size=16, **options)
+    agrees_with_the_reference(source, 7, "triton", torch.float32, 1e-4, extremes, chunk_size=16,
+                              **options)
