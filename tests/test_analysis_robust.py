@@ -142,8 +142,10 @@ def test_every_checked_spec_gets_a_verdict_and_a_plan(source):
 
 
 def agrees_with_the_reference(source: str, steps: int, backend: str, dtype, tolerance: float,
-                              **options) -> None:
-    """Run a (valid) edited spec through `backend` and the reference; they must agree."""
+                              extremes: bool = False, **options) -> None:
+    """Run an edited spec (if it checks) through `backend` and the reference; they must agree.
+    With `extremes`, log gates hold `-inf` (hard resets) and gates in (0, 1) hold 0 at some steps
+    (test_hard_resets.py)."""
     import torch
 
     from seqc.inputs import random_call
@@ -152,6 +154,9 @@ def agrees_with_the_reference(source: str, steps: int, backend: str, dtype, tole
     tensors, initial = random_call(program.spec, sizes, dtype, seed=steps,
                                    with_initial_state=True)
     initial = {k: v.to(dtype) for k, v in initial.items()}
+    if extremes:
+        from test_hard_resets import with_extreme_gates
+        tensors = with_extreme_gates(program.spec, tensors, steps)
     want = program.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
     got = program.kernel(backend, **options)(**tensors, initial_state=initial,
                                              output_final_state=True)
@@ -164,12 +169,13 @@ def agrees_with_the_reference(source: str, steps: int, backend: str, dtype, tole
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(edited_specs(), st.sampled_from([1, 5, 21]))
-def test_torch_backend_agrees_with_the_reference_on_edited_specs(source, steps):
+@given(edited_specs(), st.sampled_from([1, 5, 21]), st.booleans())
+def test_torch_backend_agrees_with_the_reference_on_edited_specs(source, steps, extremes):
     """The parallel backend is generated from the Plan, so any spec the analysis accepts must
-    run in it and agree with the step loop (fp64, so the comparison is tight)."""
+    run in it and agree with the step loop (fp64, so the comparison is tight), also across hard
+    resets and zero gates."""
     import torch
-    agrees_with_the_reference(source, steps, "torch", torch.float64, 1e-7, chunk_size=4)
+    agrees_with_the_reference(source, steps, "torch", torch.float64, 1e-7, extremes, chunk_size=4)
 
 
 def test_a_decay_of_unknown_sign_is_never_cumulated_in_log_space():

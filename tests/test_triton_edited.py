@@ -24,8 +24,11 @@ pytestmark = pytest.mark.triton
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_triton_agrees_with_the_reference_on_edited_specs(kind, data):
-    """Every kind's edited specs reach the kernels (chunk_delta and semiring included)."""
+    """Every kind's edited specs reach the kernels (chunk_delta and semiring included), also
+    across hard resets (`-inf` log gates) and zero gates (test_hard_resets.py)."""
     source = data.draw(edited_specs(kind))
     mode = data.draw(st.sampled_from(["auto", "fused_recurrent"]))
+    extremes = data.draw(st.booleans())
     options = {} if mode == "auto" else {"mode": mode}
-    agrees_with_the_reference(source, 7, "triton", torch.float32, 1e-4, chunk_size=16, **options)
+    agrees_with_the_reference(source, 7, "triton", torch.float32, 1e-4, extremes, chunk_size=16,
+                              **options)

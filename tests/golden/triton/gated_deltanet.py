@@ -230,22 +230,29 @@ def chunk_delta_kernel(
         v_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
         o_r = tl.arange(0, 1 * BLOCK_T)
         pos_S = (o_r % BLOCK_T) * 1 + o_r // BLOCK_T
-        Gt_S = tl.cumsum(tl.where((mask_T), in_g, 0.0) * 1.4426950408889634, axis=0)
-        Gr_S = Gt_S
-        L_S = tl.dot(k_S, tl.trans(k_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where(pos_S[:, None] > pos_S[None, :], Gr_S[:, None] - Gr_S[None, :], float("-inf")))
+        d_S = tl.where((mask_T), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+        Glast_S = tl.sum(tl.where(last_T, G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T, R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+        Gr_S, Rr_S, G0r_S, Gendr_S = G_S, R_S, G0_S, Gend_S
+        L_S = tl.dot(k_S, tl.trans(k_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where((pos_S[:, None] > pos_S[None, :]) & (Rr_S[:, None] == Rr_S[None, :]), Gr_S[:, None] - Gr_S[None, :], float("-inf")))
         Tm_S = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
         for p in range(1, 1 * BLOCK_T):
             row = (p % 1) * BLOCK_T + p // 1
             l_S = tl.sum(tl.where((o_r == row)[:, None], L_S, 0.0), axis=0)
             Tm_S = tl.where((o_r == row)[:, None], Tm_S - tl.sum(l_S[:, None] * Tm_S, axis=0)[None, :], Tm_S)
         u_S = tl.dot(Tm_S, b_S[:, None] * v_S, input_precision=PRECISION)
-        w_S = tl.dot(Tm_S, (b_S * tl.exp2(Gr_S))[:, None] * k_S, input_precision=PRECISION)
+        w_S = tl.dot(Tm_S, (b_S * tl.exp2(G0r_S))[:, None] * k_S, input_precision=PRECISION)
         u_S = u_S - tl.dot(w_S, st_S, input_precision=PRECISION)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        A_S = tl.dot(q_S, tl.trans(k_S), input_precision=PRECISION) * tl.exp2(tl.where((o_t * 1 + 0)[:, None] >= pos_S[None, :], Gt_S[:, None] - Gr_S[None, :], float("-inf")))
-        read__read0_S = tl.dot(q_S * tl.exp2(Gt_S)[:, None], st_S, input_precision=PRECISION) + tl.dot(A_S, u_S, input_precision=PRECISION)
-        Glast_S = tl.sum(tl.where(last_T, Gt_S, 0.0), axis=0)
-        st_S = st_S * tl.exp2(Glast_S) + tl.dot(tl.trans(k_S * tl.exp2(Glast_S - Gr_S)[:, None]), u_S, input_precision=PRECISION)
+        A_S = tl.dot(q_S, tl.trans(k_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
+        read__read0_S = tl.dot(q_S * tl.exp2(G0_S)[:, None], st_S, input_precision=PRECISION) + tl.dot(A_S, u_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(k_S * tl.exp2(Gendr_S)[:, None]), u_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:

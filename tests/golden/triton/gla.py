@@ -219,25 +219,34 @@ def chunk_kernel(
         # chunk group S: inter-chunk read-out, intra-chunk matrix, state pass (chunk.md)
         k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
         v0_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
-        G_S = tl.cumsum(tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0) * 1.4426950408889634, axis=0)
+        d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
         Glast_S = tl.sum(tl.where(last_T[:, None], G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T[:, None], R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        r_S = tl.dot(q_S * tl.exp2(G_S), st_S, input_precision=PRECISION)
+        r_S = tl.dot(q_S * tl.exp2(G0_S), st_S, input_precision=PRECISION)
         A_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
             n_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], G_S, 0.0), axis=0)
-            qa_S = q_S * tl.exp2(tl.minimum(G_S - n_S[None, :], 0.0))
-            ka_S = k0_S * tl.exp2(tl.minimum(n_S[None, :] - G_S, 0.0))
+            rn_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], R_S, 0.0), axis=0)
+            qa_S = q_S * tl.exp2(tl.where(R_S == rn_S[None, :], tl.minimum(G_S - n_S[None, :], 0.0), float("-inf")))
+            ka_S = k0_S * tl.exp2(tl.where(rn_S[None, :] == R_S, tl.minimum(n_S[None, :] - G_S, 0.0), float("-inf")))
             A_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S, tl.trans(ka_S), input_precision=PRECISION), 0.0)
         for j in range(0, BLOCK_T):
             kj_S = tl.sum(tl.where((o_t == j)[:, None], k0_S, 0.0), axis=0)
             gj_S = tl.sum(tl.where((o_t == j)[:, None], G_S, 0.0), axis=0)
-            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.minimum(G_S - gj_S[None, :], 0.0)), axis=1)
+            rj_S = tl.sum(tl.where((o_t == j)[:, None], R_S, 0.0), axis=0)
+            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.where(R_S == rj_S[None, :], tl.minimum(G_S - gj_S[None, :], 0.0), float("-inf"))), axis=1)
             A_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S[:, None], 0.0)
         r_S += tl.dot(A_S, v0_S, input_precision=PRECISION)
         read__read0_S = r_S
-        st_S = st_S * tl.exp2(Glast_S)[:, None]
-        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Glast_S[None, :] - G_S)), v0_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast0_S)[:, None]
+        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Gend_S)), v0_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
