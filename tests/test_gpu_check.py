@@ -1,0 +1,192 @@
+"""`seqc gpu-check`: Triton kernels compiled for sm_80 / sm_90a without a GPU (seqc/gpucheck.py).
+
+The kernels here are toys, small enough that ptxas answers in seconds; each test uses its own
+cache dir, so what it checks was compiled, not read back (except where the cache is the point).
+"""
+import json
+import textwrap
+
+import pytest
+
+from seqc.cli import main
+from seqc.gpucheck import Job, KernelCheck, run_job, run_jobs
+
+TOYS = '''
+import triton
+import triton.language as tl
+
+MODES = ("toy",)
+
+
+@triton.jit
+def hold_kernel(x, y, T, N: tl.constexpr):
+    """Keeps an N x N fp32 block live across a loop: N * N / 32 values a thread (1 warp)."""
+    o = tl.arange(0, N)
+    block = tl.load(x + o[:, None] * N + o[None, :]).to(tl.float32)
+    for t in range(T):
+        block = block * 0.5 + tl.load(x + t * N * N + o[:, None] * N + o[None, :]).to(tl.float32)
+    tl.store(y + o[:, None] * N + o[None, :], block.to(y.dtype.element_ty))
+
+
+@triton.jit
+def dot_kernel(a, b, c, N: tl.constexpr):
+    o = tl.arange(0, N)
+    x = tl.load(a + o[:, None] * N + o[None, :])
+    w = tl.load(b + o[:, None] * N + o[None, :])
+    tl.store(c + o[:, None] * N + o[None, :], tl.dot(x, w).to(c.dtype.element_ty))
+
+
+def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None):
+    x = inputs["x"]
+    hold_kernel[(3, 2)](x, x, 8, 128, num_warps=1)      # 512 values a thread: spills
+    hold_kernel[(1,)](x, x, 8, 16, num_warps=1)         # 8 values a thread
+    dot_kernel[(1,)](x, x, x, 64)
+'''
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+    """The toy module's three launches compiled for sm_80 and sm_90a (bf16 pointers), in one
+    worker per target, with a fresh cache: {arch: (hungry, small, dot)}."""
+    directory = tmp_path_factory.mktemp("gpu_check")
+    path = directory / "toys.py"
+    path.write_text(TOYS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQC_CACHE_DIR", str(directory / "cache"))
+        jobs = [Job("toy", str(path), arch, "bf16", {}, {"x": [8, 128, 128]}, {}, {})
+                for arch in (80, 90)]
+        checks = run_jobs(jobs, workers=2, timeout=300)
+        again = run_job(jobs[0])
+    by_arch = {80: checks[:3], 90: checks[3:]}
+    return by_arch, again
+
+
+def test_a_register_hungry_kernel_spills_and_fails(toys):
+    hungry = toys[0][80][0]
+    assert hungry.result["kernel"] == "hold_kernel"
+    assert hungry.result["grid"] == [3, 2] and hungry.result["programs"] == 6
+    assert hungry.result["warps"] == 1
+    assert hungry.spill > 0
+    assert hungry.spill == hungry.result["spill_store"] + hungry.result["spill_load"]
+    assert any(p.startswith("spills") for p in hungry.problems())
+    assert toys[0][90][0].spill > 0
+
+
+def test_a_small_kernel_fits(toys):
+    for arch in (80, 90):
+        small = toys[0][arch][1]
+        assert small.result["kernel"] == "hold_kernel" and small.result["programs"] == 1
+        assert 0 < small.result["registers"] < 64
+        assert small.spill == 0
+        assert small.result["dots"] == [] and small.dot16 == "-"
+        assert small.problems() == []
+
+
+def test_a_bf16_dot_counts_tensor_core_instructions(toys):
+    on_80, on_90 = toys[0][80][2], toys[0][90][2]
+    assert on_80.result["kernel"] == "dot_kernel"
+    assert [(d["a"], d["b"]) for d in on_80.result["dots"]] == [("bf16", "bf16")]
+    assert on_80.dot16 == "bf16"
+    assert on_80.result["mma"] > 0 and on_80.result["wgmma"] == 0
+    assert on_90.result["mma"] + on_90.result["wgmma"] > 0
+    assert on_80.result["shared"] > 0
+    assert on_80.problems() == [] and on_90.problems() == []
+
+
+def test_results_are_cached(toys):
+    checks, again = toys
+    assert [c.result["cached"] for c in checks[80]] == [False, False, False]
+    assert [c.result["cached"] for c in again] == [True, True, True]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("cached", "seconds")}  # noqa: E731
+    assert [strip(c.result) for c in again] == [strip(c.result) for c in checks[80]]
+
+
+def test_16_bit_data_upcast_before_an_ieee_dot_fails_without_tensor_cores():
+    check = KernelCheck("toy", 90, "bf16", {}, dict(
+        kernel="k", mode="m", grid=[1], programs=1, warps=4, stages=3, registers=40,
+        spill_store=0, spill_load=0, shared=0, mma=0, wgmma=0, sixteen_bit_pointers=True,
+        dots=[{"a": "f32", "b": "f32", "precision": "ieee"}]))
+    assert check.dot16 == "upcast"
+    assert check.problems() == ["dots 16-bit inputs upcast to fp32 (ieee) with no tensor-core "
+                                "instruction"]
+    fp32_call = KernelCheck("toy", 90, "fp32", {}, dict(check.result, sixteen_bit_pointers=False))
+    assert fp32_call.dot16 == "no" and fp32_call.problems() == []
+
+
+def test_shared_memory_over_the_target_limit_fails():
+    fits = dict(kernel="k", mode="m", grid=[1], programs=1, warps=4, stages=3, registers=40,
+                spill_store=0, spill_load=0, shared=200 * 1024, mma=0, wgmma=0, dots=[])
+    assert KernelCheck("toy", 90, "bf16", {}, fits).problems() == []
+    assert KernelCheck("toy", 80, "bf16", {}, fits).problems() == [
+        "needs 200 KB shared memory, over sm_80's 163 KB"]
+
+
+SEQUENTIAL = """\
+model toy_tanh
+dims K, V
+input k[K], v[V], q[K]
+state S[K, V] = 0
+S = tanh(S) + k * v
+output o = q @ S
+"""
+
+
+@pytest.fixture(scope="module")
+def sequential_spec(tmp_path_factory):
+    """A spec with no parallel form (its Triton module has the fused recurrent kernel only),
+    and a cache dir shared by the CLI tests below (the second call reads the first's)."""
+    directory = tmp_path_factory.mktemp("gpu_check_cli")
+    path = directory / "toy_tanh.seq"
+    path.write_text(SEQUENTIAL)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQC_CACHE_DIR", str(directory / "cache"))
+        yield str(path)
+
+
+# S[K, V] with V split in blocks of 128: at K = V = 256, 256 x 128 fp32 over 128 threads
+SIZES = ["--dims", "16", "--dims", "K=256,V=256", "--arch", "90", "--shape", "B=2,T=64,H=3"]
+
+
+def test_cli_json_reports_every_kernel_and_exits_1_on_a_spill(sequential_spec, capsys):
+    status = main(["gpu-check", sequential_spec, *SIZES, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1 and report["ok"] is False
+    assert report["shape"] == {"B": 2, "T": 64, "H": 3}
+    small, big = report["kernels"]
+    assert {"spec", "arch", "dtype", "dims", "mode", "kernel", "grid", "programs", "warps",
+            "stages", "registers", "spill", "shared", "tensor_core", "dot16", "problems",
+            "ok"} <= set(small)
+    assert small["spec"] == "toy_tanh" and small["arch"] == "sm_90a" and small["dtype"] == "bf16"
+    assert small["mode"] == "fused_recurrent" and small["kernel"] == "fused_recurrent_kernel"
+    assert small["dims"] == {"B": 2, "T": 64, "H": 3, "K": 16, "V": 16}
+    assert small["grid"] == [1, 6] and small["programs"] == 6
+    assert small["spill"] == 0 and small["problems"] == [] and small["ok"] is True
+    assert big["dims"]["K"] == 256 and big["grid"] == [2, 6]
+    assert big["spill"] > 0 and big["ok"] is False
+    assert big["problems"][0].startswith("spills")
+
+
+def test_cli_table_and_exit_codes(sequential_spec, capsys):
+    assert main(["gpu-check", sequential_spec, *SIZES]) == 1
+    out = capsys.readouterr().out
+    assert "| toy_tanh | K=256,V=256 | sm_90a | fused_recurrent | fused_recurrent_kernel | " \
+           "2x6 (12) |" in out
+    assert "FAIL: spills" in out and "1 of 2 kernels fit; 1 do not" in out
+    assert main(["gpu-check", sequential_spec, *SIZES[:2], *SIZES[4:]]) == 0
+    assert "1 of 1 kernels fit" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_arguments_and_spec_errors(tmp_path, capsys):
+    assert main(["gpu-check", "gla", "--arch", "75"]) == 1
+    assert "--arch: 75; choose from 80, 86, 89, 90" in capsys.readouterr().err
+    assert main(["gpu-check", "gla", "--dims", "Q=4"]) == 1
+    assert "`Q` is no dim of the specs checked (K, V)" in capsys.readouterr().err
+    bad = tmp_path / "bad.seq"
+    bad.write_text(textwrap.dedent("""\
+        model m
+        dims K
+        input x[K]
+        output o = y
+        """))
+    assert main(["gpu-check", str(bad)]) == 1
+    assert "bad.seq:4:12: error: unknown name `y`" in capsys.readouterr().err
