@@ -190,3 +190,35 @@ def test_cli_reports_bad_arguments_and_spec_errors(tmp_path, capsys):
         """))
     assert main(["gpu-check", str(bad)]) == 1
     assert "bad.seq:4:12: error: unknown name `y`" in capsys.readouterr().err
+
+
+def test_the_fused_recurrent_kernel_fits_at_k_v_128(tmp_path, monkeypatch):
+    """S[128, 128] fp32 in one program took 255 registers and spilled; the value dim is now
+    blocked so that a program holds at most 4096 state values (BLOCK_V = 32, 4 programs a
+    head)."""
+    import seqc
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load("simple_gla"), {"*": 128}, DEFAULT_SHAPE, [80, 90], ["bf16"])
+    for job in jobs:
+        job.modes = ["fused_recurrent"]
+    for check in run_jobs(jobs, workers=2, timeout=300):
+        assert check.result["grid"] == [4, 64], check.result
+        assert check.spill == 0 and check.problems() == [], check.result
+
+
+@pytest.mark.triton
+def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
+    """K = V = 128 under the interpreter: four value blocks a head, each its own program."""
+    import torch
+
+    import seqc
+    from seqc.inputs import random_call
+    program = seqc.load("gated_deltanet")
+    tensors, state = random_call(program.spec, dict(B=1, T=5, H=1, K=128, V=128), seed=1,
+                                 with_initial_state=True)
+    want = program.kernel("reference")(**tensors, initial_state=state, output_final_state=True)
+    got = program.kernel("triton", mode="fused_recurrent")(**tensors, initial_state=state,
+                                                            output_final_state=True)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-4, atol=1e-4)
