@@ -103,6 +103,8 @@ def _add_gpu_check(sub) -> None:
     gpu.add_argument("--timeout", type=float, default=1200,
                      help="seconds for one spec's kernels on one target")
     gpu.add_argument("--json", action="store_true", help="one JSON object")
+    gpu.add_argument("--model", choices=["h100", "h200"],
+                     help="also print a lower-bound time per kernel on this GPU (bf16)")
     gpu.set_defaults(command=cmd_gpu_check)
 
 

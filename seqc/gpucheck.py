@@ -327,6 +327,9 @@ def gpu_check_command(args) -> int:
         names = {d.name for p in programs for d in p.spec.dims}
         all_dims = [parse_dims(text, names) for text in (args.dims or [""])]
         shape = parse_shape(args.shape)
+        gpu = model_gpu(args.model)
+        if gpu is not None and gpu.arch not in archs:
+            archs.append(gpu.arch)
         jobs = [job for dims in all_dims for program in programs
                 for job in spec_jobs(program, dims, shape, archs, dtypes)]
     checks = run_jobs(jobs, args.jobs, args.timeout)
@@ -335,7 +338,32 @@ def gpu_check_command(args) -> int:
                               ok=not any(c.problems() for c in checks))))
     else:
         print(table(checks, shape, "dtype " + ", ".join(dtypes)))
+    if gpu is not None:
+        print("\n" + model_report(programs, checks, gpu))
     return 1 if any(c.problems() for c in checks) else 0
+
+
+def model_gpu(name: str | None):
+    from .gpu_model import GPUS
+    if name is None:
+        return None
+    if name not in GPUS:
+        raise ValueError(f"--model: unknown GPU `{name}`; choose from {', '.join(GPUS)}")
+    return GPUS[name]
+
+
+def model_report(programs, checks: list[KernelCheck], gpu) -> str:
+    """The lower-bound model (seqc/gpu_model.py) for every spec x dims checked on its target."""
+    from .gpu_model import model_rows, model_table
+    rows, by_program = [], {p.name: p for p in programs}
+    groups: dict[tuple, list[KernelCheck]] = {}
+    for check in checks:
+        if check.arch == gpu.arch and check.dtype == "bf16":
+            groups.setdefault((check.spec, tuple(check.dims.items())), []).append(check)
+    for (spec, dims), group in groups.items():
+        rows += model_rows(by_program[spec], dict(dims), gpu, group)
+    sizes = dict(next(iter(groups))[1]) if groups else {}
+    return model_table(rows, gpu, sizes)
 
 
 def parse_list(text: str, option: str, choices: dict):

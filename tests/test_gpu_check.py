@@ -222,3 +222,30 @@ def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
                                                             output_final_state=True)
     torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms():
+    from seqc.gpu_model import GPUS, predict
+    h100 = GPUS["h100"]
+    full = predict(h100, bytes_moved=3.35e9, flops=67e9, tensor_core=False, programs=264)
+    assert full["coverage"] == 1.0
+    assert full["memory_s"] == pytest.approx(1e-3) and full["compute_s"] == pytest.approx(1e-3)
+    half = predict(h100, bytes_moved=3.35e9, flops=1e12, tensor_core=False, programs=66)
+    assert half["coverage"] == 0.5 and half["bound"] == "fp32 FMA"
+    assert half["predicted_s"] == pytest.approx(1e12 / (67e12 * 0.5))
+    tensor = predict(h100, bytes_moved=3.35e9, flops=5e11, tensor_core=True, programs=132)
+    assert tensor["bound"] == "memory" and tensor["predicted_s"] == pytest.approx(1e-3)
+
+
+def test_cli_model_prints_a_lower_bound_per_kernel(sequential_spec, capsys):
+    status = main(["gpu-check", sequential_spec, "--dims", "16", "--arch", "90",
+                   "--shape", "B=2,T=64,H=3", "--model", "h100"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "GPU model: H100 SXM (HBM 3.35 TB/s" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| toy_tanh | fused_recurrent |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["6", "5%"] and cells[6] == "FMA"
+    memory, compute, predicted = (float(c) for c in cells[7:10])
+    assert predicted == max(memory, compute) > 0
+    assert cells[10] == ("memory" if memory >= compute else "fp32 FMA")
