@@ -160,6 +160,8 @@ def bind_launch(launch: dict, job: dict):
         cached = read_cached(key)
         if cached is not None:
             return dict(report, **cached, cached=True)
+        if job.get("cached_only"):
+            return dict(report, error="not measured (not in the cache)", cached=False)
         measured = measure(source, target, options)
         write_cached(key, measured)
         return dict(report, **measured, cached=False)

@@ -49,11 +49,12 @@ class Job:
     params: dict[str, list[int]]
     states: dict[str, list[int]]
     modes: list[str] | None = None
+    cached_only: bool = False       # report kernels not in the kernel cache, compile nothing
 
     def payload(self) -> dict:
         return dict(module=self.module, arch=self.arch, dtype=self.dtype, dims=self.dims,
                     inputs=self.inputs, params=self.params, states=self.states,
-                    modes=self.modes)
+                    modes=self.modes, cached_only=self.cached_only)
 
 
 @dataclass
@@ -86,8 +87,8 @@ class KernelCheck:
     def problems(self) -> list[str]:
         r = self.result
         if "error" in r:
-            timed_out = r["error"].startswith("compile timed out")
-            return [r["error"] if timed_out else f"does not compile: {r['error']}"]
+            as_is = r["error"].startswith(("compile timed out", "not measured"))
+            return [r["error"] if as_is else f"does not compile: {r['error']}"]
         found = []
         if self.spill:
             found.append(f"spills {self.spill} B (stores {r['spill_store']} + loads "
@@ -196,7 +197,8 @@ def run_job(job: Job, timeout: float = JOB_TIMEOUT) -> list[KernelCheck]:
         results = spawn_worker(job, timeout)
         if results and isinstance(results[0], KernelCheck):
             return results
-        write_job(key, results)
+        if not any(r.get("error", "").startswith("not measured") for r in results):
+            write_job(key, results)
     return [KernelCheck(job.label, job.arch, job.dtype, job.dims, r) for r in results]
 
 
@@ -206,6 +208,7 @@ def job_key(job: Job) -> str:
 
     from .gpu_compile import RESULT_FORMAT
     payload = dict(job.payload(), module=Path(job.module).read_text(encoding="utf-8"))
+    payload.pop("cached_only")
     text = json.dumps([payload, version("triton"), RESULT_FORMAT], sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 

@@ -159,7 +159,7 @@ def fused_recurrent_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
-STATE_LANES = 4096      # state values a fused program holds: 32 registers a thread at 4 warps
+STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
 
 
 def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
