@@ -156,7 +156,7 @@ def bind_launch(launch: dict, job: dict):
                                            if str(t).startswith("*")))
 
     def compile_it() -> dict:
-        key = result_key(source.hash(), job["arch"], options, triton.__version__)
+        key = result_key(kernel_hash(source), job["arch"], options, triton.__version__)
         cached = read_cached(key)
         if cached is not None:
             return dict(report, **cached, cached=True)
@@ -213,6 +213,23 @@ def run_ptxas(ptx: str, arch: int) -> str:
                                "-o", str(path.with_suffix(".o"))],
                               capture_output=True, text=True)
     return done.stdout + done.stderr
+
+
+def kernel_hash(source) -> str:
+    """`ASTSource.hash()` without the kernel's line number in its file (Triton's `cache_key`
+    has it): a kernel whose module grew lines above it keeps its cached result."""
+    import inspect
+
+    from triton.runtime.jit import DependenciesFinder
+    fn = source.fn
+    finder = DependenciesFinder(name=fn._fn_name, globals=fn.__globals__,
+                                nonlocals=inspect.getclosurevars(fn.fn).nonlocals, src=fn.src)
+    finder.visit(fn.parse())
+    signature = [v for _, v in sorted(source.signature.items())]
+    constants = "-".join(getattr(v, "cache_key", None) or str(v)
+                         for _, v in sorted(source.constants.items()))
+    text = f"{finder.ret}-{source.attrs}-{signature}-{constants}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def result_key(source_hash: str, arch, options, triton_version: str) -> str:

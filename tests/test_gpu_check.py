@@ -57,8 +57,12 @@ def toys(tmp_path_factory):
                 for arch in (80, 90)]
         checks = run_jobs(jobs, workers=2, timeout=300)
         again = run_job(jobs[0])
+        shifted_path = directory / "shifted.py"       # the same kernels, lower in their file
+        shifted_path.write_text("# a comment line\n" * 3 + TOYS)
+        shifted = run_job(Job("toy", str(shifted_path), 80, "bf16", {}, {"x": [8, 128, 128]},
+                              {}, {}))
     by_arch = {80: checks[:3], 90: checks[3:]}
-    return by_arch, again
+    return by_arch, again, shifted
 
 
 def test_a_register_hungry_kernel_spills_and_fails(toys):
@@ -94,11 +98,18 @@ def test_a_bf16_dot_counts_tensor_core_instructions(toys):
 
 
 def test_results_are_cached(toys):
-    checks, again = toys
+    checks, again, _ = toys
     assert [c.result["cached"] for c in checks[80]] == [False, False, False]
     assert [c.result["cached"] for c in again] == [True, True, True]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("cached", "seconds")}  # noqa: E731
     assert [strip(c.result) for c in again] == [strip(c.result) for c in checks[80]]
+
+
+def test_a_kernel_moved_down_its_file_is_read_from_the_cache(toys):
+    """Triton's own kernel hash holds the kernel's line number; the cache key does not."""
+    checks, _, shifted = toys
+    assert [c.result["cached"] for c in shifted] == [True, True, True]
+    assert [c.result["registers"] for c in shifted] == [c.result["registers"] for c in checks[80]]
 
 
 def test_16_bit_data_upcast_before_an_ieee_dot_fails_without_tensor_cores():
@@ -123,11 +134,12 @@ def test_shared_memory_over_the_target_limit_fails():
 
 SEQUENTIAL = """\
 model toy_tanh
-dims K, V
-input k[K], v[V], q[K]
-state S[K, V] = 0
-S = tanh(S) + k * v
-output o = q @ S
+dims D
+input x[D]
+param R[D, D]
+state h[D] = 0
+h = tanh(R @ h + x)
+output y = h
 """
 
 
@@ -143,8 +155,9 @@ def sequential_spec(tmp_path_factory):
         yield str(path)
 
 
-# S[K, V] with V split in blocks of 128: at K = V = 256, 256 x 128 fp32 over 128 threads
-SIZES = ["--dims", "16", "--dims", "K=256,V=256", "--arch", "90", "--shape", "B=2,T=64,H=3"]
+# R[D, D] is held whole by every program (D is contracted: no split): at D = 256, 256 x 256 fp32
+# over 128 threads, besides the R * h product
+SIZES = ["--dims", "16", "--dims", "D=256", "--arch", "90", "--shape", "B=2,T=64,H=3"]
 
 
 def test_cli_json_reports_every_kernel_and_exits_1_on_a_spill(sequential_spec, capsys):
@@ -158,10 +171,10 @@ def test_cli_json_reports_every_kernel_and_exits_1_on_a_spill(sequential_spec, c
             "ok"} <= set(small)
     assert small["spec"] == "toy_tanh" and small["arch"] == "sm_90a" and small["dtype"] == "bf16"
     assert small["mode"] == "fused_recurrent" and small["kernel"] == "fused_recurrent_kernel"
-    assert small["dims"] == {"B": 2, "T": 64, "H": 3, "K": 16, "V": 16}
+    assert small["dims"] == {"B": 2, "T": 64, "H": 3, "D": 16}
     assert small["grid"] == [1, 6] and small["programs"] == 6
     assert small["spill"] == 0 and small["problems"] == [] and small["ok"] is True
-    assert big["dims"]["K"] == 256 and big["grid"] == [2, 6]
+    assert big["dims"]["D"] == 256 and big["grid"] == [1, 6]
     assert big["spill"] > 0 and big["ok"] is False
     assert big["problems"][0].startswith("spills")
 
@@ -169,8 +182,8 @@ def test_cli_json_reports_every_kernel_and_exits_1_on_a_spill(sequential_spec, c
 def test_cli_table_and_exit_codes(sequential_spec, capsys):
     assert main(["gpu-check", sequential_spec, *SIZES]) == 1
     out = capsys.readouterr().out
-    assert "| toy_tanh | K=256,V=256 | sm_90a | fused_recurrent | fused_recurrent_kernel | " \
-           "2x6 (12) |" in out
+    assert "| toy_tanh | D=256 | sm_90a | fused_recurrent | fused_recurrent_kernel | " \
+           "1x6 (6) |" in out
     assert "FAIL: spills" in out and "1 of 2 kernels fit; 1 do not" in out
     assert main(["gpu-check", sequential_spec, *SIZES[:2], *SIZES[4:]]) == 0
     assert "1 of 1 kernels fit" in capsys.readouterr().out
