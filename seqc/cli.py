@@ -1,4 +1,4 @@
-"""The `seqc` command line: check, ir, compile, run, bench, list."""
+"""The `seqc` command line: check, ir, compile, run, bench, gpu-check, list."""
 from __future__ import annotations
 
 import argparse
@@ -85,9 +85,31 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="OUT.png")
     bench.set_defaults(command=cmd_bench)
 
+    _add_gpu_check(sub)
+
     listing = sub.add_parser("list", help="the stdlib, one line per spec")
     listing.set_defaults(command=cmd_list)
     return parser
+
+
+def _add_gpu_check(sub) -> None:
+    gpu = sub.add_parser("gpu-check", help="compile the Triton kernels for GPU targets (no GPU "
+                         "needed): registers, spills, shared memory, tensor cores")
+    gpu.add_argument("specs", nargs="+", metavar="SPEC", help="stdlib name or .seq file")
+    gpu.add_argument("--arch", default="80,90", help="compute capabilities (80, 86, 89, 90)")
+    gpu.add_argument("--dtype", default="bf16", help="call dtypes: bf16, fp16, fp32")
+    gpu.add_argument("--dims", action="append", metavar="SIZES",
+                     help="K=128,V=128 or a bare size for every dim (default 128); repeat the "
+                          "option to check several sizes")
+    gpu.add_argument("--shape", default="", help="the call shape of the launch grids "
+                     "(default B=4,T=4096,H=16)")
+    gpu.add_argument("--jobs", type=int, default=None, help="compiles at once (default: cores)")
+    gpu.add_argument("--timeout", type=float, default=1200,
+                     help="seconds for one spec's kernels on one target")
+    gpu.add_argument("--json", action="store_true", help="one JSON object")
+    gpu.add_argument("--model", choices=["h100", "h200"],
+                     help="also print a lower-bound time per kernel on this GPU (bf16)")
+    gpu.set_defaults(command=cmd_gpu_check)
 
 
 def _load(path: str):
@@ -145,6 +167,11 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench_command
     return bench_command(args)
+
+
+def cmd_gpu_check(args) -> int:
+    from .gpucheck import gpu_check_command
+    return gpu_check_command(args)
 
 
 def cmd_list(args) -> int:

@@ -14,3 +14,30 @@ from hypothesis import settings  # noqa: E402
 # Every property test is deterministic in CI: the same examples on every run.
 settings.register_profile("seqc", derandomize=True, database=None)
 settings.load_profile("seqc")
+
+
+def _triton_kernels_on_cuda():
+    """SEQC_TEST_DEVICE=cuda (scripts/gpu.sh, with TRITON_INTERPRET=0): the tests build CPU
+    tensors; every Triton kernel call moves them to the GPU and its results back, so that the
+    Triton tests run the compiled kernels, not the interpreter."""
+    import torch
+
+    from seqc.kernel import Kernel, KernelOutput
+    call = Kernel.__call__
+
+    def on(device, tensors):
+        return None if tensors is None else {n: t.to(device) for n, t in tensors.items()}
+
+    def on_cuda(self, initial_state=None, output_final_state=False, **tensors):
+        if self.backend != "triton":
+            return call(self, initial_state, output_final_state, **tensors)
+        out = call(self, on("cuda", initial_state), output_final_state, **on("cuda", tensors))
+        torch.cuda.synchronize()
+        return KernelOutput(on("cpu", {n: out[n] for n in out.keys()}),
+                            on("cpu", out.final_state))
+
+    Kernel.__call__ = on_cuda
+
+
+if os.environ.get("SEQC_TEST_DEVICE") == "cuda":
+    _triton_kernels_on_cuda()

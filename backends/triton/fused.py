@@ -60,7 +60,12 @@ class FusedKernel:
             body.append(self.statement(statement))
         blocks = self.block_names()
         return dict(layout.prologue(spec, self.split), loads=loads, body=body, blocks=blocks,
-                    split=self.split)
+                    split=self.split, state_lanes=self.state_lanes())
+
+    def state_lanes(self) -> str:
+        """Code of the number of state values one program holds (register lanes, padded)."""
+        return " + ".join("(" + " * ".join(f'blocks["BLOCK_{d}"]' for d in s.dims) + ")"
+                          if s.dims else "1" for s in self.spec.states)
 
     def statement(self, statement) -> str:
         value = self.expr(statement.value)

@@ -154,6 +154,9 @@ def fused_recurrent_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
+STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
+
+
 def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     blocks = {
@@ -161,6 +164,9 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": _pow2(dims["V"]),
     }
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(options.get("block_split", 128)))
+    # registers: halve the split block until a program holds at most STATE_LANES state values
+    while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > STATE_LANES:
+        blocks["BLOCK_V"] //= 2
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](

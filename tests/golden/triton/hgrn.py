@@ -144,12 +144,18 @@ def fused_recurrent_kernel(
         tl.store(ptr_final_h + (i_b * H + i_h) * (dim_D) + (o_D), st_h, mask=(mask_D))
 
 
+STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
+
+
 def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     blocks = {
         "BLOCK_D": _pow2(dims["D"]),
     }
     blocks["BLOCK_D"] = min(blocks["BLOCK_D"], _pow2(options.get("block_split", 128)))
+    # registers: halve the split block until a program holds at most STATE_LANES state values
+    while blocks["BLOCK_D"] > 1 and (blocks["BLOCK_D"]) > STATE_LANES:
+        blocks["BLOCK_D"] //= 2
     n_split = triton.cdiv(dims["D"], blocks["BLOCK_D"])
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](

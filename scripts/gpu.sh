@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One command for a machine with CUDA (issue 10):
+#   1. the Triton tests, compiled for and run on the GPU (TRITON_INTERPRET=0; tests/conftest.py
+#      moves each Triton kernel call's tensors to CUDA when SEQC_TEST_DEVICE=cuda);
+#   2. seqc's Triton kernels against fla's Triton ops (python -m seqc.gpu_bench) at B=4, T=4096,
+#      H=16, K=V=128, bf16: forward, and forward + backward where seqc's Triton backend has a
+#      backward (the table says where it has none); a markdown table; any output mismatch exits 1.
+#
+#   bash scripts/gpu.sh [--dry-run] [--specs simple_gla,gla,...]
+#
+# --dry-run: the same two steps on the CPU under the Triton interpreter, at a tiny shape (step 1
+# runs the Triton tests of the first spec only; step 2 compares against fla's PyTorch references,
+# as fla's Triton ops need a GPU). CI runs it (tests/test_gpu_bench.py).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ -x .venv/bin/python ]; then . .venv/bin/activate; fi
+
+dry=0
+specs="simple_gla,gla,gated_deltanet,kda,deltanet,retnet,linear_attn,hgrn2,mamba2,comba,deltaproduct,rwkv7,hgrn"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) dry=1; specs="simple_gla,gated_deltanet" ;;
+        --specs) specs="$2"; shift ;;
+        *) echo "gpu.sh: unknown argument $1 (use --dry-run, --specs A,B)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$dry" = 1 ]; then
+    export TRITON_INTERPRET=1
+    first="${specs%%,*}"
+    echo "== 1/2 Triton tests (dry run: interpreter, $first only)"
+    python -m pytest -q -x -p no:cacheprovider tests/test_triton.py \
+        -k "test_family_against_reference and $first-"
+    echo "== 2/2 seqc Triton vs fla (dry run)"
+    python -m seqc.gpu_bench --dry-run --specs "$specs"
+else
+    if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "gpu.sh: no CUDA device visible to torch; run with --dry-run to test on the CPU" >&2
+        exit 2
+    fi
+    export TRITON_INTERPRET=0 SEQC_TEST_DEVICE=cuda
+    echo "== 1/2 Triton tests on the GPU"
+    python -m pytest -q -x -p no:cacheprovider -m triton tests/
+    echo "== 2/2 seqc Triton vs fla Triton ops (B=4, T=4096, H=16, K=V=128, bf16)"
+    python -m seqc.gpu_bench --specs "$specs"
+fi

@@ -1,0 +1,293 @@
+"""seqc's Triton kernels against fla's Triton ops, on a GPU: `python -m seqc.gpu_bench`.
+
+    python -m seqc.gpu_bench [--shape B=4,T=4096,H=16,D=128] [--specs simple_gla,gla] [--dry-run]
+
+For every stdlib spec that fla-core computes with a Triton op (FLA_TRITON below: the op and how
+seqc's call tensors map onto its arguments), both run on the same random bf16 tensors (layout
+[B, T, H, ...], which fla uses too); each is timed forward (and forward + backward when seqc's
+Triton kernel has a backward: the row says when it has none), median of `--repeats` after a
+warm-up, with CUDA synchronised around each run. The outputs are compared first: a relative RMS
+difference above MISMATCH (bf16 inputs, fp32 states on both sides) is a mismatch, printed as
+such, and the exit status is 1.
+
+`--dry-run` is the same pipeline on the CPU under the Triton interpreter at a tiny fp32 shape,
+for CI: fla's Triton ops need a GPU (its autotuner asks for a driver even when interpreted), so
+the dry run compares against fla's pure-PyTorch references where seqc has them
+(seqc/baselines.py), and skips the rest saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+MISMATCH = 2e-2          # relative RMS difference that fails (bf16 inputs)
+DRY_MISMATCH = 1e-3      # fp32 under the interpreter
+GPU_SHAPE = "B=4,T=4096,H=16,D=128"
+DRY_SHAPE = "B=1,T=64,H=2,D=16"
+
+
+def _fla(module: str, name: str):
+    import importlib
+    return getattr(importlib.import_module(f"fla.ops.{module}"), name)
+
+
+def _log(t):
+    return t.float().log().to(t.dtype)
+
+
+def _simple_gla(t, s):
+    return lambda: _fla("simple_gla", "chunk_simple_gla")(t["q"], t["k"], t["v"], t["g"])[0]
+
+
+def _retnet(t, s):       # S = gamma S + k v^T: simple GLA with a constant per-head log gate
+    return lambda: _fla("simple_gla", "chunk_simple_gla")(t["q"], t["k"], t["v"],
+                                                           g_gamma=_log(t["gamma"]).float())[0]
+
+
+def _mamba2(t, s):       # h = exp(dt A) h + dt B x^T, y = C^T h: simple GLA, no scale
+    g = t["dt"] * t["A"][None, None, :]
+    k = t["B"] * t["dt"][..., None]
+    return lambda: _fla("simple_gla", "chunk_simple_gla")(t["C"], k, t["x"], g, scale=1.0)[0]
+
+
+def _gla(t, s):
+    return lambda: _fla("gla", "chunk_gla")(t["q"], t["k"], t["v"], t["g"])[0]
+
+
+def _hgrn2(t, s):        # GLA with k = 1 - exp(g), no scale
+    k = 1 - t["g"].float().exp().to(t["g"].dtype)
+    return lambda: _fla("gla", "chunk_gla")(t["q"], k, t["v"], t["g"], scale=1.0)[0]
+
+
+def _linear_attn(t, s):
+    return lambda: _fla("linear_attn", "chunk_linear_attn")(t["q"], t["k"], t["v"],
+                                                            normalize=False)[0]
+
+
+def _gated_deltanet(t, s):
+    return lambda: _fla("gated_delta_rule", "chunk_gated_delta_rule")(
+        t["q"], t["k"], t["v"], t["g"], t["beta"])[0]
+
+
+def _deltanet(t, s):
+    return lambda: _fla("delta_rule", "chunk_delta_rule")(t["q"], t["k"], t["v"], t["beta"])[0]
+
+
+def _kda(t, s):
+    return lambda: _fla("kda", "chunk_kda")(t["q"], t["k"], t["v"], t["g"], t["beta"])[0]
+
+
+def _comba(t, s):
+    return lambda: _fla("comba", "chunk_comba")(t["q"], t["k"], t["v"], t["p"], t["g"],
+                                                t["beta"])[0]
+
+
+def _deltaproduct(t, s):  # two Householder steps a token, interleaved along time
+    import torch
+
+    def interleave(a, b):
+        return torch.stack([a, b], dim=2).flatten(1, 2)
+    k, v = interleave(t["k1"], t["k2"]), interleave(t["v1"], t["v2"])
+    beta = interleave(t["beta1"], t["beta2"])
+    g = torch.zeros_like(t["beta1"])
+    return lambda: _fla("gated_delta_product", "chunk_gated_delta_product")(
+        t["q"], k, v, g, beta, num_householder=2)[0]
+
+
+def _rwkv7(t, s):        # S = exp(g) S + b (a^T S) + k v^T with a = -kk, b = a * kk; no scale
+    return lambda: _fla("generalized_delta_rule", "chunk_dplr_delta_rule")(
+        t["r"], t["k"], t["v"], -t["kk"], t["a"] * t["kk"], t["g"], scale=1.0)[0]
+
+
+def _hgrn(t, s):         # headless [B, T, D]: the heads folded into D
+    B, T = s["B"], s["T"]
+    x, g = (t[n].reshape(B, T, -1) for n in ("x", "g"))
+    return lambda: _fla("hgrn", "chunk_hgrn")(x, g)[0].reshape(t["x"].shape)
+
+
+FLA_TRITON = {
+    "simple_gla": ("chunk_simple_gla", _simple_gla),
+    "retnet": ("chunk_simple_gla (g_gamma)", _retnet),
+    "mamba2": ("chunk_simple_gla (SSD)", _mamba2),
+    "gla": ("chunk_gla", _gla),
+    "hgrn2": ("chunk_gla (k = 1 - exp g)", _hgrn2),
+    "linear_attn": ("chunk_linear_attn", _linear_attn),
+    "gated_deltanet": ("chunk_gated_delta_rule", _gated_deltanet),
+    "deltanet": ("chunk_delta_rule", _deltanet),
+    "kda": ("chunk_kda", _kda),
+    "comba": ("chunk_comba", _comba),
+    "deltaproduct": ("chunk_gated_delta_product", _deltaproduct),
+    "rwkv7": ("chunk_dplr_delta_rule", _rwkv7),
+    "hgrn": ("chunk_hgrn", _hgrn),
+}
+
+
+def parse_shape(text: str) -> dict[str, int]:
+    sizes = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = item.partition("=")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def relative_rms(got, want) -> float:
+    got, want = got.float(), want.float()
+    return ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt().clamp_min(1e-12)).item()
+
+
+def timed(fn, repeats: int, sync) -> float:
+    """Median seconds of `fn()` after one warm-up run, synchronised around each run."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def with_backward(fn, tensors):
+    """fn() then backward of its output's sum into every floating input (grads cleared)."""
+    def run():
+        for t in tensors.values():
+            t.grad = None
+        fn().float().sum().backward()
+    return run
+
+
+def seqc_backward_note(kernel, tensors) -> str | None:
+    """None when seqc's Triton kernel differentiates; else why not (stated in the table)."""
+    import torch
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
+    try:
+        out = kernel(**leaves)
+        first = out[next(iter(out.keys()))]
+        torch.autograd.grad(first.float().sum(), list(leaves.values()), allow_unused=True)
+    except (RuntimeError, NotImplementedError) as error:
+        return f"seqc Triton has no backward yet ({str(error).splitlines()[0][:80]})"
+    return None
+
+
+def bench_spec(name: str, shape: dict, dry: bool, repeats: int) -> dict:
+    import torch
+
+    import seqc
+    from .baselines import BASELINES
+    from .inputs import random_call
+    program = seqc.load(name)
+    sizes = dict(B=shape["B"], T=shape["T"], H=shape["H"],
+                 **{d.name: shape.get(d.name, shape["D"]) for d in program.spec.dims})
+    device = "cpu" if dry else "cuda"
+    dtype = torch.float32 if dry else torch.bfloat16
+    tensors, _ = random_call(program.spec, sizes, dtype=dtype, seed=0)
+    tensors = {n: t.to(device) for n, t in tensors.items()}
+    if dry:
+        if name not in BASELINES:
+            return dict(spec=name, skipped="no fla PyTorch reference for the dry run")
+        label, make = BASELINES[name]
+        label = f"{label} (dry run: stands in for fla {FLA_TRITON[name][0]})"
+        ref = make(tensors, sizes)
+        if ref is None:
+            return dict(spec=name, skipped="shape not a multiple of the reference's chunk")
+        baseline = lambda ref=ref: _first(ref())     # noqa: E731
+    else:
+        label, make = FLA_TRITON[name]
+        label = f"fla {label}"
+        baseline = make(tensors, sizes)
+    kernel = program.kernel("triton")
+    output = program.spec.outputs[0].name
+
+    def ours():
+        return kernel(**tensors)[output]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with torch.no_grad():
+        error = relative_rms(ours(), baseline())
+        row = dict(spec=name, baseline=label, sizes=sizes, error=error,
+                   mismatch=error > (DRY_MISMATCH if dry else MISMATCH),
+                   seqc_fwd=timed(ours, repeats, sync), fla_fwd=timed(baseline, repeats, sync))
+    note = seqc_backward_note(kernel, tensors)
+    if note is None and not dry:
+        leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
+        ours_bwd = with_backward(lambda: kernel(**leaves)[output], leaves)
+        fla_leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
+        theirs_bwd = with_backward(make(fla_leaves, sizes), fla_leaves)
+        row.update(seqc_fwdbwd=timed(ours_bwd, repeats, sync),
+                   fla_fwdbwd=timed(theirs_bwd, repeats, sync))
+    elif note is None:
+        row["backward"] = "forward + backward not timed in the dry run"
+    else:
+        row["backward"] = note
+    return row
+
+
+def _first(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def table(rows: list[dict], shape: dict, dry: bool) -> str:
+    what = "dry run: CPU, Triton interpreter, fp32" if dry else "GPU, bf16"
+    lines = [f"seqc Triton vs fla Triton ops ({what}; shape "
+             f"{','.join(f'{k}={v}' for k, v in shape.items())}; medians, ms)", "",
+             "| spec | fla op | rel. RMS diff | seqc fwd | fla fwd | x | seqc fwd+bwd | "
+             "fla fwd+bwd | x |", "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for r in rows:
+        if "skipped" in r:
+            notes.append(f"{r['spec']}: skipped ({r['skipped']})")
+            continue
+        verdict = f"{r['error']:.1e}" + (" MISMATCH" if r["mismatch"] else "")
+        fwd = [f"{r['seqc_fwd'] * 1e3:.3f}", f"{r['fla_fwd'] * 1e3:.3f}",
+               f"{r['fla_fwd'] / r['seqc_fwd']:.2f}"]
+        if "seqc_fwdbwd" in r:
+            bwd = [f"{r['seqc_fwdbwd'] * 1e3:.3f}", f"{r['fla_fwdbwd'] * 1e3:.3f}",
+                   f"{r['fla_fwdbwd'] / r['seqc_fwdbwd']:.2f}"]
+        else:
+            bwd = ["-", "-", "-"]
+            notes.append(f"{r['spec']}: {r['backward']}")
+        lines.append("| " + " | ".join([r["spec"], r["baseline"], verdict, *fwd, *bwd]) + " |")
+    lines += ["", "`x` = fla's time / seqc's (above 1: seqc is faster)."]
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seqc.gpu_bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default=None, help=f"default {GPU_SHAPE} ({DRY_SHAPE} dry)")
+    parser.add_argument("--specs", default=",".join(FLA_TRITON))
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    dry = args.dry_run
+    if dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+    if not dry and not torch.cuda.is_available():
+        print("seqc.gpu_bench: no CUDA device; use --dry-run to test the pipeline on the CPU",
+              file=sys.stderr)
+        return 2
+    shape = parse_shape(args.shape or (DRY_SHAPE if dry else GPU_SHAPE))
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    unknown = [s for s in specs if s not in FLA_TRITON]
+    if unknown:
+        print(f"seqc.gpu_bench: no fla Triton op known for {', '.join(unknown)}; known: "
+              f"{', '.join(FLA_TRITON)}", file=sys.stderr)
+        return 2
+    repeats = args.repeats or (1 if dry else 10)
+    rows = [bench_spec(name, shape, dry, repeats) for name in specs]
+    print(table(rows, shape, dry))
+    bad = [r["spec"] for r in rows if r.get("mismatch")]
+    if bad:
+        print(f"\nMISMATCH: seqc's Triton output differs from fla's for {', '.join(bad)} "
+              f"(relative RMS above {DRY_MISMATCH if dry else MISMATCH})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

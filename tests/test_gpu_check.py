@@ -1,0 +1,264 @@
+"""`seqc gpu-check`: Triton kernels compiled for sm_80 / sm_90a without a GPU (seqc/gpucheck.py).
+
+The kernels here are toys, small enough that ptxas answers in seconds; each test uses its own
+cache dir, so what it checks was compiled, not read back (except where the cache is the point).
+"""
+import json
+import textwrap
+
+import pytest
+
+from seqc.cli import main
+from seqc.gpucheck import Job, KernelCheck, run_job, run_jobs
+
+TOYS = '''
+import triton
+import triton.language as tl
+
+MODES = ("toy",)
+
+
+@triton.jit
+def hold_kernel(x, y, T, N: tl.constexpr):
+    """Keeps an N x N fp32 block live across a loop: N * N / 32 values a thread (1 warp)."""
+    o = tl.arange(0, N)
+    block = tl.load(x + o[:, None] * N + o[None, :]).to(tl.float32)
+    for t in range(T):
+        block = block * 0.5 + tl.load(x + t * N * N + o[:, None] * N + o[None, :]).to(tl.float32)
+    tl.store(y + o[:, None] * N + o[None, :], block.to(y.dtype.element_ty))
+
+
+@triton.jit
+def dot_kernel(a, b, c, N: tl.constexpr):
+    o = tl.arange(0, N)
+    x = tl.load(a + o[:, None] * N + o[None, :])
+    w = tl.load(b + o[:, None] * N + o[None, :])
+    tl.store(c + o[:, None] * N + o[None, :], tl.dot(x, w).to(c.dtype.element_ty))
+
+
+def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None):
+    x = inputs["x"]
+    hold_kernel[(3, 2)](x, x, 8, 128, num_warps=1)      # 512 values a thread: spills
+    hold_kernel[(1,)](x, x, 8, 16, num_warps=1)         # 8 values a thread
+    dot_kernel[(1,)](x, x, x, 64)
+'''
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+    """The toy module's three launches compiled for sm_80 and sm_90a (bf16 pointers), in one
+    worker per target, with a fresh cache: {arch: (hungry, small, dot)}."""
+    directory = tmp_path_factory.mktemp("gpu_check")
+    path = directory / "toys.py"
+    path.write_text(TOYS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQC_CACHE_DIR", str(directory / "cache"))
+        jobs = [Job("toy", str(path), arch, "bf16", {}, {"x": [8, 128, 128]}, {}, {})
+                for arch in (80, 90)]
+        checks = run_jobs(jobs, workers=2, timeout=300)
+        again = run_job(jobs[0])
+        shifted_path = directory / "shifted.py"       # the same kernels, lower in their file
+        shifted_path.write_text("# a comment line\n" * 3 + TOYS)
+        shifted = run_job(Job("toy", str(shifted_path), 80, "bf16", {}, {"x": [8, 128, 128]},
+                              {}, {}))
+    by_arch = {80: checks[:3], 90: checks[3:]}
+    return by_arch, again, shifted
+
+
+def test_a_register_hungry_kernel_spills_and_fails(toys):
+    hungry = toys[0][80][0]
+    assert hungry.result["kernel"] == "hold_kernel"
+    assert hungry.result["grid"] == [3, 2] and hungry.result["programs"] == 6
+    assert hungry.result["warps"] == 1
+    assert hungry.spill > 0
+    assert hungry.spill == hungry.result["spill_store"] + hungry.result["spill_load"]
+    assert any(p.startswith("spills") for p in hungry.problems())
+    assert toys[0][90][0].spill > 0
+
+
+def test_a_small_kernel_fits(toys):
+    for arch in (80, 90):
+        small = toys[0][arch][1]
+        assert small.result["kernel"] == "hold_kernel" and small.result["programs"] == 1
+        assert 0 < small.result["registers"] < 64
+        assert small.spill == 0
+        assert small.result["dots"] == [] and small.dot16 == "-"
+        assert small.problems() == []
+
+
+def test_a_bf16_dot_counts_tensor_core_instructions(toys):
+    on_80, on_90 = toys[0][80][2], toys[0][90][2]
+    assert on_80.result["kernel"] == "dot_kernel"
+    assert [(d["a"], d["b"]) for d in on_80.result["dots"]] == [("bf16", "bf16")]
+    assert on_80.dot16 == "bf16"
+    assert on_80.result["mma"] > 0 and on_80.result["wgmma"] == 0
+    assert on_90.result["mma"] + on_90.result["wgmma"] > 0
+    assert on_80.result["shared"] > 0
+    assert on_80.problems() == [] and on_90.problems() == []
+
+
+def test_results_are_cached(toys):
+    checks, again, _ = toys
+    assert [c.result["cached"] for c in checks[80]] == [False, False, False]
+    assert [c.result["cached"] for c in again] == [True, True, True]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("cached", "seconds")}  # noqa: E731
+    assert [strip(c.result) for c in again] == [strip(c.result) for c in checks[80]]
+
+
+def test_a_kernel_moved_down_its_file_is_read_from_the_cache(toys):
+    """Triton's own kernel hash holds the kernel's line number; the cache key does not."""
+    checks, _, shifted = toys
+    assert [c.result["cached"] for c in shifted] == [True, True, True]
+    assert [c.result["registers"] for c in shifted] == [c.result["registers"] for c in checks[80]]
+
+
+def test_16_bit_data_upcast_before_an_ieee_dot_fails_without_tensor_cores():
+    check = KernelCheck("toy", 90, "bf16", {}, dict(
+        kernel="k", mode="m", grid=[1], programs=1, warps=4, stages=3, registers=40,
+        spill_store=0, spill_load=0, shared=0, mma=0, wgmma=0, sixteen_bit_pointers=True,
+        dots=[{"a": "f32", "b": "f32", "precision": "ieee"}]))
+    assert check.dot16 == "upcast"
+    assert check.problems() == ["dots 16-bit inputs upcast to fp32 (ieee) with no tensor-core "
+                                "instruction"]
+    fp32_call = KernelCheck("toy", 90, "fp32", {}, dict(check.result, sixteen_bit_pointers=False))
+    assert fp32_call.dot16 == "no" and fp32_call.problems() == []
+
+
+def test_shared_memory_over_the_target_limit_fails():
+    fits = dict(kernel="k", mode="m", grid=[1], programs=1, warps=4, stages=3, registers=40,
+                spill_store=0, spill_load=0, shared=200 * 1024, mma=0, wgmma=0, dots=[])
+    assert KernelCheck("toy", 90, "bf16", {}, fits).problems() == []
+    assert KernelCheck("toy", 80, "bf16", {}, fits).problems() == [
+        "needs 200 KB shared memory, over sm_80's 163 KB"]
+
+
+SEQUENTIAL = """\
+model toy_tanh
+dims D
+input x[D]
+param R[D, D]
+state h[D] = 0
+h = tanh(R @ h + x)
+output y = h
+"""
+
+
+@pytest.fixture(scope="module")
+def sequential_spec(tmp_path_factory):
+    """A spec with no parallel form (its Triton module has the fused recurrent kernel only),
+    and a cache dir shared by the CLI tests below (the second call reads the first's)."""
+    directory = tmp_path_factory.mktemp("gpu_check_cli")
+    path = directory / "toy_tanh.seq"
+    path.write_text(SEQUENTIAL)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQC_CACHE_DIR", str(directory / "cache"))
+        yield str(path)
+
+
+# R[D, D] is held whole by every program (D is contracted: no split): at D = 256, 256 x 256 fp32
+# over 128 threads, besides the R * h product
+SIZES = ["--dims", "16", "--dims", "D=256", "--arch", "90", "--shape", "B=2,T=64,H=3"]
+
+
+def test_cli_json_reports_every_kernel_and_exits_1_on_a_spill(sequential_spec, capsys):
+    status = main(["gpu-check", sequential_spec, *SIZES, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1 and report["ok"] is False
+    assert report["shape"] == {"B": 2, "T": 64, "H": 3}
+    small, big = report["kernels"]
+    assert {"spec", "arch", "dtype", "dims", "mode", "kernel", "grid", "programs", "warps",
+            "stages", "registers", "spill", "shared", "tensor_core", "dot16", "problems",
+            "ok"} <= set(small)
+    assert small["spec"] == "toy_tanh" and small["arch"] == "sm_90a" and small["dtype"] == "bf16"
+    assert small["mode"] == "fused_recurrent" and small["kernel"] == "fused_recurrent_kernel"
+    assert small["dims"] == {"B": 2, "T": 64, "H": 3, "D": 16}
+    assert small["grid"] == [1, 6] and small["programs"] == 6
+    assert small["spill"] == 0 and small["problems"] == [] and small["ok"] is True
+    assert big["dims"]["D"] == 256 and big["grid"] == [1, 6]
+    assert big["spill"] > 0 and big["ok"] is False
+    assert big["problems"][0].startswith("spills")
+
+
+def test_cli_table_and_exit_codes(sequential_spec, capsys):
+    assert main(["gpu-check", sequential_spec, *SIZES]) == 1
+    out = capsys.readouterr().out
+    assert "| toy_tanh | D=256 | sm_90a | fused_recurrent | fused_recurrent_kernel | " \
+           "1x6 (6) |" in out
+    assert "FAIL: spills" in out and "1 of 2 kernels fit; 1 do not" in out
+    assert main(["gpu-check", sequential_spec, *SIZES[:2], *SIZES[4:]]) == 0
+    assert "1 of 1 kernels fit" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_arguments_and_spec_errors(tmp_path, capsys):
+    assert main(["gpu-check", "gla", "--arch", "75"]) == 1
+    assert "--arch: 75; choose from 80, 86, 89, 90" in capsys.readouterr().err
+    assert main(["gpu-check", "gla", "--dims", "Q=4"]) == 1
+    assert "`Q` is no dim of the specs checked (K, V)" in capsys.readouterr().err
+    bad = tmp_path / "bad.seq"
+    bad.write_text(textwrap.dedent("""\
+        model m
+        dims K
+        input x[K]
+        output o = y
+        """))
+    assert main(["gpu-check", str(bad)]) == 1
+    assert "bad.seq:4:12: error: unknown name `y`" in capsys.readouterr().err
+
+
+def test_the_fused_recurrent_kernel_fits_at_k_v_128(tmp_path, monkeypatch):
+    """S[128, 128] fp32 in one program took 255 registers and spilled; the value dim is now
+    blocked so that a program holds at most 8192 state values (BLOCK_V = 64, 2 programs a
+    head)."""
+    import seqc
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load("simple_gla"), {"*": 128}, DEFAULT_SHAPE, [80, 90], ["bf16"])
+    for job in jobs:
+        job.modes = ["fused_recurrent"]
+    for check in run_jobs(jobs, workers=2, timeout=300):
+        assert check.result["grid"] == [2, 64], check.result
+        assert check.spill == 0 and check.problems() == [], check.result
+
+
+@pytest.mark.triton
+def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
+    """K = V = 128 under the interpreter: two value blocks a head, each its own program."""
+    import torch
+
+    import seqc
+    from seqc.inputs import random_call
+    program = seqc.load("gated_deltanet")
+    tensors, state = random_call(program.spec, dict(B=1, T=5, H=1, K=128, V=128), seed=1,
+                                 with_initial_state=True)
+    want = program.kernel("reference")(**tensors, initial_state=state, output_final_state=True)
+    got = program.kernel("triton", mode="fused_recurrent")(**tensors, initial_state=state,
+                                                            output_final_state=True)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms():
+    from seqc.gpu_model import GPUS, predict
+    h100 = GPUS["h100"]
+    full = predict(h100, bytes_moved=3.35e9, flops=67e9, tensor_core=False, programs=264)
+    assert full["coverage"] == 1.0
+    assert full["memory_s"] == pytest.approx(1e-3) and full["compute_s"] == pytest.approx(1e-3)
+    half = predict(h100, bytes_moved=3.35e9, flops=1e12, tensor_core=False, programs=66)
+    assert half["coverage"] == 0.5 and half["bound"] == "fp32 FMA"
+    assert half["predicted_s"] == pytest.approx(1e12 / (67e12 * 0.5))
+    tensor = predict(h100, bytes_moved=3.35e9, flops=5e11, tensor_core=True, programs=132)
+    assert tensor["bound"] == "memory" and tensor["predicted_s"] == pytest.approx(1e-3)
+
+
+def test_cli_model_prints_a_lower_bound_per_kernel(sequential_spec, capsys):
+    status = main(["gpu-check", sequential_spec, "--dims", "16", "--arch", "90",
+                   "--shape", "B=2,T=64,H=3", "--model", "h100"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "GPU model: H100 SXM (HBM 3.35 TB/s" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| toy_tanh | fused_recurrent |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["6", "5%"] and cells[6] == "FMA"
+    memory, compute, predicted = (float(c) for c in cells[7:10])
+    assert predicted == max(memory, compute) > 0
+    assert cells[10] == ("memory" if memory >= compute else "fp32 FMA")
