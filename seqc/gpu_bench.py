@@ -4,9 +4,9 @@
 
 For every stdlib spec that fla-core computes with a Triton op (FLA_TRITON below: the op and how
 seqc's call tensors map onto its arguments), both run on the same random bf16 tensors (layout
-[B, T, H, ...], which fla uses too); each is timed forward (and forward + backward when seqc's
-Triton kernel has a backward: the row says when it has none), median of `--repeats` after a
-warm-up, with CUDA synchronised around each run. The outputs are compared first: a relative RMS
+[B, T, H, ...], which fla uses too); each is timed forward and forward + backward, median of
+`--repeats` after a warm-up, with CUDA synchronised around each run. The outputs, and the
+gradients of their sums into every input both reach, are compared first: a relative RMS
 difference above MISMATCH (bf16 inputs, fp32 states on both sides) is a mismatch, printed as
 such, and the exit status is 1.
 
@@ -160,17 +160,19 @@ def with_backward(fn, tensors):
     return run
 
 
-def seqc_backward_note(kernel, tensors) -> str | None:
-    """None when seqc's Triton kernel differentiates; else why not (stated in the table)."""
+def gradient_error(ours, theirs, tensors) -> float:
+    """The largest relative RMS difference between the gradients of seqc's output and the
+    baseline's (the sum of each output, into every floating input both reach)."""
     import torch
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
-    try:
-        out = kernel(**leaves)
-        first = out[next(iter(out.keys()))]
-        torch.autograd.grad(first.float().sum(), list(leaves.values()), allow_unused=True)
-    except (RuntimeError, NotImplementedError) as error:
-        return f"seqc Triton has no backward yet ({str(error).splitlines()[0][:80]})"
-    return None
+    grads = []
+    for fn in (ours, theirs):
+        leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
+        out = _first(fn(leaves))
+        grads.append(dict(zip(leaves, torch.autograd.grad(out.float().sum(), list(leaves.values()),
+                                                          allow_unused=True))))
+    pairs = [(grads[0][n], grads[1][n]) for n in tensors
+             if grads[0][n] is not None and grads[1][n] is not None]
+    return max((relative_rms(a, b) for a, b in pairs), default=0.0)
 
 
 def bench_spec(name: str, shape: dict, dry: bool, repeats: int) -> dict:
@@ -210,18 +212,18 @@ def bench_spec(name: str, shape: dict, dry: bool, repeats: int) -> dict:
         row = dict(spec=name, baseline=label, sizes=sizes, error=error,
                    mismatch=error > (DRY_MISMATCH if dry else MISMATCH),
                    seqc_fwd=timed(ours, repeats, sync), fla_fwd=timed(baseline, repeats, sync))
-    note = seqc_backward_note(kernel, tensors)
-    if note is None and not dry:
+    row["grad_error"] = gradient_error(lambda leaves: kernel(**leaves)[output],
+                                       lambda leaves: make(leaves, sizes)(), tensors)
+    row["mismatch"] = row["mismatch"] or row["grad_error"] > (DRY_MISMATCH if dry else MISMATCH)
+    if not dry:
         leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
         ours_bwd = with_backward(lambda: kernel(**leaves)[output], leaves)
         fla_leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
         theirs_bwd = with_backward(make(fla_leaves, sizes), fla_leaves)
         row.update(seqc_fwdbwd=timed(ours_bwd, repeats, sync),
                    fla_fwdbwd=timed(theirs_bwd, repeats, sync))
-    elif note is None:
-        row["backward"] = "forward + backward not timed in the dry run"
     else:
-        row["backward"] = note
+        row["backward"] = "forward + backward not timed in the dry run"
     return row
 
 
@@ -233,8 +235,8 @@ def table(rows: list[dict], shape: dict, dry: bool) -> str:
     what = "dry run: CPU, Triton interpreter, fp32" if dry else "GPU, bf16"
     lines = [f"seqc Triton vs fla Triton ops ({what}; shape "
              f"{','.join(f'{k}={v}' for k, v in shape.items())}; medians, ms)", "",
-             "| spec | fla op | rel. RMS diff | seqc fwd | fla fwd | x | seqc fwd+bwd | "
-             "fla fwd+bwd | x |", "|---|---|---|---|---|---|---|---|---|"]
+             "| spec | fla op | rel. RMS diff | grad diff | seqc fwd | fla fwd | x | seqc fwd+bwd | "
+             "fla fwd+bwd | x |", "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         if "skipped" in r:
@@ -249,7 +251,9 @@ def table(rows: list[dict], shape: dict, dry: bool) -> str:
         else:
             bwd = ["-", "-", "-"]
             notes.append(f"{r['spec']}: {r['backward']}")
-        lines.append("| " + " | ".join([r["spec"], r["baseline"], verdict, *fwd, *bwd]) + " |")
+        grad = f"{r['grad_error']:.1e}"
+        lines.append("| " + " | ".join([r["spec"], r["baseline"], verdict, grad, *fwd, *bwd])
+                     + " |")
     lines += ["", "`x` = fla's time / seqc's (above 1: seqc is faster)."]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, shape, dry))
     bad = [r["spec"] for r in rows if r.get("mismatch")]
     if bad:
-        print(f"\nMISMATCH: seqc's Triton output differs from fla's for {', '.join(bad)} "
+        print(f"\nMISMATCH: seqc's Triton output or gradient differs from fla's for {', '.join(bad)} "
               f"(relative RMS above {DRY_MISMATCH if dry else MISMATCH})", file=sys.stderr)
         return 1
     return 0

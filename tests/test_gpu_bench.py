@@ -36,7 +36,26 @@ def test_a_mismatch_fails_loudly(monkeypatch, capsys):
     assert gpu_bench.main(["--dry-run", "--specs", "simple_gla"]) == 1
     captured = capsys.readouterr()
     assert "| simple_gla |" in captured.out and "MISMATCH" in captured.out
-    assert "MISMATCH: seqc's Triton output differs from fla's for simple_gla" in captured.err
+    assert "MISMATCH: seqc's Triton output or gradient differs from fla's for simple_gla" \
+        in captured.err
+
+
+def test_a_gradient_mismatch_fails_loudly(monkeypatch, capsys):
+    """The same forward with a gradient twice as large: only the gradient check sees it."""
+    label, make = baselines.BASELINES["simple_gla"]
+
+    def twice_the_gradient(tensors, sizes):
+        fn = make(tensors, sizes)
+
+        def run():
+            out = gpu_bench._first(fn())
+            return out.detach() + 2 * (out - out.detach())
+        return run
+    monkeypatch.setitem(baselines.BASELINES, "simple_gla", (label, twice_the_gradient))
+    assert gpu_bench.main(["--dry-run", "--specs", "simple_gla"]) == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if "| simple_gla |" in line)
+    forward, gradient = (float(cell.split()[0]) for cell in row.split("|")[3:5])
+    assert forward < 1e-5 and gradient > 0.3
 
 
 def test_without_cuda_it_asks_for_the_dry_run(capsys):
