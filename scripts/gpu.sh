@@ -3,8 +3,8 @@
 #   1. the Triton tests, compiled for and run on the GPU (TRITON_INTERPRET=0; tests/conftest.py
 #      moves each Triton kernel call's tensors to CUDA when SEQC_TEST_DEVICE=cuda);
 #   2. seqc's Triton kernels against fla's Triton ops (python -m seqc.gpu_bench) at B=4, T=4096,
-#      H=16, K=V=128, bf16: forward, and forward + backward where seqc's Triton backend has a
-#      backward (the table says where it has none); a markdown table; any output mismatch exits 1.
+#      H=16, K=V=128, bf16: forward and forward + backward timed; outputs and gradients compared
+#      (any mismatch exits 1); a markdown table.
 #
 #   bash scripts/gpu.sh [--dry-run] [--specs simple_gla,gla,...]
 #
