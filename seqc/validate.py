@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ir
+from .consts import const_values
 from .errors import closest
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -22,7 +23,7 @@ class Call:
     inputs: dict[str, torch.Tensor]
     params: dict[str, torch.Tensor]
     initial_state: dict[str, torch.Tensor] | None
-    dims: dict[str, int]
+    dims: dict[str, int | float]     # every dim's size, and every const's value by its name
     dtype: torch.dtype
     device: torch.device
 
@@ -64,19 +65,22 @@ def _layout(layout: tuple[str, ...]) -> str:
     return "[" + ", ".join(layout) + "]"
 
 
-def validate(spec: ir.Spec, tensors: dict, initial_state, output_final_state=False) -> Call:
+def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=False) -> Call:
+    """`arguments`: the call's tensors (inputs and params) and consts, by name."""
     binder = _Binder()
     if not isinstance(output_final_state, bool):
         binder.problems.append(f"output_final_state must be True or False, not "
                                f"{output_final_state!r} ({type(output_final_state).__name__})")
     inputs, params = {}, {}
     known = {t.name: t for t in spec.inputs + spec.params}
+    const_names = [c.name for c in spec.consts]
+    tensors = {name: value for name, value in arguments.items() if name not in const_names}
     for name in tensors:
         if name not in known:
-            guess = closest(name, known)
+            guess = closest(name, [*known, *const_names])
             hint = f"; did you mean `{guess}`?" if guess else ""
             binder.problems.append(f"unknown argument `{name}`{hint} (the kernel takes "
-                                   f"{', '.join(known) or 'no tensors'})")
+                                   f"{_takes(known, const_names)})")
     for tensor in spec.inputs + spec.params:
         is_input = tensor.kind is ir.TensorKind.INPUT
         layout = (("B", "T", "H") if is_input else ("H",)) + tensor.dims
@@ -93,7 +97,14 @@ def validate(spec: ir.Spec, tensors: dict, initial_state, output_final_state=Fal
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
     _empty_dims(binder, spec)
     _raise(binder)
-    return Call(inputs, params, states, dict(binder.sizes), dtype, device)
+    consts = const_values(spec, binder.sizes, arguments, binder.problems)
+    _raise(binder)
+    return Call(inputs, params, states, {**binder.sizes, **consts}, dtype, device)
+
+
+def _takes(tensors, consts: list[str]) -> str:
+    text = ", ".join(tensors) or "no tensors"
+    return text + (f"; consts {', '.join(consts)}" if consts else "")
 
 
 def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):

@@ -1,0 +1,183 @@
+"""fla's calling convention: `const` call-time scalars and `Program.op()`.
+
+    o, ht = seqc.load("gla").op()(q, k, v, g, scale=s, initial_state=h0, output_final_state=True)
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqc
+from seqc.errors import SpecError
+from seqc.parse import parse
+from seqc.pretty import pretty
+
+LINEAR = """model lin
+dims K, V
+input q[K], k[K], v[V]
+const scale = K ** -0.5
+state S[K, V] = 0
+S = S + k * v
+output o = scale * q @ S
+"""
+
+
+def errors(source: str) -> list[tuple[int, int, str]]:
+    with pytest.raises(SpecError) as info:
+        seqc.compile(source, "spec.seq")
+    return [(d.span.line, d.span.col, d.message) for d in info.value.diagnostics
+            if d.severity == "error"]
+
+
+def with_line(line: int, text: str, source: str = LINEAR) -> str:
+    lines = source.splitlines()
+    lines.insert(line - 1, text)
+    return "\n".join(lines) + "\n"
+
+
+def tensors(seed=0, B=2, T=5, H=3, K=4, V=6, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(B, T, H, d, generator=gen, dtype=dtype)
+            for n, d in (("q", K), ("k", K), ("v", V))}
+
+
+# ---- the language ------------------------------------------------------------------------------
+
+def test_const_round_trips_through_pretty():
+    spec = parse(LINEAR)
+    assert [c.name for c in spec.consts] == ["scale"]
+    assert parse(pretty(spec)) == spec
+
+
+def test_const_defined_twice_is_located():
+    assert errors(with_line(5, "const scale = 2")) == [
+        (5, 1, "const `scale` is defined twice")]
+
+
+def test_const_default_must_not_read_a_tensor():
+    assert errors(with_line(5, "const c = 2 * q")) == [
+        (5, 15, "the default of const `c` must be a scalar of numbers, dims and earlier consts, "
+                "but `q` is an input")]
+
+
+def test_const_used_before_its_declaration():
+    source = LINEAR.replace("const scale = K ** -0.5\n", "") + "const scale = K ** -0.5\n"
+    assert errors(source) == [(6, 12, "const `scale` is used before its declaration (line 7)")]
+
+
+def test_const_default_reading_a_later_const_or_itself():
+    assert errors(with_line(5, "const a = b + 1\nconst b = 2")) == [
+        (5, 11, "const `b` is used before its declaration (line 6)")]
+    assert errors(with_line(5, "const a = a + 1")) == [
+        (5, 11, "const `a` is used before its declaration (line 5)")]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("const K = 2", "`K` is already declared (at line 2)"),
+    ("const q = 2", "`q` is already declared (at line 3)"),
+    ("const T = 2", "`T` is reserved (batch, time and heads are implicit dims)"),
+    ("const exp = 2", "`exp` is a reserved word and cannot be a const name"),
+])
+def test_const_name_clashes(text, message):
+    assert errors(with_line(5, text)) == [(5, 1, message)]
+
+
+def test_let_clashing_with_a_const():
+    assert errors(with_line(7, "let scale = q")) == [
+        (7, 1, "`scale` is already declared (at line 4)")]
+
+
+def test_const_may_use_dims_functions_and_earlier_consts():
+    program = seqc.compile(with_line(5, "const half = sqrt(scale) * max(K, V) / 2"))
+    assert [c.name for c in program.spec.consts] == ["scale", "half"]
+
+
+# ---- calls -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_const_given_at_call_time_on_every_backend(backend):
+    """`scale=0.3` equals the same spec with 0.3 written in; omitted, the default K ** -0.5."""
+    x = tensors()
+    fn = seqc.compile(LINEAR).kernel(backend)
+    for value, written in ((0.3, "0.3"), (None, "(K ** -0.5)")):
+        want = seqc.compile(LINEAR.replace("scale * q", f"{written} * q")).kernel("reference")
+        got = fn(**x, scale=value) if value is not None else fn(**x)
+        torch.testing.assert_close(got.o, want(**x).o, rtol=1e-5, atol=1e-5)
+
+
+def test_const_default_computed_from_dims_and_earlier_consts():
+    source = with_line(5, "const c = scale * sqrt(V) + 1").replace("scale * q", "c * q")
+    x = tensors(K=4, V=9)
+    got = seqc.compile(source).kernel("reference")(**x, scale=2.0).o
+    want = seqc.compile(LINEAR).kernel("reference")(**x, scale=(2.0 * 3 + 1)).o
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0.1", "const `scale` must be a real number, not str"),
+    (True, "const `scale` must be a real number, not bool"),
+    (float("nan"), "const `scale` must be finite, not nan"),
+    (torch.tensor(0.1), "const `scale` must be a real number, not Tensor"),
+])
+def test_bad_const_value_is_a_value_error(value, message):
+    with pytest.raises(ValueError, match=message):
+        seqc.compile(LINEAR).kernel("reference")(**tensors(), scale=value)
+
+
+def test_unknown_keyword_lists_the_consts():
+    with pytest.raises(ValueError, match=r"unknown argument `scal`; did you mean `scale`\? "
+                                         r"\(the kernel takes q, k, v; consts scale\)"):
+        seqc.compile(LINEAR).kernel("reference")(**tensors(), scal=0.1)
+
+
+# ---- Program.op(): fla's call ------------------------------------------------------------------
+
+def test_op_takes_positional_tensors_and_returns_output_then_state():
+    x = tensors()
+    h0 = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+    program = seqc.compile(LINEAR)
+    o, ht = program.op(backend="torch")(x["q"], x["k"], x["v"], scale=0.25, initial_state=h0,
+                                        output_final_state=True)
+    want = program.kernel("reference")(**x, scale=0.25, initial_state={"S": h0},
+                                       output_final_state=True)
+    torch.testing.assert_close(o, want.o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ht, want.final_state["S"], rtol=1e-5, atol=1e-5)
+    o2, none = program.op(backend="reference")(x["q"], k=x["k"], v=x["v"], scale=None)
+    torch.testing.assert_close(o2, program.kernel("reference")(**x).o)
+    assert none is None
+
+
+def test_op_with_several_outputs_and_states_uses_dicts():
+    """lstm: outputs in declaration order, then the final state as a dict."""
+    program = seqc.load("lstm")
+    names = [t.name for t in program.spec.inputs + program.spec.params]
+    gen = torch.Generator().manual_seed(0)
+    fn = program.kernel("reference")
+    shapes = {}
+    probe = {t.name: t for t in program.spec.inputs + program.spec.params}
+    D = 3
+    for name, t in probe.items():
+        lead = (2, 4, 2) if t.kind.value == "input" else (2,)
+        shapes[name] = torch.randn(*lead, *(D for _ in t.dims), generator=gen)
+    want = fn(**shapes, output_final_state=True)
+    got = program.op(backend="reference")(*(shapes[n] for n in names), output_final_state=True)
+    assert len(got) == len(program.spec.outputs) + 1
+    for value, name in zip(got, [o.name for o in program.spec.outputs]):
+        torch.testing.assert_close(value, want[name])
+    assert set(got[-1]) == {s.name for s in program.spec.states}
+
+
+def test_op_call_errors():
+    x = tensors()
+    fn = seqc.compile(LINEAR).op(backend="reference")
+    with pytest.raises(ValueError, match="lin takes 3 tensors"):
+        fn(x["q"], x["k"], x["v"], x["v"])
+    with pytest.raises(ValueError, match="`q` is given both by position and by name"):
+        fn(x["q"], x["k"], x["v"], q=x["q"])
+    no_scale = seqc.compile(LINEAR.replace("scale * q", "q").replace(
+        "const scale = K ** -0.5\n", "")).op(backend="reference")
+    with pytest.raises(ValueError, match="lin has no const `scale`"):
+        no_scale(x["q"], x["k"], x["v"], scale=0.5)
+    no_scale(x["q"], x["k"], x["v"], scale=None)       # fla's default is accepted
+    with pytest.raises(ValueError, match="lstm has 2 states"):
+        seqc.load("lstm").op(backend="reference")(initial_state=torch.zeros(1))
