@@ -81,12 +81,15 @@ def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=F
             hint = f"; did you mean `{guess}`?" if guess else ""
             binder.problems.append(f"unknown argument `{name}`{hint} (the kernel takes "
                                    f"{_takes(known, const_names)})")
+    tensors = _grouped_heads(binder, spec, tensors)
     for tensor in spec.inputs + spec.params:
         is_input = tensor.kind is ir.TensorKind.INPUT
         layout = (("B", "T", "H") if is_input else ("H",)) + tensor.dims
         what = f"{tensor.kind.value} `{tensor.name}`"
         if tensor.name not in tensors:
             binder.problems.append(f"missing {what} (expected shape {_layout(layout)})")
+            continue
+        if tensors[tensor.name] is None:
             continue
         binder.bind(what, tensors[tensor.name], layout)
         (inputs if is_input else params)[tensor.name] = tensors[tensor.name]
@@ -105,6 +108,40 @@ def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=F
 def _takes(tensors, consts: list[str]) -> str:
     text = ", ".join(tensors) or "no tensors"
     return text + (f"; consts {', '.join(consts)}" if consts else "")
+
+
+def _grouped_heads(binder: _Binder, spec: ir.Spec, tensors: dict) -> dict:
+    """fla's grouped heads (GVA): H is the largest head count of the inputs, and an input with
+    fewer heads, a divisor of H, is shared by consecutive groups of heads: head h reads its head
+    h // (H / heads). Such an input is expanded to H heads here, before the run (an input with H
+    heads is passed as it is, uncopied). Params and states have H heads. An input whose head
+    count does not divide H is reported and maps to None."""
+    heads = {t.name: tensors[t.name].shape[2] for t in spec.inputs
+             if isinstance(tensors.get(t.name), torch.Tensor)
+             and tensors[t.name].dim() == 3 + len(t.dims)}
+    if not heads:
+        return tensors
+    most = max(heads, key=heads.get)
+    H = heads[most]
+    expanded = dict(tensors)
+    for name, count in heads.items():
+        if count == H:
+            continue
+        if count == 0 or H % count:
+            binder.problems.append(
+                f"input `{name}` has {count} heads but H = {H} (the largest head count, from "
+                f"input `{most}`): an input has H heads, or a divisor of H whose heads are shared "
+                f"by groups of H / {count} consecutive heads (fla's grouped heads)")
+            expanded[name] = None        # reported; not bound
+        else:
+            expanded[name] = _repeat_heads(tensors[name], H // count)
+    return expanded
+
+
+def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, T, h, ...] -> [B, T, h * group, ...], head j * group + i being head j of x."""
+    B, T, h, *rest = x.shape
+    return x.unsqueeze(3).expand(B, T, h, group, *rest).reshape(B, T, h * group, *rest)
 
 
 def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):

@@ -181,3 +181,58 @@ def test_op_call_errors():
     no_scale(x["q"], x["k"], x["v"], scale=None)       # fla's default is accepted
     with pytest.raises(ValueError, match="lstm has 2 states"):
         seqc.load("lstm").op(backend="reference")(initial_state=torch.zeros(1))
+
+
+# ---- grouped heads (fla's GVA) -------------------------------------------------------------------
+
+def _gated_deltanet_inputs(B=2, T=7, HK=2, HV=4, K=4, V=5, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, HK, K, generator=gen) for _ in range(2))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    v = torch.randn(B, T, HV, V, generator=gen)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, HV, generator=gen))
+    beta = torch.rand(B, T, HV, generator=gen)
+    return dict(q=q, k=k, v=v, g=g, beta=beta)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_grouped_heads_equal_inputs_repeated_by_hand(backend):
+    """q, k with 2 heads, v, g, beta with 4: head h reads q, k head h // 2."""
+    x = _gated_deltanet_inputs(T=5 if backend == "triton" else 7)
+    program = seqc.load("gated_deltanet")
+    h0 = torch.randn(2, 4, 4, 5, generator=torch.Generator().manual_seed(4))
+    got = program.kernel(backend)(**x, initial_state={"S": h0}, output_final_state=True)
+    by_hand = {**x, "q": x["q"].repeat_interleave(2, dim=2),
+               "k": x["k"].repeat_interleave(2, dim=2)}
+    want = program.kernel("reference")(**by_hand, initial_state={"S": h0},
+                                       output_final_state=True)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_heads_gradients_reach_the_shared_heads():
+    x = {n: t.requires_grad_() for n, t in _gated_deltanet_inputs().items()}
+    seqc.load("gated_deltanet").kernel("torch")(**x).o.sum().backward()
+    y = {n: t.detach().clone().requires_grad_() for n, t in x.items()}
+    by_hand = {**y, "q": y["q"].repeat_interleave(2, dim=2), "k": y["k"].repeat_interleave(2, dim=2)}
+    seqc.load("gated_deltanet").kernel("torch")(**by_hand).o.sum().backward()
+    for name in x:
+        torch.testing.assert_close(x[name].grad, y[name].grad, rtol=1e-5, atol=1e-5)
+
+
+def test_head_count_that_does_not_divide_h_is_a_value_error():
+    x = _gated_deltanet_inputs(HK=3, HV=4)
+    with pytest.raises(ValueError, match=r"input `q` has 3 heads but H = 4 \(the largest head "
+                                         r"count, from input `v`\)") as info:
+        seqc.load("gated_deltanet").kernel("reference")(**x)
+    assert "input `k` has 3 heads" in str(info.value)
+    assert "missing" not in str(info.value)
+
+
+def test_params_and_states_keep_h_heads():
+    """retnet's gamma is a param [H]: it must have the H of the inputs' largest head count."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 2, 4, generator=gen)
+    v = torch.randn(1, 3, 4, 4, generator=gen)
+    with pytest.raises(ValueError, match="param `gamma` has shape \\[2\\]"):
+        seqc.load("retnet").kernel("reference")(q=q, k=q, v=v, gamma=torch.rand(2))
