@@ -24,7 +24,7 @@ class Call:
     params: dict[str, torch.Tensor]
     initial_state: dict[str, torch.Tensor] | None
     dims: dict[str, int | float]     # every dim's size, and every const's value by its name
-    dtype: torch.dtype
+    dtype: torch.dtype               # the first input's: the outputs' dtype
     device: torch.device
 
 
@@ -152,9 +152,10 @@ def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
                                    "(float32, bfloat16, float16 or float64)")
         elif dtype is None:
             dtype, first = tensor.dtype, name
-        elif tensor.dtype != dtype:
+        elif (tensor.dtype == torch.float64) != (dtype == torch.float64):
             binder.problems.append(f"`{name}` has dtype {tensor.dtype} but `{first}` has {dtype}: "
-                                   "inputs and params must share one dtype")
+                                   "float64 does not mix with other dtypes (a call computes in "
+                                   "float64 when its tensors are float64, else in float32)")
         if tensor.device.type == "meta":
             binder.problems.append(f"`{name}` is on the meta device, which holds shapes but no "
                                    "values: a kernel computes values (the step loop and the "

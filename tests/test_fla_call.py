@@ -236,3 +236,37 @@ def test_params_and_states_keep_h_heads():
     v = torch.randn(1, 3, 4, 4, generator=gen)
     with pytest.raises(ValueError, match="param `gamma` has shape \\[2\\]"):
         seqc.load("retnet").kernel("reference")(q=q, k=q, v=v, gamma=torch.rand(2))
+
+
+# ---- mixed dtypes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_bf16_qkv_with_fp32_gates_as_fla(backend):
+    """gla with bf16 q, k, v and an fp32 g: the output is bf16 (the first input's dtype), the final
+    state fp32, both equal to the reference on fp32 copies (the output up to its bf16 rounding)."""
+    gen = torch.Generator().manual_seed(5)
+    x = {n: torch.randn(2, 6, 2, 4, generator=gen).to(torch.bfloat16) for n in ("q", "k", "v")}
+    x["g"] = torch.nn.functional.logsigmoid(torch.randn(2, 6, 2, 4, generator=gen))
+    got = seqc.load("gla").kernel(backend)(**x, output_final_state=True)
+    want = seqc.load("gla").kernel("reference")(**{n: t.float() for n, t in x.items()},
+                                                output_final_state=True)
+    assert got.o.dtype == torch.bfloat16 and got.final_state["S"].dtype == torch.float32
+    torch.testing.assert_close(got.o, want.o.to(torch.bfloat16), rtol=8e-3, atol=1e-5)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-5, atol=1e-5)
+
+
+def test_gated_deltanet_fp16_qkv_fp32_gate_and_beta():
+    x = _gated_deltanet_inputs(HK=4)
+    mixed = {**x, **{n: x[n].half() for n in ("q", "k", "v")}}
+    got = seqc.load("gated_deltanet").kernel("torch")(**mixed)
+    want = seqc.load("gated_deltanet").kernel("reference")(
+        **{n: t.float() for n, t in mixed.items()})
+    assert got.o.dtype == torch.float16
+    torch.testing.assert_close(got.o, want.o.half(), rtol=2e-3, atol=1e-4)
+
+
+def test_float64_does_not_mix():
+    x = tensors()
+    with pytest.raises(ValueError, match="`k` has dtype torch.float64 but `q` has torch.float32: "
+                                         "float64 does not mix"):
+        seqc.compile(LINEAR).kernel("reference")(**{**x, "k": x["k"].double()})
