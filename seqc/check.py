@@ -21,7 +21,7 @@ LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "cons
 IMPLICIT_DIMS = frozenset({"B", "T", "H"})
 RESERVED = LANGUAGE_KEYWORDS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
     | frozenset(keyword.softkwlist) | {"None", "True", "False", "final_state", "initial_state",
-                                       "output_final_state"}
+                                       "output_final_state", "cu_seqlens"}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 
 The function takes the spec's inputs, then its params, positionally in declaration order (or by
 name), any const by name (`scale=None` keeps the const's default), `initial_state` (a tensor when
-the spec has one state, else a dict by state name) and `output_final_state`; it returns the
+the spec has one state, else a dict by state name), `output_final_state` and `cu_seqlens`
+(packed variable-length sequences, seqc/varlen.py); it returns the
 outputs in declaration order, then the final state (a tensor when the spec has one state, a dict
 otherwise, None unless asked for).
 """
@@ -24,8 +25,10 @@ class Op:
         self.state_names = [s.name for s in spec.states]
 
     def __call__(self, *tensors, initial_state=None, output_final_state: bool = False,
-                 **named):
+                 cu_seqlens=None, **named):
         arguments = self._arguments(tensors, named)
+        if cu_seqlens is not None:
+            arguments["cu_seqlens"] = cu_seqlens
         out = self.kernel(initial_state=self._initial_state(initial_state),
                           output_final_state=output_final_state, **arguments)
         *outputs, final = tuple(out)

@@ -270,3 +270,91 @@ def test_float64_does_not_mix():
     with pytest.raises(ValueError, match="`k` has dtype torch.float64 but `q` has torch.float32: "
                                          "float64 does not mix"):
         seqc.compile(LINEAR).kernel("reference")(**{**x, "k": x["k"].double()})
+
+
+# ---- cu_seqlens: packed variable-length sequences -------------------------------------------------
+
+LENGTHS = (3, 7, 3, 1)
+
+
+def _packed(seed=6, H=2, K=4, V=5):
+    total = sum(LENGTHS)
+    x = _gated_deltanet_inputs(B=1, T=total, HK=H, HV=H, K=K, V=V, seed=seed)
+    h0 = torch.randn(len(LENGTHS), H, K, V, generator=torch.Generator().manual_seed(seed + 1))
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()])
+    return x, h0, cu
+
+
+def _one_by_one(fn, x, h0, cu):
+    """The reference: every sequence called alone, from its own initial state."""
+    outs, finals = [], []
+    for i in range(len(cu) - 1):
+        s, e = int(cu[i]), int(cu[i + 1])
+        out = fn(**{n: t[:, s:e] for n, t in x.items()}, initial_state={"S": h0[i:i + 1]},
+                 output_final_state=True)
+        outs.append(out.o)
+        finals.append(out.final_state["S"])
+    return torch.cat(outs, 1), torch.cat(finals)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_cu_seqlens_equals_each_sequence_called_alone(backend, dtype):
+    x, h0, cu = _packed()
+    fn = seqc.load("gated_deltanet").kernel(backend)
+    got = fn(**x, initial_state={"S": h0}, output_final_state=True, cu_seqlens=cu.to(dtype))
+    want_o, want_S = _one_by_one(seqc.load("gated_deltanet").kernel("reference"), x, h0, cu)
+    torch.testing.assert_close(got.o, want_o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.final_state["S"], want_S, rtol=1e-5, atol=1e-5)
+
+
+def test_cu_seqlens_resets_to_the_declared_state_and_differentiates():
+    x, h0, cu = _packed()
+    x = {n: t.requires_grad_() for n, t in x.items()}
+    fn = seqc.load("gated_deltanet").kernel("torch")
+    fn(**x, cu_seqlens=cu).o.square().sum().backward()
+    y = {n: t.detach().clone().requires_grad_() for n, t in x.items()}
+    zero = torch.zeros_like(h0)
+    _one_by_one(fn, y, zero, cu)[0].square().sum().backward()
+    for name in x:
+        torch.testing.assert_close(x[name].grad, y[name].grad, rtol=1e-5, atol=1e-5)
+
+
+def test_cu_seqlens_through_fla_call_against_fla_per_sequence():
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+    x, h0, cu = _packed()
+    op = seqc.load("gated_deltanet").op(backend="torch")
+    o, ht = op(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=0.3, initial_state=h0,
+               output_final_state=True, cu_seqlens=cu)
+    for i in range(len(LENGTHS)):
+        s, e = int(cu[i]), int(cu[i + 1])
+        want_o, want_S = naive_recurrent_gated_delta_rule(
+            *(x[n][:, s:e] for n in ("q", "k", "v", "beta", "g")), scale=0.3,
+            initial_state=h0[i:i + 1], output_final_state=True)
+        torch.testing.assert_close(o[:, s:e], want_o, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ht[i:i + 1], want_S, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda x, h0, cu: (x, h0, cu.float()), "cu_seqlens must be a 1-D int32 or int64 tensor"),
+    (lambda x, h0, cu: (x, h0, [0, 3, 14]), "not list"),
+    (lambda x, h0, cu: (x, h0, cu + 1), "must start at 0 and increase strictly"),
+    (lambda x, h0, cu: (x, h0, torch.tensor([0, 3, 3, 14])), "must start at 0 and increase"),
+    (lambda x, h0, cu: (x, h0, torch.tensor([0, 3, 10])),
+     r"input `q` is packed \[1, total_T, H, ...\] = \[1, 10, ...\], but has shape \[1, 14, 2, 4\]"),
+    (lambda x, h0, cu: ({n: t.expand(2, *t.shape[1:]) for n, t in x.items()}, h0, cu),
+     r"but has shape \[2, 14, 2, 4\]"),
+    (lambda x, h0, cu: (x, h0[:2], cu),
+     r"initial state `S` is \[N, H, ...\] with N = 4 sequences, but has shape \[2, 2, 4, 5\]"),
+])
+def test_bad_cu_seqlens_is_a_value_error(change, message):
+    x, h0, cu = change(*_packed())
+    with pytest.raises(ValueError, match=message):
+        seqc.load("gated_deltanet").kernel("reference")(**x, initial_state={"S": h0},
+                                                         cu_seqlens=cu)
+
+
+def test_cu_seqlens_is_reserved_in_specs():
+    assert errors(LINEAR.replace("input q[K], k[K], v[V]", "input q[K], k[K], v[V], "
+                                 "cu_seqlens[K]")) [0][2] == \
+        "`cu_seqlens` is a reserved word and cannot be an input name"
