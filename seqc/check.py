@@ -304,6 +304,10 @@ class _Checker(ExpressionTyper):
             else:
                 self.warning(f"{tensor.kind.value} `{tensor.name}` is never used", tensor.span,
                              help="remove it, or use it in the step")
+        for name, const in self.consts.items():
+            if name not in self.used:
+                self.warning(f"const `{name}` is never used", const.span,
+                             help="remove it, or use it in the step")
         for name, state in self.tensors.items():
             if state.kind is ir.TensorKind.STATE and name in self.used and \
                     self.state_versions.get(name, 0) == 0:

@@ -358,3 +358,9 @@ def test_cu_seqlens_is_reserved_in_specs():
     assert errors(LINEAR.replace("input q[K], k[K], v[V]", "input q[K], k[K], v[V], "
                                  "cu_seqlens[K]")) [0][2] == \
         "`cu_seqlens` is a reserved word and cannot be an input name"
+
+
+def test_unused_const_is_a_warning():
+    program = seqc.compile(with_line(5, "const spare = 2"), "spec.seq")
+    assert [(w.span.line, w.message) for w in program.warnings] == [
+        (5, "const `spare` is never used")]
