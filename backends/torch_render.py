@@ -5,6 +5,10 @@ whatever leading dims the caller iterates over (`[B, H]` in a step loop, `[B, T,
 sequence is computed at once); params are `[H, d1, ..., dn]` and broadcast against either. All
 alignment (permute, unsqueeze) is decided here at emit time from the dims, so the emitted code is
 plain tensor arithmetic. Shared by the reference and torch backends.
+
+A `const` is a call-time scalar: the emitted `run` finds its value in `dims` under its name (the
+kernel call puts it there, the given value or the computed default), so every backend spells it
+`dims["scale"]`, a Python float, and treats it like a dim size: a constant.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class TorchRenderer:
         if isinstance(node, ir.Num):
             return repr(float(node.value))
         if isinstance(node, ir.Name):
-            return self.name_code(node)
+            return const_code(node) if _is_const(node) else self.name_code(node)
         if isinstance(node, ir.Unary):
             return f"(-{self.render(node.operand)})"
         if isinstance(node, ir.Binary):
@@ -102,9 +106,18 @@ class TorchRenderer:
 
 
 def is_constant(node: ir.Expr) -> bool:
-    """True when an expression holds no tensor: numbers and dim sizes only."""
-    return all(n.ref is not None and n.ref.kind == "dim"
+    """True when an expression holds no tensor: numbers, dim sizes and consts only."""
+    return all(n.ref is not None and n.ref.kind in ("dim", "const")
                for n in ir.walk(node) if isinstance(n, ir.Name))
+
+
+def _is_const(node: ir.Name) -> bool:
+    return node.ref is not None and node.ref.kind == "const"
+
+
+def const_code(node: ir.Name) -> str:
+    """A const's value in the emitted `run`: the call passes it in `dims`."""
+    return f'dims["{node.id}"]'
 
 
 def constant_tensor(code: str) -> str:

@@ -40,9 +40,16 @@ class Program:
         return emit(self, backend)
 
     def kernel(self, backend: str = "reference", **options):
-        """A callable running this spec: fn(**inputs, **params, initial_state=, output_final_state=)."""
+        """A callable running this spec: fn(**inputs, **params, **consts, initial_state=,
+        output_final_state=)."""
         from .kernel import build_kernel
         return build_kernel(self, backend, **options)
+
+    def op(self, backend: str = "auto", **options):
+        """A function with fla's call: fn(*inputs, *params, scale=None, initial_state=None,
+        output_final_state=False) -> (outputs..., final_state); see seqc/op.py."""
+        from .op import Op
+        return Op(self, self.kernel(backend, **options))
 
     def __repr__(self) -> str:
         return f"<seqc.Program {self.name}>"

@@ -89,21 +89,24 @@ def measure_peak(torch) -> float:
 
 
 class Progress:
-    """A plain-text progress bar on stderr (only when the run is long enough to need one)."""
+    """A plain-text progress bar on stderr (only when the run is long enough to need one): redrawn
+    in place on a terminal; on a pipe or a file, one flushed line a step, so that a reader sees
+    each step as it ends (a `\r`-redrawn bar would arrive as one line at the end)."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, terminal: bool | None = None):
         self.total, self.done, self.enabled = total, 0, enabled
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
 
     def step(self, label: str) -> None:
         self.done += 1
         if self.enabled:
             filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
-                             f"{label:<28}")
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
+            sys.stderr.write(f"\r{bar}{label:<28}" if self.terminal else f"{bar}{label}\n")
             sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.terminal:
             sys.stderr.write("\n")
 
 
@@ -180,6 +183,8 @@ def bench_command(args) -> int:
     with reporting("bench"):
         program = load(args.file)
         sizes = parse_shape(args.shape, tuple(d.name for d in program.spec.dims))
+    if args.plot and not _has_matplotlib():
+        return 1            # said before the benchmark runs, not after it
     import torch
 
     from .inputs import random_call
@@ -259,14 +264,24 @@ def _io_report(program, sizes, backends, tensors) -> int:
     return 0
 
 
+NO_MATPLOTLIB = "seqc bench: --plot needs matplotlib: pip install 'seqc[plot]' (or matplotlib)"
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(NO_MATPLOTLIB, file=sys.stderr)
+    return False
+
+
 def plot(medians: dict[str, float], path: str, title: str) -> int:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("seqc bench: --plot needs matplotlib: pip install 'seqc[plot]' (or matplotlib)",
-              file=sys.stderr)
+        print(NO_MATPLOTLIB, file=sys.stderr)
         return 1
     from matplotlib.ticker import NullFormatter, ScalarFormatter
     names = list(medians)

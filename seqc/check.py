@@ -16,12 +16,12 @@ from .shapes import ExpressionTyper, fmt_dims
 
 MAX_NAME_LENGTH = 64
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "let", "output", "in",
-                               "inf"})
+LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "const", "let", "output",
+                               "in", "inf"})
 IMPLICIT_DIMS = frozenset({"B", "T", "H"})
 RESERVED = LANGUAGE_KEYWORDS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
     | frozenset(keyword.softkwlist) | {"None", "True", "False", "final_state", "initial_state",
-                                       "output_final_state"}
+                                       "output_final_state", "cu_seqlens"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class _Checker(ExpressionTyper):
         self.diagnostics: list[Diagnostic] = []
         self.dims: dict[str, ir.Dim] = {}
         self.tensors: dict[str, ir.Tensor] = {}
+        self.consts: dict[str, ir.Const] = {}
         self.lets: dict[str, ir.Let] = {}
         self.outputs: dict[str, ir.Output] = {}
         self.state_versions: dict[str, int] = {}
@@ -76,9 +77,12 @@ class _Checker(ExpressionTyper):
             self.declare_dim(dim)
         for tensor in spec.tensors:
             self.declare_tensor(tensor)
+        for const in spec.consts:
+            self.declare_const(const)
+        consts = tuple(self.check_const(c) for c in spec.consts)
         body = tuple(self.check_statement(s) for s in spec.body)
-        self.check_completeness(body)
-        return replace(spec, body=body)
+        self.check_completeness(body, consts)
+        return replace(spec, body=body, consts=consts)
 
     def check_model(self) -> None:
         spans = self.spec.model_spans
@@ -96,9 +100,10 @@ class _Checker(ExpressionTyper):
                        help="names start with a letter and hold letters, digits and `_`")
         elif len(name) > MAX_NAME_LENGTH:
             self.error(f"{what} `{name[:20]}...` is longer than {MAX_NAME_LENGTH} characters", span)
-        elif name in IMPLICIT_DIMS and what == "dim name":
+        elif name in IMPLICIT_DIMS and what in ("dim name", "const name"):
             self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
-                       help="choose another name, e.g. `D` or `N`")
+                       help="choose another name, e.g. `D` or `N`" if what == "dim name"
+                       else "choose another name, e.g. `scale`")
         elif name in RESERVED:
             self.error(f"`{name}` is a reserved word and cannot be {_article(what)} {what}", span)
         else:
@@ -106,7 +111,7 @@ class _Checker(ExpressionTyper):
         return False
 
     def already_declared(self, name: str) -> ir.Span | None:
-        for table in (self.dims, self.tensors, self.lets, self.outputs):
+        for table in (self.dims, self.tensors, self.consts, self.lets, self.outputs):
             if name in table:
                 return table[name].span
         return None
@@ -159,6 +164,42 @@ class _Checker(ExpressionTyper):
             self.state_versions[tensor.name] = 0
         if not ok:
             self.poisoned.add(tensor.name)
+
+    def declare_const(self, const: ir.Const) -> None:
+        """Every const is known before any is typed, so that a use above its line is reported as
+        such (not as an unknown name)."""
+        if not self.check_identifier(const.name, const.span, "const name"):
+            self.poisoned.add(const.name)
+            self.consts.setdefault(const.name, const)
+            return
+        earlier = self.already_declared(const.name)
+        if earlier and const.name in self.consts:
+            self.error(f"const `{const.name}` is defined twice", const.span,
+                       help=f"first defined at line {earlier.line}; a const has one default, and "
+                            "a call may give another value")
+        elif earlier:
+            self.error(f"`{const.name}` is already declared (at line {earlier.line})", const.span,
+                       help="a const needs a name of its own")
+        else:
+            self.consts[const.name] = const
+
+    def check_const(self, const: ir.Const) -> ir.Const:
+        """A const's default is a scalar of numbers, dim sizes and earlier consts: it is computed
+        when a call binds the dims, before any tensor is read."""
+        value = self.expr(const.value, const.span.line)
+        if value.dims is None or const.name in self.poisoned:
+            return replace(const, value=value)
+        tensors = [n for n in ir.walk(value) if isinstance(n, ir.Name) and n.ref is not None
+                   and n.ref.kind not in ("dim", "const")]
+        if tensors:
+            first = tensors[0]
+            self.error(f"the default of const `{const.name}` must be a scalar of numbers, dims and "
+                       f"earlier consts, but `{first.id}` is {_article(first.ref.kind)} "
+                       f"{first.ref.kind}", first.span,
+                       help="a const is a call-time number such as `const scale = K ** -0.5`; "
+                            "use `let` for a value computed from tensors")
+            self.poisoned.add(const.name)
+        return replace(const, value=value)
 
     # ---- statements -----------------------------------------------------------------------
 
@@ -239,7 +280,8 @@ class _Checker(ExpressionTyper):
                            help=_dims_help(dims, output.declared_dims))
         return output
 
-    def check_completeness(self, body: tuple[ir.Statement, ...]) -> None:
+    def check_completeness(self, body: tuple[ir.Statement, ...],
+                           consts: tuple[ir.Const, ...] = ()) -> None:
         if not any(isinstance(s, ir.Output) for s in body):
             self.error("the spec defines no output", self.spec.span,
                        help="add a line such as `output o = q @ S`")
@@ -250,7 +292,7 @@ class _Checker(ExpressionTyper):
                        help="declare what arrives at each step, e.g. `input x[D]`")
         bad_declaration = any(t.name in self.poisoned for t in self.spec.inputs + self.spec.params)
         if self.spec.inputs and not bad_declaration:     # else the errors above explain it
-            self.check_dims_bound(body)
+            self.check_dims_bound(body + consts)
         if any(d.severity == "error" for d in self.diagnostics):
             return   # what is unused after an error is most likely the error's doing
         for tensor in self.tensors.values():
@@ -262,6 +304,10 @@ class _Checker(ExpressionTyper):
             else:
                 self.warning(f"{tensor.kind.value} `{tensor.name}` is never used", tensor.span,
                              help="remove it, or use it in the step")
+        for name, const in self.consts.items():
+            if name not in self.used:
+                self.warning(f"const `{name}` is never used", const.span,
+                             help="remove it, or use it in the step")
         for name, state in self.tensors.items():
             if state.kind is ir.TensorKind.STATE and name in self.used and \
                     self.state_versions.get(name, 0) == 0:
@@ -269,7 +315,7 @@ class _Checker(ExpressionTyper):
                              help="a constant belongs in a `param`")
 
 
-    def check_dims_bound(self, body: tuple[ir.Statement, ...]) -> None:
+    def check_dims_bound(self, body: tuple[ir.Statement | ir.Const, ...]) -> None:
         """A dim's size comes from the call's inputs and params: one that none of them has
         cannot be given, and every call would fail."""
         bound = {d for t in self.spec.tensors if t.kind is not ir.TensorKind.STATE for d in t.dims}
@@ -284,8 +330,10 @@ class _Checker(ExpressionTyper):
                             f"`param w[{name}]`)" + ("" if users else ", or remove it"))
 
 
-def _dim_users(dim: str, states: tuple[ir.Tensor, ...], body: tuple[ir.Statement, ...]) -> str:
-    """What uses a dim besides inputs and params: states, outputs, or the step's expressions."""
+def _dim_users(dim: str, states: tuple[ir.Tensor, ...],
+               body: tuple[ir.Statement | ir.Const, ...]) -> str:
+    """What uses a dim besides inputs and params: states, outputs, or the step's expressions
+    (consts' defaults among them)."""
     users = [f"state `{s.name}`" for s in states if dim in s.dims]
     users += [f"output `{o.name}`" for o in body
               if isinstance(o, ir.Output) and dim in (o.declared_dims or ())]

@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .emit import BACKENDS
     parser = argparse.ArgumentParser(prog="seqc", description="A compiler for sequence models.")
+    parser.add_argument("--version", action="version", version=f"seqc {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     check = sub.add_parser("check", help="diagnostics and the analysis verdict per state")
@@ -57,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     compile_cmd = sub.add_parser("compile", help="emit the Python module of a backend")
     compile_cmd.add_argument("file", metavar="FILE")
-    compile_cmd.add_argument("-b", "--backend", default="reference")
+    compile_cmd.add_argument("-b", "--backend", default="reference", metavar="BACKEND",
+                             help=f"one of {', '.join(BACKENDS)} (default: reference)")
     compile_cmd.add_argument("-o", "--output", metavar="OUT", help="write here, not to stdout")
     compile_cmd.set_defaults(command=cmd_compile)
 

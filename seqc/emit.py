@@ -6,7 +6,8 @@ with a header naming the spec and the seqc version, and defines
     run(inputs, params, dims, initial_state=None, output_final_state=False, **options)
         -> (outputs: dict[str, Tensor], final_state: dict[str, Tensor] | None)
 
-with inputs `[B, T, H, ...]`, params `[H, ...]`, `dims` holding B, T, H and the spec's dims,
+with inputs `[B, T, H, ...]`, params `[H, ...]`, `dims` holding B, T, H, the spec's dims and
+the value of each `const` by its name,
 `initial_state` None or a complete dict of `[B, H, ...]` tensors. Outputs come back in the
 compute dtype (fp32, or fp64 for fp64 inputs); the kernel wrapper casts them to the input dtype.
 """

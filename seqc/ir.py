@@ -54,7 +54,7 @@ class TensorKind(Enum):
 @dataclass(frozen=True)
 class Ref:
     """What a name refers to, filled in by the checker."""
-    kind: str            # "input" | "param" | "state" | "let" | "dim"
+    kind: str            # "input" | "param" | "state" | "let" | "dim" | "const"
     version: int = 0     # for states: 0 = previous step, n = after the n-th update this step
 
 
@@ -132,6 +132,15 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class Const:
+    """`const scale = K ** -0.5`: a scalar given at call time (`scale=0.1`), else its default,
+    an expression of numbers, dim sizes and earlier consts."""
+    name: str
+    value: Expr
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Let:
     name: str
     value: Expr
@@ -165,6 +174,7 @@ class Spec:
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     source: str = field(default="", compare=False, repr=False)
     model_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    consts: tuple[Const, ...] = ()
 
     def tensors_of(self, kind: TensorKind) -> tuple[Tensor, ...]:
         return tuple(t for t in self.tensors if t.kind is kind)

@@ -15,6 +15,7 @@ from .autograd import run_triton
 from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
 from .validate import validate
+from .varlen import run_packed
 
 
 class KernelOutput:
@@ -61,7 +62,10 @@ class Kernel:
         self.module = module
         self.options = options
 
-    def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
+    def __call__(self, initial_state=None, output_final_state: bool = False, cu_seqlens=None,
+                 **tensors):
+        if cu_seqlens is not None:       # packed sequences: seqc/varlen.py
+            return run_packed(self, tensors, cu_seqlens, initial_state, output_final_state)
         call = validate(self.program.spec, tensors, initial_state, output_final_state)
         with without_autocast(call.device):
             if self.backend == "triton":      # differentiable: seqc/autograd.py

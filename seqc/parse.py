@@ -87,6 +87,9 @@ class _ToIR(Transformer):
     def tensor_decl(self, meta, kind, *items):
         return ("tensors", ir.TensorKind(str(kind)), items, self.where.span(meta))
 
+    def const_decl(self, meta, name, value):
+        return ir.Const(str(name), value, self.where.span(meta))
+
     def let_stmt(self, meta, name, value):
         return ir.Let(str(name), value, self.where.span(meta))
 
@@ -251,6 +254,7 @@ def _assemble(items, source: str, filename: str) -> ir.Spec:
     dims: list[ir.Dim] = []
     tensors: list[ir.Tensor] = []
     body: list[ir.Statement] = []
+    consts: list[ir.Const] = []
     for item in items:
         if isinstance(item, tuple) and item[0] == "model":
             model_seen.append(item)
@@ -266,7 +270,9 @@ def _assemble(items, source: str, filename: str) -> ir.Spec:
                                          entry_span, tuple(d.span for d in shape)))
         elif isinstance(item, tuple) and item[0] == "output":
             body.append(item[1])
+        elif isinstance(item, ir.Const):
+            consts.append(item)
         else:
             body.append(item)
     return ir.Spec(name, tuple(dims), tuple(tensors), tuple(body), name_span, source,
-                   tuple(m[2] for m in model_seen))
+                   tuple(m[2] for m in model_seen), tuple(consts))

@@ -15,6 +15,7 @@ def pretty(spec: ir.Spec) -> str:
     if spec.dims:
         lines.append("dims " + ", ".join(d.name for d in spec.dims))
     lines.extend(_tensor(t) for t in spec.tensors)
+    lines.extend(f"const {c.name} = {expr(c.value)}" for c in spec.consts)
     lines.extend(statement(s) for s in spec.body)
     return "\n".join(lines) + "\n"
 

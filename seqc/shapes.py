@@ -5,7 +5,7 @@
 parents stay silent). Broadcasting is by name: the left operand's dims, then the right operand's
 new ones; `@` contracts the last dim of the left side with the first of the right, same name.
 
-The mixin uses the checker's tables: `dims`, `lets`, `tensors`, `outputs`, `state_versions`,
+The mixin uses the checker's tables: `dims`, `consts`, `lets`, `tensors`, `outputs`, `state_versions`,
 `used`, `unknown`, `poisoned` and its `error` method.
 """
 from __future__ import annotations
@@ -44,6 +44,14 @@ class ExpressionTyper:
                            node.span, help="declare the dims first, after `model`")
                 return replace(node, dims=None)
             return replace(node, dims=(), ref=ir.Ref("dim"))
+        if node.id in self.consts:
+            declared = self.consts[node.id].span.line
+            if declared >= line:      # a const's own default, or a line above it
+                self.error(f"const `{node.id}` is used before its declaration (line {declared})",
+                           node.span, help="declare a const above its first use")
+                return replace(node, dims=None)
+            self.used.add(node.id)
+            return replace(node, dims=(), ref=ir.Ref("const"))
         if node.id in self.lets:
             self.used.add(node.id)
             return replace(node, dims=self.lets[node.id].value.dims, ref=ir.Ref("let"))
@@ -62,7 +70,7 @@ class ExpressionTyper:
             return replace(node, dims=None)
         if node.id not in self.unknown:      # reported once, at its first use
             self.unknown.add(node.id)
-            suggestion = closest(node.id, [*self.dims, *self.lets, *self.tensors])
+            suggestion = closest(node.id, [*self.dims, *self.consts, *self.lets, *self.tensors])
             self.error(f"unknown name `{node.id}`", node.span,
                        help=f"did you mean `{suggestion}`?" if suggestion else None)
         return replace(node, dims=None)

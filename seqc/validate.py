@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ir
+from .consts import const_values
 from .errors import closest
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -22,8 +23,8 @@ class Call:
     inputs: dict[str, torch.Tensor]
     params: dict[str, torch.Tensor]
     initial_state: dict[str, torch.Tensor] | None
-    dims: dict[str, int]
-    dtype: torch.dtype
+    dims: dict[str, int | float]     # every dim's size, and every const's value by its name
+    dtype: torch.dtype               # the first input's: the outputs' dtype
     device: torch.device
 
 
@@ -64,25 +65,31 @@ def _layout(layout: tuple[str, ...]) -> str:
     return "[" + ", ".join(layout) + "]"
 
 
-def validate(spec: ir.Spec, tensors: dict, initial_state, output_final_state=False) -> Call:
+def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=False) -> Call:
+    """`arguments`: the call's tensors (inputs and params) and consts, by name."""
     binder = _Binder()
     if not isinstance(output_final_state, bool):
         binder.problems.append(f"output_final_state must be True or False, not "
                                f"{output_final_state!r} ({type(output_final_state).__name__})")
     inputs, params = {}, {}
     known = {t.name: t for t in spec.inputs + spec.params}
+    const_names = [c.name for c in spec.consts]
+    tensors = {name: value for name, value in arguments.items() if name not in const_names}
     for name in tensors:
         if name not in known:
-            guess = closest(name, known)
+            guess = closest(name, [*known, *const_names])
             hint = f"; did you mean `{guess}`?" if guess else ""
             binder.problems.append(f"unknown argument `{name}`{hint} (the kernel takes "
-                                   f"{', '.join(known) or 'no tensors'})")
+                                   f"{_takes(known, const_names)})")
+    tensors = _grouped_heads(binder, spec, tensors)
     for tensor in spec.inputs + spec.params:
         is_input = tensor.kind is ir.TensorKind.INPUT
         layout = (("B", "T", "H") if is_input else ("H",)) + tensor.dims
         what = f"{tensor.kind.value} `{tensor.name}`"
         if tensor.name not in tensors:
             binder.problems.append(f"missing {what} (expected shape {_layout(layout)})")
+            continue
+        if tensors[tensor.name] is None:
             continue
         binder.bind(what, tensors[tensor.name], layout)
         (inputs if is_input else params)[tensor.name] = tensors[tensor.name]
@@ -93,7 +100,48 @@ def validate(spec: ir.Spec, tensors: dict, initial_state, output_final_state=Fal
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
     _empty_dims(binder, spec)
     _raise(binder)
-    return Call(inputs, params, states, dict(binder.sizes), dtype, device)
+    consts = const_values(spec, binder.sizes, arguments, binder.problems)
+    _raise(binder)
+    return Call(inputs, params, states, {**binder.sizes, **consts}, dtype, device)
+
+
+def _takes(tensors, consts: list[str]) -> str:
+    text = ", ".join(tensors) or "no tensors"
+    return text + (f"; consts {', '.join(consts)}" if consts else "")
+
+
+def _grouped_heads(binder: _Binder, spec: ir.Spec, tensors: dict) -> dict:
+    """fla's grouped heads (GVA): H is the largest head count of the inputs, and an input with
+    fewer heads, a divisor of H, is shared by consecutive groups of heads: head h reads its head
+    h // (H / heads). Such an input is expanded to H heads here, before the run (an input with H
+    heads is passed as it is, uncopied). Params and states have H heads. An input whose head
+    count does not divide H is reported and maps to None."""
+    heads = {t.name: tensors[t.name].shape[2] for t in spec.inputs
+             if isinstance(tensors.get(t.name), torch.Tensor)
+             and tensors[t.name].dim() == 3 + len(t.dims)}
+    if not heads:
+        return tensors
+    most = max(heads, key=heads.get)
+    H = heads[most]
+    expanded = dict(tensors)
+    for name, count in heads.items():
+        if count == H:
+            continue
+        if count == 0 or H % count:
+            binder.problems.append(
+                f"input `{name}` has {count} heads but H = {H} (the largest head count, from "
+                f"input `{most}`): an input has H heads, or a divisor of H whose heads are shared "
+                f"by groups of H / {count} consecutive heads (fla's grouped heads)")
+            expanded[name] = None        # reported; not bound
+        else:
+            expanded[name] = _repeat_heads(tensors[name], H // count)
+    return expanded
+
+
+def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, T, h, ...] -> [B, T, h * group, ...], head j * group + i being head j of x."""
+    B, T, h, *rest = x.shape
+    return x.unsqueeze(3).expand(B, T, h, group, *rest).reshape(B, T, h * group, *rest)
 
 
 def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
@@ -104,9 +152,10 @@ def _dtype_and_device(binder: _Binder, tensors: dict[str, torch.Tensor]):
                                    "(float32, bfloat16, float16 or float64)")
         elif dtype is None:
             dtype, first = tensor.dtype, name
-        elif tensor.dtype != dtype:
+        elif (tensor.dtype == torch.float64) != (dtype == torch.float64):
             binder.problems.append(f"`{name}` has dtype {tensor.dtype} but `{first}` has {dtype}: "
-                                   "inputs and params must share one dtype")
+                                   "float64 does not mix with other dtypes (a call computes in "
+                                   "float64 when its tensors are float64, else in float32)")
         if tensor.device.type == "meta":
             binder.problems.append(f"`{name}` is on the meta device, which holds shapes but no "
                                    "values: a kernel computes values (the step loop and the "

@@ -59,7 +59,7 @@ def test_checker_types_every_expression(name):
 def test_spans_point_into_the_source():
     spec = parse(_source("gla"), "gla.seq")
     update = next(s for s in spec.body if isinstance(s, ir.Update))
-    assert (update.span.file, update.span.line, update.span.col) == ("gla.seq", 12, 1)
+    assert (update.span.file, update.span.line, update.span.col) == ("gla.seq", 13, 1)
     names = [n for n in ir.walk(update.value) if isinstance(n, ir.Name)]
     assert [(n.id, n.span.col, n.span.end_col) for n in names] == \
         [("g", 9, 10), ("S", 14, 15), ("k", 18, 19), ("v", 22, 23)]

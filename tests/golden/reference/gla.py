@@ -8,8 +8,9 @@
 #     input v[V]
 #     input g[K] in (-inf, 0)
 #     state S[K, V] = 0
+#     const scale = K ** -0.5
 #     S = exp(g) * S + k * v
-#     output o = K ** -0.5 * q @ S
+#     output o = scale * q @ S
 """Reference step loop for `gla`: see backends/reference/step_loop.md in seqc."""
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False):
         in_v = seq_v[t]
         in_g = seq_g[t]
         st_S = ((torch.exp(in_g)[..., :, None] * st_S) + (in_k[..., :, None] * in_v[..., None, :]))
-        out_o.append(torch.einsum('...a,...ab->...b', ((dim_K ** (-0.5)) * in_q), st_S))
+        out_o.append(torch.einsum('...a,...ab->...b', (dims["scale"] * in_q), st_S))
     outputs = {
         "o": torch.stack(out_o, dim=1),
     }

@@ -9,9 +9,10 @@
 #     input g in (-inf, 0)
 #     input beta in (0, 1)
 #     state S[K, V] = 0
+#     const scale = K ** -0.5
 #     S = exp(g) * S
 #     S = S + beta * k * (v - k @ S)
-#     output o = K ** -0.5 * q @ S
+#     output o = scale * q @ S
 """Triton kernels for `gated_deltanet`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, chunk_delta (default: chunk_delta).
@@ -320,7 +321,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
     consts = {
-        "c0": float((torch.tensor(float(dims["K"]), dtype=torch.float64) ** (-0.5))),
+        "c0": float(dims["scale"]),
     }
     outputs = {
         "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),

@@ -8,8 +8,9 @@
 #     input v[V]
 #     input g[K] in (-inf, 0)
 #     state S[K, V] = 0
+#     const scale = K ** -0.5
 #     S = exp(g) * S + k * v
-#     output o = K ** -0.5 * q @ S
+#     output o = scale * q @ S
 """Triton kernels for `gla`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, chunk (default: chunk).
@@ -576,7 +577,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
     consts = {
-        "c0": float((torch.tensor(float(dims["K"]), dtype=torch.float64) ** (-0.5))),
+        "c0": float(dims["scale"]),
     }
     outputs = {
         "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
