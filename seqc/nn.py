@@ -24,6 +24,7 @@ from torch import nn
 
 from . import ir
 from .api import Program, load
+from .consts import const_values
 from .errors import SpecError, closest
 from .ranges import form_of, from_range, to_range
 
@@ -107,6 +108,7 @@ class Mixer(nn.Module):
         _check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size)
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.sizes = _dim_sizes(spec_ir, dims or {}, head_dim, hidden_size, num_heads)
+        self.consts = const_values(spec_ir, self.sizes, {}, [])   # their defaults (seqc/consts.py)
         self.short_conv = _names_of(spec_ir, short_conv, "short_conv")
         self.l2norm = _names_of(spec_ir, l2norm, "l2norm")
         _check_l2norm(spec_ir, self.l2norm)
@@ -194,7 +196,8 @@ class Mixer(nn.Module):
         tensors are the Mixer's own, so the kernel call's validation (a third of a step's time at
         decoding sizes) is skipped."""
         first = next(iter(inputs.values()))
-        dims = {"B": first.shape[0], "T": 1, "H": self.num_heads, **self.sizes}
+        dims = {"B": first.shape[0], "T": 1, "H": self.num_heads, **self.sizes,
+                **self.consts}
         outputs, final = self.step.module.run(inputs, params, dims, states, want_states)
         return outputs[self.output.name].to(first.dtype), final
 
