@@ -272,13 +272,12 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
 
 
 
-# ---- the chunk recurrence core and its adjoint (chunk_bwd.md) ----
+# ---- helpers of the recurrence cores with adjoint kernels (chunk_bwd.md, delta_bwd.md) ----
 
 
 @triton.jit
-def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
-                      DECAY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-                      ACC: tl.constexpr):
+def _core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t, DECAY: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     """(b, c) [BLOCK_T, BLOCK_K]: the finite log decays cumulated from the chunk's start and the
     count of -inf ones (a -inf decay is a reset: nothing decays across it); 0 past T and for
     DECAY 0; a scalar decay (DECAY 1) is broadcast over the key lanes."""
@@ -294,27 +293,31 @@ def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
 
 
 @triton.jit
-def _chunk_core_gap(b_to, c_to, b_from, c_from):
+def _core_gap(b_to, c_to, b_from, c_from):
     """exp(b_to - b_from), the decay from one point of a chunk to a later one: 0 when a -inf log
     decay lies between them (their counts c differ); the exponent is clamped to <= 0."""
     return tl.where(c_to == c_from, tl.exp(tl.minimum(b_to - b_from, 0.0)), 0.0)
 
 
 @triton.jit
-def _chunk_core_decay(b, c, o_t):
+def _core_decay(b, c, o_t):
     """M[i, j] = exp(b_i - b_j) for j <= i, else 0, of a scalar decay (equal on every lane)."""
     b1 = tl.max(b, axis=1)
     c1 = tl.max(c, axis=1)
     return tl.where(o_t[:, None] >= o_t[None, :],
-                    _chunk_core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
+                    _core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
 
 
 @triton.jit
-def _chunk_core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+def _core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
     """Offsets and mask of a [K, V] state (key dim first) in a [BLOCK_K, BLOCK_V] block."""
     o_k = tl.arange(0, BLOCK_K)
     o_v = tl.arange(0, BLOCK_V)
     return o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
+
+
+
+# ---- the chunk recurrence core and its adjoint (chunk_bwd.md) ----
 
 
 @triton.jit
@@ -322,7 +325,7 @@ def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                       BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                       DECAY: tl.constexpr, ACC: tl.constexpr):
     """Chunk n of one batch x head: q, k [BLOCK_T, BLOCK_K], v [BLOCK_T, BLOCK_V] (0 past T and
-    in padded lanes), the cumulated log decays (b, c: _chunk_core_gates), the decay factors from
+    in padded lanes), the cumulated log decays (b, c: _core_gates), the decay factors from
     the chunk's start, to its end and over it, and where the tokens live."""
     o_t = tl.arange(0, BLOCK_T)
     o_k = tl.arange(0, BLOCK_K)
@@ -337,14 +340,14 @@ def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
     q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
-    b, c = _chunk_core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
+    b, c = _core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
                              BLOCK_K, ACC)
     last = (o_t == BLOCK_T - 1)[:, None]
     b_last = tl.sum(tl.where(last, b, 0.0), axis=0)
     c_last = tl.sum(tl.where(last, c, 0.0), axis=0)
-    from_start = _chunk_core_gap(b, c, 0.0, 0.0)                       # exp(b_i)
-    to_end = _chunk_core_gap(b_last[None, :], c_last[None, :], b, c)   # exp(b_last - b_j)
-    whole = _chunk_core_gap(b_last, c_last, 0.0, 0.0)                  # exp(b_last)
+    from_start = _core_gap(b, c, 0.0, 0.0)                         # exp(b_i)
+    to_end = _core_gap(b_last[None, :], c_last[None, :], b, c)     # exp(b_last - b_j)
+    whole = _core_gap(b_last, c_last, 0.0, 0.0)                    # exp(b_last)
     return q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
         mask_tv
 
@@ -362,7 +365,7 @@ def _chunk_core_fwd_kernel(
     i_b = i_bh // H
     i_h = i_bh % H
     o_t = tl.arange(0, BLOCK_T)
-    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
     S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     for n in range(0, N):
         tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
@@ -372,7 +375,7 @@ def _chunk_core_fwd_kernel(
         if DECAY == 2:
             A = _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
         else:
-            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _chunk_core_decay(b, c, o_t)
+            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _core_decay(b, c, o_t)
         o = tl.dot(q * from_start, S, input_precision=PRECISION) \
             + tl.dot(A, v, input_precision=PRECISION)
         tl.store(ptr_o + offs_tv, o, mask=mask_tv)
@@ -390,7 +393,7 @@ def _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
         k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
         b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
         c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
-        column = tl.sum(q * k_j[None, :] * _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]),
+        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
                         axis=1)
         A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
     return A
@@ -410,7 +413,7 @@ def _chunk_core_bwd_kernel(
     i_b = i_bh // H
     i_h = i_bh % H
     o_t = tl.arange(0, BLOCK_T)
-    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
     if HAS_DFINAL:
         dS = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     else:
@@ -431,7 +434,7 @@ def _chunk_core_bwd_kernel(
         if DECAY == 2:
             A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
         else:
-            M = _chunk_core_decay(b, c, o_t)
+            M = _core_decay(b, c, o_t)
             A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * M
             dq = tl.dot(dA * M, k, input_precision=PRECISION)
             dk = tl.dot(tl.trans(dA * M), q, input_precision=PRECISION)
@@ -472,7 +475,7 @@ def _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr,
         b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
         c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
         later = (o_t >= j)[:, None]
-        decay = tl.where(later, _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
         A += tl.where(later & (o_t == j)[None, :],
                       tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
         dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
