@@ -43,7 +43,7 @@ def adjoint_cores(plan, modes) -> list[str]:
     chunk group has one query and one write a step; `scan` (scan_bwd.md) when the Plan has an
     elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (delta_bwd.md)
     when the chunk_delta kernel runs and every delta group has one query and one delta step a
-    token and no or a scalar decay (deltanet, gated_deltanet)."""
+    token (deltanet, gated_deltanet, kda)."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -56,7 +56,7 @@ def adjoint_cores(plan, modes) -> list[str]:
         cores.append("scan")
     deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
     if "chunk_delta" in modes and all(
-            len(g.steps) == 1 and (g.log_decay is None or g.log_decay.dims == ())
-            and sum(r.state == g.state for r in plan.reads) == 1 for g in deltas):
+            len(g.steps) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+            for g in deltas):
         cores.append("chunk_delta")
     return cores

@@ -325,6 +325,45 @@ def _core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
     return o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
 
 
+@triton.jit
+def _core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
+    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
+    exponent formed is <= 0)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
+        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
+    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
+    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        later = (o_t >= j)[:, None]
+        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        A += tl.where(later & (o_t == j)[None, :],
+                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * k_j[None, :] * decay
+        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
+    return A, dq, dk
+
+
 
 # ---- the delta-rule chunk core and its adjoint (delta_bwd.md) ----
 
@@ -348,10 +387,10 @@ def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V
                       BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                       DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """Chunk n of one batch x head: q, k (erase key), w (write key) [BLOCK_T, BLOCK_K], v
-    [BLOCK_T, BLOCK_V] (0 past T and in padded lanes); the decays (the [C, C] mask D_ij =
-    exp(b_i - b_j), j <= i, and the factors from the chunk's start, to its end and over it); the
-    scores L (strictly lower) and P (q_i . w_j, j <= i) with their decays; the UT inverse
-    A = (I + L)^-1; and where the tokens live."""
+    [BLOCK_T, BLOCK_V] (0 past T and in padded lanes); the decays (b, c: _core_gates; for a
+    scalar decay the [C, C] mask D_ij = exp(b_i - b_j), j <= i; the factors from the chunk's
+    start, to its end and over it); the scores L (k_i . w_j, j < i) and P (q_i . w_j, j <= i)
+    with their decays; the UT inverse A = (I + L)^-1; and where the tokens live."""
     o_t = tl.arange(0, BLOCK_T)
     o_k = tl.arange(0, BLOCK_K)
     o_v = tl.arange(0, BLOCK_V)
@@ -373,13 +412,18 @@ def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V
     from_start = _core_gap(b, c, 0.0, 0.0)                         # exp(b_i)
     to_end = _core_gap(b_last[None, :], c_last[None, :], b, c)     # exp(b_last - b_j)
     whole = _core_gap(b_last, c_last, 0.0, 0.0)                    # exp(b_last)
-    D = _core_decay(b, c, o_t)
-    L = tl.where(o_t[:, None] > o_t[None, :],
-                 tl.dot(k, tl.trans(w), input_precision=PRECISION) * D, 0.0)
-    P = tl.dot(q, tl.trans(w), input_precision=PRECISION) * D
+    if DECAY == 2:      # key-wise: the scores column by column, D unused
+        D = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        L = _core_keywise_scores(k, w, b, c, o_t, BLOCK_T)
+        P = _core_keywise_scores(q, w, b, c, o_t, BLOCK_T)
+    else:
+        D = _core_decay(b, c, o_t)
+        L = tl.dot(k, tl.trans(w), input_precision=PRECISION) * D
+        P = tl.dot(q, tl.trans(w), input_precision=PRECISION) * D
+    L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     A = _delta_core_inverse(L, o_t, BLOCK_T)
-    return q, k, w, v, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, mask_tk, \
-        offs_tv, mask_tv
+    return q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+        mask_tk, offs_tv, mask_tv
 
 
 @triton.jit
@@ -399,10 +443,10 @@ def _delta_core_fwd_kernel(
     S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     for n in range(0, N):
         tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
-        q, k, w, v, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, mask_tk, \
-            offs_tv, mask_tv = _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h,
-                                                 T, H, K, V, BLOCK_T, BLOCK_K, BLOCK_V, DECAY,
-                                                 ACC, PRECISION)
+        q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+                ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
+                BLOCK_V, DECAY, ACC, PRECISION)
         delta = tl.dot(A, v - tl.dot(k * from_start, S, input_precision=PRECISION),
                        input_precision=PRECISION)
         o = tl.dot(q * from_start, S, input_precision=PRECISION) \
@@ -410,13 +454,6 @@ def _delta_core_fwd_kernel(
         tl.store(ptr_o + offs_tv, o, mask=mask_tv)
         S = S * whole[:, None] + tl.dot(tl.trans(w * to_end), delta, input_precision=PRECISION)
     tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
-
-
-@triton.jit
-def _delta_core_rows_minus_columns(E, o_t):
-    """sum_j E_ij - sum_j E_ji per row i: the gradient of the cumulated log decay b_i through
-    a [C, C] matrix of decay ratios exp(b_i - b_j) (E = the matrix times its gradient)."""
-    return tl.sum(E, axis=1) - tl.sum(E, axis=0)
 
 
 @triton.jit
@@ -441,10 +478,10 @@ def _delta_core_bwd_kernel(
         dS = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
     for i_n in range(0, N):
         n = N - 1 - i_n
-        q, k, w, v, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, mask_tk, \
-            offs_tv, mask_tv = _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h,
-                                                 T, H, K, V, BLOCK_T, BLOCK_K, BLOCK_V, DECAY,
-                                                 ACC, PRECISION)
+        q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+                ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
+                BLOCK_V, DECAY, ACC, PRECISION)
         S0 = tl.load(ptr_h + (i_bh * N + n) * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
         do = tl.load(ptr_do + offs_tv, mask=mask_tv, other=0.0).to(ACC)
         kg = k * from_start                                            # diag(Gamma) K
@@ -457,9 +494,7 @@ def _delta_core_bwd_kernel(
         ddelta = tl.dot(tl.trans(P), do, input_precision=PRECISION) \
             + tl.dot(w_end, dS, input_precision=PRECISION)
         dq_state = tl.dot(do, tl.trans(S0), input_precision=PRECISION) * from_start
-        dq = dq_state + tl.dot(dP * D, w, input_precision=PRECISION)
         dw_end = tl.dot(delta, tl.trans(dS), input_precision=PRECISION) * to_end
-        dw = tl.dot(tl.trans(dP * D), q, input_precision=PRECISION) + dw_end
         # delta = A v - W S0, W = A kg, A = (I + L)^-1
         dW = -tl.dot(ddelta, tl.trans(S0), input_precision=PRECISION)
         dv = tl.dot(tl.trans(A), ddelta, input_precision=PRECISION)
@@ -469,22 +504,30 @@ def _delta_core_bwd_kernel(
         dL = tl.where(o_t[:, None] > o_t[None, :],
                       -tl.dot(tl.trans(A), tl.dot(dA, tl.trans(A), input_precision=PRECISION),
                               input_precision=PRECISION), 0.0)
-        dk = dkg * from_start + tl.dot(dL * D, w, input_precision=PRECISION)
-        dw += tl.dot(tl.trans(dL * D), k, input_precision=PRECISION)
-        tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
-        tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
-        tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
+        # the scores P (q . w) and L (k . w) with their decays, back to their keys
+        if DECAY == 2:
+            _, dq_P, dw_P = _core_keywise_adjoint(q, w, b, c, dP, o_t, BLOCK_T, BLOCK_K)
+            _, dk_L, dw_L = _core_keywise_adjoint(k, w, b, c, dL, o_t, BLOCK_T, BLOCK_K)
+        else:
+            dq_P = tl.dot(dP * D, w, input_precision=PRECISION)
+            dw_P = tl.dot(tl.trans(dP * D), q, input_precision=PRECISION)
+            dk_L = tl.dot(dL * D, w, input_precision=PRECISION)
+            dw_L = tl.dot(tl.trans(dL * D), k, input_precision=PRECISION)
+        tl.store(ptr_dq + offs_tk, dq_state + dq_P, mask=mask_tk)
+        tl.store(ptr_dk + offs_tk, dkg * from_start + dk_L, mask=mask_tk)
+        tl.store(ptr_dw + offs_tk, dw_P + dw_L + dw_end, mask=mask_tk)
         tl.store(ptr_dv + offs_tv, dv, mask=mask_tv)
         if DECAY > 0:
-            # dL/db_i: every factor exp(b_i - b_j), exp(b_i), exp(b_last - b_j), exp(b_last)
-            # times its gradient, + at b_i (and b_last), - at b_j; dg = its reverse cumsum
-            d_last = tl.sum(tl.sum(dS * S0, axis=1) * whole, axis=0) \
-                + tl.sum(tl.sum(w * dw_end, axis=1), axis=0)
-            db = _delta_core_rows_minus_columns(dP * P + dL * L, o_t) \
-                + tl.sum(q * dq_state + kg * dkg - w * dw_end, axis=1) \
-                + tl.where(o_t == BLOCK_T - 1, d_last, 0.0)
-            dg = tl.sum(db, axis=0) - tl.cumsum(db, axis=0) + db
-            tl.store(ptr_dg + base, dg, mask=mask_t)
+            # dL/db_i per key lane: every decay factor times its gradient, + at its later point,
+            # - at its earlier (the q dq - k dk of the chunk core); dg = its reverse cumsum
+            db = q * (dq_state + dq_P) + k * dk_L + kg * dkg - w * (dw_P + dw_L + dw_end)
+            d_last = tl.sum(dS * S0, axis=1) * whole + tl.sum(w * dw_end, axis=0)
+            db += tl.where((o_t == BLOCK_T - 1)[:, None], d_last[None, :], 0.0)
+            dg = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db
+            if DECAY == 2:
+                tl.store(ptr_dg + offs_tk, dg, mask=mask_tk)
+            else:
+                tl.store(ptr_dg + base, tl.sum(tl.where(mask_tk, dg, 0.0), axis=1), mask=mask_t)
         dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION) \
             - tl.dot(tl.trans(W), ddelta, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
@@ -508,7 +551,7 @@ class _DeltaCore(torch.autograd.Function):
         o = torch.empty_like(v)
         h = torch.empty((B, H, N, K, V), dtype=q.dtype, device=q.device)
         final = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
-        decay = 0 if g is None else 1
+        decay = 0 if g is None else (2 if g.dim() == 4 else 1)
         _delta_core_fwd_kernel[(B * H,)](
             q, k, w, v, q if g is None else g, s0, o, h, final, T, H, N, K, V,
             block_t, block_k, block_v, decay, _acc(q), "ieee")
@@ -535,8 +578,8 @@ class _DeltaCore(torch.autograd.Function):
 
 def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
-    the last state) on these kernels: one query and one delta step a token, no or a scalar
-    decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
+    the last state) on these kernels: one query and one delta step a token, no, a scalar or a
+    key-wise decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
     does (docs/backends.md)."""
     (q,), (k,), (w,), (v,) = queries, keys, write_keys, values
     o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size)

@@ -316,6 +316,45 @@ def _core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
     return o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
 
 
+@triton.jit
+def _core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
+    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
+    exponent formed is <= 0)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
+        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
+    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
+    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        later = (o_t >= j)[:, None]
+        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        A += tl.where(later & (o_t == j)[None, :],
+                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * k_j[None, :] * decay
+        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
+    return A, dq, dk
+
+
 
 # ---- the chunk recurrence core and its adjoint (chunk_bwd.md) ----
 
@@ -373,7 +412,7 @@ def _chunk_core_fwd_kernel(
             mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                                         BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
         if DECAY == 2:
-            A = _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
+            A = _core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
         else:
             A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _core_decay(b, c, o_t)
         o = tl.dot(q * from_start, S, input_precision=PRECISION) \
@@ -381,22 +420,6 @@ def _chunk_core_fwd_kernel(
         tl.store(ptr_o + offs_tv, o, mask=mask_tv)
         S = S * whole[:, None] + tl.dot(tl.trans(k * to_end), v, input_precision=PRECISION)
     tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
-
-
-@triton.jit
-def _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
-    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
-    exponent formed is <= 0)."""
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
-    for j in range(0, BLOCK_T):
-        at_j = (o_t == j)[:, None]
-        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
-        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
-        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
-        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
-                        axis=1)
-        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
-    return A
 
 
 @triton.jit
@@ -432,7 +455,7 @@ def _chunk_core_bwd_kernel(
         dA = tl.where(o_t[:, None] >= o_t[None, :],
                       tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0)
         if DECAY == 2:
-            A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
+            A, dq, dk = _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
         else:
             M = _core_decay(b, c, o_t)
             A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * M
@@ -458,30 +481,6 @@ def _chunk_core_bwd_kernel(
                          mask=mask_t)
         dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
-
-
-@triton.jit
-def _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr,
-                                BLOCK_K: tl.constexpr):
-    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
-    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
-    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
-    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
-    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
-    for j in range(0, BLOCK_T):
-        at_j = (o_t == j)[:, None]
-        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
-        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
-        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
-        later = (o_t >= j)[:, None]
-        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
-        A += tl.where(later & (o_t == j)[None, :],
-                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
-        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
-        dq += dA_j[:, None] * k_j[None, :] * decay
-        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
-    return A, dq, dk
 
 
 def _chunk_core_shapes(q, v, chunk_size):
