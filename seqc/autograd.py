@@ -5,9 +5,10 @@ call that needs a gradient (grad mode on, some input, param or initial state req
 one of two ways (docs/backends.md, "Gradients"):
 
 - its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
-  chunk core, backends/triton/chunk_core.md): the torch module runs with the core in place of its
-  family, so the prelude and the output expressions go through autograd of the torch code, and
-  the recurrence is the core's kernels: forward keeping one state a chunk, backward the adjoint;
+  chunk core, backends/triton/chunk_core.md; the scan core, scan_core.md; the delta-rule core,
+  chunk_delta_core.md): the torch module runs with the cores in place of its families, so the prelude
+  and the output expressions go through autograd of the torch code, and the recurrence is the
+  cores' kernels: forward keeping one state a chunk (or block of time), backward the adjoint;
 - otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
   tensors saved), backward recomputes the call with the torch module under `torch.enable_grad()`
   (with the cores where the module has them) and takes `torch.autograd.grad` with the incoming
@@ -121,7 +122,8 @@ def torch_module(program):
 
 def core_options(triton_module, options: dict) -> dict:
     """Options of the torch module's `run` that put the Triton module's recurrence cores with
-    adjoint kernels (`CORES`, chunk_core.md) in place of its families, at the Triton chunk size."""
+    adjoint kernels (`CORES`: chunk_core.md, scan_core.md, chunk_delta_core.md) in place of its families,
+    at the Triton chunk size."""
     cores = getattr(triton_module, "CORES", {})
     if not cores:
         return {}
@@ -129,10 +131,10 @@ def core_options(triton_module, options: dict) -> dict:
 
 
 def training_cores(triton_module, options: dict) -> dict:
-    """`core_options` when the call's mode is the one the cores implement (the chunk kernel):
-    such a call runs forward as torch prelude + core, so that the forward keeps the core's
-    chunk-boundary states and the backward is the adjoint kernels alone. Another mode (e.g. a
-    forced `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
+    """`core_options` when the call's mode is one the cores implement (the chunk, scan or
+    chunk_delta kernel): such a call runs forward as torch prelude + cores, so that the forward
+    keeps the cores' boundary states and the backward is the adjoint kernels alone. Another mode
+    (e.g. a forced `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
     mode = options.get("mode") or triton_module.DEFAULT_MODE
     cores = core_options(triton_module, options)
     return cores if cores and f"{mode}_core" in cores else {}

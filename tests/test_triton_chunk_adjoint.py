@@ -88,32 +88,39 @@ def test_core_adjoint_strong_decays_fp32(decay):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", CHUNK_SPECS)
-def test_chunk_specs_train_through_the_adjoint_kernels(name):
-    """The whole spec: prelude by autograd, core by the adjoint kernels; T = 37 in chunks of 16,
-    dims of 5; the backward runs the core's adjoint (counted) and matches the reference."""
+def assert_trains_through_core(name, core, function):
+    """The whole spec `name` on Triton: prelude by autograd, the recurrence by the core's
+    adjoint kernels (`function`, the core's autograd.Function in the module, its backward
+    counted: run once, at chunk size 16); T = 37 in chunks of 16, dims of 5; the gradients of
+    every input, param and initial state equal the reference's."""
     program = seqc.load(name)
     kernel = program.kernel("triton", chunk_size=16)
     module = kernel.module
-    assert "chunk_core" in module.CORES
+    assert core in module.CORES
     dims = {d: 5 for d in SPECS[name].dims}
     x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=11)
     s = random_state(name, 1, 2, dims=dims, seed=11)
-    backward = module._ChunkCore.backward
+    autograd_function = getattr(module, function)
+    backward = autograd_function.backward
     calls = []
 
     def counted(ctx, *grads):
         calls.append(ctx.chunk_size)
         return backward(ctx, *grads)
 
-    module._ChunkCore.backward = staticmethod(counted)
+    autograd_function.backward = staticmethod(counted)
     try:
         got = gradients_of(kernel, x, p, s)
     finally:
-        module._ChunkCore.backward = staticmethod(backward)
-    assert calls == [16], "the backward did not run the chunk core's adjoint kernel"
+        autograd_function.backward = staticmethod(backward)
+    assert calls == [16], f"the backward did not run the adjoint kernel of {core}"
     want = gradients_of(program.kernel("reference"), x, p, s)
-    assert_gradients_equal(got, want, f"{name} through the chunk adjoint")
+    assert_gradients_equal(got, want, f"{name} through {core}")
+
+
+@pytest.mark.parametrize("name", CHUNK_SPECS)
+def test_chunk_specs_train_through_the_adjoint_kernels(name):
+    assert_trains_through_core(name, "chunk_core", "_ChunkCore")
 
 
 @pytest.mark.parametrize("name", ["gla", "simple_gla"])
@@ -142,15 +149,11 @@ def test_minus_infinity_log_decays(name):
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
-def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
-    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
-    call's compulsory traffic (inputs and params read once, outputs and final state written
-    once), dims of 64, T = 128 in chunks of 64, with an initial state."""
+def counted_training_step(program, sizes):
+    """(forward bytes, backward bytes, the call's compulsory bytes) of one Triton call with an
+    initial state and its `loss.backward()` under a random incoming gradient, sizes `sizes`."""
     from seqc.bench_io import compulsory
     from seqc.inputs import random_call
-    program = seqc.load(name)
-    sizes = {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}}
     tensors, s = random_call(program.spec, sizes, seed=5, with_initial_state=True)
     leaves = {n: t.clone().requires_grad_() for n, t in tensors.items()}
     with counting() as forward:
@@ -162,10 +165,21 @@ def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
                for t in [out[n] for n in out.keys()] + list(out.final_state.values()))
     with counting() as backward:
         loss.backward()
-    ratio = (backward["loaded"] + backward["stored"]) / (read + written)
-    assert ratio <= 2.5, f"{name}: backward traffic {ratio:.2f}x the forward's compulsory"
-    forward_ratio = (forward["loaded"] + forward["stored"]) / (read + written)
-    assert forward_ratio <= 1.3, f"{name}: training forward traffic {forward_ratio:.2f}x"
+    return (forward["loaded"] + forward["stored"], backward["loaded"] + backward["stored"],
+            read + written)
+
+
+@pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
+    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
+    call's compulsory traffic (inputs and params read once, outputs and final state written
+    once), dims of 64, T = 128 in chunks of 64, with an initial state."""
+    program = seqc.load(name)
+    forward, backward, compulsory = counted_training_step(
+        program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}})
+    assert backward / compulsory <= 2.5, f"{name}: backward traffic {backward / compulsory:.2f}x"
+    assert forward / compulsory <= 1.3, \
+        f"{name}: training forward traffic {forward / compulsory:.2f}x"
 
 
 def test_two_writes_a_step_keep_the_torch_recomputation():

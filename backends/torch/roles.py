@@ -77,8 +77,8 @@ class GroupEmitter:
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
-        lines = [f"reads, final_{g.state} = chunk_core([{queries}], [{keys}], [{values}], {decay}, "
-                 f"{init}, chunk_size)"]
+        lines = [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], [{values}], "
+                 f"{decay}, {init}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
         if vector:
             lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")
@@ -105,8 +105,8 @@ class GroupEmitter:
         reads = self.reads_of(s)
         queries = ", ".join(self.call(r.query, kd) for r in reads)
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
-        lines.append(f"reads, final_{s} = _chunk_delta([{queries}], [{keys}], [{writes}], "
-                     f"[{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
+        lines.append(f"reads, final_{s} = cores['chunk_delta']([{queries}], [{keys}], "
+                     f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
@@ -137,7 +137,7 @@ class GroupEmitter:
         lines = []
         for s in g.states:
             dims = self.spec.tensor(s).dims
-            lines.append(f"all_{s}, final_{s} = _scan({self.seq(g.coefficient[s], dims)}, "
+            lines.append(f"all_{s}, final_{s} = cores['scan']({self.seq(g.coefficient[s], dims)}, "
                          f"{self.seq(g.offset[s], dims)}, init_{s}, chunk_size)")
             lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
         return lines

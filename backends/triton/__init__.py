@@ -28,20 +28,35 @@ def emit(program, plan=None) -> str:
     kernels = [render_template("triton", b.template, spec=spec, constants=list(constants.host),
                       output_dims=fused.output_dims, **context) for b, context in contexts]
     modes = [b.mode for b in builders]
-    cores = {kind: render_template("triton", f"{kind}_core.py.j2")
-             for kind in adjoint_cores(plan, modes)}
+    kinds = adjoint_cores(plan, modes)
+    cores = {kind: render_template("triton", f"{kind}_core.py.j2") for kind in kinds}
+    common = (render_template("triton", "core_common.py.j2")
+              if {"chunk", "chunk_delta"} & set(kinds) else "")     # their shared helpers
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
-                  output_dims=fused.output_dims, cores=cores)
+                  output_dims=fused.output_dims, cores=cores, core_helpers=common)
 
 
 def adjoint_cores(plan, modes) -> list[str]:
-    """The recurrence cores with adjoint kernels this module carries (chunk_core.md): `chunk`
-    when the chunk kernel runs and every chunk group has one query and one write a step."""
-    if "chunk" not in modes:
+    """The recurrence cores with adjoint kernels this module carries, for the torch module's
+    groups to run on in training: `chunk` (chunk_core.md) when the chunk kernel runs and every
+    chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
+    elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md)
+    when the chunk_delta kernel runs and every delta group has one query and one delta step a
+    token (deltanet, gated_deltanet, kda)."""
+    if plan is None or modes == ["fused_recurrent"]:
         return []
-    groups = [g for g in plan.groups if g.kind == "chunk"]
-    if all(len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
-           for g in groups):
-        return ["chunk"]
-    return []
+    cores = []
+    chunks = [g for g in plan.groups if g.kind == "chunk"]
+    if "chunk" in modes and all(
+            len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+            for g in chunks):
+        cores.append("chunk")
+    if any(g.kind == "scan" and not g.coupling for g in plan.groups):
+        cores.append("scan")
+    deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
+    if "chunk_delta" in modes and all(
+            len(g.steps) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+            for g in deltas):
+        cores.append("chunk_delta")
+    return cores

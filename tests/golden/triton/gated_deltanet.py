@@ -293,9 +293,316 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     )
 
 
+
+
+# ---- helpers of the recurrence cores with adjoint kernels (chunk_core.md, chunk_delta_core.md) ----
+
+
+@triton.jit
+def _core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t, DECAY: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """(b, c) [BLOCK_T, BLOCK_K]: the finite log decays cumulated from the chunk's start and the
+    count of -inf ones (a -inf decay is a reset: nothing decays across it); 0 past T and for
+    DECAY 0; a scalar decay (DECAY 1) is broadcast over the key lanes."""
+    if DECAY == 2:
+        g = tl.load(ptr_g + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    elif DECAY == 1:
+        g = tl.load(ptr_g + offs_t, mask=mask_t, other=0.0).to(ACC)[:, None] \
+            + tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    else:
+        g = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    cut = g == float("-inf")
+    return tl.cumsum(tl.where(cut, 0.0, g), axis=0), tl.cumsum(cut.to(ACC), axis=0)
+
+
+@triton.jit
+def _core_gap(b_to, c_to, b_from, c_from):
+    """exp(b_to - b_from), the decay from one point of a chunk to a later one: 0 when a -inf log
+    decay lies between them (their counts c differ); the exponent is clamped to <= 0."""
+    return tl.where(c_to == c_from, tl.exp(tl.minimum(b_to - b_from, 0.0)), 0.0)
+
+
+@triton.jit
+def _core_decay(b, c, o_t):
+    """M[i, j] = exp(b_i - b_j) for j <= i, else 0, of a scalar decay (equal on every lane)."""
+    b1 = tl.max(b, axis=1)
+    c1 = tl.max(c, axis=1)
+    return tl.where(o_t[:, None] >= o_t[None, :],
+                    _core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
+
+
+@triton.jit
+def _core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Offsets and mask of a [K, V] state (key dim first) in a [BLOCK_K, BLOCK_V] block."""
+    o_k = tl.arange(0, BLOCK_K)
+    o_v = tl.arange(0, BLOCK_V)
+    return o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
+
+
+@triton.jit
+def _core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
+    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
+    exponent formed is <= 0)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
+        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
+    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
+    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        later = (o_t >= j)[:, None]
+        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        A += tl.where(later & (o_t == j)[None, :],
+                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * k_j[None, :] * decay
+        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
+    return A, dq, dk
+
+
+
+# ---- the delta-rule chunk core and its adjoint (chunk_delta_core.md) ----
+
+
+@triton.jit
+def _delta_core_inverse(L, o_t, BLOCK_T: tl.constexpr):
+    """(I + L)^-1 of a strictly lower triangular L [BLOCK_T, BLOCK_T], row by row (forward
+    substitution): A_i = e_i - sum_{j<i} L_ij A_j."""
+    eye = (o_t[:, None] == o_t[None, :]).to(L.dtype)
+    A = eye
+    for i in range(1, BLOCK_T):
+        at_i = (o_t == i)[:, None]
+        l_i = tl.sum(tl.where(at_i, L, 0.0), axis=0)
+        row = -tl.sum(l_i[:, None] * A, axis=0)
+        A = tl.where(at_i, row[None, :] + eye, A)
+    return A
+
+
+@triton.jit
+def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
+                      BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+                      DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """Chunk n of one batch x head: q, k (erase key), w (write key) [BLOCK_T, BLOCK_K], v
+    [BLOCK_T, BLOCK_V] (0 past T and in padded lanes); the decays (b, c: _core_gates; for a
+    scalar decay the [C, C] mask D_ij = exp(b_i - b_j), j <= i; the factors from the chunk's
+    start, to its end and over it); the scores L (k_i . w_j, j < i) and P (q_i . w_j, j <= i)
+    with their decays; the UT inverse A = (I + L)^-1; and where the tokens live."""
+    o_t = tl.arange(0, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    o_v = tl.arange(0, BLOCK_V)
+    rows = n * BLOCK_T + o_t
+    mask_t = rows < T
+    base = (i_b * T + rows) * H + i_h
+    mask_tk = mask_t[:, None] & (o_k < K)[None, :]
+    mask_tv = mask_t[:, None] & (o_v < V)[None, :]
+    offs_tk = base[:, None] * K + o_k[None, :]
+    offs_tv = base[:, None] * V + o_v[None, :]
+    q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    w = tl.load(ptr_w + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
+    b, c = _core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T, BLOCK_K, ACC)
+    last = (o_t == BLOCK_T - 1)[:, None]
+    b_last = tl.sum(tl.where(last, b, 0.0), axis=0)
+    c_last = tl.sum(tl.where(last, c, 0.0), axis=0)
+    from_start = _core_gap(b, c, 0.0, 0.0)                         # exp(b_i)
+    to_end = _core_gap(b_last[None, :], c_last[None, :], b, c)     # exp(b_last - b_j)
+    whole = _core_gap(b_last, c_last, 0.0, 0.0)                    # exp(b_last)
+    if DECAY == 2:      # key-wise: the scores column by column, D unused
+        D = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        L = _core_keywise_scores(k, w, b, c, o_t, BLOCK_T)
+        P = _core_keywise_scores(q, w, b, c, o_t, BLOCK_T)
+    else:
+        D = _core_decay(b, c, o_t)
+        L = tl.dot(k, tl.trans(w), input_precision=PRECISION) * D
+        P = tl.dot(q, tl.trans(w), input_precision=PRECISION) * D
+    L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
+    A = _delta_core_inverse(L, o_t, BLOCK_T)
+    return q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+        mask_tk, offs_tv, mask_tv
+
+
+@triton.jit
+def _delta_core_fwd_kernel(
+    ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, ptr_s0, ptr_o, ptr_h, ptr_final,
+    T, H, N, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """o_t = S_t^T q_t, S_t = exp(g_t) S_{t-1} + w_t (v_t - exp(g_t) S_{t-1}^T k_t)^T, chunk by
+    chunk (delta = U - W S_0); stores the state entering every chunk (h[n]) and the last state.
+    One program per batch x head."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
+    S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    for n in range(0, N):
+        tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
+        q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+                ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
+                BLOCK_V, DECAY, ACC, PRECISION)
+        delta = tl.dot(A, v - tl.dot(k * from_start, S, input_precision=PRECISION),
+                       input_precision=PRECISION)
+        o = tl.dot(q * from_start, S, input_precision=PRECISION) \
+            + tl.dot(P, delta, input_precision=PRECISION)
+        tl.store(ptr_o + offs_tv, o, mask=mask_tv)
+        S = S * whole[:, None] + tl.dot(tl.trans(w * to_end), delta, input_precision=PRECISION)
+    tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
+
+
+@triton.jit
+def _delta_core_bwd_kernel(
+    ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, ptr_h, ptr_do, ptr_dfinal,
+    ptr_dq, ptr_dk, ptr_dw, ptr_dv, ptr_dg, ptr_ds0,
+    T, H, N, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The adjoint, chunks in reverse: dS (the gradient of the state leaving the chunk) carried
+    back in registers, the chunk's entering state h[n] loaded, the UT factors and everything
+    inside recomputed (chunk_delta_core.md)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
+    if HAS_DFINAL:
+        dS = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    else:
+        dS = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
+    for i_n in range(0, N):
+        n = N - 1 - i_n
+        q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
+            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+                ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
+                BLOCK_V, DECAY, ACC, PRECISION)
+        S0 = tl.load(ptr_h + (i_bh * N + n) * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+        do = tl.load(ptr_do + offs_tv, mask=mask_tv, other=0.0).to(ACC)
+        kg = k * from_start                                            # diag(Gamma) K
+        W = tl.dot(A, kg, input_precision=PRECISION)
+        delta = tl.dot(A, v, input_precision=PRECISION) - tl.dot(W, S0, input_precision=PRECISION)
+        w_end = w * to_end
+        # the reads o = (q Gamma) S0 + P delta and the leaving state whole S0 + w_end^T delta
+        dP = tl.where(o_t[:, None] >= o_t[None, :],
+                      tl.dot(do, tl.trans(delta), input_precision=PRECISION), 0.0)
+        ddelta = tl.dot(tl.trans(P), do, input_precision=PRECISION) \
+            + tl.dot(w_end, dS, input_precision=PRECISION)
+        dq_state = tl.dot(do, tl.trans(S0), input_precision=PRECISION) * from_start
+        dw_end = tl.dot(delta, tl.trans(dS), input_precision=PRECISION) * to_end
+        # delta = A v - W S0, W = A kg, A = (I + L)^-1
+        dW = -tl.dot(ddelta, tl.trans(S0), input_precision=PRECISION)
+        dv = tl.dot(tl.trans(A), ddelta, input_precision=PRECISION)
+        dkg = tl.dot(tl.trans(A), dW, input_precision=PRECISION)
+        dA = tl.dot(ddelta, tl.trans(v), input_precision=PRECISION) \
+            + tl.dot(dW, tl.trans(kg), input_precision=PRECISION)
+        dL = tl.where(o_t[:, None] > o_t[None, :],
+                      -tl.dot(tl.trans(A), tl.dot(dA, tl.trans(A), input_precision=PRECISION),
+                              input_precision=PRECISION), 0.0)
+        # the scores P (q . w) and L (k . w) with their decays, back to their keys
+        if DECAY == 2:
+            _, dq_P, dw_P = _core_keywise_adjoint(q, w, b, c, dP, o_t, BLOCK_T, BLOCK_K)
+            _, dk_L, dw_L = _core_keywise_adjoint(k, w, b, c, dL, o_t, BLOCK_T, BLOCK_K)
+        else:
+            dq_P = tl.dot(dP * D, w, input_precision=PRECISION)
+            dw_P = tl.dot(tl.trans(dP * D), q, input_precision=PRECISION)
+            dk_L = tl.dot(dL * D, w, input_precision=PRECISION)
+            dw_L = tl.dot(tl.trans(dL * D), k, input_precision=PRECISION)
+        tl.store(ptr_dq + offs_tk, dq_state + dq_P, mask=mask_tk)
+        tl.store(ptr_dk + offs_tk, dkg * from_start + dk_L, mask=mask_tk)
+        tl.store(ptr_dw + offs_tk, dw_P + dw_L + dw_end, mask=mask_tk)
+        tl.store(ptr_dv + offs_tv, dv, mask=mask_tv)
+        if DECAY > 0:
+            # dL/db_i per key lane: every decay factor times its gradient, + at its later point,
+            # - at its earlier (the q dq - k dk of the chunk core); dg = its reverse cumsum
+            db = q * (dq_state + dq_P) + k * dk_L + kg * dkg - w * (dw_P + dw_L + dw_end)
+            d_last = tl.sum(dS * S0, axis=1) * whole + tl.sum(w * dw_end, axis=0)
+            db += tl.where((o_t == BLOCK_T - 1)[:, None], d_last[None, :], 0.0)
+            dg = tl.sum(db, axis=0)[None, :] - tl.cumsum(db, axis=0) + db
+            if DECAY == 2:
+                tl.store(ptr_dg + offs_tk, dg, mask=mask_tk)
+            else:
+                tl.store(ptr_dg + base, tl.sum(tl.where(mask_tk, dg, 0.0), axis=1), mask=mask_t)
+        dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION) \
+            - tl.dot(tl.trans(W), ddelta, input_precision=PRECISION)
+    tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
+
+
+def _delta_core_shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    block_t = max(16, _pow2(chunk_size))
+    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
+
+
+class _DeltaCore(torch.autograd.Function):
+    """(o, S_T) of the delta-rule recurrence; the forward keeps the chunk-boundary states only."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, v, g, s0, chunk_size):
+        q, k, w, v, s0 = (x.contiguous() for x in (q, k, w, v, s0))
+        g = None if g is None else g.contiguous()
+        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, chunk_size)
+        o = torch.empty_like(v)
+        h = torch.empty((B, H, N, K, V), dtype=q.dtype, device=q.device)
+        final = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
+        decay = 0 if g is None else (2 if g.dim() == 4 else 1)
+        _delta_core_fwd_kernel[(B * H,)](
+            q, k, w, v, q if g is None else g, s0, o, h, final, T, H, N, K, V,
+            block_t, block_k, block_v, decay, _acc(q), "ieee")
+        ctx.save_for_backward(q, k, w, v, g, h)
+        ctx.chunk_size = chunk_size
+        ctx.decay = decay
+        return o, final
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        q, k, w, v, g, h = ctx.saved_tensors
+        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, ctx.chunk_size)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dq, dk, dw, dv = (torch.empty_like(x) for x in (q, k, w, v))
+        dg = None if g is None else torch.empty_like(g)
+        ds0 = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
+        _delta_core_bwd_kernel[(B * H,)](
+            q, k, w, v, q if g is None else g, h, do,
+            ds0 if dfinal is None else dfinal.contiguous(),
+            dq, dk, dw, dv, dq if dg is None else dg, ds0, T, H, N, K, V,
+            block_t, block_k, block_v, ctx.decay, dfinal is not None, _acc(q), "ieee")
+        return dq, dk, dw, dv, dg, ds0, None
+
+
+def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
+    """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
+    the last state) on these kernels: one query and one delta step a token, no, a scalar or a
+    key-wise decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
+    does (docs/backends.md)."""
+    (q,), (k,), (w,), (v,) = queries, keys, write_keys, values
+    o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size)
+    return [o.transpose(1, 2)], final
+
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
+    "chunk_delta_core": chunk_delta_core,
 }
 
 RUNNERS = {

@@ -8,9 +8,8 @@
 #     input v[V]
 #     input g[K] in (-inf, 0)
 #     state S[K, V] = 0
-#     const scale = K ** -0.5
 #     S = exp(g) * S + k * v
-#     output o = scale * q @ S
+#     output o = K ** -0.5 * q @ S
 """Triton kernels for `gla`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, chunk (default: chunk).
@@ -155,9 +154,6 @@ def fused_recurrent_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
-STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
-
-
 def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     blocks = {
@@ -165,9 +161,6 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": _pow2(dims["V"]),
     }
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(options.get("block_split", 128)))
-    # registers: halve the split block until a program holds at most STATE_LANES state values
-    while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > STATE_LANES:
-        blocks["BLOCK_V"] //= 2
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](
@@ -226,34 +219,25 @@ def chunk_kernel(
         # chunk group S: inter-chunk read-out, intra-chunk matrix, state pass (chunk.md)
         k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
         v0_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
-        d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
-        reset_S = d_S == float("-inf")
-        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
-        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+        G_S = tl.cumsum(tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0) * 1.4426950408889634, axis=0)
         Glast_S = tl.sum(tl.where(last_T[:, None], G_S, 0.0), axis=0)
-        Rlast_S = tl.sum(tl.where(last_T[:, None], R_S, 0.0), axis=0)
-        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
-        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
-        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        r_S = tl.dot(q_S * tl.exp2(G0_S), st_S, input_precision=PRECISION)
+        r_S = tl.dot(q_S * tl.exp2(G_S), st_S, input_precision=PRECISION)
         A_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
             n_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], G_S, 0.0), axis=0)
-            rn_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], R_S, 0.0), axis=0)
-            qa_S = q_S * tl.exp2(tl.where(R_S == rn_S[None, :], tl.minimum(G_S - n_S[None, :], 0.0), float("-inf")))
-            ka_S = k0_S * tl.exp2(tl.where(rn_S[None, :] == R_S, tl.minimum(n_S[None, :] - G_S, 0.0), float("-inf")))
+            qa_S = q_S * tl.exp2(tl.minimum(G_S - n_S[None, :], 0.0))
+            ka_S = k0_S * tl.exp2(tl.minimum(n_S[None, :] - G_S, 0.0))
             A_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S, tl.trans(ka_S), input_precision=PRECISION), 0.0)
         for j in range(0, BLOCK_T):
             kj_S = tl.sum(tl.where((o_t == j)[:, None], k0_S, 0.0), axis=0)
             gj_S = tl.sum(tl.where((o_t == j)[:, None], G_S, 0.0), axis=0)
-            rj_S = tl.sum(tl.where((o_t == j)[:, None], R_S, 0.0), axis=0)
-            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.where(R_S == rj_S[None, :], tl.minimum(G_S - gj_S[None, :], 0.0), float("-inf"))), axis=1)
+            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.minimum(G_S - gj_S[None, :], 0.0)), axis=1)
             A_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S[:, None], 0.0)
         r_S += tl.dot(A_S, v0_S, input_precision=PRECISION)
         read__read0_S = r_S
-        st_S = st_S * tl.exp2(Glast0_S)[:, None]
-        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Gend_S)), v0_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast_S)[:, None]
+        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Glast_S[None, :] - G_S)), v0_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
@@ -288,13 +272,12 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
 
 
 
-# ---- the chunk recurrence core and its adjoint (chunk_core.md) ----
+# ---- helpers of the recurrence cores with adjoint kernels (chunk_core.md, chunk_delta_core.md) ----
 
 
 @triton.jit
-def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
-                      DECAY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-                      ACC: tl.constexpr):
+def _core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t, DECAY: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     """(b, c) [BLOCK_T, BLOCK_K]: the finite log decays cumulated from the chunk's start and the
     count of -inf ones (a -inf decay is a reset: nothing decays across it); 0 past T and for
     DECAY 0; a scalar decay (DECAY 1) is broadcast over the key lanes."""
@@ -310,23 +293,23 @@ def _chunk_core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t,
 
 
 @triton.jit
-def _chunk_core_gap(b_to, c_to, b_from, c_from):
+def _core_gap(b_to, c_to, b_from, c_from):
     """exp(b_to - b_from), the decay from one point of a chunk to a later one: 0 when a -inf log
     decay lies between them (their counts c differ); the exponent is clamped to <= 0."""
     return tl.where(c_to == c_from, tl.exp(tl.minimum(b_to - b_from, 0.0)), 0.0)
 
 
 @triton.jit
-def _chunk_core_decay(b, c, o_t):
+def _core_decay(b, c, o_t):
     """M[i, j] = exp(b_i - b_j) for j <= i, else 0, of a scalar decay (equal on every lane)."""
     b1 = tl.max(b, axis=1)
     c1 = tl.max(c, axis=1)
     return tl.where(o_t[:, None] >= o_t[None, :],
-                    _chunk_core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
+                    _core_gap(b1[:, None], c1[:, None], b1[None, :], c1[None, :]), 0.0)
 
 
 @triton.jit
-def _chunk_core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+def _core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
     """Offsets and mask of a [K, V] state (key dim first) in a [BLOCK_K, BLOCK_V] block."""
     o_k = tl.arange(0, BLOCK_K)
     o_v = tl.arange(0, BLOCK_V)
@@ -334,11 +317,54 @@ def _chunk_core_state_block(K, V, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
+def _core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
+    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
+    exponent formed is <= 0)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        column = tl.sum(q * k_j[None, :] * _core_gap(b, c, b_j[None, :], c_j[None, :]),
+                        axis=1)
+        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
+    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
+    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
+    for j in range(0, BLOCK_T):
+        at_j = (o_t == j)[:, None]
+        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
+        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
+        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
+        later = (o_t >= j)[:, None]
+        decay = tl.where(later, _core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
+        A += tl.where(later & (o_t == j)[None, :],
+                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * k_j[None, :] * decay
+        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
+    return A, dq, dk
+
+
+
+# ---- the chunk recurrence core and its adjoint (chunk_core.md) ----
+
+
+@triton.jit
 def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                       BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                       DECAY: tl.constexpr, ACC: tl.constexpr):
     """Chunk n of one batch x head: q, k [BLOCK_T, BLOCK_K], v [BLOCK_T, BLOCK_V] (0 past T and
-    in padded lanes), the cumulated log decays (b, c: _chunk_core_gates), the decay factors from
+    in padded lanes), the cumulated log decays (b, c: _core_gates), the decay factors from
     the chunk's start, to its end and over it, and where the tokens live."""
     o_t = tl.arange(0, BLOCK_T)
     o_k = tl.arange(0, BLOCK_K)
@@ -353,14 +379,14 @@ def _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
     q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
-    b, c = _chunk_core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
+    b, c = _core_gates(ptr_g, offs_tk, base, mask_tk, mask_t, o_t, DECAY, BLOCK_T,
                              BLOCK_K, ACC)
     last = (o_t == BLOCK_T - 1)[:, None]
     b_last = tl.sum(tl.where(last, b, 0.0), axis=0)
     c_last = tl.sum(tl.where(last, c, 0.0), axis=0)
-    from_start = _chunk_core_gap(b, c, 0.0, 0.0)                       # exp(b_i)
-    to_end = _chunk_core_gap(b_last[None, :], c_last[None, :], b, c)   # exp(b_last - b_j)
-    whole = _chunk_core_gap(b_last, c_last, 0.0, 0.0)                  # exp(b_last)
+    from_start = _core_gap(b, c, 0.0, 0.0)                         # exp(b_i)
+    to_end = _core_gap(b_last[None, :], c_last[None, :], b, c)     # exp(b_last - b_j)
+    whole = _core_gap(b_last, c_last, 0.0, 0.0)                    # exp(b_last)
     return q, k, v, b, c, from_start, to_end, whole, base, mask_t, offs_tk, mask_tk, offs_tv, \
         mask_tv
 
@@ -378,7 +404,7 @@ def _chunk_core_fwd_kernel(
     i_b = i_bh // H
     i_h = i_bh % H
     o_t = tl.arange(0, BLOCK_T)
-    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
     S = tl.load(ptr_s0 + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     for n in range(0, N):
         tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
@@ -386,30 +412,14 @@ def _chunk_core_fwd_kernel(
             mask_tv = _chunk_core_chunk(ptr_q, ptr_k, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                                         BLOCK_T, BLOCK_K, BLOCK_V, DECAY, ACC)
         if DECAY == 2:
-            A = _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
+            A = _core_keywise_scores(q, k, b, c, o_t, BLOCK_T)
         else:
-            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _chunk_core_decay(b, c, o_t)
+            A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _core_decay(b, c, o_t)
         o = tl.dot(q * from_start, S, input_precision=PRECISION) \
             + tl.dot(A, v, input_precision=PRECISION)
         tl.store(ptr_o + offs_tv, o, mask=mask_tv)
         S = S * whole[:, None] + tl.dot(tl.trans(k * to_end), v, input_precision=PRECISION)
     tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
-
-
-@triton.jit
-def _chunk_core_keywise_scores(q, k, b, c, o_t, BLOCK_T: tl.constexpr):
-    """A[i, j] = sum_d q_id k_jd exp(b_id - b_jd) for j <= i, column by column (exact; every
-    exponent formed is <= 0)."""
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
-    for j in range(0, BLOCK_T):
-        at_j = (o_t == j)[:, None]
-        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
-        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
-        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
-        column = tl.sum(q * k_j[None, :] * _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]),
-                        axis=1)
-        A += tl.where((o_t >= j)[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
-    return A
 
 
 @triton.jit
@@ -426,7 +436,7 @@ def _chunk_core_bwd_kernel(
     i_b = i_bh // H
     i_h = i_bh % H
     o_t = tl.arange(0, BLOCK_T)
-    offs_kv, mask_kv = _chunk_core_state_block(K, V, BLOCK_K, BLOCK_V)
+    offs_kv, mask_kv = _core_state_block(K, V, BLOCK_K, BLOCK_V)
     if HAS_DFINAL:
         dS = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     else:
@@ -445,9 +455,9 @@ def _chunk_core_bwd_kernel(
         dA = tl.where(o_t[:, None] >= o_t[None, :],
                       tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0)
         if DECAY == 2:
-            A, dq, dk = _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
+            A, dq, dk = _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T, BLOCK_K)
         else:
-            M = _chunk_core_decay(b, c, o_t)
+            M = _core_decay(b, c, o_t)
             A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * M
             dq = tl.dot(dA * M, k, input_precision=PRECISION)
             dk = tl.dot(tl.trans(dA * M), q, input_precision=PRECISION)
@@ -471,30 +481,6 @@ def _chunk_core_bwd_kernel(
                          mask=mask_t)
         dS = dS * whole[:, None] + tl.dot(tl.trans(q * from_start), do, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
-
-
-@triton.jit
-def _chunk_core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr,
-                                BLOCK_K: tl.constexpr):
-    """Key-wise decays, column j of the chunk at a time (every exponent <= 0):
-    A[:, j] = sum_d q_d k_jd exp(b_d - b_jd), dq_i += dA_ij k_j exp(b_i - b_j),
-    dk_j = sum_i dA_ij q_i exp(b_i - b_j)."""
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=q.dtype)
-    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
-    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=q.dtype)
-    for j in range(0, BLOCK_T):
-        at_j = (o_t == j)[:, None]
-        k_j = tl.sum(tl.where(at_j, k, 0.0), axis=0)
-        b_j = tl.sum(tl.where(at_j, b, 0.0), axis=0)
-        c_j = tl.sum(tl.where(at_j, c, 0.0), axis=0)
-        later = (o_t >= j)[:, None]
-        decay = tl.where(later, _chunk_core_gap(b, c, b_j[None, :], c_j[None, :]), 0.0)
-        A += tl.where(later & (o_t == j)[None, :],
-                      tl.sum(q * k_j[None, :] * decay, axis=1)[:, None], 0.0)
-        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
-        dq += dA_j[:, None] * k_j[None, :] * decay
-        dk += tl.where(at_j, tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :], 0.0)
-    return A, dq, dk
 
 
 def _chunk_core_shapes(q, v, chunk_size):
@@ -577,7 +563,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
     consts = {
-        "c0": float(dims["scale"]),
+        "c0": float((torch.tensor(float(dims["K"]), dtype=torch.float64) ** (-0.5))),
     }
     outputs = {
         "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),

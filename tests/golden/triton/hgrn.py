@@ -233,9 +233,153 @@ def _run_scan(x, p, dims, init, final, outputs, consts, options):
     )
 
 
+
+
+
+# ---- the elementwise scan core and its adjoint (scan_core.md) ----
+
+
+@triton.jit
+def _scan_core_affine(a1, b1, a2, b2):
+    """x -> a1 x + b1, then x -> a2 x + b2."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_core_compose(fa1, fb1, pa1, pb1, fa2, fb2, pa2, pb2):
+    """Two runs of affine maps, the first applied first, each as (F, P): F the whole run, P the
+    run with its last map replaced by that map's own P (scan_core.md). P = F_1 then P_2."""
+    fa, fb = _scan_core_affine(fa1, fb1, fa2, fb2)
+    pa, pb = _scan_core_affine(fa1, fb1, pa2, pb2)
+    return fa, fb, pa, pb
+
+
+@triton.jit
+def _scan_core_block(ptr_a, ptr_b, n, i_bh, T, L, o_t, o_l, mask_l, BLOCK_T: tl.constexpr,
+                     ACC: tl.constexpr):
+    """Time block n of one batch x head, lanes o_l: a (1 past T) and b (0 past T), [BLOCK_T,
+    BLOCK_L], their offsets and mask."""
+    rows = n * BLOCK_T + o_t
+    mask = (rows < T)[:, None] & mask_l[None, :]
+    offs = (i_bh * T + rows)[:, None] * L + o_l[None, :]
+    a = tl.load(ptr_a + offs, mask=mask, other=1.0).to(ACC)
+    b = tl.load(ptr_b + offs, mask=mask, other=0.0).to(ACC)
+    return a, b, offs, mask
+
+
+@triton.jit
+def _scan_core_row(x, o_t, i):
+    """Row i of a [BLOCK_T, BLOCK_L] block."""
+    return tl.sum(tl.where((o_t == i)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _scan_core_fwd_kernel(ptr_a, ptr_b, ptr_h0, ptr_h, ptr_hb, ptr_final, T, L, N,
+                          BLOCK_T: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr):
+    """h_t = a_t h_{t-1} + b_t, block by block: every h_t stored (the reads), and the state
+    entering every block (hb[n]). One program per batch x head x block of lanes."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    o_t = tl.arange(0, BLOCK_T)
+    o_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = o_l < L
+    h = tl.load(ptr_h0 + i_bh * L + o_l, mask=mask_l, other=0.0).to(ACC)
+    for n in range(0, N):
+        tl.store(ptr_hb + (i_bh * N + n) * L + o_l, h, mask=mask_l)
+        a, b, offs, mask = _scan_core_block(ptr_a, ptr_b, n, i_bh, T, L, o_t, o_l, mask_l,
+                                        BLOCK_T, ACC)
+        A, B = tl.associative_scan((a, b), 0, _scan_core_affine)
+        hs = A * h[None, :] + B
+        tl.store(ptr_h + offs, hs, mask=mask)
+        h = _scan_core_row(hs, o_t, BLOCK_T - 1)       # padded steps are (1, 0): h_T at the end
+    tl.store(ptr_final + i_bh * L + o_l, h, mask=mask_l)
+
+
+@triton.jit
+def _scan_core_bwd_kernel(ptr_a, ptr_b, ptr_hb, ptr_dh, ptr_dfinal, ptr_da, ptr_db, ptr_dh0,
+                          T, L, N, BLOCK_T: tl.constexpr, BLOCK_L: tl.constexpr,
+                          HAS_DFINAL: tl.constexpr, ACC: tl.constexpr):
+    """The adjoint, blocks in reverse: mu (the gradient reaching the state entering the block
+    after, a_{t+1} lambda_{t+1}) carried back; h_{t-1} recomputed from the stored hb[n]."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    o_t = tl.arange(0, BLOCK_T)
+    o_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = o_l < L
+    if HAS_DFINAL:
+        mu = tl.load(ptr_dfinal + i_bh * L + o_l, mask=mask_l, other=0.0).to(ACC)
+    else:
+        mu = tl.zeros([BLOCK_L], dtype=ACC)
+    ones = tl.full([BLOCK_T, BLOCK_L], 1.0, ACC)
+    zeros = tl.zeros([BLOCK_T, BLOCK_L], dtype=ACC)
+    for i_n in range(0, N):
+        n = N - 1 - i_n
+        a, b, offs, mask = _scan_core_block(ptr_a, ptr_b, n, i_bh, T, L, o_t, o_l, mask_l,
+                                        BLOCK_T, ACC)
+        dh = tl.load(ptr_dh + offs, mask=mask, other=0.0).to(ACC)
+        h0 = tl.load(ptr_hb + (i_bh * N + n) * L + o_l, mask=mask_l, other=0.0).to(ACC)
+        # h_{t-1}: the maps of the block before step t applied to h0 (P of the forward run)
+        _, _, Pa, Pb = tl.associative_scan((a, b, ones, zeros), 0, _scan_core_compose)
+        before = Pa * h0[None, :] + Pb
+        # lambda_t = dh_t + mu_{t+1}, mu_t = a_t lambda_t: the same maps, reversed in time
+        Fa, Fb, Qa, Qb = tl.associative_scan((a, a * dh, ones, dh), 0, _scan_core_compose,
+                                             reverse=True)
+        lam = Qa * mu[None, :] + Qb
+        tl.store(ptr_da + offs, lam * before, mask=mask)
+        tl.store(ptr_db + offs, lam, mask=mask)
+        mu = _scan_core_row(Fa, o_t, 0) * mu + _scan_core_row(Fb, o_t, 0)
+    tl.store(ptr_dh0 + i_bh * L + o_l, mu, mask=mask_l)
+
+
+def _scan_core_shapes(b, chunk_size):
+    """[B, H, T, ...] -> (B * H, T, L: the state's size, the time block, its count, the lane
+    block, the lane blocks' count)."""
+    B, H, T = b.shape[:3]
+    L = b[0, 0, 0].numel()
+    block_t = max(16, _pow2(chunk_size))
+    block_l = min(128, max(16, _pow2(L)))
+    return B * H, T, L, block_t, triton.cdiv(T, block_t), block_l, triton.cdiv(L, block_l)
+
+
+class _ScanCore(torch.autograd.Function):
+    """(every h_t, h_T) of the elementwise scan; the forward keeps the block-boundary states."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, chunk_size):
+        a, b, h0 = (x.contiguous() for x in (a, b, h0))
+        BH, T, L, block_t, N, block_l, lanes = _scan_core_shapes(b, chunk_size)
+        h = torch.empty_like(b)
+        hb = torch.empty((BH, N, L), dtype=b.dtype, device=b.device)
+        final = torch.empty_like(h0)
+        _scan_core_fwd_kernel[(BH, lanes)](a, b, h0, h, hb, final, T, L, N, block_t, block_l,
+                                           _acc(b))
+        ctx.save_for_backward(a, b, hb)
+        ctx.chunk_size = chunk_size
+        return h, final
+
+    @staticmethod
+    def backward(ctx, dh, dfinal):
+        a, b, hb = ctx.saved_tensors
+        BH, T, L, block_t, N, block_l, lanes = _scan_core_shapes(b, ctx.chunk_size)
+        dh = torch.zeros_like(b) if dh is None else dh.contiguous()
+        da, db = torch.empty_like(a), torch.empty_like(b)
+        dh0 = torch.empty(b.shape[:2] + b.shape[3:], dtype=b.dtype, device=b.device)
+        _scan_core_bwd_kernel[(BH, lanes)](
+            a, b, hb, dh, dh0 if dfinal is None else dfinal.contiguous(), da, db, dh0,
+            T, L, N, block_t, block_l, dfinal is not None, _acc(b))
+        return da, db, dh0, None
+
+
+def scan_core(coefficient, offset, state, chunk_size):
+    """The torch backend's `_scan` (same arguments, same results: every h_t [B, H, T, ...] and
+    the last state) on these kernels. `run(..., scan_core=)` of the torch module takes it; seqc's
+    Triton backward does (docs/backends.md)."""
+    return _ScanCore.apply(coefficient.expand_as(offset), offset,
+                           state.to(offset.dtype).expand(offset.shape[:2] + offset.shape[3:]),
+                           chunk_size)
+
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
+    "scan_core": scan_core,
 }
 
 RUNNERS = {

@@ -1,0 +1,148 @@
+"""The delta-rule chunk core of the Triton backend and its adjoint kernels (backends/triton/
+chunk_delta_core.py.j2, chunk_delta_core.md): S_t = D_t S_{t-1} + w_t (v_t - (D_t S_{t-1})^T k_t)^T,
+o_t = S_t^T q_t, with D_t = exp(g_t) for no, a scalar or a key-wise log decay g.
+
+A Triton call of deltanet, gated_deltanet or kda that needs a gradient (seqc/autograd.py)
+runs the torch module's prelude under autograd with this core in place of the torch
+`_chunk_delta`; here the core is checked on its own against the torch `_chunk_delta`'s autograd
+(fp64, rtol 1e-10) and through whole specs against the reference's autograd (fp32, rtol 1e-4 as
+in test_gradients.py): T not a multiple of the chunk, odd K and V (padded lanes), initial and
+final states, strong and -inf log decays. The backward's memory traffic is counted under the
+interpreter.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import seqc  # noqa: E402
+from oracles import SPECS, random_inputs, random_state  # noqa: E402
+from test_gradients import gradients_of  # noqa: E402
+from test_triton_chunk_adjoint import (  # noqa: E402
+    assert_trains_through_core, counted_training_step)
+from test_triton_gradients import assert_gradients_equal  # noqa: E402
+
+pytestmark = pytest.mark.triton
+DELTA_SPECS = ["deltanet", "gated_deltanet", "kda"]
+DECAYS = ["none", "scalar", "keywise"]
+
+
+@functools.lru_cache(maxsize=None)
+def modules():
+    program = seqc.load("gated_deltanet")
+    return program.kernel("triton").module, program.kernel("torch").module
+
+
+def core_inputs(decay, B=1, T=37, H=2, K=5, V=3, dtype=torch.float64, seed=0, strength=1.0):
+    """q, the erase key k (unit norm), the write key w = beta k, v, the log decay, S_0."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k = randn(B, T, H, K), F.normalize(randn(B, T, H, K), dim=-1)
+    w = torch.sigmoid(randn(B, T, H, 1)) * k
+    g = {"none": None, "scalar": F.logsigmoid(randn(B, T, H)) * strength,
+         "keywise": F.logsigmoid(randn(B, T, H, K)) * strength}[decay]
+    tensors = [q, k, w, randn(B, T, H, V), g, 0.5 * randn(B, H, K, V)]
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def core_gradients(core, tensors, chunk_size, seed=1):
+    leaves = [None if t is None else t.clone().requires_grad_() for t in tensors]
+    q, k, w, v, g, s0 = leaves
+    (o,), final = core([q], [k], [w], [v], g, s0, chunk_size)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum() \
+        + (final * torch.randn(final.shape, generator=gen, dtype=torch.float64)
+           .to(o.dtype)).sum()
+    return [o.detach(), final.detach(),
+            *torch.autograd.grad(loss, [t for t in leaves if t is not None])]
+
+
+def names(decay):
+    return ["o", "final state", "dq", "dk", "dw", "dv"] + (["dg"] if decay != "none" else []) \
+        + ["ds0"]
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_core_adjoint_matches_torch_autograd_fp64(decay):
+    """T = 37 in chunks of 16 (the last one ragged), K = 5 and V = 3 in blocks of 16."""
+    triton_module, torch_module = modules()
+    tensors = core_inputs(decay)
+    got = core_gradients(triton_module.chunk_delta_core, tensors, 16)
+    want = core_gradients(torch_module._chunk_delta, tensors, 16)
+    for name, a, b in zip(names(decay), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("decay", ["scalar", "keywise"])
+def test_core_adjoint_strong_decays_fp32(decay):
+    """Log decays near -8 a step (a chunk of 16 cumulates to about -130): fp32 against fp64."""
+    triton_module, torch_module = modules()
+    tensors = core_inputs(decay, dtype=torch.float32, seed=3, strength=8.0)
+    got = core_gradients(triton_module.chunk_delta_core, tensors, 16)
+    want = core_gradients(torch_module._chunk_delta,
+                          [None if t is None else t.double() for t in tensors], 16)
+    for name, a, b in zip(names(decay), got, want):
+        a = a.double()
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", DELTA_SPECS)
+def test_delta_specs_train_through_the_adjoint_kernels(name):
+    assert_trains_through_core(name, "chunk_delta_core", "_DeltaCore")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+def test_minus_infinity_log_decays(name):
+    """g = -inf (the state reset) at step 3 (inside the first chunk), 16 (a chunk's first step),
+    20 and 36 (the last step); kda's key-wise decay on one lane only: outputs, final state and
+    every gradient finite and equal to the reference's."""
+    program = seqc.load(name)
+    dims = {d: 5 for d in SPECS[name].dims}
+    x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
+    s = random_state(name, 1, 2, dims=dims, seed=13)
+    for t in (3, 16, 20, 36):
+        if x["g"].dim() == 4:
+            x["g"][0, t, 1, 2] = float("-inf")
+        else:
+            x["g"][0, t, 1] = float("-inf")
+    kernel = program.kernel("triton", chunk_size=16)
+    got = gradients_of(kernel, x, p, s)
+    want = gradients_of(program.kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"{name} with -inf log decays")
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
+    ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
+    torch.testing.assert_close(out.o.detach(), ref.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.final_state["S"].detach(), ref.final_state["S"], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_two_delta_steps_keep_the_torch_recomputation():
+    """deltaproduct (two delta steps a token) has no delta core: its module carries none, and
+    its gradients come from the recomputation (test_triton_gradients.py)."""
+    assert "chunk_delta_core" not in seqc.load("deltaproduct").kernel("triton").module.CORES
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
+    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
+    call's compulsory traffic (inputs read once, outputs and final state written once), dims of
+    32, T = 128 in chunks of 64, with an initial state. The training forward reads the write key
+    w = beta k besides k (a [K] role a token where the call reads one beta) and stores a state a
+    chunk: 1.32x here (1.39x at dims of 64)."""
+    program = seqc.load(name)
+    forward, backward, compulsory = counted_training_step(
+        program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}})
+    assert backward / compulsory <= 2.5, f"{name}: backward {backward / compulsory:.2f}x"
+    assert forward / compulsory <= 1.45, f"{name}: training forward {forward / compulsory:.2f}x"
