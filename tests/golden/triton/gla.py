@@ -8,8 +8,9 @@
 #     input v[V]
 #     input g[K] in (-inf, 0)
 #     state S[K, V] = 0
+#     const scale = K ** -0.5
 #     S = exp(g) * S + k * v
-#     output o = K ** -0.5 * q @ S
+#     output o = scale * q @ S
 """Triton kernels for `gla`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, chunk (default: chunk).
@@ -154,6 +155,9 @@ def fused_recurrent_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
+STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
+
+
 def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     blocks = {
@@ -161,6 +165,9 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": _pow2(dims["V"]),
     }
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(options.get("block_split", 128)))
+    # registers: halve the split block until a program holds at most STATE_LANES state values
+    while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > STATE_LANES:
+        blocks["BLOCK_V"] //= 2
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](
@@ -219,25 +226,34 @@ def chunk_kernel(
         # chunk group S: inter-chunk read-out, intra-chunk matrix, state pass (chunk.md)
         k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
         v0_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
-        G_S = tl.cumsum(tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0) * 1.4426950408889634, axis=0)
+        d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
         Glast_S = tl.sum(tl.where(last_T[:, None], G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T[:, None], R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        r_S = tl.dot(q_S * tl.exp2(G_S), st_S, input_precision=PRECISION)
+        r_S = tl.dot(q_S * tl.exp2(G0_S), st_S, input_precision=PRECISION)
         A_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
             n_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], G_S, 0.0), axis=0)
-            qa_S = q_S * tl.exp2(tl.minimum(G_S - n_S[None, :], 0.0))
-            ka_S = k0_S * tl.exp2(tl.minimum(n_S[None, :] - G_S, 0.0))
+            rn_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], R_S, 0.0), axis=0)
+            qa_S = q_S * tl.exp2(tl.where(R_S == rn_S[None, :], tl.minimum(G_S - n_S[None, :], 0.0), float("-inf")))
+            ka_S = k0_S * tl.exp2(tl.where(rn_S[None, :] == R_S, tl.minimum(n_S[None, :] - G_S, 0.0), float("-inf")))
             A_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S, tl.trans(ka_S), input_precision=PRECISION), 0.0)
         for j in range(0, BLOCK_T):
             kj_S = tl.sum(tl.where((o_t == j)[:, None], k0_S, 0.0), axis=0)
             gj_S = tl.sum(tl.where((o_t == j)[:, None], G_S, 0.0), axis=0)
-            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.minimum(G_S - gj_S[None, :], 0.0)), axis=1)
+            rj_S = tl.sum(tl.where((o_t == j)[:, None], R_S, 0.0), axis=0)
+            col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.where(R_S == rj_S[None, :], tl.minimum(G_S - gj_S[None, :], 0.0), float("-inf"))), axis=1)
             A_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S[:, None], 0.0)
         r_S += tl.dot(A_S, v0_S, input_precision=PRECISION)
         read__read0_S = r_S
-        st_S = st_S * tl.exp2(Glast_S)[:, None]
-        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Glast_S[None, :] - G_S)), v0_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast0_S)[:, None]
+        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Gend_S)), v0_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
@@ -563,7 +579,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
     consts = {
-        "c0": float((torch.tensor(float(dims["K"]), dtype=torch.float64) ** (-0.5))),
+        "c0": float(dims["scale"]),
     }
     outputs = {
         "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
