@@ -117,7 +117,7 @@ def record_launches(module, job: dict) -> list[dict]:
         for mode in job.get("modes") or module.MODES:
             current_mode[0] = mode
             module.run(meta(job["inputs"], dtype), meta(job["params"], dtype),
-                       dict(job["dims"]), states or None, True, mode=mode)
+                       {**job["dims"], **job.get("consts", {})}, states or None, True, mode=mode)
     finally:       # kernels call jitted helpers through these globals: compile with the real ones
         for name, fn in jitted.items():
             setattr(module, name, fn)

@@ -50,10 +50,11 @@ class Job:
     states: dict[str, list[int]]
     modes: list[str] | None = None
     cached_only: bool = False       # report kernels not in the kernel cache, compile nothing
+    consts: dict[str, float] = field(default_factory=dict)   # the spec's consts, their defaults
 
     def payload(self) -> dict:
         return dict(module=self.module, arch=self.arch, dtype=self.dtype, dims=self.dims,
-                    inputs=self.inputs, params=self.params, states=self.states,
+                    consts=self.consts, inputs=self.inputs, params=self.params, states=self.states,
                     modes=self.modes, cached_only=self.cached_only)
 
 
@@ -150,6 +151,7 @@ def parse_shape(text: str) -> dict[str, int]:
 def spec_jobs(program, dims: dict[str, int], shape: dict[str, int], archs, dtypes) -> list[Job]:
     """The jobs of one spec: its emitted Triton module, for every target and dtype."""
     from . import ir
+    from .consts import const_values
     spec = program.spec
     sizes = dict(shape, **{d.name: dims.get(d.name, dims["*"]) for d in spec.dims})
     lead = {ir.TensorKind.INPUT: [sizes["B"], sizes["T"], sizes["H"]]}
@@ -158,9 +160,10 @@ def spec_jobs(program, dims: dict[str, int], shape: dict[str, int], archs, dtype
         return {t.name: first + [sizes[d] for d in t.dims] for t in tensors}
 
     module = emitted_module(program.emit("triton"))
+    consts = const_values(spec, sizes, {}, [])
     return [Job(program.name, module, arch, dtype, sizes,
                 shapes(spec.inputs, lead[ir.TensorKind.INPUT]), shapes(spec.params, [sizes["H"]]),
-                shapes(spec.states, [sizes["B"], sizes["H"]]))
+                shapes(spec.states, [sizes["B"], sizes["H"]]), consts=consts)
             for arch in archs for dtype in dtypes]
 
 
