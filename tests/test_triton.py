@@ -147,11 +147,13 @@ def test_unknown_mode_is_refused():
 
 
 def test_families_follow_the_plan():
-    """Each spec gets the fused kernel plus the family of its Plan (when it has one)."""
+    """Each spec gets the fused kernel plus the family of its Plan (when it has one), a chunk
+    Plan with one scalar-decay group also the two-kernel form (chunk_parallel.md)."""
     want = {"gla": ("fused_recurrent", "chunk"), "deltanet": ("fused_recurrent", "chunk_delta"),
             "hgrn": ("fused_recurrent", "scan"), "kda": ("fused_recurrent", "chunk_delta"),
             "rwkv7": ("fused_recurrent", "chunk_dplr"), "maxplus": ("fused_recurrent", "scan"),
-            "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk")}
+            "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk"),
+            "simple_gla": ("fused_recurrent", "chunk_parallel", "chunk")}
     for name, expected in want.items():
         assert modes(name) == expected, name
 

@@ -30,7 +30,9 @@ def emit(program, plan=None) -> str:
     modes = [b.mode for b in builders]
     cores = {kind: render_template("triton", f"{kind}_core.py.j2")
              for kind in adjoint_cores(plan, modes)}
+    value_dim = next((b.group.value_dim for b in builders if b.mode == "chunk_parallel"), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
+                  value_dim=value_dim,
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores)
 
