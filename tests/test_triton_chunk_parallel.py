@@ -16,13 +16,14 @@ from oracles import random_inputs, random_state  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SCALAR_DECAY = ["simple_gla", "retnet", "mamba2", "linear_attn"]
+KEYWISE_DECAY = ["gla", "hgrn2"]
 
 
 def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
     program = seqc.load(name)
     x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
-    for t in resets:
-        x["g"][0, t, 1] = float("-inf")
+    for t in resets:       # a key-wise gate: on one key lane
+        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = float("-inf")
     s = random_state(name, 1, 2, dims=dims, seed=seed)
     x = {n: t.to(dtype) for n, t in x.items()}
     p = {n: t.to(dtype) for n, t in p.items()}
@@ -42,7 +43,7 @@ def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
                                    atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
 
 
-@pytest.mark.parametrize("name", SCALAR_DECAY)
+@pytest.mark.parametrize("name", SCALAR_DECAY + KEYWISE_DECAY)
 @pytest.mark.parametrize("T", [1, 37, 70])
 def test_odd_dims_ragged_lengths(name, T):
     """K = 5, V = 20 (padded to blocks of 16 and 32), chunks of 16, the last one ragged."""
@@ -50,18 +51,21 @@ def test_odd_dims_ragged_lengths(name, T):
     check(name, T, dict(zip((d.name for d in spec.dims), (5, 20))))
 
 
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_key_and_value_blocks_split(dtype):
+def test_key_and_value_blocks_split(name, dtype):
     """K = 80 runs as two key blocks of 64 (two state-pass programs, a two-step loop in the
-    output kernel), V = 20 as two value blocks of 16 (block_split=16)."""
-    check("simple_gla", 37, {"K": 80, "V": 20}, dtype=dtype, block_split=16)
+    output kernel, key-wise scores summed over key blocks), V = 20 as two value blocks of 16
+    (block_split=16)."""
+    check(name, 37, {"K": 80, "V": 20}, dtype=dtype, block_split=16)
 
 
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_hard_resets_at_and_inside_chunks(dtype):
+def test_hard_resets_at_and_inside_chunks(name, dtype):
     """-inf log decays at step 3 (inside the first chunk), 16 (a chunk's first step), 20 and 36
-    (the last step): nothing decays across them, and no NaN forms."""
-    check("simple_gla", 37, {"K": 5, "V": 20}, dtype=dtype, resets=(3, 16, 20, 36), seed=13)
+    (the last step; gla: on key lane 2): nothing decays across them, and no NaN forms."""
+    check(name, 37, {"K": 5, "V": 20}, dtype=dtype, resets=(3, 16, 20, 36), seed=13)
 
 
 def test_precision_option_reaches_the_dots():
@@ -143,13 +147,14 @@ def test_default_mode_by_programs_against_sms():
     assert ran == ["chunk_parallel"]
 
 
-def test_the_kernels_fit_sm_90a_at_k_v_64(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
+def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
     """`seqc gpu-check`, cold cache: both kernels compile for sm_90a at K = V = 64 on bf16 with
     0 spill bytes, shared memory within the limit and wgmma instructions, 16-bit operands in
     their dots; the output kernel runs a program per (value block, chunk, batch x head)."""
     from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
-    jobs = spec_jobs(seqc.load("simple_gla"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
+    jobs = spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
         job.modes = ["chunk_parallel"]
     checks = {c.result["kernel"]: c for c in run_jobs(jobs, workers=1, timeout=300)}

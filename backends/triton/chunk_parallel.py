@@ -19,21 +19,22 @@ from .blockwise import LOG2E, BlockKernel
 
 
 def supported(plan) -> bool:
-    """One chunk group S[K, V] (key dim first), at most a scalar decay, and a decay, values and
-    outputs that do not depend on the key dim (the output kernel loops over key blocks)."""
+    """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
+    outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
+    key blocks)."""
     if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk":
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
     if V is None or plan.spec.tensor(group.state).dims != (K, V):
         return False
-    if group.log_decay is not None and group.log_decay.dims != ():
+    if group.log_decay is not None and group.log_decay.dims not in ((), (K,)):
         return False
     if not all(w.key.dims == (K,) and w.value.dims == (V,) for w in group.writes):
         return False
     bound = key_bound_lets(plan, K)
     free = [w.value for w in group.writes] + list(plan.outputs.values())
-    if group.log_decay is not None:
+    if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
     return not any(mentions(e, K, bound) for e in free)
 
@@ -147,26 +148,33 @@ class ChunkParallelKernel(BlockKernel):
         bound = key_bound_lets(self.plan, K)
         for let in self.plan.prelude:      # dims of every let, for rendering
             self.lets[let.name] = self.expr(let.value).dims
-        decay = None if g.log_decay is None else self.role(g.log_decay, ())
+        keywise = g.log_decay is not None and g.log_decay.dims == (K,)
+        decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
         writes = [dict(key=self.role(w.key, (K,)), key_op=self.operand(w.key, (K,)),
                        value_op=self.operand(w.value, (V,))) for w in g.writes]
         reads = []
         for name, query in self.reads_of(g.state):
             self.reads[name] = ("T", V)
-            reads.append(dict(name=name, query_op=self.operand(query, (K,))))
+            reads.append(dict(name=name, query=self.role(query, (K,)),
+                              query_op=self.operand(query, (K,))))
         stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
         state_code = "\n".join([decay or ""] + [w["key"] + w["value_op"] + w["key_op"]
                                                 for w in writes])
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
         free_names = every - key_names
-        inner_code = "\n".join([r["query_op"] for r in reads] + [w["key_op"] for w in writes])
-        outer_code = "\n".join([decay or ""] + [w["value_op"] for w in writes] + stores)
+        inner = [r["query_op"] for r in reads] + [w["key_op"] for w in writes]
+        outer = [w["value_op"] for w in writes] + stores
+        if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
+            inner += [decay] + [r["query"] for r in reads] + [w["key"] for w in writes]
+        elif decay:
+            outer.append(decay)
+        inner_code, outer_code = "\n".join(inner), "\n".join(outer)
         full_key = any(reduces(e, K) for e in self.key_exprs())
         offsets, masks = self.lanes(K, V)
         outer_lanes = [line for line in offsets + masks
                        if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
         state = layout.prologue(spec, V)["states"][0]
-        return dict(K=K, V=V, S=g.state, decay=decay, log2e=LOG2E, writes=writes,
+        return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E, writes=writes,
                     reads=reads, stores=stores, offsets=offsets, masks=masks,
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
