@@ -163,3 +163,16 @@ def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
     for check in checks.values():
         assert check.problems() == [] and check.spill == 0, check.result
         assert check.tensor_core > 0 and check.dot16 == "bf16", check.result
+
+
+def test_a_query_scaled_by_a_let_without_the_key_dim():
+    """`let a = K ** -0.5` (no key lanes) scales the query that the key loop reads: the let is
+    set up before the loop (it was set up nowhere: NameError under the interpreter)."""
+    source = ("model m\ndims K, V\ninput q[K], k[K], v[V]\nstate S[K, V] = 0\nS = S + k * v\n"
+              "let a = K ** -0.5\noutput o = a * q @ S\n")
+    program = seqc.compile(source)
+    gen = torch.Generator().manual_seed(0)
+    x = {n: torch.randn(1, 37, 2, d, generator=gen) for n, d in (("q", 5), ("k", 5), ("v", 6))}
+    want = program.kernel("reference")(**x)
+    got = program.kernel("triton", mode="chunk_parallel", chunk_size=16)(**x)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)

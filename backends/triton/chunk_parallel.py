@@ -168,6 +168,7 @@ class ChunkParallelKernel(BlockKernel):
             inner += [decay] + [r["query"] for r in reads] + [w["key"] for w in writes]
         elif decay:
             outer.append(decay)
+        # what needs no key lanes is set up once, before the key loop, for both
         inner_code, outer_code = "\n".join(inner), "\n".join(outer)
         full_key = any(reduces(e, K) for e in self.key_exprs())
         offsets, masks = self.lanes(K, V)
@@ -178,7 +179,7 @@ class ChunkParallelKernel(BlockKernel):
                     reads=reads, stores=stores, offsets=offsets, masks=masks,
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
-                    outer=self.setup(outer_code, free_names),
+                    outer=self.setup(outer_code + "\n" + inner_code, free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     final_store=self.final_store(g.state, K, V))
