@@ -24,19 +24,22 @@ def counting():
     import numpy as np
     from triton.runtime.interpreter import InterpreterBuilder
 
-    counts = {"loaded": 0, "stored": 0}
+    counts = {"loaded": 0, "stored": 0, "events": []}
     load, store = InterpreterBuilder.create_masked_load, InterpreterBuilder.create_masked_store
 
-    def active(ptrs, mask) -> int:
-        lanes = np.count_nonzero(np.broadcast_to(mask.data, ptrs.data.shape))
-        return lanes * ptrs.get_element_ty().primitive_bitwidth // 8
+    def active(kind, ptrs, mask) -> int:
+        lanes = np.broadcast_to(mask.data, ptrs.data.shape)
+        n = np.count_nonzero(lanes) * ptrs.get_element_ty().primitive_bitwidth // 8
+        if n:       # (kind, an address it touched, bytes): which tensor moved them (measure)
+            counts["events"].append((kind, int(ptrs.data[lanes].flat[0]), n))
+        return n
 
     def counted_load(self, ptrs, mask, *args, **kwargs):
-        counts["loaded"] += active(ptrs, mask)
+        counts["loaded"] += active("loaded", ptrs, mask)
         return load(self, ptrs, mask, *args, **kwargs)
 
     def counted_store(self, ptrs, value, mask, *args, **kwargs):
-        counts["stored"] += active(ptrs, mask)
+        counts["stored"] += active("stored", ptrs, mask)
         return store(self, ptrs, value, mask, *args, **kwargs)
 
     InterpreterBuilder.create_masked_load = counted_load
@@ -60,10 +63,22 @@ def measure(program, tensors: dict, mode: str, **options) -> dict:
     kernel = program.kernel("triton", mode=mode, **options)
     with counting() as counts:
         out = kernel(**tensors, output_final_state=True)
-    read, written = compulsory(tensors, {k: out[k] for k in out.keys()}, out.final_state)
+    outputs = {k: out[k] for k in out.keys()}
+    read, written = compulsory(tensors, outputs, out.final_state)
     total = counts["loaded"] + counts["stored"]
+    scratch = scratch_bytes(counts["events"], [*tensors.values(), *outputs.values(),
+                                               *out.final_state.values()])
     return dict(mode=mode, loaded=counts["loaded"], stored=counts["stored"], read=read,
-                written=written, ratio=total / (read + written))
+                written=written, ratio=total / (read + written), scratch=scratch,
+                ratio_io=(total - scratch) / (read + written))
+
+
+def scratch_bytes(events, tensors) -> int:
+    """Bytes moved to or from memory that is none of the call's tensors: buffers a mode
+    allocates for itself (chunk_parallel's chunk-boundary states), counted as their own traffic."""
+    spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors]
+    return sum(n for _, address, n in events
+               if not any(lo <= address < hi for lo, hi in spans))
 
 
 def shape_for_counting(sizes: dict) -> dict:
@@ -83,13 +98,16 @@ def io_report(program, shape: dict, modes=None, **options) -> str:
     rows = [measure(program, tensors, mode, **options) for mode in (modes or module.MODES)]
     capped = "" if sizes == shape else " (capped for the interpreter)"
     lines = [f"seqc bench --io {program.name}  shape {_shape(sizes)}{capped}",
-             "| kernel | loaded | stored | compulsory read | compulsory written | x compulsory |",
-             "|---|---|---|---|---|---|"]
+             "| kernel | loaded | stored | of which chunk states | compulsory read | "
+             "compulsory written | x compulsory | x compulsory without chunk states |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {_kb(r['loaded'])} | {_kb(r['stored'])} | "
-                     f"{_kb(r['read'])} | {_kb(r['written'])} | {r['ratio']:.3f} |")
+                     f"{_kb(r['scratch'])} | {_kb(r['read'])} | {_kb(r['written'])} | "
+                     f"{r['ratio']:.3f} | {r['ratio_io']:.3f} |")
     lines.append("bytes counted under the Triton interpreter; compulsory = inputs and params "
-                 "read once, outputs and final state (fp32) written once")
+                 "read once, outputs and final state (fp32) written once; chunk states = the "
+                 "chunk-boundary states a mode writes and reads back (chunk_parallel)")
     return "\n".join(lines)
 
 

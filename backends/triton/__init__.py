@@ -32,7 +32,9 @@ def emit(program, plan=None) -> str:
     cores = {kind: render_template("triton", f"{kind}_core.py.j2") for kind in kinds}
     common = (render_template("triton", "core_common.py.j2")
               if {"chunk", "chunk_delta"} & set(kinds) else "")     # their shared helpers
+    value_dim = next((b.group.value_dim for b in builders if b.mode == "chunk_parallel"), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
+                  value_dim=value_dim,
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common)
 

@@ -17,7 +17,8 @@
 
 Kernel families in this module: fused_recurrent, chunk_delta (default: chunk_delta).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
-default 64), `block_split` (lanes of the split value dim per program, default 128).
+default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
+of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_parallel "tf32").
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
@@ -45,6 +46,30 @@ STATES = ("S", )
 OUTPUTS = ("o", )
 MODES = ("fused_recurrent", "chunk_delta", )
 DEFAULT_MODE = "chunk_delta"
+
+
+def _bf16_dots_in_the_interpreter():
+    """Triton's interpreter holds bf16 as its uint16 bits and multiplies those in `tl.dot`
+    (create_dot converts only 8-bit floats): give it bf16 operands widened to fp32 exactly, as
+    a GPU's tensor cores multiply them. Nothing changes on a GPU."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "widens_bf16", False):
+        return
+    dot = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        a, b = (self.cast_impl(t, tl.float32) if t.dtype.scalar == tl.bfloat16 else t
+                for t in (a, b))
+        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    create_dot.widens_bf16 = True
+    builder.create_dot = create_dot
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _bf16_dots_in_the_interpreter()
 
 
 def _acc(tensor):
@@ -288,7 +313,7 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        block_t, min(16, block_t), options.get("precision", "ieee"),
+        block_t, min(16, block_t), options.get("precision") or "ieee",
         init is not None, final is not None, _acc(spare),
     )
 
@@ -612,7 +637,7 @@ RUNNERS = {
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision="ieee"):
+        chunk_size=64, block_split=128, precision=None):
     mode = DEFAULT_MODE if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):

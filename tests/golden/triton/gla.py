@@ -13,9 +13,11 @@
 #     output o = scale * q @ S
 """Triton kernels for `gla`: see backends/triton/*.md in seqc for their math.
 
-Kernel families in this module: fused_recurrent, chunk (default: chunk).
+Kernel families in this module: fused_recurrent, chunk_parallel, chunk (default: chunk, or
+chunk_parallel when chunk would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
-default 64), `block_split` (lanes of the split value dim per program, default 128).
+default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
+of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_parallel "tf32").
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
@@ -41,8 +43,32 @@ import triton.language as tl
 
 STATES = ("S", )
 OUTPUTS = ("o", )
-MODES = ("fused_recurrent", "chunk", )
+MODES = ("fused_recurrent", "chunk_parallel", "chunk", )
 DEFAULT_MODE = "chunk"
+
+
+def _bf16_dots_in_the_interpreter():
+    """Triton's interpreter holds bf16 as its uint16 bits and multiplies those in `tl.dot`
+    (create_dot converts only 8-bit floats): give it bf16 operands widened to fp32 exactly, as
+    a GPU's tensor cores multiply them. Nothing changes on a GPU."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "widens_bf16", False):
+        return
+    dot = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        a, b = (self.cast_impl(t, tl.float32) if t.dtype.scalar == tl.bfloat16 else t
+                for t in (a, b))
+        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    create_dot.widens_bf16 = True
+    builder.create_dot = create_dot
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _bf16_dots_in_the_interpreter()
 
 
 def _acc(tensor):
@@ -187,6 +213,175 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
 
 
 @triton.jit
+def chunk_parallel_state_kernel(
+    ptr_in_q,
+    ptr_in_k,
+    ptr_in_v,
+    ptr_in_g,
+    ptr_init_S, ptr_final_S,
+    ptr_out_o,
+    ptr_h, T, H, NT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr, HAS_INIT: tl.constexpr,
+    STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The state pass (chunk_parallel.md): one program per (key block, value block, batch x
+    head) walks the chunks, storing the state entering each in ptr_h [B, H, NT, K, V]."""
+    i_k = tl.program_id(0)
+    i_split = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    o_V = i_split * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_K = o_K < dim_K
+    mask_V = o_V < dim_V
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+    if HAS_INIT:
+        st_S = tl.load(ptr_init_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
+    else:
+        st_S = tl.full([BLOCK_K, BLOCK_V], 0.0, dtype=ACC)
+    for i_t in range(0, NT):
+        o_T = i_t * BLOCK_T + o_t
+        mask_T = o_T < T
+        tl.store(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], st_S, mask=mask_K[:, None] & mask_V[None, :])
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_k = raw_k.to(ACC)
+        in_g = raw_g.to(ACC)
+        d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+        Glast_S = tl.sum(tl.where(last_T[:, None], G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T[:, None], R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+        st_S = st_S * tl.exp2(Glast0_S)[:, None]
+        st_S += tl.dot(tl.trans((tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0) * tl.exp2(Gend_S)).to(DOT)), raw_v.to(DOT), input_precision=PRECISION)
+    if STORE_FINAL:
+        tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
+
+
+@triton.jit
+def chunk_parallel_output_kernel(
+    ptr_in_q,
+    ptr_in_k,
+    ptr_in_v,
+    ptr_in_g,
+    ptr_init_S, ptr_final_S,
+    ptr_out_o,
+    ptr_h, T, H, NT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr, HAS_INIT: tl.constexpr,
+    STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The output kernel (chunk_parallel.md): one program per (value block, chunk, batch x
+    head); the inter-chunk read of the stored state and the intra-chunk matrix, over key blocks."""
+    i_split = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_V = i_split * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_V = o_V < dim_V
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+    o_T = i_t * BLOCK_T + o_t
+    mask_T = o_T < T
+    raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+    r__read0_S = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
+    A__read0_S_0 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        raw_q = tl.load(ptr_in_q + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_q = raw_q.to(ACC)
+        in_k = raw_k.to(ACC)
+        in_g = raw_g.to(ACC)
+        h_S = tl.load(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], mask=mask_K[:, None] & mask_V[None, :], other=0.0).to(DOT)
+        d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+        Glast_S = tl.sum(tl.where(last_T[:, None], G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T[:, None], R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+        k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
+        q__read0_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
+        r__read0_S += tl.dot((q__read0_S * tl.exp2(G0_S)).to(DOT), h_S, input_precision=PRECISION)
+        a_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        for c in tl.static_range(1, BLOCK_T // SUB_T):
+            n_S00 = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], G_S, 0.0), axis=0)
+            rn_S00 = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], R_S, 0.0), axis=0)
+            qa_S00 = q__read0_S * tl.exp2(tl.where(R_S == rn_S00[None, :], tl.minimum(G_S - n_S00[None, :], 0.0), float("-inf")))
+            ka_S00 = k0_S * tl.exp2(tl.where(rn_S00[None, :] == R_S, tl.minimum(n_S00[None, :] - G_S, 0.0), float("-inf")))
+            a_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S00.to(DOT), tl.trans(ka_S00.to(DOT)), input_precision=PRECISION), 0.0)
+        for j in range(0, BLOCK_T):
+            kj_S00 = tl.sum(tl.where((o_t == j)[:, None], k0_S, 0.0), axis=0)
+            gj_S00 = tl.sum(tl.where((o_t == j)[:, None], G_S, 0.0), axis=0)
+            rj_S00 = tl.sum(tl.where((o_t == j)[:, None], R_S, 0.0), axis=0)
+            col_S00 = tl.sum(q__read0_S * kj_S00[None, :] * tl.exp2(tl.where(R_S == rj_S00[None, :], tl.minimum(G_S - gj_S00[None, :], 0.0), float("-inf"))), axis=1)
+            a_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S00[:, None], 0.0)
+        A__read0_S_0 += a_S
+    r__read0_S += tl.dot(A__read0_S_0.to(DOT), raw_v.to(DOT), input_precision=PRECISION)
+    read__read0_S = r__read0_S
+    tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
+
+
+def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
+    B, T, H = dims["B"], dims["T"], dims["H"]
+    spare = next(iter(outputs.values()))
+    acc = _acc(spare)
+    dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
+    precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
+    blocks = {
+        "BLOCK_K": max(16, _pow2(dims["K"])),
+        "BLOCK_V": max(16, _pow2(dims["V"])),
+    }
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
+    # key blocks: at most 64 lanes in the state pass; the key-wise output kernel, which also holds
+    # the [BLOCK_T, BLOCK_K] gates and re-anchored factors, 16 (chunk_parallel.md, "Blocks")
+    state_blocks, output_blocks = dict(blocks), dict(blocks)
+    state_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
+    block_t = max(16, _pow2(options.get("chunk_size", 64)))
+    n_t = triton.cdiv(T, block_t)
+    n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
+    n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
+    chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=spare.dtype, device=spare.device)
+
+    def arguments(blocks):
+        return [
+            x["q"],
+            x["k"],
+            x["v"],
+            x["g"],
+            spare if init is None else init["S"], spare if final is None else final["S"],
+            outputs["o"],
+            chunk_states, T, H, n_t,
+            consts["c0"],
+            dims["K"], blocks["BLOCK_K"],
+            dims["V"], blocks["BLOCK_V"],
+            block_t, min(16, block_t), precision, init is not None, final is not None, acc, dot,
+        ]
+    chunk_parallel_state_kernel[(n_k, n_v, B * H)](*arguments(state_blocks))
+    chunk_parallel_output_kernel[(n_v, n_t, B * H)](*arguments(output_blocks))
+
+
+
+@triton.jit
 def chunk_kernel(
     ptr_in_q,
     ptr_in_k,
@@ -281,7 +476,7 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        block_t, min(16, block_t), options.get("precision", "ieee"),
+        block_t, min(16, block_t), options.get("precision") or "ieee",
         init is not None, final is not None, _acc(spare),
     )
 
@@ -556,15 +751,28 @@ CORES = {
     "chunk_core": chunk_core,
 }
 
+# `mode=None` here: the single-kernel `chunk` form runs B x H x value blocks programs, each walking
+# the whole sequence; below twice an H100's 132 SMs the two-kernel `chunk_parallel` runs instead
+# (docs/backends.md, "Triton chunk modes"). Training keeps DEFAULT_MODE's adjoint core.
+PARALLEL_BELOW = 2 * 132
+
+
+def _choose_mode(dims, block_split):
+    block = max(16, min(_pow2(dims["V"]), _pow2(block_split)))
+    programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
+    return "chunk_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
+
+
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
+    "chunk_parallel": _run_chunk_parallel,
     "chunk": _run_chunk,
 }
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision="ieee"):
-    mode = DEFAULT_MODE if mode is None else mode
+        chunk_size=64, block_split=128, precision=None):
+    mode = _choose_mode(dims, block_split) if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")

@@ -1,0 +1,208 @@
+"""The two-kernel chunk form (chunk_parallel.md): a state pass, then an output kernel parallel
+over chunks, for a Plan whose only group is a `chunk` group S[K, V].
+
+The state pass (grid: key blocks, value blocks, batch x head) walks the chunks in order and
+writes the state entering each chunk to an fp32 buffer `[B, H, NT, K, V]`; the output kernel
+(grid: value blocks, chunks, batch x head) reads it back and forms each chunk's outputs, looping
+over key blocks. Role expressions are rendered as in the single-kernel form (blockwise.py); what
+enters a `tl.dot` is cast to the call's dot dtype `DOT` (16-bit inputs stay 16-bit), the state,
+gates and accumulators stay fp32.
+"""
+from __future__ import annotations
+
+import re
+
+from seqc import ir
+
+from . import layout
+from .blockwise import LOG2E, BlockKernel
+
+
+def supported(plan) -> bool:
+    """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
+    outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
+    key blocks)."""
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk":
+        return False
+    group = plan.groups[0]
+    K, V = group.key_dim, group.value_dim
+    if V is None or plan.spec.tensor(group.state).dims != (K, V):
+        return False
+    if group.log_decay is not None and group.log_decay.dims not in ((), (K,)):
+        return False
+    if not all(w.key.dims == (K,) and w.value.dims == (V,) for w in group.writes):
+        return False
+    bound = key_bound_lets(plan, K)
+    free = [w.value for w in group.writes] + list(plan.outputs.values())
+    if group.log_decay is not None and group.log_decay.dims == ():
+        free.append(group.log_decay)
+    return not any(mentions(e, K, bound) for e in free)
+
+
+def mentions(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
+    """Whether computing `expr` needs lanes of `dim`: a node over it, or a let that does."""
+    for node in ir.walk(expr):
+        if dim in (getattr(node, "dims", None) or ()):
+            return True
+        if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "let" \
+                and node.id in bound:
+            return True
+        if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL \
+                and node.left.dims[-1] == dim:
+            return True
+    return False
+
+
+def key_bound_lets(plan, dim: str) -> set[str]:
+    bound: set[str] = set()
+    for let in plan.prelude:
+        if mentions(let.value, dim, bound):
+            bound.add(let.name)
+    return bound
+
+
+def reduces(expr: ir.Expr, dim: str) -> bool:
+    """Whether `expr` sums over `dim` (sum / norm / l2norm or the contraction of `@`)."""
+    for node in ir.walk(expr):
+        if isinstance(node, ir.Call) and node.dim == dim:
+            return True
+        if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL \
+                and node.left.dims[-1] == dim:
+            return True
+    return False
+
+
+def used(lines: list[str], code: str, prefix: str) -> list[str]:
+    """The definitions `prefix<name> = ...` among `lines` that `code` (or a kept line) uses."""
+    kept: list[str] = []
+    for line in reversed(lines):
+        name = line.split(" = ", 1)[0].strip()
+        if re.search(rf"\b{re.escape(name)}\b", code + "\n".join(kept)):
+            kept.insert(0, line)
+    return kept
+
+
+class ChunkParallelKernel(BlockKernel):
+    template = "chunk_parallel.py.j2"
+
+    def __init__(self, plan, constants):
+        super().__init__(plan, constants)
+        self.mode = "chunk_parallel"
+        self.group = plan.groups[0]
+
+    def operand(self, node: ir.Expr, dims: tuple[str, ...]) -> str:
+        """A role expression as a `tl.dot` operand in the dot dtype: a bare input is its load
+        in the call's dtype (padded lanes loaded as 0), anything else the fp32 role cast."""
+        if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "input" \
+                and node.dims == dims:
+            return f"raw_{node.id}.to(DOT)"
+        return f"({self.role(node, dims)}).to(DOT)"
+
+    def loads(self, names) -> tuple[list[str], list[str]]:
+        raw, cast = [], []
+        for x in self.spec.inputs:
+            if x.name not in names:
+                continue
+            offs, mask = layout.block(layout.time_axes(x.dims))
+            raw.append(f"raw_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
+                       f"({layout.size(x.dims)}) + {offs}, mask={mask}, other=0.0)")
+            cast.append(f"in_{x.name} = raw_{x.name}.to(ACC)")
+        return raw, cast
+
+    def prelude_lines(self, names) -> list[str]:
+        lines = []
+        for let in self.plan.prelude:
+            value = self.expr(let.value)
+            self.lets[let.name] = value.dims
+            if let.name in names:
+                lines.append(f"let_{let.name} = {value.code}")
+        return lines
+
+    def param_lines(self, names) -> list[str]:
+        lines = []
+        for p in self.spec.params:
+            if p.name in names:
+                offs, mask = layout.block(layout.row_axes(p.dims))
+                lines.append(f"par_{p.name} = tl.load(ptr_par_{p.name} + i_h * "
+                             f"({layout.size(p.dims)}) + {offs}, mask={mask}, other=0.0).to(ACC)")
+        return lines
+
+    def setup(self, code: str, names) -> dict:
+        """Loads, params and lets (of `names`) that `code` uses, in dependency order."""
+        lets = self.prelude_lines(names)
+        raw, cast = self.loads(names)
+        params = self.param_lines(names)
+        lets = used(lets, code, "let_")
+        body = code + "\n".join(lets)
+        cast = used(cast, body, "in_")
+        params = used(params, body, "par_")
+        raw = used(raw, body + "\n".join(cast), "raw_")
+        return dict(params=params, body=raw + cast + lets)
+
+    def context(self) -> dict:
+        g = self.group
+        K, V = g.key_dim, g.value_dim
+        spec = self.spec
+        every = {x.name for x in spec.inputs} | {p.name for p in spec.params} | \
+            {let.name for let in self.plan.prelude}
+        bound = key_bound_lets(self.plan, K)
+        for let in self.plan.prelude:      # dims of every let, for rendering
+            self.lets[let.name] = self.expr(let.value).dims
+        keywise = g.log_decay is not None and g.log_decay.dims == (K,)
+        decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
+        writes = [dict(key=self.role(w.key, (K,)), key_op=self.operand(w.key, (K,)),
+                       value_op=self.operand(w.value, (V,))) for w in g.writes]
+        reads = []
+        for name, query in self.reads_of(g.state):
+            self.reads[name] = ("T", V)
+            reads.append(dict(name=name, query=self.role(query, (K,)),
+                              query_op=self.operand(query, (K,))))
+        stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+        state_code = "\n".join([decay or ""] + [w["key"] + w["value_op"] + w["key_op"]
+                                                for w in writes])
+        key_names = {n for n in every if n in bound or self.has_dim(n, K)}
+        free_names = every - key_names
+        inner = [r["query_op"] for r in reads] + [w["key_op"] for w in writes]
+        outer = [w["value_op"] for w in writes] + stores
+        if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
+            inner += [decay] + [r["query"] for r in reads] + [w["key"] for w in writes]
+        elif decay:
+            outer.append(decay)
+        # what needs no key lanes is set up once, before the key loop, for both
+        inner_code, outer_code = "\n".join(inner), "\n".join(outer)
+        full_key = any(reduces(e, K) for e in self.key_exprs())
+        offsets, masks = self.lanes(K, V)
+        outer_lanes = [line for line in offsets + masks
+                       if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
+        state = layout.prologue(spec, V)["states"][0]
+        return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E, writes=writes,
+                    reads=reads, stores=stores, offsets=offsets, masks=masks,
+                    outer_lanes=outer_lanes,
+                    state_setup=self.setup(state_code, every), init=state,
+                    outer=self.setup(outer_code + "\n" + inner_code, free_names),
+                    inner=self.setup(inner_code, key_names),
+                    full_key=full_key, split_v=layout.split_dim(spec) == V,
+                    final_store=self.final_store(g.state, K, V))
+
+    def has_dim(self, name: str, dim: str) -> bool:
+        if name in self.lets:
+            return dim in self.lets[name]
+        return dim in self.spec.tensor(name).dims
+
+    def key_exprs(self) -> list[ir.Expr]:
+        g = self.group
+        exprs = [w.key for w in g.writes] + [q for _, q in self.reads_of(g.state)]
+        return exprs + [let.value for let in self.plan.prelude]
+
+    def lanes(self, K: str, V: str) -> tuple[list[str], list[str]]:
+        offsets, masks = [], []
+        for d in self.spec.dims:
+            start = {K: "i_k * BLOCK_{d} + ", V: "i_split * BLOCK_{d} + "}.get(d.name, "")
+            offsets.append(f"o_{d.name} = {start.format(d=d.name)}tl.arange(0, BLOCK_{d.name})")
+            masks.append(f"mask_{d.name} = o_{d.name} < dim_{d.name}")
+        return offsets, masks
+
+    def final_store(self, S: str, K: str, V: str) -> str:
+        offs, mask = layout.block(layout.row_axes((K, V)))
+        return (f"tl.store(ptr_final_{S} + (i_b * H + i_h) * ({layout.size((K, V))}) + {offs}, "
+                f"st_{S}, mask={mask})")

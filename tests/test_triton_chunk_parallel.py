@@ -1,0 +1,178 @@
+"""The two-kernel chunk form `chunk_parallel` (backends/triton/chunk_parallel.md) against the
+reference, under the Triton interpreter: ragged lengths, odd dims, key and value blocks split,
+initial and final states, hard resets (-inf log decays) at a chunk's first step and inside one,
+fp32 and bf16 inputs (bf16 operands go into tl.dot as they are, the reference runs on the same
+bf16 values in fp32: the tolerance covers the kernels' bf16 roundings of the scaled query, the
+decayed keys, the score matrix and the stored state before their dots, 2^-8 relative each)."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from oracles import random_inputs, random_state  # noqa: E402
+
+pytestmark = pytest.mark.triton
+SCALAR_DECAY = ["simple_gla", "retnet", "mamba2", "linear_attn"]
+KEYWISE_DECAY = ["gla", "hgrn2"]
+
+
+def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
+    program = seqc.load(name)
+    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
+    for t in resets:       # a key-wise gate: on one key lane
+        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = float("-inf")
+    s = random_state(name, 1, 2, dims=dims, seed=seed)
+    x = {n: t.to(dtype) for n, t in x.items()}
+    p = {n: t.to(dtype) for n, t in p.items()}
+    want = program.kernel("reference")(**{n: t.float() for n, t in x.items()},
+                                       **{n: t.float() for n, t in p.items()},
+                                       initial_state=s, output_final_state=True)
+    got = program.kernel("triton", mode="chunk_parallel", chunk_size=16, **options)(
+        **x, **p, initial_state=s, output_final_state=True)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for o in want.keys():
+        scale = max(1.0, want[o].abs().max().item())
+        torch.testing.assert_close(got[o].float(), want[o], rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
+    for n, state in want.final_state.items():
+        scale = max(1.0, state.abs().max().item())
+        torch.testing.assert_close(got.final_state[n].float(), state, rtol=tol,
+                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+
+
+@pytest.mark.parametrize("name", SCALAR_DECAY + KEYWISE_DECAY)
+@pytest.mark.parametrize("T", [1, 37, 70])
+def test_odd_dims_ragged_lengths(name, T):
+    """K = 5, V = 20 (padded to blocks of 16 and 32), chunks of 16, the last one ragged."""
+    spec = seqc.load(name).spec
+    check(name, T, dict(zip((d.name for d in spec.dims), (5, 20))))
+
+
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_key_and_value_blocks_split(name, dtype):
+    """K = 80 runs as two key blocks of 64 (two state-pass programs, a two-step loop in the
+    output kernel, key-wise scores summed over key blocks), V = 20 as two value blocks of 16
+    (block_split=16)."""
+    check(name, 37, {"K": 80, "V": 20}, dtype=dtype, block_split=16)
+
+
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hard_resets_at_and_inside_chunks(name, dtype):
+    """-inf log decays at step 3 (inside the first chunk), 16 (a chunk's first step), 20 and 36
+    (the last step; gla: on key lane 2): nothing decays across them, and no NaN forms."""
+    check(name, 37, {"K": 5, "V": 20}, dtype=dtype, resets=(3, 16, 20, 36), seed=13)
+
+
+def test_precision_option_reaches_the_dots():
+    """fp32 inputs dot in "tf32" unless `precision="ieee"` is asked for (an fp64 call: "ieee")."""
+    module = seqc.load("simple_gla").kernel("triton").module
+    launches = []
+
+    class Recorder:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            return lambda *args: launches.append(args)
+
+    x, p = random_inputs("simple_gla", 1, 5, 1, dims={"K": 4, "V": 4})
+    saved = module.chunk_parallel_state_kernel, module.chunk_parallel_output_kernel
+    module.chunk_parallel_state_kernel = Recorder(saved[0])
+    module.chunk_parallel_output_kernel = Recorder(saved[1])
+    try:
+        for precision in (None, "ieee"):
+            module.run(x, p, {"B": 1, "T": 5, "H": 1, "K": 4, "V": 4}, mode="chunk_parallel",
+                       precision=precision)
+        module.run({n: t.double() for n, t in x.items()}, p, {"B": 1, "T": 5, "H": 1, "K": 4,
+                   "V": 4}, mode="chunk_parallel")
+    finally:
+        module.chunk_parallel_state_kernel, module.chunk_parallel_output_kernel = saved
+    precisions = [next(a for a in args if a in ("tf32", "ieee")) for args in launches]
+    assert precisions == ["tf32", "tf32", "ieee", "ieee", "ieee", "ieee"]
+
+
+def test_gradients_recompute_through_torch():
+    """Training with mode="chunk_parallel": the forward is the two kernels, the backward the
+    torch module's recomputation (seqc/autograd.py); gradients equal the reference's."""
+    program = seqc.load("simple_gla")
+    x, p = random_inputs("simple_gla", 1, 21, 2, dims={"K": 5, "V": 6}, seed=3)
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    out = program.kernel("triton", mode="chunk_parallel", chunk_size=16)(**leaves, **p)
+    grads = torch.autograd.grad(out.o.sum(), list(leaves.values()))
+    ref_leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    ref = program.kernel("reference")(**ref_leaves, **p)
+    want = torch.autograd.grad(ref.o.sum(), list(ref_leaves.values()))
+    for name, g, w in zip(leaves, grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name}: {m}")
+
+
+def test_chunk_states_move_once_each_way():
+    """Counted under the interpreter (seqc/bench_io.py): the chunk-boundary states are written
+    once by the state pass and read once by the output kernel (one value block here), counted
+    as their own traffic; the rest stays within the chunkwise target of 2x compulsory."""
+    from seqc.bench_io import measure
+    from seqc.inputs import random_call
+    program = seqc.load("simple_gla")
+    sizes = {"B": 1, "T": 40, "H": 2, "K": 16, "V": 16}
+    tensors, _ = random_call(program.spec, sizes)
+    counted = measure(program, tensors, "chunk_parallel", chunk_size=16)
+    chunks = 3
+    assert counted["scratch"] == 2 * sizes["H"] * chunks * 16 * 16 * 4
+    assert counted["ratio_io"] <= 2.0
+
+
+def test_default_mode_by_programs_against_sms():
+    """mode=None: `chunk_parallel` when the single-kernel form would run fewer than 2 x 132
+    programs (B x H x value blocks), else `chunk` (docs/backends.md, "Triton chunk modes")."""
+    module = seqc.load("simple_gla").kernel("triton").module
+    assert module.DEFAULT_MODE == "chunk"
+    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._choose_mode(few, 128) == "chunk_parallel"                 # 64 programs
+    assert module._choose_mode({**few, "B": 32}, 128) == "chunk"              # 512 x 1 block
+    assert module._choose_mode({**few, "B": 16}, 64) == "chunk"               # 256 x 2 blocks
+    assert module._choose_mode({**few, "B": 8}, 64) == "chunk_parallel"       # 128 x 2 blocks
+    ran = []
+    saved = dict(module.RUNNERS)
+    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
+    try:
+        x, p = random_inputs("simple_gla", 1, 3, 1, dims={"K": 4, "V": 4})
+        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4})
+    finally:
+        module.RUNNERS.update(saved)
+    assert ran == ["chunk_parallel"]
+
+
+@pytest.mark.parametrize("name", ["simple_gla", "gla"])
+def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
+    """`seqc gpu-check`, cold cache: both kernels compile for sm_90a at K = V = 64 on bf16 with
+    0 spill bytes, shared memory within the limit and wgmma instructions, 16-bit operands in
+    their dots; the output kernel runs a program per (value block, chunk, batch x head)."""
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
+    for job in jobs:
+        job.modes = ["chunk_parallel"]
+    checks = {c.result["kernel"]: c for c in run_jobs(jobs, workers=1, timeout=300)}
+    assert set(checks) == {"chunk_parallel_state_kernel", "chunk_parallel_output_kernel"}
+    assert checks["chunk_parallel_output_kernel"].result["grid"] == [1, 64, 64]
+    for check in checks.values():
+        assert check.problems() == [] and check.spill == 0, check.result
+        assert check.tensor_core > 0 and check.dot16 == "bf16", check.result
+
+
+def test_a_query_scaled_by_a_let_without_the_key_dim():
+    """`let a = K ** -0.5` (no key lanes) scales the query that the key loop reads: the let is
+    set up before the loop (it was set up nowhere: NameError under the interpreter)."""
+    source = ("model m\ndims K, V\ninput q[K], k[K], v[V]\nstate S[K, V] = 0\nS = S + k * v\n"
+              "let a = K ** -0.5\noutput o = a * q @ S\n")
+    program = seqc.compile(source)
+    gen = torch.Generator().manual_seed(0)
+    x = {n: torch.randn(1, 37, 2, d, generator=gen) for n, d in (("q", 5), ("k", 5), ("v", 6))}
+    want = program.kernel("reference")(**x)
+    got = program.kernel("triton", mode="chunk_parallel", chunk_size=16)(**x)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
