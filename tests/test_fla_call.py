@@ -251,8 +251,16 @@ def test_bf16_qkv_with_fp32_gates_as_fla(backend):
     want = seqc.load("gla").kernel("reference")(**{n: t.float() for n, t in x.items()},
                                                 output_final_state=True)
     assert got.o.dtype == torch.bfloat16 and got.final_state["S"].dtype == torch.float32
-    torch.testing.assert_close(got.o, want.o.to(torch.bfloat16), rtol=8e-3, atol=1e-5)
-    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-5, atol=1e-5)
+    # Triton's chunk_parallel (chosen here: few programs) rounds its computed dot operands (the
+    # scaled queries, decayed keys, scores) to bf16 as fla does: each output element is then
+    # within a bf16 rounding of the output's magnitude, not of its own value
+    # (docs/backends.md, chunk_parallel); the other backends keep the state fp32-exact
+    bf16 = lambda x: 8e-3 * float(x.abs().max())     # noqa: E731 - one bf16 rounding of |x|
+    triton = backend == "triton"
+    torch.testing.assert_close(got.o, want.o.to(torch.bfloat16), rtol=8e-3,
+                               atol=bf16(want.o) if triton else 1e-5)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-5,
+                               atol=bf16(want.final_state["S"]) if triton else 1e-5)
 
 
 def test_gated_deltanet_fp16_qkv_fp32_gate_and_beta():

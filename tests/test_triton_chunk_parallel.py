@@ -86,10 +86,10 @@ def test_precision_option_reaches_the_dots():
     module.chunk_parallel_output_kernel = Recorder(saved[1])
     try:
         for precision in (None, "ieee"):
-            module.run(x, p, {"B": 1, "T": 5, "H": 1, "K": 4, "V": 4}, mode="chunk_parallel",
-                       precision=precision)
+            module.run(x, p, {"B": 1, "T": 5, "H": 1, "K": 4, "V": 4, "scale": 0.5},
+                       mode="chunk_parallel", precision=precision)
         module.run({n: t.double() for n, t in x.items()}, p, {"B": 1, "T": 5, "H": 1, "K": 4,
-                   "V": 4}, mode="chunk_parallel")
+                   "V": 4, "scale": 0.5}, mode="chunk_parallel")
     finally:
         module.chunk_parallel_state_kernel, module.chunk_parallel_output_kernel = saved
     precisions = [next(a for a in args if a in ("tf32", "ieee")) for args in launches]
@@ -141,7 +141,7 @@ def test_default_mode_by_programs_against_sms():
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
     try:
         x, p = random_inputs("simple_gla", 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4})
+        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
     finally:
         module.RUNNERS.update(saved)
     assert ran == ["chunk_parallel"]
