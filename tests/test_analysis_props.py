@@ -3,7 +3,11 @@
 Random update expressions (affine in the state and not) are analysed; the verdict must agree with
 a numeric affinity test, and for a scan the Plan's coefficient and offset, combined in a random
 tree order by the proof's combine, must give the step loop's final state. Every combine is checked
-associative, with a two-sided identity, on random values (fp64).
+associative, with a two-sided identity, on random values (fp64), and against the step loop of its
+kind twice: on random steps, and on the Plan's summaries of a real run of every stdlib spec (and
+the coupled example), compared with the reference backend's final state. Context parallelism
+runs these combines across processes: a combine that is associative but wrong (an earlier run's
+offset never decayed) fails both.
 """
 from __future__ import annotations
 
@@ -195,3 +199,296 @@ def test_combine_is_associative_with_identity(name, seed):
     for x, y, z in zip(combine.apply(identity, a), combine.apply(a, identity), a):
         np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(y, z, rtol=1e-12, atol=1e-12)
+
+
+# ---- every combine against the step loop of its kind ------------------------------------------
+#
+# An element summarises a run of steps as the map it applies to the state; `summary_applied`
+# applies one to an initial state. A random tree of combines over the elements of single steps
+# must give what the step loop gives. The loop of each kind is written from its math in
+# seqc/plan.py, never from the combine.
+
+def summary_applied(combine, summary, state):
+    """The state after the run a summary stands for, started from `state`."""
+    return combine.apply((combine.identity(summary)[0], state), summary)[1]
+
+
+def _householders(keys, betas):
+    """(I - beta_J k_J k_J^T) ... (I - beta_1 k_1 k_1^T), with beta scalar or key-wise."""
+    eye = np.broadcast_to(np.eye(keys[0].shape[-1]), keys[0].shape + keys[0].shape[-1:])
+    product = eye
+    for k, beta in zip(keys, betas):
+        product = (eye - (beta * k)[..., :, None] * k[..., None, :]) @ product
+    return product
+
+
+class Loops:
+    """Per kind: a random step, its state update as the spec's family states it, and the
+    step's summary (the element a backend builds for one step)."""
+
+    @staticmethod
+    def scan(rng):
+        return dict(a=rng.uniform(-1.5, 1.5, 4), b=rng.normal(size=4)), rng.normal(size=4)
+
+    @staticmethod
+    def scan_step(s, h):
+        return s["a"] * h + s["b"]
+
+    @staticmethod
+    def scan_element(s):
+        return s["a"], s["b"]
+
+    @staticmethod
+    def coupled(rng):
+        return dict(a=rng.normal(size=(4, 3, 3)) / 2, b=rng.normal(size=(4, 3))), \
+            rng.normal(size=(4, 3))
+
+    @staticmethod
+    def coupled_step(s, h):
+        return np.einsum("dij,dj->di", s["a"], h) + s["b"]
+
+    @staticmethod
+    def coupled_element(s):
+        return s["a"], s["b"]
+
+    @staticmethod
+    def chunk(rng):
+        return dict(log_decay=-rng.uniform(0, 1, 3), keys=rng.normal(size=(2, 3)),
+                    values=rng.normal(size=(2, 2))), rng.normal(size=(3, 2))
+
+    @staticmethod
+    def chunk_step(s, h):
+        return np.exp(s["log_decay"])[:, None] * h + s["keys"].T @ s["values"]
+
+    @staticmethod
+    def chunk_element(s):
+        return np.exp(s["log_decay"]), s["keys"].T @ s["values"]
+
+    @staticmethod
+    def chunk_delta(rng):
+        keys = rng.normal(size=(2, 3))
+        keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+        return dict(log_decay=-rng.uniform(0, 1, 3), keys=keys, betas=rng.uniform(0, 1, 2),
+                    values=rng.normal(size=(2, 2))), rng.normal(size=(3, 2))
+
+    @staticmethod
+    def chunk_delta_step(s, h):
+        h = np.exp(s["log_decay"])[:, None] * h
+        for k, beta, v in zip(s["keys"], s["betas"], s["values"]):
+            h = h + beta * np.outer(k, v - k @ h)
+        return h
+
+    @staticmethod
+    def chunk_delta_element(s):
+        transition = _householders(list(s["keys"]), list(s["betas"]))
+        offset = np.zeros((3, 2))
+        for k, beta, v in zip(s["keys"], s["betas"], s["values"]):
+            offset = offset + beta * np.outer(k, v - k @ offset)
+        return transition @ np.diag(np.exp(s["log_decay"])), offset
+
+    @staticmethod
+    def chunk_dplr(rng):
+        return dict(log_decay=-rng.uniform(0, 1, 3), unseen=-rng.uniform(0, 1, 3),
+                    erase=rng.normal(size=3) / 2, key=rng.normal(size=3) / 2,
+                    keys=rng.normal(size=(2, 3)), values=rng.normal(size=(2, 2))), \
+            rng.normal(size=(3, 2))
+
+    @staticmethod
+    def chunk_dplr_step(s, h):
+        seen = np.exp(s["log_decay"] - s["unseen"])[:, None] * h
+        return (np.exp(s["log_decay"])[:, None] * h - np.outer(s["erase"], s["key"] @ seen)
+                + s["keys"].T @ s["values"])
+
+    @staticmethod
+    def chunk_dplr_element(s):
+        decay = np.exp(s["log_decay"])
+        seen = s["key"] * np.exp(s["log_decay"] - s["unseen"])
+        return np.diag(decay) - np.outer(s["erase"], seen), s["keys"].T @ s["values"]
+
+    @staticmethod
+    def maxplus(rng):
+        return dict(a=rng.normal(size=4), b=rng.normal(size=4)), rng.normal(size=4)
+
+    @staticmethod
+    def maxplus_step(s, h):
+        return np.maximum(h + s["a"], s["b"])
+
+    @staticmethod
+    def maxplus_element(s):
+        return s["a"], s["b"]
+
+    logsumexp = maxplus
+
+    @staticmethod
+    def logsumexp_step(s, h):
+        return np.logaddexp(h + s["a"], s["b"])
+
+    logsumexp_element = maxplus_element
+
+
+@pytest.mark.parametrize("kind", sorted(COMBINES))
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 12))
+def test_a_random_tree_of_combines_reproduces_the_step_loop(kind, seed, steps):
+    combine = COMBINES[kind]
+    rng = np.random.default_rng(seed)
+    step_of = getattr(Loops, f"{kind}_step")
+    element_of = getattr(Loops, f"{kind}_element")
+    transitions = []
+    for _ in range(steps):
+        transition, h0 = getattr(Loops, kind)(rng)
+        transitions.append(transition)
+    h = h0
+    for transition in transitions:
+        h = step_of(transition, h)
+    summary = tree_reduce(combine, [element_of(t) for t in transitions], rng)
+    np.testing.assert_allclose(summary_applied(combine, summary, h0), h, rtol=1e-9, atol=1e-9)
+
+
+# ---- summaries of real spec runs -------------------------------------------------------------
+#
+# Each stdlib spec (and the coupled example) runs through the reference step loop in fp64 from a
+# random state; the Plan's role expressions, evaluated on the same inputs, give one summary a
+# step; a random tree of the proof's combine over them must land on the loop's final state.
+
+REAL_RUNS = [name for name in seqc.resources.stdlib_names()
+             if name not in ("gru", "lstm")] + ["examples/04_coupled_states/momentum.seq"]
+SIZES = {"B": 1, "T": 9, "H": 2, "K": 3, "V": 4, "D": 3, "N": 3, "P": 4}
+
+
+class Roles:
+    """The Plan's expressions over a whole run, as fp64 tensors [B, T, H, *dims]."""
+
+    def __init__(self, plan, tensors, sizes):
+        import torch
+        import torch.nn.functional as F
+
+        from seqc.backends.torch_render import PRELUDE, TorchRenderer
+        self.torch, self.sizes = torch, sizes
+        self.env = dict(tensors)
+        self.scope = {"torch": torch, "F": F, "env": self.env}
+        exec(PRELUDE, self.scope)           # the renderer's `_permute`
+        self.render = TorchRenderer(lambda n: str(sizes[n.id]) if n.ref.kind == "dim"
+                                    else f"env[{n.id!r}]")
+        for let in plan.prelude:
+            self.env[let.name] = self(let.value, let.value.dims)
+
+    def __call__(self, expr, dims):
+        torch, sizes = self.torch, self.sizes
+        value = torch.as_tensor(eval(self.render(expr, dims), self.scope), dtype=torch.float64)
+        return value.expand(sizes["B"], sizes["T"], sizes["H"], *(sizes[d] for d in dims))
+
+
+def _outer(key, value):
+    return key[..., :, None] * value[..., None, :]
+
+
+def _exp_or_one(roles, log_decay, key_dim):
+    torch = roles.torch
+    if log_decay is None:
+        return torch.ones_like(roles(ir.Num(0.0, dims=()), (key_dim,)))
+    return torch.exp(roles(log_decay, (key_dim,)))
+
+
+def _steps_scan(group, roles, spec):
+    torch = roles.torch
+    if group.coupling:          # stack the states on the last axis: A [.., n, n], b [.., n]
+        dims = spec.tensor(group.states[0]).dims
+        zero = torch.zeros_like(roles(group.offset[group.states[0]], dims))
+        a = torch.stack([torch.stack([roles(group.coupling[(i, j)], dims)
+                                      if (i, j) in group.coupling else zero
+                                      for j in group.states], -1) for i in group.states], -2)
+        return a, torch.stack([roles(group.offset[s], dims) for s in group.states], -1)
+    [state] = group.states
+    dims = spec.tensor(state).dims
+    return roles(group.coefficient[state], dims), roles(group.offset[state], dims)
+
+
+def _steps_semiring(group, roles, spec):
+    dims = spec.tensor(group.state).dims
+    return roles(group.coefficient, dims), roles(group.offset, dims)
+
+
+def _writes(group, roles):
+    """The summed key (x) value writes of a step: [B, T, H, key, value] (value 1: a vector)."""
+    kd, vd = (group.key_dim,), (group.value_dim,) if group.value_dim else ()
+    sizes = roles.sizes
+    total = roles.torch.zeros(sizes["B"], sizes["T"], sizes["H"], sizes[group.key_dim],
+                              sizes[group.value_dim] if vd else 1, dtype=roles.torch.float64)
+    for write in group.writes:
+        value = roles(write.value, vd)
+        total = total + _outer(roles(write.key, kd), value if vd else value[..., None])
+    return total
+
+
+def _steps_chunk(group, roles, spec):
+    return _exp_or_one(roles, group.log_decay, group.key_dim), _writes(group, roles)
+
+
+def _steps_chunk_delta(group, roles, spec):
+    torch = roles.torch
+    kd, vd = (group.key_dim,), (group.value_dim,)
+    decay = _exp_or_one(roles, group.log_decay, group.key_dim)
+    transition = torch.diag_embed(decay)
+    offset = torch.zeros_like(_outer(decay, roles(ir.Num(0.0, dims=()), vd)))
+    eye = torch.eye(roles.sizes[group.key_dim], dtype=torch.float64)
+    for step in group.steps:
+        key, beta = roles(step.key, kd), roles(step.beta, kd)
+        householder = eye - _outer(beta * key, key)
+        transition = householder @ transition
+        offset = householder @ offset + _outer(beta * key, roles(step.value, vd))
+    return transition, offset
+
+
+def _steps_chunk_dplr(group, roles, spec):
+    torch = roles.torch
+    kd = (group.key_dim,)
+    decay = _exp_or_one(roles, group.log_decay, group.key_dim)
+    seen = roles(group.key, kd) * decay
+    if group.unseen_log_decay is not None:
+        seen = seen / torch.exp(roles(group.unseen_log_decay, kd))
+    return torch.diag_embed(decay) - _outer(roles(group.erase, kd), seen), _writes(group, roles)
+
+
+def _as_kernel_layout(group, spec, state):
+    """A [B, H, ...] state as the combine holds it: a matrix state [key, value], a vector chunk
+    state [key, 1], a coupled group's states stacked last."""
+    if group.kind == "scan" and group.coupling:
+        return np.stack([state[s] for s in group.states], -1)
+    value = state[group.states[0]]
+    if group.kind in ("chunk", "chunk_delta", "chunk_dplr"):
+        declared = spec.tensor(group.state).dims
+        if len(declared) == 1:
+            return value[..., None]
+        if declared[0] != group.key_dim:
+            return np.swapaxes(value, -1, -2)
+    return value
+
+
+@pytest.mark.parametrize("name", REAL_RUNS)
+def test_combines_over_a_real_run_reproduce_the_reference_loop(name):
+    import torch
+
+    from seqc.inputs import random_call
+    program = seqc.load(name)
+    spec, analysis = program.spec, program.analysis
+    sizes = {k: v for k, v in SIZES.items() if k in ("B", "T", "H") or k in
+             {d.name for d in spec.dims}}
+    tensors, initial = random_call(spec, sizes, torch.float64, seed=3, with_initial_state=True)
+    initial = {n: s.double() for n, s in initial.items()}
+    run = program.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
+    roles = Roles(analysis.plan, tensors, sizes)
+    checked = 0
+    for group in analysis.plan.groups:
+        if group.kind == "sequential":
+            continue
+        combine = analysis.proof(group.states[0]).combine
+        pieces = [p.numpy() for p in globals()[f"_steps_{group.kind}"](group, roles, spec)]
+        elements = [tuple(p[:, t] for p in pieces) for t in range(sizes["T"])]
+        summary = tree_reduce(combine, elements, np.random.default_rng(7))
+        start = _as_kernel_layout(group, spec, {n: s.numpy() for n, s in initial.items()})
+        final = _as_kernel_layout(group, spec, {n: s.numpy() for n, s in run.final_state.items()})
+        np.testing.assert_allclose(summary_applied(combine, summary, start), final,
+                                   rtol=1e-9, atol=1e-9, err_msg=f"{name}: {group.states}")
+        checked += 1
+    assert checked == len(analysis.plan.groups)
