@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="random inputs through every backend, compared with the reference")
     run.add_argument("file", metavar="FILE")
-    run.add_argument("--backends", default="reference")
+    run.add_argument("--backends", default=None,
+                     help="comma-separated (default: every backend that can run here: reference, "
+                          "torch, and triton on CUDA or under its interpreter)")
     run.add_argument("--dims", default="", help="sizes of the spec's dims, e.g. K=16,V=16")
     run.add_argument("--batch", type=int, default=2)
     run.add_argument("--heads", type=int, default=2)

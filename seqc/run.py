@@ -1,7 +1,30 @@
-"""`seqc run`: random inputs through every backend, each compared with the reference."""
+"""`seqc run`: random inputs through every backend, each compared with the reference.
+
+Without `--backends` it runs every backend that can run here: the reference, torch, and triton
+when triton is installed and can run (a CUDA device, or its interpreter: `TRITON_INTERPRET=1`
+already set, or nothing has imported triton yet, so that the emitted module can set it).
+"""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 2e-2}
+
+
+def triton_can_run() -> bool:
+    """Whether the triton backend can run in this process (see the module docstring)."""
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is None:
+        return False
+    import torch
+    if torch.cuda.is_available():
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1" or "triton" not in sys.modules
+
+
+def available_backends() -> list[str]:
+    return ["reference", "torch"] + (["triton"] if triton_can_run() else [])
 
 
 def parse_sizes(text: str) -> dict[str, int]:
@@ -39,7 +62,8 @@ def run_command(args) -> int:
         dtype = getattr(torch, args.dtype)
         tensors, initial = random_call(program.spec, sizes, dtype, args.seed,
                                        with_initial_state=True)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = available_backends() if args.backends is None else \
+        [b.strip() for b in args.backends.split(",") if b.strip()]
     reference = program.kernel("reference")(**tensors, initial_state=initial,
                                             output_final_state=True)
     tolerance = TOLERANCE[args.dtype]

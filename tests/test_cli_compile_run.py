@@ -2,6 +2,7 @@
 import ast
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -38,10 +39,71 @@ def test_compile_reports_spec_errors_and_unknown_backends(tmp_path, capsys):
     assert "unknown backend `cuda`" in capsys.readouterr().err
 
 
+def _rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(backend, tensor) -> [max abs err, rel err, verdict] from `seqc run`'s table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) >= 6 and cells[1] in ("out", "state"):
+            rows[(cells[0], f"{cells[1]} {cells[2]}")] = cells[3:6]
+    return rows
+
+
 def test_run_prints_an_error_table_and_exits_0_when_all_agree():
+    """By default every backend runs (triton under its interpreter: nothing imported it yet)."""
     result = seqc("run", "stdlib/mamba2.seq", "--dims", "N=4,P=5", "--steps", "9")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "reference    out y" in result.stdout and "ok" in result.stdout
+    rows = _rows(result.stdout)
+    assert set(rows) == {(b, t) for b in ("reference", "torch", "triton")
+                         for t in ("out y", "state h")}
+    for backend, tensor in rows:
+        if backend != "reference":
+            assert 0 < float(rows[(backend, tensor)][1]) < 1e-5
+        assert rows[(backend, tensor)][2] == "ok"
+
+
+def test_the_default_backends_are_those_that_can_run(monkeypatch):
+    import seqc.run as run_module
+    monkeypatch.setattr(run_module, "triton_can_run", lambda: False)
+    assert run_module.available_backends() == ["reference", "torch"]
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", types.ModuleType("triton")))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_module.available_backends() == ["reference", "torch"]   # imported, not interpreted
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert run_module.available_backends() == ["reference", "torch", "triton"]
+
+
+def _scaled(kernel, factor):
+    """A kernel whose outputs and final states are `factor` times the real one's."""
+    from seqc.kernel import KernelOutput
+
+    def run(**call):
+        out = kernel(**call)
+        final = {n: factor * s for n, s in out.final_state.items()} if out.final_state else None
+        return KernelOutput({n: factor * out[n] for n in out.keys()}, final)
+    return run
+
+
+@pytest.mark.parametrize("wrong", ["reference", "torch"])
+def test_run_by_default_exits_1_and_shows_the_error_of_a_wrong_backend(wrong, monkeypatch, capsys):
+    from seqc.api import Program
+    real = Program.kernel
+    monkeypatch.setattr(Program, "kernel", lambda self, backend="reference", **options:
+                        _scaled(real(self, backend, **options), -3.0) if backend == wrong
+                        else real(self, backend, **options))
+    assert main(["run", "gla", "--steps", "5", "--dims", "K=4,V=4"]) == 1
+    rows = _rows(capsys.readouterr().out)
+    assert ("torch", "out o") in rows and ("triton", "out o") in rows     # the default: all three
+    # -3x against x: off by 4x the reference's magnitude; x against a -3x reference: by 4/3 of it
+    expected = {"reference": 0.0, "torch": 4.0, "triton": 0.0} if wrong == "torch" else \
+        {"reference": 0.0, "torch": 4 / 3, "triton": 4 / 3}
+    for (backend, tensor), (_, relative, verdict) in rows.items():
+        assert float(relative) == pytest.approx(expected[backend], rel=1e-3, abs=1e-5), \
+            (backend, tensor)
+        assert verdict == ("ok" if expected[backend] == 0 else "MISMATCH")
 
 
 def test_run_exits_1_on_a_backend_that_fails(capsys):
