@@ -5,6 +5,11 @@ up, then timed in alternating rounds (runner A, B, C, A, B, C, ...) so that a no
 them all alike; the table shows medians. The reference step loop is slow at long T: it takes part
 in the first `REFERENCE_ROUNDS` rounds only, and the table says so.
 
+Before timing, every runner's result on the benchmark's inputs is checked once against the
+reference's (every output of a seqc backend, the baseline's only output), to the tolerance of
+`seqc run` (1e-4 of the reference's magnitude, fp32): a runner that disagrees stops the command with
+exit status 1, since the timing of a wrong kernel is worse than none.
+
 FLOPs are counted from the Plan, the same count for every runner of a spec (so GFLOP/s compare
 like time): the matmul work of seqc's chunkwise form at the chunk size used (2 per multiply-add);
 for scan and semiring states the recurrence's own arithmetic, 2 per state element per step;
@@ -19,14 +24,16 @@ import time
 
 REFERENCE_ROUNDS = 3
 PEAK_SIZE = 2048
+DEFAULT_SIZES = {"B": 2, "T": 4096, "H": 4}
 DEFAULT_DIM = 64
 
 
-def parse_shape(text: str, dims: tuple[str, ...]) -> dict[str, int]:
-    """`B=2,T=4096,H=4,K=64` -> sizes for B, T, H and every dim of the spec (default 64)."""
-    sizes = {"B": 2, "T": 4096, "H": 4}
+def parse_shape(text: str | None, dims: tuple[str, ...]) -> dict[str, int]:
+    """`B=2,T=4096,H=4,K=64` -> sizes for B, T, H (default 2, 4096, 4) and every dim of the spec
+    (default 64); no text: all defaults."""
+    sizes = dict(DEFAULT_SIZES)
     given = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
         name, _, value = item.partition("=")
         if not value.strip().isdigit() or int(value) < 1:
             raise ValueError(f"--shape: `{item}` is not NAME=POSITIVE_INTEGER")
@@ -114,6 +121,7 @@ def time_runners(runners: dict, repeats: int, progress: Progress) -> dict[str, l
 
 
 def build_runners(program, backends, tensors, sizes, repeats):
+    """{name: (zero-argument callable returning its outputs {name: tensor}, rounds)}, notes."""
     import torch
 
     from .baselines import baseline_for
@@ -121,7 +129,8 @@ def build_runners(program, backends, tensors, sizes, repeats):
     for backend in backends:
         kernel = program.kernel(backend=backend)
         rounds = min(repeats, REFERENCE_ROUNDS) if backend == "reference" else repeats
-        runners[backend] = (_no_grad(torch, lambda kernel=kernel: kernel(**tensors)), rounds)
+        runners[backend] = (_no_grad(torch, lambda kernel=kernel: _outputs(kernel(**tensors))),
+                            rounds)
         if rounds < repeats:
             notes.append(f"reference: median of {rounds} runs, not {repeats} (the step loop is "
                          f"slow; it takes part in the first {rounds} alternating rounds only)")
@@ -130,15 +139,39 @@ def build_runners(program, backends, tensors, sizes, repeats):
         notes.append(baseline)
     elif baseline is not None:
         label, fn = baseline
-        runners[label] = (_no_grad(torch, fn), repeats)
+        [output] = [o.name for o in program.spec.outputs]
+        runners[label] = (_no_grad(torch, lambda: {output: fn()}), repeats)
     return runners, notes
+
+
+def _outputs(result) -> dict:
+    return {name: result[name] for name in result.keys()}
 
 
 def _no_grad(torch, fn):
     def run():
         with torch.no_grad():
-            fn()
+            return fn()
     return run
+
+
+def mismatches(results: dict[str, dict], expected: dict) -> list[str]:
+    """One line per runner output that disagrees with the reference's beyond `seqc run`'s fp32
+    tolerance (relative to the reference's largest magnitude)."""
+    from .run import TOLERANCE, compare
+    lines = []
+    for runner, outputs in results.items():
+        for name, value in outputs.items():
+            want = expected[name]
+            if value.shape != want.shape:
+                lines.append(f"{runner}: output `{name}` has shape {list(value.shape)}, the "
+                             f"reference's is {list(want.shape)}")
+                continue
+            _, relative = compare(value, want)
+            if not relative <= TOLERANCE["float32"]:
+                lines.append(f"{runner}: output `{name}` is off by {relative:.3g} of the "
+                             f"reference's magnitude (tolerance {TOLERANCE['float32']:g})")
+    return lines
 
 
 def bench_command(args) -> int:
@@ -157,9 +190,19 @@ def bench_command(args) -> int:
     peak = measure_peak(torch)
     total = len(runners) + sum(rounds for _, rounds in runners.values())
     progress = Progress(total, enabled=sys.stderr.isatty() or sizes["T"] >= 1024)
+    results = {}
     for name, (fn, _) in runners.items():
-        fn()
+        results[name] = fn()
         progress.step(f"warm-up {name}")
+    expected = results.get("reference") or \
+        _no_grad(torch, lambda: _outputs(program.kernel("reference")(**tensors)))()
+    wrong = mismatches(results, expected)
+    if wrong:
+        progress.close()
+        print("seqc bench: error: a runner disagrees with the reference on the benchmark's "
+              "inputs, so its timing would be of a wrong computation; nothing timed:\n  "
+              + "\n  ".join(wrong), file=sys.stderr)
+        return 1
     times = time_runners(runners, repeats, progress)
     progress.close()
     chunk = 32          # the torch backend's default chunk size (module.md)

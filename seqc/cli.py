@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time every backend side by side")
     bench.add_argument("file", metavar="FILE")
     bench.add_argument("--backends", default="reference,torch")
-    bench.add_argument("--shape", default="B=2,T=4096,H=4,K=64,V=64")
+    bench.add_argument("--shape", default=None,
+                       help="sizes, e.g. B=2,T=4096,H=4,K=64,V=64 (default: B=2, T=4096, H=4 "
+                            "and 64 for each of the spec's dims)")
     bench.add_argument("--repeats", type=int, default=7)
     bench.add_argument("--io", action="store_true", help="count the bytes the kernels move")
     bench.add_argument("--plot", metavar="OUT.png")
@@ -162,4 +164,7 @@ def _summary(source: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m seqc.cli`: run the package's module, whose `Failed` the commands raise (this
+    # `__main__` copy has its own class, so a user's mistake would end in a traceback)
+    from seqc.cli import main as package_main
+    sys.exit(package_main())

@@ -111,6 +111,12 @@ def test_run_exits_1_on_a_backend_that_fails(capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
+def test_python_m_seqc_cli_reports_a_mistake_without_a_traceback():
+    result = seqc("run", "gla", "--dims", "K=0")
+    assert result.returncode == 1
+    assert "seqc run: error: bad size `K=0`" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_run_rejects_bad_sizes(capsys):
     assert main(["run", "gla", "--dims", "K=0"]) == 1
     assert "bad size `K=0`" in capsys.readouterr().err
