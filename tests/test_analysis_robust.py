@@ -1,8 +1,15 @@
 """The analysis answers every spec that passes the checker: a verdict, never an exception.
 
-Random edits of the stdlib (swapped functions and operators, dropped or duplicated lines) give
-specs nobody wrote on purpose; each one that checks clean must get a verdict and a Plan.
+Random edits of the stdlib (swapped functions and operators, duplicated lines, a decl dropped)
+give specs nobody wrote on purpose. The generator keeps only edits after which the spec still
+checks clean and its state groups keep the kind they started with, so every example is a valid
+spec of a known kind and every kind (coupled scans from the coupled example) reaches the backend
+tests, chunk_delta and semiring included.
 """
+import functools
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,33 +17,92 @@ import seqc
 from seqc.resources import stdlib_dir, stdlib_names
 
 SWAPS = [("exp", "tanh"), ("exp", "sigmoid"), ("*", "/"), ("+", "*"), ("-", "+"),
-         ("exp", "log"), ("max", "logaddexp"), ("@", "*"), ("k", "q"), ("S =", "let x =")]
+         ("exp", "log"), ("max", "logaddexp"), ("@", "*"), ("k", "q"), ("S =", "let x ="),
+         ("sigmoid", "exp"), ("beta", "0.5"), ("g)", "g - 0.1)"), ("+ x", "+ 2 * x"),
+         ("v -", "v + 0.5 * v -")]
+KINDS = ("scan", "coupled", "chunk", "chunk_delta", "chunk_dplr", "semiring", "sequential")
+COUPLED = Path(__file__).resolve().parents[1] / "examples" / "04_coupled_states" / "momentum.seq"
+
+
+def kinds_of(source: str) -> frozenset[str] | None:
+    """The kinds of a spec's state groups (a coupled scan is `coupled`); None if it fails to check."""
+    try:
+        program = seqc.compile(source, "edited.seq")
+    except seqc.SpecError:
+        return None
+    return frozenset("coupled" if g.kind == "scan" and g.coupling else g.kind
+                     for g in program.analysis.plan.groups)
+
+
+@functools.lru_cache(maxsize=None)
+def sources_by_kind() -> dict[str, tuple[str, ...]]:
+    """Kind -> the texts of the stdlib specs (and the coupled example) with a group of that kind."""
+    texts = [(stdlib_dir() / f"{n}.seq").read_text() for n in stdlib_names()]
+    texts.append(COUPLED.read_text())
+    found = {kind: [] for kind in KINDS}
+    for text in texts:
+        for kind in kinds_of(text):
+            found[kind].append(text)
+    return {kind: tuple(found[kind]) for kind in KINDS}
+
+
+def _edit(draw, lines: list[str]) -> list[str]:
+    lines = list(lines)
+    edit = draw(st.sampled_from(["swap", "swap", "duplicate", "drop"]))
+    index = draw(st.integers(0, len(lines) - 1))
+    if edit == "swap":
+        old, new = draw(st.sampled_from(SWAPS))
+        lines[index] = lines[index].replace(old, new, 1)
+    elif edit == "drop" and len(lines) > 1:
+        del lines[index]
+    else:
+        lines.insert(index, lines[index])
+    return lines
 
 
 @st.composite
-def edited_specs(draw):
-    name = draw(st.sampled_from(stdlib_names()))
-    lines = (stdlib_dir() / f"{name}.seq").read_text().splitlines()
-    for _ in range(draw(st.integers(1, 3))):
-        edit = draw(st.sampled_from(["swap", "drop", "duplicate"]))
-        index = draw(st.integers(0, len(lines) - 1))
-        if edit == "swap":
-            old, new = draw(st.sampled_from(SWAPS))
-            lines[index] = lines[index].replace(old, new, 1)
-        elif edit == "drop" and len(lines) > 1:
-            del lines[index]
-        else:
-            lines.insert(index, lines[index])
+def edited_specs(draw, kind: str | None = None):
+    """A stdlib spec with a group of `kind` (drawn when None) after 1-3 edits that each leave it
+    a valid spec with a group of that kind (an edit that does not is not applied)."""
+    kind = kind or draw(st.sampled_from(KINDS))
+    lines = draw(st.sampled_from(sources_by_kind()[kind])).splitlines()
+    wanted, applied = draw(st.integers(1, 3)), 0
+    for _ in range(4 * wanted):
+        edited = _edit(draw, lines)
+        kinds = kinds_of("\n".join(edited) + "\n")
+        if edited != lines and kinds is not None and kind in kinds:
+            lines, applied = edited, applied + 1
+            if applied == wanted:
+                break
     return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_edited_specs_are_valid_specs_of_the_kind_asked(kind, data):
+    source = data.draw(edited_specs(kind))
+    assert kind in kinds_of(source)
+
+
+def test_most_edited_specs_differ_from_the_stdlib():
+    """The edits take: out of a derandomized run, at most a few specs come back unedited."""
+    originals = {text for texts in sources_by_kind().values() for text in texts}
+    unedited = []
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(edited_specs())
+    def draw(source):
+        unedited.append(source in originals)
+    draw()
+    assert sum(unedited) <= len(unedited) // 5, f"{sum(unedited)} of {len(unedited)} unedited"
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edited_specs())
 def test_every_checked_spec_gets_a_verdict_and_a_plan(source):
-    try:
-        program = seqc.compile(source, "edited.seq")
-    except seqc.SpecError:
-        return
+    program = seqc.compile(source, "edited.seq")          # the generator keeps specs valid
     analysis = program.analysis
     assert analysis.describe(source)
     states = analysis.to_json()["states"]
@@ -49,14 +115,11 @@ def test_every_checked_spec_gets_a_verdict_and_a_plan(source):
 
 def agrees_with_the_reference(source: str, steps: int, backend: str, dtype, tolerance: float,
                               **options) -> None:
-    """Run an edited spec (if it checks) through `backend` and the reference; they must agree."""
+    """Run a (valid) edited spec through `backend` and the reference; they must agree."""
     import torch
 
     from seqc.inputs import random_call
-    try:
-        program = seqc.compile(source, "edited.seq")
-    except seqc.SpecError:
-        return
+    program = seqc.compile(source, "edited.seq")
     sizes = {"B": 1, "T": steps, "H": 2, **{d.name: 3 + i for i, d in enumerate(program.spec.dims)}}
     tensors, initial = random_call(program.spec, sizes, dtype, seed=steps,
                                    with_initial_state=True)
