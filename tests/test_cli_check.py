@@ -115,3 +115,15 @@ def test_check_json_does_not_import_torch_or_triton():
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_error_example_of_language_md_is_what_seqc_check_prints(tmp_path, capsys):
+    """docs/language.md shows the error for its first example with `kk` for `k`."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    blocks = doc.split("```\n")[1::2]
+    spec = next(b for b in blocks if b.startswith("# Gated Linear Attention"))
+    shown = next(b for b in blocks if b.startswith("gla.seq:"))
+    path = tmp_path / "gla.seq"
+    path.write_text(spec.replace("+ k * v", "+ kk * v"))
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err.replace(str(path), "gla.seq") == shown
