@@ -5,8 +5,10 @@ Every oracle follows seqc's call-time layout:
 `ORACLES[name](inputs, params, initial_state)` returns `(outputs, final_state)`, both dicts of
 fp32 tensors; it upcasts whatever it is given to fp32 first.
 
-Where flash-linear-attention (fla-core) has a pure-PyTorch reference, the oracle wraps it; the
-others write the paper's equations out as a plain loop over time. `SPECS` restates each spec's
+Where flash-linear-attention (fla-core) has a pure-PyTorch reference computing the same thing, the
+oracle wraps it (Mamba-2 is simple GLA, Mamba's recurrence is HGRN's elementwise one); lstm and gru
+use torch.nn's cells; the other seven (mingru, minlstm, lru, rglru, mlstm, maxplus, logsumexp)
+write the paper's equations out as a plain loop over time. `SPECS` restates each spec's
 interface by hand (dims, ranges, states) so that `random_inputs` can draw valid values without
 seqc.
 """
@@ -290,35 +292,38 @@ def oracle_hgrn2(inputs, params, initial_state):
     return {"o": o.float()}, {"S": S}
 
 
-# ---------------------------------------------------------------- papers' equations
+# ---------------------------------------------------------------- Mamba through fla's recurrences
 
 
 def oracle_mamba2(inputs, params, initial_state):
-    """SSD recurrence (Dao & Gu 2024, eq. for the scalar-times-identity A): h = e^{dt A} h + dt B x^T."""
+    """Mamba-2's SSD with A = a I (Dao & Gu 2024), h = e^{dt A} h + dt B x^T, y = h^T C, is simple
+    GLA: fla's naive_recurrent_simple_gla with q = C, k = dt * B, v = x, log decay g = dt * A,
+    scale 1."""
     x, p, s = _prep("mamba2", inputs, params, initial_state)
-    h = s["h"]
-    ys = []
-    for t in range(x["x"].shape[1]):
-        dt = x["dt"][:, t]                                       # [B, H]
-        decay = torch.exp(dt * p["A"])                           # [B, H]
-        h = decay[..., None, None] * h + torch.einsum(
-            "bh,bhn,bhp->bhnp", dt, x["B"][:, t], x["x"][:, t])
-        ys.append(torch.einsum("bhn,bhnp->bhp", x["C"][:, t], h))
-    return {"y": torch.stack(ys, 1)}, {"h": h}
+    y, h = naive_recurrent_simple_gla(x["C"], x["dt"][..., None] * x["B"], x["x"],
+                                      x["dt"] * p["A"], scale=1.0, initial_state=s["h"],
+                                      output_final_state=True)
+    return {"y": y.float()}, {"h": h}
 
 
 def oracle_mamba(inputs, params, initial_state):
-    """mamba_ssm's selective_scan_ref, per head: deltaA = exp(delta A), deltaB_u = delta B u."""
+    """Mamba's selective scan (Gu & Dao 2023; mamba_ssm's selective_scan_ref), per head:
+    h[d, n] = exp(dt_d A_dn) h[d, n] + dt_d x_d B_n, y_d = sum_n h[d, n] C_n. The recurrence is
+    elementwise: fla's naive_recurrent_hgrn (h = exp(g) h + x) over the folded [H * D * N] lanes,
+    with g = dt A, x = dt x B; the read-out by C is done here."""
     x, p, s = _prep("mamba", inputs, params, initial_state)
-    delta, u = x["dt"], x["x"]                                   # [B, T, H, D]
-    deltaA = torch.exp(torch.einsum("bthd,hdn->bthdn", delta, p["A"]))
-    deltaB_u = torch.einsum("bthd,bthn,bthd->bthdn", delta, x["B"], u)
-    h = s["h"]
-    ys = []
-    for t in range(u.shape[1]):
-        h = deltaA[:, t] * h + deltaB_u[:, t]
-        ys.append(torch.einsum("bhdn,bhn->bhd", h, x["C"][:, t]))
-    return {"y": torch.stack(ys, 1)}, {"h": h}
+    B, T, H, D = x["x"].shape
+    N = x["B"].shape[-1]
+    g = x["dt"][..., None] * p["A"]                                      # [B, T, H, D, N]
+    write = (x["dt"] * x["x"])[..., None] * x["B"][..., None, :]         # [B, T, H, D, N]
+    hs, h = naive_recurrent_hgrn(write.reshape(B, T, H * D * N), g.reshape(B, T, H * D * N),
+                                 initial_state=s["h"].reshape(B, H * D * N),
+                                 output_final_state=True)
+    y = torch.einsum("bthdn,bthn->bthd", hs.reshape(B, T, H, D, N), x["C"])
+    return {"y": y}, {"h": h.reshape(B, H, D, N)}
+
+
+# ---------------------------------------------------------------- torch.nn cells
 
 
 def oracle_lstm(inputs, params, initial_state):
@@ -366,6 +371,9 @@ def oracle_gru(inputs, params, initial_state):
         ys.append(torch.stack(out, 1))
         hs.append(h)
     return {"y": torch.stack(ys, 2)}, {"h": torch.stack(hs, 1)}
+
+
+# ---------------------------------------------------------------- papers' equations
 
 
 def _elementwise_loop(h, T, step):
