@@ -25,7 +25,7 @@ COUPLED = Path(__file__).resolve().parents[1] / "examples" / "04_coupled_states"
 
 
 def kinds_of(source: str) -> frozenset[str] | None:
-    """The kinds of a spec's state groups (a coupled scan is `coupled`); None if it fails to check."""
+    """The kinds of a spec's groups (a coupled scan is `coupled`); None if it fails to check."""
     try:
         program = seqc.compile(source, "edited.seq")
     except seqc.SpecError:
@@ -78,7 +78,8 @@ def edited_specs(draw, kind: str | None = None):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_edited_specs_are_valid_specs_of_the_kind_asked(kind, data):
     source = data.draw(edited_specs(kind))

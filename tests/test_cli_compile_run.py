@@ -67,7 +67,8 @@ def test_the_default_backends_are_those_that_can_run(monkeypatch):
     monkeypatch.setattr(run_module, "triton_can_run", lambda: False)
     assert run_module.available_backends() == ["reference", "torch"]
     monkeypatch.undo()
-    monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", types.ModuleType("triton")))
+    imported = sys.modules.get("triton", types.ModuleType("triton"))
+    monkeypatch.setitem(sys.modules, "triton", imported)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
