@@ -2,7 +2,8 @@
 
 The kernels are generated from the Plan, so a spec nobody wrote on purpose must run and agree
 too: its default family kernel and its fused recurrent kernel, for edited specs of every kind.
-fp32, relative 1e-4 of the output's magnitude. Few examples: each compiles kernels under the slow interpreter.
+fp32, relative 1e-4 of the output's magnitude. Few examples: each compiles kernels under the
+slow interpreter.
 """
 import os
 
