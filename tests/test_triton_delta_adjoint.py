@@ -21,11 +21,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import seqc  # noqa: E402
-from oracles import SPECS, random_inputs, random_state  # noqa: E402
-from test_gradients import gradients_of  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_trains_through_core, counted_training_step)
-from test_triton_gradients import assert_gradients_equal  # noqa: E402
+    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
 
 pytestmark = pytest.mark.triton
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda"]
@@ -104,28 +101,8 @@ def test_delta_specs_train_through_the_adjoint_kernels(name):
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
 def test_minus_infinity_log_decays(name):
-    """g = -inf (the state reset) at step 3 (inside the first chunk), 16 (a chunk's first step),
-    20 and 36 (the last step); kda's key-wise decay on one lane only: outputs, final state and
-    every gradient finite and equal to the reference's."""
-    program = seqc.load(name)
-    dims = {d: 5 for d in SPECS[name].dims}
-    x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
-    s = random_state(name, 1, 2, dims=dims, seed=13)
-    for t in (3, 16, 20, 36):
-        if x["g"].dim() == 4:
-            x["g"][0, t, 1, 2] = float("-inf")
-        else:
-            x["g"][0, t, 1] = float("-inf")
-    kernel = program.kernel("triton", chunk_size=16)
-    got = gradients_of(kernel, x, p, s)
-    want = gradients_of(program.kernel("reference"), x, p, s)
-    assert_gradients_equal(got, want, f"{name} with -inf log decays")
-    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-    out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
-    ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
-    torch.testing.assert_close(out.o.detach(), ref.o, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.final_state["S"].detach(), ref.final_state["S"], rtol=1e-4,
-                               atol=1e-4)
+    """kda's key-wise decay is reset on one lane only."""
+    assert_resets_equal_the_reference(name)
 
 
 def test_two_delta_steps_keep_the_torch_recomputation():
