@@ -140,3 +140,18 @@ def test_an_operation_without_a_rule_is_named(monkeypatch):
     assert missing_rules(spec) == ["tanh"]
     with pytest.raises(NoRule, match="tanh"):
         Adjoint(Step(spec, Constants()))
+
+
+def test_without_a_rule_the_module_has_no_fused_backward(monkeypatch):
+    """A step with an operation lacking a rule: the emitted module says FUSED_BACKWARD = False
+    and has no backward kernel, and seqc/autograd.py then keeps the recompute path."""
+    from seqc.autograd import fused_backward
+    from seqc.backends.triton import emit, vjp
+    monkeypatch.delitem(vjp.UNARY_SLOPES, "tanh")
+    code = emit(seqc.load("lstm"))
+    assert "FUSED_BACKWARD = False" in code and "fused_recurrent_bwd_kernel" not in code
+    module = types.SimpleNamespace(DEFAULT_MODE="fused_recurrent", FUSED_BACKWARD=False)
+    assert not fused_backward(module, {})
+    assert fused_backward(types.SimpleNamespace(DEFAULT_MODE="fused_recurrent",
+                                                FUSED_BACKWARD=True), {})
+    assert not fused_backward(types.SimpleNamespace(DEFAULT_MODE="chunk", FUSED_BACKWARD=True), {})

@@ -77,7 +77,14 @@ class FusedBackward:
         return dict(layout.prologue(spec, self.split), split=self.split, loads=loads,
                     outputs=outputs, input_stores=stores, forward=self.step.lines,
                     backward=self.adjoint.lines, states=self.states(), params_grad=self.params(),
-                    final_versions={s.name: self.step.final_version(s.name) for s in spec.states})
+                    final_versions={s.name: self.step.final_version(s.name) for s in spec.states},
+                    held_lanes=self.held_lanes())
+
+    def held_lanes(self) -> str:
+        """Code of the values a backward program holds in registers: each state and param with
+        its adjoint (padded blocks)."""
+        return " + ".join("2 * (" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) or "1")
+                          + ")" for t in self.spec.states + self.spec.params)
 
     def states(self) -> list[dict]:
         """Per state: its checkpoint load, scratch store and load, incoming final gradient, and

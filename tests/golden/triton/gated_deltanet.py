@@ -460,19 +460,14 @@ def fused_recurrent_bwd_kernel(
 SEGMENT = 64            # steps between the training forward's stored states
 
 
-def _fused_recurrent_shares(n_split, lead, names, sizes, split, like):
-    """A gradient buffer `[*lead, n_split?, *sizes]` (zeros: a program writes only its lanes),
-    with one share per split program when the tensor (dims `names`) lacks the split dim, and the
-    axis of the shares."""
-    if split is None or split in names:
-        return torch.zeros((*lead, *sizes), dtype=like.dtype, device=like.device), None
-    shares = torch.zeros((*lead, n_split, *sizes), dtype=like.dtype, device=like.device)
-    return shares, len(lead)
-
-
-def _fused_recurrent_sum(buffer, axis):
-    """A gradient buffer with its split shares summed."""
-    return buffer if axis is None else buffer.sum(dim=axis)
+def _fused_recurrent_bwd_warps(blocks):
+    """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
+    registers (states, params and their adjoints), spread over its threads, leave 64 registers
+    for the step's temporaries within a thread's share (255, or 65536 over the threads)."""
+    warps = 4
+    while warps < 16 and (2 * (blocks["BLOCK_K"] * blocks["BLOCK_V"])) / (32 * warps) + 64 > min(255, 2048 // warps):
+        warps *= 2
+    return warps
 
 
 class _FusedRecurrentTrain(torch.autograd.Function):
@@ -557,7 +552,7 @@ class _FusedRecurrentTrain(torch.autograd.Function):
             consts["c0"],
             dims["K"], blocks["BLOCK_K"],
             dims["V"], blocks["BLOCK_V"],
-            _acc(first),
+            _acc(first), num_warps=_fused_recurrent_bwd_warps(blocks),
         )
         grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
         grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
