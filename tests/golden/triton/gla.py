@@ -610,6 +610,21 @@ def _fused_recurrent_bwd_warps(blocks):
     return warps
 
 
+def _fused_recurrent_shares(n_split, lead, names, sizes, split, like):
+    """A gradient buffer `[*lead, n_split?, *sizes]` (zeros: a program writes only its lanes),
+    with one share per split program when the tensor (dims `names`) lacks the split dim, and the
+    axis of the shares."""
+    if split is None or split in names:
+        return torch.zeros((*lead, *sizes), dtype=like.dtype, device=like.device), None
+    shares = torch.zeros((*lead, n_split, *sizes), dtype=like.dtype, device=like.device)
+    return shares, len(lead)
+
+
+def _fused_recurrent_sum(buffer, axis):
+    """A gradient buffer with its split shares summed."""
+    return buffer if axis is None else buffer.sum(dim=axis)
+
+
 class _FusedRecurrentTrain(torch.autograd.Function):
     """fused_recurrent_kernel forward keeping one state a segment; backward
     fused_recurrent_bwd_kernel (the generated adjoint), its shares summed here."""
