@@ -9,6 +9,10 @@ one of two ways (docs/backends.md, "Gradients"):
   chunk_delta_core.md): the torch module runs with the cores in place of its families, so the prelude
   and the output expressions go through autograd of the torch code, and the recurrence is the
   cores' kernels: forward keeping one state a chunk (or block of time), backward the adjoint;
+- its mode is `fused_recurrent` and the module has the generated backward (`FUSED_BACKWARD`,
+  backends/triton/fused_recurrent_bwd.md): the module's `train`, whose forward is the fused kernel
+  keeping one state a segment and whose backward is the reverse-time kernel, each step's
+  vector-Jacobian product generated from the spec's expressions (backends/triton/vjp.py);
 - otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
   tensors saved), backward recomputes the call with the torch module under `torch.enable_grad()`
   (with the cores where the module has them) and takes `torch.autograd.grad` with the incoming
@@ -107,11 +111,21 @@ def run_triton(kernel, call, output_final_state: bool):
     if cores:       # the prelude by torch autograd, the recurrence by the core's kernels
         return torch_module(program).run(call.inputs, call.params, call.dims, states,
                                          output_final_state, **cores)
+    if fused_backward(kernel.module, kernel.options):   # the generated adjoint kernel
+        return kernel.module.train(call.inputs, call.params, call.dims, states,
+                                   output_final_state, **kernel.options)
     flat = _TritonRun.apply(_Call(kernel.module.run, lambda: torch_module(program), call.dims,
                                   dict(kernel.options), layout, kernel.module), *tensors)
     outputs = dict(zip(layout.outputs, flat[:len(layout.outputs)]))
     final = dict(zip(layout.final, flat[len(layout.outputs):])) if output_final_state else None
     return outputs, final
+
+
+def fused_backward(triton_module, options: dict) -> bool:
+    """The call runs the fused recurrent kernel and the module has its generated backward
+    (`FUSED_BACKWARD`: every step operation has a vector-Jacobian rule, fused_recurrent_bwd.md)."""
+    mode = options.get("mode") or triton_module.DEFAULT_MODE
+    return mode == "fused_recurrent" and getattr(triton_module, "FUSED_BACKWARD", False)
 
 
 def torch_module(program):

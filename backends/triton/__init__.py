@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from seqc.templates import render as render_template
 
-from . import families, fused
+from . import families, fused, fused_backward
 from .render import HELPERS, Constants
 
 
@@ -24,7 +24,8 @@ def emit(program, plan=None) -> str:
         plan = plan_of(program)
     constants = Constants()
     builders = [fused.FusedKernel(spec, constants)] + families.builders(plan, constants)
-    contexts = [(b, b.context()) for b in builders]
+    backward = fused_backward.backward_builder(spec, constants, builders[0].split)
+    contexts = [(b, b.context()) for b in builders + ([backward] if backward else [])]
     kernels = [render_template("triton", b.template, spec=spec, constants=list(constants.host),
                       output_dims=fused.output_dims, **context) for b, context in contexts]
     modes = [b.mode for b in builders]
@@ -36,7 +37,8 @@ def emit(program, plan=None) -> str:
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=value_dim,
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
-                  output_dims=fused.output_dims, cores=cores, core_helpers=common)
+                  output_dims=fused.output_dims, cores=cores, core_helpers=common,
+                  fused_backward=backward is not None)
 
 
 def adjoint_cores(plan, modes) -> list[str]:

@@ -26,6 +26,12 @@ def full(block: Block, dims: tuple[str, ...]) -> str:
     return code
 
 
+def checkpoint_row(state: ir.Tensor, segment: str = "t // SEGMENT") -> str:
+    """Offsets of the checkpoint of a segment of a state (by default the one step `t` is in)."""
+    offs, _ = layout.block(layout.row_axes(state.dims))
+    return f"(i_bh * tl.cdiv(T, SEGMENT) + {segment}) * ({layout.size(state.dims)}) + {offs}"
+
+
 class FusedKernel:
     """Lines of the fused recurrent kernel for one spec."""
 
@@ -60,7 +66,15 @@ class FusedKernel:
             body.append(self.statement(statement))
         blocks = self.block_names()
         return dict(layout.prologue(spec, self.split), loads=loads, body=body, blocks=blocks,
-                    split=self.split, state_lanes=self.state_lanes())
+                    split=self.split, state_lanes=self.state_lanes(),
+                    checkpoints=self.checkpoints())
+
+    def checkpoints(self) -> list[str]:
+        """Training: the state entering step t stored when t is a multiple of SEGMENT, at
+        `[B, H, cdiv(T, SEGMENT), *dims]` (fused_recurrent_bwd.md)."""
+        return [self.guard(s.dims, f"tl.store(ptr_ckpt_{s.name} + {checkpoint_row(s)}, "
+                                   f"st_{s.name}, mask={layout.block(layout.row_axes(s.dims))[1]})")
+                for s in self.spec.states]
 
     def state_lanes(self) -> str:
         """Code of the number of state values one program holds (register lanes, padded)."""

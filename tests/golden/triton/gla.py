@@ -40,11 +40,17 @@ if not torch.cuda.is_available():
 import torch.nn.functional as F  # noqa: F401 - host-side constants may use it
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable  # noqa: F401 - the training Functions
 
+INPUTS = ("q", "k", "v", "g", )
+PARAMS = ()
 STATES = ("S", )
 OUTPUTS = ("o", )
 MODES = ("fused_recurrent", "chunk_parallel", "chunk", )
 DEFAULT_MODE = "chunk"
+# fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
+# operation of the step has a vector-Jacobian rule
+FUSED_BACKWARD = True
 
 
 def _bf16_dots_in_the_interpreter():
@@ -149,15 +155,17 @@ def fused_recurrent_kernel(
     ptr_in_k,
     ptr_in_v,
     ptr_in_g,
-    ptr_init_S, ptr_final_S,
+    ptr_init_S, ptr_final_S, ptr_ckpt_S,
     ptr_out_o,
-    T, H,
+    T, H, SEGMENT,
     c0,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """One program per (value block, batch x head): the state in registers, time inside."""
+    """One program per (value block, batch x head): the state in registers, time inside; in
+    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
@@ -171,6 +179,9 @@ def fused_recurrent_kernel(
     else:
         st_S = tl.full([BLOCK_K, BLOCK_V], 0.0, dtype=ACC)
     for t in range(0, T):
+        if STORE_CKPT:
+            if t % SEGMENT == 0:
+                tl.store(ptr_ckpt_S + (i_bh * tl.cdiv(T, SEGMENT) + t // SEGMENT) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
         in_q = tl.load(ptr_in_q + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
         in_k = tl.load(ptr_in_k + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
         in_v = tl.load(ptr_in_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
@@ -184,17 +195,24 @@ def fused_recurrent_kernel(
 STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
 
 
-def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
-    B, T, H = dims["B"], dims["T"], dims["H"]
+def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
+    """The block of every dim, and the number of programs the split dim is spread over."""
     blocks = {
         "BLOCK_K": _pow2(dims["K"]),
         "BLOCK_V": _pow2(dims["V"]),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(options.get("block_split", 128)))
-    # registers: halve the split block until a program holds at most STATE_LANES state values
-    while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > STATE_LANES:
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(block_split))
+    # registers: halve the split block until a program holds at most `lanes` state values
+    while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > lanes:
         blocks["BLOCK_V"] //= 2
-    n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
+    return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
+
+
+def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, checkpoints=None):
+    """`checkpoints` (training): state name -> [B, H, cdiv(T, segment), *dims], filled with the
+    state entering steps 0, segment, 2 segment, ... (options["segment"])."""
+    B, T, H = dims["B"], dims["T"], dims["H"]
+    blocks, n_split = _fused_recurrent_blocks(dims, options.get("block_split", 128))
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](
         x["q"],
@@ -202,12 +220,13 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
         x["v"],
         x["g"],
         spare if init is None else init["S"], spare if final is None else final["S"],
+        spare if checkpoints is None else checkpoints["S"],
         outputs["o"],
-        T, H,
+        T, H, options.get("segment", 64),
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        init is not None, final is not None, _acc(spare),
+        init is not None, final is not None, checkpoints is not None, _acc(spare),
     )
 
 
@@ -479,6 +498,244 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
         block_t, min(16, block_t), options.get("precision") or "ieee",
         init is not None, final is not None, _acc(spare),
     )
+
+
+
+@triton.jit
+def fused_recurrent_bwd_kernel(
+    ptr_in_q, ptr_din_q,
+    ptr_in_k, ptr_din_k,
+    ptr_in_v, ptr_din_v,
+    ptr_in_g, ptr_din_g,
+    ptr_ckpt_S, ptr_scratch_S, ptr_dfinal_S, ptr_dinit_S,
+    ptr_do_o,
+    T, H, SEGMENT, N_SPLIT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The reverse-time loop of fused_recurrent_kernel (fused_recurrent_bwd.md): one program per
+    (value block, batch x head), segments of SEGMENT steps last to first; per segment the states
+    are recomputed from its checkpoint into the program's scratch, then the steps are walked
+    backwards, each step's adjoint generated from the spec's expressions."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    i_prog = i_bh * N_SPLIT + i_split
+    o_K = tl.arange(0, BLOCK_K)
+    o_V = i_split * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_K = o_K < dim_K
+    mask_V = o_V < dim_V
+    dst_S = tl.load(ptr_dfinal_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
+    n_seg = tl.cdiv(T, SEGMENT)
+    for back_seg in range(0, n_seg):
+        i_seg = n_seg - 1 - back_seg
+        t0 = i_seg * SEGMENT
+        t1 = tl.minimum(t0 + SEGMENT, T)
+        st_S = tl.load(ptr_ckpt_S + (i_bh * tl.cdiv(T, SEGMENT) + i_seg) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
+        # the segment's states, recomputed from its checkpoint: the state entering step t at
+        # slot t - t0 of the scratch
+        for t in range(t0, t1):
+            tl.store(ptr_scratch_S + (i_prog * SEGMENT + t - t0) * (BLOCK_K * BLOCK_V) + (tl.arange(0, BLOCK_K)[:, None] * (BLOCK_V) + tl.arange(0, BLOCK_V)[None, :] * (1)), st_S)
+            st_S_0 = st_S
+            in_q = tl.load(ptr_in_q + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            in_k = tl.load(ptr_in_k + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            in_v = tl.load(ptr_in_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
+            in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            v0 = tl.exp(in_g)
+            v1 = (v0[:, None] * st_S_0)
+            v2 = (in_k[:, None] * in_v[None, :])
+            v3 = (v1 + v2)
+            st_S_1 = v3
+            v4 = (c0 * in_q)
+            v5 = tl.sum(tl.where(mask_K[:, None], (v4[:, None] * st_S_1), 0.0), axis=0)
+            st_S = st_S_1
+        tl.debug_barrier()
+        for back_t in range(0, t1 - t0):
+            t = t1 - 1 - back_t
+            st_S_0 = tl.load(ptr_scratch_S + (i_prog * SEGMENT + t - t0) * (BLOCK_K * BLOCK_V) + (tl.arange(0, BLOCK_K)[:, None] * (BLOCK_V) + tl.arange(0, BLOCK_V)[None, :] * (1)))
+            in_q = tl.load(ptr_in_q + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            in_k = tl.load(ptr_in_k + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            in_v = tl.load(ptr_in_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
+            in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
+            v0 = tl.exp(in_g)
+            v1 = (v0[:, None] * st_S_0)
+            v2 = (in_k[:, None] * in_v[None, :])
+            v3 = (v1 + v2)
+            st_S_1 = v3
+            v4 = (c0 * in_q)
+            v5 = tl.sum(tl.where(mask_K[:, None], (v4[:, None] * st_S_1), 0.0), axis=0)
+            do_o = tl.load(ptr_do_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
+            g0 = tl.sum(tl.where(mask_V[:, None], (do_o[:, None] * tl.permute(st_S_1, (1, 0))), 0.0), axis=0)
+            g1 = (g0 * c0)
+            din_q = g1
+            g2 = tl.permute((do_o[:, None] * v4[None, :]), (1, 0))
+            dst_S_1 = dst_S + g2
+            g3 = dst_S_1
+            g4 = tl.sum(tl.where(mask_V[None, :], (g3 * st_S_0), 0.0), axis=1)
+            g5 = (g4 * v0)
+            din_g = g5
+            g6 = (g3 * v0[:, None])
+            dst_S_0 = g6
+            g7 = dst_S_1
+            g8 = tl.sum(tl.where(mask_V[None, :], (g7 * in_v[None, :]), 0.0), axis=1)
+            din_k = g8
+            g9 = tl.sum(tl.where(mask_K[:, None], (g7 * in_k[:, None]), 0.0), axis=0)
+            din_v = g9
+            dst_S = dst_S_0
+            din_q = din_q
+            din_k = din_k
+            din_v = din_v
+            din_g = din_g
+            tl.store(ptr_din_q + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_q, mask=(mask_K))
+            tl.store(ptr_din_k + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_k, mask=(mask_K))
+            tl.store(ptr_din_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), din_v, mask=(mask_V))
+            tl.store(ptr_din_g + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_g, mask=(mask_K))
+        tl.debug_barrier()
+    tl.store(ptr_dinit_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), dst_S, mask=(mask_K[:, None] & mask_V[None, :]))
+
+
+SEGMENT = 64            # steps between the training forward's stored states
+
+
+def _fused_recurrent_bwd_warps(blocks):
+    """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
+    registers (states, params and their adjoints), spread over its threads, leave 64 registers
+    for the step's temporaries within a thread's share (255, or 65536 over the threads)."""
+    warps = 4
+    while warps < 16 and (2 * (blocks["BLOCK_K"] * blocks["BLOCK_V"])) / (32 * warps) + 64 > min(255, 2048 // warps):
+        warps *= 2
+    return warps
+
+
+def _fused_recurrent_shares(n_split, lead, names, sizes, split, like):
+    """A gradient buffer `[*lead, n_split?, *sizes]` (zeros: a program writes only its lanes),
+    with one share per split program when the tensor (dims `names`) lacks the split dim, and the
+    axis of the shares."""
+    if split is None or split in names:
+        return torch.zeros((*lead, *sizes), dtype=like.dtype, device=like.device), None
+    shares = torch.zeros((*lead, n_split, *sizes), dtype=like.dtype, device=like.device)
+    return shares, len(lead)
+
+
+def _fused_recurrent_sum(buffer, axis):
+    """A gradient buffer with its split shares summed."""
+    return buffer if axis is None else buffer.sum(dim=axis)
+
+
+class _FusedRecurrentTrain(torch.autograd.Function):
+    """fused_recurrent_kernel forward keeping one state a segment; backward
+    fused_recurrent_bwd_kernel (the generated adjoint), its shares summed here."""
+
+    @staticmethod
+    def forward(ctx, meta, *tensors):
+        dims, consts, options, has_init, want_final = meta
+        x, p, init = _fused_recurrent_split(tensors, has_init)
+        B, T, H = dims["B"], dims["T"], dims["H"]
+        first = next(iter(x.values()))
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        device = first.device
+        segment = options["segment"]
+        n_seg = triton.cdiv(T, segment)
+        x = {n: t.contiguous() for n, t in x.items()}
+        p = {n: t.contiguous() for n, t in p.items()}
+        init = None if init is None else {n: t.to(compute).contiguous() for n, t in init.items()}
+        outputs = {
+            "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
+        }
+        final = {
+            "S": torch.empty((B, H, dims["K"], dims["V"]), dtype=compute, device=device),
+        }
+        checkpoints = {
+            "S": torch.empty((B, H, n_seg, dims["K"], dims["V"]), dtype=compute, device=device),
+        }
+        _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, checkpoints)
+        ctx.meta = meta
+        ctx.save_for_backward(*x.values(), *p.values(), *checkpoints.values())
+        results = [outputs[n] for n in OUTPUTS] + ([final[n] for n in STATES] if want_final else [])
+        return tuple(results)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        dims, consts, options, has_init, want_final = ctx.meta
+        saved = ctx.saved_tensors
+        n_in, n_par = len(INPUTS), len(PARAMS)
+        x = dict(zip(INPUTS, saved[:n_in]))
+        p = dict(zip(PARAMS, saved[n_in:n_in + n_par]))
+        checkpoints = dict(zip(STATES, saved[n_in + n_par:]))
+        B, T, H = dims["B"], dims["T"], dims["H"]
+        first = next(iter(x.values()))
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        device = first.device
+        d_out = {n: g.to(compute).contiguous() for n, g in zip(OUTPUTS, grads)}
+        d_final = {n: (grads[len(OUTPUTS) + i].to(compute).contiguous() if want_final
+                       else torch.zeros_like(checkpoints[n][:, :, 0]))
+                   for i, n in enumerate(STATES)}
+        segment = options["segment"]
+        blocks, n_split = _fused_recurrent_blocks(dims, options.get("block_split", 128),
+                                                  STATE_LANES // 2)
+        split = "V"
+        programs = n_split * B * H
+        scratch = {
+            "S": torch.empty((programs, segment, blocks["BLOCK_K"], blocks["BLOCK_V"]), dtype=compute, device=device),
+        }
+        like = torch.empty((), dtype=compute, device=device)
+        d_in = {
+            "q": _fused_recurrent_shares(n_split, (B, T, H), ("K", ), (dims["K"], ), split, like),
+            "k": _fused_recurrent_shares(n_split, (B, T, H), ("K", ), (dims["K"], ), split, like),
+            "v": _fused_recurrent_shares(n_split, (B, T, H), ("V", ), (dims["V"], ), split, like),
+            "g": _fused_recurrent_shares(n_split, (B, T, H), ("K", ), (dims["K"], ), split, like),
+        }
+        d_par = {
+        }
+        d_init = {
+            "S": _fused_recurrent_shares(n_split, (B, H), ("K", "V", ), (dims["K"], dims["V"], ), split, like),
+        }
+        fused_recurrent_bwd_kernel[(n_split, B * H)](
+            x["q"], d_in["q"][0],
+            x["k"], d_in["k"][0],
+            x["v"], d_in["v"][0],
+            x["g"], d_in["g"][0],
+            checkpoints["S"], scratch["S"], d_final["S"], d_init["S"][0],
+            d_out["o"],
+            T, H, segment, n_split,
+            consts["c0"],
+            dims["K"], blocks["BLOCK_K"],
+            dims["V"], blocks["BLOCK_V"],
+            _acc(first), num_warps=_fused_recurrent_bwd_warps(blocks),
+        )
+        grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
+        grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
+        grads_init = [_fused_recurrent_sum(*d_init[n]) for n in STATES] if has_init else []
+        return (None, *grads_in, *grads_par, *grads_init)
+
+
+def _fused_recurrent_split(tensors, has_init):
+    n_in, n_par = len(INPUTS), len(PARAMS)
+    x = dict(zip(INPUTS, tensors[:n_in]))
+    p = dict(zip(PARAMS, tensors[n_in:n_in + n_par]))
+    init = dict(zip(STATES, tensors[n_in + n_par:])) if has_init else None
+    return x, p, init
+
+
+def train(inputs, params, dims, initial_state=None, output_final_state=False, segment=None,
+          block_split=128, **ignored):
+    """`run(mode="fused_recurrent")`, differentiable in every input, param and initial state by
+    fused_recurrent_bwd_kernel; the forward keeps one state every `segment` steps (default
+    SEGMENT). Other options of `run` do not apply to this mode and are ignored."""
+    consts = _constants(dims)
+    options = {"segment": segment or SEGMENT, "block_split": block_split}
+    has_init = initial_state is not None
+    meta = (dims, consts, options, has_init, output_final_state)
+    tensors = [inputs[n] for n in INPUTS] + [params[n] for n in PARAMS] + \
+        ([initial_state[n] for n in STATES] if has_init else [])
+    flat = _FusedRecurrentTrain.apply(meta, *tensors)
+    outputs = dict(zip(OUTPUTS, flat[:len(OUTPUTS)]))
+    final = dict(zip(STATES, flat[len(OUTPUTS):])) if output_final_state else None
+    return outputs, final
 
 
 
@@ -763,6 +1020,13 @@ def _choose_mode(dims, block_split):
     return "chunk_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
 
 
+def _constants(dims):
+    """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""
+    return {
+        "c0": float(dims["scale"]),
+    }
+
+
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
     "chunk_parallel": _run_chunk_parallel,
@@ -786,9 +1050,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     B, T, H = dims["B"], dims["T"], dims["H"]
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
-    consts = {
-        "c0": float(dims["scale"]),
-    }
+    consts = _constants(dims)
     outputs = {
         "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
     }

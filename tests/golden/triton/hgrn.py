@@ -36,11 +36,17 @@ if not torch.cuda.is_available():
 import torch.nn.functional as F  # noqa: F401 - host-side constants may use it
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable  # noqa: F401 - the training Functions
 
+INPUTS = ("x", "g", )
+PARAMS = ()
 STATES = ("h", )
 OUTPUTS = ("o", )
 MODES = ("fused_recurrent", "scan", )
 DEFAULT_MODE = "scan"
+# fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
+# operation of the step has a vector-Jacobian rule
+FUSED_BACKWARD = True
 
 
 def _bf16_dots_in_the_interpreter():
@@ -143,13 +149,15 @@ def _stack_rows2(a, b):
 def fused_recurrent_kernel(
     ptr_in_x,
     ptr_in_g,
-    ptr_init_h, ptr_final_h,
+    ptr_init_h, ptr_final_h, ptr_ckpt_h,
     ptr_out_o,
-    T, H,
+    T, H, SEGMENT,
     dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """One program per (value block, batch x head): the state in registers, time inside."""
+    """One program per (value block, batch x head): the state in registers, time inside; in
+    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
@@ -161,6 +169,9 @@ def fused_recurrent_kernel(
     else:
         st_h = tl.full([BLOCK_D], 0.0, dtype=ACC)
     for t in range(0, T):
+        if STORE_CKPT:
+            if t % SEGMENT == 0:
+                tl.store(ptr_ckpt_h + (i_bh * tl.cdiv(T, SEGMENT) + t // SEGMENT) * (dim_D) + (o_D), st_h, mask=(mask_D))
         in_x = tl.load(ptr_in_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
         in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
         st_h = ((tl.exp(in_g) * st_h) + in_x)
@@ -172,25 +183,33 @@ def fused_recurrent_kernel(
 STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
 
 
-def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options):
-    B, T, H = dims["B"], dims["T"], dims["H"]
+def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
+    """The block of every dim, and the number of programs the split dim is spread over."""
     blocks = {
         "BLOCK_D": _pow2(dims["D"]),
     }
-    blocks["BLOCK_D"] = min(blocks["BLOCK_D"], _pow2(options.get("block_split", 128)))
-    # registers: halve the split block until a program holds at most STATE_LANES state values
-    while blocks["BLOCK_D"] > 1 and (blocks["BLOCK_D"]) > STATE_LANES:
+    blocks["BLOCK_D"] = min(blocks["BLOCK_D"], _pow2(block_split))
+    # registers: halve the split block until a program holds at most `lanes` state values
+    while blocks["BLOCK_D"] > 1 and (blocks["BLOCK_D"]) > lanes:
         blocks["BLOCK_D"] //= 2
-    n_split = triton.cdiv(dims["D"], blocks["BLOCK_D"])
+    return blocks, triton.cdiv(dims["D"], blocks["BLOCK_D"])
+
+
+def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, checkpoints=None):
+    """`checkpoints` (training): state name -> [B, H, cdiv(T, segment), *dims], filled with the
+    state entering steps 0, segment, 2 segment, ... (options["segment"])."""
+    B, T, H = dims["B"], dims["T"], dims["H"]
+    blocks, n_split = _fused_recurrent_blocks(dims, options.get("block_split", 128))
     spare = next(iter(outputs.values()))
     fused_recurrent_kernel[(n_split, B * H)](
         x["x"],
         x["g"],
         spare if init is None else init["h"], spare if final is None else final["h"],
+        spare if checkpoints is None else checkpoints["h"],
         outputs["o"],
-        T, H,
+        T, H, options.get("segment", 64),
         dims["D"], blocks["BLOCK_D"],
-        init is not None, final is not None, _acc(spare),
+        init is not None, final is not None, checkpoints is not None, _acc(spare),
     )
 
 
@@ -256,6 +275,211 @@ def _run_scan(x, p, dims, init, final, outputs, consts, options):
         block_t, min(16, block_t), options.get("precision") or "ieee",
         init is not None, final is not None, _acc(spare),
     )
+
+
+
+@triton.jit
+def fused_recurrent_bwd_kernel(
+    ptr_in_x, ptr_din_x,
+    ptr_in_g, ptr_din_g,
+    ptr_ckpt_h, ptr_scratch_h, ptr_dfinal_h, ptr_dinit_h,
+    ptr_do_o,
+    T, H, SEGMENT, N_SPLIT,
+    dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The reverse-time loop of fused_recurrent_kernel (fused_recurrent_bwd.md): one program per
+    (value block, batch x head), segments of SEGMENT steps last to first; per segment the states
+    are recomputed from its checkpoint into the program's scratch, then the steps are walked
+    backwards, each step's adjoint generated from the spec's expressions."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    i_prog = i_bh * N_SPLIT + i_split
+    o_D = i_split * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_D = o_D < dim_D
+    dst_h = tl.load(ptr_dfinal_h + (i_b * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+    n_seg = tl.cdiv(T, SEGMENT)
+    for back_seg in range(0, n_seg):
+        i_seg = n_seg - 1 - back_seg
+        t0 = i_seg * SEGMENT
+        t1 = tl.minimum(t0 + SEGMENT, T)
+        st_h = tl.load(ptr_ckpt_h + (i_bh * tl.cdiv(T, SEGMENT) + i_seg) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+        # the segment's states, recomputed from its checkpoint: the state entering step t at
+        # slot t - t0 of the scratch
+        for t in range(t0, t1):
+            tl.store(ptr_scratch_h + (i_prog * SEGMENT + t - t0) * (BLOCK_D) + (tl.arange(0, BLOCK_D) * (1)), st_h)
+            st_h_0 = st_h
+            in_x = tl.load(ptr_in_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+            in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+            v0 = tl.exp(in_g)
+            v1 = (v0 * st_h_0)
+            v2 = (v1 + in_x)
+            st_h_1 = v2
+            st_h = st_h_1
+        tl.debug_barrier()
+        for back_t in range(0, t1 - t0):
+            t = t1 - 1 - back_t
+            st_h_0 = tl.load(ptr_scratch_h + (i_prog * SEGMENT + t - t0) * (BLOCK_D) + (tl.arange(0, BLOCK_D) * (1)))
+            in_x = tl.load(ptr_in_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+            in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+            v0 = tl.exp(in_g)
+            v1 = (v0 * st_h_0)
+            v2 = (v1 + in_x)
+            st_h_1 = v2
+            do_o = tl.load(ptr_do_o + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+            dst_h_1 = dst_h + do_o
+            g0 = dst_h_1
+            g1 = (g0 * st_h_0)
+            g2 = (g1 * v0)
+            din_g = g2
+            g3 = (g0 * v0)
+            dst_h_0 = g3
+            g4 = dst_h_1
+            din_x = g4
+            dst_h = dst_h_0
+            din_x = din_x
+            din_g = din_g
+            tl.store(ptr_din_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_x, mask=(mask_D))
+            tl.store(ptr_din_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_g, mask=(mask_D))
+        tl.debug_barrier()
+    tl.store(ptr_dinit_h + (i_b * H + i_h) * (dim_D) + (o_D), dst_h, mask=(mask_D))
+
+
+SEGMENT = 64            # steps between the training forward's stored states
+
+
+def _fused_recurrent_bwd_warps(blocks):
+    """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
+    registers (states, params and their adjoints), spread over its threads, leave 64 registers
+    for the step's temporaries within a thread's share (255, or 65536 over the threads)."""
+    warps = 4
+    while warps < 16 and (2 * (blocks["BLOCK_D"])) / (32 * warps) + 64 > min(255, 2048 // warps):
+        warps *= 2
+    return warps
+
+
+def _fused_recurrent_shares(n_split, lead, names, sizes, split, like):
+    """A gradient buffer `[*lead, n_split?, *sizes]` (zeros: a program writes only its lanes),
+    with one share per split program when the tensor (dims `names`) lacks the split dim, and the
+    axis of the shares."""
+    if split is None or split in names:
+        return torch.zeros((*lead, *sizes), dtype=like.dtype, device=like.device), None
+    shares = torch.zeros((*lead, n_split, *sizes), dtype=like.dtype, device=like.device)
+    return shares, len(lead)
+
+
+def _fused_recurrent_sum(buffer, axis):
+    """A gradient buffer with its split shares summed."""
+    return buffer if axis is None else buffer.sum(dim=axis)
+
+
+class _FusedRecurrentTrain(torch.autograd.Function):
+    """fused_recurrent_kernel forward keeping one state a segment; backward
+    fused_recurrent_bwd_kernel (the generated adjoint), its shares summed here."""
+
+    @staticmethod
+    def forward(ctx, meta, *tensors):
+        dims, consts, options, has_init, want_final = meta
+        x, p, init = _fused_recurrent_split(tensors, has_init)
+        B, T, H = dims["B"], dims["T"], dims["H"]
+        first = next(iter(x.values()))
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        device = first.device
+        segment = options["segment"]
+        n_seg = triton.cdiv(T, segment)
+        x = {n: t.contiguous() for n, t in x.items()}
+        p = {n: t.contiguous() for n, t in p.items()}
+        init = None if init is None else {n: t.to(compute).contiguous() for n, t in init.items()}
+        outputs = {
+            "o": torch.empty((B, T, H, dims["D"]), dtype=compute, device=device),
+        }
+        final = {
+            "h": torch.empty((B, H, dims["D"]), dtype=compute, device=device),
+        }
+        checkpoints = {
+            "h": torch.empty((B, H, n_seg, dims["D"]), dtype=compute, device=device),
+        }
+        _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, checkpoints)
+        ctx.meta = meta
+        ctx.save_for_backward(*x.values(), *p.values(), *checkpoints.values())
+        results = [outputs[n] for n in OUTPUTS] + ([final[n] for n in STATES] if want_final else [])
+        return tuple(results)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        dims, consts, options, has_init, want_final = ctx.meta
+        saved = ctx.saved_tensors
+        n_in, n_par = len(INPUTS), len(PARAMS)
+        x = dict(zip(INPUTS, saved[:n_in]))
+        p = dict(zip(PARAMS, saved[n_in:n_in + n_par]))
+        checkpoints = dict(zip(STATES, saved[n_in + n_par:]))
+        B, T, H = dims["B"], dims["T"], dims["H"]
+        first = next(iter(x.values()))
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        device = first.device
+        d_out = {n: g.to(compute).contiguous() for n, g in zip(OUTPUTS, grads)}
+        d_final = {n: (grads[len(OUTPUTS) + i].to(compute).contiguous() if want_final
+                       else torch.zeros_like(checkpoints[n][:, :, 0]))
+                   for i, n in enumerate(STATES)}
+        segment = options["segment"]
+        blocks, n_split = _fused_recurrent_blocks(dims, options.get("block_split", 128),
+                                                  STATE_LANES // 2)
+        split = "D"
+        programs = n_split * B * H
+        scratch = {
+            "h": torch.empty((programs, segment, blocks["BLOCK_D"]), dtype=compute, device=device),
+        }
+        like = torch.empty((), dtype=compute, device=device)
+        d_in = {
+            "x": _fused_recurrent_shares(n_split, (B, T, H), ("D", ), (dims["D"], ), split, like),
+            "g": _fused_recurrent_shares(n_split, (B, T, H), ("D", ), (dims["D"], ), split, like),
+        }
+        d_par = {
+        }
+        d_init = {
+            "h": _fused_recurrent_shares(n_split, (B, H), ("D", ), (dims["D"], ), split, like),
+        }
+        fused_recurrent_bwd_kernel[(n_split, B * H)](
+            x["x"], d_in["x"][0],
+            x["g"], d_in["g"][0],
+            checkpoints["h"], scratch["h"], d_final["h"], d_init["h"][0],
+            d_out["o"],
+            T, H, segment, n_split,
+            dims["D"], blocks["BLOCK_D"],
+            _acc(first), num_warps=_fused_recurrent_bwd_warps(blocks),
+        )
+        grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
+        grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
+        grads_init = [_fused_recurrent_sum(*d_init[n]) for n in STATES] if has_init else []
+        return (None, *grads_in, *grads_par, *grads_init)
+
+
+def _fused_recurrent_split(tensors, has_init):
+    n_in, n_par = len(INPUTS), len(PARAMS)
+    x = dict(zip(INPUTS, tensors[:n_in]))
+    p = dict(zip(PARAMS, tensors[n_in:n_in + n_par]))
+    init = dict(zip(STATES, tensors[n_in + n_par:])) if has_init else None
+    return x, p, init
+
+
+def train(inputs, params, dims, initial_state=None, output_final_state=False, segment=None,
+          block_split=128, **ignored):
+    """`run(mode="fused_recurrent")`, differentiable in every input, param and initial state by
+    fused_recurrent_bwd_kernel; the forward keeps one state every `segment` steps (default
+    SEGMENT). Other options of `run` do not apply to this mode and are ignored."""
+    consts = _constants(dims)
+    options = {"segment": segment or SEGMENT, "block_split": block_split}
+    has_init = initial_state is not None
+    meta = (dims, consts, options, has_init, output_final_state)
+    tensors = [inputs[n] for n in INPUTS] + [params[n] for n in PARAMS] + \
+        ([initial_state[n] for n in STATES] if has_init else [])
+    flat = _FusedRecurrentTrain.apply(meta, *tensors)
+    outputs = dict(zip(OUTPUTS, flat[:len(OUTPUTS)]))
+    final = dict(zip(STATES, flat[len(OUTPUTS):])) if output_final_state else None
+    return outputs, final
 
 
 
@@ -407,6 +631,12 @@ CORES = {
     "scan_core": scan_core,
 }
 
+def _constants(dims):
+    """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""
+    return {
+    }
+
+
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
     "scan": _run_scan,
@@ -429,8 +659,7 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     B, T, H = dims["B"], dims["T"], dims["H"]
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
-    consts = {
-    }
+    consts = _constants(dims)
     outputs = {
         "o": torch.empty((B, T, H, dims["D"]), dtype=compute, device=device),
     }

@@ -1,0 +1,131 @@
+"""The fused recurrent kernel's backward: the reverse-time loop with the step's vector-Jacobian
+product generated from its expressions (vjp.py), over segments of checkpointed states.
+See fused_recurrent_bwd.md for its math.
+"""
+from __future__ import annotations
+
+from seqc import ir
+
+from . import layout
+from .fused import checkpoint_row, output_dims
+from .render import Constants
+from .vjp import Adjoint, NoRule, Step
+
+
+def block_offsets(dims: tuple[str, ...]) -> tuple[str, str]:
+    """Offsets of a whole padded block, row-major over its BLOCK sizes, and its element count."""
+    axes = tuple((d, " * ".join(f"BLOCK_{e}" for e in dims[i + 1:]) or "1")
+                 for i, d in enumerate(dims))
+    if not axes:
+        return "0", "1"
+    offs = " + ".join(f"{_arange(d, i, len(dims))} * ({stride})" for i, (d, stride) in
+                      enumerate(axes))
+    return f"({offs})", " * ".join(f"BLOCK_{d}" for d in dims)
+
+
+def _arange(d: str, axis: int, ndim: int) -> str:
+    code = f"tl.arange(0, BLOCK_{d})"
+    if ndim <= 1:
+        return code
+    return f"{code}[{', '.join(':' if i == axis else 'None' for i in range(ndim))}]"
+
+
+class FusedBackward:
+    """Lines of the backward kernel of the fused recurrent kernel for one spec; `Adjoint` raises
+    `NoRule` when an operation of the step has no rule (the module then has no such kernel)."""
+
+    template = "fused_recurrent_bwd.py.j2"
+
+    def __init__(self, spec: ir.Spec, constants: Constants, split: str | None):
+        self.spec = spec
+        self.split = split
+        self.step = Step(spec, constants)
+        self.adjoint = Adjoint(self.step)
+
+    def partial(self, dims: tuple[str, ...]) -> bool:
+        """A tensor without the split dim gets one gradient share per split program."""
+        return self.split is not None and self.split not in dims
+
+    def owner(self, dims: tuple[str, ...], load: str) -> str:
+        """An incoming gradient: a tensor without the split dim is held by every split program,
+        and its incoming gradient enters through the first only."""
+        return f"tl.where(i_split == 0, {load}, 0.0)" if self.partial(dims) else load
+
+    def row(self, dims, lead: str) -> tuple[str, str]:
+        """Offsets and mask of a gradient row `lead` (its N_SPLIT share when partial)."""
+        offs, mask = layout.block(layout.row_axes(dims))
+        if self.partial(dims):
+            lead = f"({lead}) * N_SPLIT + i_split"
+        return f"({lead}) * ({layout.size(dims)}) + {offs}", mask
+
+    def context(self) -> dict:
+        spec = self.spec
+        step_row = "(i_b * T + t) * H + i_h"
+        loads, stores, outputs = [], [], []
+        for x in spec.inputs:
+            offs, mask = layout.block(layout.row_axes(x.dims))
+            loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + ({step_row}) * "
+                         f"({layout.size(x.dims)}) + {offs}, mask={mask}, other=0.0).to(ACC)")
+            row, mask = self.row(x.dims, step_row)
+            stores.append(f"tl.store(ptr_din_{x.name} + {row}, din_{x.name}, mask={mask})")
+        for o in spec.outputs:
+            dims = output_dims(o)
+            offs, mask = layout.block(layout.row_axes(dims))
+            load = (f"tl.load(ptr_do_{o.name} + ({step_row}) * ({layout.size(dims)}) + {offs}, "
+                    f"mask={mask}, other=0.0).to(ACC)")
+            outputs.append(f"do_{o.name} = {self.owner(dims, load)}")
+        return dict(layout.prologue(spec, self.split), split=self.split, loads=loads,
+                    outputs=outputs, input_stores=stores, forward=self.step.lines,
+                    backward=self.adjoint.lines, states=self.states(), params_grad=self.params(),
+                    final_versions={s.name: self.step.final_version(s.name) for s in spec.states},
+                    held_lanes=self.held_lanes())
+
+    def held_lanes(self) -> str:
+        """Code of the values a backward program holds in registers: each state and param with
+        its adjoint (padded blocks)."""
+        return " + ".join("2 * (" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) or "1")
+                          + ")" for t in self.spec.states + self.spec.params)
+
+    def states(self) -> list[dict]:
+        """Per state: its checkpoint load, scratch store and load, incoming final gradient, and
+        the store of the initial state's gradient."""
+        out = []
+        for s in self.spec.states:
+            offs, mask = layout.block(layout.row_axes(s.dims))
+            scratch, size = block_offsets(s.dims)
+            slot = f"ptr_scratch_{s.name} + (i_prog * SEGMENT + t - t0) * ({size}) + {scratch}"
+            state_row = "i_b * H + i_h"
+            row, dmask = self.row(s.dims, state_row)
+            out.append(dict(
+                name=s.name,
+                checkpoint=f"st_{s.name} = tl.load(ptr_ckpt_{s.name} + "
+                           f"{checkpoint_row(s, 'i_seg')}, mask={mask}, other=0.0).to(ACC)",
+                keep=f"tl.store({slot}, st_{s.name})",
+                restore=f"st_{s.name}_0 = tl.load({slot})",
+                dfinal=f"dst_{s.name} = " + self.owner(
+                    s.dims, f"tl.load(ptr_dfinal_{s.name} + ({state_row}) * "
+                            f"({layout.size(s.dims)}) + {offs}, mask={mask}, other=0.0).to(ACC)"),
+                dinit=f"tl.store(ptr_dinit_{s.name} + {row}, dst_{s.name}, mask={dmask})",
+                lanes=size))
+        return out
+
+    def params(self) -> list[dict]:
+        out = []
+        for p in self.spec.params:
+            offs, mask = layout.block(layout.row_axes(p.dims))
+            shape = ", ".join(f"BLOCK_{d}" for d in p.dims)
+            out.append(dict(
+                name=p.name,
+                zero=f"dpar_{p.name} = tl.zeros([{shape}], dtype=ACC)",
+                store=f"tl.store(ptr_dpar_{p.name} + (i_prog) * ({layout.size(p.dims)}) + {offs}, "
+                      f"dpar_{p.name}, mask={mask})"))
+        return out
+
+
+def backward_builder(spec: ir.Spec, constants: Constants, split: str | None):
+    """The backward kernel's builder, or None when a step operation has no rule."""
+    try:
+        return FusedBackward(spec, constants, split)
+    except NoRule:
+        return None
+

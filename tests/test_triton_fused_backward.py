@@ -1,0 +1,97 @@
+"""The fused recurrent kernel's generated backward (backends/triton/fused_recurrent_bwd.md)
+against the reference backend's autograd.
+
+Under the Triton interpreter, tiny shapes (B=2, T=9, H=2, dims of 5: padded lanes), segments of 4
+steps (T not a multiple: a short last segment), a random initial state and random incoming
+gradients on every output and final state (test_gradients.py's `gradients_of`); fp32, rtol 1e-4
+relative to the largest gradient of each tensor. The sequential specs (lstm, gru) always; of the
+other stdlib specs forced into mode="fused_recurrent", one per kind of recurrence here (the whole
+stdlib takes minutes under the interpreter: scripts/fused_backward_all.py, results in
+docs/benchmarks.md).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import seqc  # noqa: E402
+import seqc.autograd  # noqa: E402
+from oracles import SPECS, random_inputs, random_state  # noqa: E402
+from test_gradients import gradients_of  # noqa: E402
+from test_triton_gradients import assert_gradients_equal  # noqa: E402
+
+pytestmark = pytest.mark.triton
+STDLIB = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "stdlib").glob("*.seq"))
+B, T, H, SIZE, SEGMENT = 2, 9, 2, 5, 4
+SEQUENTIAL = ["lstm", "gru"]
+# one spec per kind of recurrence: a diagonal scan (hgrn), a chunk form with key-wise decay and
+# a split value dim (gla), a state without the split dim and max / abs (mlstm), the delta rule
+# (gated_deltanet), diagonal plus low rank (rwkv7), a max-plus semiring with -inf init (maxplus)
+ONE_PER_KIND = ["hgrn", "gla", "mlstm", "gated_deltanet", "rwkv7", "maxplus"]
+
+
+@functools.lru_cache(maxsize=None)
+def program(name):
+    return seqc.load(name)
+
+
+def no_torch_recompute(monkeypatch):
+    """Any use of the torch backend by a Triton training call fails the test."""
+    def refuse(program):
+        raise AssertionError("a Triton training call ran the torch backend")
+    monkeypatch.setattr(seqc.autograd, "torch_module", refuse)
+
+
+def compare(name, monkeypatch, block_split=128, dims=None):
+    dims = dims or {d: SIZE for d in SPECS[name].dims}
+    x, p = random_inputs(name, B, T, H, dims=dims, seed=3)
+    s = random_state(name, B, H, dims=dims, seed=3)
+    kernel = program(name).kernel("triton", mode="fused_recurrent", block_split=block_split)
+    assert kernel.module.FUSED_BACKWARD, f"{name}: no generated backward"
+    monkeypatch.setattr(kernel.module, "SEGMENT", SEGMENT)
+    no_torch_recompute(monkeypatch)
+    got = gradients_of(kernel, x, p, s)
+    monkeypatch.undo()
+    want = gradients_of(program(name).kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"{name}/fused_recurrent")
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_sequential_spec_trains_on_its_own_kernels(name, monkeypatch):
+    compare(name, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ONE_PER_KIND)
+def test_fused_recurrent_backward_matches_reference(name, monkeypatch):
+    compare(name, monkeypatch)
+
+
+def test_split_value_dim_shares_add_up(monkeypatch):
+    """gla at V = 5 in blocks of 2 lanes: three programs, q, k, g (without V) summed over them."""
+    compare("gla", monkeypatch, block_split=2)
+
+
+def test_every_stdlib_spec_has_the_generated_backward():
+    covered = [n for n in STDLIB if program(n).kernel("triton").module.FUSED_BACKWARD]
+    assert covered == STDLIB
+
+
+def test_minus_infinity_gates(monkeypatch):
+    """gla with some log decays -inf (a reset: exp(g) = 0): finite gradients equal to the
+    reference's."""
+    dims = {d: SIZE for d in SPECS["gla"].dims}
+    x, p = random_inputs("gla", B, T, H, dims=dims, seed=5)
+    x["g"][:, 3, :, 1:3] = float("-inf")
+    x["g"][1, 6] = float("-inf")
+    s = random_state("gla", B, H, dims=dims, seed=5)
+    kernel = program("gla").kernel("triton", mode="fused_recurrent")
+    monkeypatch.setattr(kernel.module, "SEGMENT", SEGMENT)
+    no_torch_recompute(monkeypatch)
+    got = gradients_of(kernel, {n: v.clone() for n, v in x.items()}, p, s)
+    monkeypatch.undo()
+    want = gradients_of(program("gla").kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, "gla/-inf gates")
