@@ -123,7 +123,7 @@ class GroupEmitter:
         queries = ", ".join(self.call(r.query, kd) for r in reads)
         decay, unseen = ("None" if log is None else self.call(log, log.dims and kd)
                          for log in (g.log_decay, g.unseen_log_decay))
-        lines = [f"reads, final_{s} = _chunk_dplr([{queries}], {self.call(g.erase, kd)}, "
+        lines = [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
                  f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
                  f"init_{s}{self.swapped(g)}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]

@@ -31,7 +31,7 @@ def emit(program, plan=None) -> str:
     kinds = adjoint_cores(plan, modes)
     cores = {kind: render_template("triton", f"{kind}_core.py.j2") for kind in kinds}
     common = (render_template("triton", "core_common.py.j2")
-              if {"chunk", "chunk_delta"} & set(kinds) else "")     # their shared helpers
+              if {"chunk", "chunk_delta", "chunk_dplr"} & set(kinds) else "")     # their shared helpers
     value_dim = next((b.group.value_dim for b in builders if b.mode == "chunk_parallel"), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=value_dim,
@@ -45,7 +45,9 @@ def adjoint_cores(plan, modes) -> list[str]:
     chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
     elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md)
     when the chunk_delta kernel runs and every delta group has one query and one delta step a
-    token (deltanet, gated_deltanet, kda)."""
+    token (deltanet, gated_deltanet, kda); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr
+    kernel runs and every diagonal-plus-low-rank group has one query and one write a token
+    (rwkv7, comba)."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -61,4 +63,9 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.steps) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in deltas):
         cores.append("chunk_delta")
+    dplrs = [g for g in plan.groups if g.kind == "chunk_dplr"]
+    if "chunk_dplr" in modes and all(
+            len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+            for g in dplrs):
+        cores.append("chunk_dplr")
     return cores

@@ -403,12 +403,8 @@ def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: t
     return A, dq, dk
 
 
-
-# ---- the delta-rule chunk core and its adjoint (chunk_delta_core.md) ----
-
-
 @triton.jit
-def _delta_core_inverse(L, o_t, BLOCK_T: tl.constexpr):
+def _core_unit_lower_inverse(L, o_t, BLOCK_T: tl.constexpr):
     """(I + L)^-1 of a strictly lower triangular L [BLOCK_T, BLOCK_T], row by row (forward
     substitution): A_i = e_i - sum_{j<i} L_ij A_j."""
     eye = (o_t[:, None] == o_t[None, :]).to(L.dtype)
@@ -419,6 +415,17 @@ def _delta_core_inverse(L, o_t, BLOCK_T: tl.constexpr):
         row = -tl.sum(l_i[:, None] * A, axis=0)
         A = tl.where(at_i, row[None, :] + eye, A)
     return A
+
+
+def _core_shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    block_t = max(16, _pow2(chunk_size))
+    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
+
+
+
+# ---- the delta-rule chunk core and its adjoint (chunk_delta_core.md) ----
 
 
 @triton.jit
@@ -460,7 +467,7 @@ def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V
         L = tl.dot(k, tl.trans(w), input_precision=PRECISION) * D
         P = tl.dot(q, tl.trans(w), input_precision=PRECISION) * D
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
-    A = _delta_core_inverse(L, o_t, BLOCK_T)
+    A = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     return q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
         mask_tk, offs_tv, mask_tv
 
@@ -572,13 +579,6 @@ def _delta_core_bwd_kernel(
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
-def _delta_core_shapes(q, v, chunk_size):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    block_t = max(16, _pow2(chunk_size))
-    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
-
-
 class _DeltaCore(torch.autograd.Function):
     """(o, S_T) of the delta-rule recurrence; the forward keeps the chunk-boundary states only."""
 
@@ -586,7 +586,7 @@ class _DeltaCore(torch.autograd.Function):
     def forward(ctx, q, k, w, v, g, s0, chunk_size):
         q, k, w, v, s0 = (x.contiguous() for x in (q, k, w, v, s0))
         g = None if g is None else g.contiguous()
-        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, chunk_size)
+        B, T, H, K, V, block_t, N, block_k, block_v = _core_shapes(q, v, chunk_size)
         o = torch.empty_like(v)
         h = torch.empty((B, H, N, K, V), dtype=q.dtype, device=q.device)
         final = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
@@ -602,7 +602,7 @@ class _DeltaCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dfinal):
         q, k, w, v, g, h = ctx.saved_tensors
-        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, ctx.chunk_size)
+        B, T, H, K, V, block_t, N, block_k, block_v = _core_shapes(q, v, ctx.chunk_size)
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dq, dk, dw, dv = (torch.empty_like(x) for x in (q, k, w, v))
         dg = None if g is None else torch.empty_like(g)
