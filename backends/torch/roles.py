@@ -162,6 +162,6 @@ class GroupEmitter:
     def semiring(self, g) -> list[str]:
         s = g.state
         dims = self.spec.tensor(s).dims
-        lines = [f"all_{s}, final_{s} = _semiring_scan({self.seq(g.coefficient, dims)}, "
+        lines = [f"all_{s}, final_{s} = cores['semiring_scan']({self.seq(g.coefficient, dims)}, "
                  f"{self.seq(g.offset, dims)}, init_{s}, chunk_size, {SEMIRING_ADD[g.semiring]})"]
         return lines + [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]

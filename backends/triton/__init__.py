@@ -43,11 +43,13 @@ def adjoint_cores(plan, modes) -> list[str]:
     """The recurrence cores with adjoint kernels this module carries, for the torch module's
     groups to run on in training: `chunk` (chunk_core.md) when the chunk kernel runs and every
     chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
-    elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md)
-    when the chunk_delta kernel runs and every delta group has one query and one delta step a
-    token (deltanet, gated_deltanet, kda); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr
-    kernel runs and every diagonal-plus-low-rank group has one query and one write a token
-    (rwkv7, comba)."""
+    elementwise (uncoupled) scan group or a semiring group and a parallel kernel runs;
+    `chunk_delta` (chunk_delta_core.md) when the chunk_delta kernel runs and every delta group
+    has one query (deltanet, gated_deltanet, kda; deltaproduct's delta steps run as the delta
+    rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr kernel runs and
+    every diagonal-plus-low-rank group has one query and one write a token (rwkv7, comba);
+    `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a semiring group
+    (logsumexp, maxplus) and a parallel kernel runs."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -56,16 +58,18 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in chunks):
         cores.append("chunk")
-    if any(g.kind == "scan" and not g.coupling for g in plan.groups):
-        cores.append("scan")
+    semirings = any(g.kind == "semiring" for g in plan.groups)
+    if semirings or any(g.kind == "scan" and not g.coupling for g in plan.groups):
+        cores.append("scan")        # the semiring core composes with the scan core's maps
     deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
-    if "chunk_delta" in modes and all(
-            len(g.steps) == 1 and sum(r.state == g.state for r in plan.reads) == 1
-            for g in deltas):
+    if "chunk_delta" in modes and all(sum(r.state == g.state for r in plan.reads) == 1
+                                      for g in deltas):
         cores.append("chunk_delta")
     dplrs = [g for g in plan.groups if g.kind == "chunk_dplr"]
     if "chunk_dplr" in modes and all(
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in dplrs):
         cores.append("chunk_dplr")
+    if semirings:
+        cores.append("semiring_scan")
     return cores

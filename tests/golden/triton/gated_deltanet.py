@@ -617,12 +617,31 @@ class _DeltaCore(torch.autograd.Function):
 
 def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
-    the last state) on these kernels: one query and one delta step a token, no, a scalar or a
-    key-wise decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
+    the last state) on these kernels: one query, one or more delta steps a token (a product of
+    delta factors: the delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise
+    decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
     does (docs/backends.md)."""
-    (q,), (k,), (w,), (v,) = queries, keys, write_keys, values
-    o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size)
-    return [o.transpose(1, 2)], final
+    (q,) = queries
+    if len(keys) == 1:
+        (k,), (w,), (v,) = keys, write_keys, values
+        o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size)
+        return [o.transpose(1, 2)], final
+    q, k, w, v, g = _delta_steps(q, keys, write_keys, values, log_decay)
+    o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size)
+    return [o[:, len(keys) - 1::len(keys)].transpose(1, 2)], final
+
+
+def _delta_steps(q, keys, write_keys, values, log_decay):
+    """J delta steps a token as the delta rule over T * J steps (chunk_delta_core.md): token t's
+    steps at t J .. t J + J - 1, its decay on the first, its query on the last (0 on the others,
+    whose reads are dropped)."""
+    def steps(per_step):                    # J tensors [B, T, H, ...] -> [B, T * J, H, ...]
+        return torch.stack(per_step, 2).flatten(1, 2)
+
+    others = len(keys) - 1
+    g = None if log_decay is None else steps([log_decay] + [torch.zeros_like(log_decay)] * others)
+    return (steps([torch.zeros_like(q)] * others + [q]), steps(keys), steps(write_keys),
+            steps(values), g)
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)
