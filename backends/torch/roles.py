@@ -153,7 +153,7 @@ class GroupEmitter:
         inits = ", ".join(f"init_{s}" for s in g.states)
         alls = ", ".join(f"all_{s}" for s in g.states)
         finals = ", ".join(f"final_{s}" for s in g.states)
-        lines = [f"({alls},), ({finals},) = _coupled_scan([{rows}], [{offsets}], [{inits}], "
+        lines = [f"({alls},), ({finals},) = cores['coupled_scan']([{rows}], [{offsets}], [{inits}], "
                  "chunk_size)"]
         for s in g.states:
             lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]

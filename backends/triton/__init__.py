@@ -49,7 +49,8 @@ def adjoint_cores(plan, modes) -> list[str]:
     rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr kernel runs and
     every diagonal-plus-low-rank group has one query and one write a token (rwkv7, comba);
     `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a semiring group
-    (logsumexp, maxplus) and a parallel kernel runs."""
+    (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan` (coupled_scan_core.md, with
+    `scan`, the mode such a Plan runs in) when it has a coupled scan group."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -59,7 +60,8 @@ def adjoint_cores(plan, modes) -> list[str]:
             for g in chunks):
         cores.append("chunk")
     semirings = any(g.kind == "semiring" for g in plan.groups)
-    if semirings or any(g.kind == "scan" and not g.coupling for g in plan.groups):
+    coupled = any(g.kind == "scan" and g.coupling for g in plan.groups)
+    if semirings or coupled or any(g.kind == "scan" and not g.coupling for g in plan.groups):
         cores.append("scan")        # the semiring core composes with the scan core's maps
     deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
     if "chunk_delta" in modes and all(sum(r.state == g.state for r in plan.reads) == 1
@@ -72,4 +74,6 @@ def adjoint_cores(plan, modes) -> list[str]:
         cores.append("chunk_dplr")
     if semirings:
         cores.append("semiring_scan")
+    if coupled:
+        cores.append("coupled_scan")
     return cores
