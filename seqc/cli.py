@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="diagnostics and the analysis verdict per state")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("--json", action="store_true", help="one JSON object per file")
+    check.add_argument("-v", "--verbose", action="store_true",
+                       help="also each state group's adjoint (the gradient's reverse recurrence)")
     check.set_defaults(command=cmd_check)
 
     ir_cmd = sub.add_parser("ir", help="the checked IR, pretty-printed as seqc syntax")
@@ -140,7 +142,7 @@ def cmd_check(args) -> int:
         else:
             for warning in program.warnings:
                 print(warning.render(program.source), file=sys.stderr)
-            print(describe(program))
+            print(describe(program, args.verbose))
     return status
 
 

@@ -34,8 +34,25 @@ def _verdict(program) -> dict:
     return verdict
 
 
-def describe(program) -> str:
-    return f"{program.spec.span.file}: ok: model `{program.name}`\n{_verdict(program)['text']}"
+def describe(program, verbose: bool = False) -> str:
+    """The verdict in words; `verbose` adds each group's adjoint (its kind and transposed
+    transition, seqc/analysis/adjoint.py)."""
+    verdict = _verdict(program)
+    text = f"{program.spec.span.file}: ok: model `{program.name}`\n{verdict['text']}"
+    return text + "".join(_adjoint_lines(verdict["states"])) if verbose else text
+
+
+def _adjoint_lines(states: dict):
+    seen = set()
+    for entry in states.values():
+        group = tuple(entry["group"])
+        if group in seen or "adjoint" not in entry:
+            continue
+        seen.add(group)
+        adjoint = entry["adjoint"]
+        names = ", ".join(f"`{s}`" for s in group)
+        yield (f"\n  {names} adjoint: {adjoint['kind']}, transition^T {adjoint['transition']}"
+               f"\n      {adjoint['recurrence']}")
 
 
 def to_json(program, path: str) -> dict:

@@ -123,7 +123,7 @@ class GroupEmitter:
         queries = ", ".join(self.call(r.query, kd) for r in reads)
         decay, unseen = ("None" if log is None else self.call(log, log.dims and kd)
                          for log in (g.log_decay, g.unseen_log_decay))
-        lines = [f"reads, final_{s} = _chunk_dplr([{queries}], {self.call(g.erase, kd)}, "
+        lines = [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
                  f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
                  f"init_{s}{self.swapped(g)}, chunk_size)"]
         lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
@@ -153,7 +153,7 @@ class GroupEmitter:
         inits = ", ".join(f"init_{s}" for s in g.states)
         alls = ", ".join(f"all_{s}" for s in g.states)
         finals = ", ".join(f"final_{s}" for s in g.states)
-        lines = [f"({alls},), ({finals},) = _coupled_scan([{rows}], [{offsets}], [{inits}], "
+        lines = [f"({alls},), ({finals},) = cores['coupled_scan']([{rows}], [{offsets}], [{inits}], "
                  "chunk_size)"]
         for s in g.states:
             lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
@@ -162,6 +162,6 @@ class GroupEmitter:
     def semiring(self, g) -> list[str]:
         s = g.state
         dims = self.spec.tensor(s).dims
-        lines = [f"all_{s}, final_{s} = _semiring_scan({self.seq(g.coefficient, dims)}, "
+        lines = [f"all_{s}, final_{s} = cores['semiring_scan']({self.seq(g.coefficient, dims)}, "
                  f"{self.seq(g.offset, dims)}, init_{s}, chunk_size, {SEMIRING_ADD[g.semiring]})"]
         return lines + [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]

@@ -32,7 +32,7 @@ def emit(program, plan=None) -> str:
     kinds = adjoint_cores(plan, modes)
     cores = {kind: render_template("triton", f"{kind}_core.py.j2") for kind in kinds}
     common = (render_template("triton", "core_common.py.j2")
-              if {"chunk", "chunk_delta"} & set(kinds) else "")     # their shared helpers
+              if {"chunk", "chunk_delta", "chunk_dplr"} & set(kinds) else "")     # their shared helpers
     value_dim = next((b.group.value_dim for b in builders if b.mode == "chunk_parallel"), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=value_dim,
@@ -45,9 +45,14 @@ def adjoint_cores(plan, modes) -> list[str]:
     """The recurrence cores with adjoint kernels this module carries, for the torch module's
     groups to run on in training: `chunk` (chunk_core.md) when the chunk kernel runs and every
     chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
-    elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md)
-    when the chunk_delta kernel runs and every delta group has one query and one delta step a
-    token (deltanet, gated_deltanet, kda)."""
+    elementwise (uncoupled) scan group or a semiring group and a parallel kernel runs;
+    `chunk_delta` (chunk_delta_core.md) when the chunk_delta kernel runs and every delta group
+    has one query (deltanet, gated_deltanet, kda; deltaproduct's delta steps run as the delta
+    rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr kernel runs and
+    every diagonal-plus-low-rank group has one query and one write a token (rwkv7, comba);
+    `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a semiring group
+    (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan` (coupled_scan_core.md, with
+    `scan`, the mode such a Plan runs in) when it has a coupled scan group."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -56,11 +61,21 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in chunks):
         cores.append("chunk")
-    if any(g.kind == "scan" and not g.coupling for g in plan.groups):
-        cores.append("scan")
+    semirings = any(g.kind == "semiring" for g in plan.groups)
+    coupled = any(g.kind == "scan" and g.coupling for g in plan.groups)
+    if semirings or coupled or any(g.kind == "scan" and not g.coupling for g in plan.groups):
+        cores.append("scan")        # the semiring core composes with the scan core's maps
     deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
-    if "chunk_delta" in modes and all(
-            len(g.steps) == 1 and sum(r.state == g.state for r in plan.reads) == 1
-            for g in deltas):
+    if "chunk_delta" in modes and all(sum(r.state == g.state for r in plan.reads) == 1
+                                      for g in deltas):
         cores.append("chunk_delta")
+    dplrs = [g for g in plan.groups if g.kind == "chunk_dplr"]
+    if "chunk_dplr" in modes and all(
+            len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
+            for g in dplrs):
+        cores.append("chunk_dplr")
+    if semirings:
+        cores.append("semiring_scan")
+    if coupled:
+        cores.append("coupled_scan")
     return cores

@@ -133,3 +133,10 @@ class Proof:
     combine: Combine | None = None
     facts: tuple[str, ...] = ()
     reason: Reason | None = None
+
+    @property
+    def adjoint(self):
+        """The reverse-time recurrence of the group's gradient: its kind and decomposition
+        (adjoint.py)."""
+        from .adjoint import adjoint_of
+        return adjoint_of(self)

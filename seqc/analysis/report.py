@@ -89,6 +89,12 @@ def _key(key) -> str:
     return " <- ".join(key) if isinstance(key, tuple) else str(key)
 
 
+def _adjoint_json(adjoint) -> dict:
+    return {"kind": adjoint.kind, "transition": adjoint.transition,
+            "recurrence": adjoint.recurrence,
+            "decomposition": _json_value(adjoint.decomposition)}
+
+
 def to_json(analysis) -> dict:
     states = {}
     for proof in analysis.proofs:
@@ -99,6 +105,7 @@ def to_json(analysis) -> dict:
                  "identity": proof.combine.identity_text if proof.combine else None,
                  "decomposition": _json_value(proof.decomposition),
                  "summary": summary(proof),
+                 "adjoint": _adjoint_json(proof.adjoint),
                  "proof": list(proof.facts)}
         for state in proof.states:
             states[state] = entry

@@ -685,12 +685,8 @@ def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: t
     return A, dq, dk
 
 
-
-# ---- the delta-rule chunk core and its adjoint (chunk_delta_core.md) ----
-
-
 @triton.jit
-def _delta_core_inverse(L, o_t, BLOCK_T: tl.constexpr):
+def _core_unit_lower_inverse(L, o_t, BLOCK_T: tl.constexpr):
     """(I + L)^-1 of a strictly lower triangular L [BLOCK_T, BLOCK_T], row by row (forward
     substitution): A_i = e_i - sum_{j<i} L_ij A_j."""
     eye = (o_t[:, None] == o_t[None, :]).to(L.dtype)
@@ -703,15 +699,28 @@ def _delta_core_inverse(L, o_t, BLOCK_T: tl.constexpr):
     return A
 
 
+def _core_shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    block_t = max(16, _pow2(chunk_size))
+    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
+
+
+
+# ---- the delta-rule chunk core and its adjoint (chunk_delta_core.md) ----
+
+
 @triton.jit
 def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V,
                       BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-                      DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+                      DECAY: tl.constexpr, STEPS: tl.constexpr, ACC: tl.constexpr,
+                      PRECISION: tl.constexpr):
     """Chunk n of one batch x head: q, k (erase key), w (write key) [BLOCK_T, BLOCK_K], v
     [BLOCK_T, BLOCK_V] (0 past T and in padded lanes); the decays (b, c: _core_gates; for a
     scalar decay the [C, C] mask D_ij = exp(b_i - b_j), j <= i; the factors from the chunk's
     start, to its end and over it); the scores L (k_i . w_j, j < i) and P (q_i . w_j, j <= i)
-    with their decays; the UT inverse A = (I + L)^-1; and where the tokens live."""
+    with their decays; the UT inverse A = (I + L)^-1; and where the steps live, and the
+    queries and reads: one a token of STEPS steps, on its last step (0 on the others)."""
     o_t = tl.arange(0, BLOCK_T)
     o_k = tl.arange(0, BLOCK_K)
     o_v = tl.arange(0, BLOCK_V)
@@ -722,7 +731,13 @@ def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V
     mask_tv = mask_t[:, None] & (o_v < V)[None, :]
     offs_tk = base[:, None] * K + o_k[None, :]
     offs_tv = base[:, None] * V + o_v[None, :]
-    q = tl.load(ptr_q + offs_tk, mask=mask_tk, other=0.0).to(ACC)
+    mask_q = mask_t & (rows % STEPS == STEPS - 1)
+    base_q = (i_b * (T // STEPS) + rows // STEPS) * H + i_h
+    mask_qk = mask_q[:, None] & (o_k < K)[None, :]
+    mask_qv = mask_q[:, None] & (o_v < V)[None, :]
+    offs_qk = base_q[:, None] * K + o_k[None, :]
+    offs_qv = base_q[:, None] * V + o_v[None, :]
+    q = tl.load(ptr_q + offs_qk, mask=mask_qk, other=0.0).to(ACC)
     k = tl.load(ptr_k + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     w = tl.load(ptr_w + offs_tk, mask=mask_tk, other=0.0).to(ACC)
     v = tl.load(ptr_v + offs_tv, mask=mask_tv, other=0.0).to(ACC)
@@ -742,9 +757,9 @@ def _delta_core_chunk(ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V
         L = tl.dot(k, tl.trans(w), input_precision=PRECISION) * D
         P = tl.dot(q, tl.trans(w), input_precision=PRECISION) * D
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
-    A = _delta_core_inverse(L, o_t, BLOCK_T)
+    A = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     return q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
-        mask_tk, offs_tv, mask_tv
+        mask_tk, offs_tv, mask_tv, offs_qk, mask_qk, offs_qv, mask_qv
 
 
 @triton.jit
@@ -752,7 +767,7 @@ def _delta_core_fwd_kernel(
     ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, ptr_s0, ptr_o, ptr_h, ptr_final,
     T, H, N, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, STEPS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """o_t = S_t^T q_t, S_t = exp(g_t) S_{t-1} + w_t (v_t - exp(g_t) S_{t-1}^T k_t)^T, chunk by
     chunk (delta = U - W S_0); stores the state entering every chunk (h[n]) and the last state.
@@ -765,14 +780,14 @@ def _delta_core_fwd_kernel(
     for n in range(0, N):
         tl.store(ptr_h + (i_bh * N + n) * K * V + offs_kv, S, mask=mask_kv)
         q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
-            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+            mask_tk, offs_tv, mask_tv, offs_qk, mask_qk, offs_qv, mask_qv = _delta_core_chunk(
                 ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
-                BLOCK_V, DECAY, ACC, PRECISION)
+                BLOCK_V, DECAY, STEPS, ACC, PRECISION)
         delta = tl.dot(A, v - tl.dot(k * from_start, S, input_precision=PRECISION),
                        input_precision=PRECISION)
         o = tl.dot(q * from_start, S, input_precision=PRECISION) \
             + tl.dot(P, delta, input_precision=PRECISION)
-        tl.store(ptr_o + offs_tv, o, mask=mask_tv)
+        tl.store(ptr_o + offs_qv, o, mask=mask_qv)
         S = S * whole[:, None] + tl.dot(tl.trans(w * to_end), delta, input_precision=PRECISION)
     tl.store(ptr_final + i_bh * K * V + offs_kv, S, mask=mask_kv)
 
@@ -783,7 +798,8 @@ def _delta_core_bwd_kernel(
     ptr_dq, ptr_dk, ptr_dw, ptr_dv, ptr_dg, ptr_ds0,
     T, H, N, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, STEPS: tl.constexpr, HAS_DFINAL: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """The adjoint, chunks in reverse: dS (the gradient of the state leaving the chunk) carried
     back in registers, the chunk's entering state h[n] loaded, the UT factors and everything
@@ -800,11 +816,11 @@ def _delta_core_bwd_kernel(
     for i_n in range(0, N):
         n = N - 1 - i_n
         q, k, w, v, b, c, from_start, to_end, whole, D, L, P, A, base, mask_t, offs_tk, \
-            mask_tk, offs_tv, mask_tv = _delta_core_chunk(
+            mask_tk, offs_tv, mask_tv, offs_qk, mask_qk, offs_qv, mask_qv = _delta_core_chunk(
                 ptr_q, ptr_k, ptr_w, ptr_v, ptr_g, n, i_b, i_h, T, H, K, V, BLOCK_T, BLOCK_K,
-                BLOCK_V, DECAY, ACC, PRECISION)
+                BLOCK_V, DECAY, STEPS, ACC, PRECISION)
         S0 = tl.load(ptr_h + (i_bh * N + n) * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
-        do = tl.load(ptr_do + offs_tv, mask=mask_tv, other=0.0).to(ACC)
+        do = tl.load(ptr_do + offs_qv, mask=mask_qv, other=0.0).to(ACC)
         kg = k * from_start                                            # diag(Gamma) K
         W = tl.dot(A, kg, input_precision=PRECISION)
         delta = tl.dot(A, v, input_precision=PRECISION) - tl.dot(W, S0, input_precision=PRECISION)
@@ -834,7 +850,7 @@ def _delta_core_bwd_kernel(
             dw_P = tl.dot(tl.trans(dP * D), q, input_precision=PRECISION)
             dk_L = tl.dot(dL * D, w, input_precision=PRECISION)
             dw_L = tl.dot(tl.trans(dL * D), k, input_precision=PRECISION)
-        tl.store(ptr_dq + offs_tk, dq_state + dq_P, mask=mask_tk)
+        tl.store(ptr_dq + offs_qk, dq_state + dq_P, mask=mask_qk)
         tl.store(ptr_dk + offs_tk, dkg * from_start + dk_L, mask=mask_tk)
         tl.store(ptr_dw + offs_tk, dw_P + dw_L + dw_end, mask=mask_tk)
         tl.store(ptr_dv + offs_tv, dv, mask=mask_tv)
@@ -854,38 +870,32 @@ def _delta_core_bwd_kernel(
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
-def _delta_core_shapes(q, v, chunk_size):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    block_t = max(16, _pow2(chunk_size))
-    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
-
-
 class _DeltaCore(torch.autograd.Function):
     """(o, S_T) of the delta-rule recurrence; the forward keeps the chunk-boundary states only."""
 
     @staticmethod
-    def forward(ctx, q, k, w, v, g, s0, chunk_size):
+    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps):
         q, k, w, v, s0 = (x.contiguous() for x in (q, k, w, v, s0))
         g = None if g is None else g.contiguous()
-        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, chunk_size)
-        o = torch.empty_like(v)
+        B, T, H, K, V, block_t, N, block_k, block_v = _core_shapes(k, v, chunk_size)
+        o = torch.empty((B, T // steps, H, V), dtype=v.dtype, device=v.device)
         h = torch.empty((B, H, N, K, V), dtype=q.dtype, device=q.device)
         final = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
         decay = 0 if g is None else (2 if g.dim() == 4 else 1)
         _delta_core_fwd_kernel[(B * H,)](
             q, k, w, v, q if g is None else g, s0, o, h, final, T, H, N, K, V,
-            block_t, block_k, block_v, decay, _acc(q), "ieee")
+            block_t, block_k, block_v, decay, steps, _acc(q), "ieee")
         ctx.save_for_backward(q, k, w, v, g, h)
         ctx.chunk_size = chunk_size
+        ctx.steps = steps
         ctx.decay = decay
         return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
         q, k, w, v, g, h = ctx.saved_tensors
-        B, T, H, K, V, block_t, N, block_k, block_v = _delta_core_shapes(q, v, ctx.chunk_size)
-        do = torch.zeros_like(v) if do is None else do.contiguous()
+        B, T, H, K, V, block_t, N, block_k, block_v = _core_shapes(k, v, ctx.chunk_size)
+        do = q.new_zeros(q.shape[:3] + v.shape[-1:]) if do is None else do.contiguous()
         dq, dk, dw, dv = (torch.empty_like(x) for x in (q, k, w, v))
         dg = None if g is None else torch.empty_like(g)
         ds0 = torch.empty((B, H, K, V), dtype=q.dtype, device=q.device)
@@ -893,18 +903,36 @@ class _DeltaCore(torch.autograd.Function):
             q, k, w, v, q if g is None else g, h, do,
             ds0 if dfinal is None else dfinal.contiguous(),
             dq, dk, dw, dv, dq if dg is None else dg, ds0, T, H, N, K, V,
-            block_t, block_k, block_v, ctx.decay, dfinal is not None, _acc(q), "ieee")
-        return dq, dk, dw, dv, dg, ds0, None
+            block_t, block_k, block_v, ctx.decay, ctx.steps, dfinal is not None, _acc(q), "ieee")
+        return dq, dk, dw, dv, dg, ds0, None, None
 
 
 def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
-    the last state) on these kernels: one query and one delta step a token, no, a scalar or a
-    key-wise decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
+    the last state) on these kernels: one query, one or more delta steps a token (a product of
+    delta factors: the delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise
+    decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
     does (docs/backends.md)."""
-    (q,), (k,), (w,), (v,) = queries, keys, write_keys, values
-    o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size)
+    (q,) = queries
+    if len(keys) == 1:
+        (k,), (w,), (v,) = keys, write_keys, values
+        o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size, 1)
+        return [o.transpose(1, 2)], final
+    k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
+    o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size, len(keys))
     return [o.transpose(1, 2)], final
+
+
+def _delta_steps(keys, write_keys, values, log_decay):
+    """J delta steps a token as the delta rule over T * J steps (chunk_delta_core.md): token t's
+    steps at t J .. t J + J - 1, its decay on the first (its query, read on the last, stays one a
+    token: the kernels' STEPS)."""
+    def steps(per_step):                    # J tensors [B, T, H, ...] -> [B, T * J, H, ...]
+        return torch.stack(per_step, 2).flatten(1, 2)
+
+    others = len(keys) - 1
+    g = None if log_decay is None else steps([log_decay] + [torch.zeros_like(log_decay)] * others)
+    return steps(keys), steps(write_keys), steps(values), g
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)

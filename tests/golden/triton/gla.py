@@ -823,6 +823,27 @@ def _core_keywise_adjoint(q, k, b, c, dA, o_t, BLOCK_T: tl.constexpr, BLOCK_K: t
     return A, dq, dk
 
 
+@triton.jit
+def _core_unit_lower_inverse(L, o_t, BLOCK_T: tl.constexpr):
+    """(I + L)^-1 of a strictly lower triangular L [BLOCK_T, BLOCK_T], row by row (forward
+    substitution): A_i = e_i - sum_{j<i} L_ij A_j."""
+    eye = (o_t[:, None] == o_t[None, :]).to(L.dtype)
+    A = eye
+    for i in range(1, BLOCK_T):
+        at_i = (o_t == i)[:, None]
+        l_i = tl.sum(tl.where(at_i, L, 0.0), axis=0)
+        row = -tl.sum(l_i[:, None] * A, axis=0)
+        A = tl.where(at_i, row[None, :] + eye, A)
+    return A
+
+
+def _core_shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    block_t = max(16, _pow2(chunk_size))
+    return B, T, H, K, V, block_t, triton.cdiv(T, block_t), max(16, _pow2(K)), max(16, _pow2(V))
+
+
 
 # ---- the chunk recurrence core and its adjoint (chunk_core.md) ----
 
