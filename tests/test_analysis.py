@@ -13,7 +13,7 @@ from seqc.resources import stdlib_names
 
 EXPECTED = {
     "gla": "chunk", "simple_gla": "chunk", "mamba2": "chunk", "retnet": "chunk",
-    "linear_attn": "chunk", "hgrn2": "chunk",
+    "linear_attn": "chunk", "hgrn2": "chunk", "rwkv6": "chunk",
     "deltanet": "chunk_delta", "gated_deltanet": "chunk_delta", "deltaproduct": "chunk_delta",
     "kda": "chunk_delta", "rwkv7": "chunk_delta", "comba": "chunk_delta",
     "hgrn": "scan", "mingru": "scan", "minlstm": "scan", "lru": "scan", "rglru": "scan",

@@ -5,7 +5,7 @@ included). Per group, in this order:
 
     semiring     one update `h = max(h + a, b)` or `logaddexp(h + a, b)`, a and b state-free
     refused      the composed update is not a polynomial of degree <= 1 in the group's states
-                 (sympy), or an output reads a state before its last update
+                 (sympy), or an output reads a state between two of its updates
     chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
                  S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim;
                  or one update D * S - e (k @ S) + writes, D a decay and e, k over the key dim
@@ -14,8 +14,14 @@ included). Per group, in this order:
                  write term a key over Kd times a value over Vd
     scan         affine with elementwise coefficients (coupled groups: a matrix of them)
     sequential   everything else, with the Reason
+
+An output may read a state before the step's first update (S_{t-1}, e.g. RWKV-6's bonus
+`q @ (S + u * k * v)`) under every kind: S_{t-1} is the state after step t-1, so the read is the
+previous step's read by this step's query (a fact of the proof; docs/analysis.md).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import sympy as sp
 
@@ -60,18 +66,36 @@ def groups(sym: Symbolic) -> list[tuple[str, ...]]:
 def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms]) -> Proof:
     try:
         _check_fresh_reads(sym, group, reads)
-        if len(group) == 1:
-            return _single(sym, group[0], reads[group[0]])
-        return _coupled(sym, group)
+        proof = _single(sym, group[0], reads[group[0]]) if len(group) == 1 \
+            else _coupled(sym, group)
     except Refused as refused:
         return Proof("sequential", group, plan.SequentialGroup(group), reason=refused.reason)
+    outputs = sorted({output for state in group for output, _ in reads[state].previous})
+    if not outputs:
+        return proof
+    return replace(proof, facts=proof.facts + _previous_facts(group, reads),
+                   decomposition={**proof.decomposition, "previous_reads": tuple(outputs)})
 
 
 def _check_fresh_reads(sym: Symbolic, group, reads) -> None:
     for state in group:
         for output, name in reads[state].stale:
             raise Refused(Reason(f"output `{output}` reads `{state}` before its last update",
-                                 name.span, name))
+                                 name.span, name,
+                                 help="an output may read a state as it was before the step "
+                                      "(before its first update) or after its last update"))
+
+
+def _previous_facts(group, reads) -> tuple[str, ...]:
+    """Why a read of S_{t-1} keeps the form: it is step t-1's read, by step t's query."""
+    outputs = sorted({output for state in group for output, _ in reads[state].previous})
+    if not outputs:
+        return ()
+    states = ", ".join(s for s in group if reads[s].previous)
+    return (f"{', '.join(f'`{o}`' for o in outputs)} read {states} before the step's update: "
+            f"{states}_(t-1) is the state after step t-1, so q_t @ {states}_(t-1) is the read of "
+            "step t-1 by the query of step t (queries shifted one step later, reads one step "
+            "earlier, the initial state read at t = 0)",)
 
 
 def _affine(sym: Symbolic, group: tuple[str, ...]) -> dict[str, sp.Poly]:

@@ -26,25 +26,35 @@ class _Reads:
         self.kinds = kinds
         self.reads: dict[tuple, plan.Read] = {}
 
-    def placeholder(self, key: tuple, state: str, query: ir.Expr | None, node: ir.Expr) -> ir.Name:
+    def placeholder(self, key: tuple, state: str, query: ir.Expr | None, node: ir.Expr,
+                    previous: bool) -> ir.Name:
+        key = key + (previous,)
         if key not in self.reads:
-            self.reads[key] = plan.Read(f"_read{len(self.reads)}_{state}", state, query)
+            self.reads[key] = plan.Read(f"_read{len(self.reads)}_{state}", state, query, previous)
         return ir.Name(self.reads[key].name, span=node.span, dims=node.dims, ref=ir.Ref("read"))
 
     def fresh(self, name: ir.Name) -> bool:
         return name.ref.version == len(self.sym.updates[name.id])
+
+    def previous(self, name: ir.Name) -> bool:
+        """A read of S_{t-1} (before the step's first update), which every kind but sequential
+        reads as step t-1's read (plan.py)."""
+        return (name.ref.version == 0 and not self.fresh(name)
+                and self.kinds[name.id] != "sequential")
 
     def replace(self, node: ir.Expr) -> ir.Expr:
         read = query_read(self.sym, node)
         if read is not None and self.kinds[read[0]] in ("chunk", "chunk_delta"):
             state, side, query = read
             target = node.right if side == "left" else node.left
-            if self.fresh(target):
-                return self.placeholder((state, side, text(query)), state, query, node)
+            if self.fresh(target) or self.previous(target):
+                return self.placeholder((state, side, text(query)), state, query, node,
+                                        self.previous(target))
         state = state_name(node)
         if state is not None:
-            if self.fresh(node) and self.kinds[state] not in ("chunk", "chunk_delta"):
-                return self.placeholder((state,), state, None, node)
+            if (self.fresh(node) or self.previous(node)) \
+                    and self.kinds[state] not in ("chunk", "chunk_delta"):
+                return self.placeholder((state,), state, None, node, self.previous(node))
             return node
         if isinstance(node, ir.Unary):
             return replace(node, operand=self.replace(node.operand))

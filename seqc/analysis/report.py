@@ -66,6 +66,10 @@ def describe(analysis, source: str) -> str:
         coupled = " (coupled)" if len(proof.states) > 1 else ""
         lines.append(f"  {names}: {proof.kind}{coupled} -> {KIND_WORDS[proof.kind]}")
         lines.append(f"      {summary(proof)}")
+        previous = proof.decomposition.get("previous_reads")
+        if previous and proof.kind != "sequential":
+            lines.append(f"      {', '.join(f'`{o}`' for o in previous)} reading it before the "
+                         "step's update (the previous step's state)")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:

@@ -37,7 +37,7 @@ class Symbolic:
         self.state_symbols = {t.name: sp.Symbol(t.name) for t in spec.states}
         self.atoms: dict[sp.Symbol, ir.Expr] = {}          # atom symbol -> its IR
         self.functionals: dict[sp.Symbol, tuple[str, ir.Expr]] = {}   # <a| / |b> -> side, IR
-        self._deps: dict[int, frozenset[str]] = {}
+        self._deps: dict[int, tuple[ir.Expr, frozenset[str]]] = {}
         self._composed: dict[tuple[str, int], sp.Expr] = {}
 
     # ---- dependence on states -----------------------------------------------------------------
@@ -45,9 +45,9 @@ class Symbolic:
     def deps(self, node: ir.Expr) -> frozenset[str]:
         """The states (at their previous-step value) that an expression depends on."""
         key = id(node)
-        if key not in self._deps:
-            self._deps[key] = self._compute_deps(node)
-        return self._deps[key]
+        if key not in self._deps:     # the node is kept with its answer: a transient node (an
+            self._deps[key] = (node, self._compute_deps(node))   # inlined output) frees no id
+        return self._deps[key][1]
 
     def _compute_deps(self, node: ir.Expr) -> frozenset[str]:
         if isinstance(node, ir.Name) and node.ref is not None:
