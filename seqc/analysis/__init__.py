@@ -49,13 +49,15 @@ class Analysis:
 
 
 def analyse(checked: Checked | ir.Spec) -> Analysis:
-    from .classify import classify, groups
+    from .classify import classify, groups, stages
     from .reads import read_forms
     from .symbolic import Symbolic
     spec = checked.spec if isinstance(checked, Checked) else checked
     sym = Symbolic(spec)
     reads = read_forms(sym)
-    proofs = tuple(classify(sym, group, reads) for group in groups(sym))
+    ordered, upstream, cycles = stages(sym, groups(sym), reads)
+    proofs = tuple(classify(sym, group, reads, upstream[group], cycles.get(group))
+                   for group in ordered)
     return Analysis(spec, proofs, sym)
 
 

@@ -46,6 +46,7 @@ class _Reads:
         read = query_read(self.sym, node)
         if read is not None and self.kinds[read[0]] in ("chunk", "chunk_delta"):
             state, side, query = read
+            query = self.replace(query)     # reads of earlier stages in the query: their values
             target = node.right if side == "left" else node.left
             if self.fresh(target) or self.previous(target):
                 return self.placeholder((state, side, text(query)), state, query, node,

@@ -67,19 +67,28 @@ def state_name(node: ir.Expr) -> str | None:
 
 
 def query_read(sym: Symbolic, node: ir.Expr) -> tuple[str, str, ir.Expr] | None:
-    """(state, side, query) when `node` is `q @ S` or `S @ q` with a state-free query q."""
+    """(state, side, query) when `node` is `q @ S` or `S @ q` with a query q free of S. A query
+    may read other states (a normaliser scaling it): their groups run as earlier stages."""
     if not isinstance(node, ir.Binary) or node.op is not ir.Op.MATMUL:
         return None
     tensor_dims = {t.name: t.dims for t in sym.spec.states}
     state = state_name(node.right)
-    if state and not sym.deps(node.left) and len(tensor_dims[state]) == 2 \
+    if state and state not in sym.deps(node.left) and len(tensor_dims[state]) == 2 \
             and node.left.dims == (tensor_dims[state][0],):
         return state, "left", node.left
     state = state_name(node.left)
-    if state and not sym.deps(node.right) and len(tensor_dims[state]) == 2 \
+    if state and state not in sym.deps(node.right) and len(tensor_dims[state]) == 2 \
             and node.right.dims == (tensor_dims[state][-1],):
         return state, "right", node.right
     return None
+
+
+def query_states(sym: Symbolic, forms: "ReadForms") -> frozenset[str]:
+    """The states the queries of one state's reads depend on: its earlier stages."""
+    result: frozenset[str] = frozenset()
+    for query in forms.left + forms.right:
+        result |= sym.deps(query)
+    return result
 
 
 def read_forms(sym: Symbolic) -> dict[str, ReadForms]:
