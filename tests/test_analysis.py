@@ -152,14 +152,31 @@ def refusal(body: str, state: str = "h"):
     ("h = tanh(h + x)\nc = c + x\n", (5, 5, "`h` appears under tanh")),
     ("h = sigmoid(h) * h + x\nc = c + x\n", (5, 5, "the decay depends on the state `h`")),
     ("h = x * h + exp(y * h)\nc = c + x\n", (5, 13, "`h` appears under exp")),
-    ("h = h * c + x\nc = c + y\n", (5, 5, "product of two states (`h` and `c`)")),
+    ("h = h * c + x\nc = c + y * h\n", (5, 5, "product of two states (`h` and `c`)")),
     ("h = x * h * h\nc = c + x\n", (5, 5, "product of two states (`h` and `h`)")),
     ("h = x / (1 + h)\nc = c + x\n", (5, 5, "division by the state `h`")),
-    ("c = c + x\nlet d = sigmoid(c)\nh = d * h + x\n", (7, 5, "the decay depends on the state `c`")),
+    ("c = c + x * h\nlet d = sigmoid(c)\nh = d * h + x\n", (7, 5, "the decay depends on the state `h`")),
     ("h = h ** 2 + x\nc = c + x\n", (5, 5, "`h` is raised to a power")),
 ])
 def test_refusal_span_and_reason(body, expected):
     assert refusal(body) == expected
+
+
+@pytest.mark.parametrize("body, coefficient", [
+    ("h = h * c + x\nc = c + y\n", "{c}"),
+    ("c = c + x\nlet d = sigmoid(c)\nh = d * h + x\n", "sigmoid({c})"),
+])
+def test_a_state_read_by_another_that_never_reads_it_back_is_an_earlier_stage(body, coefficient):
+    """`c` never reads `h`: `c` is scanned first and its per-step values are `h`'s coefficient
+    (docs/analysis.md rule 6); before stages the pair was refused as one group."""
+    analysis = seqc.compile(HEADER + body + "output o = h + c\n", "stage.seq").analysis
+    assert [(p.states, p.kind) for p in analysis.proofs] == [(("c",), "scan"), (("h",), "scan")]
+    group = analysis.plan.groups[1]
+    [read] = [r for r in analysis.plan.reads if r.state == "c" and r.name in
+              seqc.pretty.expr(group.coefficient["h"])]
+    assert seqc.pretty.expr(group.coefficient["h"]) == coefficient.format(c=read.name)
+    # c read after its update in the first body (version 1), before it in the second (version 0)
+    assert read.previous == body.startswith("h")
 
 
 def test_refusal_renders_like_an_error():

@@ -1,7 +1,8 @@
 """The rules: group the states, then give each group a kind and its proof.
 
 A group is a connected set of states whose updates read one another (composition in program order
-included). Per group, in this order:
+included); stages.py orders the groups and splits those no form covers whole into stages. Per
+group, in this order:
 
     semiring     one update `h = max(h + a, b)` or `logaddexp(h + a, b)`, a and b state-free
     refused      the composed update is not a polynomial of degree <= 1 in the group's states
@@ -30,7 +31,7 @@ from ..pretty import expr as text
 from .blame import Blame, dense_transition
 from .logs import log_of
 from .proof import COMBINES, Proof, Reason
-from .reads import ReadForms, query_states
+from .reads import ReadForms
 from .symbolic import Symbolic
 
 
@@ -63,33 +64,6 @@ def groups(sym: Symbolic) -> list[tuple[str, ...]]:
     return result
 
 
-def stages(sym: Symbolic, found: list[tuple[str, ...]], reads: dict[str, ReadForms]):
-    """The groups as a DAG of stages, upstream first (declaration order among ready ones): a
-    group whose reads take another group's states into their queries (a normaliser scaling the
-    query of a matrix state) runs after it, and gets that group's per-step values as inputs.
-    Returns (ordered groups, group -> upstream states, group -> Reason for groups on a cycle)."""
-    owner = {s: g for g in found for s in g}
-    upstream = {g: tuple(sorted({u for s in g for u in query_states(sym, reads[s])} - set(g),
-                                key=[t.name for t in sym.spec.states].index)) for g in found}
-    ordered: list[tuple[str, ...]] = []
-    while len(ordered) < len(found):
-        ready = next((g for g in found if g not in ordered
-                      and all(owner[u] in ordered for u in upstream[g])), None)
-        if ready is None:
-            break
-        ordered.append(ready)
-    cycles = {}
-    for g in found:
-        if g not in ordered:      # its queries read a stage that reads it back
-            query = next(q for s in g for q in reads[s].left + reads[s].right
-                         if sym.deps(q) - set(g))
-            cycles[g] = Reason(f"the query `{text(query)}` of a read of `{g[0]}` reads "
-                               f"{', '.join(f'`{u}`' for u in upstream[g])}, whose stage needs "
-                               f"`{g[0]}`'s reads in turn: no order of stages", query.span, query)
-            ordered.append(g)
-    return ordered, upstream, cycles
-
-
 def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms],
              upstream: tuple[str, ...] = (), cycle: Reason | None = None) -> Proof:
     try:
@@ -107,8 +81,8 @@ def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms],
         extra["previous_reads"] = tuple(outputs)
     if upstream:
         proof = replace(proof, facts=proof.facts + (
-            f"the queries of its reads depend on {', '.join(f'`{u}`' for u in upstream)} only "
-            "through their per-step values, computed by an earlier stage: inputs here",))
+            f"it reads {', '.join(f'`{u}`' for u in upstream)} only through their per-step "
+            "values, computed by an earlier stage: inputs here, like the spec's inputs",))
         extra["upstream"] = upstream
     return replace(proof, decomposition={**proof.decomposition, **extra}) if extra else proof
 

@@ -15,9 +15,25 @@ def lower(analysis) -> plan.Plan:
     kinds = {s: proof.kind for proof in analysis.proofs for s in proof.states}
     prelude = tuple(s for s in spec.body if isinstance(s, ir.Let) and not sym.deps(s.value))
     reads = _Reads(sym, kinds)
+    groups = tuple(_staged(p.group, reads) if "upstream" in p.decomposition else p.group
+                   for p in analysis.proofs)
     outputs = {o.name: reads.replace(inline(sym, o.value)) for o in spec.outputs}
-    return plan.Plan(spec, tuple(p.group for p in analysis.proofs), prelude,
-                     tuple(reads.reads.values()), outputs)
+    return plan.Plan(spec, groups, prelude, tuple(reads.reads.values()), outputs)
+
+
+def _staged(value, reads: "_Reads"):
+    """A later stage's group with every read of an earlier stage's state in its roles replaced
+    by a read placeholder (analysis/stages.py)."""
+    if isinstance(value, (ir.Num, ir.Name, ir.Unary, ir.Binary, ir.Call)):
+        return reads.replace(value)
+    if isinstance(value, dict):
+        return {key: _staged(item, reads) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_staged(item, reads) for item in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return replace(value, **{f: _staged(getattr(value, f), reads)
+                                 for f in value.__dataclass_fields__})
+    return value
 
 
 class _Reads:

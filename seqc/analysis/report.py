@@ -68,7 +68,7 @@ def describe(analysis, source: str) -> str:
         lines.append(f"      {summary(proof)}")
         upstream = proof.decomposition.get("upstream")
         if upstream and proof.kind != "sequential":
-            lines.append(f"      a later stage: its queries take the per-step values of "
+            lines.append(f"      a later stage: it takes the per-step values of "
                          f"{', '.join(f'`{u}`' for u in upstream)}")
         previous = proof.decomposition.get("previous_reads")
         if previous and proof.kind != "sequential":
