@@ -322,3 +322,24 @@ def test_plan_through_torch_backend_matches_reference(name):
                                    rtol=1e-9, atol=1e-9)
     for state, value in reference.final_state.items():
         torch.testing.assert_close(parallel.final_state[state], value, rtol=1e-9, atol=1e-9)
+
+
+# ---- refusal notes that name the real cause (issue 13 item 7) -------------------------------------
+
+DELTA_HEADER = ("model d\ndims K, V\ninput q[K], k[K], v[V], x[K], w[V], beta in (0, 1), "
+                "g in (-inf, 0)\nstate S[K, V] = 0\n")
+
+
+@pytest.mark.parametrize("body, where, words", [
+    # a delta rule read along the value dim: the read is the cause, not the transition
+    ("S = S + beta * k * (v - k @ S)\noutput o = S @ w\n", (6, 16),
+     "an output reads `S` as `S @ w`, contracting its value dim `V`"),
+    ("S = S + beta * k * (v - k @ S)\noutput o = S\n", (6, 12), "an output reads `S` itself"),
+    # a value-side step after a decay: the value-side read is the cause
+    ("S = exp(g) * S\nS = S + beta * (x - S @ w) * w\noutput o = q @ S\n", (6, 21),
+     "`S @ w` contracts the value dim `V` of `S`: a value-side step"),
+])
+def test_refusal_notes_name_the_real_cause(body, where, words):
+    reason = seqc.compile(DELTA_HEADER + body, "d.seq").analysis.proof("S").reason
+    assert (reason.span.line, reason.span.col) == where
+    assert words in reason.message

@@ -220,7 +220,9 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
 
 def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     dims = sym.spec.tensor(state).dims
-    if len(dims) != 2 or reads.matmul_side not in (None, "left"):
+    if len(dims) == 2 and reads.matmul_side not in (None, "left"):
+        raise Refused(_not_a_key_read(state, dims, reads))
+    if len(dims) != 2:
         raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
     key_dim, value_dim = dims
     decay, steps = sp.Integer(1), []
@@ -261,6 +263,18 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
                   "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim},
                  COMBINES["chunk_delta"], tuple(facts))
+
+
+def _not_a_key_read(state: str, dims, reads: ReadForms) -> Reason:
+    """Why a delta rule's outputs stop its form: a read that is not `q @ S`, located there."""
+    if reads.right:
+        query = reads.right[0]
+        return Reason(f"an output reads `{state}` as `{state} @ {text(query)}`, contracting its "
+                      f"value dim `{dims[1]}`; the delta-rule forms read `q @ {state}` (the key "
+                      f"dim `{dims[0]}`)", query.span, query)
+    name = reads.direct[0]
+    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `q @ {state}`",
+                  name.span, name)
 
 
 def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):
