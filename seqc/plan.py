@@ -32,6 +32,10 @@ whether it reads the state after the step (`previous=False`) or before it (`prev
 S_{t-1}, the state after step t-1; at t = 0 the initial state).
 `Plan.prelude` lists the `let`s that do not depend on any state, in program order: backends
 compute them for all steps at once before the recurrence.
+
+Stages: `Plan.groups` is in stage order (docs/analysis.md rule 6). A later stage's role
+expressions (and the queries of its reads) may hold read placeholders of an earlier group's
+state: its per-step values, which the earlier group's family has computed by then.
 """
 from __future__ import annotations
 

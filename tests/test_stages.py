@@ -180,3 +180,16 @@ def test_a_later_stage_reading_a_matrix_state_whole_is_refused_there():
     reason = analysis.proof("h").reason
     assert (reason.span.line, reason.span.col) == (7, 19)
     assert "reads the chunk state `S` as a whole" in reason.message
+
+
+def test_a_cycle_through_an_update_and_a_query_is_refused_at_both():
+    """`n` reads `S` (split from it: no form covers the pair), and the query of `S`'s read
+    reads `n`'s previous value: no order (conservative: S is scanned whole here, so its read could
+    follow both); each group gets a located note, no exception."""
+    source = ("model cyc2\ndims K, V\ninput q[K], k[K], v[V], w[V]\nstate S[K, V] = 0\n"
+              "state n[K] = 0\nS = S + k * v\noutput o = (q * n) @ S\n"
+              "n = 0.5 * n + S @ w\n")
+    analysis = seqc.compile(source, "cyc2.seq").analysis
+    assert analysis.kind("S") == analysis.kind("n") == "sequential"
+    assert (analysis.proof("S").reason.span.line, analysis.proof("n").reason.span.line) == (7, 8)
+    assert all("no order of stages" in analysis.proof(s).reason.message for s in "Sn")

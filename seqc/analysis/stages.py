@@ -60,14 +60,25 @@ def order(sym: Symbolic, found: list[tuple[str, ...]], reads: dict[str, ReadForm
         ordered.append(ready)
     cycles = {}
     for g in found:
-        if g not in ordered:        # its queries read a stage that reads it back
-            query = next(q for s in g for q in reads[s].left + reads[s].right
-                         if sym.deps(q) - set(g))
-            cycles[g] = Reason(f"the query `{text(query)}` of a read of `{g[0]}` reads "
-                               f"{', '.join(f'`{u}`' for u in upstream[g])}, whose stage needs "
-                               f"`{g[0]}`'s reads in turn: no order of stages", query.span, query)
+        if g not in ordered:        # it reads a stage that reads it back
+            cycles[g] = _cycle(sym, g, upstream[g], reads)
             ordered.append(g)
     return ordered, upstream, cycles
+
+
+def _cycle(sym: Symbolic, group: tuple[str, ...], upstream, reads: dict[str, ReadForms]) -> Reason:
+    """The refusal of a group on a cycle of stages, at a query reading another stage (or at
+    its first update, when only its updates read one)."""
+    others = ", ".join(f"`{u}`" for u in upstream)
+    query = next((q for s in group for q in reads[s].left + reads[s].right
+                  if sym.deps(q) - set(group)), None)
+    if query is not None:
+        return Reason(f"the query `{text(query)}` of a read of `{group[0]}` reads {others}, "
+                      f"whose stage needs `{group[0]}`'s values in turn: no order of stages",
+                      query.span, query)
+    update = sym.updates[group[0]][0]
+    return Reason(f"`{group[0]}` reads {others}, whose stage needs `{group[0]}`'s values in "
+                  "turn: no order of stages", update.span, update.value)
 
 
 def unreadable(proof: Proof, sym: Symbolic, kinds: dict[str, str]) -> Reason | None:
