@@ -37,6 +37,17 @@ def _rwkv7(t, sizes):
     return lambda: dplr_chunkwise(r, k, v, -kk, a * kk, g)[0].transpose(1, 2)
 
 
+def _rwkv6(t, sizes):
+    """fla's naive_chunk_rwkv6 (head-first, no scale: r is scaled by K^-1/2 here, as rwkv6.seq
+    does), the bonus `u` [H, K] as it is."""
+    from fla.ops.rwkv6.chunk_naive import naive_chunk_rwkv6
+    if sizes["T"] % 32:
+        return None
+    r, k, v, w = (t[n].transpose(1, 2).contiguous() for n in ("r", "k", "v", "w"))
+    r = r * sizes["K"] ** -0.5
+    return lambda: naive_chunk_rwkv6(r, k, v, w, t["u"]).transpose(1, 2)
+
+
 def _deltanet(t, sizes):
     """fla's delta_rule_chunkwise (head-first) scales q by K^-1/2 itself, as deltanet.seq does."""
     from fla.ops.delta_rule.naive import delta_rule_chunkwise
@@ -52,6 +63,7 @@ BASELINES = {
     "deltanet": ("fla delta_rule_chunkwise", _deltanet),
     "kda": ("fla naive_chunk_kda", _kda),
     "rwkv7": ("fla dplr_chunkwise", _rwkv7),
+    "rwkv6": ("fla naive_chunk_rwkv6", _rwkv6),
 }
 
 

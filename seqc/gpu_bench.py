@@ -102,6 +102,10 @@ def _rwkv7(t, s):        # S = exp(g) S + b (a^T S) + k v^T with a = -kk, b = a 
         t["r"], t["k"], t["v"], -t["kk"], t["a"] * t["kk"], t["g"], scale=1.0)[0]
 
 
+def _rwkv6(t, s):        # o = scale r^T (S + u k v^T) before S = exp(w) S + k v^T; scale K^-1/2
+    return lambda: _fla("rwkv6", "chunk_rwkv6")(t["r"], t["k"], t["v"], t["w"], t["u"])[0]
+
+
 def _hgrn(t, s):         # headless [B, T, D]: the heads folded into D
     B, T = s["B"], s["T"]
     x, g = (t[n].reshape(B, T, -1) for n in ("x", "g"))
@@ -121,6 +125,7 @@ FLA_TRITON = {
     "comba": ("chunk_comba", _comba),
     "deltaproduct": ("chunk_gated_delta_product", _deltaproduct),
     "rwkv7": ("chunk_dplr_delta_rule", _rwkv7),
+    "rwkv6": ("chunk_rwkv6", _rwkv6),
     "hgrn": ("chunk_hgrn", _hgrn),
 }
 

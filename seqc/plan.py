@@ -27,9 +27,15 @@ Vocabulary (per step t, dims by name as in the spec):
 
 Outputs: `Plan.outputs` maps each output to an expression in which every read of a state
 is replaced by a `ir.Name(id=read.name, ref=ir.Ref("read"))` placeholder; `Plan.reads` says
-what each placeholder is (`query @ state`, or, for scan / semiring states, the state itself).
+what each placeholder is (`query @ state`, or, for scan / semiring states, the state itself), and
+whether it reads the state after the step (`previous=False`) or before it (`previous=True`:
+S_{t-1}, the state after step t-1; at t = 0 the initial state).
 `Plan.prelude` lists the `let`s that do not depend on any state, in program order: backends
 compute them for all steps at once before the recurrence.
+
+Stages: `Plan.groups` is in stage order (docs/analysis.md rule 6). A later stage's role
+expressions (and the queries of its reads) may hold read placeholders of an earlier group's
+state: its per-step values, which the earlier group's family has computed by then.
 """
 from __future__ import annotations
 
@@ -136,6 +142,7 @@ class Read:
     name: str                      # the placeholder's name in output expressions
     state: str
     query: ir.Expr | None          # `query @ state`; None: the state itself (scan, semiring)
+    previous: bool = False         # reads S_{t-1}, the state before the step's first update
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from fla.ops.gla.naive import naive_recurrent_gla
 from fla.ops.hgrn.naive import naive_recurrent_hgrn
 from fla.ops.kda.naive import naive_recurrent_kda
 from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
+from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 
 NEG = (-math.inf, 0.0)   # log gates, decays A
@@ -73,6 +74,8 @@ SPECS: dict[str, Spec] = {
     "rwkv7": Spec(("K", "V"), {"r": ("K",), "k": ("K",), "v": ("V",), "kk": ("K",), "g": ("K",),
                                 "a": ("K",)}, _OV, _SKV,
                   ranges={"g": NEG, "a": UNIT}, l2_normalised=("kk",)),
+    "rwkv6": Spec(("K", "V"), {"r": ("K",), "k": ("K",), "v": ("V",), "w": ("K",)}, _OV, _SKV,
+                  params={"u": ("K",)}, ranges={"w": NEG}),
     "hgrn": Spec(("D",), {"x": ("D",), "g": ("D",)}, {"o": ("D",)}, {"h": (("D",), 0.0)},
                  ranges={"g": NEG}),
     "hgrn2": Spec(("K", "V"), {"q": ("K",), "v": ("V",), "g": ("K",)}, _OV, _SKV,
@@ -271,6 +274,16 @@ def oracle_rwkv7(inputs, params, initial_state):
     hf = {n: t.transpose(1, 2) for n, t in x.items()}
     o, S = dplr_recurrence(hf["r"] * K ** 0.5, hf["k"], hf["v"], -hf["kk"], hf["a"] * hf["kk"],
                            hf["g"], initial_state=s["S"], output_final_state=True)
+    return {"o": o.transpose(1, 2).float()}, {"S": S}
+
+
+def oracle_rwkv6(inputs, params, initial_state):
+    """fla's naive_recurrent_rwkv6 (head-first; o = (scale q)^T (S + u k v^T) before
+    S = exp(w) S + k v^T), its default scale K^-1/2 as the spec's."""
+    x, p, s = _prep("rwkv6", inputs, params, initial_state)
+    hf = {n: t.transpose(1, 2) for n, t in x.items()}
+    o, S = naive_recurrent_rwkv6(hf["r"], hf["k"], hf["v"], hf["w"], p["u"],
+                                 initial_state=s["S"], output_final_state=True)
     return {"o": o.transpose(1, 2).float()}, {"S": S}
 
 

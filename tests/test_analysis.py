@@ -13,7 +13,7 @@ from seqc.resources import stdlib_names
 
 EXPECTED = {
     "gla": "chunk", "simple_gla": "chunk", "mamba2": "chunk", "retnet": "chunk",
-    "linear_attn": "chunk", "hgrn2": "chunk",
+    "linear_attn": "chunk", "hgrn2": "chunk", "rwkv6": "chunk",
     "deltanet": "chunk_delta", "gated_deltanet": "chunk_delta", "deltaproduct": "chunk_delta",
     "kda": "chunk_delta", "rwkv7": "chunk_delta", "comba": "chunk_delta",
     "hgrn": "scan", "mingru": "scan", "minlstm": "scan", "lru": "scan", "rglru": "scan",
@@ -152,14 +152,31 @@ def refusal(body: str, state: str = "h"):
     ("h = tanh(h + x)\nc = c + x\n", (5, 5, "`h` appears under tanh")),
     ("h = sigmoid(h) * h + x\nc = c + x\n", (5, 5, "the decay depends on the state `h`")),
     ("h = x * h + exp(y * h)\nc = c + x\n", (5, 13, "`h` appears under exp")),
-    ("h = h * c + x\nc = c + y\n", (5, 5, "product of two states (`h` and `c`)")),
+    ("h = h * c + x\nc = c + y * h\n", (5, 5, "product of two states (`h` and `c`)")),
     ("h = x * h * h\nc = c + x\n", (5, 5, "product of two states (`h` and `h`)")),
     ("h = x / (1 + h)\nc = c + x\n", (5, 5, "division by the state `h`")),
-    ("c = c + x\nlet d = sigmoid(c)\nh = d * h + x\n", (7, 5, "the decay depends on the state `c`")),
+    ("c = c + x * h\nlet d = sigmoid(c)\nh = d * h + x\n", (7, 5, "the decay depends on the state `h`")),
     ("h = h ** 2 + x\nc = c + x\n", (5, 5, "`h` is raised to a power")),
 ])
 def test_refusal_span_and_reason(body, expected):
     assert refusal(body) == expected
+
+
+@pytest.mark.parametrize("body, coefficient", [
+    ("h = h * c + x\nc = c + y\n", "{c}"),
+    ("c = c + x\nlet d = sigmoid(c)\nh = d * h + x\n", "sigmoid({c})"),
+])
+def test_a_state_read_by_another_that_never_reads_it_back_is_an_earlier_stage(body, coefficient):
+    """`c` never reads `h`: `c` is scanned first and its per-step values are `h`'s coefficient
+    (docs/analysis.md rule 6); before stages the pair was refused as one group."""
+    analysis = seqc.compile(HEADER + body + "output o = h + c\n", "stage.seq").analysis
+    assert [(p.states, p.kind) for p in analysis.proofs] == [(("c",), "scan"), (("h",), "scan")]
+    group = analysis.plan.groups[1]
+    [read] = [r for r in analysis.plan.reads if r.state == "c" and r.name in
+              seqc.pretty.expr(group.coefficient["h"])]
+    assert seqc.pretty.expr(group.coefficient["h"]) == coefficient.format(c=read.name)
+    # c read after its update in the first body (version 1), before it in the second (version 0)
+    assert read.previous == body.startswith("h")
 
 
 def test_refusal_renders_like_an_error():
@@ -305,3 +322,24 @@ def test_plan_through_torch_backend_matches_reference(name):
                                    rtol=1e-9, atol=1e-9)
     for state, value in reference.final_state.items():
         torch.testing.assert_close(parallel.final_state[state], value, rtol=1e-9, atol=1e-9)
+
+
+# ---- refusal notes that name the real cause (issue 13 item 7) -------------------------------------
+
+DELTA_HEADER = ("model d\ndims K, V\ninput q[K], k[K], v[V], x[K], w[V], beta in (0, 1), "
+                "g in (-inf, 0)\nstate S[K, V] = 0\n")
+
+
+@pytest.mark.parametrize("body, where, words", [
+    # a delta rule read along the value dim: the read is the cause, not the transition
+    ("S = S + beta * k * (v - k @ S)\noutput o = S @ w\n", (6, 16),
+     "an output reads `S` as `S @ w`, contracting its value dim `V`"),
+    ("S = S + beta * k * (v - k @ S)\noutput o = S\n", (6, 12), "an output reads `S` itself"),
+    # a value-side step after a decay: the value-side read is the cause
+    ("S = exp(g) * S\nS = S + beta * (x - S @ w) * w\noutput o = q @ S\n", (6, 21),
+     "`S @ w` contracts the value dim `V` of `S`: a value-side step"),
+])
+def test_refusal_notes_name_the_real_cause(body, where, words):
+    reason = seqc.compile(DELTA_HEADER + body, "d.seq").analysis.proof("S").reason
+    assert (reason.span.line, reason.span.col) == where
+    assert words in reason.message

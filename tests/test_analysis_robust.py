@@ -6,7 +6,8 @@ checks clean and its state groups keep the kind they started with, so every exam
 spec of a known kind and every kind (coupled scans from the coupled example) reaches the backend
 tests, chunk_delta and semiring included.
 A "constant" edit adds a constant (a number or a dim's power) as a let, a state's new value or an
-output.
+output. An "early" edit moves an output above the first state update, so that it reads the
+previous state (docs/analysis.md rule 5).
 """
 import functools
 import re
@@ -53,10 +54,12 @@ def sources_by_kind() -> dict[str, tuple[str, ...]]:
 
 def _edit(draw, lines: list[str]) -> list[str]:
     lines = list(lines)
-    edit = draw(st.sampled_from(["swap", "swap", "duplicate", "drop", "constant"]))
+    edit = draw(st.sampled_from(["swap", "swap", "duplicate", "drop", "constant", "early"]))
     index = draw(st.integers(0, len(lines) - 1))
     if edit == "constant":
         lines += _constant_lines(draw, lines)
+    elif edit == "early":
+        lines = _output_early(lines)
     elif edit == "swap":
         old, new = draw(st.sampled_from(SWAPS))
         lines[index] = lines[index].replace(old, new, 1)
@@ -65,6 +68,18 @@ def _edit(draw, lines: list[str]) -> list[str]:
     else:
         lines.insert(index, lines[index])
     return lines
+
+
+def _output_early(lines: list[str]) -> list[str]:
+    """The first output moved above the first state update (unchanged if there is none)."""
+    states = {line.split()[1].split("[")[0] for line in lines if line.startswith("state ")}
+    updates = [i for i, line in enumerate(lines) if line.split(" ")[0] in states
+               and line.split(" ")[1:2] == ["="]]
+    outputs = [i for i, line in enumerate(lines) if OUTPUT.match(line)]
+    if not updates or not outputs or outputs[0] < updates[0]:
+        return lines
+    moved = lines[:outputs[0]] + lines[outputs[0] + 1:]
+    return moved[:updates[0]] + [lines[outputs[0]]] + moved[updates[0]:]
 
 
 def _constant_lines(draw, lines: list[str]) -> list[str]:

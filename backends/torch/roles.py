@@ -57,6 +57,36 @@ class GroupEmitter:
     def reads_of(self, state: str):
         return [r for r in self.reads if r.state == state]
 
+    def queries(self, reads, kd) -> tuple[list[str], str]:
+        """Lines binding the queries of previous-state reads, and the core's query list: such a
+        read's query goes in one step later (`_next_query`, module.md)."""
+        lines, queries = [], []
+        for r in reads:
+            code = self.call(r.query, kd)
+            if r.previous:
+                lines.append(f"q_{r.name} = {code}")
+                code = f"_next_query(q_{r.name})"
+            queries.append(code)
+        return lines, ", ".join(queries)
+
+    def matrix_read_lines(self, reads, init: str, squeeze: str = "") -> list[str]:
+        """rd_<read> from the core's `reads` [B, H, T, V]; a previous-state read comes out one
+        step later, its step 0 the entering state `init` [B, H, K, V] read by its own query."""
+        lines = []
+        for i, r in enumerate(reads):
+            read = f"reads[{i}].transpose(1, 2)"
+            if r.previous:
+                first = f"torch.einsum('bhk,bhkv->bhv', q_{r.name}[:, 0], {init})"
+                read = f"_previous_read({read}, {first})"
+            lines.append(f"rd_{r.name} = {read}{squeeze}")
+        return lines
+
+    def state_read_lines(self, state: str, held: str) -> list[str]:
+        """rd_<read> of a state read as itself, from `held` [B, T, H, ...] (its value after each
+        step); a previous-state read is one step later, the entering state at step 0."""
+        return [f"rd_{r.name} = _previous_read({held}, init_{state})" if r.previous
+                else f"rd_{r.name} = {held}" for r in self.reads_of(state)]
+
     def lines(self, group) -> list[str]:
         return getattr(self, group.kind)(group)
 
@@ -72,14 +102,14 @@ class GroupEmitter:
             values = (f"torch.zeros(B, T, H, {'1' if vector else 'dim_' + g.value_dim}, "
                       "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
-        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        lines, queries = self.queries(reads, kd)
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
-        lines = [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], [{values}], "
-                 f"{decay}, {init}, chunk_size)"]
-        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2){squeeze}" for i, r in enumerate(reads)]
+        lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], [{values}], "
+                  f"{decay}, {init}, chunk_size)"]
+        lines += self.matrix_read_lines(reads, init, squeeze)
         if vector:
             lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")
         elif swapped:
@@ -103,11 +133,12 @@ class GroupEmitter:
         writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
         values = ", ".join(self.call(step.value, vd) for step in g.steps)
         reads = self.reads_of(s)
-        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        query_lines, queries = self.queries(reads, kd)
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
+        lines += query_lines
         lines.append(f"reads, final_{s} = cores['chunk_delta']([{queries}], [{keys}], "
                      f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
-        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
+        lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
         return lines
@@ -120,13 +151,13 @@ class GroupEmitter:
             keys = f"torch.zeros(B, T, H, dim_{g.key_dim}, dtype=compute, device=device)"
             values = f"torch.zeros(B, T, H, dim_{g.value_dim}, dtype=compute, device=device)"
         reads = self.reads_of(s)
-        queries = ", ".join(self.call(r.query, kd) for r in reads)
+        lines, queries = self.queries(reads, kd)
         decay, unseen = ("None" if log is None else self.call(log, log.dims and kd)
                          for log in (g.log_decay, g.unseen_log_decay))
-        lines = [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
-                 f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
-                 f"init_{s}{self.swapped(g)}, chunk_size)"]
-        lines += [f"rd_{r.name} = reads[{i}].transpose(1, 2)" for i, r in enumerate(reads)]
+        lines += [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
+                  f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
+                  f"init_{s}{self.swapped(g)}, chunk_size)"]
+        lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
         return lines
@@ -139,7 +170,7 @@ class GroupEmitter:
             dims = self.spec.tensor(s).dims
             lines.append(f"all_{s}, final_{s} = cores['scan']({self.seq(g.coefficient[s], dims)}, "
                          f"{self.seq(g.offset[s], dims)}, init_{s}, chunk_size)")
-            lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
+            lines += self.state_read_lines(s, f"all_{s}.transpose(1, 2)")
         return lines
 
     def coupled_scan(self, g) -> list[str]:
@@ -156,7 +187,7 @@ class GroupEmitter:
         lines = [f"({alls},), ({finals},) = cores['coupled_scan']([{rows}], [{offsets}], [{inits}], "
                  "chunk_size)"]
         for s in g.states:
-            lines += [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
+            lines += self.state_read_lines(s, f"all_{s}.transpose(1, 2)")
         return lines
 
     def semiring(self, g) -> list[str]:
@@ -164,4 +195,4 @@ class GroupEmitter:
         dims = self.spec.tensor(s).dims
         lines = [f"all_{s}, final_{s} = cores['semiring_scan']({self.seq(g.coefficient, dims)}, "
                  f"{self.seq(g.offset, dims)}, init_{s}, chunk_size, {SEMIRING_ADD[g.semiring]})"]
-        return lines + [f"rd_{r.name} = all_{s}.transpose(1, 2)" for r in self.reads_of(s)]
+        return lines + self.state_read_lines(s, f"all_{s}.transpose(1, 2)")

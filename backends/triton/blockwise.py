@@ -25,8 +25,9 @@ LOG2E = "1.4426950408889634"
 
 def mode_of(plan) -> str | None:
     """The family kernel of a Plan, or None when some group has none (sequential, coupled with
-    states of different dim orders, vector-valued chunk states, more than two delta steps)."""
-    if plan is None or not all(_supported(g, plan.spec) for g in plan.groups):
+    states of different dim orders, vector-valued chunk states, more than two delta steps, reads
+    of the state before the step outside a chunk group)."""
+    if plan is None or not all(_supported(g, plan.spec, plan.reads) for g in plan.groups):
         return None
     kinds = {g.kind for g in plan.groups}
     for mode in ("chunk_dplr", "chunk_delta", "chunk"):
@@ -35,7 +36,9 @@ def mode_of(plan) -> str | None:
     return "scan"
 
 
-def _supported(group, spec) -> bool:
+def _supported(group, spec, reads=()) -> bool:
+    if any(r.previous for r in reads if r.state in group.states) and group.kind != "chunk":
+        return False    # only the chunk section reads S_{t-1} (chunk.md); the others: fused
     if group.kind == "scan":
         # a coupled group is scanned entry by entry: its states' dims must agree in order too
         # (the analysis only guarantees the same set of dims)
@@ -215,7 +218,8 @@ class BlockKernel:
                 for w in group.writes]
 
     def _chunk(self, group) -> dict:
-        return dict(self.matrix_roles(group), writes=self.writes(group))
+        previous = {r.name for r in self.plan.reads if r.state == group.state and r.previous}
+        return dict(self.matrix_roles(group), writes=self.writes(group), previous=previous)
 
     def _chunk_delta(self, group) -> dict:
         K, V = group.key_dim, group.value_dim

@@ -22,7 +22,8 @@ def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
     outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
     key blocks)."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk":
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk" \
+            or any(r.previous for r in plan.reads):     # reads of S_{t-1}: the chunk mode only
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim

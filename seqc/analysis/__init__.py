@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .. import ir
+from .. import plan as plan_module
 from ..check import Checked
 from .proof import Combine, Proof, Reason
 
@@ -51,12 +52,32 @@ class Analysis:
 def analyse(checked: Checked | ir.Spec) -> Analysis:
     from .classify import classify, groups
     from .reads import read_forms
+    from .stages import order, strong_components, unreadable
     from .symbolic import Symbolic
     spec = checked.spec if isinstance(checked, Checked) else checked
     sym = Symbolic(spec)
     reads = read_forms(sym)
-    proofs = tuple(classify(sym, group, reads) for group in groups(sym))
-    return Analysis(spec, proofs, sym)
+    found, split = [], set()
+    for group in groups(sym):
+        components = strong_components(sym, group)
+        if len(components) > 1 and classify(sym, group, reads).kind == "sequential":
+            found.extend(components)        # no form covers it whole: in stages (stages.py)
+            split.update(components)
+        else:
+            found.append(group)
+    ordered, upstream, cycles = order(sym, found, reads)
+    everything = frozenset(t.name for t in spec.states)
+    kinds: dict[str, str] = {}
+    proofs = []
+    for group in ordered:
+        own = Symbolic(spec, everything - set(group)) if group in split else sym
+        proof = classify(own, group, reads, upstream[group], cycles.get(group))
+        reason = unreadable(proof, sym, kinds) if group in split else None
+        if reason is not None and proof.kind != "sequential":
+            proof = Proof("sequential", group, plan_module.SequentialGroup(group), reason=reason)
+        kinds.update((s, proof.kind) for s in group)
+        proofs.append(proof)
+    return Analysis(spec, tuple(proofs), sym)
 
 
 def lower(analysis: Analysis):

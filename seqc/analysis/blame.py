@@ -90,6 +90,12 @@ def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = Fal
         for node in _walk_lets(sym, statement.value):
             if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL and \
                     sym.deps(node) & set(group):
+                value_side = _value_side(sym, node, group)
+                if value_side is not None:
+                    return Reason(f"`{text(node)}` contracts the value dim `{value_side}` of "
+                                  f"`{statement.state}`: a value-side step, which has no "
+                                  "parallel form yet (the delta-rule forms contract the key "
+                                  f"dim, `k @ {statement.state}`)", node.span, node)
                 if low_rank:
                     return Reason(f"the low-rank part `{text(node)}` is not of the delta-rule "
                                   f"form `{statement.state} + beta * k * (v - k @ "
@@ -100,6 +106,17 @@ def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = Fal
             if isinstance(node, ir.Call) and node.func == "sum" and sym.deps(node) & set(group):
                 return Reason(f"the transition sums `{statement.state}` over `{node.dim}` "
                               "(not elementwise)", node.span, node)
+    return None
+
+
+def _value_side(sym: Symbolic, node: ir.Binary, group) -> str | None:
+    """The value dim when `node` is `S @ w`: a matrix state of the group read along its last dim
+    by a state-free vector (issue 13 item 3), else None."""
+    state = node.left
+    if isinstance(state, ir.Name) and state.ref.kind == "state" and state.id in group \
+            and len(state.dims or ()) == 2 and not sym.deps(node.right) \
+            and node.right.dims == (state.dims[-1],):
+        return state.dims[-1]
     return None
 
 

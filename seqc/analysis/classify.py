@@ -1,11 +1,12 @@
 """The rules: group the states, then give each group a kind and its proof.
 
 A group is a connected set of states whose updates read one another (composition in program order
-included). Per group, in this order:
+included); stages.py orders the groups and splits those no form covers whole into stages. Per
+group, in this order:
 
     semiring     one update `h = max(h + a, b)` or `logaddexp(h + a, b)`, a and b state-free
     refused      the composed update is not a polynomial of degree <= 1 in the group's states
-                 (sympy), or an output reads a state before its last update
+                 (sympy), or an output reads a state between two of its updates
     chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
                  S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim;
                  or one update D * S - e (k @ S) + writes, D a decay and e, k over the key dim
@@ -14,8 +15,14 @@ included). Per group, in this order:
                  write term a key over Kd times a value over Vd
     scan         affine with elementwise coefficients (coupled groups: a matrix of them)
     sequential   everything else, with the Reason
+
+An output may read a state before the step's first update (S_{t-1}, e.g. RWKV-6's bonus
+`q @ (S + u * k * v)`) under every kind: S_{t-1} is the state after step t-1, so the read is the
+previous step's read by this step's query (a fact of the proof; docs/analysis.md).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import sympy as sp
 
@@ -57,21 +64,48 @@ def groups(sym: Symbolic) -> list[tuple[str, ...]]:
     return result
 
 
-def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms]) -> Proof:
+def classify(sym: Symbolic, group: tuple[str, ...], reads: dict[str, ReadForms],
+             upstream: tuple[str, ...] = (), cycle: Reason | None = None) -> Proof:
     try:
+        if cycle is not None:
+            raise Refused(cycle)
         _check_fresh_reads(sym, group, reads)
-        if len(group) == 1:
-            return _single(sym, group[0], reads[group[0]])
-        return _coupled(sym, group)
+        proof = _single(sym, group[0], reads[group[0]]) if len(group) == 1 \
+            else _coupled(sym, group)
     except Refused as refused:
         return Proof("sequential", group, plan.SequentialGroup(group), reason=refused.reason)
+    extra = {}
+    outputs = sorted({output for state in group for output, _ in reads[state].previous})
+    if outputs:
+        proof = replace(proof, facts=proof.facts + _previous_facts(group, reads))
+        extra["previous_reads"] = tuple(outputs)
+    if upstream:
+        proof = replace(proof, facts=proof.facts + (
+            f"it reads {', '.join(f'`{u}`' for u in upstream)} only through their per-step "
+            "values, computed by an earlier stage: inputs here, like the spec's inputs",))
+        extra["upstream"] = upstream
+    return replace(proof, decomposition={**proof.decomposition, **extra}) if extra else proof
 
 
 def _check_fresh_reads(sym: Symbolic, group, reads) -> None:
     for state in group:
         for output, name in reads[state].stale:
             raise Refused(Reason(f"output `{output}` reads `{state}` before its last update",
-                                 name.span, name))
+                                 name.span, name,
+                                 help="an output may read a state as it was before the step "
+                                      "(before its first update) or after its last update"))
+
+
+def _previous_facts(group, reads) -> tuple[str, ...]:
+    """Why a read of S_{t-1} keeps the form: it is step t-1's read, by step t's query."""
+    outputs = sorted({output for state in group for output, _ in reads[state].previous})
+    if not outputs:
+        return ()
+    states = ", ".join(s for s in group if reads[s].previous)
+    return (f"{', '.join(f'`{o}`' for o in outputs)} read {states} before the step's update: "
+            f"{states}_(t-1) is the state after step t-1, so q_t @ {states}_(t-1) is the read of "
+            "step t-1 by the query of step t (queries shifted one step later, reads one step "
+            "earlier, the initial state read at t = 0)",)
 
 
 def _affine(sym: Symbolic, group: tuple[str, ...]) -> dict[str, sp.Poly]:
@@ -186,7 +220,9 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
 
 def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     dims = sym.spec.tensor(state).dims
-    if len(dims) != 2 or reads.matmul_side not in (None, "left"):
+    if len(dims) == 2 and reads.matmul_side not in (None, "left"):
+        raise Refused(_not_a_key_read(state, dims, reads))
+    if len(dims) != 2:
         raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
     key_dim, value_dim = dims
     decay, steps = sp.Integer(1), []
@@ -227,6 +263,18 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
                   "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim},
                  COMBINES["chunk_delta"], tuple(facts))
+
+
+def _not_a_key_read(state: str, dims, reads: ReadForms) -> Reason:
+    """Why a delta rule's outputs stop its form: a read that is not `q @ S`, located there."""
+    if reads.right:
+        query = reads.right[0]
+        return Reason(f"an output reads `{state}` as `{state} @ {text(query)}`, contracting its "
+                      f"value dim `{dims[1]}`; the delta-rule forms read `q @ {state}` (the key "
+                      f"dim `{dims[0]}`)", query.span, query)
+    name = reads.direct[0]
+    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `q @ {state}`",
+                  name.span, name)
 
 
 def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):

@@ -1,7 +1,10 @@
 """How outputs read the states: `query @ S`, `S @ query`, or the state itself.
 
 Outputs are looked at with every state-dependent `let` inlined (state-free lets stay names: they
-go to the Plan's prelude). A read of a state before its last update of the step is *stale*.
+go to the Plan's prelude) and `@` distributed over a sum that holds a state (`q @ (S + X)` is
+`q @ S + q @ X`). A read of a state before any update of the step reads the *previous* state
+S_{t-1}: the state after step t-1, read with the query of step t (docs/analysis.md). A read
+between two updates of the step is *stale*.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ class ReadForms:
     left: list[ir.Expr] = field(default_factory=list)    # queries q of `q @ S` (contract dims[0])
     right: list[ir.Expr] = field(default_factory=list)   # queries w of `S @ w` (contract dims[-1])
     direct: list[ir.Name] = field(default_factory=list)  # any other read of the state
-    stale: list[tuple[str, ir.Name]] = field(default_factory=list)   # (output, name) too early
+    previous: list[tuple[str, ir.Name]] = field(default_factory=list)  # (output, name): S_{t-1}
+    stale: list[tuple[str, ir.Name]] = field(default_factory=list)   # (output, name) mid-step
 
     @property
     def matmul_side(self) -> str | None:
@@ -36,9 +40,23 @@ def inline(sym: Symbolic, node: ir.Expr) -> ir.Expr:
     if isinstance(node, ir.Unary):
         return replace(node, operand=inline(sym, node.operand))
     if isinstance(node, ir.Binary):
-        return replace(node, left=inline(sym, node.left), right=inline(sym, node.right))
+        node = replace(node, left=inline(sym, node.left), right=inline(sym, node.right))
+        return distribute(sym, node) if node.op is ir.Op.MATMUL else node
     if isinstance(node, ir.Call):
         return replace(node, args=tuple(inline(sym, a) for a in node.args))
+    return node
+
+
+def distribute(sym: Symbolic, node: ir.Binary) -> ir.Expr:
+    """`q @ (A + B)` as `q @ A + q @ B` (and `(A - B) @ q` likewise) when the sum holds a state
+    and both terms have the sum's dims, so that each state read is a plain `q @ S`."""
+    for side in ("right", "left"):
+        total = getattr(node, side)
+        if isinstance(total, ir.Binary) and total.op in (ir.Op.ADD, ir.Op.SUB) \
+                and sym.deps(total) and total.left.dims == total.right.dims == total.dims:
+            terms = [distribute(sym, replace(node, **{side: term}))
+                     for term in (total.left, total.right)]
+            return ir.Binary(total.op, *terms, span=node.span, dims=node.dims)
     return node
 
 
@@ -49,19 +67,28 @@ def state_name(node: ir.Expr) -> str | None:
 
 
 def query_read(sym: Symbolic, node: ir.Expr) -> tuple[str, str, ir.Expr] | None:
-    """(state, side, query) when `node` is `q @ S` or `S @ q` with a state-free query q."""
+    """(state, side, query) when `node` is `q @ S` or `S @ q` with a query q free of S. A query
+    may read other states (a normaliser scaling it): their groups run as earlier stages."""
     if not isinstance(node, ir.Binary) or node.op is not ir.Op.MATMUL:
         return None
     tensor_dims = {t.name: t.dims for t in sym.spec.states}
     state = state_name(node.right)
-    if state and not sym.deps(node.left) and len(tensor_dims[state]) == 2 \
+    if state and state not in sym.deps(node.left) and len(tensor_dims[state]) == 2 \
             and node.left.dims == (tensor_dims[state][0],):
         return state, "left", node.left
     state = state_name(node.left)
-    if state and not sym.deps(node.right) and len(tensor_dims[state]) == 2 \
+    if state and state not in sym.deps(node.right) and len(tensor_dims[state]) == 2 \
             and node.right.dims == (tensor_dims[state][-1],):
         return state, "right", node.right
     return None
+
+
+def query_states(sym: Symbolic, forms: "ReadForms") -> frozenset[str]:
+    """The states the queries of one state's reads depend on: its earlier stages."""
+    result: frozenset[str] = frozenset()
+    for query in forms.left + forms.right:
+        result |= sym.deps(query)
+    return result
 
 
 def read_forms(sym: Symbolic) -> dict[str, ReadForms]:
@@ -89,5 +116,9 @@ def _collect(sym: Symbolic, node: ir.Expr, output: str, forms: dict[str, ReadFor
 
 
 def _check_fresh(sym: Symbolic, name: ir.Name, output: str, forms: dict[str, ReadForms]) -> None:
-    if name.ref.version != len(sym.updates[name.id]):
+    if name.ref.version == len(sym.updates[name.id]):
+        return
+    if name.ref.version == 0:
+        forms[name.id].previous.append((output, name))
+    else:
         forms[name.id].stale.append((output, name))

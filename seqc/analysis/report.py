@@ -66,6 +66,14 @@ def describe(analysis, source: str) -> str:
         coupled = " (coupled)" if len(proof.states) > 1 else ""
         lines.append(f"  {names}: {proof.kind}{coupled} -> {KIND_WORDS[proof.kind]}")
         lines.append(f"      {summary(proof)}")
+        upstream = proof.decomposition.get("upstream")
+        if upstream and proof.kind != "sequential":
+            lines.append(f"      a later stage: it takes the per-step values of "
+                         f"{', '.join(f'`{u}`' for u in upstream)}")
+        previous = proof.decomposition.get("previous_reads")
+        if previous and proof.kind != "sequential":
+            lines.append(f"      {', '.join(f'`{o}`' for o in previous)} reading it before the "
+                         "step's update (the previous step's state)")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:

@@ -13,6 +13,8 @@ n-th update, and a `let` that depends on a state is inlined. A `let` free of sta
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+
 import sympy as sp
 
 from .. import ir
@@ -27,8 +29,10 @@ _IR_FUNCS = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.Abs: "abs", sp.Ma
 class Symbolic:
     """The sympy view of one checked spec."""
 
-    def __init__(self, spec: ir.Spec):
+    def __init__(self, spec: ir.Spec, frozen: frozenset[str] = frozenset()):
         self.spec = spec
+        # states of earlier stages: their per-step values are atoms here, like inputs
+        self.frozen = frozenset(frozen)
         self.lets = {s.name: s for s in spec.body if isinstance(s, ir.Let)}
         self.updates: dict[str, list[ir.Update]] = {t.name: [] for t in spec.states}
         for statement in spec.body:
@@ -37,7 +41,7 @@ class Symbolic:
         self.state_symbols = {t.name: sp.Symbol(t.name) for t in spec.states}
         self.atoms: dict[sp.Symbol, ir.Expr] = {}          # atom symbol -> its IR
         self.functionals: dict[sp.Symbol, tuple[str, ir.Expr]] = {}   # <a| / |b> -> side, IR
-        self._deps: dict[int, frozenset[str]] = {}
+        self._deps: dict[int, tuple[ir.Expr, frozenset[str]]] = {}
         self._composed: dict[tuple[str, int], sp.Expr] = {}
 
     # ---- dependence on states -----------------------------------------------------------------
@@ -45,15 +49,17 @@ class Symbolic:
     def deps(self, node: ir.Expr) -> frozenset[str]:
         """The states (at their previous-step value) that an expression depends on."""
         key = id(node)
-        if key not in self._deps:
-            self._deps[key] = self._compute_deps(node)
-        return self._deps[key]
+        if key not in self._deps:     # the node is kept with its answer: a transient node (an
+            self._deps[key] = (node, self._compute_deps(node))   # inlined output) frees no id
+        return self._deps[key][1]
 
     def _compute_deps(self, node: ir.Expr) -> frozenset[str]:
         if isinstance(node, ir.Name) and node.ref is not None:
             if node.ref.kind == "let":
                 return self.deps(self.lets[node.id].value)
             if node.ref.kind == "state":
+                if node.id in self.frozen:
+                    return frozenset()
                 if node.ref.version == 0:
                     return frozenset({node.id})
                 return self.deps(self.updates[node.id][node.ref.version - 1].value)
@@ -89,8 +95,8 @@ class Symbolic:
 
     def convert(self, node: ir.Expr, own: dict | None = None) -> sp.Expr:
         own = own or {}
-        if not self.deps(node) and _is_leaf(node):
-            return self.atom(node)
+        if not self.deps(node) and _is_leaf(node, self.frozen) and not self._reads_frozen_let(node):
+            return self.atom(self.inline_frozen(node))
         if isinstance(node, ir.Num):
             return number(node.value)
         if isinstance(node, ir.Name):
@@ -124,15 +130,50 @@ class Symbolic:
         func = _SYMPY_FUNCS.get(node.func) or sp.Function(node.func)
         return func(*args)
 
+    def _reads_frozen_let(self, node: ir.Expr) -> bool:
+        """A `let` name whose value reads an earlier stage's state: inlined, never an atom (the
+        Plan's prelude computes only state-free lets)."""
+        return bool(self.frozen) and isinstance(node, ir.Name) and node.ref.kind == "let" \
+            and self._touches_frozen(node)
+
+    def _touches_frozen(self, node: ir.Expr) -> bool:
+        for inner in ir.walk(node):
+            if isinstance(inner, ir.Name) and inner.ref is not None:
+                if inner.ref.kind == "state" and inner.id in self.frozen:
+                    return True
+                if inner.ref.kind == "let" and self._touches_frozen(self.lets[inner.id].value):
+                    return True
+        return False
+
+    def inline_frozen(self, node: ir.Expr) -> ir.Expr:
+        """The IR of an atom with every `let` that reads an earlier stage's state inlined."""
+        if not self.frozen or not self._touches_frozen(node):
+            return node
+        if isinstance(node, ir.Name):
+            if node.ref.kind == "let":
+                return self.inline_frozen(self.lets[node.id].value)
+            return node
+        if isinstance(node, ir.Unary):
+            return replace(node, operand=self.inline_frozen(node.operand))
+        if isinstance(node, ir.Binary):
+            return replace(node, left=self.inline_frozen(node.left),
+                           right=self.inline_frozen(node.right))
+        if isinstance(node, ir.Call):
+            return replace(node, args=tuple(self.inline_frozen(a) for a in node.args))
+        return node
+
     def atom(self, node: ir.Expr) -> sp.Symbol:
         if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "dim":
             symbol = sp.Symbol(node.id, positive=True)
+        elif isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "state":
+            symbol = sp.Symbol(f"{node.id}@{node.ref.version}")   # an earlier stage's value
         else:
             symbol = sp.Symbol(text(node) if not isinstance(node, ir.Name) else node.id)
         self.atoms.setdefault(symbol, node)
         return symbol
 
     def functional(self, side: str, node: ir.Expr) -> sp.Symbol:
+        node = self.inline_frozen(node)
         shown = {"left": f"<{text(node)}|", "right": f"|{text(node)}>",
                  "sum": f"sum_{text(node)}"}[side]
         symbol = sp.Symbol(shown)
@@ -212,10 +253,10 @@ class Symbolic:
         return _binary(ir.Op.POW, self.to_ir(base), self.to_ir(exponent))
 
 
-def _is_leaf(node: ir.Expr) -> bool:
-    """A state-free node that sympy sees as one symbol."""
+def _is_leaf(node: ir.Expr, frozen: frozenset[str] = frozenset()) -> bool:
+    """A state-free node that sympy sees as one symbol (an earlier stage's state is one)."""
     if isinstance(node, ir.Name):
-        return node.ref is not None and node.ref.kind != "state"
+        return node.ref is not None and (node.ref.kind != "state" or node.id in frozen)
     return isinstance(node, ir.Call) or isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL
 
 
