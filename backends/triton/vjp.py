@@ -349,6 +349,9 @@ class Adjoint:
         self.finish()
 
     def temp(self, block: Block) -> Block:
+        """`block` in a variable of its own (a variable already is one)."""
+        if block.code.isidentifier():
+            return block
         var = f"g{self.count}"
         self.count += 1
         self.lines.append(f"{var} = {block.code}")
@@ -391,7 +394,8 @@ class Adjoint:
             held = self.adjoints.get(("input", x.name))
             shape = ", ".join(f"BLOCK_{d}" for d in x.dims)
             code = full(held, x.dims) if held is not None else f"tl.zeros([{shape}], dtype=ACC)"
-            self.lines.append(f"din_{x.name} = {code}")
+            if code != f"din_{x.name}":
+                self.lines.append(f"din_{x.name} = {code}")
 
 
 def output_dims(output: ir.Output) -> tuple[str, ...]:

@@ -421,31 +421,25 @@ def fused_recurrent_bwd_kernel(
             din_q = g1
             g2 = tl.permute((do_o[:, None] * v7[None, :]), (1, 0))
             dst_S_2 = dst_S + g2
-            g3 = dst_S_2
-            dst_S_1 = g3
-            g4 = dst_S_2
-            g5 = tl.sum(tl.where(mask_V[None, :], (g4 * v4[None, :]), 0.0), axis=1)
-            g6 = tl.sum(tl.where(mask_K, (g5 * in_k), 0.0), axis=0)
-            din_beta = (g6 + tl.zeros([], dtype=ACC))
-            g7 = (g5 * in_beta)
-            din_k = g7
-            g8 = tl.sum(tl.where(mask_K[:, None], (g4 * v2[:, None]), 0.0), axis=0)
-            g9 = g8
-            din_v = g9
-            g10 = (-g8)
-            g11 = tl.sum(tl.where(mask_V[:, None], (g10[:, None] * tl.permute(st_S_1, (1, 0))), 0.0), axis=0)
-            din_k = din_k + g11
-            g12 = tl.permute((g10[:, None] * in_k[None, :]), (1, 0))
-            dst_S_1 = dst_S_1 + g12
-            g13 = tl.sum(tl.where(mask_V, tl.sum(tl.where(mask_K[:, None], (dst_S_1 * st_S_0), 0.0), axis=0), 0.0), axis=0)
-            g14 = (g13 * v0)
-            din_g = (g14 + tl.zeros([], dtype=ACC))
-            g15 = (dst_S_1 * v0)
-            dst_S_0 = g15
+            dst_S_1 = dst_S_2
+            g3 = tl.sum(tl.where(mask_V[None, :], (dst_S_2 * v4[None, :]), 0.0), axis=1)
+            g4 = tl.sum(tl.where(mask_K, (g3 * in_k), 0.0), axis=0)
+            din_beta = (g4 + tl.zeros([], dtype=ACC))
+            g5 = (g3 * in_beta)
+            din_k = g5
+            g6 = tl.sum(tl.where(mask_K[:, None], (dst_S_2 * v2[:, None]), 0.0), axis=0)
+            din_v = g6
+            g7 = (-g6)
+            g8 = tl.sum(tl.where(mask_V[:, None], (g7[:, None] * tl.permute(st_S_1, (1, 0))), 0.0), axis=0)
+            din_k = din_k + g8
+            g9 = tl.permute((g7[:, None] * in_k[None, :]), (1, 0))
+            dst_S_1 = dst_S_1 + g9
+            g10 = tl.sum(tl.where(mask_V, tl.sum(tl.where(mask_K[:, None], (dst_S_1 * st_S_0), 0.0), axis=0), 0.0), axis=0)
+            g11 = (g10 * v0)
+            din_g = (g11 + tl.zeros([], dtype=ACC))
+            g12 = (dst_S_1 * v0)
+            dst_S_0 = g12
             dst_S = dst_S_0
-            din_q = din_q
-            din_k = din_k
-            din_v = din_v
             din_g = (din_g + tl.zeros([], dtype=ACC))
             din_beta = (din_beta + tl.zeros([], dtype=ACC))
             tl.store(ptr_din_q + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_q, mask=(mask_K))

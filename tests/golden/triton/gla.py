@@ -573,22 +573,16 @@ def fused_recurrent_bwd_kernel(
             din_q = g1
             g2 = tl.permute((do_o[:, None] * v4[None, :]), (1, 0))
             dst_S_1 = dst_S + g2
-            g3 = dst_S_1
-            g4 = tl.sum(tl.where(mask_V[None, :], (g3 * st_S_0), 0.0), axis=1)
-            g5 = (g4 * v0)
-            din_g = g5
-            g6 = (g3 * v0[:, None])
-            dst_S_0 = g6
-            g7 = dst_S_1
-            g8 = tl.sum(tl.where(mask_V[None, :], (g7 * in_v[None, :]), 0.0), axis=1)
-            din_k = g8
-            g9 = tl.sum(tl.where(mask_K[:, None], (g7 * in_k[:, None]), 0.0), axis=0)
-            din_v = g9
+            g3 = tl.sum(tl.where(mask_V[None, :], (dst_S_1 * st_S_0), 0.0), axis=1)
+            g4 = (g3 * v0)
+            din_g = g4
+            g5 = (dst_S_1 * v0[:, None])
+            dst_S_0 = g5
+            g6 = tl.sum(tl.where(mask_V[None, :], (dst_S_1 * in_v[None, :]), 0.0), axis=1)
+            din_k = g6
+            g7 = tl.sum(tl.where(mask_K[:, None], (dst_S_1 * in_k[:, None]), 0.0), axis=0)
+            din_v = g7
             dst_S = dst_S_0
-            din_q = din_q
-            din_k = din_k
-            din_v = din_v
-            din_g = din_g
             tl.store(ptr_din_q + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_q, mask=(mask_K))
             tl.store(ptr_din_k + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (dim_K) + (o_K), din_k, mask=(mask_K))
             tl.store(ptr_din_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), din_v, mask=(mask_V))

@@ -330,17 +330,13 @@ def fused_recurrent_bwd_kernel(
             st_h_1 = v2
             do_o = tl.load(ptr_do_o + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
             dst_h_1 = dst_h + do_o
-            g0 = dst_h_1
-            g1 = (g0 * st_h_0)
-            g2 = (g1 * v0)
-            din_g = g2
-            g3 = (g0 * v0)
-            dst_h_0 = g3
-            g4 = dst_h_1
-            din_x = g4
+            g0 = (dst_h_1 * st_h_0)
+            g1 = (g0 * v0)
+            din_g = g1
+            g2 = (dst_h_1 * v0)
+            dst_h_0 = g2
+            din_x = dst_h_1
             dst_h = dst_h_0
-            din_x = din_x
-            din_g = din_g
             tl.store(ptr_din_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_x, mask=(mask_D))
             tl.store(ptr_din_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_g, mask=(mask_D))
         tl.debug_barrier()
