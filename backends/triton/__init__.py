@@ -42,7 +42,8 @@ def emit(program, plan=None) -> str:
 def adjoint_cores(plan, modes) -> list[str]:
     """The recurrence cores with adjoint kernels this module carries, for the torch module's
     groups to run on in training: `chunk` (chunk_core.md) when the chunk kernel runs and every
-    chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
+    chunk group has one query and one write a step, and then `chunk_parallel`
+    (chunk_parallel_core.md, the `chunk_parallel` mode's) when that mode runs; `scan` (scan_core.md) when the Plan has an
     elementwise (uncoupled) scan group and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md)
     when the chunk_delta kernel runs and every delta group has one query and one delta step a
     token (deltanet, gated_deltanet, kda)."""
@@ -54,6 +55,8 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in chunks):
         cores.append("chunk")
+        if "chunk_parallel" in modes:       # its training core: chunk_parallel_core.md
+            cores.append("chunk_parallel")
     if any(g.kind == "scan" and not g.coupling for g in plan.groups):
         cores.append("scan")
     deltas = [g for g in plan.groups if g.kind == "chunk_delta"]

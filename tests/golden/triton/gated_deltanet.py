@@ -629,6 +629,9 @@ def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_
 CORES = {
     "chunk_delta_core": chunk_delta_core,
 }
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+MODE_CORES = {
+}
 
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
