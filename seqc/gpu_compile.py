@@ -11,7 +11,7 @@ compiled). The job names a Python module with the emitted-module contract: `MODE
    recorded (grid, arguments, launch options) and nothing runs; when the job names the spec's
    torch module (`training_module`), it also makes one training call per set of recurrence
    cores the modes train with (forward and backward, `record_training`), recording what the
-   cores launch under the mode `<mode> training`;
+   cores launch under the modes `<mode> training` (forward) and `<mode> backward`;
 3. binds each recorded launch exactly as Triton's launcher does (signature, constexprs,
    divisibility attributes; pointers are 16-byte aligned as every allocation is), compiles it
    with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and reads ptxas's
@@ -137,9 +137,9 @@ def record_training(module, torch_module, job: dict, modes, dims: dict, current_
     """One training call a mode, as seqc's Triton backend makes it (seqc/autograd.py): the torch
     module's `run` with the recurrence cores the mode trains with, on `meta` inputs, params and
     initial states requiring grad, then `backward` with incoming gradients on every output and
-    final state. Whatever the cores launch, forward or backward, is recorded under the mode
-    `<mode> training`, once a kernel (the torch module runs time in slabs: a kernel launched
-    again for the next slab is the same compile). Modes that train with the same cores are
+    final state. What the cores launch is recorded under the mode `<mode> training` (forward)
+    or `<mode> backward`, once a kernel and specialisation (the torch module runs time in slabs:
+    the next slab's launch is the same compile). Modes that train with the same cores are
     recorded once."""
     import torch
 
@@ -153,23 +153,32 @@ def record_training(module, torch_module, job: dict, modes, dims: dict, current_
         if not cores or key in seen:
             continue
         seen.add(key)
-        current_mode[0] = f"{mode} training"
         first = len(launches)
 
         def leaves(shapes, dtype):
             return {name: torch.empty(shape, dtype=dtype, device="meta", requires_grad=True)
                     for name, shape in shapes.items()}
 
+        current_mode[0] = f"{mode} training"
         outputs, final = torch_module.run(leaves(job["inputs"], dtype),
                                           leaves(job["params"], dtype), dims,
                                           leaves(job["states"], torch.float32) or None, True,
                                           **cores)
         results = [t for t in [*outputs.values(), *final.values()] if t.requires_grad]
+        current_mode[0] = f"{mode} backward"
         torch.autograd.backward(results, [torch.empty_like(t) for t in results])
-        recorded, kept = launches[first:], {}
-        for launch in recorded:
-            kept.setdefault(launch["kernel"], launch)
+        kept = {}
+        for launch in launches[first:]:
+            kept.setdefault(specialisation(launch), launch)
         launches[first:] = list(kept.values())
+
+
+def specialisation(launch: dict) -> tuple:
+    """What makes two launches one compile: the kernel, its tensors' dtypes, its other
+    arguments and the launch options."""
+    import torch
+    args = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else repr(a) for a in launch["args"])
+    return (launch["kernel"], args, tuple(sorted((k, repr(v)) for k, v in launch["kwargs"].items())))
 
 
 def bind_launch(launch: dict, job: dict):
@@ -199,7 +208,8 @@ def bind_launch(launch: dict, job: dict):
     grid = [int(g) for g in grid]
     # a training call's cores get the roles the (fp32) torch prelude computed: 16-bit data of a
     # 16-bit call that reaches them as fp32 counts as upcast
-    training16 = launch["mode"].endswith(" training") and job["dtype"] in SIXTEEN_BIT
+    training16 = launch["mode"].endswith((" training", " backward")) \
+        and job["dtype"] in SIXTEEN_BIT
     report = dict(kernel=launch["kernel"], mode=launch["mode"], grid=grid,
                   programs=math.prod(grid), warps=options.num_warps, stages=options.num_stages,
                   sixteen_bit_pointers=training16 or any(str(t).lstrip("*") in SIXTEEN_BIT

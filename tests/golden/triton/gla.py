@@ -1130,6 +1130,7 @@ class _ChunkParallelCore(torch.autograd.Function):
         return o, final
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, v, g, h = ctx.saved_tensors
         chunk_size, decay, compute, precision = ctx.settings
