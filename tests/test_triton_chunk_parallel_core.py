@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,6 +31,23 @@ PARALLEL_SPECS = ["simple_gla", "retnet", "mamba2", "linear_attn", "gla", "hgrn2
 
 def parallel_core(dtype):
     return functools.partial(modules()[0].chunk_parallel_core, dot_dtype=dtype)
+
+
+@contextlib.contextmanager
+def parallel_core_backwards(name):
+    """The calls of `name`'s _ChunkParallelCore.backward inside the block (a list)."""
+    function = seqc.load(name).kernel("triton").module._ChunkParallelCore
+    backward, calls = function.backward, []
+
+    def counted(ctx, *grads):
+        calls.append(ctx.settings)
+        return backward(ctx, *grads)
+
+    function.backward = staticmethod(counted)
+    try:
+        yield calls
+    finally:
+        function.backward = staticmethod(backward)
 
 
 @pytest.mark.parametrize("decay, K, V, chunk", [
@@ -71,8 +89,11 @@ def test_chunk_parallel_specs_train_through_the_parallel_core(name):
 
 @pytest.mark.parametrize("name", ["gla", "simple_gla"])
 def test_minus_infinity_log_decays(name):
-    """-inf at steps 3 and 20 (inside chunks), 16 (a chunk's first step) and 36 (the last)."""
-    assert_resets_equal_the_reference(name, mode="chunk_parallel")
+    """-inf at steps 3 and 20 (inside chunks), 16 (a chunk's first step) and 36 (the last),
+    through the parallel core's adjoint."""
+    with parallel_core_backwards(name) as calls:
+        assert_resets_equal_the_reference(name, mode="chunk_parallel")
+    assert len(calls) == 1
 
 
 def test_training_follows_the_mode():
@@ -127,9 +148,11 @@ def test_backward_traffic():
     moves 1.9x but runs B x H programs)."""
     name, bound = "simple_gla", 3.5
     program = seqc.load(name)
-    forward, backward, compulsory = counted_training_step(
-        program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},
-        mode="chunk_parallel")
+    with parallel_core_backwards(name) as calls:
+        forward, backward, compulsory = counted_training_step(
+            program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},
+            mode="chunk_parallel")
+    assert len(calls) == 1
     assert backward / compulsory <= bound, f"{name}: backward traffic {backward / compulsory:.2f}x"
     assert forward / compulsory <= 1.9, f"{name}: forward traffic {forward / compulsory:.2f}x"
 

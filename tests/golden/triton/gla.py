@@ -1092,7 +1092,8 @@ def _cp_blocks(K, V, decay, chunk_size):
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
     keywise = decay == 2
-    return dict(block_t=block_t, sub_t=min(16, block_t), state_k=block_k,
+    return dict(block_t=block_t, sub_t=min(16, block_t),
+                state_k=min(block_k, 32) if keywise else block_k,
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4)
 
