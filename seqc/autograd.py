@@ -6,7 +6,8 @@ one of two ways (docs/backends.md, "Gradients"):
 
 - its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
   chunk core, backends/triton/chunk_core.md; the scan core, scan_core.md; the delta-rule core,
-  chunk_delta_core.md): the torch module runs with the cores in place of its families, so the prelude
+  chunk_delta_core.md; or the mode's own, `MODE_CORES`: the `chunk_parallel` mode's parallel
+  chunk core, chunk_parallel_core.md): the torch module runs with the cores in place of its families, so the prelude
   and the output expressions go through autograd of the torch code, and the recurrence is the
   cores' kernels: forward keeping one state a chunk (or block of time), backward the adjoint;
 - otherwise `_TritonRun`, a `torch.autograd.Function`: forward is the Triton kernel (the call's
