@@ -6,7 +6,8 @@ one of two ways (docs/backends.md, "Gradients"):
 
 - its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
   chunk core, backends/triton/chunk_core.md; the scan core, scan_core.md; the delta-rule core,
-  chunk_delta_core.md): the torch module runs with the cores in place of its families, so the prelude
+  chunk_delta_core.md; or the mode's own, `MODE_CORES`: the `chunk_parallel` mode's parallel
+  chunk core, chunk_parallel_core.md): the torch module runs with the cores in place of its families, so the prelude
   and the output expressions go through autograd of the torch code, and the recurrence is the
   cores' kernels: forward keeping one state a chunk (or block of time), backward the adjoint;
 - its mode is `fused_recurrent` and the module has the generated backward (`FUSED_BACKWARD`,
@@ -24,6 +25,7 @@ Emitted modules never import seqc, so this wrapper lives here and `Kernel` calls
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -107,7 +109,7 @@ def run_triton(kernel, call, output_final_state: bool):
         return kernel.module.run(call.inputs, call.params, call.dims, states, output_final_state,
                                  **kernel.options)
     program = kernel.program
-    cores = training_cores(kernel.module, kernel.options)
+    cores = training_cores(kernel.module, kernel.options, call.dims, tensors[0].dtype)
     if cores:       # the prelude by torch autograd, the recurrence by the core's kernels
         return torch_module(program).run(call.inputs, call.params, call.dims, states,
                                          output_final_state, **cores)
@@ -144,11 +146,27 @@ def core_options(triton_module, options: dict) -> dict:
     return {**cores, "chunk_size": options.get("chunk_size", 64)}
 
 
-def training_cores(triton_module, options: dict) -> dict:
+def training_cores(triton_module, options: dict, dims: dict | None = None,
+                   dtype: torch.dtype | None = None) -> dict:
     """`core_options` when the call's mode is one the cores implement (the chunk, scan or
     chunk_delta kernel): such a call runs forward as torch prelude + cores, so that the forward
-    keeps the cores' boundary states and the backward is the adjoint kernels alone. Another mode
-    (e.g. a forced `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
-    mode = options.get("mode") or triton_module.DEFAULT_MODE
+    keeps the cores' boundary states and the backward is the adjoint kernels alone. A mode with
+    cores of its own (`MODE_CORES`: `chunk_parallel` trains on chunk_parallel_core.md, its
+    kernels dotting in the call's 16-bit `dtype`) puts them in place of the others. `mode=None`
+    is the mode the module's `run` chooses at `dims`. Another mode (e.g. a forced
+    `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
+    mode = options.get("mode") or chosen_mode(triton_module, options, dims)
     cores = core_options(triton_module, options)
+    own = getattr(triton_module, "MODE_CORES", {}).get(mode)
+    if cores and own:
+        bound = dict(dot_dtype=dtype, precision=options.get("precision"))
+        return {**cores, **{name: functools.partial(core, **bound) for name, core in own.items()}}
     return cores if cores and f"{mode}_core" in cores else {}
+
+
+def chosen_mode(triton_module, options: dict, dims: dict | None) -> str:
+    """The mode the Triton module's `run(..., mode=None)` runs at `dims`."""
+    choose = getattr(triton_module, "_choose_mode", None)
+    if choose is None or dims is None:
+        return triton_module.DEFAULT_MODE
+    return choose(dims, options.get("block_split", 128))

@@ -8,7 +8,10 @@ compiled). The job names a Python module with the emitted-module contract: `MODE
 1. imports it (telling it CUDA is there, so that it does not switch the interpreter on), and
    replaces each `triton.jit` function in its namespace by a recorder;
 2. calls `run` once per mode on `meta` tensors of the job's shapes: every `kernel[grid](...)` is
-   recorded (grid, arguments, launch options) and nothing runs;
+   recorded (grid, arguments, launch options) and nothing runs; when the job names the spec's
+   torch module (`training_module`), it also makes one training call per set of recurrence
+   cores the modes train with (forward and backward, `record_training`), recording what the
+   cores launch under the modes `<mode> training` (forward) and `<mode> backward`;
 3. binds each recorded launch exactly as Triton's launcher does (signature, constexprs,
    divisibility attributes; pointers are 16-byte aligned as every allocation is), compiles it
    with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and reads ptxas's
@@ -111,17 +114,71 @@ def record_launches(module, job: dict) -> list[dict]:
                 for name, shape in shapes.items()}
 
     states = meta(job["states"], torch.float32)
+    dims = {**job["dims"], **job.get("consts", {})}
+    modes = job.get("modes") or module.MODES
     for name, fn in jitted.items():
         setattr(module, name, Recorder(name, fn, launches, current_mode))
     try:
-        for mode in job.get("modes") or module.MODES:
+        for mode in modes:
             current_mode[0] = mode
-            module.run(meta(job["inputs"], dtype), meta(job["params"], dtype),
-                       {**job["dims"], **job.get("consts", {})}, states or None, True, mode=mode)
+            module.run(meta(job["inputs"], dtype), meta(job["params"], dtype), dims,
+                       states or None, True, mode=mode)
+        if job.get("training_module"):
+            record_training(module, import_module(job["training_module"]), job, modes, dims,
+                            current_mode, launches)
     finally:       # kernels call jitted helpers through these globals: compile with the real ones
         for name, fn in jitted.items():
             setattr(module, name, fn)
     return launches
+
+
+def record_training(module, torch_module, job: dict, modes, dims: dict, current_mode: list,
+                    launches: list) -> None:
+    """One training call a mode, as seqc's Triton backend makes it (seqc/autograd.py): the torch
+    module's `run` with the recurrence cores the mode trains with, on `meta` inputs, params and
+    initial states requiring grad, then `backward` with incoming gradients on every output and
+    final state. What the cores launch is recorded under the mode `<mode> training` (forward)
+    or `<mode> backward`, once a kernel and specialisation (the torch module runs time in slabs:
+    the next slab's launch is the same compile). Modes that train with the same cores are
+    recorded once."""
+    import torch
+
+    from seqc.autograd import training_cores
+    dtype = getattr(torch, TORCH_DTYPES[job["dtype"]])
+    seen: set = set()
+    for mode in modes:
+        cores = training_cores(module, {"mode": mode}, dims, dtype)
+        key = tuple(sorted((k, id(getattr(v, "func", v))) for k, v in cores.items()
+                           if callable(v)))
+        if not cores or key in seen:
+            continue
+        seen.add(key)
+        first = len(launches)
+
+        def leaves(shapes, dtype):
+            return {name: torch.empty(shape, dtype=dtype, device="meta", requires_grad=True)
+                    for name, shape in shapes.items()}
+
+        current_mode[0] = f"{mode} training"
+        outputs, final = torch_module.run(leaves(job["inputs"], dtype),
+                                          leaves(job["params"], dtype), dims,
+                                          leaves(job["states"], torch.float32) or None, True,
+                                          **cores)
+        results = [t for t in [*outputs.values(), *final.values()] if t.requires_grad]
+        current_mode[0] = f"{mode} backward"
+        torch.autograd.backward(results, [torch.empty_like(t) for t in results])
+        kept = {}
+        for launch in launches[first:]:
+            kept.setdefault(specialisation(launch), launch)
+        launches[first:] = list(kept.values())
+
+
+def specialisation(launch: dict) -> tuple:
+    """What makes two launches one compile: the kernel, its tensors' dtypes, its other
+    arguments and the launch options."""
+    import torch
+    args = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else repr(a) for a in launch["args"])
+    return (launch["kernel"], args, tuple(sorted((k, repr(v)) for k, v in launch["kwargs"].items())))
 
 
 def bind_launch(launch: dict, job: dict):
@@ -149,11 +206,15 @@ def bind_launch(launch: dict, job: dict):
     if callable(grid):
         grid = grid(bound)
     grid = [int(g) for g in grid]
+    # a training call's cores get the roles the (fp32) torch prelude computed: 16-bit data of a
+    # 16-bit call that reaches them as fp32 counts as upcast
+    training16 = launch["mode"].endswith((" training", " backward")) \
+        and job["dtype"] in SIXTEEN_BIT
     report = dict(kernel=launch["kernel"], mode=launch["mode"], grid=grid,
                   programs=math.prod(grid), warps=options.num_warps, stages=options.num_stages,
-                  sixteen_bit_pointers=any(str(t).lstrip("*") in SIXTEEN_BIT
-                                           for t in signature.values()
-                                           if str(t).startswith("*")))
+                  sixteen_bit_pointers=training16 or any(str(t).lstrip("*") in SIXTEEN_BIT
+                                                         for t in signature.values()
+                                                         if str(t).startswith("*")))
 
     def compile_it() -> dict:
         key = result_key(kernel_hash(source), job["arch"], options, triton.__version__)

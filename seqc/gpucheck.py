@@ -51,11 +51,13 @@ class Job:
     modes: list[str] | None = None
     cached_only: bool = False       # report kernels not in the kernel cache, compile nothing
     consts: dict[str, float] = field(default_factory=dict)   # the spec's consts, their defaults
+    training_module: str | None = None  # the spec's torch module: also record a training call
 
     def payload(self) -> dict:
         return dict(module=self.module, arch=self.arch, dtype=self.dtype, dims=self.dims,
                     consts=self.consts, inputs=self.inputs, params=self.params, states=self.states,
-                    modes=self.modes, cached_only=self.cached_only)
+                    modes=self.modes, cached_only=self.cached_only,
+                    training_module=self.training_module)
 
 
 @dataclass
@@ -160,10 +162,12 @@ def spec_jobs(program, dims: dict[str, int], shape: dict[str, int], archs, dtype
         return {t.name: first + [sizes[d] for d in t.dims] for t in tensors}
 
     module = emitted_module(program.emit("triton"))
+    training = emitted_module(program.emit("torch"))
     consts = const_values(spec, sizes, {}, [])
     return [Job(program.name, module, arch, dtype, sizes,
                 shapes(spec.inputs, lead[ir.TensorKind.INPUT]), shapes(spec.params, [sizes["H"]]),
-                shapes(spec.states, [sizes["B"], sizes["H"]]), consts=consts)
+                shapes(spec.states, [sizes["B"], sizes["H"]]), consts=consts,
+                training_module=training)
             for arch in archs for dtype in dtypes]
 
 
@@ -211,6 +215,8 @@ def job_key(job: Job) -> str:
 
     from .gpu_compile import RESULT_FORMAT
     payload = dict(job.payload(), module=Path(job.module).read_text(encoding="utf-8"))
+    if job.training_module:
+        payload["training_module"] = Path(job.training_module).read_text(encoding="utf-8")
     payload.pop("cached_only")
     text = json.dumps([payload, version("triton"), RESULT_FORMAT], sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]

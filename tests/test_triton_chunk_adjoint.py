@@ -88,15 +88,15 @@ def test_core_adjoint_strong_decays_fp32(decay):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 
-def assert_trains_through_core(name, core, function):
-    """The whole spec `name` on Triton: prelude by autograd, the recurrence by the core's
-    adjoint kernels (`function`, the core's autograd.Function in the module, its backward
+def assert_trains_through_core(name, core, function, mode=None):
+    """The whole spec `name` on Triton (in `mode`): prelude by autograd, the recurrence by the
+    core's adjoint kernels (`function`, the core's autograd.Function in the module, its backward
     counted: run once, at chunk size 16); T = 37 in chunks of 16, dims of 5; the gradients of
     every input, param and initial state equal the reference's."""
     program = seqc.load(name)
-    kernel = program.kernel("triton", chunk_size=16)
+    kernel = program.kernel("triton", chunk_size=16, **({"mode": mode} if mode else {}))
     module = kernel.module
-    assert core in module.CORES
+    assert core in module.CORES or core in module.MODE_CORES.get(mode, {}).values()
     dims = {d: 5 for d in SPECS[name].dims}
     x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=11)
     s = random_state(name, 1, 2, dims=dims, seed=11)
@@ -105,7 +105,7 @@ def assert_trains_through_core(name, core, function):
     calls = []
 
     def counted(ctx, *grads):
-        calls.append(ctx.chunk_size)
+        calls.append(getattr(ctx, "chunk_size", None) or ctx.settings[0])
         return backward(ctx, *grads)
 
     autograd_function.backward = staticmethod(counted)
@@ -120,15 +120,15 @@ def assert_trains_through_core(name, core, function):
 
 @pytest.mark.parametrize("name", CHUNK_SPECS)
 def test_chunk_specs_train_through_the_adjoint_kernels(name):
-    assert_trains_through_core(name, "chunk_core", "_ChunkCore")
+    assert_trains_through_core(name, "chunk_core", "_ChunkCore", mode="chunk")
 
 
 @pytest.mark.parametrize("name", ["gla", "simple_gla"])
 def test_minus_infinity_log_decays(name):
-    assert_resets_equal_the_reference(name)
+    assert_resets_equal_the_reference(name, mode="chunk")
 
 
-def assert_resets_equal_the_reference(name):
+def assert_resets_equal_the_reference(name, mode=None):
     """A -inf log decay resets the state (nothing decays across it): at step 3 (inside the first
     chunk), 16 (a chunk's first step), 20 and 36 (the last step); a key-wise spec on one lane
     only. Outputs, final state and every gradient finite and equal to the reference's."""
@@ -141,7 +141,7 @@ def assert_resets_equal_the_reference(name):
             x["g"][0, t, 1, 2] = float("-inf")
         else:
             x["g"][0, t, 1] = float("-inf")
-    kernel = program.kernel("triton", chunk_size=16)
+    kernel = program.kernel("triton", chunk_size=16, **({"mode": mode} if mode else {}))
     got = gradients_of(kernel, x, p, s)
     want = gradients_of(program.kernel("reference"), x, p, s)
     assert_gradients_equal(got, want, f"{name} with -inf log decays")
@@ -153,15 +153,17 @@ def assert_resets_equal_the_reference(name):
                                atol=1e-4)
 
 
-def counted_training_step(program, sizes):
-    """(forward bytes, backward bytes, the call's compulsory bytes) of one Triton call with an
-    initial state and its `loss.backward()` under a random incoming gradient, sizes `sizes`."""
+def counted_training_step(program, sizes, **options):
+    """(forward bytes, backward bytes, the call's compulsory bytes) of one Triton call (kernel
+    `options`) with an initial state and its `loss.backward()` under a random incoming gradient,
+    sizes `sizes`."""
     from seqc.bench_io import compulsory
     from seqc.inputs import random_call
     tensors, s = random_call(program.spec, sizes, seed=5, with_initial_state=True)
     leaves = {n: t.clone().requires_grad_() for n, t in tensors.items()}
     with counting() as forward:
-        out = program.kernel("triton")(**leaves, initial_state=s, output_final_state=True)
+        out = program.kernel("triton", **options)(**leaves, initial_state=s,
+                                                  output_final_state=True)
     read, written = compulsory({**tensors, **s}, {n: out[n] for n in out.keys()},
                                out.final_state)
     gen = torch.Generator().manual_seed(6)
@@ -180,7 +182,8 @@ def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
     once), dims of 64, T = 128 in chunks of 64, with an initial state."""
     program = seqc.load(name)
     forward, backward, compulsory = counted_training_step(
-        program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}})
+        program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},
+        mode="chunk")
     assert backward / compulsory <= 2.5, f"{name}: backward traffic {backward / compulsory:.2f}x"
     assert forward / compulsory <= 1.3, \
         f"{name}: training forward traffic {forward / compulsory:.2f}x"

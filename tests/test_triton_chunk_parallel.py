@@ -149,17 +149,27 @@ def test_default_mode_by_programs_against_sms():
 
 @pytest.mark.parametrize("name", ["simple_gla", "gla"])
 def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
-    """`seqc gpu-check`, cold cache: both kernels compile for sm_90a at K = V = 64 on bf16 with
-    0 spill bytes, shared memory within the limit and wgmma instructions, 16-bit operands in
-    their dots; the output kernel runs a program per (value block, chunk, batch x head)."""
+    """`seqc gpu-check`, cold cache: both kernels, and the training core's four
+    (chunk_parallel_core.md: forward and adjoint state passes are one kernel), compile for
+    sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory within the limit and wgmma
+    instructions, 16-bit operands in their dots; the output kernel runs a program per (value
+    block, chunk, batch x head)."""
     from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
         job.modes = ["chunk_parallel"]
-    checks = {c.result["kernel"]: c for c in run_jobs(jobs, workers=1, timeout=300)}
-    assert set(checks) == {"chunk_parallel_state_kernel", "chunk_parallel_output_kernel"}
-    assert checks["chunk_parallel_output_kernel"].result["grid"] == [1, 64, 64]
+    checks = {(c.result["mode"], c.result["kernel"]): c
+              for c in run_jobs(jobs, workers=1, timeout=300)}
+    assert set(checks) == {
+        ("chunk_parallel", "chunk_parallel_state_kernel"),
+        ("chunk_parallel", "chunk_parallel_output_kernel"),
+        ("chunk_parallel training", "_cp_state_pass_kernel"),
+        ("chunk_parallel training", "_cp_fwd_output_kernel"),
+        ("chunk_parallel backward", "_cp_state_pass_kernel"),
+        ("chunk_parallel backward", "_cp_bwd_dv_kernel"),
+        ("chunk_parallel backward", "_cp_bwd_dqk_kernel")}
+    assert checks["chunk_parallel", "chunk_parallel_output_kernel"].result["grid"] == [1, 64, 64]
     for check in checks.values():
         assert check.problems() == [] and check.spill == 0, check.result
         assert check.tensor_core > 0 and check.dot16 == "bf16", check.result

@@ -44,15 +44,17 @@ def emit(program, plan=None) -> str:
 def adjoint_cores(plan, modes) -> list[str]:
     """The recurrence cores with adjoint kernels this module carries, for the torch module's
     groups to run on in training: `chunk` (chunk_core.md) when the chunk kernel runs and every
-    chunk group has one query and one write a step; `scan` (scan_core.md) when the Plan has an
-    elementwise (uncoupled) scan group or a semiring group and a parallel kernel runs;
-    `chunk_delta` (chunk_delta_core.md) when the chunk_delta kernel runs and every delta group
-    has one query (deltanet, gated_deltanet, kda; deltaproduct's delta steps run as the delta
-    rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the chunk_dplr kernel runs and
-    every diagonal-plus-low-rank group has one query and one write a token (rwkv7, comba);
-    `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a semiring group
-    (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan` (coupled_scan_core.md, with
-    `scan`, the mode such a Plan runs in) when it has a coupled scan group."""
+    chunk group has one query and one write a step, and then `chunk_parallel`
+    (chunk_parallel_core.md, the `chunk_parallel` mode's) when that mode runs; `scan`
+    (scan_core.md) when the Plan has an elementwise (uncoupled) scan group or a semiring group
+    and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md) when the chunk_delta kernel
+    runs and every delta group has one query (deltanet, gated_deltanet, kda; deltaproduct's delta
+    steps run as the delta rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the
+    chunk_dplr kernel runs and every diagonal-plus-low-rank group has one query and one write a
+    token (rwkv7, comba); `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a
+    semiring group (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan`
+    (coupled_scan_core.md, with `scan`, the mode such a Plan runs in) when it has a coupled scan
+    group."""
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
@@ -61,6 +63,8 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in chunks):
         cores.append("chunk")
+        if "chunk_parallel" in modes:       # its training core: chunk_parallel_core.md
+            cores.append("chunk_parallel")
     semirings = any(g.kind == "semiring" for g in plan.groups)
     coupled = any(g.kind == "scan" and g.coupling for g in plan.groups)
     if semirings or coupled or any(g.kind == "scan" and not g.coupling for g in plan.groups):

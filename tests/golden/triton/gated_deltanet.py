@@ -933,6 +933,9 @@ def _delta_steps(keys, write_keys, values, log_decay):
 CORES = {
     "chunk_delta_core": chunk_delta_core,
 }
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+MODE_CORES = {
+}
 
 def _constants(dims):
     """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""

@@ -1017,15 +1017,454 @@ def chunk_core(queries, keys, values, log_decay, state, chunk_size):
     o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
     return [o.transpose(1, 2)], final
 
+
+
+# ---- the parallel chunk core and its adjoint, for training (chunk_parallel_core.md) ----
+
+
+@triton.jit
+def _cp_cumulate(d, last):
+    """Log2 gates of a chunk with hard resets (gates.md): d the log decays ([BLOCK_T] or
+    [BLOCK_T, BLOCK_K], -inf a reset), `last` selects the chunk's last row. Returns G (finite
+    gates cumulated, log2), R (resets counted), G0 (from the chunk start, -inf after a reset),
+    Gend (to the chunk end, -inf across a reset) and Glast0 (the whole chunk's gate)."""
+    reset = d == float("-inf")
+    G = tl.cumsum(tl.where(reset, 0.0, d * 1.4426950408889634), axis=0)
+    R = tl.cumsum(reset.to(d.dtype), axis=0)
+    Glast = tl.sum(tl.where(last, G, 0.0), axis=0)
+    Rlast = tl.sum(tl.where(last, R, 0.0), axis=0)
+    G0 = tl.where(R == 0.0, G, float("-inf"))
+    Gend = tl.where(R == Rlast, Glast - G, float("-inf"))
+    Glast0 = tl.where(Rlast == 0.0, Glast, float("-inf"))
+    return G, R, G0, Gend, Glast0
+
+
+@triton.jit
+def _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
+                    BLOCK_T: tl.constexpr, K, ACC: tl.constexpr):
+    """The chunk's log decays (0 past T) and their log2 cumulations (_cp_cumulate): per step
+    ([BLOCK_T]) for a scalar decay (DECAY 1), per step and key lane for a key-wise one (2)."""
+    last = o_t == BLOCK_T - 1
+    if DECAY == 2:
+        d = tl.load(ptr_g + base[:, None] * K + o_k[None, :],
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(ACC)
+        G, R, G0, Gend, Glast0 = _cp_cumulate(d, last[:, None])
+    else:
+        d = tl.load(ptr_g + base, mask=mask_t, other=0.0).to(ACC)
+        G, R, G0, Gend, Glast0 = _cp_cumulate(d, last)
+    return d, G, R, G0, Gend, Glast0
+
+
+@triton.jit
+def _cp_causal_decay(G, R, o_t):
+    """M[t, s] = 2^(G_t - G_s) for s <= t with no reset between them, else 0 (scalar gates)."""
+    keep = (o_t[:, None] >= o_t[None, :]) & (R[:, None] == R[None, :])
+    return tl.exp2(tl.where(keep, G[:, None] - G[None, :], float("-inf")))
+
+
+@triton.jit
+def _cp_anchor(G, R, o_t, c, SUB_T: tl.constexpr):
+    """The factors re-anchoring key-wise gates at the end of sub-chunk c - 1 (n, its count rn):
+    rows 2^(G_t - n), columns 2^(n - G_s), both <= 1 (0 across a reset; keywise_scores.md)."""
+    at = (o_t == c * SUB_T - 1)[:, None]
+    n = tl.sum(tl.where(at, G, 0.0), axis=0)
+    rn = tl.sum(tl.where(at, R, 0.0), axis=0)
+    rows = tl.exp2(tl.where(R == rn[None, :], tl.minimum(G - n[None, :], 0.0), float("-inf")))
+    cols = tl.exp2(tl.where(rn[None, :] == R, tl.minimum(n[None, :] - G, 0.0), float("-inf")))
+    return rows, cols
+
+
+@triton.jit
+def _cp_column(x, o_t, j):
+    """Row j of a [BLOCK_T, ...] block."""
+    return tl.sum(tl.where((o_t == j)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _cp_keywise_scores(q, k, G, R, o_t, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
+                       DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """A[t, s] = sum_d q_td k_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over this key
+    block: sub-chunks off the diagonal by tl.dot of re-anchored factors, the diagonal ones
+    column by column (keywise_scores.md)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=G.dtype)
+    for c in tl.static_range(1, BLOCK_T // SUB_T):
+        rows, cols = _cp_anchor(G, R, o_t, c, SUB_T)
+        block = ((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :]
+        A += tl.where(block, tl.dot((q * rows).to(DOT), tl.trans((k * cols).to(DOT)),
+                                    input_precision=PRECISION), 0.0)
+    for j in range(0, BLOCK_T):
+        g_j = _cp_column(G, o_t, j)
+        r_j = _cp_column(R, o_t, j)
+        decay = tl.exp2(tl.where(R == r_j[None, :], tl.minimum(G - g_j[None, :], 0.0),
+                                 float("-inf")))
+        column = tl.sum(q * _cp_column(k, o_t, j)[None, :] * decay, axis=1)
+        diagonal = ((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j)
+        A += tl.where(diagonal[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T: tl.constexpr,
+                            SUB_T: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """dq, dk plus the intra-chunk gradients of the key-wise scores given dA [t, s] (causal):
+    dq_t += sum_{s<=t} dA_ts k_s 2^(G_t - G_s), dk_s += sum_{t>=s} dA_ts q_t 2^(G_t - G_s) per
+    lane, split into sub-chunks as _cp_keywise_scores."""
+    for c in tl.static_range(1, BLOCK_T // SUB_T):
+        rows, cols = _cp_anchor(G, R, o_t, c, SUB_T)
+        block = ((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :]
+        dA_c = tl.where(block, dA, 0.0).to(DOT)
+        dq += rows * tl.dot(dA_c, (k * cols).to(DOT), input_precision=PRECISION)
+        dk += cols * tl.dot(tl.trans(dA_c), (q * rows).to(DOT), input_precision=PRECISION)
+    for j in range(0, BLOCK_T):
+        g_j = _cp_column(G, o_t, j)
+        r_j = _cp_column(R, o_t, j)
+        diagonal = ((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j)
+        decay = tl.where(diagonal[:, None] & (R == r_j[None, :]),
+                         tl.exp2(tl.minimum(G - g_j[None, :], 0.0)), 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * _cp_column(k, o_t, j)[None, :] * decay
+        dk += tl.where((o_t == j)[:, None], tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :],
+                       0.0)
+    return dq, dk
+
+
+@triton.jit
+def _cp_rows(n, i_b, i_h, T, H, BLOCK_T: tl.constexpr):
+    """The steps of chunk n: their token index (b, t, h) and mask, and the offsets in a chunk."""
+    o_t = tl.arange(0, BLOCK_T)
+    rows = n * BLOCK_T + o_t
+    mask_t = rows < T
+    return o_t, (i_b * T + rows) * H + i_h, mask_t
+
+
+@triton.jit
+def _cp_load(ptr, base, mask_t, o_x, mask_x, X):
+    """A [BLOCK_T, BLOCK_X] block of a [B, T, H, X] tensor, 0 past T and in padded lanes."""
+    return tl.load(ptr + base[:, None] * X + o_x[None, :], mask=mask_t[:, None] & mask_x[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _cp_state_pass_kernel(
+    ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """A state pass: one program per (key block, value block, batch x head) walks the chunks,
+    storing the state at each chunk's boundary (fp32), then the last one. Forward (x = k,
+    y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] + (k 2^Gend)^T v. The
+    adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the gradient of the state leaving
+    chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the initial state's."""
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_k, mask_v = o_k < K, o_v < V
+    offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
+    if HAS_START:
+        S = tl.load(ptr_start + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    else:
+        S = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
+    for i_n in range(0, NT):
+        n = NT - 1 - i_n if REVERSE else i_n
+        tl.store(ptr_states + (i_bh * NT + n) * K * V + offs_kv, S, mask=mask_kv)
+        o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+        x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
+        y = _cp_load(ptr_y, base, mask_t, o_v, mask_v, V)
+        if DECAY > 0:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            gate = G0 if REVERSE else Gend
+            if DECAY == 2:
+                S = S * tl.exp2(Glast0)[:, None]
+                x = (x.to(ACC) * tl.exp2(gate)).to(DOT)
+            else:
+                S = S * tl.exp2(Glast0)
+                x = (x.to(ACC) * tl.exp2(gate)[:, None]).to(DOT)
+        S += tl.dot(tl.trans(x), y, input_precision=PRECISION)
+    tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
+
+
+@triton.jit
+def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, n, i_bh, base, mask_t, o_t, o_v, mask_v,
+                        T, NT, K, V, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+                        KEYS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """Over key blocks, for chunk n and one value block: the scores A [t, s] = q_t . k_s
+    (decayed when key-wise; a scalar gate is the caller's) and the read x @ state[n] [BLOCK_T,
+    BLOCK_V] of the stored states, x = q (2^G0 q when key-wise: the forward outputs) or, with
+    KEYS, x = k (2^Gend k when key-wise: dv)."""
+    read = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+        state = tl.load(ptr_state + (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(DOT)
+        if DECAY == 2:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            if KEYS:
+                x = (k.to(ACC) * tl.exp2(Gend)).to(DOT)
+            else:
+                x = (q.to(ACC) * tl.exp2(G0)).to(DOT)
+            A += _cp_keywise_scores(q.to(ACC), k.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
+                                    PRECISION)
+        else:
+            x = k if KEYS else q
+            A += tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        read += tl.dot(x, state, input_precision=PRECISION)
+    return read, A
+
+
+@triton.jit
+def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
+                DECAY: tl.constexpr, KEYS: tl.constexpr, ACC: tl.constexpr):
+    """The scalar gate applied after the key loop (2^G0 on q's read, 2^Gend on k's, the causal
+    decay mask on A), or the causal mask alone without a gate."""
+    if DECAY == 1:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        read = read * tl.exp2(Gend if KEYS else G0)[:, None]
+        A = A * _cp_causal_decay(G, R, o_t)
+    elif DECAY == 0:
+        A = tl.where(o_t[:, None] >= o_t[None, :], A, 0.0)
+    return read, A
+
+
+@triton.jit
+def _cp_fwd_output_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Forward outputs: one program per (value block, chunk, batch x head),
+    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks."""
+    i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_v = o_v < V
+    out, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_h, n, i_bh, base, mask_t, o_t, o_v,
+                                 mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
+                                 False, ACC, DOT, PRECISION)
+    out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
+    v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+    out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
+    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out,
+             mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cp_bwd_dv_kernel(
+    ptr_q, ptr_k, ptr_g, ptr_dh, ptr_do, ptr_dv, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dv over one (value block, chunk, batch x head):
+    dv_s = (k_s 2^Gend_s)^T dh[n] + sum_{t>=s} A_ts do_t, the scores A over key blocks."""
+    i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_v = o_v < V
+    dv, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_dh, n, i_bh, base, mask_t, o_t, o_v,
+                                mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
+                                True, ACC, DOT, PRECISION)
+    dv, A = _cp_decayed(dv, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC)
+    do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+    dv += tl.dot(tl.trans(A.to(DOT)), do, input_precision=PRECISION)
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+             mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cp_bwd_dqk_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_dh, ptr_do, ptr_dq, ptr_dk, ptr_dg, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dq, dk and the gate gradient over one (key block, chunk, batch x head), over value blocks
+    (chunk_parallel_core.md): the state parts 2^G0 (do h[n]^T) and 2^Gend (v dh[n]^T), the
+    intra-chunk part from dA_ts = do_t . v_s; dg by the reverse cumsum inside the chunk of
+    q dq - k dk, plus the chunk's last step's share of the state it leaves."""
+    i_k, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    dA = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    hdh = tl.zeros([BLOCK_K], dtype=ACC)               # sum_v h[n] * dh[n], per key lane
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        offs = (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :]
+        mask_kv = mask_k[:, None] & mask_v[None, :]
+        h = tl.load(ptr_h + offs, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + offs, mask=mask_kv, other=0.0)
+        do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+        dA += tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION)
+        dk += tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION)
+        if DECAY > 0:
+            hdh += tl.sum(h * dh, axis=1)
+    q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+    k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+    dA = tl.where(o_t[:, None] >= o_t[None, :], dA, 0.0)
+    if DECAY == 0:
+        dq += tl.dot(dA.to(DOT), k, input_precision=PRECISION)
+        dk += tl.dot(tl.trans(dA.to(DOT)), q, input_precision=PRECISION)
+    else:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        if DECAY == 2:
+            dq = dq * tl.exp2(G0)
+            dk = dk * tl.exp2(Gend)
+        else:
+            dq = dq * tl.exp2(G0)[:, None]
+            dk = dk * tl.exp2(Gend)[:, None]
+        # dL/db of the chunk's last step through the state it leaves (dk holds its state part):
+        # sum_v dh * (2^Glast0 h + sum_s (k_s 2^Gend_s)^T v_s), per key lane
+        leaving = tl.exp2(Glast0) * hdh + tl.sum(k.to(ACC) * dk, axis=0)
+        if DECAY == 2:
+            dq, dk = _cp_keywise_score_grads(dq, dk, dA, q.to(ACC), k.to(ACC), G, R, o_t,
+                                             BLOCK_T, SUB_T, DOT, PRECISION)
+        else:
+            dM = (dA * _cp_causal_decay(G, R, o_t)).to(DOT)
+            dq += tl.dot(dM, k, input_precision=PRECISION)
+            dk += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
+        dG = q.to(ACC) * dq - k.to(ACC) * dk
+        dG += tl.where((o_t == BLOCK_T - 1)[:, None], leaving[None, :], 0.0)
+        dg = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG      # reverse cumsum
+        if DECAY == 2:
+            dg = tl.where(d == float("-inf"), 0.0, dg)
+            tl.store(ptr_dg + base[:, None] * K + o_k[None, :], dg,
+                     mask=mask_t[:, None] & mask_k[None, :])
+        else:
+            dg = tl.where(d == float("-inf"), 0.0, tl.sum(tl.where(mask_k[None, :], dg, 0.0),
+                                                          axis=1))
+            tl.store(ptr_dg + i_k * (tl.num_programs(2) * T) + base, dg, mask=mask_t)
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
+    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+
+
+def _cp_blocks(K, V, decay, chunk_size):
+    """Blocks and warps (chunk_parallel_core.md, "Blocks"): BLOCK_T, SUB_T, the key block of the
+    state passes, of the output and dv kernels' scores and of the dq/dk kernel, the value block,
+    and the warps of the kernels other than dq/dk (which runs 8)."""
+    block_t = max(16, _pow2(chunk_size))
+    block_k = min(64, max(16, _pow2(K)))
+    block_v = min(64, max(16, _pow2(V)))
+    keywise = decay == 2
+    return dict(block_t=block_t, sub_t=min(16, block_t),
+                state_k=min(block_k, 32) if keywise else block_k,
+                scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
+                block_v=block_v, warps=8 if keywise else 4)
+
+
+class _ChunkParallelCore(torch.autograd.Function):
+    """(o, S_T) of the chunk recurrence by the parallel kernels; the forward keeps the fp32
+    chunk states h [B, H, NT, K, V], the backward is the adjoint kernels alone."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision):
+        compute = q.dtype
+        dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
+        q, k, v = (x.to(dot).contiguous() for x in (q, k, v))
+        g = None if g is None else g.contiguous()
+        s0 = s0.to(compute).contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        decay = 0 if g is None else (2 if g.dim() == 4 else 1)
+        b = _cp_blocks(K, V, decay, chunk_size)
+        NT, NV = triton.cdiv(T, b["block_t"]), triton.cdiv(V, b["block_v"])
+        acc, tl_dot = _acc(s0), _TL_DTYPES[dot]
+        precision = precision or ("tf32" if dot == torch.float32 else "ieee")
+        o = torch.empty((B, T, H, V), dtype=compute, device=q.device)
+        h = torch.empty((B, H, NT, K, V), dtype=compute, device=q.device)
+        final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
+        g_ptr = q if g is None else g
+        _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
+            k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
+            decay, False, True, acc, tl_dot, precision, num_warps=b["warps"])
+        _cp_fwd_output_kernel[(NV, NT, B * H)](
+            q, k, v, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        ctx.save_for_backward(q, k, v, g, h)
+        ctx.settings = (chunk_size, decay, compute, precision)
+        return o, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, dfinal):
+        q, k, v, g, h = ctx.saved_tensors
+        chunk_size, decay, compute, precision = ctx.settings
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        b = _cp_blocks(K, V, decay, chunk_size)
+        NT, NV = triton.cdiv(T, b["block_t"]), triton.cdiv(V, b["block_v"])
+        NK = triton.cdiv(K, b["dqk_k"])
+        acc, tl_dot = _acc(h), _TL_DTYPES[q.dtype]
+        do = torch.zeros_like(v) if do is None else do.to(q.dtype).contiguous()
+        dh = torch.empty_like(h)
+        ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
+        dq = torch.empty((B, T, H, K), dtype=compute, device=q.device)
+        dk, dv = torch.empty_like(dq), torch.empty((B, T, H, V), dtype=compute, device=q.device)
+        dg = None if g is None else torch.empty(
+            ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=q.device)
+        g_ptr = q if g is None else g
+        dfinal = None if dfinal is None else dfinal.contiguous()
+        _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
+            q, do, g_ptr, ds0 if dfinal is None else dfinal, dh, ds0, T, H, NT, K, V,
+            b["block_t"], b["state_k"], b["block_v"], decay, True, dfinal is not None, acc,
+            tl_dot, precision, num_warps=b["warps"])
+        _cp_bwd_dv_kernel[(NV, NT, B * H)](
+            q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        _cp_bwd_dqk_kernel[(NK, NT, B * H)](
+            q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
+            b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot, precision,
+            num_warps=8)
+        if decay == 1:
+            dg = dg.sum(0)
+        return dq, dk, dv, dg, ds0, None, None, None
+
+
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
+def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot_dtype=None,
+                        precision=None):
+    """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
+    state) on the parallel kernels, one query and one write a step; q, k, v dot in `dot_dtype`
+    when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation."""
+    (q,), (k,), (v,) = queries, keys, values
+    o, final = _ChunkParallelCore.apply(q, k, v, log_decay, state, chunk_size, dot_dtype,
+                                        precision)
+    return [o.transpose(1, 2)], final
+
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
     "chunk_core": chunk_core,
 }
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+MODE_CORES = {
+    "chunk_parallel": {"chunk_core": chunk_parallel_core},
+}
 
 # `mode=None` here: the single-kernel `chunk` form runs B x H x value blocks programs, each walking
 # the whole sequence; below twice an H100's 132 SMs the two-kernel `chunk_parallel` runs instead
-# (docs/backends.md, "Triton chunk modes"). Training keeps DEFAULT_MODE's adjoint core.
+# (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: MODE_CORES.
 PARALLEL_BELOW = 2 * 132
 
 

@@ -626,6 +626,9 @@ def scan_core(coefficient, offset, state, chunk_size):
 CORES = {
     "scan_core": scan_core,
 }
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+MODE_CORES = {
+}
 
 def _constants(dims):
     """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""

@@ -1,0 +1,182 @@
+"""The parallel chunk core of the Triton backend, training in the `chunk_parallel` mode
+(backends/triton/chunk_parallel_core.py.j2, chunk_parallel_core.md): forward state pass + output
+kernel keeping the fp32 chunk states, backward an adjoint state pass and dv, dq/dk/dg kernels
+parallel over chunks, gate gradients by the reverse cumsum inside each chunk.
+
+Checked on its own against the torch `_chunk`'s autograd (fp64, rtol 1e-10: the same sums in
+another order) with chunks of 32 (sub-chunks of 16: the key-wise off-diagonal path) and dims
+beyond one block (K = 70, V = 66: several key and value blocks, the scalar gate's per-key-block
+gradient shares summed), and through whole specs against the reference's autograd (fp32, rtol
+1e-4), with -inf log decays (hard resets) inside a chunk and at a chunk's first step.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from seqc.autograd import training_cores  # noqa: E402
+from test_triton_chunk_adjoint import (  # noqa: E402
+    assert_resets_equal_the_reference, assert_trains_through_core, core_gradients, core_inputs,
+    counted_training_step, modules)
+
+pytestmark = pytest.mark.triton
+PARALLEL_SPECS = ["simple_gla", "retnet", "mamba2", "linear_attn", "gla", "hgrn2"]
+
+
+def parallel_core(dtype):
+    return functools.partial(modules()[0].chunk_parallel_core, dot_dtype=dtype)
+
+
+@contextlib.contextmanager
+def parallel_core_backwards(name):
+    """The calls of `name`'s _ChunkParallelCore.backward inside the block (a list)."""
+    function = seqc.load(name).kernel("triton").module._ChunkParallelCore
+    backward, calls = function.backward, []
+
+    def counted(ctx, *grads):
+        calls.append(ctx.settings)
+        return backward(ctx, *grads)
+
+    function.backward = staticmethod(counted)
+    try:
+        yield calls
+    finally:
+        function.backward = staticmethod(backward)
+
+
+@pytest.mark.parametrize("decay, K, V, chunk", [
+    (decay, 5, 3, 32) for decay in ("none", "scalar", "keywise")] + [
+    ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 16)])
+def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
+    """T = 37: the last chunk ragged; every output, the final state and every gradient. K = 70
+    is two key blocks of 64, a key-wise K = 20 two of 16 (its blocks), V = 66 two value blocks."""
+    tensors = core_inputs(decay, K=K, V=V)
+    got = core_gradients(parallel_core(torch.float64), tensors, chunk)
+    want = core_gradients(modules()[1]._chunk, tensors, chunk)
+    names = ["o", "final state", "dq", "dk", "dv"] + (["dg"] if decay != "none" else []) + ["ds0"]
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{decay}: {name}: {m}")
+
+
+@pytest.mark.parametrize("decay", ["scalar", "keywise"])
+def test_core_adjoint_strong_decays_fp32(decay):
+    """Log gates near -8 a step, chunks of 32: every exponent formed stays <= 0 (re-anchored
+    sub-chunks for the key-wise gate), nothing overflows."""
+    tensors = core_inputs(decay, dtype=torch.float32, seed=3, strength=8.0)
+    got = core_gradients(functools.partial(parallel_core(None), precision="ieee"), tensors, 32)
+    want = core_gradients(modules()[1]._chunk,
+                          [None if t is None else t.double() for t in tensors], 32)
+    for a, b in zip(got, want):
+        a, b = a.detach().double(), b.detach()
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("name", PARALLEL_SPECS)
+def test_chunk_parallel_specs_train_through_the_parallel_core(name):
+    """`mode=None` at this small shape runs chunk_parallel (few programs), so training runs its
+    core: the backward is _ChunkParallelCore's, gradients of every input, param and initial state
+    equal the reference's."""
+    assert_trains_through_core(name, "chunk_core", "_ChunkParallelCore")
+
+
+@pytest.mark.parametrize("name", ["gla", "simple_gla"])
+def test_minus_infinity_log_decays(name):
+    """-inf at steps 3 and 20 (inside chunks), 16 (a chunk's first step) and 36 (the last),
+    through the parallel core's adjoint."""
+    with parallel_core_backwards(name) as calls:
+        assert_resets_equal_the_reference(name, mode="chunk_parallel")
+    assert len(calls) == 1
+
+
+def test_training_follows_the_mode():
+    """chunk_parallel (forced, or chosen by mode=None below 2 x 132 programs) trains on the
+    parallel core with the call's 16-bit dtype for its dots; `chunk` (forced, or chosen at a
+    large B x H) on chunk_core."""
+    module = seqc.load("simple_gla").kernel("triton").module
+    small = dict(B=1, T=64, H=2, K=64, V=64)
+    large = dict(B=8, T=64, H=64, K=64, V=64)
+    chosen = training_cores(module, {}, small, torch.bfloat16)["chunk_core"]
+    assert chosen.func is module.chunk_parallel_core
+    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
+    forced = training_cores(module, {"mode": "chunk_parallel", "precision": "ieee"}, large,
+                            torch.float32)["chunk_core"]
+    assert forced.func is module.chunk_parallel_core and forced.keywords["precision"] == "ieee"
+    assert training_cores(module, {}, large)["chunk_core"] is module.chunk_core
+    assert training_cores(module, {"mode": "chunk"}, small)["chunk_core"] is module.chunk_core
+    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+
+
+def test_bf16_training_dots_in_bf16():
+    """A bf16 call: the core's kernels get q, k, v and do in bf16 (rounded once), gradients
+    within bf16 rounding of the fp32 ones."""
+    module = modules()[0]
+    tensors = core_inputs("scalar", dtype=torch.float32, K=16, V=16, seed=4)
+    seen = []
+    launch = module._cp_state_pass_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                seen.append(args[0].dtype)
+                return launch[grid](*args, **kwargs)
+            return run
+
+    module._cp_state_pass_kernel = Spy()
+    try:
+        got = core_gradients(parallel_core(torch.bfloat16), tensors, 16)
+    finally:
+        module._cp_state_pass_kernel = launch
+    assert seen == [torch.bfloat16, torch.bfloat16]        # forward k, backward q
+    want = core_gradients(parallel_core(None), tensors, 16)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.05,
+                                   atol=0.02 * max(1.0, b.abs().max().item()))
+
+
+def test_backward_traffic():
+    """Bytes the kernels load and store during `loss.backward()` against the forward call's
+    compulsory traffic, dims of 64, T = 128 in chunks of 64, fp32, with an initial state
+    (chunk_parallel_core.md, "Traffic": 3.4x for a scalar gate; the single-program chunk_core
+    moves 1.9x but runs B x H programs)."""
+    name, bound = "simple_gla", 3.5
+    program = seqc.load(name)
+    with parallel_core_backwards(name) as calls:
+        forward, backward, compulsory = counted_training_step(
+            program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},
+            mode="chunk_parallel")
+    assert len(calls) == 1
+    assert backward / compulsory <= bound, f"{name}: backward traffic {backward / compulsory:.2f}x"
+    assert forward / compulsory <= 1.9, f"{name}: forward traffic {forward / compulsory:.2f}x"
+
+
+def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
+    """`seqc gpu-check` records a training call (forward + backward) per set of cores the modes
+    train with: here, without compiling (cached_only), the parallel core's launches under
+    `chunk_parallel training` / `chunk_parallel backward` (the state pass twice: forward and
+    reversed, two compiles) and chunk_core's under `chunk ...`, each once, at their grids (the
+    torch module runs time in slabs of 1024 steps: 16 chunks of 64)."""
+    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load("simple_gla"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
+    for job in jobs:
+        job.cached_only = True
+    launches = [(c.result["mode"], c.result["kernel"], c.result["grid"])
+                for c in run_jobs(jobs, workers=1, timeout=300)]
+    training = [launch for launch in launches if launch[0].endswith((" training", " backward"))]
+    assert sorted(training) == sorted([
+        ("chunk training", "_chunk_core_fwd_kernel", [64]),
+        ("chunk backward", "_chunk_core_bwd_kernel", [64]),
+        ("chunk_parallel training", "_cp_state_pass_kernel", [1, 1, 64]),
+        ("chunk_parallel training", "_cp_fwd_output_kernel", [1, 16, 64]),
+        ("chunk_parallel backward", "_cp_state_pass_kernel", [1, 1, 64]),
+        ("chunk_parallel backward", "_cp_bwd_dv_kernel", [1, 16, 64]),
+        ("chunk_parallel backward", "_cp_bwd_dqk_kernel", [1, 16, 64]),
+    ]), launches
