@@ -67,11 +67,18 @@ class ContextParallelKernel:
         compute = torch.float64 if call.dtype == torch.float64 else torch.float32
         initial = _initial_states(spec, call, compute)
         roles = Roles(plan, {**call.inputs, **call.params}, call.dims, compute, call.device)
+        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
         summaries, starts = [], []
         for group, combine in zip(plan.groups, self.combines):
-            summaries += shard_summary(group, combine, roles, spec, self._torch_cores())
-            starts.append(to_layout(group, spec, initial))
-        fold = _Fold(self.combines, summaries, starts, dist.get_rank(self.group))
+            start = to_layout(group, spec, initial)
+            if rank == 0:           # it knows the state before its shard: a constant map
+                summaries += shard_summary(group, combine, roles, spec, self._torch_cores(), start)
+            elif rank < world - 1 or output_final_state:
+                summaries += shard_summary(group, combine, roles, spec, self._torch_cores())
+            else:                   # the last rank's summary serves only the final state
+                summaries += unused_summary(group, start)
+            starts.append(start)
+        fold = _Fold(self.combines, summaries, starts, rank)
         incoming, final = _Exchange.apply(fold, self.group, fold.summaries.pack(summaries),
                                           fold.states.pack(starts))
         incoming = _as_states(plan.groups, spec, fold.states.unpack(incoming))
@@ -114,25 +121,50 @@ class Roles:
         sizes = self.sizes
         return value.expand(sizes["B"], sizes["T"], sizes["H"], *(sizes[d] for d in dims))
 
-    def zeros(self, *dims: str | int) -> torch.Tensor:
-        """Zeros [B, T, H, *dims] (a dim by name or size)."""
-        sizes = self.sizes
-        shape = [sizes[d] if isinstance(d, str) else d for d in dims]
-        return torch.zeros(sizes["B"], sizes["T"], sizes["H"], *shape, dtype=self.dtype,
-                           device=self.device)
+    def zeros(self, *dims: str | int, lead=("B", "T", "H")) -> torch.Tensor:
+        """Zeros [B, T, H, *dims] (a dim by name or size; `lead=("B", "H")`: a state's)."""
+        shape = [self.sizes[d] if isinstance(d, str) else d for d in (*lead, *dims)]
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
 
-def shard_summary(group, combine, roles: Roles, spec: ir.Spec, cores) -> list[torch.Tensor]:
+def shard_summary(group, combine, roles: Roles, spec: ir.Spec, cores,
+                  start=None) -> list[torch.Tensor]:
     """The combine's element for the whole shard: elementwise kinds reduce one element a step in
     log2(T) rounds of the combine; the matrix kinds run the torch backend's chunkwise function
-    once, without queries (no outputs), from a state that yields the summary."""
-    if group.kind == "chunk" and hasattr(cores, "_chunk"):
-        return _chunk_summary(group, roles, cores)
-    if group.kind == "chunk_delta" and hasattr(cores, "_chunk_delta"):
-        return _delta_summary(group, roles, cores)
-    if group.kind == "chunk_dplr" and hasattr(cores, "_chunk_dplr"):
-        return _dplr_summary(group, roles, cores)
-    return list(reduce_in_order(combine, step_elements(group, roles, spec)))
+    once, without queries (no outputs), from a state that yields the summary.
+
+    Given `start`, the state before the shard (rank 0 knows it), the element is the constant map
+    to the state after it, (0, F(start)) (a semiring's 0 is -inf): the matrix kinds then run
+    from `start` at the state's width, with no K x K transition to form."""
+    matrix = getattr(cores, "_" + group.kind, None) if group.kind in MATRIX_KINDS else None
+    if matrix is not None:
+        return SUMMARIES[group.kind](group, roles, matrix, start)
+    element = reduce_in_order(combine, step_elements(group, roles, spec))
+    if start is None:
+        return list(element)
+    after = combine.apply((combine.identity(element)[0], start), element)[1]
+    return [_absorbing(combine, element[0]), after]
+
+
+def _absorbing(combine, transition):
+    """The transition of a constant map: zero, or -inf for a semiring (it adds to the state)."""
+    if combine.name in ("maxplus", "logsumexp"):
+        return torch.full_like(transition, float("-inf"))
+    return torch.zeros_like(transition)
+
+
+def unused_summary(group, start) -> list[torch.Tensor]:
+    """Zeros shaped like the group's summary, for a rank whose summary nobody reads (the last,
+    when the final state is not asked for): the collective needs one size on every rank."""
+    if group.kind == "chunk":
+        transition = start.new_zeros(start.shape[:-1])                    # D [B, H, K]
+    elif group.kind in MATRIX_KINDS:
+        transition = start.new_zeros(*start.shape[:-1], start.shape[-2])  # A [B, H, K, K]
+    elif group.kind == "scan" and group.coupling:
+        transition = start.new_zeros(*start.shape, start.shape[-1])       # A [..., n, n]
+    else:
+        transition = torch.zeros_like(start)
+    return [transition, torch.zeros_like(start)]
 
 
 SUMMARY_CHUNK = 32          # the chunk size of the chunkwise functions computing a summary
@@ -144,56 +176,71 @@ def _log_decay(group, roles):
     return None if log is None else roles(log, log.dims and (group.key_dim,))
 
 
-def _chunk_summary(group, roles, cores):
-    """(D, U): D = exp(sum_t log_decay_t) [B, H, K], U the shard's writes run from a zero state."""
+def _chunk_summary(group, roles, chunk, start):
+    """(D, U): D = exp(sum_t log_decay_t) [B, H, K], U the shard's writes run from a zero state
+    (from `start`: (0, the state after the shard))."""
     kd, vector = (group.key_dim,), group.value_dim is None
     if group.log_decay is None:
-        decay = roles.zeros(group.key_dim)[:, 0].exp()
+        decay = roles.zeros(group.key_dim, lead=("B", "H")) + 1.0
     else:
         decay = roles(group.log_decay, kd).sum(1).exp()
     keys = [roles(w.key, kd) for w in group.writes] or [roles.zeros(group.key_dim)]
     values = [roles.zeros(1) + 1.0 if vector else roles(w.value, (group.value_dim,))
               for w in group.writes] or [roles.zeros(1 if vector else group.value_dim)]
-    zero = torch.zeros_like(keys[0][:, 0, :, :, None] * values[0][:, 0, :, None, :])
-    _, written = cores._chunk([], keys, values, _log_decay(group, roles), zero, SUMMARY_CHUNK)
-    return [decay, written]
+    if start is None:
+        _, written = chunk([], keys, values, _log_decay(group, roles),
+                           roles.zeros(group.key_dim, values[0].shape[-1], lead=("B", "H")),
+                           SUMMARY_CHUNK)
+        return [decay, written]
+    _, after = chunk([], keys, values, _log_decay(group, roles), start, SUMMARY_CHUNK)
+    return [torch.zeros_like(decay), after]
 
 
-def _with_identity(values, roles, K):
-    """Each value [B, T, H, V] widened by K zero columns, and the state [0 | I] [B, H, K, V + K]:
-    run from it, the state of a K x K transition A and writes U ends as [U | A]."""
+def _with_identity(run, values, roles, K, start):
+    """(A, U) of a K x K transition A and writes U from `run(values, state) -> final state`:
+    each value [B, T, H, V] widened by K zero columns, run from the state [0 | I]
+    [B, H, K, V + K], ends as [U | A]. Given `start`, (0, run(values, start))."""
+    if start is not None:
+        after = run(values, start)
+        return [after.new_zeros(*after.shape[:-1], K), after]
     V = values[0].shape[-1]
     widened = [torch.cat([v, roles.zeros(K)], -1) for v in values]
-    eye = torch.eye(K, dtype=roles.dtype, device=roles.device)
-    B, H = roles.sizes["B"], roles.sizes["H"]
-    start = torch.cat([roles.zeros(K, V)[:, 0], eye.expand(B, H, K, K)], -1)
-    return widened, start, V
+    state = roles.zeros(K, V + K, lead=("B", "H"))
+    state[..., V:] = torch.eye(K, dtype=roles.dtype, device=roles.device)
+    final = run(widened, state)
+    return [final[..., V:], final[..., :V]]
 
 
-def _delta_summary(group, roles, cores):
+def _delta_summary(group, roles, chunk_delta, start):
     """(A, U): A [B, H, K, K] the product of the shard's transitions exp(g) (I - beta k k^T),
     U [B, H, K, V] its writes from zero: one chunkwise run of width V + K (`_with_identity`)."""
     kd, vd = (group.key_dim,), (group.value_dim,)
     keys = [roles(step.key, kd) for step in group.steps]
     writes = [roles(step.beta, kd) * key for step, key in zip(group.steps, keys)]
-    values, start, V = _with_identity([roles(step.value, vd) for step in group.steps], roles,
-                                      roles.sizes[group.key_dim])
-    _, final = cores._chunk_delta([], keys, writes, values, _log_decay(group, roles), start,
-                                  SUMMARY_CHUNK)
-    return [final[..., V:], final[..., :V]]
+    log_decay = _log_decay(group, roles)
+
+    def run(values, state):
+        return chunk_delta([], keys, writes, values, log_decay, state, SUMMARY_CHUNK)[1]
+    return _with_identity(run, [roles(step.value, vd) for step in group.steps], roles,
+                          roles.sizes[group.key_dim], start)
 
 
-def _dplr_summary(group, roles, cores):
+def _dplr_summary(group, roles, chunk_dplr, start):
     """(A, U) of a diagonal-plus-low-rank state, as `_delta_summary`."""
     kd, vd = (group.key_dim,), (group.value_dim,)
     keys = [roles(w.key, kd) for w in group.writes] or [roles.zeros(group.key_dim)]
     values = [roles(w.value, vd) for w in group.writes] or [roles.zeros(group.value_dim)]
-    values, start, V = _with_identity(values, roles, roles.sizes[group.key_dim])
     unseen = group.unseen_log_decay
     unseen = None if unseen is None else roles(unseen, unseen.dims and kd)
-    _, final = cores._chunk_dplr([], roles(group.erase, kd), roles(group.key, kd), keys, values,
-                                 _log_decay(group, roles), unseen, start, SUMMARY_CHUNK)
-    return [final[..., V:], final[..., :V]]
+    erase, key, log_decay = roles(group.erase, kd), roles(group.key, kd), _log_decay(group, roles)
+
+    def run(values, state):
+        return chunk_dplr([], erase, key, keys, values, log_decay, unseen, state,
+                          SUMMARY_CHUNK)[1]
+    return _with_identity(run, values, roles, roles.sizes[group.key_dim], start)
+
+
+SUMMARIES = {"chunk": _chunk_summary, "chunk_delta": _delta_summary, "chunk_dplr": _dplr_summary}
 
 
 def reduce_in_order(combine, element):
