@@ -6,7 +6,8 @@ on one process, then with 2 processes of half the sequence each (`context_parall
 wall time of the slower rank); every process, the single one and each rank, runs --threads torch
 threads (default 1: on a CPU shared with other jobs, 2 OpenMP threads a process spin and stall
 20x). Prints a markdown table: median of
-REPEATS runs after one warm-up, and the 2-rank share spent summarising the shard and exchanging.
+REPEATS runs after one warm-up; for the forward, also rank 0's steps timed in one process
+(`breakdown`): the 2-rank time when each rank has a core to itself.
 
     python benchmarks/context_parallel.py [--specs gla,gated_deltanet,hgrn] [--T 16384]
         [--B 1] [--H 4] [--dim 64] [--threads 1] [--backward]
@@ -62,6 +63,37 @@ def one_rank(name, args):
     return timed(lambda: fn(**leaves), args.backward)
 
 
+def breakdown(name, args):
+    """In one process, alternating: the whole sequence's call, and rank 0's two steps at T/2
+    (its summary: the shard run from the initial state without outputs; then its shard's call).
+    With 2 ranks rank 0 is the critical path: the ranks' time when each has a core of its own."""
+    from seqc import context_parallel as cp
+    from seqc.validate import validate
+    torch.set_num_threads(args.threads)
+    program = seqc.load(name)
+    spec, plan = program.spec, program.analysis.plan
+    tensors, inputs = problem(name, args)
+    half = {n: (t[:, :args.T // 2] if n in inputs else t) for n, t in tensors.items()}
+    fn = program.kernel("torch")
+    call = validate(spec, half, None)
+
+    def summary():
+        roles = cp.Roles(plan, {**call.inputs, **call.params}, call.dims, torch.float32)
+        initial = cp._initial_states(spec, call, torch.float32)
+        for group in plan.groups:
+            cp.shard_summary(group, program.analysis.proof(group.states[0]).combine, roles,
+                             spec, fn.module, cp.to_layout(group, spec, initial))
+    steps = {"whole": lambda: fn(**tensors), "summary": summary, "half": lambda: fn(**half)}
+    times = {step: [] for step in steps}
+    for repeat in range(REPEATS + 1):
+        for step, run in steps.items():
+            start = time.perf_counter()
+            run()
+            if repeat:
+                times[step].append(time.perf_counter() - start)
+    return {step: statistics.median(t) for step, t in times.items()}
+
+
 def _rank(rank, world, port, names, args, directory):
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -114,6 +146,15 @@ def main():
     for name in names:
         single = one_rank(name, args)
         print(f"| {name} | {single:.3f} | {two[name]:.3f} | {single / two[name]:.2f}x |")
+    if args.backward:
+        return
+    print("\nRank 0's steps, forward, timed in one process (alternating rounds):\n")
+    print("| spec | whole T (s) | summary T/2 (s) | shard T/2 (s) | T / (summary + shard) |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        t = breakdown(name, args)
+        print(f"| {name} | {t['whole']:.3f} | {t['summary']:.3f} | {t['half']:.3f} | "
+              f"{t['whole'] / (t['summary'] + t['half']):.2f}x |")
 
 
 if __name__ == "__main__":

@@ -67,24 +67,31 @@ class ContextParallelKernel:
         compute = torch.float64 if call.dtype == torch.float64 else torch.float32
         initial = _initial_states(spec, call, compute)
         roles = Roles(plan, {**call.inputs, **call.params}, call.dims, compute, call.device)
-        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
-        summaries, starts = [], []
-        for group, combine in zip(plan.groups, self.combines):
-            start = to_layout(group, spec, initial)
-            if rank == 0:           # it knows the state before its shard: a constant map
-                summaries += shard_summary(group, combine, roles, spec, self._torch_cores(), start)
-            elif rank < world - 1 or output_final_state:
-                summaries += shard_summary(group, combine, roles, spec, self._torch_cores())
-            else:                   # the last rank's summary serves only the final state
-                summaries += unused_summary(group, start)
-            starts.append(start)
+        rank = dist.get_rank(self.group)
+        starts = [to_layout(group, spec, initial) for group in plan.groups]
+        summaries = self._summaries(roles, starts, rank, output_final_state)
         fold = _Fold(self.combines, summaries, starts, rank)
         incoming, final = _Exchange.apply(fold, self.group, fold.summaries.pack(summaries),
                                           fold.states.pack(starts))
         incoming = _as_states(plan.groups, spec, fold.states.unpack(incoming))
         out = self.kernel(initial_state=incoming, output_final_state=False, **tensors)
         final = _as_states(plan.groups, spec, fold.states.unpack(final))
-        return KernelOutput(dict(zip(out.keys(), out)), final if output_final_state else None)
+        return KernelOutput({name: out[name] for name in out.keys()},
+                            final if output_final_state else None)
+
+    def _summaries(self, roles, starts, rank: int, output_final_state: bool) -> list:
+        """This rank's summary of each group, the pieces of all groups in one list."""
+        spec, plan = self.program.spec, self.program.analysis.plan
+        last = rank == dist.get_world_size(self.group) - 1
+        summaries = []
+        for group, combine, start in zip(plan.groups, self.combines, starts):
+            if rank == 0:           # it knows the state before its shard: a constant map
+                summaries += shard_summary(group, combine, roles, spec, self._torch_cores(), start)
+            elif last and not output_final_state:   # its summary would serve the final state only
+                summaries += unused_summary(group, start)
+            else:
+                summaries += shard_summary(group, combine, roles, spec, self._torch_cores())
+        return summaries
 
     def _torch_cores(self):
         """The torch backend's module: its chunkwise functions compute the matrix kinds'
