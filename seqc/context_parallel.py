@@ -71,8 +71,12 @@ class ContextParallelKernel:
         starts = [to_layout(group, spec, initial) for group in plan.groups]
         summaries = self._summaries(roles, starts, rank, output_final_state)
         fold = _Fold(self.combines, summaries, starts, rank)
+        # in the graph on every rank whenever autograd records, whatever requires a gradient
+        # here: each rank's backward then reaches the exchange's all_reduce (else the ranks
+        # whose tensors need no gradient would skip it and the others wait forever)
+        anchor = torch.zeros((), requires_grad=torch.is_grad_enabled())
         incoming, final = _Exchange.apply(fold, self.group, fold.summaries.pack(summaries),
-                                          fold.states.pack(starts))
+                                          fold.states.pack(starts), anchor)
         incoming = _as_states(plan.groups, spec, fold.states.unpack(incoming))
         out = self.kernel(initial_state=incoming, output_final_state=False, **tensors)
         final = _as_states(plan.groups, spec, fold.states.unpack(final))
@@ -445,7 +449,7 @@ class _Exchange(torch.autograd.Function):
     """(local summary, initial states) -> (incoming states, final states), flat vectors."""
 
     @staticmethod
-    def forward(ctx, fold, group, local, initial):
+    def forward(ctx, fold, group, local, initial, anchor):
         gathered = _all_gather(local, group)
         ctx.fold, ctx.group = fold, group
         ctx.save_for_backward(gathered, initial)
@@ -464,7 +468,7 @@ class _Exchange(torch.autograd.Function):
         if d_gathered is None:
             d_gathered = torch.zeros_like(gathered)
         d_gathered = _all_reduce(d_gathered, ctx.group)     # every rank's loss, summed
-        return None, None, d_gathered[ctx.fold.rank], d_initial
+        return None, None, d_gathered[ctx.fold.rank], d_initial, None
 
 
 def _all_gather(tensor: torch.Tensor, group) -> torch.Tensor:
