@@ -179,6 +179,18 @@ def unused_summary(group, start) -> list[torch.Tensor]:
 
 
 SUMMARY_CHUNK = 32          # the chunk size of the chunkwise functions computing a summary
+SUMMARY_SLAB = 1024         # steps a call of them, the state carried from one slab to the next:
+#   their backward through the loop over chunks costs the square of the chunks a call (each
+#   chunk's slice gradient is a zero tensor of the whole call's size), as in the module's slabs
+
+
+def _in_slabs(run, roles, state):
+    """state after `run(cut, state)` over the shard's slabs in order; `cut(x)` slices a role
+    [B, T, H, ...] (or None) to the slab."""
+    T = roles.sizes["T"]
+    for t0 in range(0, T, SUMMARY_SLAB):
+        state = run(lambda x: None if x is None else x[:, t0:t0 + SUMMARY_SLAB], state)
+    return state
 
 
 def _log_decay(group, roles):
@@ -198,27 +210,30 @@ def _chunk_summary(group, roles, chunk, start):
     keys = [roles(w.key, kd) for w in group.writes] or [roles.zeros(group.key_dim)]
     values = [roles.zeros(1) + 1.0 if vector else roles(w.value, (group.value_dim,))
               for w in group.writes] or [roles.zeros(1 if vector else group.value_dim)]
+    log_decay = _log_decay(group, roles)
+
+    def run(cut, state):
+        return chunk([], [cut(k) for k in keys], [cut(v) for v in values], cut(log_decay), state,
+                     SUMMARY_CHUNK)[1]
     if start is None:
-        _, written = chunk([], keys, values, _log_decay(group, roles),
-                           roles.zeros(group.key_dim, values[0].shape[-1], lead=("B", "H")),
-                           SUMMARY_CHUNK)
-        return [decay, written]
-    _, after = chunk([], keys, values, _log_decay(group, roles), start, SUMMARY_CHUNK)
-    return [torch.zeros_like(decay), after]
+        zero = roles.zeros(group.key_dim, values[0].shape[-1], lead=("B", "H"))
+        return [decay, _in_slabs(run, roles, zero)]
+    return [torch.zeros_like(decay), _in_slabs(run, roles, start)]
 
 
 def _with_identity(run, values, roles, K, start):
-    """(A, U) of a K x K transition A and writes U from `run(values, state) -> final state`:
+    """(A, U) of a K x K transition A and writes U from `run(cut, values, state) -> final state`
+    (over the slab `cut` cuts, `_in_slabs`):
     each value [B, T, H, V] widened by K zero columns, run from the state [0 | I]
     [B, H, K, V + K], ends as [U | A]. Given `start`, (0, run(values, start))."""
     if start is not None:
-        after = run(values, start)
+        after = _in_slabs(lambda cut, state: run(cut, values, state), roles, start)
         return [after.new_zeros(*after.shape[:-1], K), after]
     V = values[0].shape[-1]
     widened = [torch.cat([v, roles.zeros(K)], -1) for v in values]
     state = roles.zeros(K, V + K, lead=("B", "H"))
     state[..., V:] = torch.eye(K, dtype=roles.dtype, device=roles.device)
-    final = run(widened, state)
+    final = _in_slabs(lambda cut, state: run(cut, widened, state), roles, state)
     return [final[..., V:], final[..., :V]]
 
 
@@ -230,8 +245,9 @@ def _delta_summary(group, roles, chunk_delta, start):
     writes = [roles(step.beta, kd) * key for step, key in zip(group.steps, keys)]
     log_decay = _log_decay(group, roles)
 
-    def run(values, state):
-        return chunk_delta([], keys, writes, values, log_decay, state, SUMMARY_CHUNK)[1]
+    def run(cut, values, state):
+        return chunk_delta([], [cut(k) for k in keys], [cut(w) for w in writes],
+                           [cut(v) for v in values], cut(log_decay), state, SUMMARY_CHUNK)[1]
     return _with_identity(run, [roles(step.value, vd) for step in group.steps], roles,
                           roles.sizes[group.key_dim], start)
 
@@ -245,8 +261,9 @@ def _dplr_summary(group, roles, chunk_dplr, start):
     unseen = None if unseen is None else roles(unseen, unseen.dims and kd)
     erase, key, log_decay = roles(group.erase, kd), roles(group.key, kd), _log_decay(group, roles)
 
-    def run(values, state):
-        return chunk_dplr([], erase, key, keys, values, log_decay, unseen, state,
+    def run(cut, values, state):
+        return chunk_dplr([], cut(erase), cut(key), [cut(k) for k in keys],
+                          [cut(v) for v in values], cut(log_decay), cut(unseen), state,
                           SUMMARY_CHUNK)[1]
     return _with_identity(run, values, roles, roles.sizes[group.key_dim], start)
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import seqc
+from seqc import context_parallel
 from seqc.inputs import random_call
 
 SIZES = {"B": 1, "H": 2, "K": 3, "V": 4, "D": 3, "N": 3, "P": 4}
@@ -159,6 +160,8 @@ def _volume(name, T, rank, world):
 
 def _worker(rank, world, port, directory):
     torch.set_num_threads(1)
+    # summaries of several chunks and slabs, at these tiny shapes
+    context_parallel.SUMMARY_CHUNK, context_parallel.SUMMARY_SLAB = 2, 4
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=120))
     results = {"errors": {}, "volume": {}}
