@@ -39,11 +39,19 @@ class Program:
         from .emit import emit
         return emit(self, backend)
 
-    def kernel(self, backend: str = "reference", **options):
+    def kernel(self, backend: str = "reference", context_parallel: bool = False, group=None,
+               **options):
         """A callable running this spec: fn(**inputs, **params, **consts, initial_state=,
-        output_final_state=)."""
+        output_final_state=). `context_parallel=True`: each rank of the torch.distributed
+        `group` (None: the default group) passes its time shard (seqc/context_parallel.py)."""
         from .kernel import build_kernel
-        return build_kernel(self, backend, **options)
+        kernel = build_kernel(self, backend, **options)
+        if not context_parallel:
+            if group is not None:
+                raise ValueError("group= is the process group of context_parallel=True")
+            return kernel
+        from .context_parallel import ContextParallelKernel
+        return ContextParallelKernel(self, kernel, group)
 
     def op(self, backend: str = "auto", **options):
         """A function with fla's call: fn(*inputs, *params, scale=None, initial_state=None,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import seqc
 from seqc import ir
 from seqc.analysis.proof import COMBINES
+from seqc.context_parallel import Roles, step_elements, to_layout
 
 FUNCS = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
          "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "logsigmoid": lambda a: -np.logaddexp(0, -a),
@@ -356,114 +357,8 @@ REAL_RUNS = [name for name in seqc.resources.stdlib_names()
 SIZES = {"B": 1, "T": 9, "H": 2, "K": 3, "V": 4, "D": 3, "N": 3, "P": 4}
 
 
-class Roles:
-    """The Plan's expressions over a whole run, as fp64 tensors [B, T, H, *dims]."""
-
-    def __init__(self, plan, tensors, sizes):
-        import torch
-        import torch.nn.functional as F
-
-        from seqc.backends.torch_render import PRELUDE, TorchRenderer
-        self.torch, self.sizes = torch, sizes
-        self.env = dict(tensors)
-        self.scope = {"torch": torch, "F": F, "env": self.env}
-        exec(PRELUDE, self.scope)           # the renderer's `_permute`
-        self.render = TorchRenderer(lambda n: str(sizes[n.id]) if n.ref.kind == "dim"
-                                    else f"env[{n.id!r}]")
-        for let in plan.prelude:
-            self.env[let.name] = self(let.value, let.value.dims)
-
-    def __call__(self, expr, dims):
-        torch, sizes = self.torch, self.sizes
-        value = torch.as_tensor(eval(self.render(expr, dims), self.scope), dtype=torch.float64)
-        return value.expand(sizes["B"], sizes["T"], sizes["H"], *(sizes[d] for d in dims))
-
-
-def _outer(key, value):
-    return key[..., :, None] * value[..., None, :]
-
-
-def _exp_or_one(roles, log_decay, key_dim):
-    torch = roles.torch
-    if log_decay is None:
-        return torch.ones_like(roles(ir.Num(0.0, dims=()), (key_dim,)))
-    return torch.exp(roles(log_decay, (key_dim,)))
-
-
-def _steps_scan(group, roles, spec):
-    torch = roles.torch
-    if group.coupling:          # stack the states on the last axis: A [.., n, n], b [.., n]
-        dims = spec.tensor(group.states[0]).dims
-        zero = torch.zeros_like(roles(group.offset[group.states[0]], dims))
-        a = torch.stack([torch.stack([roles(group.coupling[(i, j)], dims)
-                                      if (i, j) in group.coupling else zero
-                                      for j in group.states], -1) for i in group.states], -2)
-        return a, torch.stack([roles(group.offset[s], dims) for s in group.states], -1)
-    [state] = group.states
-    dims = spec.tensor(state).dims
-    return roles(group.coefficient[state], dims), roles(group.offset[state], dims)
-
-
-def _steps_semiring(group, roles, spec):
-    dims = spec.tensor(group.state).dims
-    return roles(group.coefficient, dims), roles(group.offset, dims)
-
-
-def _writes(group, roles):
-    """The summed key (x) value writes of a step: [B, T, H, key, value] (value 1: a vector)."""
-    kd, vd = (group.key_dim,), (group.value_dim,) if group.value_dim else ()
-    sizes = roles.sizes
-    total = roles.torch.zeros(sizes["B"], sizes["T"], sizes["H"], sizes[group.key_dim],
-                              sizes[group.value_dim] if vd else 1, dtype=roles.torch.float64)
-    for write in group.writes:
-        value = roles(write.value, vd)
-        total = total + _outer(roles(write.key, kd), value if vd else value[..., None])
-    return total
-
-
-def _steps_chunk(group, roles, spec):
-    return _exp_or_one(roles, group.log_decay, group.key_dim), _writes(group, roles)
-
-
-def _steps_chunk_delta(group, roles, spec):
-    torch = roles.torch
-    kd, vd = (group.key_dim,), (group.value_dim,)
-    decay = _exp_or_one(roles, group.log_decay, group.key_dim)
-    transition = torch.diag_embed(decay)
-    offset = torch.zeros_like(_outer(decay, roles(ir.Num(0.0, dims=()), vd)))
-    eye = torch.eye(roles.sizes[group.key_dim], dtype=torch.float64)
-    for step in group.steps:
-        key, beta = roles(step.key, kd), roles(step.beta, kd)
-        householder = eye - _outer(beta * key, key)
-        transition = householder @ transition
-        offset = householder @ offset + _outer(beta * key, roles(step.value, vd))
-    return transition, offset
-
-
-def _steps_chunk_dplr(group, roles, spec):
-    torch = roles.torch
-    kd = (group.key_dim,)
-    decay = _exp_or_one(roles, group.log_decay, group.key_dim)
-    seen = roles(group.key, kd) * decay
-    if group.unseen_log_decay is not None:
-        seen = seen / torch.exp(roles(group.unseen_log_decay, kd))
-    return torch.diag_embed(decay) - _outer(roles(group.erase, kd), seen), _writes(group, roles)
-
-
-def _as_kernel_layout(group, spec, state):
-    """A [B, H, ...] state as the combine holds it: a matrix state [key, value], a vector chunk
-    state [key, 1], a coupled group's states stacked last."""
-    if group.kind == "scan" and group.coupling:
-        return np.stack([state[s] for s in group.states], -1)
-    value = state[group.states[0]]
-    if group.kind in ("chunk", "chunk_delta", "chunk_dplr"):
-        declared = spec.tensor(group.state).dims
-        if len(declared) == 1:
-            return value[..., None]
-        if declared[0] != group.key_dim:
-            return np.swapaxes(value, -1, -2)
-    return value
-
+# The Plan's role expressions and one summary a step come from seqc/context_parallel.py, which
+# combines such summaries across ranks.
 
 @pytest.mark.parametrize("name", REAL_RUNS)
 def test_combines_over_a_real_run_reproduce_the_reference_loop(name):
@@ -483,11 +378,11 @@ def test_combines_over_a_real_run_reproduce_the_reference_loop(name):
         if group.kind == "sequential":
             continue
         combine = analysis.proof(group.states[0]).combine
-        pieces = [p.numpy() for p in globals()[f"_steps_{group.kind}"](group, roles, spec)]
+        pieces = [p.numpy() for p in step_elements(group, roles, spec)]
         elements = [tuple(p[:, t] for p in pieces) for t in range(sizes["T"])]
         summary = tree_reduce(combine, elements, np.random.default_rng(7))
-        start = _as_kernel_layout(group, spec, {n: s.numpy() for n, s in initial.items()})
-        final = _as_kernel_layout(group, spec, {n: s.numpy() for n, s in run.final_state.items()})
+        start = to_layout(group, spec, {n: s.numpy() for n, s in initial.items()})
+        final = to_layout(group, spec, {n: s.numpy() for n, s in run.final_state.items()})
         np.testing.assert_allclose(summary_applied(combine, summary, start), final,
                                    rtol=1e-9, atol=1e-9, err_msg=f"{name}: {group.states}")
         checked += 1

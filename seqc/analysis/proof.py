@@ -5,9 +5,10 @@ the decay, which the key/value writes, which the low-rank part, as typed IR), th
 combine of transition summaries with its identity, the algebraic facts sympy established, and for
 a refusal the `Reason`: the offending sub-expression, its span and a one-line message.
 
-A `Combine` is also executable on numpy arrays, so tests can check associativity and that a tree
-of combines reproduces the step loop. Elements are transition summaries of a run of steps; the
-earlier run is the left operand.
+A `Combine` is also executable, on numpy arrays or torch tensors alike: tests check associativity
+and that a tree of combines reproduces the step loop, and context parallelism
+(seqc/context_parallel.py) combines the ranks' summaries with it. Elements are transition
+summaries of a run of steps; the earlier run is the left operand.
 """
 from __future__ import annotations
 
@@ -49,6 +50,25 @@ def _np():
     return numpy
 
 
+def _xp(x):
+    """The array module of x: torch for a torch tensor, else numpy (same names for what the
+    combines use: einsum, maximum, logaddexp, ones_like, zeros_like, full_like)."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+        return torch
+    return _np()
+
+
+def _eye_like(a):
+    """Identity matrices shaped like a [..., n, n], of a's array type (and dtype, device)."""
+    n = a.shape[-1]
+    if type(a).__module__.startswith("torch"):
+        import torch
+        return torch.eye(n, dtype=a.dtype, device=a.device).expand(a.shape).clone()
+    np = _np()
+    return np.broadcast_to(np.eye(n), a.shape).copy()
+
+
 def _scan(first, second):
     (a1, b1), (a2, b2) = first, second
     return a1 * a2, a2 * b1 + b2
@@ -56,14 +76,8 @@ def _scan(first, second):
 
 def _coupled(first, second):
     (a1, b1), (a2, b2) = first, second
-    np = _np()
-    return np.einsum("...ij,...jk->...ik", a2, a1), np.einsum("...ij,...j->...i", a2, b1) + b2
-
-
-def _coupled_identity(element):
-    np = _np()
-    a, b = element
-    return np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy(), np.zeros_like(b)
+    xp = _xp(a2)
+    return xp.einsum("...ij,...jk->...ik", a2, a1), xp.einsum("...ij,...j->...i", a2, b1) + b2
 
 
 def _chunk(first, second):
@@ -78,35 +92,34 @@ def _delta(first, second):
 
 def _maxplus(first, second):
     (a1, b1), (a2, b2) = first, second
-    return a1 + a2, _np().maximum(b1 + a2, b2)
+    return a1 + a2, _xp(b2).maximum(b1 + a2, b2)
 
 
 def _logsumexp(first, second):
     (a1, b1), (a2, b2) = first, second
-    return a1 + a2, _np().logaddexp(b1 + a2, b2)
+    return a1 + a2, _xp(b2).logaddexp(b1 + a2, b2)
 
 
 def _ones_zeros(element):
-    np = _np()
-    return np.ones_like(element[0]), np.zeros_like(element[1])
+    xp = _xp(element[0])
+    return xp.ones_like(element[0]), xp.zeros_like(element[1])
 
 
 def _zero_neginf(element):
-    np = _np()
-    return np.zeros_like(element[0]), np.full_like(element[1], -np.inf)
+    xp = _xp(element[0])
+    return xp.zeros_like(element[0]), xp.full_like(element[1], float("-inf"))
 
 
 def _eye_zeros(element):
-    np = _np()
     a, u = element
-    return np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy(), np.zeros_like(u)
+    return _eye_like(a), _xp(u).zeros_like(u)
 
 
 COMBINES = {
     "scan": Combine("scan", "(a1, b1) o (a2, b2) = (a1 * a2, a2 * b1 + b2)", "(1, 0)",
                     _scan, _ones_zeros),
     "coupled": Combine("coupled", "(A1, b1) o (A2, b2) = (A2 A1, A2 b1 + b2), A the matrix of "
-                       "elementwise couplings", "(I, 0)", _coupled, _coupled_identity),
+                       "elementwise couplings", "(I, 0)", _coupled, _eye_zeros),
     "chunk": Combine("chunk", "(D1, U1) o (D2, U2) = (D2 D1, D2 U1 + U2), D diagonal "
                      "(exp of the summed log decay), U the summed key (x) value writes", "(1, 0)",
                      _chunk, _ones_zeros),
