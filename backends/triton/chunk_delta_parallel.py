@@ -82,15 +82,17 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         offsets, masks = self.lanes(K, V)
         whole_key = [f"o_{K} = tl.arange(0, BLOCK_{K})" if line.startswith(f"o_{K} =") else line
                      for line in offsets] + masks
-        prepare_lanes = [line for line in whole_key
-                         if not line.startswith((f"o_{V} =", f"mask_{V} ="))]
+        prepare_lanes = [line for line in whole_key if not line.startswith(
+            (f"o_{V} =", f"mask_{V} =", f"o_{K} =", f"mask_{K} ="))]
         outer_lanes = [line for line in offsets + masks
                        if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
-        prepare_code = "\n".join([key_op, beta, decay or ""])
+        beta_code = beta if keywise else "\n".join([beta, decay or ""])
+        key_code = "\n".join([key_op, decay]) if keywise else key_op
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
                     key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
                     prepare_lanes=prepare_lanes, state_lanes=whole_key, outer_lanes=outer_lanes,
-                    prepare_setup=self.setup(prepare_code, every),
+                    beta_setup=self.setup(beta_code, every - key_names),
+                    key_setup=self.setup(key_code, every),
                     value_setup=self.setup(value, every),
                     init=layout.prologue(spec, V)["states"][0],
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),

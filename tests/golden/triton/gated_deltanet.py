@@ -235,170 +235,227 @@ def chunk_delta_parallel_prepare_kernel(
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The per-chunk kernel (chunk_delta_parallel.md, 1): one program per (chunk, batch x head)
-    forms the UT system of its chunk on NS sub-chunks of BLOCK_T = 16 steps, inverts it (forward
-    substitution on the diagonal blocks, then block merging), and stores w, u, the keys decayed
-    to the chunk end and the chunk's decay."""
+    forms the UT system of its chunk on NS sub-chunks of BLOCK_T = 16 steps (accumulated over
+    key blocks), inverts it (forward substitution on the diagonal blocks, then block merging),
+    and stores w, u, the keys decayed to the chunk end and the chunk's decay."""
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
-    o_K = tl.arange(0, BLOCK_K)
-    mask_K = o_K < dim_K
     o_t = tl.arange(0, BLOCK_T)
     last_T = o_t == BLOCK_T - 1
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
-    Gc_S = 0.0
-    Rc_S = 0.0
+    # betas (and a scalar decay's gates), per sub-chunk
     o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
     mask_T = o_T < T
-    raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
     raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     in_g = raw_g.to(ACC)
     in_beta = raw_beta.to(ACC)
-    k0 = raw_k.to(DOT)
     b0 = tl.where((mask_T), in_beta, 0.0)
-    d0 = tl.where((mask_T), in_g, 0.0)
-    n0, rn0 = Gc_S, Rc_S
-    reset0 = d0 == float("-inf")
-    G0 = n0 + tl.cumsum(tl.where(reset0, 0.0, d0 * 1.4426950408889634), axis=0)
-    R0 = rn0 + tl.cumsum(reset0.to(ACC), axis=0)
-    Gc_S = tl.sum(tl.where(last_T, G0, 0.0), axis=0)
-    Rc_S = tl.sum(tl.where(last_T, R0, 0.0), axis=0)
+    reset0 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+    G0 = tl.cumsum(tl.where(reset0, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
+    R0 = tl.cumsum(reset0.to(ACC), axis=0)
+    Gc = tl.sum(tl.where(last_T, G0, 0.0), axis=0)
+    Rc = tl.sum(tl.where(last_T, R0, 0.0), axis=0)
+    A00 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 1:
         o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
         mask_T = o_T < T
-        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
         in_beta = raw_beta.to(ACC)
-        k1 = raw_k.to(DOT)
         b1 = tl.where((mask_T), in_beta, 0.0)
-        d1 = tl.where((mask_T), in_g, 0.0)
-        n1, rn1 = Gc_S, Rc_S
-        reset1 = d1 == float("-inf")
-        G1 = n1 + tl.cumsum(tl.where(reset1, 0.0, d1 * 1.4426950408889634), axis=0)
+        n1, rn1 = Gc, Rc
+        reset1 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G1 = n1 + tl.cumsum(tl.where(reset1, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
         R1 = rn1 + tl.cumsum(reset1.to(ACC), axis=0)
-        Gc_S = tl.sum(tl.where(last_T, G1, 0.0), axis=0)
-        Rc_S = tl.sum(tl.where(last_T, R1, 0.0), axis=0)
+        Gc = tl.sum(tl.where(last_T, G1, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R1, 0.0), axis=0)
+        A10 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A11 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 2:
         o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
         mask_T = o_T < T
-        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
         in_beta = raw_beta.to(ACC)
-        k2 = raw_k.to(DOT)
         b2 = tl.where((mask_T), in_beta, 0.0)
-        d2 = tl.where((mask_T), in_g, 0.0)
-        n2, rn2 = Gc_S, Rc_S
-        reset2 = d2 == float("-inf")
-        G2 = n2 + tl.cumsum(tl.where(reset2, 0.0, d2 * 1.4426950408889634), axis=0)
+        n2, rn2 = Gc, Rc
+        reset2 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G2 = n2 + tl.cumsum(tl.where(reset2, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
         R2 = rn2 + tl.cumsum(reset2.to(ACC), axis=0)
-        Gc_S = tl.sum(tl.where(last_T, G2, 0.0), axis=0)
-        Rc_S = tl.sum(tl.where(last_T, R2, 0.0), axis=0)
+        Gc = tl.sum(tl.where(last_T, G2, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R2, 0.0), axis=0)
+        A20 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A21 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A22 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 3:
         o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
         mask_T = o_T < T
-        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
         in_beta = raw_beta.to(ACC)
-        k3 = raw_k.to(DOT)
         b3 = tl.where((mask_T), in_beta, 0.0)
-        d3 = tl.where((mask_T), in_g, 0.0)
-        n3, rn3 = Gc_S, Rc_S
-        reset3 = d3 == float("-inf")
-        G3 = n3 + tl.cumsum(tl.where(reset3, 0.0, d3 * 1.4426950408889634), axis=0)
+        n3, rn3 = Gc, Rc
+        reset3 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G3 = n3 + tl.cumsum(tl.where(reset3, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
         R3 = rn3 + tl.cumsum(reset3.to(ACC), axis=0)
-        Gc_S = tl.sum(tl.where(last_T, G3, 0.0), axis=0)
-        Rc_S = tl.sum(tl.where(last_T, R3, 0.0), axis=0)
+        Gc = tl.sum(tl.where(last_T, G3, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R3, 0.0), axis=0)
+        A30 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A31 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A32 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A33 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     # the chunk's gate (Glast0), stored for the state pass
-    tl.store(ptr_decay + i_bh * NT + i_t, tl.where(Rc_S == 0.0, Gc_S, float("-inf")))
-    o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-    mask_T = o_T < T
-    # the keys decayed to the chunk end (2^Gend, 0 across a reset)
-    tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rc_S, Gc_S - G0, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
-    A00 = tl.dot(k0, tl.trans(k0), input_precision=PRECISION) * b0[:, None] * tl.exp2(tl.where(strict & (R0[:, None] == R0[None, :]), G0[:, None] - G0[None, :], float("-inf")))
-    # (I + A_cc)^-1 by forward substitution, row by row
+    tl.store(ptr_decay + i_bh * NT + i_t, tl.where(Rc == 0.0, Gc, float("-inf")))
+    Glast, Rlast = Gc, Rc
+    # A = beta k k^T decayed, strictly lower, block by block, summed over key blocks
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_T = o_T < T
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        k0 = raw_k.to(DOT)
+        if NS > 1:
+            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k1 = raw_k.to(DOT)
+        if NS > 2:
+            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k2 = raw_k.to(DOT)
+        if NS > 3:
+            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k3 = raw_k.to(DOT)
+        A00 += tl.dot(k0, tl.trans(k0), input_precision=PRECISION)
+        if NS > 1:
+            A10 += tl.dot(k1, tl.trans(k0), input_precision=PRECISION)
+            A11 += tl.dot(k1, tl.trans(k1), input_precision=PRECISION)
+        if NS > 2:
+            A20 += tl.dot(k2, tl.trans(k0), input_precision=PRECISION)
+            A21 += tl.dot(k2, tl.trans(k1), input_precision=PRECISION)
+            A22 += tl.dot(k2, tl.trans(k2), input_precision=PRECISION)
+        if NS > 3:
+            A30 += tl.dot(k3, tl.trans(k0), input_precision=PRECISION)
+            A31 += tl.dot(k3, tl.trans(k1), input_precision=PRECISION)
+            A32 += tl.dot(k3, tl.trans(k2), input_precision=PRECISION)
+            A33 += tl.dot(k3, tl.trans(k3), input_precision=PRECISION)
+    # T = (I + A)^-1: the diagonal blocks by forward substitution, row by row, then the blocks
+    # below them by block substitution, T_cj = -T_cc sum_m A_cm T_mj
+    A00 = A00 * b0[:, None] * tl.exp2(tl.where(strict & (R0[:, None] == R0[None, :]), G0[:, None] - G0[None, :], float("-inf")))
     T00 = -A00
     for i in range(2, BLOCK_T):
-        a = tl.sum(tl.where((o_t == i)[:, None], -A00, 0.0), axis=0)
-        a = a + tl.sum(a[:, None] * T00, axis=0)
-        T00 = tl.where((o_t == i)[:, None], a[None, :], T00)
+        row = tl.sum(tl.where((o_t == i)[:, None], -A00, 0.0), axis=0)
+        row = row + tl.sum(row[:, None] * T00, axis=0)
+        T00 = tl.where((o_t == i)[:, None], row[None, :], T00)
     T00 = T00 + eye
-    # w = T (beta 2^G0 k), the keys' share of the state entering the chunk
-    kb0 = (k0.to(ACC) * (b0 * tl.exp2(tl.where(R0 == 0.0, G0, float("-inf"))))[:, None]).to(DOT)
-    w0 = tl.dot(T00.to(DOT), kb0, input_precision=PRECISION)
-    tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w0, mask=mask_T[:, None] & mask_K[None, :])
+    Td00 = T00.to(DOT)
     if NS > 1:
-        o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-        mask_T = o_T < T
-        # the keys decayed to the chunk end (2^Gend, 0 across a reset)
-        tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rc_S, Gc_S - G1, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
-        A10 = tl.dot(k1, tl.trans(k0), input_precision=PRECISION) * b1[:, None] * tl.exp2(tl.where((R1[:, None] == R0[None, :]), G1[:, None] - G0[None, :], float("-inf")))
-        A11 = tl.dot(k1, tl.trans(k1), input_precision=PRECISION) * b1[:, None] * tl.exp2(tl.where(strict & (R1[:, None] == R1[None, :]), G1[:, None] - G1[None, :], float("-inf")))
-        # (I + A_cc)^-1 by forward substitution, row by row
+        A10 = A10 * b1[:, None] * tl.exp2(tl.where((R1[:, None] == R0[None, :]), G1[:, None] - G0[None, :], float("-inf")))
+        A11 = A11 * b1[:, None] * tl.exp2(tl.where(strict & (R1[:, None] == R1[None, :]), G1[:, None] - G1[None, :], float("-inf")))
         T11 = -A11
         for i in range(2, BLOCK_T):
-            a = tl.sum(tl.where((o_t == i)[:, None], -A11, 0.0), axis=0)
-            a = a + tl.sum(a[:, None] * T11, axis=0)
-            T11 = tl.where((o_t == i)[:, None], a[None, :], T11)
+            row = tl.sum(tl.where((o_t == i)[:, None], -A11, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T11, axis=0)
+            T11 = tl.where((o_t == i)[:, None], row[None, :], T11)
         T11 = T11 + eye
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PRECISION), input_precision=PRECISION)
-        # w = T (beta 2^G0 k), the keys' share of the state entering the chunk
-        kb1 = (k1.to(ACC) * (b1 * tl.exp2(tl.where(R1 == 0.0, G1, float("-inf"))))[:, None]).to(DOT)
-        w1 = tl.dot(T10.to(DOT), kb0, input_precision=PRECISION) + tl.dot(T11.to(DOT), kb1, input_precision=PRECISION)
-        tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w1, mask=mask_T[:, None] & mask_K[None, :])
+        Td10 = T10.to(DOT)
+        Td11 = T11.to(DOT)
     if NS > 2:
-        o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-        mask_T = o_T < T
-        # the keys decayed to the chunk end (2^Gend, 0 across a reset)
-        tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rc_S, Gc_S - G2, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
-        A20 = tl.dot(k2, tl.trans(k0), input_precision=PRECISION) * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R0[None, :]), G2[:, None] - G0[None, :], float("-inf")))
-        A21 = tl.dot(k2, tl.trans(k1), input_precision=PRECISION) * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R1[None, :]), G2[:, None] - G1[None, :], float("-inf")))
-        A22 = tl.dot(k2, tl.trans(k2), input_precision=PRECISION) * b2[:, None] * tl.exp2(tl.where(strict & (R2[:, None] == R2[None, :]), G2[:, None] - G2[None, :], float("-inf")))
-        # (I + A_cc)^-1 by forward substitution, row by row
+        A20 = A20 * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R0[None, :]), G2[:, None] - G0[None, :], float("-inf")))
+        A21 = A21 * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R1[None, :]), G2[:, None] - G1[None, :], float("-inf")))
+        A22 = A22 * b2[:, None] * tl.exp2(tl.where(strict & (R2[:, None] == R2[None, :]), G2[:, None] - G2[None, :], float("-inf")))
         T22 = -A22
         for i in range(2, BLOCK_T):
-            a = tl.sum(tl.where((o_t == i)[:, None], -A22, 0.0), axis=0)
-            a = a + tl.sum(a[:, None] * T22, axis=0)
-            T22 = tl.where((o_t == i)[:, None], a[None, :], T22)
+            row = tl.sum(tl.where((o_t == i)[:, None], -A22, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T22, axis=0)
+            T22 = tl.where((o_t == i)[:, None], row[None, :], T22)
         T22 = T22 + eye
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PRECISION), input_precision=PRECISION)
         T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PRECISION) + tl.dot(A21, T10, input_precision=PRECISION), input_precision=PRECISION)
-        # w = T (beta 2^G0 k), the keys' share of the state entering the chunk
-        kb2 = (k2.to(ACC) * (b2 * tl.exp2(tl.where(R2 == 0.0, G2, float("-inf"))))[:, None]).to(DOT)
-        w2 = tl.dot(T20.to(DOT), kb0, input_precision=PRECISION) + tl.dot(T21.to(DOT), kb1, input_precision=PRECISION) + tl.dot(T22.to(DOT), kb2, input_precision=PRECISION)
-        tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w2, mask=mask_T[:, None] & mask_K[None, :])
+        Td20 = T20.to(DOT)
+        Td21 = T21.to(DOT)
+        Td22 = T22.to(DOT)
     if NS > 3:
-        o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-        mask_T = o_T < T
-        # the keys decayed to the chunk end (2^Gend, 0 across a reset)
-        tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rc_S, Gc_S - G3, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
-        A30 = tl.dot(k3, tl.trans(k0), input_precision=PRECISION) * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R0[None, :]), G3[:, None] - G0[None, :], float("-inf")))
-        A31 = tl.dot(k3, tl.trans(k1), input_precision=PRECISION) * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R1[None, :]), G3[:, None] - G1[None, :], float("-inf")))
-        A32 = tl.dot(k3, tl.trans(k2), input_precision=PRECISION) * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R2[None, :]), G3[:, None] - G2[None, :], float("-inf")))
-        A33 = tl.dot(k3, tl.trans(k3), input_precision=PRECISION) * b3[:, None] * tl.exp2(tl.where(strict & (R3[:, None] == R3[None, :]), G3[:, None] - G3[None, :], float("-inf")))
-        # (I + A_cc)^-1 by forward substitution, row by row
+        A30 = A30 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R0[None, :]), G3[:, None] - G0[None, :], float("-inf")))
+        A31 = A31 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R1[None, :]), G3[:, None] - G1[None, :], float("-inf")))
+        A32 = A32 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R2[None, :]), G3[:, None] - G2[None, :], float("-inf")))
+        A33 = A33 * b3[:, None] * tl.exp2(tl.where(strict & (R3[:, None] == R3[None, :]), G3[:, None] - G3[None, :], float("-inf")))
         T33 = -A33
         for i in range(2, BLOCK_T):
-            a = tl.sum(tl.where((o_t == i)[:, None], -A33, 0.0), axis=0)
-            a = a + tl.sum(a[:, None] * T33, axis=0)
-            T33 = tl.where((o_t == i)[:, None], a[None, :], T33)
+            row = tl.sum(tl.where((o_t == i)[:, None], -A33, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T33, axis=0)
+            T33 = tl.where((o_t == i)[:, None], row[None, :], T33)
         T33 = T33 + eye
         T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PRECISION), input_precision=PRECISION)
         T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PRECISION) + tl.dot(A32, T21, input_precision=PRECISION), input_precision=PRECISION)
         T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PRECISION) + tl.dot(A31, T10, input_precision=PRECISION) + tl.dot(A32, T20, input_precision=PRECISION), input_precision=PRECISION)
-        # w = T (beta 2^G0 k), the keys' share of the state entering the chunk
-        kb3 = (k3.to(ACC) * (b3 * tl.exp2(tl.where(R3 == 0.0, G3, float("-inf"))))[:, None]).to(DOT)
-        w3 = tl.dot(T30.to(DOT), kb0, input_precision=PRECISION) + tl.dot(T31.to(DOT), kb1, input_precision=PRECISION) + tl.dot(T32.to(DOT), kb2, input_precision=PRECISION) + tl.dot(T33.to(DOT), kb3, input_precision=PRECISION)
-        tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w3, mask=mask_T[:, None] & mask_K[None, :])
-    # u = T (beta v), per value block
+        Td30 = T30.to(DOT)
+        Td31 = T31.to(DOT)
+        Td32 = T32.to(DOT)
+        Td33 = T33.to(DOT)
+    # per key block: w = T (beta 2^G0 k) and the keys decayed to the chunk end (2^Gend)
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_T = o_T < T
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        k0 = raw_k.to(DOT)
+        if NS > 1:
+            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k1 = raw_k.to(DOT)
+        if NS > 2:
+            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k2 = raw_k.to(DOT)
+        if NS > 3:
+            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_T = o_T < T
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k3 = raw_k.to(DOT)
+        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_T = o_T < T
+        tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rlast, Glast - G0, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+        kb0 = (k0.to(ACC) * (b0 * tl.exp2(tl.where(R0 == 0.0, G0, float("-inf"))))[:, None]).to(DOT)
+        w0 = tl.dot(Td00, kb0, input_precision=PRECISION)
+        tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w0, mask=mask_T[:, None] & mask_K[None, :])
+        if NS > 1:
+            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_T = o_T < T
+            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rlast, Glast - G1, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            kb1 = (k1.to(ACC) * (b1 * tl.exp2(tl.where(R1 == 0.0, G1, float("-inf"))))[:, None]).to(DOT)
+            w1 = tl.dot(Td10, kb0, input_precision=PRECISION) + tl.dot(Td11, kb1, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w1, mask=mask_T[:, None] & mask_K[None, :])
+        if NS > 2:
+            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_T = o_T < T
+            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rlast, Glast - G2, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            kb2 = (k2.to(ACC) * (b2 * tl.exp2(tl.where(R2 == 0.0, G2, float("-inf"))))[:, None]).to(DOT)
+            w2 = tl.dot(Td20, kb0, input_precision=PRECISION) + tl.dot(Td21, kb1, input_precision=PRECISION) + tl.dot(Td22, kb2, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w2, mask=mask_T[:, None] & mask_K[None, :])
+        if NS > 3:
+            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_T = o_T < T
+            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rlast, Glast - G3, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            kb3 = (k3.to(ACC) * (b3 * tl.exp2(tl.where(R3 == 0.0, G3, float("-inf"))))[:, None]).to(DOT)
+            w3 = tl.dot(Td30, kb0, input_precision=PRECISION) + tl.dot(Td31, kb1, input_precision=PRECISION) + tl.dot(Td32, kb2, input_precision=PRECISION) + tl.dot(Td33, kb3, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w3, mask=mask_T[:, None] & mask_K[None, :])
+    # per value block: u = T (beta v)
     for i_v in range(0, tl.cdiv(dim_V, BLOCK_V)):
         o_V = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_V = o_V < dim_V
@@ -407,7 +464,7 @@ def chunk_delta_parallel_prepare_kernel(
         raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
         in_v = raw_v.to(ACC)
         vb0 = (b0[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
-        u0 = tl.dot(T00.to(DOT), vb0, input_precision=PRECISION)
+        u0 = tl.dot(Td00, vb0, input_precision=PRECISION)
         tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u0, mask=mask_T[:, None] & mask_V[None, :])
         if NS > 1:
             o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
@@ -415,7 +472,7 @@ def chunk_delta_parallel_prepare_kernel(
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb1 = (b1[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
-            u1 = tl.dot(T10.to(DOT), vb0, input_precision=PRECISION) + tl.dot(T11.to(DOT), vb1, input_precision=PRECISION)
+            u1 = tl.dot(Td10, vb0, input_precision=PRECISION) + tl.dot(Td11, vb1, input_precision=PRECISION)
             tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u1, mask=mask_T[:, None] & mask_V[None, :])
         if NS > 2:
             o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
@@ -423,7 +480,7 @@ def chunk_delta_parallel_prepare_kernel(
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb2 = (b2[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
-            u2 = tl.dot(T20.to(DOT), vb0, input_precision=PRECISION) + tl.dot(T21.to(DOT), vb1, input_precision=PRECISION) + tl.dot(T22.to(DOT), vb2, input_precision=PRECISION)
+            u2 = tl.dot(Td20, vb0, input_precision=PRECISION) + tl.dot(Td21, vb1, input_precision=PRECISION) + tl.dot(Td22, vb2, input_precision=PRECISION)
             tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u2, mask=mask_T[:, None] & mask_V[None, :])
         if NS > 3:
             o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
@@ -431,7 +488,7 @@ def chunk_delta_parallel_prepare_kernel(
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb3 = (b3[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
-            u3 = tl.dot(T30.to(DOT), vb0, input_precision=PRECISION) + tl.dot(T31.to(DOT), vb1, input_precision=PRECISION) + tl.dot(T32.to(DOT), vb2, input_precision=PRECISION) + tl.dot(T33.to(DOT), vb3, input_precision=PRECISION)
+            u3 = tl.dot(Td30, vb0, input_precision=PRECISION) + tl.dot(Td31, vb1, input_precision=PRECISION) + tl.dot(Td32, vb2, input_precision=PRECISION) + tl.dot(Td33, vb3, input_precision=PRECISION)
             tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u3, mask=mask_T[:, None] & mask_V[None, :])
 
 
@@ -560,10 +617,11 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
     # most 64 lanes; key blocks of 64 in the output kernel, 16 with a key-wise decay
     # (chunk_delta_parallel.md, "Blocks")
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
-    output_blocks, state_blocks = dict(blocks), dict(blocks)
+    output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
     if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
         state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     block_t = min(64, max(16, _pow2(options.get("chunk_size", 64))))
     n_t = triton.cdiv(T, block_t)
     n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
@@ -593,7 +651,7 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             block_t, min(16, block_t), ns, precision, init is not None, final is not None, acc, dot,
         ]
     # the per-chunk kernel holds a chunk as block_t // 16 sub-chunks of 16 steps
-    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(blocks, 16, block_t // 16), num_warps=8)
+    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(prepare_blocks, 16, block_t // 16), num_warps=8)
     chunk_delta_parallel_state_kernel[(n_v_state, B * H)](*arguments(state_blocks, block_t, 1))
     chunk_delta_parallel_output_kernel[(n_v, n_t, B * H)](*arguments(output_blocks, block_t, 1))
 
