@@ -17,7 +17,7 @@ import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
 
 pytestmark = pytest.mark.triton
-SUPPORTED = ["deltanet", "gated_deltanet", "kda"]
+SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
 
 
 def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
@@ -46,8 +46,9 @@ def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
 @pytest.mark.parametrize("name", SUPPORTED)
 @pytest.mark.parametrize("T,chunk", [(1, 64), (37, 16), (70, 64)])
 def test_odd_dims_ragged_lengths(name, T, chunk):
-    """K = 5, V = 20, chunks of 16 (one sub-chunk) and 64 (four, merged); the last chunk
-    ragged; an initial state; precision "ieee" (the tests compare fp32 at 1e-4)."""
+    """K = 5, V = 20, chunks of 16 (one sub-chunk; deltaproduct: two, a row per token and
+    delta step) and 64 (four, merged; deltaproduct: chunks of 32 tokens); the last chunk ragged;
+    an initial state; precision "ieee" (the tests compare fp32 at 1e-4)."""
     check(name, T, {"K": 5, "V": 20}, chunk_size=chunk, precision="ieee")
 
 
@@ -80,17 +81,43 @@ def test_hard_resets_at_and_inside_chunks(name, chunk, resets):
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_bf16_inputs(name):
     """bf16 inputs, 16-bit operands into tl.dot: within 3e-2 of the magnitude."""
-    check(name, 70, {"K": 16, "V": 16}, dtype=torch.bfloat16, chunk_size=64, resets=(40,)
-          if name != "deltanet" else ())
+    check(name, 70, {"K": 16, "V": 16}, dtype=torch.bfloat16, chunk_size=64,
+          resets=(40,) if name in ("gated_deltanet", "kda") else ())
 
 
 def test_specs_without_the_form_keep_the_single_kernel():
-    """Two delta steps a token (deltaproduct) and the DPLR kinds (rwkv7, comba) are not offered
-    the mode yet: they run their single kernel."""
-    for name in ("deltaproduct", "rwkv7", "comba"):
+    """The DPLR kinds (rwkv7, comba) are not offered the mode yet: they run their single
+    kernel."""
+    for name in ("rwkv7", "comba"):
         module = seqc.load(name).kernel("triton").module
         assert "chunk_delta_parallel" not in module.MODES, name
-    assert "chunk_delta_parallel" in seqc.load("kda").kernel("triton").module.MODES
+    for name in SUPPORTED:
+        assert "chunk_delta_parallel" in seqc.load(name).kernel("triton").module.MODES, name
+
+
+def test_two_delta_steps_with_a_scalar_decay_and_hard_resets():
+    """deltaproduct with a scalar gate before a token's two steps (the gate applies to the
+    token's first row only): -inf gates inside a sub-chunk (3), at a sub-chunk's first token (16:
+    rows 32-33, sub-chunk 2 of a 64-row chunk), at a chunk's last and first token (31, 32)."""
+    source = (seqc.load("deltaproduct").source
+              .replace("model deltaproduct", "model gated_deltaproduct")
+              .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
+              .replace("state S[K, V] = 0\n", "state S[K, V] = 0\nS = exp(g) * S\n"))
+    program = seqc.compile(source)
+    gen = torch.Generator().manual_seed(5)
+    T = 45
+    x = {n: torch.nn.functional.normalize(torch.randn(1, T, 2, 5, generator=gen), dim=-1)
+         for n in ("q", "k1", "k2")}
+    x.update({n: torch.randn(1, T, 2, 20, generator=gen) for n in ("v1", "v2")})
+    x.update({n: torch.rand(1, T, 2, generator=gen) for n in ("beta1", "beta2")})
+    x["g"] = -torch.rand(1, T, 2, generator=gen)
+    for t in (3, 16, 31, 32):
+        x["g"][0, t, 1] = float("-inf")
+    want = program.kernel("reference")(**x, output_final_state=True)
+    got = program.kernel("triton", mode="chunk_delta_parallel", chunk_size=32,
+                         precision="ieee")(**x, output_final_state=True)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-4, atol=1e-4)
 
 
 def test_default_mode_by_programs_against_sms():

@@ -16,22 +16,22 @@ from .chunk_parallel import ChunkParallelKernel, key_bound_lets, mentions, reduc
 
 
 def supported(plan) -> bool:
-    """One chunk_delta group S[K, V] (key dim first) with one delta step a token (a scalar
-    beta), a scalar or key-wise decay or none, and values, betas and outputs (and a scalar decay)
-    that do not need the key dim (the output kernel loops over key blocks)."""
+    """One chunk_delta group S[K, V] (key dim first) with one or two delta steps a token (scalar
+    betas), a scalar decay or none (key-wise: one step a token), and values, betas and outputs
+    (and a scalar decay) that do not need the key dim (the output kernel loops over key
+    blocks)."""
     if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_delta":
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
-    if plan.spec.tensor(group.state).dims != (K, V) or len(group.steps) != 1:
+    if plan.spec.tensor(group.state).dims != (K, V) or len(group.steps) not in (1, 2):
         return False
-    step = group.steps[0]
-    if step.key.dims != (K,) or step.value.dims != (V,) or step.beta.dims != ():
+    if any(s.key.dims != (K,) or s.value.dims != (V,) or s.beta.dims != () for s in group.steps):
         return False
-    if group.log_decay is not None and group.log_decay.dims not in ((), (K,)):
+    if group.log_decay is not None and group.log_decay.dims not in ((), (K,)[:len(group.steps) == 1]):
         return False
     bound = key_bound_lets(plan, K)
-    free = [step.value, step.beta] + list(plan.outputs.values())
+    free = [e for s in group.steps for e in (s.value, s.beta)] + list(plan.outputs.values())
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
     return not any(mentions(e, K, bound) for e in free)
@@ -46,13 +46,12 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
 
     def key_exprs(self):
         g = self.group
-        exprs = [g.steps[0].key] + [q for _, q in self.reads_of(g.state)]
+        exprs = [s.key for s in g.steps] + [q for _, q in self.reads_of(g.state)]
         return exprs + [let.value for let in self.plan.prelude]
 
     def context(self) -> dict:
         g = self.group
         K, V = g.key_dim, g.value_dim
-        step = g.steps[0]
         spec = self.spec
         every = {x.name for x in spec.inputs} | {p.name for p in spec.params} | \
             {let.name for let in self.plan.prelude}
@@ -61,8 +60,15 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
             self.lets[let.name] = self.expr(let.value).dims
         keywise = g.log_decay is not None and g.log_decay.dims == (K,)
         decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
-        key, key_op = self.role(step.key, (K,)), self.operand(step.key, (K,))
-        beta, value = self.role(step.beta, ()), self.role(step.value, (V,))
+        steps = [dict(key_op=self.operand(s.key, (K,)), beta=self.role(s.beta, ()),
+                      value=self.role(s.value, (V,))) for s in g.steps]
+        key = self.role(g.steps[0].key, (K,))       # the fp32 key (key-wise: one step)
+        key_op, beta, value = (by_step([s[role] for s in steps], axis)
+                               for role, axis in (("key_op", "[:, None]"), ("beta", ""),
+                                                  ("value", "[:, None]")))
+        row_decay = decay       # per row of the per-chunk kernel: before a token's first step
+        if decay is not None and len(steps) > 1:
+            row_decay = f"tl.where(step == 0, {decay}, 0.0)"
         reads = []
         for name, query in self.reads_of(g.state):
             self.reads[name] = ("T", V)
@@ -71,7 +77,7 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         stores = [self.store(name, v) for name, v in self.plan.outputs.items()]
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
         free_names = every - key_names
-        inner = [r["query_op"] for r in reads] + [key_op]
+        inner = [r["query_op"] for r in reads] + [s["key_op"] for s in steps]
         outer = stores
         if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
             inner += [decay, key] + [r["query"] for r in reads]
@@ -86,9 +92,10 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
             (f"o_{V} =", f"mask_{V} =", f"o_{K} =", f"mask_{K} ="))]
         outer_lanes = [line for line in offsets + masks
                        if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
-        beta_code = beta if keywise else "\n".join([beta, decay or ""])
+        beta_code = beta if keywise else "\n".join([beta, row_decay or ""])
         key_code = "\n".join([key_op, decay]) if keywise else key_op
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
+                    steps=steps, n=len(steps), row_decay=row_decay,
                     key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
                     prepare_lanes=prepare_lanes, state_lanes=whole_key, outer_lanes=outer_lanes,
                     beta_setup=self.setup(beta_code, every - key_names),
@@ -99,3 +106,11 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     final_store=self.final_store(g.state, K, V))
+
+
+def by_step(codes: list[str], axis: str) -> str:
+    """A row's role among the delta steps' (the per-chunk kernel's rows alternate steps,
+    `step = row % NSTEP`)."""
+    if len(codes) == 1:
+        return codes[0]
+    return f"tl.where((step == 0){axis}, {codes[0]}, {codes[1]})"

@@ -231,7 +231,8 @@ def chunk_delta_parallel_prepare_kernel(
     c0,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The per-chunk kernel (chunk_delta_parallel.md, 1): one program per (chunk, batch x head)
@@ -247,8 +248,9 @@ def chunk_delta_parallel_prepare_kernel(
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
     # betas (and a scalar decay's gates), per sub-chunk
-    o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-    mask_T = o_T < T
+    o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+    mask_R = o_R < NSTEP * T
+    o_T, mask_T = o_R, mask_R
     raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     in_g = raw_g.to(ACC)
@@ -261,8 +263,9 @@ def chunk_delta_parallel_prepare_kernel(
     Rc = tl.sum(tl.where(last_T, R0, 0.0), axis=0)
     A00 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 1:
-        o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
@@ -277,8 +280,9 @@ def chunk_delta_parallel_prepare_kernel(
         A10 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A11 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 2:
-        o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
@@ -294,8 +298,9 @@ def chunk_delta_parallel_prepare_kernel(
         A21 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A22 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     if NS > 3:
-        o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
         in_g = raw_g.to(ACC)
@@ -318,23 +323,27 @@ def chunk_delta_parallel_prepare_kernel(
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
         o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_K = o_K < dim_K
-        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         k0 = raw_k.to(DOT)
         if NS > 1:
-            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k1 = raw_k.to(DOT)
         if NS > 2:
-            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k2 = raw_k.to(DOT)
         if NS > 3:
-            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k3 = raw_k.to(DOT)
         A00 += tl.dot(k0, tl.trans(k0), input_precision=PRECISION)
@@ -409,87 +418,99 @@ def chunk_delta_parallel_prepare_kernel(
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
         o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_K = o_K < dim_K
-        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         k0 = raw_k.to(DOT)
         if NS > 1:
-            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k1 = raw_k.to(DOT)
         if NS > 2:
-            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k2 = raw_k.to(DOT)
         if NS > 3:
-            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
             k3 = raw_k.to(DOT)
-        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-        mask_T = o_T < T
-        tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rlast, Glast - G0, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rlast, Glast - G0, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
         kb0 = (k0.to(ACC) * (b0 * tl.exp2(tl.where(R0 == 0.0, G0, float("-inf"))))[:, None]).to(DOT)
         w0 = tl.dot(Td00, kb0, input_precision=PRECISION)
-        tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w0, mask=mask_T[:, None] & mask_K[None, :])
+        tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w0, mask=mask_R[:, None] & mask_K[None, :])
         if NS > 1:
-            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-            mask_T = o_T < T
-            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rlast, Glast - G1, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rlast, Glast - G1, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb1 = (k1.to(ACC) * (b1 * tl.exp2(tl.where(R1 == 0.0, G1, float("-inf"))))[:, None]).to(DOT)
             w1 = tl.dot(Td10, kb0, input_precision=PRECISION) + tl.dot(Td11, kb1, input_precision=PRECISION)
-            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w1, mask=mask_T[:, None] & mask_K[None, :])
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w1, mask=mask_R[:, None] & mask_K[None, :])
         if NS > 2:
-            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-            mask_T = o_T < T
-            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rlast, Glast - G2, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rlast, Glast - G2, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb2 = (k2.to(ACC) * (b2 * tl.exp2(tl.where(R2 == 0.0, G2, float("-inf"))))[:, None]).to(DOT)
             w2 = tl.dot(Td20, kb0, input_precision=PRECISION) + tl.dot(Td21, kb1, input_precision=PRECISION) + tl.dot(Td22, kb2, input_precision=PRECISION)
-            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w2, mask=mask_T[:, None] & mask_K[None, :])
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w2, mask=mask_R[:, None] & mask_K[None, :])
         if NS > 3:
-            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-            mask_T = o_T < T
-            tl.store(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rlast, Glast - G3, float("-inf")))[:, None], mask=mask_T[:, None] & mask_K[None, :])
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rlast, Glast - G3, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb3 = (k3.to(ACC) * (b3 * tl.exp2(tl.where(R3 == 0.0, G3, float("-inf"))))[:, None]).to(DOT)
             w3 = tl.dot(Td30, kb0, input_precision=PRECISION) + tl.dot(Td31, kb1, input_precision=PRECISION) + tl.dot(Td32, kb2, input_precision=PRECISION) + tl.dot(Td33, kb3, input_precision=PRECISION)
-            tl.store(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], w3, mask=mask_T[:, None] & mask_K[None, :])
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w3, mask=mask_R[:, None] & mask_K[None, :])
     # per value block: u = T (beta v)
     for i_v in range(0, tl.cdiv(dim_V, BLOCK_V)):
         o_V = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_V = o_V < dim_V
-        o_T = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
         raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
         in_v = raw_v.to(ACC)
         vb0 = (b0[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
         u0 = tl.dot(Td00, vb0, input_precision=PRECISION)
-        tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u0, mask=mask_T[:, None] & mask_V[None, :])
+        tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u0, mask=mask_R[:, None] & mask_V[None, :])
         if NS > 1:
-            o_T = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb1 = (b1[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
             u1 = tl.dot(Td10, vb0, input_precision=PRECISION) + tl.dot(Td11, vb1, input_precision=PRECISION)
-            tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u1, mask=mask_T[:, None] & mask_V[None, :])
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u1, mask=mask_R[:, None] & mask_V[None, :])
         if NS > 2:
-            o_T = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb2 = (b2[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
             u2 = tl.dot(Td20, vb0, input_precision=PRECISION) + tl.dot(Td21, vb1, input_precision=PRECISION) + tl.dot(Td22, vb2, input_precision=PRECISION)
-            tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u2, mask=mask_T[:, None] & mask_V[None, :])
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u2, mask=mask_R[:, None] & mask_V[None, :])
         if NS > 3:
-            o_T = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-            mask_T = o_T < T
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
             raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
             in_v = raw_v.to(ACC)
             vb3 = (b3[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
             u3 = tl.dot(Td30, vb0, input_precision=PRECISION) + tl.dot(Td31, vb1, input_precision=PRECISION) + tl.dot(Td32, vb2, input_precision=PRECISION) + tl.dot(Td33, vb3, input_precision=PRECISION)
-            tl.store(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], u3, mask=mask_T[:, None] & mask_V[None, :])
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u3, mask=mask_R[:, None] & mask_V[None, :])
 
 
 @triton.jit
@@ -505,7 +526,8 @@ def chunk_delta_parallel_state_kernel(
     c0,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The state pass (chunk_delta_parallel.md, 2): one program per (value block, batch x head)
@@ -525,14 +547,14 @@ def chunk_delta_parallel_state_kernel(
     else:
         st_S = tl.full([BLOCK_K, BLOCK_V], 0.0, dtype=ACC)
     for i_t in range(0, NT):
-        o_T = i_t * BLOCK_T + o_t
-        mask_T = o_T < T
+        o_R = i_t * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
         tl.store(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], st_S, mask=mask_K[:, None] & mask_V[None, :])
-        w = tl.load(ptr_w + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], mask=mask_T[:, None] & mask_K[None, :], other=0.0)
-        v_new = tl.load(ptr_u + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0).to(ACC) - tl.dot(w, st_S.to(DOT), input_precision=PRECISION)
+        w = tl.load(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
+        v_new = tl.load(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], mask=mask_R[:, None] & mask_V[None, :], other=0.0).to(ACC) - tl.dot(w, st_S.to(DOT), input_precision=PRECISION)
         v_new = v_new.to(DOT)
-        tl.store(ptr_vn + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], v_new, mask=mask_T[:, None] & mask_V[None, :])
-        kg = tl.load(ptr_kg + (i_bh * T + o_T)[:, None] * dim_K + o_K[None, :], mask=mask_T[:, None] & mask_K[None, :], other=0.0)
+        tl.store(ptr_vn + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], v_new, mask=mask_R[:, None] & mask_V[None, :])
+        kg = tl.load(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
         decay = tl.load(ptr_decay + i_bh * NT + i_t)
         st_S = st_S * tl.exp2(decay) + tl.dot(tl.trans(kg), v_new, input_precision=PRECISION)
     if STORE_FINAL:
@@ -552,7 +574,8 @@ def chunk_delta_parallel_output_kernel(
     c0,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The output kernel (chunk_delta_parallel.md, 3): one program per (value block, chunk, batch
@@ -571,7 +594,7 @@ def chunk_delta_parallel_output_kernel(
     mask_T = o_T < T
     raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     in_g = raw_g.to(ACC)
-    vn_S = tl.load(ptr_vn + (i_bh * T + o_T)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0)
+    vn0_S = tl.load(ptr_vn + (i_bh * (NSTEP * T) + o_T * NSTEP + 0)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0)
     d_S = tl.where((mask_T), in_g, 0.0)
     reset_S = d_S == float("-inf")
     G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
@@ -582,7 +605,7 @@ def chunk_delta_parallel_output_kernel(
     Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
     Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
     r__read0_S = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
-    A__read0_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    A__read0_S_0 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
         o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_K = o_K < dim_K
@@ -592,10 +615,10 @@ def chunk_delta_parallel_output_kernel(
         h_S = tl.load(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], mask=mask_K[:, None] & mask_V[None, :], other=0.0).to(DOT)
         q__read0_S = (tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)).to(DOT)
         r__read0_S += tl.dot(q__read0_S, h_S, input_precision=PRECISION)
-        A__read0_S += tl.dot(q__read0_S, tl.trans(raw_k.to(DOT)), input_precision=PRECISION)
+        A__read0_S_0 += tl.dot(q__read0_S, tl.trans(raw_k.to(DOT)), input_precision=PRECISION)
     r__read0_S = r__read0_S * tl.exp2(G0_S)[:, None]
-    A__read0_S = A__read0_S * tl.exp2(tl.where((o_t[:, None] >= o_t[None, :]) & (R_S[:, None] == R_S[None, :]), G_S[:, None] - G_S[None, :], float("-inf")))
-    r__read0_S += tl.dot(A__read0_S.to(DOT), vn_S, input_precision=PRECISION)
+    A__read0_S_0 = A__read0_S_0 * tl.exp2(tl.where((o_t[:, None] >= o_t[None, :]) & (R_S[:, None] == R_S[None, :]), G_S[:, None] - G_S[None, :], float("-inf")))
+    r__read0_S += tl.dot(A__read0_S_0.to(DOT), vn0_S, input_precision=PRECISION)
     read__read0_S = r__read0_S
     tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
 
@@ -613,15 +636,17 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    # all of K in the per-chunk kernel and the state pass (w h sums over it); value blocks of at
-    # most 64 lanes; key blocks of 64 in the output kernel, 16 with a key-wise decay
-    # (chunk_delta_parallel.md, "Blocks")
+    # key blocks of 64 / delta steps in the per-chunk and output kernels (16 in the output kernel
+    # with a key-wise decay), all of K in the state pass (w h sums over it); value blocks of at
+    # most 64 lanes (chunk_delta_parallel.md, "Blocks")
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
     output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
     if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
         state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
+    # chunks of block_t tokens, 1 delta step(s) each: 1 x block_t rows of at most 64
     block_t = min(64, max(16, _pow2(options.get("chunk_size", 64))))
     n_t = triton.cdiv(T, block_t)
     n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
@@ -629,10 +654,10 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
     K_, V_ = dims["K"], dims["V"]
     device = spare.device
     chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=spare.dtype, device=device)
-    w = torch.empty((B * H, T, K_), dtype=dot_dtype, device=device)
-    kg = torch.empty((B * H, T, K_), dtype=dot_dtype, device=device)
-    u = torch.empty((B * H, T, V_), dtype=dot_dtype, device=device)
-    v_new = torch.empty((B * H, T, V_), dtype=dot_dtype, device=device)
+    w = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
+    kg = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
+    u = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
+    v_new = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
     decay = torch.empty((B * H, n_t), dtype=spare.dtype, device=device)
 
     def arguments(blocks, block_t, ns):
@@ -648,11 +673,11 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             consts["c0"],
             dims["K"], blocks["BLOCK_K"],
             dims["V"], blocks["BLOCK_V"],
-            block_t, min(16, block_t), ns, precision, init is not None, final is not None, acc, dot,
+            block_t, min(16, block_t), ns, 1, precision, init is not None, final is not None, acc, dot,
         ]
-    # the per-chunk kernel holds a chunk as block_t // 16 sub-chunks of 16 steps
-    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(prepare_blocks, 16, block_t // 16), num_warps=8)
-    chunk_delta_parallel_state_kernel[(n_v_state, B * H)](*arguments(state_blocks, block_t, 1))
+    # the per-chunk kernel holds a chunk's 1 x block_t rows (a row per token and delta step) as sub-chunks of 16
+    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(prepare_blocks, 16, 1 * block_t // 16), num_warps=8)
+    chunk_delta_parallel_state_kernel[(n_v_state, B * H)](*arguments(state_blocks, 1 * block_t, 1))
     chunk_delta_parallel_output_kernel[(n_v, n_t, B * H)](*arguments(output_blocks, block_t, 1))
 
 
