@@ -153,11 +153,15 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
     keeps the cores' boundary states and the backward is the adjoint kernels alone. A mode with
     cores of its own (`MODE_CORES`: `chunk_parallel` trains on chunk_parallel_core.md, its
     kernels dotting in the call's 16-bit `dtype`) puts them in place of the others. `mode=None`
-    is the mode the module's `run` chooses at `dims`. Another mode (e.g. a forced
-    `fused_recurrent`) keeps its kernel forward and recomputes in backward."""
+    is the mode the module's `run` chooses at `dims`. The module's parallel mode with no cores of
+    its own (`chunk_delta_parallel`) trains on DEFAULT_MODE's core. Another mode (e.g. a forced
+    `fused_recurrent`) keeps its kernel forward and has its own backward or recomputes."""
     mode = options.get("mode") or chosen_mode(triton_module, options, dims)
     cores = core_options(triton_module, options)
     own = getattr(triton_module, "MODE_CORES", {}).get(mode)
+    if not own and mode == getattr(triton_module, "PARALLEL_MODE", None):
+        mode = triton_module.DEFAULT_MODE   # a parallel form with no core of its own trains on
+        #                                     the single-kernel form's (chunk_delta_parallel)
     if cores and own:
         bound = dict(dot_dtype=dtype, precision=options.get("precision"))
         return {**cores, **{name: functools.partial(core, **bound) for name, core in own.items()}}

@@ -9,6 +9,10 @@ from seqc.templates import render as render_template
 from . import families, fused, fused_backward
 from .render import HELPERS, Constants
 
+# the multi-kernel forms a module runs instead of its single-kernel default when that would
+# launch too few programs (module.py.j2, `_choose_mode`)
+PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel")
+
 
 def plan_of(program):
     """The program's Plan, or None while the analysis cannot give one (fused kernel only)."""
@@ -33,9 +37,10 @@ def emit(program, plan=None) -> str:
     cores = {kind: render_template("triton", f"{kind}_core.py.j2") for kind in kinds}
     common = (render_template("triton", "core_common.py.j2")
               if {"chunk", "chunk_delta", "chunk_dplr"} & set(kinds) else "")     # their shared helpers
-    value_dim = next((b.group.value_dim for b in builders if b.mode == "chunk_parallel"), None)
+    parallel = next((b for b in builders if b.mode in PARALLEL_MODES), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
-                  value_dim=value_dim,
+                  value_dim=parallel and parallel.group.value_dim,
+                  parallel_mode=parallel and parallel.mode,
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
                   fused_backward=backward is not None)

@@ -1,15 +1,20 @@
 """The parallel kernel family a Plan allows, beyond the fused recurrent kernel (blockwise.py)."""
 from __future__ import annotations
 
-from . import chunk_parallel
+from . import chunk_delta_parallel, chunk_parallel
 from .blockwise import BlockKernel, mode_of
 
 
 def builders(plan, constants) -> list:
     """The family kernels, the default (the Plan's single-kernel form) last; a chunk Plan also
-    gets the two-kernel form `chunk_parallel` (chunk_parallel.md), chosen by `mode=`."""
-    if not mode_of(plan):
+    gets the two-kernel form `chunk_parallel` (chunk_parallel.md), a chunk_delta Plan the
+    three-kernel form `chunk_delta_parallel` (chunk_delta_parallel.md), chosen by `mode=`."""
+    mode = mode_of(plan)
+    if not mode:
         return []
-    extra = [chunk_parallel.ChunkParallelKernel(plan, constants)] \
-        if mode_of(plan) == "chunk" and chunk_parallel.supported(plan) else []
+    extra = []
+    if mode == "chunk" and chunk_parallel.supported(plan):
+        extra = [chunk_parallel.ChunkParallelKernel(plan, constants)]
+    if mode == "chunk_delta" and chunk_delta_parallel.supported(plan):
+        extra = [chunk_delta_parallel.ChunkDeltaParallelKernel(plan, constants)]
     return extra + [BlockKernel(plan, constants)]

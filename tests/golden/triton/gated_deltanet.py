@@ -15,10 +15,11 @@
 #     output o = scale * q @ S
 """Triton kernels for `gated_deltanet`: see backends/triton/*.md in seqc for their math.
 
-Kernel families in this module: fused_recurrent, chunk_delta (default: chunk_delta).
+Kernel families in this module: fused_recurrent, chunk_delta_parallel, chunk_delta (default: chunk_delta, or
+chunk_delta_parallel when chunk_delta would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
-of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_parallel "tf32").
+of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_delta_parallel "tf32").
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
@@ -47,7 +48,7 @@ INPUTS = ("q", "k", "v", "g", "beta", )
 PARAMS = ()
 STATES = ("S", )
 OUTPUTS = ("o", )
-MODES = ("fused_recurrent", "chunk_delta", )
+MODES = ("fused_recurrent", "chunk_delta_parallel", "chunk_delta", )
 DEFAULT_MODE = "chunk_delta"
 # fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
 # operation of the step has a vector-Jacobian rule
@@ -233,6 +234,470 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
         dims["V"], blocks["BLOCK_V"],
         init is not None, final is not None, checkpoints is not None, _acc(spare),
     )
+
+
+
+@triton.jit
+def chunk_delta_parallel_prepare_kernel(
+    ptr_in_q,
+    ptr_in_k,
+    ptr_in_v,
+    ptr_in_g,
+    ptr_in_beta,
+    ptr_init_S, ptr_final_S,
+    ptr_out_o,
+    ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The per-chunk kernel (chunk_delta_parallel.md, 1): one program per (chunk, batch x head)
+    forms the UT system of its chunk on NS sub-chunks of BLOCK_T = 16 steps (accumulated over
+    key blocks), inverts it (forward substitution on the diagonal blocks, then block merging),
+    and stores w, u, the keys decayed to the chunk end and the chunk's decay."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+    strict = o_t[:, None] > o_t[None, :]
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
+    # betas (and a scalar decay's gates), per sub-chunk
+    o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+    mask_R = o_R < NSTEP * T
+    o_T, mask_T = o_R, mask_R
+    raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+    raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+    in_g = raw_g.to(ACC)
+    in_beta = raw_beta.to(ACC)
+    b0 = tl.where((mask_T), in_beta, 0.0)
+    reset0 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+    G0 = tl.cumsum(tl.where(reset0, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
+    R0 = tl.cumsum(reset0.to(ACC), axis=0)
+    Gc = tl.sum(tl.where(last_T, G0, 0.0), axis=0)
+    Rc = tl.sum(tl.where(last_T, R0, 0.0), axis=0)
+    A00 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    if NS > 1:
+        o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        in_g = raw_g.to(ACC)
+        in_beta = raw_beta.to(ACC)
+        b1 = tl.where((mask_T), in_beta, 0.0)
+        n1, rn1 = Gc, Rc
+        reset1 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G1 = n1 + tl.cumsum(tl.where(reset1, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
+        R1 = rn1 + tl.cumsum(reset1.to(ACC), axis=0)
+        Gc = tl.sum(tl.where(last_T, G1, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R1, 0.0), axis=0)
+        A10 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A11 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    if NS > 2:
+        o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        in_g = raw_g.to(ACC)
+        in_beta = raw_beta.to(ACC)
+        b2 = tl.where((mask_T), in_beta, 0.0)
+        n2, rn2 = Gc, Rc
+        reset2 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G2 = n2 + tl.cumsum(tl.where(reset2, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
+        R2 = rn2 + tl.cumsum(reset2.to(ACC), axis=0)
+        Gc = tl.sum(tl.where(last_T, G2, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R2, 0.0), axis=0)
+        A20 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A21 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A22 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    if NS > 3:
+        o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        raw_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        in_g = raw_g.to(ACC)
+        in_beta = raw_beta.to(ACC)
+        b3 = tl.where((mask_T), in_beta, 0.0)
+        n3, rn3 = Gc, Rc
+        reset3 = (tl.where((mask_T), in_g, 0.0)) == float("-inf")
+        G3 = n3 + tl.cumsum(tl.where(reset3, 0.0, (tl.where((mask_T), in_g, 0.0)) * 1.4426950408889634), axis=0)
+        R3 = rn3 + tl.cumsum(reset3.to(ACC), axis=0)
+        Gc = tl.sum(tl.where(last_T, G3, 0.0), axis=0)
+        Rc = tl.sum(tl.where(last_T, R3, 0.0), axis=0)
+        A30 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A31 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A32 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        A33 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    # the chunk's gate (Glast0), stored for the state pass
+    tl.store(ptr_decay + i_bh * NT + i_t, tl.where(Rc == 0.0, Gc, float("-inf")))
+    Glast, Rlast = Gc, Rc
+    # A = beta k k^T decayed, strictly lower, block by block, summed over key blocks
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        k0 = raw_k.to(DOT)
+        if NS > 1:
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k1 = raw_k.to(DOT)
+        if NS > 2:
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k2 = raw_k.to(DOT)
+        if NS > 3:
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k3 = raw_k.to(DOT)
+        A00 += tl.dot(k0, tl.trans(k0), input_precision=PRECISION)
+        if NS > 1:
+            A10 += tl.dot(k1, tl.trans(k0), input_precision=PRECISION)
+            A11 += tl.dot(k1, tl.trans(k1), input_precision=PRECISION)
+        if NS > 2:
+            A20 += tl.dot(k2, tl.trans(k0), input_precision=PRECISION)
+            A21 += tl.dot(k2, tl.trans(k1), input_precision=PRECISION)
+            A22 += tl.dot(k2, tl.trans(k2), input_precision=PRECISION)
+        if NS > 3:
+            A30 += tl.dot(k3, tl.trans(k0), input_precision=PRECISION)
+            A31 += tl.dot(k3, tl.trans(k1), input_precision=PRECISION)
+            A32 += tl.dot(k3, tl.trans(k2), input_precision=PRECISION)
+            A33 += tl.dot(k3, tl.trans(k3), input_precision=PRECISION)
+    # T = (I + A)^-1: the diagonal blocks by forward substitution, row by row, then the blocks
+    # below them by block substitution, T_cj = -T_cc sum_m A_cm T_mj
+    A00 = A00 * b0[:, None] * tl.exp2(tl.where(strict & (R0[:, None] == R0[None, :]), G0[:, None] - G0[None, :], float("-inf")))
+    T00 = -A00
+    for i in range(2, BLOCK_T):
+        row = tl.sum(tl.where((o_t == i)[:, None], -A00, 0.0), axis=0)
+        row = row + tl.sum(row[:, None] * T00, axis=0)
+        T00 = tl.where((o_t == i)[:, None], row[None, :], T00)
+    T00 = T00 + eye
+    Td00 = T00.to(DOT)
+    if NS > 1:
+        A10 = A10 * b1[:, None] * tl.exp2(tl.where((R1[:, None] == R0[None, :]), G1[:, None] - G0[None, :], float("-inf")))
+        A11 = A11 * b1[:, None] * tl.exp2(tl.where(strict & (R1[:, None] == R1[None, :]), G1[:, None] - G1[None, :], float("-inf")))
+        T11 = -A11
+        for i in range(2, BLOCK_T):
+            row = tl.sum(tl.where((o_t == i)[:, None], -A11, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T11, axis=0)
+            T11 = tl.where((o_t == i)[:, None], row[None, :], T11)
+        T11 = T11 + eye
+        T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PRECISION), input_precision=PRECISION)
+        Td10 = T10.to(DOT)
+        Td11 = T11.to(DOT)
+    if NS > 2:
+        A20 = A20 * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R0[None, :]), G2[:, None] - G0[None, :], float("-inf")))
+        A21 = A21 * b2[:, None] * tl.exp2(tl.where((R2[:, None] == R1[None, :]), G2[:, None] - G1[None, :], float("-inf")))
+        A22 = A22 * b2[:, None] * tl.exp2(tl.where(strict & (R2[:, None] == R2[None, :]), G2[:, None] - G2[None, :], float("-inf")))
+        T22 = -A22
+        for i in range(2, BLOCK_T):
+            row = tl.sum(tl.where((o_t == i)[:, None], -A22, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T22, axis=0)
+            T22 = tl.where((o_t == i)[:, None], row[None, :], T22)
+        T22 = T22 + eye
+        T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PRECISION), input_precision=PRECISION)
+        T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PRECISION) + tl.dot(A21, T10, input_precision=PRECISION), input_precision=PRECISION)
+        Td20 = T20.to(DOT)
+        Td21 = T21.to(DOT)
+        Td22 = T22.to(DOT)
+    if NS > 3:
+        A30 = A30 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R0[None, :]), G3[:, None] - G0[None, :], float("-inf")))
+        A31 = A31 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R1[None, :]), G3[:, None] - G1[None, :], float("-inf")))
+        A32 = A32 * b3[:, None] * tl.exp2(tl.where((R3[:, None] == R2[None, :]), G3[:, None] - G2[None, :], float("-inf")))
+        A33 = A33 * b3[:, None] * tl.exp2(tl.where(strict & (R3[:, None] == R3[None, :]), G3[:, None] - G3[None, :], float("-inf")))
+        T33 = -A33
+        for i in range(2, BLOCK_T):
+            row = tl.sum(tl.where((o_t == i)[:, None], -A33, 0.0), axis=0)
+            row = row + tl.sum(row[:, None] * T33, axis=0)
+            T33 = tl.where((o_t == i)[:, None], row[None, :], T33)
+        T33 = T33 + eye
+        T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PRECISION), input_precision=PRECISION)
+        T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PRECISION) + tl.dot(A32, T21, input_precision=PRECISION), input_precision=PRECISION)
+        T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PRECISION) + tl.dot(A31, T10, input_precision=PRECISION) + tl.dot(A32, T20, input_precision=PRECISION), input_precision=PRECISION)
+        Td30 = T30.to(DOT)
+        Td31 = T31.to(DOT)
+        Td32 = T32.to(DOT)
+        Td33 = T33.to(DOT)
+    # per key block: w = T (beta 2^G0 k) and the keys decayed to the chunk end (2^Gend)
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        k0 = raw_k.to(DOT)
+        if NS > 1:
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k1 = raw_k.to(DOT)
+        if NS > 2:
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k2 = raw_k.to(DOT)
+        if NS > 3:
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k3 = raw_k.to(DOT)
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rlast, Glast - G0, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
+        kb0 = (k0.to(ACC) * (b0 * tl.exp2(tl.where(R0 == 0.0, G0, float("-inf"))))[:, None]).to(DOT)
+        w0 = tl.dot(Td00, kb0, input_precision=PRECISION)
+        tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w0, mask=mask_R[:, None] & mask_K[None, :])
+        if NS > 1:
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rlast, Glast - G1, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
+            kb1 = (k1.to(ACC) * (b1 * tl.exp2(tl.where(R1 == 0.0, G1, float("-inf"))))[:, None]).to(DOT)
+            w1 = tl.dot(Td10, kb0, input_precision=PRECISION) + tl.dot(Td11, kb1, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w1, mask=mask_R[:, None] & mask_K[None, :])
+        if NS > 2:
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rlast, Glast - G2, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
+            kb2 = (k2.to(ACC) * (b2 * tl.exp2(tl.where(R2 == 0.0, G2, float("-inf"))))[:, None]).to(DOT)
+            w2 = tl.dot(Td20, kb0, input_precision=PRECISION) + tl.dot(Td21, kb1, input_precision=PRECISION) + tl.dot(Td22, kb2, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w2, mask=mask_R[:, None] & mask_K[None, :])
+        if NS > 3:
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rlast, Glast - G3, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
+            kb3 = (k3.to(ACC) * (b3 * tl.exp2(tl.where(R3 == 0.0, G3, float("-inf"))))[:, None]).to(DOT)
+            w3 = tl.dot(Td30, kb0, input_precision=PRECISION) + tl.dot(Td31, kb1, input_precision=PRECISION) + tl.dot(Td32, kb2, input_precision=PRECISION) + tl.dot(Td33, kb3, input_precision=PRECISION)
+            tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w3, mask=mask_R[:, None] & mask_K[None, :])
+    # per value block: u = T (beta v)
+    for i_v in range(0, tl.cdiv(dim_V, BLOCK_V)):
+        o_V = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_V = o_V < dim_V
+        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        o_T, mask_T = o_R, mask_R
+        raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+        in_v = raw_v.to(ACC)
+        vb0 = (b0[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
+        u0 = tl.dot(Td00, vb0, input_precision=PRECISION)
+        tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u0, mask=mask_R[:, None] & mask_V[None, :])
+        if NS > 1:
+            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+            in_v = raw_v.to(ACC)
+            vb1 = (b1[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
+            u1 = tl.dot(Td10, vb0, input_precision=PRECISION) + tl.dot(Td11, vb1, input_precision=PRECISION)
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u1, mask=mask_R[:, None] & mask_V[None, :])
+        if NS > 2:
+            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+            in_v = raw_v.to(ACC)
+            vb2 = (b2[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
+            u2 = tl.dot(Td20, vb0, input_precision=PRECISION) + tl.dot(Td21, vb1, input_precision=PRECISION) + tl.dot(Td22, vb2, input_precision=PRECISION)
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u2, mask=mask_R[:, None] & mask_V[None, :])
+        if NS > 3:
+            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+            in_v = raw_v.to(ACC)
+            vb3 = (b3[:, None] * tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)).to(DOT)
+            u3 = tl.dot(Td30, vb0, input_precision=PRECISION) + tl.dot(Td31, vb1, input_precision=PRECISION) + tl.dot(Td32, vb2, input_precision=PRECISION) + tl.dot(Td33, vb3, input_precision=PRECISION)
+            tl.store(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], u3, mask=mask_R[:, None] & mask_V[None, :])
+
+
+@triton.jit
+def chunk_delta_parallel_state_kernel(
+    ptr_in_q,
+    ptr_in_k,
+    ptr_in_v,
+    ptr_in_g,
+    ptr_in_beta,
+    ptr_init_S, ptr_final_S,
+    ptr_out_o,
+    ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The state pass (chunk_delta_parallel.md, 2): one program per (value block, batch x head)
+    walks the chunks, storing the state entering each in ptr_h [B, H, NT, K, V] and the new
+    values v_new = u - w h in ptr_vn."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_K = tl.arange(0, BLOCK_K)
+    o_V = i_split * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_K = o_K < dim_K
+    mask_V = o_V < dim_V
+    o_t = tl.arange(0, BLOCK_T)
+    if HAS_INIT:
+        st_S = tl.load(ptr_init_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
+    else:
+        st_S = tl.full([BLOCK_K, BLOCK_V], 0.0, dtype=ACC)
+    for i_t in range(0, NT):
+        o_R = i_t * BLOCK_T + o_t
+        mask_R = o_R < NSTEP * T
+        tl.store(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], st_S, mask=mask_K[:, None] & mask_V[None, :])
+        w = tl.load(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
+        v_new = tl.load(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], mask=mask_R[:, None] & mask_V[None, :], other=0.0).to(ACC) - tl.dot(w, st_S.to(DOT), input_precision=PRECISION)
+        v_new = v_new.to(DOT)
+        tl.store(ptr_vn + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], v_new, mask=mask_R[:, None] & mask_V[None, :])
+        kg = tl.load(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
+        decay = tl.load(ptr_decay + i_bh * NT + i_t)
+        st_S = st_S * tl.exp2(decay) + tl.dot(tl.trans(kg), v_new, input_precision=PRECISION)
+    if STORE_FINAL:
+        tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
+
+
+@triton.jit
+def chunk_delta_parallel_output_kernel(
+    ptr_in_q,
+    ptr_in_k,
+    ptr_in_v,
+    ptr_in_g,
+    ptr_in_beta,
+    ptr_init_S, ptr_final_S,
+    ptr_out_o,
+    ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
+    c0,
+    dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The output kernel (chunk_delta_parallel.md, 3): one program per (value block, chunk, batch
+    x head); the inter-chunk read of the stored state and the intra-chunk matrix against the new
+    values, over key blocks."""
+    i_split = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_V = i_split * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_V = o_V < dim_V
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+    o_T = i_t * BLOCK_T + o_t
+    mask_T = o_T < T
+    raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+    in_g = raw_g.to(ACC)
+    vn0_S = tl.load(ptr_vn + (i_bh * (NSTEP * T) + o_T * NSTEP + 0)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0)
+    d_S = tl.where((mask_T), in_g, 0.0)
+    reset_S = d_S == float("-inf")
+    G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+    R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+    Glast_S = tl.sum(tl.where(last_T, G_S, 0.0), axis=0)
+    Rlast_S = tl.sum(tl.where(last_T, R_S, 0.0), axis=0)
+    G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+    Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+    Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+    r__read0_S = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
+    A__read0_S_0 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
+        o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_K = o_K < dim_K
+        raw_q = tl.load(ptr_in_q + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_q = raw_q.to(ACC)
+        h_S = tl.load(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], mask=mask_K[:, None] & mask_V[None, :], other=0.0).to(DOT)
+        q__read0_S = (tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)).to(DOT)
+        r__read0_S += tl.dot(q__read0_S, h_S, input_precision=PRECISION)
+        A__read0_S_0 += tl.dot(q__read0_S, tl.trans(raw_k.to(DOT)), input_precision=PRECISION)
+    r__read0_S = r__read0_S * tl.exp2(G0_S)[:, None]
+    A__read0_S_0 = A__read0_S_0 * tl.exp2(tl.where((o_t[:, None] >= o_t[None, :]) & (R_S[:, None] == R_S[None, :]), G_S[:, None] - G_S[None, :], float("-inf")))
+    r__read0_S += tl.dot(A__read0_S_0.to(DOT), vn0_S, input_precision=PRECISION)
+    read__read0_S = r__read0_S
+    tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
+
+
+def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options):
+    B, T, H = dims["B"], dims["T"], dims["H"]
+    spare = next(iter(outputs.values()))
+    acc = _acc(spare)
+    first = next(iter(x.values()))
+    sixteen = first.dtype in (torch.bfloat16, torch.float16)
+    dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(first.dtype, acc)
+    dot_dtype = first.dtype if sixteen else spare.dtype
+    precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
+    blocks = {
+        "BLOCK_K": max(16, _pow2(dims["K"])),
+        "BLOCK_V": max(16, _pow2(dims["V"])),
+    }
+    # key blocks of 64 / delta steps in the per-chunk and output kernels (16 in the output kernel
+    # with a key-wise decay), all of K in the state pass (w h sums over it); value blocks of at
+    # most 64 lanes (chunk_delta_parallel.md, "Blocks")
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
+    output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
+    if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
+        state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
+    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
+    # chunks of block_t tokens, 1 delta step(s) each: 1 x block_t rows of at most 64
+    block_t = min(64, max(16, _pow2(options.get("chunk_size", 64))))
+    n_t = triton.cdiv(T, block_t)
+    n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
+    n_v_state = triton.cdiv(dims["V"], state_blocks["BLOCK_V"])
+    K_, V_ = dims["K"], dims["V"]
+    device = spare.device
+    chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=spare.dtype, device=device)
+    w = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
+    kg = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
+    u = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
+    v_new = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
+    decay = torch.empty((B * H, n_t), dtype=spare.dtype, device=device)
+
+    def arguments(blocks, block_t, ns):
+        return [
+            x["q"],
+            x["k"],
+            x["v"],
+            x["g"],
+            x["beta"],
+            spare if init is None else init["S"], spare if final is None else final["S"],
+            outputs["o"],
+            chunk_states, w, u, kg, decay, v_new, T, H, n_t,
+            consts["c0"],
+            dims["K"], blocks["BLOCK_K"],
+            dims["V"], blocks["BLOCK_V"],
+            block_t, min(16, block_t), ns, 1, precision, init is not None, final is not None, acc, dot,
+        ]
+    # the per-chunk kernel holds a chunk's 1 x block_t rows (a row per token and delta step) as sub-chunks of 16
+    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(prepare_blocks, 16, 1 * block_t // 16), num_warps=8)
+    chunk_delta_parallel_state_kernel[(n_v_state, B * H)](*arguments(state_blocks, 1 * block_t, 1))
+    chunk_delta_parallel_output_kernel[(n_v, n_t, B * H)](*arguments(output_blocks, block_t, 1))
 
 
 
@@ -937,6 +1402,20 @@ CORES = {
 MODE_CORES = {
 }
 
+# `mode=None` here: the single-kernel `chunk_delta` form runs B x H x value blocks programs, each walking
+# the whole sequence; below twice an H100's 132 SMs the three-kernel `chunk_delta_parallel` runs instead
+# (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: its own cores
+# (MODE_CORES), else DEFAULT_MODE's adjoint core (seqc/autograd.py, `training_cores`).
+PARALLEL_MODE = "chunk_delta_parallel"
+PARALLEL_BELOW = 2 * 132
+
+
+def _choose_mode(dims, block_split):
+    block = max(16, min(_pow2(dims["V"]), _pow2(block_split)))
+    programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
+    return "chunk_delta_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
+
+
 def _constants(dims):
     """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""
     return {
@@ -946,13 +1425,14 @@ def _constants(dims):
 
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
+    "chunk_delta_parallel": _run_chunk_delta_parallel,
     "chunk_delta": _run_chunk_delta,
 }
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
         chunk_size=64, block_split=128, precision=None):
-    mode = DEFAULT_MODE if mode is None else mode
+    mode = _choose_mode(dims, block_split) if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")

@@ -1464,7 +1464,9 @@ MODE_CORES = {
 
 # `mode=None` here: the single-kernel `chunk` form runs B x H x value blocks programs, each walking
 # the whole sequence; below twice an H100's 132 SMs the two-kernel `chunk_parallel` runs instead
-# (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: MODE_CORES.
+# (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: its own cores
+# (MODE_CORES), else DEFAULT_MODE's adjoint core (seqc/autograd.py, `training_cores`).
+PARALLEL_MODE = "chunk_parallel"
 PARALLEL_BELOW = 2 * 132
 
 

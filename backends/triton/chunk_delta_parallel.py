@@ -1,0 +1,116 @@
+"""The three-kernel delta-rule form (chunk_delta_parallel.md): a per-chunk kernel parallel over
+(chunks, batch x head) forming the WY factors w, u of each chunk, a state pass writing the
+chunk-boundary states and the new values, and an output kernel parallel over (value blocks,
+chunks, batch x head), for a Plan whose only group is a `chunk_delta` group S[K, V] with one
+delta step a token and a scalar or key-wise log decay, or none (deltanet, gated_deltanet, kda).
+
+Role expressions are rendered as in chunk_parallel.py (whose loads, operands and setup this
+builder shares); what enters a `tl.dot` is in the call's dot dtype `DOT`, the states, gates and
+accumulators stay fp32.
+"""
+from __future__ import annotations
+
+from . import layout
+from .blockwise import LOG2E
+from .chunk_parallel import ChunkParallelKernel, key_bound_lets, mentions, reduces
+
+
+def supported(plan) -> bool:
+    """One chunk_delta group S[K, V] (key dim first) with one or two delta steps a token (scalar
+    betas), a scalar decay or none (key-wise: one step a token), and values, betas and outputs
+    (and a scalar decay) that do not need the key dim (the output kernel loops over key
+    blocks)."""
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_delta":
+        return False
+    group = plan.groups[0]
+    K, V = group.key_dim, group.value_dim
+    if plan.spec.tensor(group.state).dims != (K, V) or len(group.steps) not in (1, 2):
+        return False
+    if any(s.key.dims != (K,) or s.value.dims != (V,) or s.beta.dims != () for s in group.steps):
+        return False
+    if group.log_decay is not None and group.log_decay.dims not in ((), (K,)[:len(group.steps) == 1]):
+        return False
+    bound = key_bound_lets(plan, K)
+    free = [e for s in group.steps for e in (s.value, s.beta)] + list(plan.outputs.values())
+    if group.log_decay is not None and group.log_decay.dims == ():
+        free.append(group.log_decay)
+    return not any(mentions(e, K, bound) for e in free)
+
+
+class ChunkDeltaParallelKernel(ChunkParallelKernel):
+    template = "chunk_delta_parallel.py.j2"
+
+    def __init__(self, plan, constants):
+        super().__init__(plan, constants)
+        self.mode = "chunk_delta_parallel"
+
+    def key_exprs(self):
+        g = self.group
+        exprs = [s.key for s in g.steps] + [q for _, q in self.reads_of(g.state)]
+        return exprs + [let.value for let in self.plan.prelude]
+
+    def context(self) -> dict:
+        g = self.group
+        K, V = g.key_dim, g.value_dim
+        spec = self.spec
+        every = {x.name for x in spec.inputs} | {p.name for p in spec.params} | \
+            {let.name for let in self.plan.prelude}
+        bound = key_bound_lets(self.plan, K)
+        for let in self.plan.prelude:      # dims of every let, for rendering
+            self.lets[let.name] = self.expr(let.value).dims
+        keywise = g.log_decay is not None and g.log_decay.dims == (K,)
+        decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
+        steps = [dict(key_op=self.operand(s.key, (K,)), beta=self.role(s.beta, ()),
+                      value=self.role(s.value, (V,))) for s in g.steps]
+        key = self.role(g.steps[0].key, (K,))       # the fp32 key (key-wise: one step)
+        key_op, beta, value = (by_step([s[role] for s in steps], axis)
+                               for role, axis in (("key_op", "[:, None]"), ("beta", ""),
+                                                  ("value", "[:, None]")))
+        row_decay = decay       # per row of the per-chunk kernel: before a token's first step
+        if decay is not None and len(steps) > 1:
+            row_decay = f"tl.where(step == 0, {decay}, 0.0)"
+        reads = []
+        for name, query in self.reads_of(g.state):
+            self.reads[name] = ("T", V)
+            reads.append(dict(name=name, query=self.role(query, (K,)),
+                              query_op=self.operand(query, (K,))))
+        stores = [self.store(name, v) for name, v in self.plan.outputs.items()]
+        key_names = {n for n in every if n in bound or self.has_dim(n, K)}
+        free_names = every - key_names
+        inner = [r["query_op"] for r in reads] + [s["key_op"] for s in steps]
+        outer = stores
+        if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
+            inner += [decay, key] + [r["query"] for r in reads]
+        elif decay:
+            outer = outer + [decay]
+        inner_code, outer_code = "\n".join(inner), "\n".join(outer)
+        full_key = any(reduces(e, K) for e in self.key_exprs())
+        offsets, masks = self.lanes(K, V)
+        whole_key = [f"o_{K} = tl.arange(0, BLOCK_{K})" if line.startswith(f"o_{K} =") else line
+                     for line in offsets] + masks
+        prepare_lanes = [line for line in whole_key if not line.startswith(
+            (f"o_{V} =", f"mask_{V} =", f"o_{K} =", f"mask_{K} ="))]
+        outer_lanes = [line for line in offsets + masks
+                       if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
+        beta_code = beta if keywise else "\n".join([beta, row_decay or ""])
+        key_code = "\n".join([key_op, decay]) if keywise else key_op
+        return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
+                    steps=steps, n=len(steps), row_decay=row_decay,
+                    key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
+                    prepare_lanes=prepare_lanes, state_lanes=whole_key, outer_lanes=outer_lanes,
+                    beta_setup=self.setup(beta_code, every - key_names),
+                    key_setup=self.setup(key_code, every),
+                    value_setup=self.setup(value, every),
+                    init=layout.prologue(spec, V)["states"][0],
+                    outer=self.setup(outer_code + "\n" + inner_code, free_names),
+                    inner=self.setup(inner_code, key_names),
+                    full_key=full_key, split_v=layout.split_dim(spec) == V,
+                    final_store=self.final_store(g.state, K, V))
+
+
+def by_step(codes: list[str], axis: str) -> str:
+    """A row's role among the delta steps' (the per-chunk kernel's rows alternate steps,
+    `step = row % NSTEP`)."""
+    if len(codes) == 1:
+        return codes[0]
+    return f"tl.where((step == 0){axis}, {codes[0]}, {codes[1]})"

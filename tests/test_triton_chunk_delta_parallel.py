@@ -1,0 +1,215 @@
+"""The three-kernel delta-rule form `chunk_delta_parallel` (backends/triton/chunk_delta_parallel.md)
+against the reference, under the Triton interpreter: ragged lengths, odd dims, chunks of one, two
+and four sub-chunks of 16 (the block merge of the UT inverse), value and key blocks split,
+initial and final states, hard resets (-inf log decays) at a chunk's first step, at a sub-chunk's
+and inside one, fp32 and bf16 inputs (bf16 operands go into tl.dot as they are, the reference
+runs on the same bf16 values in fp32: the tolerance covers the bf16 roundings of the stored w, u,
+new values, decayed keys, the inverse and the state before their dots, as fla's kernels round
+them; measured 1.6e-2 of the magnitude at most here)."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from oracles import random_inputs, random_state  # noqa: E402
+
+pytestmark = pytest.mark.triton
+SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
+
+
+def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
+    program = seqc.load(name)
+    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
+    for t in resets:       # a key-wise gate: on one key lane
+        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = float("-inf")
+    s = random_state(name, 1, 2, dims=dims, seed=seed)
+    x = {n: t.to(dtype) for n, t in x.items()}
+    want = program.kernel("reference")(**{n: t.float() for n, t in x.items()}, **p,
+                                       initial_state=s, output_final_state=True)
+    got = program.kernel("triton", mode="chunk_delta_parallel", **options)(
+        **x, **p, initial_state=s, output_final_state=True)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for o in want.keys():
+        scale = max(1.0, want[o].abs().max().item())
+        assert torch.isfinite(got[o]).all()
+        torch.testing.assert_close(got[o].float(), want[o], rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
+    for n, state in want.final_state.items():
+        scale = max(1.0, state.abs().max().item())
+        torch.testing.assert_close(got.final_state[n].float(), state, rtol=tol,
+                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+@pytest.mark.parametrize("T,chunk", [(1, 64), (37, 16), (70, 64)])
+def test_odd_dims_ragged_lengths(name, T, chunk):
+    """K = 5, V = 20, chunks of 16 (one sub-chunk; deltaproduct: two, a row per token and
+    delta step) and 64 (four, merged; deltaproduct: chunks of 32 tokens); the last chunk ragged;
+    an initial state; precision "ieee" (the tests compare fp32 at 1e-4)."""
+    check(name, T, {"K": 5, "V": 20}, chunk_size=chunk, precision="ieee")
+
+
+def test_two_sub_chunks():
+    """Chunks of 32: two sub-chunks of 16, one off-diagonal block of the inverse."""
+    check("gated_deltanet", 45, {"K": 5, "V": 20}, chunk_size=32, precision="ieee")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_key_and_value_blocks_split(name, dtype):
+    """K = 80 (all of it in the per-chunk kernel and the state pass, two key blocks of 64 in
+    the scalar-decay output kernel, five of 16 in the key-wise one), V = 20 as two value blocks
+    of 16 (block_split=16): two state-pass programs, a two-step value loop for u."""
+    check(name, 37, {"K": 80, "V": 20}, dtype=dtype, block_split=16, chunk_size=32,
+          precision="ieee")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+@pytest.mark.parametrize("chunk,resets", [(16, (3, 16, 20, 36)), (64, (15, 16, 40, 64))])
+def test_hard_resets_at_and_inside_chunks(name, chunk, resets):
+    """-inf log decays (kda: on key lane 2) inside a sub-chunk, at a sub-chunk's first step
+    (16 with chunks of 64), at a chunk's first step (16 / 64) and at the last step: nothing
+    decays across them, in the UT system, w, the decayed keys, the chunk decay and the outputs,
+    and no NaN forms."""
+    check(name, 70 if chunk == 64 else 37, {"K": 5, "V": 20}, resets=resets, seed=13,
+          chunk_size=chunk, precision="ieee")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_bf16_inputs(name):
+    """bf16 inputs, 16-bit operands into tl.dot: within 3e-2 of the magnitude."""
+    check(name, 70, {"K": 16, "V": 16}, dtype=torch.bfloat16, chunk_size=64,
+          resets=(40,) if name in ("gated_deltanet", "kda") else ())
+
+
+def test_specs_without_the_form_keep_the_single_kernel():
+    """The DPLR kinds (rwkv7, comba) are not offered the mode yet: they run their single
+    kernel."""
+    for name in ("rwkv7", "comba"):
+        module = seqc.load(name).kernel("triton").module
+        assert "chunk_delta_parallel" not in module.MODES, name
+    for name in SUPPORTED:
+        assert "chunk_delta_parallel" in seqc.load(name).kernel("triton").module.MODES, name
+
+
+def test_two_delta_steps_with_a_scalar_decay_and_hard_resets():
+    """deltaproduct with a scalar gate before a token's two steps (the gate applies to the
+    token's first row only): -inf gates inside a sub-chunk (3), at a sub-chunk's first token (16:
+    rows 32-33, sub-chunk 2 of a 64-row chunk), at a chunk's last and first token (31, 32)."""
+    source = (seqc.load("deltaproduct").source
+              .replace("model deltaproduct", "model gated_deltaproduct")
+              .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
+              .replace("state S[K, V] = 0\n", "state S[K, V] = 0\nS = exp(g) * S\n"))
+    program = seqc.compile(source)
+    gen = torch.Generator().manual_seed(5)
+    T = 45
+    x = {n: torch.nn.functional.normalize(torch.randn(1, T, 2, 5, generator=gen), dim=-1)
+         for n in ("q", "k1", "k2")}
+    x.update({n: torch.randn(1, T, 2, 20, generator=gen) for n in ("v1", "v2")})
+    x.update({n: torch.rand(1, T, 2, generator=gen) for n in ("beta1", "beta2")})
+    x["g"] = -torch.rand(1, T, 2, generator=gen)
+    for t in (3, 16, 31, 32):
+        x["g"][0, t, 1] = float("-inf")
+    want = program.kernel("reference")(**x, output_final_state=True)
+    got = program.kernel("triton", mode="chunk_delta_parallel", chunk_size=32,
+                         precision="ieee")(**x, output_final_state=True)
+    torch.testing.assert_close(got.o, want.o, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.final_state["S"], want.final_state["S"], rtol=1e-4, atol=1e-4)
+
+
+def test_default_mode_by_programs_against_sms():
+    """mode=None: `chunk_delta_parallel` when the single kernel would run fewer than 2 x 132
+    programs (B x H x value blocks), else `chunk_delta` (docs/backends.md)."""
+    module = seqc.load("gated_deltanet").kernel("triton").module
+    assert module.DEFAULT_MODE == "chunk_delta"
+    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._choose_mode(few, 128) == "chunk_delta_parallel"            # 64 programs
+    assert module._choose_mode({**few, "B": 32}, 128) == "chunk_delta"        # 512 x 1 block
+    assert module._choose_mode({**few, "B": 8}, 64) == "chunk_delta_parallel"  # 128 x 2 blocks
+    ran = []
+    saved = dict(module.RUNNERS)
+    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
+    try:
+        x, p = random_inputs("gated_deltanet", 1, 3, 1, dims={"K": 4, "V": 4})
+        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
+    finally:
+        module.RUNNERS.update(saved)
+    assert ran == ["chunk_delta_parallel"]
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+def test_gradients_train_on_the_delta_core(name, monkeypatch):
+    """Training with mode="chunk_delta_parallel" (a mode with no core of its own): the call
+    trains on the single-kernel form's adjoint core, chunk_delta_core (seqc/autograd.py,
+    `training_cores`), not on the torch recomputation; gradients of every input and the initial
+    state equal the reference's."""
+    program = seqc.load(name)
+    module = program.kernel("triton").module
+    core, used = module.CORES["chunk_delta_core"], []
+
+    def counted(*args, **kwargs):
+        used.append(1)
+        return core(*args, **kwargs)
+    monkeypatch.setitem(module.CORES, "chunk_delta_core", counted)
+    dims = {"K": 5, "V": 6}
+    x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
+    s = random_state(name, 1, 2, dims=dims, seed=3)
+
+    def grads(backend, **options):
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        s0 = {n: t.clone().requires_grad_() for n, t in s.items()}
+        out = program.kernel(backend, **options)(**leaves, **p, initial_state=s0,
+                                                 output_final_state=True)
+        loss = (out.o * torch.linspace(-1, 1, out.o.shape[-1])).sum() \
+            + out.final_state["S"].square().sum()
+        return torch.autograd.grad(loss, [*leaves.values(), *s0.values()])
+
+    got = grads("triton", mode="chunk_delta_parallel", chunk_size=16, precision="ieee")
+    assert used, "the training call did not run chunk_delta_core"
+    want = grads("reference")
+    for name_, g, w in zip([*x, *s], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
+
+
+def test_scratch_traffic_counted():
+    """Counted under the interpreter (seqc/bench_io.py): the buffers the mode allocates move as
+    stated in chunk_delta_parallel.md, "Traffic": w, u and the decayed keys written once and
+    read once (u and v_new once per value block), v_new written once and read once, the chunk
+    decays written and read once, the chunk states written and read once (fp32 here)."""
+    from seqc.bench_io import measure
+    from seqc.inputs import random_call
+    program = seqc.load("gated_deltanet")
+    sizes = {"B": 1, "T": 40, "H": 2, "K": 16, "V": 16}
+    tensors, _ = random_call(program.spec, sizes)
+    counted = measure(program, tensors, "chunk_delta_parallel", chunk_size=16)
+    B, T, H, K, V, chunks = 1, 40, 2, 16, 16, 3
+    rows = B * H * T * 4                            # fp32 call: 4-byte scratch
+    per_token = 2 * (K + K + V + V)                 # w, kg, u, v_new: written + read
+    decays = 2 * B * H * chunks * 4
+    states = 2 * B * H * chunks * K * V * 4
+    assert counted["scratch"] == rows * per_token + decays + states
+    assert counted["ratio_io"] <= 2.0
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
+    """`seqc gpu-check`, cold cache: the three kernels compile for sm_90a at K = V = 64 on bf16
+    with 0 spill bytes, shared memory within the limit, tensor-core instructions and 16-bit
+    operands in their dots; the per-chunk and output kernels run a program per chunk."""
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
+    for job in jobs:
+        job.modes = ["chunk_delta_parallel"]
+    checks = {c.result["kernel"]: c for c in run_jobs(jobs, workers=1, timeout=600)}
+    assert set(checks) == {"chunk_delta_parallel_prepare_kernel",
+                           "chunk_delta_parallel_state_kernel",
+                           "chunk_delta_parallel_output_kernel"}
+    assert checks["chunk_delta_parallel_prepare_kernel"].result["grid"] == [64, 64]
+    assert checks["chunk_delta_parallel_output_kernel"].result["grid"] == [1, 64, 64]
+    for check in checks.values():
+        assert check.problems() == [] and check.spill == 0, check.result
+        assert check.tensor_core > 0 and check.dot16 == "bf16", check.result
