@@ -30,6 +30,7 @@ from .kernel import Kernel
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DEFAULT_MAX_ITER = 50
 SCAN_CHUNK = 16
+SMALL_BLOCK = 4      # Jacobian blocks up to this size: one reverse-mode pass a row
 JACOBIANS = ("exact", "quasi")
 
 
@@ -70,7 +71,7 @@ class Packing:
         lead = states[0].shape[:states[0].dim() - len(self.shapes[0])]
         flat = [s.reshape(*lead, n) for s, n in zip(states, self.numels)]
         if self.diagonal:
-            return torch.stack(flat, -1)
+            return flat[0].unsqueeze(-1) if len(flat) == 1 else torch.stack(flat, -1)
         return torch.cat(flat, -1)[..., None, :]
 
     def unpack(self, packed: torch.Tensor) -> tuple:
@@ -91,10 +92,6 @@ def apply(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (a @ x.unsqueeze(-1)).squeeze(-1)
 
 
-def compose(later: torch.Tensor, earlier: torch.Tensor, matrix: bool) -> torch.Tensor:
-    return later @ earlier if matrix else later * earlier
-
-
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
                 chunk: int = SCAN_CHUNK) -> torch.Tensor:
     """h_t = a_t h_{t-1} + b_t for t = 0 .. T-1 from h_{-1} = h0; b [B, T, ...], h0 [B, ...], a
@@ -107,14 +104,18 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     N = -(-T // C)
     a, b = _position_major(a, N, C, 1.0, matrix), _position_major(b, N, C, 0.0, False)
     for t in range(1, C):                   # every chunk at once, one position at a time
-        b[t] += apply(a[t], b[t - 1])
-        a[t] = compose(a[t], a[t - 1], matrix)
+        if matrix:
+            b[t] += apply(a[t], b[t - 1])
+            a[t] = a[t] @ a[t - 1]
+        else:
+            b[t].addcmul_(a[t], b[t - 1])
+            a[t].mul_(a[t - 1])
     entering, state = [], h0
     for n in range(N):                      # the short pass across chunks
         entering.append(state)
         state = apply(a[-1][:, n], state) + b[-1][:, n]
-    h = apply(a, torch.stack(entering, 1).unsqueeze(0)) + b
-    return h.movedim(0, 2).flatten(1, 2)[:, :T]
+    b += apply(a, torch.stack(entering, 1).unsqueeze(0))
+    return b.movedim(0, 2).flatten(1, 2)[:, :T]
 
 
 def _position_major(x: torch.Tensor, N: int, C: int, identity: float, matrix: bool):
@@ -137,15 +138,30 @@ def _position_major(x: torch.Tensor, N: int, C: int, identity: float, matrix: bo
 
 def linearise(step, prev: torch.Tensor):
     """(f(prev), J): J the Jacobian blocks of f at prev, [..., E, S, S] (J[..., i, j] = d new_i /
-    d prev_j), or [..., E, 1] (elementwise) when S = 1. One forward-mode derivative a block column."""
+    d prev_j), or [..., E, 1] (elementwise) when S = 1. Small blocks: one reverse-mode pass a
+    block row (the entries do not mix, so the row sums of the whole Jacobian are the block rows;
+    torch's forward-mode derivatives of broadcasting products run through slow Python
+    decompositions); large blocks: one forward-mode derivative a column, `torch.func.vmap`ped."""
     S = prev.shape[-1]
-    if S == 1:
-        return torch.func.jvp(step, (prev,), (torch.ones_like(prev),))
-    basis = torch.eye(S, dtype=prev.dtype, device=prev.device)
-    tangents = basis.view(S, *([1] * (prev.dim() - 1)), S).expand(S, *prev.shape)
-    new, columns = torch.func.vmap(lambda u: torch.func.jvp(step, (prev,), (u,)),
-                                   out_dims=(None, 0))(tangents)
-    return new, columns.movedim(0, -1)
+    if S > SMALL_BLOCK:
+        basis = torch.eye(S, dtype=prev.dtype, device=prev.device)
+        tangents = basis.view(S, *([1] * (prev.dim() - 1)), S).expand(S, *prev.shape)
+        new, columns = torch.func.vmap(lambda u: torch.func.jvp(step, (prev,), (u,)),
+                                       out_dims=(None, 0))(tangents)
+        return new, columns.movedim(0, -1)
+    with torch.enable_grad():
+        prev = prev.detach().requires_grad_(True)
+        new = step(prev)
+        rows = [torch.autograd.grad(new, prev, _unit(new, i), retain_graph=i < S - 1,
+                                    allow_unused=True)[0] for i in range(S)]
+    rows = [torch.zeros_like(prev) if row is None else row for row in rows]
+    return new.detach(), rows[0] if S == 1 else torch.stack(rows, -2)
+
+
+def _unit(x: torch.Tensor, i: int) -> torch.Tensor:
+    unit = torch.zeros_like(x)
+    unit[..., i] = 1.0
+    return unit
 
 
 def diagonal_of(J: torch.Tensor, S: int) -> torch.Tensor:
@@ -203,16 +219,20 @@ class Solver:
             f = self.step({k: x[:, done:] for k, x in inputs.items()}, params,
                           {**dims, "T": T - done})
             prev = torch.cat([start[:, None], guess[:, done:-1]], 1)
-            new, update = self._iterate(f, prev, start, guess[:, done:], damped)
+            new, change = self._iterate(f, prev, start, guess[:, done:], damped)
+            update = float(change.max())
             if self.options.damping and not damped and (not math.isfinite(update) or
                                                          update > 2 * previous_update):
                 damped = True                  # diverging: retry with damped coefficients
-                new, update = self._iterate(f, prev, start, guess[:, done:], damped)
+                new, change = self._iterate(f, prev, start, guess[:, done:], damped)
+                update = float(change.max())
             previous_update = update
-            unsettled = self._unsettled(new, guess[:, done:], tol)
-            guess[:, done:] = torch.where(torch.isfinite(new), new, guess[:, done:])
-            first = int(unsettled.nonzero()[0]) if bool(unsettled.any()) else T - done
-            done += first
+            unsettled = self._unsettled(change, tol)
+            if math.isfinite(update):
+                guess[:, done:] = new
+            else:                              # keep the last finite guess where new is not
+                guess[:, done:] = torch.where(torch.isfinite(new), new, guess[:, done:])
+            done += int(unsettled.nonzero()[0]) if bool(unsettled.any()) else T - done
         converged = done >= T
         if not converged:
             self._loop(guess, h0, done, inputs, params, dims)
@@ -231,15 +251,14 @@ class Solver:
         if damped:
             a = damp(a, elementwise)
         new = linear_scan(a, new_f - apply(a, prev), start)
-        change = ((new - guess).abs() / (1.0 + new.abs())).max()
-        return new, float(change)
+        change = (new - guess).abs_().div_(new.abs().add_(1.0))
+        return new, change
 
     @staticmethod
-    def _unsettled(new, guess, tol: float) -> torch.Tensor:
-        """[T]: True at the steps whose update is above tol (relative, |dh| > tol (1 + |h|)) or
-        not finite, for any batch element, head or entry."""
-        bad = ((new - guess).abs() > tol * (1.0 + new.abs())) | ~torch.isfinite(new)
-        return bad.transpose(0, 1).flatten(1).any(1)
+    def _unsettled(change, tol: float) -> torch.Tensor:
+        """[T]: True at the steps whose update is above tol, relative (|dh| > tol (1 + |h|)), or
+        not finite (NaN compares false), for any batch element, head or entry."""
+        return ~(change.transpose(0, 1).flatten(1).amax(1) <= tol)
 
     def _loop(self, guess, h0, done: int, inputs, params, dims):
         """The step loop from step `done` (Newton did not settle it), in place in guess."""
@@ -251,13 +270,12 @@ class Solver:
 
 
 class _NewtonStates(torch.autograd.Function):
-    """h0, then the inputs' and params' tensors -> the packed states of every step; backward by
-    the implicit function theorem (docs/newton.md, gradients)."""
+    """The solved states of every step (packed), a function of h0 and the inputs' and params'
+    tensors; backward by the implicit function theorem (docs/newton.md, gradients). The solve
+    itself runs before, outside: forward-mode derivatives are off inside a Function's forward."""
 
     @staticmethod
-    def forward(ctx, solver, names, dims, stats, h0, *tensors):
-        inputs, params = _split(names, tensors)
-        states = solver.solve(h0, inputs, params, dims, stats)
+    def forward(ctx, solver, names, dims, states, h0, *tensors):
         ctx.solver, ctx.names, ctx.dims = solver, names, dims
         ctx.save_for_backward(h0, states, *tensors)
         return states
@@ -333,7 +351,9 @@ class NewtonRunner:
 
     def _slab_run(self, solver, h0, inputs, params, dims, stats):
         names = (tuple(inputs), tuple(params))
-        states = _NewtonStates.apply(solver, names, dims, stats, h0, *inputs.values(),
+        with torch.no_grad():
+            solved = solver.solve(h0, inputs, params, dims, stats)
+        states = _NewtonStates.apply(solver, names, dims, solved, h0, *inputs.values(),
                                      *params.values())
         prev = torch.cat([h0[:, None], states[:, :-1]], 1)
         new, outputs = self.step_module.step(solver.packing.unpack(prev), inputs, params, dims)
