@@ -66,11 +66,19 @@ def describe(analysis, source: str) -> str:
         coupled = " (coupled)" if len(proof.states) > 1 else ""
         lines.append(f"  {names}: {proof.kind}{coupled} -> {KIND_WORDS[proof.kind]}")
         lines.append(f"      {summary(proof)}")
+        if proof.kind == "sequential":
+            lines.append(f"      {newton_line(analysis.spec)}")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:
             notes.append(proof.reason.diagnostic().render(source))
     return "\n".join(lines + notes)
+
+
+def newton_line(spec: ir.Spec) -> str:
+    """What `solver="newton"` (seqc/newton.py) would linearise: the Jacobian's structure."""
+    from .jacobian import jacobian_structure
+    return f"solver=\"newton\": {jacobian_structure(spec).describe(spec)}"
 
 
 def _json_value(value):
@@ -100,6 +108,8 @@ def to_json(analysis) -> dict:
                  "decomposition": _json_value(proof.decomposition),
                  "summary": summary(proof),
                  "proof": list(proof.facts)}
+        if proof.kind == "sequential":
+            entry["newton"] = newton_line(analysis.spec).partition(": ")[2]
         for state in proof.states:
             states[state] = entry
     return {"model": analysis.spec.name, "states": states}
