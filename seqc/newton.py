@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,8 @@ from .kernel import Kernel
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DEFAULT_MAX_ITER = 50
 SCAN_CHUNK = 16
-SMALL_BLOCK = 4      # Jacobian blocks up to this size: one reverse-mode pass a row
+BROADCAST_BLOCK = 16  # S x S products up to this size: broadcast and sum, not matmul
+SMALL_BLOCK = 64     # Jacobian blocks up to this size: one reverse-mode pass a row
 JACOBIANS = ("exact", "quasi")
 
 
@@ -89,7 +91,17 @@ def apply(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """a x: elementwise when a has x's shape, else a batch of matrices [..., S, S] times x."""
     if a.dim() == x.dim():
         return a * x
+    if a.shape[-1] <= BROADCAST_BLOCK:
+        return (a * x.unsqueeze(-2)).sum(-1)
     return (a @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batches of S x S products; small ones as a broadcast product and a sum, which on a CPU is
+    ~30x faster than the batched matmul (measured at S = 8: 35 us against 1 ms)."""
+    if a.shape[-1] <= BROADCAST_BLOCK:
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    return a @ b
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
@@ -106,7 +118,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     for t in range(1, C):                   # every chunk at once, one position at a time
         if matrix:
             b[t] += apply(a[t], b[t - 1])
-            a[t] = a[t] @ a[t - 1]
+            a[t] = matmul(a[t], a[t - 1])
         else:
             b[t].addcmul_(a[t], b[t - 1])
             a[t].mul_(a[t - 1])
@@ -116,6 +128,20 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
         state = apply(a[-1][:, n], state) + b[-1][:, n]
     b += apply(a, torch.stack(entering, 1).unsqueeze(0))
     return b.movedim(0, 2).flatten(1, 2)[:, :T]
+
+
+@contextmanager
+def flushed_denormals():
+    """Denormal floats flushed to zero on the CPU while the scan runs: cumulated products of
+    contracting Jacobians sink below 2^-126 (2^-1022), where every multiply is 30-100x slower
+    (a gru at D = 8 spent 97% of its time there); a flushed value changes a term by less than
+    2^-126 times its other factors. The caller's setting is restored."""
+    before = bool(torch.tensor(1e-45) * 1.0 == 0.0)      # already flushing?
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def _position_major(x: torch.Tensor, N: int, C: int, identity: float, matrix: bool):
@@ -290,7 +316,8 @@ class _NewtonStates(torch.autograd.Function):
             leaves = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
             f = solver.step(*_split(names, leaves), dims)
             _, J = linearise(f, prev.detach())
-            adjoint = _reverse_scan(J, grad_states)
+            with flushed_denormals():
+                adjoint = _reverse_scan(J, grad_states)
             wanted = [prev] + [t for t in leaves if t.requires_grad]
             grads = iter(torch.autograd.grad(f(prev), wanted, adjoint, allow_unused=True))
         grad_prev = next(grads)
@@ -351,7 +378,7 @@ class NewtonRunner:
 
     def _slab_run(self, solver, h0, inputs, params, dims, stats):
         names = (tuple(inputs), tuple(params))
-        with torch.no_grad():
+        with torch.no_grad(), flushed_denormals():
             solved = solver.solve(h0, inputs, params, dims, stats)
         states = _NewtonStates.apply(solver, names, dims, solved, h0, *inputs.values(),
                                      *params.values())

@@ -248,3 +248,14 @@ def test_unknown_solver_and_backend():
         seqc.load("gru").kernel("torch", solver="jacobi")
     with pytest.raises(ValueError, match="runs on the torch backend"):
         seqc.load("gru").kernel("reference", solver="newton")
+
+
+def test_check_and_bench_report_newton(capsys):
+    from seqc.cli import main
+    assert main(["check", "stdlib/gru.seq"]) == 0
+    assert 'solver="newton": dense Jacobian (`Rr @ h` mixes' in capsys.readouterr().out
+    assert main(["bench", "gru", "--backends", "reference,newton", "--shape",
+                 "B=1,T=32,H=1,D=4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| newton |" in out
+    assert 'newton (the torch backend, solver="newton"), last run: 1 slab(s), at most' in out
