@@ -239,6 +239,8 @@ class Solver:
         tol = self.options.tolerance(h0.dtype)
         guess = h0[:, None].expand(-1, T, *h0.shape[1:]).clone()
         done, iterations, damped, previous_update = 0, 0, False, math.inf
+        if guess.numel() == 0:                 # no batch, heads or entries: nothing to solve
+            done = T
         while done < T and iterations < self.options.max_iter:
             iterations += 1
             start = guess[:, done - 1] if done else h0
