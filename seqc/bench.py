@@ -130,7 +130,11 @@ def build_runners(program, backends, tensors, sizes, repeats):
     from .baselines import baseline_for
     runners, notes = {}, []
     for backend in backends:
-        kernel = program.kernel(backend=backend)
+        if backend == "newton":        # the torch backend with solver="newton": seqc/newton.py
+            kernel = program.kernel(backend="torch", solver="newton")
+            notes.append(_IterationsNote(kernel))
+        else:
+            kernel = program.kernel(backend=backend)
         rounds = min(repeats, REFERENCE_ROUNDS) if backend == "reference" else repeats
         runners[backend] = (_no_grad(torch, lambda kernel=kernel: _outputs(kernel(**tensors))),
                             rounds)
@@ -145,6 +149,16 @@ def build_runners(program, backends, tensors, sizes, repeats):
         [output] = [o.name for o in program.spec.outputs]
         runners[label] = (_no_grad(torch, lambda: {output: fn()}), repeats)
     return runners, notes
+
+
+class _IterationsNote:
+    """The Newton runner's iterations, read when the notes are printed (after the timing)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __str__(self) -> str:
+        return f"newton (the torch backend, solver=\"newton\"), last run: {self.kernel.stats}"
 
 
 def _outputs(result) -> dict:
@@ -227,7 +241,8 @@ def bench_command(args) -> int:
 def format_table(program, sizes, medians, times, flops, peak, notes, torch) -> str:
     shape = ",".join(f"{k}={v}" for k, v in sizes.items())
     kinds = ", ".join(sorted({g.kind for g in program.analysis.plan.groups}))
-    baseline = next((n for n in medians if n not in ("reference", "torch", "triton")), None)
+    baseline = next((n for n in medians if n not in ("reference", "torch", "triton", "newton")),
+                    None)
     header = ["runner", "median ms", "runs", "x vs reference"]
     header += [f"x vs {baseline}"] if baseline else []
     header += ["GFLOP/s", "% of peak"]

@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time every backend side by side")
     bench.add_argument("file", metavar="FILE")
-    bench.add_argument("--backends", default="reference,torch")
+    bench.add_argument("--backends", default="reference,torch",
+                       help="comma-separated: reference, torch, triton, newton (torch with "
+                            "solver=\"newton\")")
     bench.add_argument("--shape", default=None,
                        help="sizes, e.g. B=2,T=4096,H=4,K=64,V=64 (default: B=2, T=4096, H=4 "
                             "and 64 for each of the spec's dims)")

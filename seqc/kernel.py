@@ -123,6 +123,9 @@ def resolve_backend(backend: str, device_is_cuda: bool) -> str:
 def build_kernel(program, backend: str = "reference", **options) -> Kernel | AutoKernel:
     from . import __version__
     _check_chunk_size(options)
+    solver = options.pop("solver", "loop")
+    if solver != "loop":                 # over all steps at once: seqc/newton.py
+        return _solver_kernel(program, backend, solver, options)
     if backend == "auto":
         return AutoKernel(program, options)
     if backend not in BACKENDS:
@@ -132,6 +135,13 @@ def build_kernel(program, backend: str = "reference", **options) -> Kernel | Aut
     module = load_module(key, lambda: program.emit(backend))
     _check_options(module, backend, options)
     return Kernel(program, backend, module, options)
+
+
+def _solver_kernel(program, backend: str, solver: str, options: dict):
+    if solver != "newton":
+        raise ValueError(f'unknown solver `{solver}`; choose "loop" (the default) or "newton"')
+    from .newton import newton_kernel
+    return newton_kernel(program, backend, options)
 
 
 def _check_chunk_size(options: dict) -> None:

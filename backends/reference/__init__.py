@@ -19,24 +19,38 @@ def spelled(node: ir.Name) -> str:
 
 def emit(program) -> str:
     spec = program.spec
+    body = [_line(kind, name, code) for kind, name, code in step_statements(spec)]
+    return render("reference", "step_loop.py.j2", spec=spec, body=body, helpers=PRELUDE,
+                  output_dims=output_dims, init=_init)
+
+
+def step_statements(spec: ir.Spec) -> list[tuple[str, str, str]]:
+    """The step body as (kind, name, code): kind "let", "state" or "output", code the value over
+    `[*lead, ...]` tensors named `in_x`, `par_p`, `st_s`, `let_l`, `dim_d`, `dims["const"]`
+    (also the body of the Newton solver's batched step, seqc/newton.py)."""
     expr = TorchRenderer(spelled)
-    body = []
+    statements = []
     per_sample = set()          # lets whose value has the batch and head dims
     for statement in spec.body:
         full = _has_lead(statement.value, per_sample)
         if isinstance(statement, ir.Let):
-            body.append(f"let_{statement.name} = {_let_value(expr, statement.value)}")
+            statements.append(("let", statement.name, _let_value(expr, statement.value)))
             if full:
                 per_sample.add(statement.name)
         elif isinstance(statement, ir.Update):
             state = spec.tensor(statement.state)
             value = step_value(expr, statement.value, state.dims, expand=not full)
-            body.append(f"st_{state.name} = {value}")
+            statements.append(("state", state.name, value))
         else:
             value = step_value(expr, statement.value, output_dims(statement), expand=not full)
-            body.append(f"out_{statement.name}.append({value})")
-    return render("reference", "step_loop.py.j2", spec=spec, body=body, helpers=PRELUDE,
-                  output_dims=output_dims, init=_init)
+            statements.append(("output", statement.name, value))
+    return statements
+
+
+def _line(kind: str, name: str, code: str) -> str:
+    if kind == "output":
+        return f"out_{name}.append({code})"
+    return f"{'let_' if kind == 'let' else 'st_'}{name} = {code}"
 
 
 def output_dims(output: ir.Output) -> tuple[str, ...]:

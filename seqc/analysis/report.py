@@ -74,11 +74,19 @@ def describe(analysis, source: str) -> str:
         if previous and proof.kind != "sequential":
             lines.append(f"      {', '.join(f'`{o}`' for o in previous)} reading it before the "
                          "step's update (the previous step's state)")
+        if proof.kind == "sequential":
+            lines.append(f"      {newton_line(analysis.spec)}")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:
             notes.append(proof.reason.diagnostic().render(source))
     return "\n".join(lines + notes)
+
+
+def newton_line(spec: ir.Spec) -> str:
+    """What `solver="newton"` (seqc/newton.py) would linearise: the Jacobian's structure."""
+    from .jacobian import jacobian_structure
+    return f"solver=\"newton\": {jacobian_structure(spec).describe(spec)}"
 
 
 def _json_value(value):
@@ -115,6 +123,8 @@ def to_json(analysis) -> dict:
                  "summary": summary(proof),
                  "adjoint": _adjoint_json(proof.adjoint),
                  "proof": list(proof.facts)}
+        if proof.kind == "sequential":
+            entry["newton"] = newton_line(analysis.spec).partition(": ")[2]
         for state in proof.states:
             states[state] = entry
     return {"model": analysis.spec.name, "states": states}

@@ -1,0 +1,468 @@
+"""`solver="newton"`: a recurrence solved over all steps at once by Newton's method (DEER).
+
+    fn = seqc.load("gru").kernel("torch", solver="newton", tol=None, max_iter=50)
+    out = fn(xr=xr, xz=xz, xn=xn, Rr=Rr, Rz=Rz, Rn=Rn, bn=bn)
+    fn.stats        # iterations per slab, converged or not, steps finished by the step loop
+
+The states of every step, h_1 .. h_T, solve h_t = f(h_{t-1}, x_t). Given a guess of all of them,
+linearise f at the guessed h_{t-1}: h_t = J_t h_{t-1} + (f(h_{t-1}) - J_t h_{t-1}), a linear
+recurrence in the new guess, solved by a parallel scan. docs/newton.md states the math, the
+convergence rule (the update below `tol`, relative), the fallback (the step loop from the first
+step that has not converged: never a silently wrong answer), the damping and the gradients (the
+implicit function theorem: one reverse linear scan, not backpropagation through the iterations).
+
+The step f is emitted from the spec (backends/torch/newton_step.py.j2: the reference's
+statements over all positions at once); its Jacobian in the states comes from forward-mode
+derivatives (`torch.func.jvp`), one per entry of a Jacobian block, its structure (diagonal blocks
+or dense) from the IR (seqc/analysis/jacobian.py).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .analysis.jacobian import Structure, jacobian_structure
+from .kernel import Kernel
+
+DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+DEFAULT_MAX_ITER = 50
+SCAN_CHUNK = 16
+BROADCAST_BLOCK = 16  # S x S products up to this size: broadcast and sum, not matmul
+SMALL_BLOCK = 64     # Jacobian blocks up to this size: one reverse-mode pass a row
+JACOBIANS = ("exact", "quasi")
+
+
+@dataclass
+class NewtonStats:
+    """What the last call did: per slab of time, the iterations taken, whether Newton converged,
+    and how many of its steps the step loop finished (0 when it converged)."""
+    iterations: list[int] = field(default_factory=list)
+    converged: list[bool] = field(default_factory=list)
+    loop_steps: list[int] = field(default_factory=list)
+    damped: list[bool] = field(default_factory=list)
+
+    @property
+    def max_iterations(self) -> int:
+        return max(self.iterations, default=0)
+
+    def __str__(self) -> str:
+        loop = sum(self.loop_steps)
+        return (f"{len(self.iterations)} slab(s), at most {self.max_iterations} iterations"
+                f"{'' if all(self.converged) else f', {loop} step(s) by the step loop'}")
+
+
+# ---- packing: the states of a step as one tensor [..., E, S] ----------------------------------
+
+class Packing:
+    """The states as blocks: [*lead, E, S], E entries of S-vectors. A diagonal Jacobian (every
+    state of the same shape, entries not mixed) has one S x S block per entry, S the number of
+    states; a dense one is one block (E = 1) of all the states' values (S = their total size)."""
+
+    def __init__(self, spec, structure: Structure, sizes: dict):
+        self.shapes = [tuple(sizes[d] for d in spec.tensor(s).dims) for s in structure.states]
+        self.numels = [math.prod(shape) for shape in self.shapes]
+        self.diagonal = structure.kind == "diagonal"
+        self.entries = self.numels[0] if self.diagonal else 1
+        self.block = len(self.shapes) if self.diagonal else sum(self.numels)
+
+    def pack(self, states) -> torch.Tensor:
+        lead = states[0].shape[:states[0].dim() - len(self.shapes[0])]
+        flat = [s.reshape(*lead, n) for s, n in zip(states, self.numels)]
+        if self.diagonal:
+            return flat[0].unsqueeze(-1) if len(flat) == 1 else torch.stack(flat, -1)
+        return torch.cat(flat, -1)[..., None, :]
+
+    def unpack(self, packed: torch.Tensor) -> tuple:
+        lead = packed.shape[:-2]
+        if self.diagonal:
+            return tuple(packed[..., i].reshape(*lead, *shape)
+                         for i, shape in enumerate(self.shapes))
+        pieces = packed[..., 0, :].split(self.numels, -1)
+        return tuple(p.reshape(*lead, *shape) for p, shape in zip(pieces, self.shapes))
+
+
+# ---- the linear scan: h_t = a_t h_{t-1} + b_t ----------------------------------------------------
+
+def apply(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a x: elementwise when a has x's shape, else a batch of matrices [..., S, S] times x."""
+    if a.dim() == x.dim():
+        return a * x
+    if a.shape[-1] <= BROADCAST_BLOCK:
+        return (a * x.unsqueeze(-2)).sum(-1)
+    return (a @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batches of S x S products; small ones as a broadcast product and a sum, which on a CPU is
+    ~30x faster than the batched matmul (measured at S = 8: 35 us against 1 ms)."""
+    if a.shape[-1] <= BROADCAST_BLOCK:
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    return a @ b
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+                chunk: int = SCAN_CHUNK) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t for t = 0 .. T-1 from h_{-1} = h0; b [B, T, ...], h0 [B, ...], a
+    like b (elementwise) or [B, T, ..., S, S] (a matrix per block). The chunked scan of
+    backends/torch/scan.md with matrices for coefficients: inside chunks of `chunk` steps, all
+    chunks at once, one position at a time; then a short pass across chunks."""
+    matrix = a.dim() == b.dim() + 1
+    T = b.shape[1]
+    C = max(1, min(chunk, T))
+    N = -(-T // C)
+    a, b = _position_major(a, N, C, 1.0, matrix), _position_major(b, N, C, 0.0, False)
+    for t in range(1, C):                   # every chunk at once, one position at a time
+        if matrix:
+            b[t] += apply(a[t], b[t - 1])
+            a[t] = matmul(a[t], a[t - 1])
+        else:
+            b[t].addcmul_(a[t], b[t - 1])
+            a[t].mul_(a[t - 1])
+    entering, state = [], h0
+    for n in range(N):                      # the short pass across chunks
+        entering.append(state)
+        state = apply(a[-1][:, n], state) + b[-1][:, n]
+    b += apply(a, torch.stack(entering, 1).unsqueeze(0))
+    return b.movedim(0, 2).flatten(1, 2)[:, :T]
+
+
+@contextmanager
+def flushed_denormals():
+    """Denormal floats flushed to zero on the CPU while the scan runs: cumulated products of
+    contracting Jacobians sink below 2^-126 (2^-1022), where every multiply is 30-100x slower
+    (a gru at D = 8 spent 97% of its time there); a flushed value changes a term by less than
+    2^-126 times its other factors. The caller's setting is restored."""
+    before = bool(torch.tensor(1e-45) * 1.0 == 0.0)      # already flushing?
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _position_major(x: torch.Tensor, N: int, C: int, identity: float, matrix: bool):
+    """[B, T, ...] -> a fresh [C, B, N, ...] (chunks of C steps, position first), padded at the
+    end with the identity (1, or the identity matrix, for coefficients; 0 for offsets)."""
+    B, T = x.shape[:2]
+    if N * C > T:
+        pad = x.new_zeros((B, N * C - T, *x.shape[2:]))
+        if matrix:
+            pad.diagonal(dim1=-2, dim2=-1).fill_(identity)
+        else:
+            pad.fill_(identity)
+        x = torch.cat([x, pad], 1)
+    out = torch.empty((C, B, N, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    out.copy_(x.unflatten(1, (N, C)).movedim(2, 0))
+    return out
+
+
+# ---- the Jacobian of the step in the states ------------------------------------------------------
+
+def linearise(step, prev: torch.Tensor):
+    """(f(prev), J): J the Jacobian blocks of f at prev, [..., E, S, S] (J[..., i, j] = d new_i /
+    d prev_j), or [..., E, 1] (elementwise) when S = 1. Small blocks: one reverse-mode pass a
+    block row (the entries do not mix, so the row sums of the whole Jacobian are the block rows;
+    torch's forward-mode derivatives of broadcasting products run through slow Python
+    decompositions); large blocks: one forward-mode derivative a column, `torch.func.vmap`ped."""
+    S = prev.shape[-1]
+    if S > SMALL_BLOCK:
+        basis = torch.eye(S, dtype=prev.dtype, device=prev.device)
+        tangents = basis.view(S, *([1] * (prev.dim() - 1)), S).expand(S, *prev.shape)
+        new, columns = torch.func.vmap(lambda u: torch.func.jvp(step, (prev,), (u,)),
+                                       out_dims=(None, 0))(tangents)
+        return new, columns.movedim(0, -1)
+    with torch.enable_grad():
+        prev = prev.detach().requires_grad_(True)
+        new = step(prev)
+        rows = [torch.autograd.grad(new, prev, _unit(new, i), retain_graph=i < S - 1,
+                                    allow_unused=True)[0] for i in range(S)]
+    rows = [torch.zeros_like(prev) if row is None else row for row in rows]
+    return new.detach(), rows[0] if S == 1 else torch.stack(rows, -2)
+
+
+def _unit(x: torch.Tensor, i: int) -> torch.Tensor:
+    unit = torch.zeros_like(x)
+    unit[..., i] = 1.0
+    return unit
+
+
+def diagonal_of(J: torch.Tensor, S: int) -> torch.Tensor:
+    """The Jacobian's diagonal (quasi-Newton, ELK's quasi-DEER), elementwise [..., E, S]."""
+    return J if S == 1 else J.diagonal(dim1=-2, dim2=-1)
+
+
+def damp(a: torch.Tensor, elementwise: bool) -> torch.Tensor:
+    """The coefficients scaled so that each block's infinity norm is at most 1: the linear
+    scan then cannot blow up; the fixed point is unchanged (docs/newton.md, damping)."""
+    if elementwise:
+        return a.clamp(-1.0, 1.0)
+    norm = a.abs().sum(-1, keepdim=True).amax(-2, keepdim=True)
+    return a / norm.clamp(min=1.0)
+
+
+# ---- the solver ----------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    tol: float | None = None
+    max_iter: int = DEFAULT_MAX_ITER
+    jacobian: str = "exact"
+    damping: bool = True
+    slab: int | None = None
+
+    def tolerance(self, dtype) -> float:
+        return self.tol if self.tol is not None else DEFAULT_TOL[dtype]
+
+
+class Solver:
+    """Newton over one slab of time: `solve(h0, inputs, params, dims)` -> the packed states of
+    every step [B, T, H, E, S] (converged, or finished by the step loop), and its stats."""
+
+    def __init__(self, step_module, packing: Packing, options: Options):
+        self.step_module = step_module
+        self.packing = packing
+        self.options = options
+
+    def step(self, inputs: dict, params: dict, dims: dict):
+        """f on packed states: [B, T, H, E, S] before the steps -> after them."""
+        def f(prev):
+            new, _ = self.step_module.step(self.packing.unpack(prev), inputs, params, dims)
+            return self.packing.pack(new)
+        return f
+
+    def solve(self, h0, inputs: dict, params: dict, dims: dict, stats: NewtonStats):
+        T = dims["T"]
+        tol = self.options.tolerance(h0.dtype)
+        guess = h0[:, None].expand(-1, T, *h0.shape[1:]).clone()
+        done, iterations, damped, previous_update = 0, 0, False, math.inf
+        if guess.numel() == 0:                 # no batch, heads or entries: nothing to solve
+            done = T
+        while done < T and iterations < self.options.max_iter:
+            iterations += 1
+            start = guess[:, done - 1] if done else h0
+            f = self.step({k: x[:, done:] for k, x in inputs.items()}, params,
+                          {**dims, "T": T - done})
+            prev = torch.cat([start[:, None], guess[:, done:-1]], 1)
+            new, change = self._iterate(f, prev, start, guess[:, done:], damped)
+            update = float(change.max())
+            if self.options.damping and not damped and (not math.isfinite(update) or
+                                                         update > 2 * previous_update):
+                damped = True                  # diverging: retry with damped coefficients
+                new, change = self._iterate(f, prev, start, guess[:, done:], damped)
+                update = float(change.max())
+            previous_update = update
+            unsettled = self._unsettled(change, tol)
+            if math.isfinite(update):
+                guess[:, done:] = new
+            else:                              # keep the last finite guess where new is not
+                guess[:, done:] = torch.where(torch.isfinite(new), new, guess[:, done:])
+            done += int(unsettled.nonzero()[0]) if bool(unsettled.any()) else T - done
+        converged = done >= T
+        if not converged:
+            self._loop(guess, h0, done, inputs, params, dims)
+        stats.iterations.append(iterations)
+        stats.converged.append(converged)
+        stats.loop_steps.append(T - done)
+        stats.damped.append(damped)
+        return guess
+
+    def _iterate(self, f, prev, start, guess, damped: bool):
+        """One Newton update of the steps not yet settled; also its largest relative size."""
+        new_f, J = linearise(f, prev)
+        S = prev.shape[-1]
+        a = diagonal_of(J, S) if self.options.jacobian == "quasi" else J
+        elementwise = a.dim() == prev.dim()
+        if damped:
+            a = damp(a, elementwise)
+        new = linear_scan(a, new_f - apply(a, prev), start)
+        change = (new - guess).abs_().div_(new.abs().add_(1.0))
+        return new, change
+
+    @staticmethod
+    def _unsettled(change, tol: float) -> torch.Tensor:
+        """[T]: True at the steps whose update is above tol, relative (|dh| > tol (1 + |h|)), or
+        not finite (NaN compares false), for any batch element, head or entry."""
+        return ~(change.transpose(0, 1).flatten(1).amax(1) <= tol)
+
+    def _loop(self, guess, h0, done: int, inputs, params, dims):
+        """The step loop from step `done` (Newton did not settle it), in place in guess."""
+        state = guess[:, done - 1] if done else h0
+        rest = {k: x[:, done:] for k, x in inputs.items()}
+        history = self.step_module.steps(self.packing.unpack(state), rest, params,
+                                         {**dims, "T": dims["T"] - done})
+        guess[:, done:] = self.packing.pack(history)
+
+
+class _NewtonStates(torch.autograd.Function):
+    """The solved states of every step (packed), a function of h0 and the inputs' and params'
+    tensors; backward by the implicit function theorem (docs/newton.md, gradients). The solve
+    itself runs before, outside: forward-mode derivatives are off inside a Function's forward."""
+
+    @staticmethod
+    def forward(ctx, solver, names, dims, states, h0, *tensors):
+        ctx.solver, ctx.names, ctx.dims = solver, names, dims
+        ctx.save_for_backward(h0, states, *tensors)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        h0, states, *tensors = ctx.saved_tensors
+        solver, names, dims = ctx.solver, ctx.names, ctx.dims
+        prev = torch.cat([h0[:, None], states[:, :-1]], 1)
+        with torch.enable_grad():
+            prev = prev.detach().requires_grad_(True)
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+            f = solver.step(*_split(names, leaves), dims)
+            _, J = linearise(f, prev.detach())
+            with flushed_denormals():
+                adjoint = _reverse_scan(J, grad_states)
+            wanted = [prev] + [t for t in leaves if t.requires_grad]
+            grads = iter(torch.autograd.grad(f(prev), wanted, adjoint, allow_unused=True))
+        grad_prev = next(grads)
+        grad_tensors = [next(grads) if t.requires_grad else None for t in leaves]
+        grad_h0 = None if grad_prev is None else grad_prev[:, 0]
+        return (None, None, None, None, grad_h0, *grad_tensors)
+
+
+def _reverse_scan(J: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """lambda_t = grad_t + J_{t+1}^T lambda_{t+1}, lambda_T = grad_T: the adjoint of the states,
+    a linear scan run backwards in time."""
+    Jt = J if J.dim() == grad.dim() else J.transpose(-1, -2)
+    following = torch.cat([Jt[:, 1:], torch.zeros_like(Jt[:, :1])], 1)
+    adjoint = linear_scan(following.flip(1), grad.flip(1), torch.zeros_like(grad[:, 0]))
+    return adjoint.flip(1)
+
+
+def _split(names, tensors):
+    inputs_names, params_names = names
+    n = len(inputs_names)
+    return dict(zip(inputs_names, tensors[:n])), dict(zip(params_names, tensors[n:]))
+
+
+# ---- the runner behind the kernel ----------------------------------------------------------------
+
+class NewtonRunner:
+    """The `module` of a Newton kernel: run(inputs, params, dims, initial_state,
+    output_final_state) like an emitted module's, solving slab after slab of time."""
+
+    def __init__(self, program, step_module, options: Options):
+        self.spec = program.spec
+        self.structure = jacobian_structure(self.spec)
+        self.step_module = step_module
+        self.options = options
+        self.last_stats: NewtonStats | None = None
+
+    def run(self, inputs, params, dims, initial_state=None, output_final_state=False):
+        first = next(iter(inputs.values()))
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        inputs = {k: x.to(compute) for k, x in inputs.items()}
+        params = {k: p.to(compute) for k, p in params.items()}
+        packing = Packing(self.spec, self.structure, dims)
+        solver = Solver(self.step_module, packing, self.options)
+        state = packing.pack(self._initial(initial_state, dims, compute, first.device))
+        stats = NewtonStats()
+        T = dims["T"]
+        span = self._slab(dims, packing)
+        pieces = []
+        for t0 in range(0, T, span):
+            part = {k: x[:, t0:t0 + span] for k, x in inputs.items()}
+            slab_dims = {**dims, "T": min(span, T - t0)}
+            outputs, state = self._slab_run(solver, state, part, params, slab_dims, stats)
+            pieces.append(outputs)
+        self.last_stats = stats
+        outputs = {name: torch.cat([p[name] for p in pieces], 1) for name in pieces[0]}
+        final = dict(zip(self.structure.states, packing.unpack(state)))
+        return outputs, final if output_final_state else None
+
+    def _slab_run(self, solver, h0, inputs, params, dims, stats):
+        names = (tuple(inputs), tuple(params))
+        with torch.no_grad(), flushed_denormals():
+            solved = solver.solve(h0, inputs, params, dims, stats)
+        states = _NewtonStates.apply(solver, names, dims, solved, h0, *inputs.values(),
+                                     *params.values())
+        prev = torch.cat([h0[:, None], states[:, :-1]], 1)
+        new, outputs = self.step_module.step(solver.packing.unpack(prev), inputs, params, dims)
+        lead = prev.shape[:3]
+        outputs = {k: v.expand(*lead, *v.shape[3:]) for k, v in outputs.items()}
+        return outputs, solver.packing.pack(new)[:, -1]
+
+    def _initial(self, initial_state, dims, compute, device):
+        B, H = dims["B"], dims["H"]
+        states = []
+        for tensor in self.spec.states:
+            shape = (B, H, *(dims[d] for d in tensor.dims))
+            if initial_state is None:
+                init = float(tensor.init if tensor.init is not None else 0.0)
+                states.append(torch.full(shape, init, dtype=compute, device=device))
+            else:
+                states.append(initial_state[tensor.name].to(compute))
+        return states
+
+    def _slab(self, dims, packing: Packing) -> int:
+        """Steps a Newton solve covers: the whole sequence up to 1024 steps, fewer when the
+        Jacobian blocks of a slab would pass 2^22 values."""
+        if self.options.slab is not None:
+            return self.options.slab
+        per_step = dims["B"] * dims["H"] * packing.entries * packing.block ** 2
+        return max(16, min(1024, (1 << 22) // max(1, per_step)))
+
+
+def step_source(program) -> str:
+    """The emitted batched step of a spec (backends/torch/newton_step.py.j2)."""
+    from .backends.reference import _init as init_code, step_statements
+    from .backends.torch_render import PRELUDE
+    from .emit import header
+    from .templates import render
+    return header(program, "torch") + render(
+        "torch", "newton_step.py.j2", spec=program.spec, helpers=PRELUDE,
+        statements=step_statements(program.spec),
+        inits={s.name: init_code(s) for s in program.spec.states})
+
+
+def newton_kernel(program, backend: str, options: dict):
+    """The Kernel behind `prog.kernel(backend, solver="newton", ...)`."""
+    from . import __version__
+    from .cache import cache_key, generator_digest, load_module
+    if backend not in ("torch", "auto"):
+        raise ValueError(f'solver="newton" runs on the torch backend (any device), not '
+                         f'`{backend}`; use backend="torch"')
+    parsed = _options(options)
+    key = cache_key(program.source, f"{__version__}+{generator_digest('torch')}", "newton_step")
+    module = load_module(key, lambda: step_source(program))
+    return NewtonKernel(program, "torch", NewtonRunner(program, module, parsed), {})
+
+
+def _options(options: dict) -> Options:
+    known = ("tol", "max_iter", "jacobian", "damping", "slab")
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(f'`{n}`' for n in unknown)} for "
+                         f'solver="newton"; its options are: {", ".join(known)}')
+    parsed = Options(**options)
+    if parsed.tol is not None and not (isinstance(parsed.tol, numbers.Real) and parsed.tol > 0):
+        raise ValueError(f"tol must be a positive number, not {parsed.tol!r}")
+    for name in ("max_iter", "slab"):
+        value = getattr(parsed, name)
+        if value is not None and (not isinstance(value, numbers.Integral) or
+                                  isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if parsed.jacobian not in JACOBIANS:
+        raise ValueError(f"jacobian must be one of {', '.join(JACOBIANS)}, not "
+                         f"{parsed.jacobian!r}")
+    return parsed
+
+
+class NewtonKernel(Kernel):
+    """A Kernel whose module is a NewtonRunner; `.stats` is the last call's NewtonStats."""
+
+    @property
+    def stats(self) -> NewtonStats | None:
+        return self.module.last_stats
+
+    @property
+    def structure(self) -> Structure:
+        return self.module.structure
