@@ -141,20 +141,30 @@ class _Backward:
         leaves = [None if t is None else t.detach().requires_grad_(need)
                   for t, need in zip(given, needs)]
         n_in, n_par = len(inputs), len(params)
-        with torch.enable_grad():
+        with torch.enable_grad(), _autograd_dispatch():
             results = self.forward.results(leaves[:n_in], leaves[n_in:n_in + n_par],
                                            leaves[n_in + n_par:], cu_seqlens,
                                            output_final_state, consts)
         pairs = [(r, g) for r, g in zip(results, grads) if g is not None and r.requires_grad]
         wanted = [leaf for leaf in leaves if leaf is not None and leaf.requires_grad]
         found = iter(torch.autograd.grad([r for r, _ in pairs], wanted, [g for _, g in pairs],
-                                         allow_unused=True) if pairs and wanted else ())
+                                         allow_unused=True) if pairs else [None] * len(wanted))
         gradients = []
         for leaf in leaves:
             gradient = next(found) if leaf is not None and leaf.requires_grad else None
-            gradients.append(gradient if gradient is not None else
-                             inputs[0].new_zeros(0) if leaf is None else torch.zeros_like(leaf))
+            gradients.append(inputs[0].new_zeros(0) if leaf is None else
+                             torch.zeros_like(leaf) if gradient is None else
+                             torch.empty_like(leaf).copy_(gradient))   # the fake's strides
         return gradients
+
+
+def _autograd_dispatch():
+    """A context recording autograd even where the caller's dispatch does not (the op run below
+    a dispatch mode, e.g. opcheck's schema check, has the autograd keys excluded)."""
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.ADInplaceOrView):
+        excluded = excluded.remove(key)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded)
 
 
 def _fake_backward(inputs, params, initial_state, cu_seqlens, output_final_state, grads, needs,

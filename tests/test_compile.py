@@ -176,3 +176,23 @@ def test_auto_backend_compiles_on_its_first_call():
     compiled = torch.compile(lambda *xs: op(*xs, scale=0.5)[0], backend="aot_eager",
                              fullgraph=True, dynamic=True)
     _close([compiled(*tensors)], [op(*tensors, scale=0.5)[0]])
+
+
+def test_opcheck_forward_and_backward_ops_with_strided_inputs():
+    """torch.library.opcheck: schema, fake vs real shapes and strides, autograd registration,
+    AOT dispatch, for both ops; q is a non-contiguous view (its gradient keeps q's strides)."""
+    prog = seqc.load("gla")
+    kernel = prog.kernel("torch")
+    tensors, states = _call(prog, 6, seed=12, grad=True)
+    q = tensors[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not q.is_contiguous()
+    tensors[0] = q
+    n_in, consts = len(prog.spec.inputs), [None] * len(prog.spec.consts)
+    call = (tensors[:n_in], tensors[n_in:], list(states.values()), None, True)
+    for result in torch.library.opcheck(kernel.ops.forward, (*call, *consts)).values():
+        assert result == "SUCCESS"
+    grads = [torch.randn(r.shape) for r in kernel.ops.forward(*call, *consts)]
+    needs = [True] * (len(tensors) + len(states))
+    checks = torch.library.opcheck(kernel.ops.backward, (*call, grads, needs, *consts),
+                                   test_utils=("test_schema", "test_faketensor"))
+    assert set(checks.values()) == {"SUCCESS"}
