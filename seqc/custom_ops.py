@@ -246,6 +246,21 @@ class _Fake:
         return sizes
 
 
+def _packed_states(spec, inputs, params, initial_state, cu_seqlens) -> list:
+    """With cu_seqlens, the initial states as the op takes them: all None when none is given;
+    else every state, the missing ones at their declared init, [N, H, ...] (a list argument
+    holding a None takes no gradient: the given states' gradients would be lost)."""
+    given = initial_state if isinstance(initial_state, dict) else {}
+    if not given or not all(isinstance(x, torch.Tensor) for x in inputs):
+        return [given.get(s.name) for s in spec.states]     # a bad call: the op names it
+    sizes = _Fake(spec).sizes(inputs, params, [given.get(s.name) for s in spec.states])
+    N, H = cu_seqlens.shape[0] - 1, max(x.shape[2] for x in inputs)
+    return [given.get(s.name) if given.get(s.name) is not None else
+            torch.full((N, H, *[sizes[d] for d in s.dims]), s.init if s.init is not None else 0.0,
+                       dtype=torch.float32, device=inputs[0].device)
+            for s in spec.states]
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -273,7 +288,7 @@ def call(kernel, arguments: dict, initial_state, output_final_state: bool, cu_se
     else:       # validated when the op runs (the bounds are values)
         inputs = [tensors.get(name) for name in names.inputs]
         params = [tensors.get(name) for name in names.params]
-        states = [(initial_state or {}).get(name) for name in names.states]
+        states = _packed_states(spec, inputs, params, initial_state, cu_seqlens)
     results = kernel.ops.forward(inputs, params, states, cu_seqlens, output_final_state, *consts)
     outputs = dict(zip([o.name for o in spec.outputs], results))
     final = (dict(zip(names.states, results[len(outputs):])) if output_final_state else None)

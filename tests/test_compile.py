@@ -196,3 +196,24 @@ def test_opcheck_forward_and_backward_ops_with_strided_inputs():
     checks = torch.library.opcheck(kernel.ops.backward, (*call, grads, needs, *consts),
                                    test_utils=("test_schema", "test_faketensor"))
     assert set(checks.values()) == {"SUCCESS"}
+
+
+def test_packed_sequences_with_one_of_two_initial_states_get_its_gradient():
+    """lstm has states h and c: with cu_seqlens and only `c` given, the op gets `h` at its init,
+    so that `c`'s gradient flows through the compiled call as through the eager one."""
+    prog = seqc.load("lstm")
+    op = prog.op("torch")
+    tensors, _ = _call(prog, 7, seed=13, initial_state=False)
+    n_in = len(prog.spec.inputs)
+    tensors = [(t[:1] if i < n_in else t).requires_grad_() for i, t in enumerate(tensors)]
+    c = torch.randn(2, 2, DIM, generator=torch.Generator().manual_seed(14)).requires_grad_()
+    cu_seqlens = torch.tensor([0, 3, 7])
+
+    def run(tensors, c):
+        *outputs, final = op(*tensors, cu_seqlens=cu_seqlens, initial_state={"c": c},
+                             output_final_state=True)
+        return [*outputs, *final.values()]
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True, dynamic=True)
+    got, expected = compiled(tensors, c), run(tensors, c)
+    _close(got, expected)
+    _same_gradients(got, expected, [*tensors, c])
