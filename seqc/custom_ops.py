@@ -54,9 +54,10 @@ def op_name(kernel) -> str:
 
 
 def _stable(value) -> str:
-    """An option's value as text that does not change between processes (no addresses)."""
+    """An option's value as text: its repr, the same in every process; a function (a recurrence
+    core, `chunk_core=`) is told apart by its identity too, so its op is named per process."""
     if callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+        return f"{getattr(value, '__qualname__', '')}@{id(value):x}"
     return repr(value)
 
 

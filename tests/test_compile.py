@@ -153,6 +153,8 @@ def test_op_names_are_stable_and_tell_options_apart():
     assert default.ops.name == prog.kernel("torch").ops.name
     assert default.ops.name != other.ops.name
     assert default.ops.name.startswith("gla_torch_") and default.ops.name.isidentifier()
+    cores = [prog.kernel("torch", chunk_core=lambda *a: None) for _ in range(2)]
+    assert cores[0].ops.name != cores[1].ops.name      # two functions of one name: two ops
 
 
 def test_triton_kernel_compiles_into_its_op():
