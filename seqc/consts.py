@@ -25,14 +25,18 @@ _BINARY = {ir.Op.ADD: torch.add, ir.Op.SUB: torch.sub, ir.Op.MUL: torch.mul, ir.
            ir.Op.POW: torch.pow}
 
 
-def const_values(spec: ir.Spec, sizes: dict[str, int], given: dict, problems: list[str]) -> dict:
+def const_values(spec: ir.Spec, sizes: dict[str, int], given: dict, problems: list[str],
+                 defaults: bool = True) -> dict:
     """Every const's value, a float: the given one (a finite real number; None means the default)
-    or its default over `sizes`. Problems are appended to `problems`."""
+    or its default over `sizes` (left out when not `defaults`: computing it reads a tensor's
+    value, which traced code under torch.compile must not; seqc/custom_ops.py). Problems are
+    appended to `problems`."""
     values: dict[str, float] = {}
     for const in spec.consts:
         value = given.get(const.name)
         if value is None:
-            values[const.name] = _default(const.value, {**sizes, **values})
+            if defaults:
+                values[const.name] = _default(const.value, {**sizes, **values})
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             problems.append(f"const `{const.name}` must be a real number, not "
                             f"{type(value).__name__}")

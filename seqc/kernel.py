@@ -11,6 +11,7 @@ import numbers
 
 import torch
 
+from . import custom_ops
 from .autograd import run_triton
 from .cache import cache_key, generator_digest, load_module
 from .emit import BACKENDS
@@ -61,9 +62,16 @@ class Kernel:
         self.backend = backend
         self.module = module
         self.options = options
+        self.ops = custom_ops.register(self)      # torch.ops.seqc.<name>
 
     def __call__(self, initial_state=None, output_final_state: bool = False, cu_seqlens=None,
                  **tensors):
+        if torch.compiler.is_compiling():   # one opaque custom op: seqc/custom_ops.py
+            return custom_ops.call(self, tensors, initial_state, output_final_state, cu_seqlens)
+        return self.eager_call(initial_state, output_final_state, cu_seqlens, **tensors)
+
+    def eager_call(self, initial_state=None, output_final_state: bool = False, cu_seqlens=None,
+                   **tensors):
         if cu_seqlens is not None:       # packed sequences: seqc/varlen.py
             return run_packed(self, tensors, cu_seqlens, initial_state, output_final_state)
         call = validate(self.program.spec, tensors, initial_state, output_final_state)
@@ -101,6 +109,14 @@ class AutoKernel:
         self.program = program
         self.options = options
         self._kernels: dict[str, Kernel] = {}
+        # the backend this machine's calls are likely to take, built now: torch.compile traces
+        # calls, and a kernel (and its op, seqc/custom_ops.py) cannot be built inside a trace;
+        # options only the other backend takes are reported when a call needs it, as before
+        likely = resolve_backend("auto", torch.cuda.is_available())
+        try:
+            self._kernels[likely] = build_kernel(program, likely, **options)
+        except ValueError:
+            pass
 
     def __call__(self, initial_state=None, output_final_state: bool = False, **tensors):
         on_cuda = any(getattr(t, "is_cuda", False) for t in tensors.values())

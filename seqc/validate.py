@@ -65,8 +65,10 @@ def _layout(layout: tuple[str, ...]) -> str:
     return "[" + ", ".join(layout) + "]"
 
 
-def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=False) -> Call:
-    """`arguments`: the call's tensors (inputs and params) and consts, by name."""
+def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=False,
+             const_defaults: bool = True) -> Call:
+    """`arguments`: the call's tensors (inputs and params) and consts, by name. Without
+    `const_defaults`, `dims` holds only the consts the call gives (seqc/consts.py)."""
     binder = _Binder()
     if not isinstance(output_final_state, bool):
         binder.problems.append(f"output_final_state must be True or False, not "
@@ -100,7 +102,7 @@ def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=F
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
     _empty_dims(binder, spec)
     _raise(binder)
-    consts = const_values(spec, binder.sizes, arguments, binder.problems)
+    consts = const_values(spec, binder.sizes, arguments, binder.problems, const_defaults)
     _raise(binder)
     return Call(inputs, params, states, {**binder.sizes, **consts}, dtype, device)
 
@@ -121,7 +123,10 @@ def _grouped_heads(binder: _Binder, spec: ir.Spec, tensors: dict) -> dict:
              and tensors[t.name].dim() == 3 + len(t.dims)}
     if not heads:
         return tensors
-    most = max(heads, key=heads.get)
+    most = next(iter(heads))        # the first with the most heads (a loop: traced by dynamo)
+    for name, count in heads.items():
+        if count > heads[most]:
+            most = name
     H = heads[most]
     expanded = dict(tensors)
     for name, count in heads.items():
