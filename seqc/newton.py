@@ -309,6 +309,7 @@ class _NewtonStates(torch.autograd.Function):
         return states
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states):
         h0, states, *tensors = ctx.saved_tensors
         solver, names, dims = ctx.solver, ctx.names, ctx.dims

@@ -1351,6 +1351,7 @@ class _DeltaCore(torch.autograd.Function):
         return o, final
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, w, v, g, h = ctx.saved_tensors
         B, T, H, K, V, block_t, N, block_k, block_v = _core_shapes(k, v, ctx.chunk_size)

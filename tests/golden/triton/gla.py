@@ -994,6 +994,7 @@ class _ChunkCore(torch.autograd.Function):
         return o, final
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, v, g, h, final = ctx.saved_tensors
         B, T, H, K, V, block_t, N, block_k, block_v = _chunk_core_shapes(q, v, ctx.chunk_size)

@@ -601,6 +601,7 @@ class _ScanCore(torch.autograd.Function):
         return h, final
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dfinal):
         a, b, hb = ctx.saved_tensors
         BH, T, L, block_t, N, block_l, lanes = _scan_core_shapes(b, ctx.chunk_size)
