@@ -153,10 +153,11 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
     keeps the cores' boundary states and the backward is the adjoint kernels alone. A mode with
     cores of its own (`MODE_CORES`: `chunk_parallel` trains on chunk_parallel_core.md, its
     kernels dotting in the call's 16-bit `dtype`) puts them in place of the others. `mode=None`
-    is the mode the module's `run` chooses at `dims`. The module's parallel mode with no cores of
+    trains in the module's parallel mode when that has cores of its own (`training_mode`), else in
+    the mode the module's `run` chooses at `dims`. The module's parallel mode with no cores of
     its own (`chunk_delta_parallel`) trains on DEFAULT_MODE's core. Another mode (e.g. a forced
     `fused_recurrent`) keeps its kernel forward and has its own backward or recomputes."""
-    mode = options.get("mode") or chosen_mode(triton_module, options, dims)
+    mode = options.get("mode") or training_mode(triton_module, options, dims)
     cores = core_options(triton_module, options)
     own = getattr(triton_module, "MODE_CORES", {}).get(mode)
     if not own and mode == getattr(triton_module, "PARALLEL_MODE", None):
@@ -166,6 +167,16 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
         bound = dict(dot_dtype=dtype, precision=options.get("precision"))
         return {**cores, **{name: functools.partial(core, **bound) for name, core in own.items()}}
     return cores if cores and f"{mode}_core" in cores else {}
+
+
+def training_mode(triton_module, options: dict, dims: dict | None) -> str:
+    """The mode a `mode=None` call trains in: the module's parallel mode when it has training
+    cores of its own (chunk_parallel: its kernels fit a GPU, chunk_core's do not, whatever the
+    number of programs), else the mode `run` would choose at `dims`."""
+    parallel = getattr(triton_module, "PARALLEL_MODE", None)
+    if parallel in getattr(triton_module, "MODE_CORES", {}):
+        return parallel
+    return chosen_mode(triton_module, options, dims)
 
 
 def chosen_mode(triton_module, options: dict, dims: dict | None) -> str:
