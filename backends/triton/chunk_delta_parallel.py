@@ -53,13 +53,7 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         g = self.group
         K, V = g.key_dim, g.value_dim
         spec = self.spec
-        every = {x.name for x in spec.inputs} | {p.name for p in spec.params} | \
-            {let.name for let in self.plan.prelude}
-        bound = key_bound_lets(self.plan, K)
-        for let in self.plan.prelude:      # dims of every let, for rendering
-            self.lets[let.name] = self.expr(let.value).dims
-        keywise = g.log_decay is not None and g.log_decay.dims == (K,)
-        decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
+        every, bound, keywise, decay = self.group_basics()
         steps = [dict(key_op=self.operand(s.key, (K,)), beta=self.role(s.beta, ()),
                       value=self.role(s.value, (V,))) for s in g.steps]
         key = self.role(g.steps[0].key, (K,))       # the fp32 key (key-wise: one step)

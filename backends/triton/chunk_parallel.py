@@ -140,17 +140,26 @@ class ChunkParallelKernel(BlockKernel):
         raw = used(raw, body + "\n".join(cast), "raw_")
         return dict(params=params, body=raw + cast + lets)
 
-    def context(self) -> dict:
-        g = self.group
-        K, V = g.key_dim, g.value_dim
+    def group_basics(self):
+        """What both parallel forms' contexts start from: every name a kernel may read (inputs,
+        params, lets), the lets that need all of K, whether the decay is key-wise, and the
+        decay's role (None without one). Records every let's dims for rendering."""
+        g, K = self.group, self.group.key_dim
         spec = self.spec
         every = {x.name for x in spec.inputs} | {p.name for p in spec.params} | \
             {let.name for let in self.plan.prelude}
         bound = key_bound_lets(self.plan, K)
-        for let in self.plan.prelude:      # dims of every let, for rendering
+        for let in self.plan.prelude:
             self.lets[let.name] = self.expr(let.value).dims
         keywise = g.log_decay is not None and g.log_decay.dims == (K,)
         decay = None if g.log_decay is None else self.role(g.log_decay, (K,) if keywise else ())
+        return every, bound, keywise, decay
+
+    def context(self) -> dict:
+        g = self.group
+        K, V = g.key_dim, g.value_dim
+        spec = self.spec
+        every, bound, keywise, decay = self.group_basics()
         writes = [dict(key=self.role(w.key, (K,)), key_op=self.operand(w.key, (K,)),
                        value_op=self.operand(w.value, (V,))) for w in g.writes]
         reads = []
