@@ -1,12 +1,14 @@
-"""Peak memory and time of a torch-backend training step (forward + backward) with and without
-checkpointed slabs (`prog.kernel("torch", checkpoint=True)`; backends/torch/module.md).
+"""Peak memory and time of a torch-backend training step (forward + backward): plain autograd
+through the ops against the options that cut its memory, checkpointed slabs
+(`prog.kernel("torch", checkpoint=True)`; backends/torch/module.md) and the derived adjoint
+cores (`adjoint=True`; backends/torch/chunk_adjoint.md).
 
 Each measurement runs in a fresh process: peak resident memory (ru_maxrss) above the process's
 resident size once the call's tensors exist (after one small warm-up call, so that torch's lazy
 start-up is not counted), and the best of `--repeat` forward+backward times.
 Configurations alternate so that the machine's noise hits both alike.
 
-    python scripts/torch_memory.py simple_gla gated_deltanet mamba2 --T 16384
+    python scripts/torch_memory.py simple_gla gla mamba2 --T 16384 --configs checkpoint,adjoint
 """
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ import sys
 import time
 
 
-def measure(spec: str, sizes: dict, checkpoint: bool, repeat: int) -> dict:
+CONFIGS = {"autograd": {"adjoint": False}, "checkpoint": {"adjoint": False, "checkpoint": True},
+           "adjoint": {"adjoint": True}, "adjoint+checkpoint": {"adjoint": True, "checkpoint": True}}
+
+
+def measure(spec: str, sizes: dict, options: dict, repeat: int) -> dict:
     import torch
 
     import seqc
@@ -27,7 +33,7 @@ def measure(spec: str, sizes: dict, checkpoint: bool, repeat: int) -> dict:
 
     torch.manual_seed(0)
     prog = seqc.load(spec)
-    kernel = prog.kernel("torch", checkpoint=checkpoint)
+    kernel = prog.kernel("torch", **options)
     warm, _ = random_call(prog.spec, {**sizes, "T": 64})   # torch's lazy start-up, not the call's
     for t in warm.values():
         t.requires_grad_(True)
@@ -65,33 +71,38 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--configs", default="checkpoint",
+                        help=f"compared with autograd, comma-separated: {', '.join(CONFIGS)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        spec, checkpoint = args.child.split(":")
+        spec, config = args.child.split(":")
         import seqc
         dims = {d.name: args.dim for d in seqc.load(spec).spec.dims}
         sizes = {"B": args.B, "T": args.T, "H": args.H, **dims}
-        print(json.dumps(measure(spec, sizes, checkpoint == "1", args.repeat)))
+        print(json.dumps(measure(spec, sizes, CONFIGS[config], args.repeat)))
         return 0
+    configs = ["autograd"] + [c for c in args.configs.split(",") if c != "autograd"]
     print(f"B={args.B} T={args.T} H={args.H} dims={args.dim}, fp32, forward+backward; "
-          f"peak MB above the call's tensors, best of {args.repeat} (ms)")
-    print("| spec | autograd peak MB | checkpoint peak MB | ratio | autograd ms | checkpoint ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
+          f"peak MB above the call's tensors, best of {args.repeat} (ms); ratios to autograd")
+    print("| spec | " + " | ".join(f"{c} MB" for c in configs) + " | "
+          + " | ".join(f"{c} ms" for c in configs) + " |")
+    print("|---|" + "---|" * (2 * len(configs)))
     for spec in args.specs:
-        runs = {"0": [], "1": []}
+        runs = {c: [] for c in configs}
         for _ in range(args.rounds):
-            for flag in ("0", "1"):
-                out = subprocess.run([sys.executable, __file__, "--child", f"{spec}:{flag}",
+            for config in configs:
+                out = subprocess.run([sys.executable, __file__, "--child", f"{spec}:{config}",
                                       "--T", str(args.T), "--B", str(args.B), "--H", str(args.H),
                                       "--dim", str(args.dim), "--repeat", str(args.repeat)],
                                      capture_output=True, text=True, check=True, env=child_env())
-                runs[flag].append(json.loads(out.stdout))
-        plain = {k: min(r[k] for r in runs["0"]) for k in ("peak_mb", "ms")}
-        ckpt = {k: min(r[k] for r in runs["1"]) for k in ("peak_mb", "ms")}
-        print(f"| {spec} | {plain['peak_mb']:.0f} | {ckpt['peak_mb']:.0f} | "
-              f"{ckpt['peak_mb'] / plain['peak_mb']:.2f} | {plain['ms']:.0f} | {ckpt['ms']:.0f} | "
-              f"{ckpt['ms'] / plain['ms']:.2f} |", flush=True)
+                runs[config].append(json.loads(out.stdout))
+        best = {c: {k: min(r[k] for r in runs[c]) for k in ("peak_mb", "ms")} for c in configs}
+        base = best["autograd"]
+        cell = lambda c, k: (f"{best[c][k]:.0f}" if c == "autograd"
+                             else f"{best[c][k]:.0f} ({best[c][k] / base[k]:.2f})")
+        print(f"| {spec} | " + " | ".join(cell(c, "peak_mb") for c in configs) + " | "
+              + " | ".join(cell(c, "ms") for c in configs) + " |", flush=True)
     return 0
 
 

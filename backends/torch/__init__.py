@@ -37,6 +37,8 @@ def emit_plan(plan) -> str:
         emitter = GroupEmitter(spec, plan.reads, whole)
         body = [line for group in plan.groups for line in emitter.lines(group)]
         families = sorted({family(g) for g in plan.groups})
+        if "chunk.py.j2" in families:       # its derived adjoint, for run(..., adjoint=True)
+            families.append("chunk_adjoint.py.j2")
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
