@@ -1,8 +1,8 @@
 """The torch backend's derived adjoint cores (`prog.kernel("torch")`, the default; off with
-`adjoint=False`;
-backends/torch/chunk_adjoint.md): the recurrence runs with no autograd graph and its backward is
-the adjoint recurrence computed directly. Gradients must equal plain autograd through the ops
-(fp64) for every stdlib chunk spec, with initial states, slabs and partial chunks; -inf gates;
+`adjoint=False`; backends/torch/chunk_adjoint.md, scan_adjoint.md): the recurrence runs with no
+autograd graph and its backward is the adjoint recurrence computed directly. Gradients must
+equal plain autograd through the ops (fp64) for every stdlib chunk and scan spec, with initial
+states, slabs and partial chunks; -inf gates;
 the core must really replace autograd (its backward runs, and it saves a fraction of the bytes).
 """
 import pytest
@@ -12,6 +12,7 @@ from oracles import random_inputs, random_state
 from test_gradients import gradients_of
 
 CHUNK_SPECS = ["simple_gla", "retnet", "linear_attn", "mamba2", "gla", "hgrn2", "mlstm", "rwkv6"]
+SCAN_SPECS = ["hgrn", "lru", "mamba", "mingru", "minlstm", "rglru", "mlstm"]
 SLAB = 16       # steps a slab in these tests (the emitted default is about 1024)
 
 
@@ -22,14 +23,16 @@ def torch_kernel(name, monkeypatch, **options):
     return fn
 
 
-@pytest.mark.parametrize("name", CHUNK_SPECS)
-def test_adjoint_gradients_equal_autograd(name, monkeypatch):
+@pytest.mark.parametrize("name,core", [(n, "_ChunkAdjoint") for n in CHUNK_SPECS]
+                         + [(n, "_ScanAdjoint") for n in SCAN_SPECS])
+def test_adjoint_gradients_equal_autograd(name, core, monkeypatch):
     x, p = random_inputs(name, 2, 37, 2, dtype=torch.float64, seed=3)
     s = {n: t.double() for n, t in random_state(name, 2, 2, seed=3).items()}
     fn = torch_kernel(name, monkeypatch, adjoint=True)
-    backward = fn.module._ChunkAdjoint.backward
+    function = getattr(fn.module, core)
+    backward = function.backward
     calls = []
-    monkeypatch.setattr(fn.module._ChunkAdjoint, "backward",
+    monkeypatch.setattr(function, "backward",
                         staticmethod(lambda ctx, *g: calls.append(1) or backward(ctx, *g)))
     got = gradients_of(fn, x, p, s)
     assert len(calls) == -(-37 // SLAB), "the adjoint's backward runs once a slab"
@@ -95,7 +98,7 @@ def saved_bytes(fn, x, p):
     return sum(total), out
 
 
-@pytest.mark.parametrize("name", ["simple_gla", "gla"])
+@pytest.mark.parametrize("name", ["simple_gla", "gla", "hgrn"])
 def test_adjoint_saves_a_fraction_of_autograd(name, monkeypatch):
     """At T = 256 (one slab of 256 steps, chunks of 8) the adjoint's saved bytes are at most a
     third of autograd's (each saved storage counted once per save: an upper bound for both)."""
@@ -107,7 +110,9 @@ def test_adjoint_saves_a_fraction_of_autograd(name, monkeypatch):
     got, out = saved_bytes(adjoint, x, p)
     assert got <= want / 3, (got, want)
     with torch.no_grad():
-        torch.testing.assert_close(out.o, plain(**x, **p).o, rtol=1e-5, atol=1e-6)
+        want_out = plain(**x, **p)
+        for n in want_out.keys():
+            torch.testing.assert_close(out[n], want_out[n], rtol=1e-5, atol=1e-6)
 
 
 def test_adjoint_is_inert_without_autograd():

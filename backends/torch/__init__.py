@@ -23,6 +23,9 @@ def emit(program) -> str:
     return emit_plan(program.analysis.plan)
 
 
+ADJOINTS = ("chunk.py.j2", "scan.py.j2")   # families with a derived adjoint beside them
+
+
 def emit_plan(plan) -> str:
     """The module source for a Plan (tests may hand-build Plans)."""
     spec = plan.spec
@@ -37,8 +40,8 @@ def emit_plan(plan) -> str:
         emitter = GroupEmitter(spec, plan.reads, whole)
         body = [line for group in plan.groups for line in emitter.lines(group)]
         families = sorted({family(g) for g in plan.groups})
-        if "chunk.py.j2" in families:       # its derived adjoint, for run(..., adjoint=True)
-            families.append("chunk_adjoint.py.j2")
+        # the derived adjoints of the families that have one, for run(..., adjoint=True)
+        families += [f.replace(".py.j2", "_adjoint.py.j2") for f in families if f in ADJOINTS]
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
