@@ -5,7 +5,9 @@ cores (`adjoint=True`; backends/torch/chunk_adjoint.md).
 
 Each measurement runs in a fresh process: peak resident memory (ru_maxrss) above the process's
 resident size once the call's tensors exist (after one small warm-up call, so that torch's lazy
-start-up is not counted), and the best of `--repeat` forward+backward times.
+start-up is not counted), and the best of `--repeat` forward+backward times, as the process's
+CPU time (run with OMP_NUM_THREADS=1: then it is the wall time of an idle machine, and a loaded
+machine's waiting is not counted).
 Configurations alternate so that the machine's noise hits both alike.
 
     python scripts/torch_memory.py simple_gla gla mamba2 --T 16384 --configs checkpoint,adjoint
@@ -46,12 +48,12 @@ def measure(spec: str, sizes: dict, options: dict, repeat: int) -> dict:
     for _ in range(repeat):
         for t in tensors.values():
             t.grad = None
-        start = time.perf_counter()
+        start = time.process_time()
         out = kernel(**tensors, output_final_state=True)
         loss = sum((o.float() ** 2).sum() for o in list(out)[:-1])
         loss = loss + sum((s ** 2).sum() for s in out.final_state.values())
         loss.backward()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_mb": (peak - base) / 1024, "ms": min(times) * 1e3}
 
@@ -59,7 +61,8 @@ def measure(spec: str, sizes: dict, options: dict, repeat: int) -> dict:
 def child_env() -> dict:
     """A fixed mmap threshold: glibc otherwise raises it after each large free and serves later
     large tensors from a heap that never shrinks, so that peak RSS would count freed memory."""
-    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 def main() -> int:
