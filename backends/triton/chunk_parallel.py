@@ -78,7 +78,7 @@ def used(lines: list[str], code: str, prefix: str) -> list[str]:
     kept: list[str] = []
     for line in reversed(lines):
         name = line.split(" = ", 1)[0].strip()
-        if re.search(rf"\b{re.escape(name)}\b", code + "\n".join(kept)):
+        if re.search(rf"\b{re.escape(name)}\b", "\n".join([code, *kept])):
             kept.insert(0, line)
     return kept
 
@@ -134,10 +134,10 @@ class ChunkParallelKernel(BlockKernel):
         raw, cast = self.loads(names)
         params = self.param_lines(names)
         lets = used(lets, code, "let_")
-        body = code + "\n".join(lets)
+        body = "\n".join([code, *lets])       # one line each: `...in_v` + `in_x` is no `in_v`
         cast = used(cast, body, "in_")
         params = used(params, body, "par_")
-        raw = used(raw, body + "\n".join(cast), "raw_")
+        raw = used(raw, "\n".join([body, *cast]), "raw_")
         return dict(params=params, body=raw + cast + lets)
 
     def group_basics(self):
