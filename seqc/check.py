@@ -104,7 +104,7 @@ class _Checker(ExpressionTyper):
             self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
                        help="choose another name, e.g. `D` or `N`" if what == "dim name"
                        else "choose another name, e.g. `scale`")
-        elif name in RESERVED:
+        elif name in RESERVED and not (what == "model name" and name in ir.FUNCS):
             self.error(f"`{name}` is a reserved word and cannot be {_article(what)} {what}", span)
         else:
             return True

@@ -41,7 +41,10 @@ class Op(Enum):
 UNARY_FUNCS = ("exp", "log", "sigmoid", "logsigmoid", "tanh", "softplus", "silu", "relu",
                "sqrt", "rsqrt", "abs")
 BINARY_FUNCS = ("max", "min", "logaddexp")
-REDUCE_FUNCS = ("sum", "norm", "l2norm")
+REDUCE_FUNCS = ("sum", "norm", "l2norm", "mean", "logsumexp", "softmax")
+# `max(x, D)` / `min(x, D)` also reduce over D when D is a dim (the checker decides, shapes.py)
+KEEPS_DIM = ("l2norm", "softmax")          # reductions whose result keeps the reduced dim
+LINEAR_REDUCTIONS = ("sum", "mean")
 FUNCS = UNARY_FUNCS + BINARY_FUNCS + REDUCE_FUNCS
 
 
@@ -96,7 +99,7 @@ class Binary:
 class Call:
     func: str
     args: tuple["Expr", ...]
-    dim: str | None = None           # the reduced dim of sum / norm / l2norm
+    dim: str | None = None           # the reduced dim of a reduction (`sum(x, K)`, `max(x, K)`)
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     dims: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     dim_span: Span = field(default=NO_SPAN, compare=False, repr=False)

@@ -113,8 +113,9 @@ class ExpressionTyper:
 
     def call(self, node: ir.Call, line: int) -> ir.Call:
         args = tuple(self.expr(a, line) for a in node.args)
-        node = replace(node, args=args)
-        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS else 2
+        node = self.as_dim_reduction(replace(node, args=args))
+        args = node.args
+        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS or node.dim else 2
         if node.func not in ir.FUNCS:
             suggestion = closest(node.func, ir.FUNCS)
             self.error(f"unknown function `{node.func}`", node.span,
@@ -129,11 +130,23 @@ class ExpressionTyper:
             self.error(f"`{node.func}` takes {expected} argument{'s' if expected > 1 else ''}, "
                        f"not {len(args)}", node.span)
             return replace(node, dims=None)
-        if node.func in ir.REDUCE_FUNCS:
+        if node.dim is not None:
             return replace(node, dims=self.reduce_dims(node))
         if expected == 2:
             return replace(node, dims=self.broadcast(node, args[0], args[1]))
         return replace(node, dims=self.elementwise_operand(args[0]))
+
+    def as_dim_reduction(self, node: ir.Call) -> ir.Call:
+        """`max(x, D)` / `min(x, D)` with `D` a declared dim and `x` a tensor reduce over D (the
+        parser cannot tell a dim from a tensor); with a scalar `x` (`max(K, V)`, numbers), or a
+        tensor named `D`, they keep the elementwise meaning."""
+        if node.func not in ("max", "min") or len(node.args) != 2 or node.dim is not None:
+            return node
+        first, second = node.args
+        if isinstance(second, ir.Name) and second.ref is not None and second.ref.kind == "dim" \
+                and first.dims != ():
+            return replace(node, args=(first,), dim=second.id, dim_span=second.span)
+        return node
 
     def reduce_dims(self, node: ir.Call) -> tuple[str, ...] | None:
         dims = self.elementwise_operand(node.args[0])
@@ -149,10 +162,11 @@ class ExpressionTyper:
             return None
         if node.dim not in dims:
             self.error(f"`{node.func}` over `{node.dim}`, but its argument has dims {fmt_dims(dims)}",
-                       node.dim_span if node.dim_span.line else node.span)
+                       node.dim_span if node.dim_span.line else node.span,
+                       help=("reduce over " + " or ".join(f"`{d}`" for d in dims)) if dims
+                       else "a scalar has no dim to reduce")
             return None
-        return dims if node.func == "l2norm" else tuple(d for d in dims if d != node.dim)
-
+        return dims if node.func in ir.KEEPS_DIM else tuple(d for d in dims if d != node.dim)
 
 def fmt_dims(dims: tuple[str, ...]) -> str:
     return "[" + ", ".join(dims) + "]" if dims else "[] (a scalar)"

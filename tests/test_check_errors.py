@@ -286,7 +286,7 @@ def test_matmul_with_a_scalar(check_source):
 
 def test_reduction_over_a_dim_the_argument_lacks(check_source):
     err = check_source(gla_with(7, "output o = sum(q, V)"))
-    expect(err, 7, 19, 1, "`sum` over `V`, but its argument has dims [K]", None,
+    expect(err, 7, 19, 1, "`sum` over `V`, but its argument has dims [K]", "reduce over `K`",
            "output o = sum(q, V)")
 
 

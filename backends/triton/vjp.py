@@ -274,6 +274,33 @@ class Rules:
         dims = union(first.dims, x.dims)
         return [Block(f"({align(first, dims)} - {align(product(x, coef), dims)})", dims)]
 
+    def rule_mean(self, node, args, y, dy):
+        """y = sum(x, D) / |D|: dx = dy / |D| on every lane."""
+        return [on(dy, f"({{}} / dim_{node.dim})")]
+
+    def rule_max(self, node, args, y, dy):
+        """y = max(x, D) (torch.amax): dy shared evenly by the lanes that attain the extremum."""
+        (x,) = args
+        hits = Block(f"tl.where({align(y, x.dims)} == {x.code}, 1.0, 0.0)", x.dims)
+        count = self.sum(hits, node.dim)
+        return [product(hits, Block(f"({align(dy, count.dims)} / {count.code})", count.dims))]
+
+    rule_min = rule_max
+
+    def rule_logsumexp(self, node, args, y, dy):
+        """y = log sum_D e^x: dx = dy e^(x - y), 0 where y = -inf (every lane -inf)."""
+        (x,) = args
+        yy = align(y, x.dims)
+        return [product(dy, Block(f"tl.where({yy} == float('-inf'), 0.0, tl.exp({x.code} - {yy}))",
+                                  x.dims))]
+
+    def rule_softmax(self, node, args, y, dy):
+        """y = softmax(x, D): dx = y (dy - sum_D dy y)."""
+        inner = self.sum(product(dy, y), node.dim)
+        dims = union(dy.dims, y.dims)
+        centred = Block(f"({align(dy, dims)} - {align(inner, dims)})", dims)
+        return [product(y, centred)]
+
     def rule_matmul(self, node, args, y, dy):
         """a[..., c] @ b[c, ...] = sum_c a b: da = sum over b's other axes of dy b, db likewise;
         the contracted axis is renamed as the forward renames it, and back."""
@@ -294,7 +321,7 @@ class Rules:
             if node.op is ir.Op.MATMUL:
                 return self.rule_matmul(node, args, y, dy)
             return BINARY_RULES[node.op](node, args, y, dy)
-        if node.func in ("sum", "norm", "l2norm"):
+        if node.dim is not None:
             return getattr(self, f"rule_{node.func}")(node, args, y, dy)
         if node.func in CALL_RULES:
             return CALL_RULES[node.func](node, args, y, dy)
@@ -315,7 +342,7 @@ def missing_rules(spec: ir.Spec) -> list[str]:
         for node in ir.walk(statement.value):
             if isinstance(node, ir.Call) and not (
                     node.func in UNARY_SLOPES or node.func in CALL_RULES
-                    or node.func in ("sum", "norm", "l2norm")):
+                    or node.dim is not None):
                 missing.append(node.func)
             if isinstance(node, ir.Binary) and node.op not in BINARY_RULES \
                     and node.op is not ir.Op.MATMUL:
