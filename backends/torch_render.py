@@ -33,6 +33,8 @@ REDUCTIONS = {      # a reduction over the value's axis `{axis}` (a negative ind
     "norm": "torch.linalg.vector_norm({}, dim={axis})",
     "l2norm": "F.normalize({}, dim={axis}, eps=1e-12)",
 }
+# `head`, the head index: one value a head, `[H]`, broadcast like a param's `[H, ...]`
+HEAD = 'torch.arange(dims["H"], dtype=compute, device=device)'
 
 
 def align(code: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
@@ -66,6 +68,8 @@ class TorchRenderer:
         if isinstance(node, ir.Num):
             return repr(float(node.value))
         if isinstance(node, ir.Name):
+            if ir.is_head(node):
+                return HEAD
             return const_code(node) if _is_const(node) else self.name_code(node)
         if isinstance(node, ir.Unary):
             return f"(-{self.render(node.operand)})"

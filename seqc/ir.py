@@ -46,6 +46,8 @@ REDUCE_FUNCS = ("sum", "norm", "l2norm", "mean", "logsumexp", "softmax")
 KEEPS_DIM = ("l2norm", "softmax")          # reductions whose result keeps the reduced dim
 LINEAR_REDUCTIONS = ("sum", "mean")
 FUNCS = UNARY_FUNCS + BINARY_FUNCS + REDUCE_FUNCS
+HEAD = "head"                              # the built-in head index (0-based), per head
+HEADS = "H"                                # the number of heads, a number (unless a tensor)
 
 
 class TensorKind(Enum):
@@ -57,7 +59,7 @@ class TensorKind(Enum):
 @dataclass(frozen=True)
 class Ref:
     """What a name refers to, filled in by the checker."""
-    kind: str            # "input" | "param" | "state" | "let" | "dim" | "const"
+    kind: str            # "input" | "param" | "state" | "let" | "dim" | "const" | "head"
     version: int = 0     # for states: 0 = previous step, n = after the n-th update this step
 
 
@@ -103,6 +105,10 @@ class Call:
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     dims: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     dim_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+def is_head(node) -> bool:
+    return isinstance(node, Name) and node.ref is not None and node.ref.kind == "head"
 
 
 Expr = Union[Num, Name, Unary, Binary, Call]

@@ -68,12 +68,25 @@ class ExpressionTyper:
             self.error(f"output `{node.id}` cannot be read inside the step", node.span,
                        help="compute it with `let` and use the `let` name")
             return replace(node, dims=None)
+        builtin = self.builtin(node)
+        if builtin is not None:
+            return builtin
         if node.id not in self.unknown:      # reported once, at its first use
             self.unknown.add(node.id)
             suggestion = closest(node.id, [*self.dims, *self.consts, *self.lets, *self.tensors])
             self.error(f"unknown name `{node.id}`", node.span,
                        help=f"did you mean `{suggestion}`?" if suggestion else None)
         return replace(node, dims=None)
+
+    @staticmethod
+    def builtin(node: ir.Name) -> ir.Name | None:
+        """`head`, the head index (0, 1, ..., H - 1: one scalar a head, like a `param`), and `H`,
+        the number of heads (a number, like a dim size; a tensor named `H` takes precedence)."""
+        if node.id == ir.HEAD:
+            return replace(node, dims=(), ref=ir.Ref("head"))
+        if node.id == ir.HEADS:
+            return replace(node, dims=(), ref=ir.Ref("const"))
+        return None
 
     def elementwise_operand(self, operand: ir.Expr) -> tuple[str, ...] | None:
         if operand.dims is None:

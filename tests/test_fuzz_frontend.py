@@ -56,7 +56,7 @@ def assert_dims_bound(spec: ir.Spec) -> None:
 
 def identifiers(spec: ir.Spec):
     """Every name a spec declares or reads (the model's name may be a function's: it names
-    nothing in an expression)."""
+    nothing in an expression; `head` is the built-in head index, read, never declared)."""
     if spec.name not in ir.FUNCS:
         yield spec.name
     yield from (d.name for d in spec.dims)
@@ -67,7 +67,7 @@ def identifiers(spec: ir.Spec):
         yield getattr(statement, "name", None) or statement.state
         yield from getattr(statement, "declared_dims", None) or ()
         for node in ir.walk(statement.value):
-            if isinstance(node, ir.Name):
+            if isinstance(node, ir.Name) and node.id != ir.HEAD:
                 yield node.id
             elif isinstance(node, ir.Call):
                 assert node.func in ir.FUNCS

@@ -20,6 +20,7 @@ from seqc.backends.triton.render import HELPERS, REDUCTION_HELPERS, Constants
 from seqc.backends.triton.vjp import Adjoint, NoRule, Step, missing_rules
 
 SIZE, BLOCK = 3, 4
+HEAD, HEADS = 1, 2          # the program's head index and the head count (`head`, `H`)
 
 HEADER = """model rule
 dims K, V
@@ -63,6 +64,7 @@ CASES = {       # operation -> the update of S exercising it (S, K x V, broadcas
     "logsumexp": "S = 0.5 * S + logsumexp(m + S, K) * a",
     "softmax": "S = 0.5 * S + softmax(m + S, K)",
     "softmax over V": "S = softmax(S, V) + m",
+    "head and H": "S = exp(-(head + 1) / H) * S + m",
 }
 
 
@@ -84,7 +86,7 @@ def tl_standin(mask):
         permute=lambda x, dims: x.permute(*dims),
     )
     namespace = {"tl": tl, "triton": types.SimpleNamespace(jit=lambda f: f),
-                 "ACC": torch.float64,
+                 "ACC": torch.float64, "i_h": torch.tensor(HEAD),
                  "BLOCK_K": BLOCK, "BLOCK_V": BLOCK, "mask_K": mask, "mask_V": mask,
                  "dim_K": SIZE, "dim_V": SIZE}
     exec(HELPERS + "".join(REDUCTION_HELPERS.values()), namespace)
@@ -121,7 +123,7 @@ def test_rule_matches_autograd(case):
     mask = torch.arange(BLOCK) < SIZE
     namespace = {**tl_standin(mask), **leaves,
                  **{name: eval(code, {"float": float, "torch": torch,
-                                      "dims": {"K": SIZE, "V": SIZE}})
+                                      "dims": {"K": SIZE, "V": SIZE, "H": HEADS}})
                     for name, code in constants.host.items()}}
     exec("\n".join(step.lines), namespace)
     final, out = namespace[f"st_S_{step.final_version('S')}"], namespace["st_S_1"]

@@ -28,6 +28,7 @@ BINARY_FUNCS = {"max": "tl.maximum({}, {})", "min": "tl.minimum({}, {})",
                 "logaddexp": "_logaddexp({}, {})"}
 BINARY = {ir.Op.ADD: "+", ir.Op.SUB: "-", ir.Op.MUL: "*", ir.Op.DIV: "/"}
 CONTRACTED = "__c"      # the axis `@` contracts, renamed so that R[D, D] @ h[D] aligns by name
+HEAD = "i_h.to(ACC)"    # `head`, the head index: every kernel's program knows its head `i_h`
 # reductions over the real lanes of an axis: the function (REDUCTION_HELPERS, or tl's) and the
 # value padded lanes hold so that they do not count
 MASKED_REDUCTIONS = {"max": ("tl.max", 'float("-inf")'), "min": ("tl.min", 'float("inf")'),
@@ -102,6 +103,8 @@ class TritonRenderer:
             return Block(repr(float(node.value)), ())
         if is_constant(node):
             return Block(self.constants.lift(node), ())
+        if ir.is_head(node):
+            return Block(HEAD, ())
         if isinstance(node, ir.Name):
             return self.name_block(node)
         if isinstance(node, ir.Unary):

@@ -95,7 +95,7 @@ class Step:
         return self.versions[state]
 
     def value(self, node: ir.Expr) -> Value:
-        if isinstance(node, ir.Num) or is_constant(node):
+        if isinstance(node, ir.Num) or is_constant(node) or ir.is_head(node):
             return Value(self.render(node).code, (), constant=True)
         if isinstance(node, ir.Name):
             return self.name(node)
