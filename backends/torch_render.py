@@ -84,6 +84,8 @@ class TorchRenderer:
         return self(left, node.dims), self(right, node.dims)
 
     def call(self, node: ir.Call) -> str:
+        if node.relabel is not None:        # the same tensor, its axes renamed in place
+            return self.render(node.args[0])
         if node.dim is not None:
             return self.reduce(node)
         if len(node.args) == 2:

@@ -46,6 +46,7 @@ REDUCE_FUNCS = ("sum", "norm", "l2norm", "mean", "logsumexp", "softmax")
 KEEPS_DIM = ("l2norm", "softmax")          # reductions whose result keeps the reduced dim
 LINEAR_REDUCTIONS = ("sum", "mean")
 FUNCS = UNARY_FUNCS + BINARY_FUNCS + REDUCE_FUNCS
+RELABEL = "as"                             # `x as [D, ...]`: a Call with `relabel` set
 HEAD = "head"                              # the built-in head index (0-based), per head
 HEADS = "H"                                # the number of heads, a number (unless a tensor)
 
@@ -105,6 +106,12 @@ class Call:
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     dims: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     dim_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    relabel: tuple[str, ...] | None = None   # `x as [V]`: func "as", the operand's new dims
+
+
+def relabelling(node: "Call") -> dict[str, str]:
+    """A relabel's map from the operand's dims to the new ones (position by position)."""
+    return dict(zip(node.args[0].dims or (), node.relabel or ()))
 
 
 def is_head(node) -> bool:

@@ -125,6 +125,8 @@ class ExpressionTyper:
         return result
 
     def call(self, node: ir.Call, line: int) -> ir.Call:
+        if node.relabel is not None:
+            return self.relabel(node, line)
         args = tuple(self.expr(a, line) for a in node.args)
         node = self.as_dim_reduction(replace(node, args=args))
         args = node.args
@@ -180,6 +182,36 @@ class ExpressionTyper:
                        else "a scalar has no dim to reduce")
             return None
         return dims if node.func in ir.KEEPS_DIM else tuple(d for d in dims if d != node.dim)
+
+    def relabel(self, node: ir.Call, line: int) -> ir.Call:
+        """`x as [D1, ...]`: x's dims renamed position by position (same sizes: checked when a
+        call binds them, seqc/validate.py)."""
+        operand = self.expr(node.args[0], line)
+        node = replace(node, args=(operand,))
+        where = node.dim_span if node.dim_span.line else node.span
+        unknown = [d for d in node.relabel if d not in self.dims or d in self.poisoned]
+        for dim in unknown:
+            if dim in self.poisoned:
+                continue
+            suggestion = closest(dim, [d for d in self.dims if d not in self.poisoned])
+            self.error(f"`as` relabels to declared dims, and `{dim}` is not one", where,
+                       help=f"did you mean `{suggestion}`?" if suggestion
+                       else f"declare it first: `dims {dim}`")
+        if len(set(node.relabel)) != len(node.relabel):
+            self.error(f"`as {fmt_dims(node.relabel)}` repeats a dim", where,
+                       help="a dim appears once per tensor")
+            return replace(node, dims=None)
+        dims = self.elementwise_operand(operand)
+        if unknown or dims is None:
+            return replace(node, dims=None)
+        if len(dims) != len(node.relabel):
+            self.error(f"`as {fmt_dims(node.relabel)}` gives {len(node.relabel)} dim"
+                       f"{'s' if len(node.relabel) != 1 else ''} to a value with dims "
+                       f"{fmt_dims(dims)}", where,
+                       help="`as` renames each dim of the value, in order: one new name per dim")
+            return replace(node, dims=None)
+        return replace(node, dims=node.relabel)
+
 
 def fmt_dims(dims: tuple[str, ...]) -> str:
     return "[" + ", ".join(dims) + "]" if dims else "[] (a scalar)"

@@ -70,9 +70,10 @@ def identifiers(spec: ir.Spec):
             if isinstance(node, ir.Name) and node.id != ir.HEAD:
                 yield node.id
             elif isinstance(node, ir.Call):
-                assert node.func in ir.FUNCS
+                assert node.func in ir.FUNCS or node.func == ir.RELABEL and node.relabel, node
                 if node.dim is not None:
                     yield node.dim
+                yield from node.relabel or ()
 
 
 def assert_safe(spec: ir.Spec) -> None:

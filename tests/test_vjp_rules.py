@@ -64,6 +64,7 @@ CASES = {       # operation -> the update of S exercising it (S, K x V, broadcas
     "logsumexp": "S = 0.5 * S + logsumexp(m + S, K) * a",
     "softmax": "S = 0.5 * S + softmax(m + S, K)",
     "softmax over V": "S = softmax(S, V) + m",
+    "relabel": "S = 0.5 * S + (a as [V]) * m + (m as [V, K]) * S",
     "head and H": "S = exp(-(head + 1) / H) * S + m",
 }
 

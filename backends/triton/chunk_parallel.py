@@ -21,9 +21,11 @@ from .blockwise import LOG2E, BlockKernel
 def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
     outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
-    key blocks)."""
+    key blocks); no relabel (`relabels`)."""
     if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk" \
             or any(r.previous for r in plan.reads):     # reads of S_{t-1}: the chunk mode only
+        return False
+    if relabels(plan.spec):
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
@@ -38,6 +40,15 @@ def supported(plan) -> bool:
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
     return not any(mentions(e, K, bound) for e in free)
+
+
+def relabels(spec: ir.Spec) -> bool:
+    """Whether the step relabels a dim (`x as [...]`). The multi-kernel forms hold blocks of the
+    key dim and of the value dim (key blocks in the state pass, value blocks in the output
+    kernel): lanes relabelled between dims would come from another program's block, so these
+    forms are not offered and the single-kernel form runs (docs/backends.md)."""
+    return any(isinstance(node, ir.Call) and node.relabel is not None
+               for statement in spec.body for node in ir.walk(statement.value))
 
 
 def mentions(expr: ir.Expr, dim: str, bound: set[str]) -> bool:

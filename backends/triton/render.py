@@ -64,6 +64,12 @@ def align(block: Block, want: tuple[str, ...]) -> str:
     return code
 
 
+def relabelled(block: Block, names: dict[str, str]) -> Block:
+    """`x as [...]`: the same lanes under new axis names (the dims have equal sizes, so equal
+    blocks: fused kernels size a block by its dim; blockwise.py gives linked dims one size)."""
+    return Block(block.code, tuple(names.get(d, d) for d in block.dims))
+
+
 def union(*dims: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     for ds in dims:
@@ -130,6 +136,8 @@ class TritonRenderer:
         return Block(f"_pow({align(base, dims)}, {align(power, dims)})", dims)
 
     def call(self, node: ir.Call) -> Block:
+        if node.relabel is not None:
+            return relabelled(self(node.args[0]), ir.relabelling(node))
         if node.dim is not None:
             return self.reduce(node)
         if len(node.args) == 2:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from seqc import ir
 from seqc.backends.torch_render import is_constant
 
-from .render import CONTRACTED, Block, Constants, TritonRenderer, align, union
+from .render import CONTRACTED, Block, Constants, TritonRenderer, align, relabelled, union
 
 
 class NoRule(Exception):
@@ -301,6 +301,11 @@ class Rules:
         centred = Block(f"({align(dy, dims)} - {align(inner, dims)})", dims)
         return [product(y, centred)]
 
+    def rule_relabel(self, node, args, y, dy):
+        """x as [...]: the adjoint is dy under the operand's names."""
+        back = {new: old for old, new in ir.relabelling(node).items()}
+        return [relabelled(dy, back)]
+
     def rule_matmul(self, node, args, y, dy):
         """a[..., c] @ b[c, ...] = sum_c a b: da = sum over b's other axes of dy b, db likewise;
         the contracted axis is renamed as the forward renames it, and back."""
@@ -321,6 +326,8 @@ class Rules:
             if node.op is ir.Op.MATMUL:
                 return self.rule_matmul(node, args, y, dy)
             return BINARY_RULES[node.op](node, args, y, dy)
+        if node.relabel is not None:
+            return self.rule_relabel(node, args, y, dy)
         if node.dim is not None:
             return getattr(self, f"rule_{node.func}")(node, args, y, dy)
         if node.func in CALL_RULES:
@@ -342,7 +349,7 @@ def missing_rules(spec: ir.Spec) -> list[str]:
         for node in ir.walk(statement.value):
             if isinstance(node, ir.Call) and not (
                     node.func in UNARY_SLOPES or node.func in CALL_RULES
-                    or node.dim is not None):
+                    or node.dim is not None or node.relabel is not None):
                 missing.append(node.func)
             if isinstance(node, ir.Binary) and node.op not in BINARY_RULES \
                     and node.op is not ir.Op.MATMUL:

@@ -113,6 +113,8 @@ def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = Fal
 
 def _under(state: str, node: ir.Call) -> str:
     """Why a function of the state breaks linearity, in words."""
+    if node.relabel is not None:
+        return f"`{state}` is relabelled with `as` (a relabelled state has no parallel form)"
     if node.dim is not None and node.func not in ("norm", "l2norm"):
         return (f"`{state}` appears under {node.func} over `{node.dim}`, a reduction over a "
                 "dim of the state, which is not linear")

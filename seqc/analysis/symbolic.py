@@ -130,7 +130,7 @@ class Symbolic:
         if node.func == "mean":                # sum / |D|
             size = self.atom(ir.Name(node.dim, dims=(), ref=ir.Ref("dim")))
             return self.functional("sum", ir.Name(node.dim, dims=())) * args[0] / size
-        if node.dim is not None and node.func not in ("norm", "l2norm"):
+        if node.relabel is not None or node.dim is not None and node.func not in ("norm", "l2norm"):
             # opaque (not linear in the operand's states): `max(S, K)` is no sp.Max
             return sp.Function(_opaque_name(node))(*args)
         func = _SYMPY_FUNCS.get(node.func) or sp.Function(node.func)
@@ -260,6 +260,8 @@ class Symbolic:
 
 
 def _opaque_name(node: ir.Call) -> str:
+    if node.relabel is not None:
+        return "as_" + "_".join(node.relabel)
     return f"{node.func}_over_{node.dim}"
 
 
