@@ -79,3 +79,16 @@ def test_misuse_is_a_located_error(check_source, text, col, width, message, help
 def test_every_misuse_is_reported_at_once():
     assert error_lines("let a = max(q, V) + softmax(q, VV)\nlet b = q as [V, K]\nhead = 2") == \
         [5, 5, 6, 7]
+
+
+def test_the_multi_kernel_forms_are_not_offered_and_the_call_says_why():
+    """chunk_parallel holds blocks of K and of V: a spec that relabels runs `chunk` instead, and
+    a call that asks for chunk_parallel is told why (the emitted NOT_OFFERED)."""
+    program = seqc.compile(source(RELABEL), "feature.seq")
+    kernel = program.kernel("triton", mode="chunk_parallel")
+    assert kernel.module.MODES == ("fused_recurrent", "chunk")
+    tensors, _ = call()
+    with pytest.raises(ValueError, match=r"mode 'chunk_parallel' is not available for `feature`; "
+                                         r"choose one of fused_recurrent, chunk \(chunk_parallel "
+                                         r"is not offered: the step relabels a dim \(`as`\)"):
+        kernel(**tensors)

@@ -43,7 +43,8 @@ def emit(program, plan=None) -> str:
                   parallel_mode=parallel and parallel.mode,
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
-                  fused_backward=backward is not None)
+                  fused_backward=backward is not None,
+                  not_offered=families.not_offered(plan))
 
 
 def adjoint_cores(plan, modes) -> list[str]:
