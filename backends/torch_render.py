@@ -26,6 +26,15 @@ ELEMENTWISE = {
     "logaddexp": "torch.logaddexp({}, {})",
 }
 BINARY = {ir.Op.ADD: "+", ir.Op.SUB: "-", ir.Op.MUL: "*", ir.Op.DIV: "/", ir.Op.POW: "**"}
+REDUCTIONS = {      # a reduction over the value's axis `{axis}` (a negative index)
+    "sum": "{}.sum(dim={axis})", "mean": "{}.mean(dim={axis})",
+    "max": "{}.amax(dim={axis})", "min": "{}.amin(dim={axis})",
+    "logsumexp": "torch.logsumexp({}, dim={axis})", "softmax": "torch.softmax({}, dim={axis})",
+    "norm": "torch.linalg.vector_norm({}, dim={axis})",
+    "l2norm": "F.normalize({}, dim={axis}, eps=1e-12)",
+}
+# `head`, the head index: one value a head, `[H]`, broadcast like a param's `[H, ...]`
+HEAD = 'torch.arange(dims["H"], dtype=compute, device=device)'
 
 
 def align(code: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
@@ -59,6 +68,8 @@ class TorchRenderer:
         if isinstance(node, ir.Num):
             return repr(float(node.value))
         if isinstance(node, ir.Name):
+            if ir.is_head(node):
+                return HEAD
             return const_code(node) if _is_const(node) else self.name_code(node)
         if isinstance(node, ir.Unary):
             return f"(-{self.render(node.operand)})"
@@ -73,7 +84,9 @@ class TorchRenderer:
         return self(left, node.dims), self(right, node.dims)
 
     def call(self, node: ir.Call) -> str:
-        if node.func in ("sum", "norm", "l2norm"):
+        if node.relabel is not None:        # the same tensor, its axes renamed in place
+            return self.render(node.args[0])
+        if node.dim is not None:
             return self.reduce(node)
         if len(node.args) == 2:
             left, right = self.operands(node, *node.args)
@@ -88,12 +101,7 @@ class TorchRenderer:
     def reduce(self, node: ir.Call) -> str:
         arg = node.args[0]
         axis = arg.dims.index(node.dim) - len(arg.dims)
-        code = self.render(arg)
-        if node.func == "sum":
-            return f"{code}.sum(dim={axis})"
-        if node.func == "norm":
-            return f"torch.linalg.vector_norm({code}, dim={axis})"
-        return f"F.normalize({code}, dim={axis}, eps=1e-12)"
+        return REDUCTIONS[node.func].format(self.render(arg), axis=axis)
 
     def matmul(self, node: ir.Binary) -> str:
         left, right = node.left.dims, node.right.dims

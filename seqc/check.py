@@ -21,7 +21,7 @@ LANGUAGE_KEYWORDS = frozenset({"model", "dims", "input", "param", "state", "cons
 IMPLICIT_DIMS = frozenset({"B", "T", "H"})
 RESERVED = LANGUAGE_KEYWORDS | frozenset(ir.FUNCS) | frozenset(keyword.kwlist) \
     | frozenset(keyword.softkwlist) | {"None", "True", "False", "final_state", "initial_state",
-                                       "output_final_state", "cu_seqlens"}
+                                       "output_final_state", "cu_seqlens", ir.HEAD}
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class _Checker(ExpressionTyper):
             self.error(f"`{name}` is reserved (batch, time and heads are implicit dims)", span,
                        help="choose another name, e.g. `D` or `N`" if what == "dim name"
                        else "choose another name, e.g. `scale`")
-        elif name in RESERVED:
+        elif name in RESERVED and not (what == "model name" and name in ir.FUNCS):
             self.error(f"`{name}` is a reserved word and cannot be {_article(what)} {what}", span)
         else:
             return True
@@ -193,9 +193,10 @@ class _Checker(ExpressionTyper):
                    and n.ref.kind not in ("dim", "const")]
         if tensors:
             first = tensors[0]
+            what = "the head index, one value a head" if first.ref.kind == "head" else \
+                f"{_article(first.ref.kind)} {first.ref.kind}"
             self.error(f"the default of const `{const.name}` must be a scalar of numbers, dims and "
-                       f"earlier consts, but `{first.id}` is {_article(first.ref.kind)} "
-                       f"{first.ref.kind}", first.span,
+                       f"earlier consts, but `{first.id}` is {what}", first.span,
                        help="a const is a call-time number such as `const scale = K ** -0.5`; "
                             "use `let` for a value computed from tensors")
             self.poisoned.add(const.name)
@@ -231,7 +232,11 @@ class _Checker(ExpressionTyper):
     def check_update(self, update: ir.Update) -> ir.Update:
         target = self.tensors.get(update.state)
         if target is None or target.kind is not ir.TensorKind.STATE:
-            if update.state in self.lets:
+            if update.state in (ir.HEAD, ir.HEADS) and target is None:
+                what = "the head index" if update.state == ir.HEAD else "the number of heads"
+                self.error(f"`{update.state}` is {what}, a built-in, and cannot be assigned",
+                           update.span, help="use `let` with a name of your own for a new value")
+            elif update.state in self.lets:
                 self.error(f"`{update.state}` is a `let` and is assigned only once", update.span,
                            help="declare it as a state to carry it across steps")
             elif target is not None:

@@ -119,7 +119,8 @@ class Roles:
         from .backends.torch_render import PRELUDE, TorchRenderer
         self.sizes, self.dtype, self.device = sizes, dtype, device
         self.env = {name: t.to(dtype) for name, t in tensors.items()}
-        self.scope = {"torch": torch, "F": F, "env": self.env, "dims": sizes}
+        self.scope = {"torch": torch, "F": F, "env": self.env, "dims": sizes, "compute": dtype,
+                      "device": device}      # `head` renders as an arange of them
         exec(PRELUDE, self.scope)           # the renderer's `_permute`
         self.render = TorchRenderer(lambda n: str(sizes[n.id]) if n.ref.kind == "dim"
                                     else f"env[{n.id!r}]")

@@ -41,8 +41,14 @@ class Op(Enum):
 UNARY_FUNCS = ("exp", "log", "sigmoid", "logsigmoid", "tanh", "softplus", "silu", "relu",
                "sqrt", "rsqrt", "abs")
 BINARY_FUNCS = ("max", "min", "logaddexp")
-REDUCE_FUNCS = ("sum", "norm", "l2norm")
+REDUCE_FUNCS = ("sum", "norm", "l2norm", "mean", "logsumexp", "softmax")
+# `max(x, D)` / `min(x, D)` also reduce over D when D is a dim (the checker decides, shapes.py)
+KEEPS_DIM = ("l2norm", "softmax")          # reductions whose result keeps the reduced dim
+LINEAR_REDUCTIONS = ("sum", "mean")
 FUNCS = UNARY_FUNCS + BINARY_FUNCS + REDUCE_FUNCS
+RELABEL = "as"                             # `x as [D, ...]`: a Call with `relabel` set
+HEAD = "head"                              # the built-in head index (0-based), per head
+HEADS = "H"                                # the number of heads, a number (unless a tensor)
 
 
 class TensorKind(Enum):
@@ -54,7 +60,7 @@ class TensorKind(Enum):
 @dataclass(frozen=True)
 class Ref:
     """What a name refers to, filled in by the checker."""
-    kind: str            # "input" | "param" | "state" | "let" | "dim" | "const"
+    kind: str            # "input" | "param" | "state" | "let" | "dim" | "const" | "head"
     version: int = 0     # for states: 0 = previous step, n = after the n-th update this step
 
 
@@ -96,10 +102,20 @@ class Binary:
 class Call:
     func: str
     args: tuple["Expr", ...]
-    dim: str | None = None           # the reduced dim of sum / norm / l2norm
+    dim: str | None = None           # the reduced dim of a reduction (`sum(x, K)`, `max(x, K)`)
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     dims: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     dim_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    relabel: tuple[str, ...] | None = None   # `x as [V]`: func "as", the operand's new dims
+
+
+def relabelling(node: "Call") -> dict[str, str]:
+    """A relabel's map from the operand's dims to the new ones (position by position)."""
+    return dict(zip(node.args[0].dims or (), node.relabel or ()))
+
+
+def is_head(node) -> bool:
+    return isinstance(node, Name) and node.ref is not None and node.ref.kind == "head"
 
 
 Expr = Union[Num, Name, Unary, Binary, Call]

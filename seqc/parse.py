@@ -109,6 +109,10 @@ class _ToIR(Transformer):
     def pow(self, meta, base, exponent):
         return ir.Binary(ir.Op.POW, base, exponent, self.where.span(meta))
 
+    def relabel(self, meta, operand, dims):
+        return ir.Call(ir.RELABEL, (operand,), None, self.where.span(meta),
+                       dim_span=_dims_span(dims), relabel=tuple(d.name for d in dims))
+
     def num(self, meta, token):
         return ir.Num(float(token), self.where.token_span(token))
 
@@ -121,6 +125,12 @@ class _ToIR(Transformer):
         if name in ir.REDUCE_FUNCS and len(args) == 2 and isinstance(args[1], ir.Name):
             return ir.Call(name, (args[0],), args[1].id, span, dim_span=args[1].span)
         return ir.Call(name, tuple(args), None, span)
+
+
+def _dims_span(dims) -> ir.Span:
+    """From the first dim name of a `[...]` to the last."""
+    first, last = dims[0].span, dims[-1].span
+    return ir.Span(first.file, first.line, first.col, last.end_line, last.end_col)
 
 
 @lru_cache(maxsize=1)
@@ -216,7 +226,7 @@ def _syntax_error(error: UnexpectedInput, code: str, where: _Line) -> Diagnostic
         message = "unexpected end of line"
         width = 1
     expected = sorted({word for terminal in _expected(error) for word in _words(terminal)})
-    help_text = f"expected {_join_or(expected)}" if expected and len(expected) <= 8 else None
+    help_text = f"expected {_join_or(expected)}" if expected and len(expected) <= 9 else None
     span = ir.Span(where.filename, where.line, col, where.line, col + width)
     return Diagnostic("error", f"syntax error: {message}", span, help_text)
 

@@ -60,6 +60,8 @@ def _expr(node: ir.Expr) -> tuple[str, int]:
         return _number(node.value), _ATOM
     if isinstance(node, ir.Name):
         return node.id, _ATOM
+    if isinstance(node, ir.Call) and node.relabel is not None:
+        return f"{_wrap(node.args[0], _ATOM)} as [{', '.join(node.relabel)}]", _ATOM
     if isinstance(node, ir.Call):
         args = [expr(a) for a in node.args] + ([node.dim] if node.dim else [])
         return f"{node.func}({', '.join(args)})", _ATOM

@@ -68,12 +68,25 @@ class ExpressionTyper:
             self.error(f"output `{node.id}` cannot be read inside the step", node.span,
                        help="compute it with `let` and use the `let` name")
             return replace(node, dims=None)
+        builtin = self.builtin(node)
+        if builtin is not None:
+            return builtin
         if node.id not in self.unknown:      # reported once, at its first use
             self.unknown.add(node.id)
             suggestion = closest(node.id, [*self.dims, *self.consts, *self.lets, *self.tensors])
             self.error(f"unknown name `{node.id}`", node.span,
                        help=f"did you mean `{suggestion}`?" if suggestion else None)
         return replace(node, dims=None)
+
+    @staticmethod
+    def builtin(node: ir.Name) -> ir.Name | None:
+        """`head`, the head index (0, 1, ..., H - 1: one scalar a head, like a `param`), and `H`,
+        the number of heads (a number, like a dim size; a tensor named `H` takes precedence)."""
+        if node.id == ir.HEAD:
+            return replace(node, dims=(), ref=ir.Ref("head"))
+        if node.id == ir.HEADS:
+            return replace(node, dims=(), ref=ir.Ref("const"))
+        return None
 
     def elementwise_operand(self, operand: ir.Expr) -> tuple[str, ...] | None:
         if operand.dims is None:
@@ -112,9 +125,12 @@ class ExpressionTyper:
         return result
 
     def call(self, node: ir.Call, line: int) -> ir.Call:
+        if node.relabel is not None:
+            return self.relabel(node, line)
         args = tuple(self.expr(a, line) for a in node.args)
-        node = replace(node, args=args)
-        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS else 2
+        node = self.as_dim_reduction(replace(node, args=args))
+        args = node.args
+        expected = 1 if node.func in ir.UNARY_FUNCS + ir.REDUCE_FUNCS or node.dim else 2
         if node.func not in ir.FUNCS:
             suggestion = closest(node.func, ir.FUNCS)
             self.error(f"unknown function `{node.func}`", node.span,
@@ -129,11 +145,23 @@ class ExpressionTyper:
             self.error(f"`{node.func}` takes {expected} argument{'s' if expected > 1 else ''}, "
                        f"not {len(args)}", node.span)
             return replace(node, dims=None)
-        if node.func in ir.REDUCE_FUNCS:
+        if node.dim is not None:
             return replace(node, dims=self.reduce_dims(node))
         if expected == 2:
             return replace(node, dims=self.broadcast(node, args[0], args[1]))
         return replace(node, dims=self.elementwise_operand(args[0]))
+
+    def as_dim_reduction(self, node: ir.Call) -> ir.Call:
+        """`max(x, D)` / `min(x, D)` with `D` a declared dim and `x` a tensor reduce over D (the
+        parser cannot tell a dim from a tensor); with a scalar `x` (`max(K, V)`, numbers), or a
+        tensor named `D`, they keep the elementwise meaning."""
+        if node.func not in ("max", "min") or len(node.args) != 2 or node.dim is not None:
+            return node
+        first, second = node.args
+        if isinstance(second, ir.Name) and second.ref is not None and second.ref.kind == "dim" \
+                and first.dims != ():
+            return replace(node, args=(first,), dim=second.id, dim_span=second.span)
+        return node
 
     def reduce_dims(self, node: ir.Call) -> tuple[str, ...] | None:
         dims = self.elementwise_operand(node.args[0])
@@ -149,9 +177,40 @@ class ExpressionTyper:
             return None
         if node.dim not in dims:
             self.error(f"`{node.func}` over `{node.dim}`, but its argument has dims {fmt_dims(dims)}",
-                       node.dim_span if node.dim_span.line else node.span)
+                       node.dim_span if node.dim_span.line else node.span,
+                       help=("reduce over " + " or ".join(f"`{d}`" for d in dims)) if dims
+                       else "a scalar has no dim to reduce")
             return None
-        return dims if node.func == "l2norm" else tuple(d for d in dims if d != node.dim)
+        return dims if node.func in ir.KEEPS_DIM else tuple(d for d in dims if d != node.dim)
+
+    def relabel(self, node: ir.Call, line: int) -> ir.Call:
+        """`x as [D1, ...]`: x's dims renamed position by position (same sizes: checked when a
+        call binds them, seqc/validate.py)."""
+        operand = self.expr(node.args[0], line)
+        node = replace(node, args=(operand,))
+        where = node.dim_span if node.dim_span.line else node.span
+        unknown = [d for d in node.relabel if d not in self.dims or d in self.poisoned]
+        for dim in unknown:
+            if dim in self.poisoned:
+                continue
+            suggestion = closest(dim, [d for d in self.dims if d not in self.poisoned])
+            self.error(f"`as` relabels to declared dims, and `{dim}` is not one", where,
+                       help=f"did you mean `{suggestion}`?" if suggestion
+                       else f"declare it first: `dims {dim}`")
+        if len(set(node.relabel)) != len(node.relabel):
+            self.error(f"`as {fmt_dims(node.relabel)}` repeats a dim", where,
+                       help="a dim appears once per tensor")
+            return replace(node, dims=None)
+        dims = self.elementwise_operand(operand)
+        if unknown or dims is None:
+            return replace(node, dims=None)
+        if len(dims) != len(node.relabel):
+            self.error(f"`as {fmt_dims(node.relabel)}` gives {len(node.relabel)} dim"
+                       f"{'s' if len(node.relabel) != 1 else ''} to a value with dims "
+                       f"{fmt_dims(dims)}", where,
+                       help="`as` renames each dim of the value, in order: one new name per dim")
+            return replace(node, dims=None)
+        return replace(node, dims=node.relabel)
 
 
 def fmt_dims(dims: tuple[str, ...]) -> str:

@@ -13,6 +13,7 @@ import torch
 from . import ir
 from .consts import const_values
 from .errors import closest
+from .pretty import expr as text
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -101,6 +102,7 @@ def validate(spec: ir.Spec, arguments: dict, initial_state, output_final_state=F
     if binder.sizes.get("T") == 0:
         binder.problems.append("the sequence is empty (T = 0); pass at least one step")
     _empty_dims(binder, spec)
+    _relabelled_sizes(binder, spec)
     _raise(binder)
     consts = const_values(spec, binder.sizes, arguments, binder.problems, const_defaults)
     _raise(binder)
@@ -181,6 +183,22 @@ def _empty_dims(binder: _Binder, spec: ir.Spec) -> None:
         if binder.sizes.get(dim.name) == 0:
             binder.problems.append(f"dim `{dim.name}` has size 0 (from {binder.source[dim.name]}); "
                                    "every dim of the spec needs at least one element")
+
+
+def _relabelled_sizes(binder: _Binder, spec: ir.Spec) -> None:
+    """`k as [V]` reuses k's lanes as V's: each relabelled dim must have the new dim's size."""
+    for statement in spec.body:
+        for node in ir.walk(statement.value):
+            if not (isinstance(node, ir.Call) and node.relabel is not None):
+                continue
+            for old, new in ir.relabelling(node).items():
+                have, want = binder.sizes.get(old), binder.sizes.get(new)
+                if have is not None and want is not None and have != want:
+                    binder.problems.append(
+                        f"`{text(node)}` (line {node.span.line}) relabels dim {old} of "
+                        f"`{text(node.args[0])}` as {new}, but {old} = {have} (from "
+                        f"{binder.source[old]}) and {new} = {want} (from {binder.source[new]}): "
+                        "a relabelled dim must have the size of the dim it becomes")
 
 
 def _initial_states(binder: _Binder, spec: ir.Spec, initial_state, device):

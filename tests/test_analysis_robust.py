@@ -23,7 +23,11 @@ from seqc.resources import stdlib_dir, stdlib_names
 SWAPS = [("exp", "tanh"), ("exp", "sigmoid"), ("*", "/"), ("+", "*"), ("-", "+"),
          ("exp", "log"), ("max", "logaddexp"), ("@", "*"), ("k", "q"), ("S =", "let x ="),
          ("sigmoid", "exp"), ("beta", "0.5"), ("g)", "g - 0.1)"), ("+ x", "+ 2 * x"),
-         ("v -", "v + 0.5 * v -")]
+         ("v -", "v + 0.5 * v -"),
+         # reductions over a dim and the head index (issue 13 items 4 and 6)
+         ("k *", "softmax(k, K) *"), ("q @", "(q - max(q, K) + min(q, K)) @"),
+         ("* v", "* (v - mean(v, V))"), ("+ x", "+ x - logsumexp(x, D)"),
+         ("exp(", "exp(-(head + 1) / H + "), ("S =", "S = 0 * softmax(S, K) +")]
 CONSTANTS = ["0.5", "2", "-1.5", "{dim} ** -0.5"]
 OUTPUT = re.compile(r"output\s+\w+\s*(\[[^\]]*\])?\s*=\s*(?P<value>.*)")
 KINDS = ("scan", "coupled", "chunk", "chunk_delta", "chunk_dplr", "semiring", "sequential")

@@ -99,13 +99,13 @@ def test_syntax_error_unexpected_token(check_source):
 def test_syntax_error_unexpected_character(check_source):
     err = check_source(gla_with(6, "S = S; S"))
     expect(err, 6, 6, 1, "syntax error: unexpected character `;`",
-           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@` or the end of the line", "S = S; S")
+           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@`, `as` or the end of the line", "S = S; S")
 
 
 def test_syntax_error_expects_only_what_can_follow(check_source):
     err = check_source(gla_with(7, "output o = q q"))    # LALR alone would also offer `)` and `,`
     expect(err, 7, 14, 1, "syntax error: unexpected `q`",
-           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@` or the end of the line", "output o = q q")
+           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@`, `as` or the end of the line", "output o = q q")
 
 
 def test_syntax_error_in_a_range(check_source):
@@ -116,7 +116,7 @@ def test_syntax_error_in_a_range(check_source):
 def test_unprintable_character(check_source):
     err = check_source(gla_with(7, "output o = q\x01 @ S"))
     expect(err, 7, 13, 1, "syntax error: unexpected character U+0001",
-           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@` or the end of the line")
+           "expected `(`, `**`, `*`, `+`, `-`, `/`, `@`, `as` or the end of the line")
 
 
 def test_output_without_value(check_source):
@@ -286,7 +286,7 @@ def test_matmul_with_a_scalar(check_source):
 
 def test_reduction_over_a_dim_the_argument_lacks(check_source):
     err = check_source(gla_with(7, "output o = sum(q, V)"))
-    expect(err, 7, 19, 1, "`sum` over `V`, but its argument has dims [K]", None,
+    expect(err, 7, 19, 1, "`sum` over `V`, but its argument has dims [K]", "reduce over `K`",
            "output o = sum(q, V)")
 
 

@@ -55,7 +55,10 @@ def assert_dims_bound(spec: ir.Spec) -> None:
 
 
 def identifiers(spec: ir.Spec):
-    yield spec.name
+    """Every name a spec declares or reads (the model's name may be a function's: it names
+    nothing in an expression; `head` is the built-in head index, read, never declared)."""
+    if spec.name not in ir.FUNCS:
+        yield spec.name
     yield from (d.name for d in spec.dims)
     for tensor in spec.tensors:
         yield tensor.name
@@ -64,12 +67,13 @@ def identifiers(spec: ir.Spec):
         yield getattr(statement, "name", None) or statement.state
         yield from getattr(statement, "declared_dims", None) or ()
         for node in ir.walk(statement.value):
-            if isinstance(node, ir.Name):
+            if isinstance(node, ir.Name) and node.id != ir.HEAD:
                 yield node.id
             elif isinstance(node, ir.Call):
-                assert node.func in ir.FUNCS
+                assert node.func in ir.FUNCS or node.func == ir.RELABEL and node.relabel, node
                 if node.dim is not None:
                     yield node.dim
+                yield from node.relabel or ()
 
 
 def assert_safe(spec: ir.Spec) -> None:
@@ -167,6 +171,9 @@ UNSAFE = ["__import__", "_x", "__class__", "os.system", "é", "naïve", "λ", "�
     "model m\ndims K\ninput q[K]\noutput o[{bad}] = q\n",
 ])
 def test_unsafe_identifiers_never_pass(template, bad):
+    if template.startswith("model {bad}") and bad in ir.FUNCS:
+        pytest.skip("a model may be named after a function (stdlib's `logsumexp`): the name "
+                    "is no value of an expression")
     source = template.format(bad=bad)
     with pytest.raises(SpecError) as caught:
         check(parse(source, "x.seq"))

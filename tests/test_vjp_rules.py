@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import seqc
-from seqc.backends.triton.render import HELPERS, Constants
+from seqc.backends.triton.render import HELPERS, REDUCTION_HELPERS, Constants
 from seqc.backends.triton.vjp import Adjoint, NoRule, Step, missing_rules
 
 SIZE, BLOCK = 3, 4
+HEAD, HEADS = 1, 2          # the program's head index and the head count (`head`, `H`)
 
 HEADER = """model rule
 dims K, V
@@ -56,6 +57,15 @@ CASES = {       # operation -> the update of S exercising it (S, K x V, broadcas
     "norm": "S = 0.5 * S + norm(m + S, K) * a",
     "l2norm": "S = 0.5 * S + l2norm(m + S, K)",
     "let and params": "let u = w * a + sum(R @ a, K)\nS = u * S + u * c",
+    "max over a dim": "S = 0.5 * S + max(m + S, K) * a",
+    "max over a dim, tied lanes": "S = 0.5 * S + max(c + 0 * m, K) * a",
+    "min over a dim": "S = 0.5 * S + min(m - S, V) * c",
+    "mean": "S = 0.5 * S + mean(m * S, K) * a",
+    "logsumexp": "S = 0.5 * S + logsumexp(m + S, K) * a",
+    "softmax": "S = 0.5 * S + softmax(m + S, K)",
+    "softmax over V": "S = softmax(S, V) + m",
+    "relabel": "S = 0.5 * S + (a as [V]) * m + (m as [V, K]) * S",
+    "head and H": "S = exp(-(head + 1) / H) * S + m",
 }
 
 
@@ -71,12 +81,16 @@ def tl_standin(mask):
         where=lambda c, a, b: torch.where(torch.as_tensor(c), torch.as_tensor(a, dtype=torch.float64),
                                           torch.as_tensor(b, dtype=torch.float64)),
         sum=lambda x, axis: x.sum(dim=axis),
+        max=lambda x, axis: x.amax(dim=axis), min=lambda x, axis: x.amin(dim=axis),
+        expand_dims=lambda x, axis: x.unsqueeze(axis), constexpr=None,
         zeros=lambda shape, dtype: torch.zeros(shape, dtype=torch.float64),
         permute=lambda x, dims: x.permute(*dims),
     )
-    namespace = {"tl": tl, "triton": types.SimpleNamespace(jit=lambda f: f), "ACC": None,
-                 "BLOCK_K": BLOCK, "BLOCK_V": BLOCK, "mask_K": mask, "mask_V": mask}
-    exec(HELPERS, namespace)
+    namespace = {"tl": tl, "triton": types.SimpleNamespace(jit=lambda f: f),
+                 "ACC": torch.float64, "i_h": torch.tensor(HEAD),
+                 "BLOCK_K": BLOCK, "BLOCK_V": BLOCK, "mask_K": mask, "mask_V": mask,
+                 "dim_K": SIZE, "dim_V": SIZE}
+    exec(HELPERS + "".join(REDUCTION_HELPERS.values()), namespace)
     return namespace
 
 
@@ -109,8 +123,9 @@ def test_rule_matches_autograd(case):
     do, d_final = padded([BLOCK, BLOCK], gen), padded([BLOCK, BLOCK], gen)
     mask = torch.arange(BLOCK) < SIZE
     namespace = {**tl_standin(mask), **leaves,
-                 **{name: eval(code, {"float": float, "torch": torch})
-                    for name, code in constants.host.items() if "dims" not in code}}
+                 **{name: eval(code, {"float": float, "torch": torch,
+                                      "dims": {"K": SIZE, "V": SIZE, "H": HEADS}})
+                    for name, code in constants.host.items()}}
     exec("\n".join(step.lines), namespace)
     final, out = namespace[f"st_S_{step.final_version('S')}"], namespace["st_S_1"]
     # the update's value is both the new state (adjoint d_final) and, read by `output o = S`,

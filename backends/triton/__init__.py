@@ -7,7 +7,7 @@ from __future__ import annotations
 from seqc.templates import render as render_template
 
 from . import families, fused, fused_backward
-from .render import HELPERS, Constants
+from .render import Constants, helpers
 
 # the multi-kernel forms a module runs instead of its single-kernel default when that would
 # launch too few programs (module.py.j2, `_choose_mode`)
@@ -41,9 +41,10 @@ def emit(program, plan=None) -> str:
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=parallel and parallel.group.value_dim,
                   parallel_mode=parallel and parallel.mode,
-                  helpers=HELPERS, kernels=kernels, constants=constants.host,
+                  helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
-                  fused_backward=backward is not None)
+                  fused_backward=backward is not None,
+                  not_offered=families.not_offered(plan))
 
 
 def adjoint_cores(plan, modes) -> list[str]:

@@ -54,6 +54,20 @@ def _supported(group, spec, reads=()) -> bool:
     return group.kind in ("chunk_dplr", "semiring")
 
 
+def linked(dims: set[str], spec: ir.Spec) -> set[str]:
+    """`dims` and every dim a relabel (`x as [...]`) links to one of them, transitively: linked
+    dims have equal sizes, so they get equal blocks (a dot dim's are at least 16 lanes)."""
+    pairs = [pair for statement in spec.body for node in ir.walk(statement.value)
+             if isinstance(node, ir.Call) and node.relabel is not None
+             for pair in ir.relabelling(node).items()]
+    found = set(dims)
+    while True:
+        more = {b for a, b in pairs if a in found} | {a for a, b in pairs if b in found}
+        if more <= found:
+            return found
+        found |= more
+
+
 class BlockKernel:
     template = "blockwise.py.j2"
 
@@ -65,8 +79,8 @@ class BlockKernel:
         self.lets: dict[str, tuple[str, ...]] = {}
         self.reads: dict[str, tuple[str, ...]] = {}
         self.expr = TritonRenderer(self.name_block, constants)
-        self.dot_dims = {d for g in plan.groups if g.kind in MATRIX_KINDS
-                         for d in (g.key_dim, g.value_dim)}
+        self.dot_dims = linked({d for g in plan.groups if g.kind in MATRIX_KINDS
+                                for d in (g.key_dim, g.value_dim)}, self.spec)
         self.combines: list[str] = []       # generated combine functions of coupled groups
 
     def name_block(self, node: ir.Name) -> Block:

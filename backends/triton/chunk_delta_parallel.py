@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from . import layout
 from .blockwise import LOG2E
-from .chunk_parallel import ChunkParallelKernel, key_bound_lets, mentions, reduces
+from .chunk_parallel import ChunkParallelKernel, key_bound_lets, mentions, reduces, relabels
 
 
 def supported(plan) -> bool:
     """One chunk_delta group S[K, V] (key dim first) with one or two delta steps a token (scalar
     betas), a scalar decay or none (key-wise: one step a token), and values, betas and outputs
     (and a scalar decay) that do not need the key dim (the output kernel loops over key
-    blocks)."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_delta":
+    blocks); no relabel."""
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_delta" \
+            or relabels(plan.spec):         # blocks of K and V: chunk_parallel.relabels
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim

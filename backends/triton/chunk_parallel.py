@@ -21,9 +21,11 @@ from .blockwise import LOG2E, BlockKernel
 def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
     outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
-    key blocks)."""
+    key blocks); no relabel (`relabels`)."""
     if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk" \
             or any(r.previous for r in plan.reads):     # reads of S_{t-1}: the chunk mode only
+        return False
+    if relabels(plan.spec):
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
@@ -38,6 +40,15 @@ def supported(plan) -> bool:
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
     return not any(mentions(e, K, bound) for e in free)
+
+
+def relabels(spec: ir.Spec) -> bool:
+    """Whether the step relabels a dim (`x as [...]`). The multi-kernel forms hold blocks of the
+    key dim and of the value dim (key blocks in the state pass, value blocks in the output
+    kernel): lanes relabelled between dims would come from another program's block, so these
+    forms are not offered and the single-kernel form runs (docs/backends.md)."""
+    return any(isinstance(node, ir.Call) and node.relabel is not None
+               for statement in spec.body for node in ir.walk(statement.value))
 
 
 def mentions(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
@@ -78,7 +89,7 @@ def used(lines: list[str], code: str, prefix: str) -> list[str]:
     kept: list[str] = []
     for line in reversed(lines):
         name = line.split(" = ", 1)[0].strip()
-        if re.search(rf"\b{re.escape(name)}\b", code + "\n".join(kept)):
+        if re.search(rf"\b{re.escape(name)}\b", "\n".join([code, *kept])):
             kept.insert(0, line)
     return kept
 
@@ -134,10 +145,10 @@ class ChunkParallelKernel(BlockKernel):
         raw, cast = self.loads(names)
         params = self.param_lines(names)
         lets = used(lets, code, "let_")
-        body = code + "\n".join(lets)
+        body = "\n".join([code, *lets])       # one line each: `...in_v` + `in_x` is no `in_v`
         cast = used(cast, body, "in_")
         params = used(params, body, "par_")
-        raw = used(raw, body + "\n".join(cast), "raw_")
+        raw = used(raw, "\n".join([body, *cast]), "raw_")
         return dict(params=params, body=raw + cast + lets)
 
     def group_basics(self):

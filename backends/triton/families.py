@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import chunk_delta_parallel, chunk_parallel
+from .chunk_parallel import relabels
 from .blockwise import BlockKernel, mode_of
 
 
@@ -18,3 +19,15 @@ def builders(plan, constants) -> list:
     if mode == "chunk_delta" and chunk_delta_parallel.supported(plan):
         extra = [chunk_delta_parallel.ChunkDeltaParallelKernel(plan, constants)]
     return extra + [BlockKernel(plan, constants)]
+
+
+def not_offered(plan) -> dict[str, str]:
+    """The multi-kernel forms a Plan's family has but this spec is not given, with the reason
+    (the emitted `run` names it when a call asks for one): a spec that relabels a dim."""
+    mode = mode_of(plan)
+    parallel = {"chunk": "chunk_parallel", "chunk_delta": "chunk_delta_parallel"}.get(mode)
+    if parallel is None or not relabels(plan.spec):
+        return {}
+    return {parallel: f"the step relabels a dim (`as`), and {parallel}'s programs hold blocks of "
+                      "the key dim and of the value dim (docs/backends.md); the single-kernel "
+                      f"`{mode}` takes it"}

@@ -43,14 +43,17 @@ def time_axes(dims: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def splittable(spec: ir.Spec) -> set[str]:
-    """Dims whose lanes never mix: no statement reduces over them (sum / norm / l2norm, or the
-    contraction of `@`) and no square param carries them. Each lane of such a dim evolves on
-    its own, so programs may hold disjoint blocks of it without ever reading each other's."""
+    """Dims whose lanes never mix: no statement reduces over them (`sum(x, D)`, any reduction, or
+    the contraction of `@`) or relabels to or from them (`as`), and no square param carries
+    them. Each lane of such a dim evolves on its own, so programs may hold disjoint blocks of it
+    without ever reading each other's."""
     mixed = {d for t in spec.params if len(set(t.dims)) < len(t.dims) for d in t.dims}
     for statement in spec.body:
         for node in ir.walk(statement.value):
             if isinstance(node, ir.Call) and node.dim is not None:
                 mixed.add(node.dim)
+            if isinstance(node, ir.Call) and node.relabel is not None:   # lanes change dims
+                mixed.update(d for pair in ir.relabelling(node).items() for d in pair)
             if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL:
                 mixed.add(node.left.dims[-1])
     return {d.name for d in spec.dims} - mixed

@@ -28,6 +28,12 @@ BINARY_FUNCS = {"max": "tl.maximum({}, {})", "min": "tl.minimum({}, {})",
                 "logaddexp": "_logaddexp({}, {})"}
 BINARY = {ir.Op.ADD: "+", ir.Op.SUB: "-", ir.Op.MUL: "*", ir.Op.DIV: "/"}
 CONTRACTED = "__c"      # the axis `@` contracts, renamed so that R[D, D] @ h[D] aligns by name
+HEAD = "i_h.to(ACC)"    # `head`, the head index: every kernel's program knows its head `i_h`
+# reductions over the real lanes of an axis: the function (REDUCTION_HELPERS, or tl's) and the
+# value padded lanes hold so that they do not count
+MASKED_REDUCTIONS = {"max": ("tl.max", 'float("-inf")'), "min": ("tl.min", 'float("inf")'),
+                     "logsumexp": ("_logsumexp", 'float("-inf")'),
+                     "softmax": ("_softmax", 'float("-inf")')}
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,12 @@ def align(block: Block, want: tuple[str, ...]) -> str:
     if order != want:
         code = f"{code}[{', '.join(':' if d in have else 'None' for d in want)}]"
     return code
+
+
+def relabelled(block: Block, names: dict[str, str]) -> Block:
+    """`x as [...]`: the same lanes under new axis names (the dims have equal sizes, so equal
+    blocks: fused kernels size a block by its dim; blockwise.py gives linked dims one size)."""
+    return Block(block.code, tuple(names.get(d, d) for d in block.dims))
 
 
 def union(*dims: tuple[str, ...]) -> tuple[str, ...]:
@@ -97,6 +109,8 @@ class TritonRenderer:
             return Block(repr(float(node.value)), ())
         if is_constant(node):
             return Block(self.constants.lift(node), ())
+        if ir.is_head(node):
+            return Block(HEAD, ())
         if isinstance(node, ir.Name):
             return self.name_block(node)
         if isinstance(node, ir.Unary):
@@ -122,7 +136,9 @@ class TritonRenderer:
         return Block(f"_pow({align(base, dims)}, {align(power, dims)})", dims)
 
     def call(self, node: ir.Call) -> Block:
-        if node.func in ("sum", "norm", "l2norm"):
+        if node.relabel is not None:
+            return relabelled(self(node.args[0]), ir.relabelling(node))
+        if node.dim is not None:
             return self.reduce(node)
         if len(node.args) == 2:
             left, right = (self(a) for a in node.args)
@@ -138,10 +154,24 @@ class TritonRenderer:
         rest = tuple(d for d in dims if d != axis_name)
         return Block(f"tl.sum(tl.where({mask}, {code}, 0.0), axis={axis})", rest)
 
+    def masked(self, code: str, dims: tuple[str, ...], axis_name: str, fill: str) -> str:
+        """`code` with the padded lanes of `axis_name` set to `fill`."""
+        mask = index(self.mask(axis_name), dims.index(axis_name), len(dims))
+        return f"tl.where({mask}, {code}, {fill})"
+
     def reduce(self, node: ir.Call) -> Block:
         arg = self(node.args[0])
         if node.func == "sum":
             return self.masked_sum(arg.code, arg.dims, node.dim, node.dim)
+        if node.func == "mean":
+            total = self.masked_sum(arg.code, arg.dims, node.dim, node.dim)
+            return Block(f"({total.code} / dim_{node.dim})", total.dims)
+        if node.func in MASKED_REDUCTIONS:
+            function, fill = MASKED_REDUCTIONS[node.func]
+            axis = arg.dims.index(node.dim)
+            code = f"{function}({self.masked(arg.code, arg.dims, node.dim, fill)}, {axis})"
+            keeps = node.func in ir.KEEPS_DIM
+            return Block(code, arg.dims if keeps else tuple(d for d in arg.dims if d != node.dim))
         squares = self.masked_sum(f"({arg.code} * {arg.code})", arg.dims, node.dim, node.dim)
         norm = Block(f"tl.sqrt({squares.code})", squares.dims)
         if node.func == "norm":
@@ -224,3 +254,30 @@ def _stack_rows1(a, b):
 def _stack_rows2(a, b):
     return tl.reshape(tl.permute(tl.join(a, b), (2, 0, 1)), (2 * a.shape[0], a.shape[1]))
 '''
+
+
+# helpers of the reductions that need more than one pass over the lanes, emitted only into the
+# modules of specs that use them (`helpers`); padded lanes come in as -inf
+REDUCTION_HELPERS = {
+    "logsumexp": '''
+@triton.jit
+def _logsumexp(x, axis: tl.constexpr):
+    m = tl.max(x, axis=axis)
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    return safe + tl.log(tl.sum(tl.exp(x - tl.expand_dims(safe, axis)), axis=axis))
+''',
+    "softmax": '''
+@triton.jit
+def _softmax(x, axis: tl.constexpr):
+    m = tl.max(x, axis=axis)
+    e = tl.exp(x - tl.expand_dims(tl.where(m == float("-inf"), 0.0, m), axis))
+    return e / tl.expand_dims(tl.sum(e, axis=axis), axis)
+''',
+}
+
+
+def helpers(spec: ir.Spec) -> str:
+    """HELPERS, and the reduction helpers the spec's step uses."""
+    used = {node.func for statement in spec.body for node in ir.walk(statement.value)
+            if isinstance(node, ir.Call) and node.dim is not None}
+    return HELPERS + "".join(code for name, code in REDUCTION_HELPERS.items() if name in used)

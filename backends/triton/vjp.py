@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from seqc import ir
 from seqc.backends.torch_render import is_constant
 
-from .render import CONTRACTED, Block, Constants, TritonRenderer, align, union
+from .render import CONTRACTED, Block, Constants, TritonRenderer, align, relabelled, union
 
 
 class NoRule(Exception):
@@ -95,7 +95,7 @@ class Step:
         return self.versions[state]
 
     def value(self, node: ir.Expr) -> Value:
-        if isinstance(node, ir.Num) or is_constant(node):
+        if isinstance(node, ir.Num) or is_constant(node) or ir.is_head(node):
             return Value(self.render(node).code, (), constant=True)
         if isinstance(node, ir.Name):
             return self.name(node)
@@ -274,6 +274,38 @@ class Rules:
         dims = union(first.dims, x.dims)
         return [Block(f"({align(first, dims)} - {align(product(x, coef), dims)})", dims)]
 
+    def rule_mean(self, node, args, y, dy):
+        """y = sum(x, D) / |D|: dx = dy / |D| on every lane."""
+        return [on(dy, f"({{}} / dim_{node.dim})")]
+
+    def rule_max(self, node, args, y, dy):
+        """y = max(x, D) (torch.amax): dy shared evenly by the lanes that attain the extremum."""
+        (x,) = args
+        hits = Block(f"tl.where({align(y, x.dims)} == {x.code}, 1.0, 0.0)", x.dims)
+        count = self.sum(hits, node.dim)
+        return [product(hits, Block(f"({align(dy, count.dims)} / {count.code})", count.dims))]
+
+    rule_min = rule_max
+
+    def rule_logsumexp(self, node, args, y, dy):
+        """y = log sum_D e^x: dx = dy e^(x - y), 0 where y = -inf (every lane -inf)."""
+        (x,) = args
+        yy = align(y, x.dims)
+        return [product(dy, Block(f"tl.where({yy} == float('-inf'), 0.0, tl.exp({x.code} - {yy}))",
+                                  x.dims))]
+
+    def rule_softmax(self, node, args, y, dy):
+        """y = softmax(x, D): dx = y (dy - sum_D dy y)."""
+        inner = self.sum(product(dy, y), node.dim)
+        dims = union(dy.dims, y.dims)
+        centred = Block(f"({align(dy, dims)} - {align(inner, dims)})", dims)
+        return [product(y, centred)]
+
+    def rule_relabel(self, node, args, y, dy):
+        """x as [...]: the adjoint is dy under the operand's names."""
+        back = {new: old for old, new in ir.relabelling(node).items()}
+        return [relabelled(dy, back)]
+
     def rule_matmul(self, node, args, y, dy):
         """a[..., c] @ b[c, ...] = sum_c a b: da = sum over b's other axes of dy b, db likewise;
         the contracted axis is renamed as the forward renames it, and back."""
@@ -294,7 +326,9 @@ class Rules:
             if node.op is ir.Op.MATMUL:
                 return self.rule_matmul(node, args, y, dy)
             return BINARY_RULES[node.op](node, args, y, dy)
-        if node.func in ("sum", "norm", "l2norm"):
+        if node.relabel is not None:
+            return self.rule_relabel(node, args, y, dy)
+        if node.dim is not None:
             return getattr(self, f"rule_{node.func}")(node, args, y, dy)
         if node.func in CALL_RULES:
             return CALL_RULES[node.func](node, args, y, dy)
@@ -315,7 +349,7 @@ def missing_rules(spec: ir.Spec) -> list[str]:
         for node in ir.walk(statement.value):
             if isinstance(node, ir.Call) and not (
                     node.func in UNARY_SLOPES or node.func in CALL_RULES
-                    or node.func in ("sum", "norm", "l2norm")):
+                    or node.dim is not None or node.relabel is not None):
                 missing.append(node.func)
             if isinstance(node, ir.Binary) and node.op not in BINARY_RULES \
                     and node.op is not ir.Op.MATMUL:

@@ -47,8 +47,8 @@ class Blame:
             if node.ref.kind == "let":
                 return self.visit(self.sym.lets[node.id].value)
             return None
-        if isinstance(node, ir.Call) and node.func != "sum":
-            return Reason(f"`{states[0]}` appears under {node.func}", node.span, node)
+        if isinstance(node, ir.Call) and node.func not in ir.LINEAR_REDUCTIONS:
+            return Reason(_under(states[0], node), node.span, node)
         if isinstance(node, ir.Binary):
             reason = self.binary(node)
             if reason is not None:
@@ -103,10 +103,22 @@ def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = Fal
                 return Reason(f"the transition mixes entries of `{statement.state}` through "
                               f"`{text(node)}` (not elementwise, not identity minus low rank)",
                               node.span, node)
-            if isinstance(node, ir.Call) and node.func == "sum" and sym.deps(node) & set(group):
-                return Reason(f"the transition sums `{statement.state}` over `{node.dim}` "
+            if isinstance(node, ir.Call) and node.func in ir.LINEAR_REDUCTIONS \
+                    and sym.deps(node) & set(group):
+                verb = "sums" if node.func == "sum" else "averages"
+                return Reason(f"the transition {verb} `{statement.state}` over `{node.dim}` "
                               "(not elementwise)", node.span, node)
     return None
+
+
+def _under(state: str, node: ir.Call) -> str:
+    """Why a function of the state breaks linearity, in words."""
+    if node.relabel is not None:
+        return f"`{state}` is relabelled with `as` (a relabelled state has no parallel form)"
+    if node.dim is not None and node.func not in ("norm", "l2norm"):
+        return (f"`{state}` appears under {node.func} over `{node.dim}`, a reduction over a "
+                "dim of the state, which is not linear")
+    return f"`{state}` appears under {node.func}"
 
 
 def _value_side(sym: Symbolic, node: ir.Binary, group) -> str | None:

@@ -356,7 +356,8 @@ def _semiring(sym: Symbolic, state: str) -> Proof | None:
     value = sym.updates[state][0].value
     while isinstance(value, ir.Name) and value.ref.kind == "let" and sym.deps(value):
         value = sym.lets[value.id].value
-    if not isinstance(value, ir.Call) or value.func not in ("max", "logaddexp"):
+    if not isinstance(value, ir.Call) or value.func not in ("max", "logaddexp") \
+            or value.dim is not None:       # `max(x, D)` reduces a dim: no semiring sum
         return None
     symbol = sym.state_symbols[state]
     for inner, other in (value.args, value.args[::-1]):

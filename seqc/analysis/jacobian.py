@@ -4,7 +4,8 @@ The Newton solver (seqc/newton.py, docs/newton.md) linearises the step h_t = f(h
 the states. Its cost depends on the Jacobian df/dh:
 
 - `diagonal`: every state has the same dims and no value computed from a state is reduced or
-  contracted over one of those dims (no `R @ h`, `sum(h, D)`, `norm`, `l2norm` over a state dim):
+  contracted over one of those dims (no `R @ h`, `sum(h, D)`, `norm`, `softmax`, any reduction
+  over a state dim, nor `h as [...]` moving entries to another dim):
   entry e of the new states depends on entry e of the old ones only. With S states the Jacobian
   is block diagonal, one S x S block per entry (a 1 x 1 block, a plain elementwise coefficient,
   when S = 1); the linear scan costs O(S^3) per entry and step.
@@ -80,4 +81,6 @@ def _reduced_dims(node: ir.Expr) -> set[str]:
         return {node.left.dims[-1]}
     if isinstance(node, ir.Call) and node.dim is not None:
         return {node.dim}
+    if isinstance(node, ir.Call) and node.relabel is not None:   # entries move to other dims
+        return {old for old, new in ir.relabelling(node).items() if old != new}
     return set()

@@ -127,6 +127,12 @@ class Symbolic:
         args = [self.convert(a, own) for a in node.args]
         if node.func == "sum":                 # linear: a functional over the reduced dim
             return self.functional("sum", ir.Name(node.dim, dims=())) * args[0]
+        if node.func == "mean":                # sum / |D|
+            size = self.atom(ir.Name(node.dim, dims=(), ref=ir.Ref("dim")))
+            return self.functional("sum", ir.Name(node.dim, dims=())) * args[0] / size
+        if node.relabel is not None or node.dim is not None and node.func not in ("norm", "l2norm"):
+            # opaque (not linear in the operand's states): `max(S, K)` is no sp.Max
+            return sp.Function(_opaque_name(node))(*args)
         func = _SYMPY_FUNCS.get(node.func) or sp.Function(node.func)
         return func(*args)
 
@@ -251,6 +257,12 @@ class Symbolic:
         if exponent.is_Number and exponent < 0:
             return _binary(ir.Op.DIV, ir.Num(1.0, dims=()), self.to_ir(base ** -exponent))
         return _binary(ir.Op.POW, self.to_ir(base), self.to_ir(exponent))
+
+
+def _opaque_name(node: ir.Call) -> str:
+    if node.relabel is not None:
+        return "as_" + "_".join(node.relabel)
+    return f"{node.func}_over_{node.dim}"
 
 
 def _is_leaf(node: ir.Expr, frozen: frozenset[str] = frozenset()) -> bool:
