@@ -1158,11 +1158,12 @@ def _cp_boundary(ptr_states, ptr_edge, i_bh, slot, slots, at_edge, offs_kv, mask
     state, or the incoming gradient of the final state; 0 without one) when `at_edge`, else
     the stored `slot` of `slots`. The edge states are read in place, never stored as copies."""
     edge = _cp_flag(at_edge)
-    stored = tl.load(ptr_states + (i_bh * slots + tl.maximum(slot, 0)) * K * V + offs_kv,
-                     mask=mask_kv & (edge == 0), other=0.0)
-    if HAS_EDGE:
-        stored += tl.load(ptr_edge + i_bh * K * V + offs_kv, mask=mask_kv & edge, other=0.0)
-    return stored
+    stored = ptr_states + (i_bh * slots + tl.maximum(slot, 0)) * K * V + offs_kv
+    if HAS_EDGE:        # one load from either tensor (as many loads as a stored state alone)
+        pointers, mask = tl.where(edge, ptr_edge + i_bh * K * V + offs_kv, stored), mask_kv
+    else:
+        pointers, mask = stored, mask_kv & (edge == 0)
+    return tl.load(pointers, mask=mask, other=0.0)
 
 
 @triton.jit
