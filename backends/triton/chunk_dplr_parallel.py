@@ -76,7 +76,9 @@ class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):
         stores = [self.store(name, v) for name, v in self.plan.outputs.items()]
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
         free_names = every - key_names
-        key_code = "\n".join([erase, key, write_key, decay, unseen or ""])
+        gates = "\n".join([decay, unseen or ""])
+        # what each of the per-chunk kernel's key loops reads: L (with eg, kg), R, then w
+        loops = {"L": [key, erase, write_key], "R": [key, write_key], "w": [key]}
         inner_code = "\n".join([erase, write_key, decay] + [r["query"] for r in reads])
         outer_code = "\n".join([value_op] + stores)
         full_key = any(reduces(e, K) for e in self.key_exprs())
@@ -84,7 +86,8 @@ class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):
                     erase=erase, key=key, write_key=write_key, value_op=value_op,
                     reads=reads, stores=stores,
                     **self.kernel_lanes(K, V),
-                    key_setup=self.setup(key_code, every),
+                    key_setups={loop: self.setup("\n".join(roles + [gates]), every)
+                                for loop, roles in loops.items()},
                     value_setup=self.setup(value_op, every),
                     init=layout.prologue(spec, V)["states"][0],
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),
