@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
+from training_cores import check_trains_on_core  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
@@ -86,8 +87,8 @@ def test_bf16_inputs(name):
 
 
 def test_specs_without_the_form_keep_the_single_kernel():
-    """The DPLR kinds (rwkv7, comba) are not offered the mode yet: they run their single
-    kernel."""
+    """The DPLR kinds (rwkv7, comba) are not offered the mode: theirs is chunk_dplr_parallel
+    (tests/test_triton_chunk_dplr_parallel.py)."""
     for name in ("rwkv7", "comba"):
         module = seqc.load(name).kernel("triton").module
         assert "chunk_delta_parallel" not in module.MODES, name
@@ -146,32 +147,7 @@ def test_gradients_train_on_the_delta_core(name, monkeypatch):
     trains on the single-kernel form's adjoint core, chunk_delta_core (seqc/autograd.py,
     `training_cores`), not on the torch recomputation; gradients of every input and the initial
     state equal the reference's."""
-    program = seqc.load(name)
-    module = program.kernel("triton").module
-    core, used = module.CORES["chunk_delta_core"], []
-
-    def counted(*args, **kwargs):
-        used.append(1)
-        return core(*args, **kwargs)
-    monkeypatch.setitem(module.CORES, "chunk_delta_core", counted)
-    dims = {"K": 5, "V": 6}
-    x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
-    s = random_state(name, 1, 2, dims=dims, seed=3)
-
-    def grads(backend, **options):
-        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-        s0 = {n: t.clone().requires_grad_() for n, t in s.items()}
-        out = program.kernel(backend, **options)(**leaves, **p, initial_state=s0,
-                                                 output_final_state=True)
-        loss = (out.o * torch.linspace(-1, 1, out.o.shape[-1])).sum() \
-            + out.final_state["S"].square().sum()
-        return torch.autograd.grad(loss, [*leaves.values(), *s0.values()])
-
-    got = grads("triton", mode="chunk_delta_parallel", chunk_size=16, precision="ieee")
-    assert used, "the training call did not run chunk_delta_core"
-    want = grads("reference")
-    for name_, g, w in zip([*x, *s], got, want):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
+    check_trains_on_core(name, "chunk_delta_core", "chunk_delta_parallel", monkeypatch)
 
 
 def test_scratch_traffic_counted():

@@ -11,7 +11,7 @@ from .render import Constants, helpers
 
 # the multi-kernel forms a module runs instead of its single-kernel default when that would
 # launch too few programs (module.py.j2, `_choose_mode`)
-PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel")
+PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel")
 
 
 def plan_of(program):

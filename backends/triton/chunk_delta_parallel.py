@@ -45,10 +45,25 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         super().__init__(plan, constants)
         self.mode = "chunk_delta_parallel"
 
+    def keys(self) -> list:
+        """The group's key-dim role expressions besides the queries (here the delta steps')."""
+        return [s.key for s in self.group.steps]
+
     def key_exprs(self):
-        g = self.group
-        exprs = [s.key for s in g.steps] + [q for _, q in self.reads_of(g.state)]
-        return exprs + [let.value for let in self.plan.prelude]
+        queries = [q for _, q in self.reads_of(self.group.state)]
+        return self.keys() + queries + [let.value for let in self.plan.prelude]
+
+    def kernel_lanes(self, K: str, V: str) -> dict:
+        """The lane lines of the three kernels: the per-chunk kernel's (no key or value lanes:
+        it loops over both), the state pass's (all of K), the output kernel's (no key lanes)."""
+        offsets, masks = self.lanes(K, V)
+        whole_key = [f"o_{K} = tl.arange(0, BLOCK_{K})" if line.startswith(f"o_{K} =") else line
+                     for line in offsets] + masks
+        prepare = [line for line in whole_key if not line.startswith(
+            (f"o_{V} =", f"mask_{V} =", f"o_{K} =", f"mask_{K} ="))]
+        outer = [line for line in offsets + masks
+                 if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
+        return dict(prepare_lanes=prepare, state_lanes=whole_key, outer_lanes=outer)
 
     def context(self) -> dict:
         g = self.group
@@ -80,19 +95,12 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
             outer = outer + [decay]
         inner_code, outer_code = "\n".join(inner), "\n".join(outer)
         full_key = any(reduces(e, K) for e in self.key_exprs())
-        offsets, masks = self.lanes(K, V)
-        whole_key = [f"o_{K} = tl.arange(0, BLOCK_{K})" if line.startswith(f"o_{K} =") else line
-                     for line in offsets] + masks
-        prepare_lanes = [line for line in whole_key if not line.startswith(
-            (f"o_{V} =", f"mask_{V} =", f"o_{K} =", f"mask_{K} ="))]
-        outer_lanes = [line for line in offsets + masks
-                       if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
         beta_code = beta if keywise else "\n".join([beta, row_decay or ""])
         key_code = "\n".join([key_op, decay]) if keywise else key_op
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
                     steps=steps, n=len(steps), row_decay=row_decay,
                     key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
-                    prepare_lanes=prepare_lanes, state_lanes=whole_key, outer_lanes=outer_lanes,
+                    **self.kernel_lanes(K, V),
                     beta_setup=self.setup(beta_code, every - key_names),
                     key_setup=self.setup(key_code, every),
                     value_setup=self.setup(value, every),

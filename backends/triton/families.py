@@ -1,7 +1,7 @@
 """The parallel kernel family a Plan allows, beyond the fused recurrent kernel (blockwise.py)."""
 from __future__ import annotations
 
-from . import chunk_delta_parallel, chunk_parallel
+from . import chunk_delta_parallel, chunk_dplr_parallel, chunk_parallel
 from .chunk_parallel import relabels
 from .blockwise import BlockKernel, mode_of
 
@@ -9,7 +9,8 @@ from .blockwise import BlockKernel, mode_of
 def builders(plan, constants) -> list:
     """The family kernels, the default (the Plan's single-kernel form) last; a chunk Plan also
     gets the two-kernel form `chunk_parallel` (chunk_parallel.md), a chunk_delta Plan the
-    three-kernel form `chunk_delta_parallel` (chunk_delta_parallel.md), chosen by `mode=`."""
+    three-kernel form `chunk_delta_parallel` (chunk_delta_parallel.md), a chunk_dplr Plan the
+    three-kernel form `chunk_dplr_parallel` (chunk_dplr_parallel.md), chosen by `mode=`."""
     mode = mode_of(plan)
     if not mode:
         return []
@@ -18,6 +19,8 @@ def builders(plan, constants) -> list:
         extra = [chunk_parallel.ChunkParallelKernel(plan, constants)]
     if mode == "chunk_delta" and chunk_delta_parallel.supported(plan):
         extra = [chunk_delta_parallel.ChunkDeltaParallelKernel(plan, constants)]
+    if mode == "chunk_dplr" and chunk_dplr_parallel.supported(plan):
+        extra = [chunk_dplr_parallel.ChunkDplrParallelKernel(plan, constants)]
     return extra + [BlockKernel(plan, constants)]
 
 
@@ -25,7 +28,8 @@ def not_offered(plan) -> dict[str, str]:
     """The multi-kernel forms a Plan's family has but this spec is not given, with the reason
     (the emitted `run` names it when a call asks for one): a spec that relabels a dim."""
     mode = mode_of(plan)
-    parallel = {"chunk": "chunk_parallel", "chunk_delta": "chunk_delta_parallel"}.get(mode)
+    parallel = {"chunk": "chunk_parallel", "chunk_delta": "chunk_delta_parallel",
+                "chunk_dplr": "chunk_dplr_parallel"}.get(mode)
     if parallel is None or not relabels(plan.spec):
         return {}
     return {parallel: f"the step relabels a dim (`as`), and {parallel}'s programs hold blocks of "

@@ -1,0 +1,216 @@
+"""The three-kernel diagonal-plus-low-rank form `chunk_dplr_parallel`
+(backends/triton/chunk_dplr_parallel.md) against the reference, under the Triton interpreter:
+rwkv7 (key-wise decay, the key reading the state before it) and comba (scalar decay, the key
+reading the decayed state); ragged lengths, odd dims, chunks of one, two and four sub-chunks of
+16 (the block merge of the UT inverse), key and value blocks split, initial and final states,
+hard resets (-inf log decays) and very negative gates, fp32, fp64 and bf16 inputs (bf16 operands
+go into tl.dot as they are, the reference runs on the same bf16 values in fp32: the tolerance
+covers the bf16 roundings of the stored w, u0, u, decayed keys, the inverse and the state before
+their dots)."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from oracles import random_inputs, random_state  # noqa: E402
+from training_cores import check_trains_on_core  # noqa: E402
+
+pytestmark = pytest.mark.triton
+SUPPORTED = ["rwkv7", "comba"]
+MODE = "chunk_dplr_parallel"
+
+
+def set_gates(x, steps, value):
+    """The log decay at `steps` (rwkv7's key-wise gate: on key lane 2 of head 1) set to `value`."""
+    for t in steps:
+        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = value
+
+
+def check(name, T, dims, dtype=torch.float32, gates=(), seed=0, tol=None, **options):
+    program = seqc.load(name)
+    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
+    for steps, value in gates:
+        set_gates(x, steps, value)
+    s = random_state(name, 1, 2, dims=dims, seed=seed)
+    x = {n: t.to(dtype) for n, t in x.items()}
+    ref = torch.float64 if dtype == torch.float64 else torch.float32
+    want = program.kernel("reference")(**{n: t.to(ref) for n, t in x.items()}, **p,
+                                       initial_state={n: t.to(ref) for n, t in s.items()},
+                                       output_final_state=True)
+    got = program.kernel("triton", mode=MODE, **options)(
+        **x, **p, initial_state=s, output_final_state=True)
+    tol = tol or {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 3e-2)
+    for o in want.keys():
+        scale = max(1.0, want[o].abs().max().item())
+        assert got[o].dtype == dtype        # outputs in the input dtype
+        assert torch.isfinite(got[o]).all()
+        torch.testing.assert_close(got[o].to(ref), want[o], rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
+    for n, state in want.final_state.items():
+        scale = max(1.0, state.abs().max().item())
+        torch.testing.assert_close(got.final_state[n].to(ref), state, rtol=tol,
+                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+
+
+@pytest.mark.parametrize("name,T,chunk", [("rwkv7", 1, 64), ("comba", 37, 16), ("rwkv7", 45, 32),
+                                          ("rwkv7", 70, 64)])
+def test_odd_dims_ragged_lengths(name, T, chunk):
+    """K = 5, V = 20, chunks of 16 (one sub-chunk of the key-wise scores), 32 (two) and 64
+    (four; comba's chunks of 64: the hard-reset test); the last chunk ragged; an initial state
+    and the final one; precision "ieee" (fp32 at 1e-4)."""
+    check(name, T, {"K": 5, "V": 20}, chunk_size=chunk, precision="ieee")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_fp64(name):
+    """An fp64 call runs in fp64 throughout (dots in "ieee"): within 1e-10 of the fp64
+    reference."""
+    check(name, 21, {"K": 5, "V": 20}, dtype=torch.float64, chunk_size=16)
+
+
+@pytest.mark.parametrize("name,dtype", [("rwkv7", torch.float32), ("comba", torch.float32),
+                                        ("rwkv7", torch.bfloat16)])
+def test_key_and_value_blocks_split(name, dtype):
+    """K = 20 (two key blocks of 16 in the per-chunk and output kernels, the second ragged; all
+    of it in the state pass), V = 20 as two value blocks of 16 (block_split=16): two state-pass
+    programs, a two-step value loop for u0."""
+    check(name, 21, {"K": 20, "V": 20}, dtype=dtype, block_split=16, chunk_size=32,
+          precision="ieee")
+
+
+@pytest.mark.parametrize("name,chunk,steps", [("rwkv7", 16, (3, 16, 20, 36)),
+                                               ("rwkv7", 64, (15, 16, 40, 64)),
+                                               ("comba", 64, (15, 16, 40, 64))])
+def test_hard_resets_at_and_inside_chunks(name, chunk, steps):
+    """-inf log decays (rwkv7: on key lane 2) inside a sub-chunk, at a sub-chunk's first step
+    (16 with chunks of 64), at a chunk's first step (16 / 64) and at the last step: nothing
+    decays across them, in L, R, w, the decayed keys, the chunk decay and the outputs, and no
+    NaN forms (rwkv7's key reads the state before the reset: Rb = R - 1 there)."""
+    check(name, 70 if chunk == 64 else 37, {"K": 5, "V": 20}, gates=[(steps, float("-inf"))],
+          seed=13, chunk_size=chunk, precision="ieee")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_very_negative_gates(name):
+    """Finite gates of -200 and -1000 (2^(gate log2 e) underflows to 0 in fp32) inside chunks and
+    at a sub-chunk's first step: the log-space cumsums keep every exponent <= 0, no NaN or inf."""
+    check(name, 40, {"K": 5, "V": 20}, gates=[((5, 6, 33), -200.0), ((16, 20), -1000.0)],
+          seed=7, chunk_size=32, precision="ieee")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_bf16_inputs(name):
+    """bf16 inputs, 16-bit operands into tl.dot, bf16 scratch buffers: within 3e-2 of the
+    magnitude."""
+    check(name, 40, {"K": 16, "V": 16}, dtype=torch.bfloat16, chunk_size=32,
+          gates=[((20,), float("-inf"))])
+
+
+def test_tf32_by_default_on_fp32():
+    """fp32 inputs without `precision`: dots in "tf32" (10-bit mantissas), within 2e-2."""
+    check("rwkv7", 33, {"K": 16, "V": 16}, chunk_size=32, tol=2e-2)
+
+
+def test_offered_for_the_dplr_kinds_only():
+    """rwkv7 and comba get the mode beside their single kernel; the delta rule does not."""
+    for name in SUPPORTED:
+        module = seqc.load(name).kernel("triton").module
+        assert module.MODES == ("fused_recurrent", MODE, "chunk_dplr"), name
+        assert module.PARALLEL_MODE == MODE and module.DEFAULT_MODE == "chunk_dplr"
+    assert MODE not in seqc.load("gated_deltanet").kernel("triton").module.MODES
+
+
+def test_default_mode_by_programs_against_sms():
+    """mode=None: `chunk_dplr_parallel` when the single kernel would run fewer than 2 x 132
+    programs (B x H x value blocks), else `chunk_dplr` (docs/backends.md)."""
+    module = seqc.load("rwkv7").kernel("triton").module
+    assert module.DEFAULT_MODE == "chunk_dplr"
+    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._choose_mode(few, 128) == MODE                    # 64 programs
+    assert module._choose_mode({**few, "B": 32}, 128) == "chunk_dplr"   # 512 x 1 block
+    assert module._choose_mode({**few, "B": 8}, 64) == MODE          # 128 x 2 blocks
+    ran = []
+    saved = dict(module.RUNNERS)
+    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
+    try:
+        x, p = random_inputs("rwkv7", 1, 3, 1, dims={"K": 4, "V": 4})
+        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4})
+        x, p = random_inputs("rwkv7", 33, 3, 8, dims={"K": 4, "V": 4})
+        module.run(x, p, {"B": 33, "T": 3, "H": 8, "K": 4, "V": 4})
+    finally:
+        module.RUNNERS.update(saved)
+    assert ran == [MODE, "chunk_dplr"]
+
+
+def test_packed_sequences():
+    """cu_seqlens (seqc/varlen.py runs each length group as a batch in the chosen mode): each
+    packed sequence equals its own call from its own initial state."""
+    program = seqc.load("rwkv7")
+    dims = {"K": 5, "V": 6}
+    x, p = random_inputs("rwkv7", 1, 40, 2, dims=dims, seed=4)
+    s = random_state("rwkv7", 3, 2, dims=dims, seed=4)
+    bounds = [0, 7, 30, 40]
+    got = program.kernel("triton", mode=MODE, chunk_size=16, precision="ieee")(
+        **x, **p, initial_state=s, output_final_state=True,
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32))
+    ref = program.kernel("reference")
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        want = ref(**{n: t[:, a:b] for n, t in x.items()}, **p,
+                   initial_state={n: t[i:i + 1] for n, t in s.items()}, output_final_state=True)
+        torch.testing.assert_close(got.o[:, a:b], want.o, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.final_state["S"][i:i + 1], want.final_state["S"],
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_gradients_train_on_the_dplr_core(name, monkeypatch):
+    """Training with mode="chunk_dplr_parallel" (a mode with no core of its own): the call
+    trains on the single-kernel form's adjoint core, chunk_dplr_core (seqc/autograd.py,
+    `training_cores`), not on the torch recomputation; gradients of every input and the initial
+    state equal the reference's."""
+    check_trains_on_core(name, "chunk_dplr_core", MODE, monkeypatch)
+
+
+def test_scratch_traffic_counted():
+    """Counted under the interpreter (seqc/bench_io.py): the buffers the mode allocates move as
+    stated in chunk_dplr_parallel.md, "Traffic": w, eg, kg, u0 and u written once and read once
+    (one value block here), the key-wise chunk decays written and read once, the chunk states
+    written and read once (fp32 here)."""
+    from seqc.bench_io import measure
+    from seqc.inputs import random_call
+    program = seqc.load("rwkv7")
+    sizes = {"B": 1, "T": 40, "H": 2, "K": 16, "V": 16}
+    tensors, _ = random_call(program.spec, sizes)
+    counted = measure(program, tensors, MODE, chunk_size=16)
+    B, T, H, K, V, chunks = 1, 40, 2, 16, 16, 3
+    rows = B * H * T * 4                            # fp32 call: 4-byte scratch
+    per_token = 2 * (3 * K + 2 * V)                 # w, eg, kg, u0, u: written + read
+    decays = 2 * B * H * chunks * K * 4
+    states = 2 * B * H * chunks * K * V * 4
+    assert counted["scratch"] == rows * per_token + decays + states
+    assert counted["ratio_io"] <= 3.0
+
+
+def test_the_kernels_fit_sm_90a_at_k_v_64(tmp_path, monkeypatch):
+    """`seqc gpu-check`, cold cache, rwkv7 (comba's kernels differ only in their role
+    expressions and scalar decay; docs/benchmarks.md has both at 64 and 128 on sm_80 and sm_90a):
+    the three kernels compile for sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory
+    within the limit, tensor-core instructions and 16-bit operands in their dots; the per-chunk
+    and output kernels run a program per chunk."""
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = spec_jobs(seqc.load("rwkv7"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
+    for job in jobs:
+        job.modes = [MODE]
+        job.training_module = None      # the forward kernels only: training runs the dplr core
+    checks = {c.result["kernel"]: c for c in run_jobs(jobs, workers=1, timeout=600)}
+    assert set(checks) == {f"{MODE}_prepare_kernel", f"{MODE}_state_kernel",
+                           f"{MODE}_output_kernel"}
+    assert checks[f"{MODE}_prepare_kernel"].result["grid"] == [64, 64]
+    assert checks[f"{MODE}_output_kernel"].result["grid"] == [1, 64, 64]
+    for check in checks.values():
+        assert check.problems() == [] and check.spill == 0, check.result
+        assert check.tensor_core > 0 and check.dot16 == "bf16", check.result
