@@ -18,6 +18,7 @@ or dense) from the IR (seqc/analysis/jacobian.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import torch
 
 from .analysis.jacobian import Structure, jacobian_structure
 from .kernel import Kernel
-from .newton_scan import apply, diagonal_scan_, linear_scan
+from .newton_scan import apply, diagonal_scan, diagonal_scan_, linear_scan
 
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DEFAULT_MAX_ITER = 50
@@ -195,6 +196,7 @@ class Options:
     jacobian: str = "exact"
     damping: bool = True
     slab: int | None = None
+    compile: bool = False
 
     def tolerance(self, dtype) -> float:
         return self.tol if self.tol is not None else DEFAULT_TOL[dtype]
@@ -209,6 +211,10 @@ class Solver:
         self.packing = packing
         self.options = options
         self.jacobians = Jacobians(step_module, packing)
+        self.compiled = None
+        if options.compile:
+            self.compiled = torch.compile(functools.partial(self.update, in_place=False),
+                                          dynamic=False)
 
     def step(self, inputs: dict, params: dict, dims: dict):
         """f on packed states: [B, T, H, E, S] before the steps -> after them."""
@@ -217,7 +223,9 @@ class Solver:
     def solve(self, h0, inputs: dict, params: dict, dims: dict, stats: NewtonStats):
         """The states of every step, in one buffer [B, T + 1, ...] whose position t holds the
         state before step t (position 0: h0), so that the states before the steps and the guess
-        of the states after them are views, never copies."""
+        of the states after them are views, never copies. Eager, an iteration solves from the
+        first unsettled step on; compiled, the whole slab (fixed shapes: no recompilation), and
+        keeps the settled steps as they were."""
         T = dims["T"]
         tol = self.options.tolerance(h0.dtype)
         held = h0.new_empty((h0.shape[0], T + 1, *h0.shape[1:]))
@@ -227,19 +235,21 @@ class Solver:
             done = T
         while done < T and iterations < self.options.max_iter:
             iterations += 1
-            part = ({k: x[:, done:] for k, x in inputs.items()}, params, {**dims, "T": T - done})
-            prev, guess = held[:, done:T], held[:, done + 1:]
-            new = self._iterate(prev, part, damped)
-            change = self._change(new, guess)
-            update = float(change.max())
+            origin = 0 if self.compiled is not None else done
+            part = ({k: x[:, origin:] for k, x in inputs.items()}, params,
+                    {**dims, "T": T - origin})
+            prev, guess = held[:, origin:T], held[:, origin + 1:]
+            new, change, peak = self._iterate(prev, guess, part, damped)
+            skip = done - origin
+            update = float(peak[skip:].max())
             if self.options.damping and not damped and (not math.isfinite(update) or
                                                          update > 2 * previous_update):
                 damped = True                  # diverging: retry with damped coefficients
-                new = self._iterate(prev, part, damped)
-                change = self._change(new, guess)
-                update = float(change.max())
+                new, change, peak = self._iterate(prev, guess, part, damped)
+                update = float(peak[skip:].max())
             previous_update = update
-            first = self._first_unsettled(change, new, guess, tol)
+            new, guess = new[:, skip:], guess[:, skip:]
+            first = self._first_unsettled(change[:, skip:], peak[skip:], new, tol)
             if math.isfinite(update):
                 guess.copy_(new)
             else:                              # keep the last finite guess where new is not
@@ -254,37 +264,45 @@ class Solver:
         stats.damped.append(damped)
         return held
 
-    def _iterate(self, prev, part, damped: bool):
-        """One Newton update of the steps not yet settled: the linear scan h_t = J_t h_{t-1} +
-        (f(prev_t) - J_t prev_t) from the last settled state."""
-        new_f, J = self.jacobians(prev, *part)
+    def _iterate(self, prev, guess, part, damped: bool):
+        if self.compiled is not None:
+            return self.compiled(prev, guess, *part, damped)
+        return self.update(prev, guess, *part, damped)
+
+    def update(self, prev, guess, inputs, params, dims, damped: bool, in_place: bool = True):
+        """One Newton update of the steps from prev[:, 0] on: the linear scan h_t = J_t h_{t-1} +
+        (f(prev_t) - J_t prev_t) from prev[:, 0]; also |new - guess| and its largest value at
+        each step (over batch, heads and entries)."""
+        new_f, J = self.jacobians(prev, inputs, params, dims)
         S = prev.shape[-1]
         a = diagonal_of(J, S) if self.options.jacobian == "quasi" else J
         elementwise = a.dim() == prev.dim()
         if damped:
             a = damp(a, elementwise)
         if not elementwise:
-            return linear_scan(a, new_f - apply(a, prev), prev[:, 0])
-        b = torch.addcmul(new_f, a, prev, value=-1.0)
-        return diagonal_scan_(_owned(a, prev, *part[0].values(), *part[1].values()), b,
-                              prev[:, 0])
+            new = linear_scan(a, new_f - apply(a, prev), prev[:, 0])
+        elif in_place:
+            b = torch.addcmul(new_f, a, prev, value=-1.0)
+            new = diagonal_scan_(_owned(a, prev, *inputs.values(), *params.values()), b,
+                                 prev[:, 0])
+        else:
+            new = diagonal_scan(a, new_f - a * prev, prev[:, 0])
+        change = torch.sub(new, guess).abs_() if in_place else (new - guess).abs()
+        return new, change, change.transpose(0, 1).flatten(1).amax(1)
 
     @staticmethod
-    def _change(new, guess) -> torch.Tensor:
-        """|new - guess| elementwise (a fresh tensor)."""
-        return torch.sub(new, guess).abs_()
-
-    @staticmethod
-    def _first_unsettled(change, new, guess, tol: float) -> int:
+    def _first_unsettled(change, peak, new, tol: float) -> int:
         """The first step whose update is above tol, relative (|dh| > tol (1 + |h|)), or not
         finite (NaN compares false), for any batch element, head or entry; the number of steps
-        when there is none. The absolute test (|dh| <= tol) settles most steps in one reduction;
-        the relative one is evaluated from the first step it does not settle."""
+        when there is none. The absolute test (the step's largest |dh| <= tol) settles most
+        steps; the relative one is evaluated from the first step it does not settle."""
         L = change.shape[1]
-        absolute = change.transpose(0, 1).flatten(1).amax(1) <= tol
+        absolute = peak <= tol
         if bool(absolute.all()):
             return L
         k = int((~absolute).nonzero()[0])
+        if not bool((change[:, k] <= tol * (1.0 + new[:, k].abs())).all()):
+            return k                           # the usual case before convergence
         relative = (change[:, k:] <= tol * (1.0 + new[:, k:].abs()))
         settled = relative.transpose(0, 1).flatten(1).all(1)
         return L if bool(settled.all()) else k + int((~settled).nonzero()[0])
@@ -369,6 +387,7 @@ class NewtonRunner:
         self.step_module = step_module
         self.options = options
         self.last_stats: NewtonStats | None = None
+        self.solvers: dict[tuple, Solver] = {}     # per state shape: a compiled one compiles once
 
     def run(self, inputs, params, dims, initial_state=None, output_final_state=False):
         first = next(iter(inputs.values()))
@@ -376,7 +395,10 @@ class NewtonRunner:
         inputs = {k: x.to(compute) for k, x in inputs.items()}
         params = {k: p.to(compute) for k, p in params.items()}
         packing = Packing(self.spec, self.structure, dims)
-        solver = Solver(self.step_module, packing, self.options)
+        key = tuple(packing.shapes)
+        if key not in self.solvers:
+            self.solvers[key] = Solver(self.step_module, packing, self.options)
+        solver = self.solvers[key]
         state = packing.pack(self._initial(initial_state, dims, compute, first.device))
         stats = NewtonStats()
         T = dims["T"]
@@ -462,7 +484,7 @@ def newton_kernel(program, backend: str, options: dict):
 
 
 def _options(options: dict) -> Options:
-    known = ("tol", "max_iter", "jacobian", "damping", "slab")
+    known = ("tol", "max_iter", "jacobian", "damping", "slab", "compile")
     unknown = [name for name in options if name not in known]
     if unknown:
         raise ValueError(f"unknown option {', '.join(f'`{n}`' for n in unknown)} for "

@@ -59,6 +59,37 @@ def diagonal_scan_(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     return b
 
 
+def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+                  chunk: int | None = None) -> torch.Tensor:
+    """`diagonal_scan_` written without in-place writes, for `torch.compile` (`compile=True`):
+    the chunk positions as a list of [B, N, ...] tensors, so that inductor fuses the in-chunk
+    loop into one elementwise kernel and the chunk summaries into another, instead of scattering
+    into a buffer at every position."""
+    B, L = b.shape[:2]
+    C = chunk or chunk_size(L)
+    N = L // C
+    pieces = []
+    state = h0
+    if N > 1 and C > 1:
+        av = a[:, :N * C].unflatten(1, (N, C))
+        bv = b[:, :N * C].unflatten(1, (N, C))
+        local, cumulated = [bv[:, :, 0]], [av[:, :, 0]]
+        for t in range(1, C):
+            local.append(bv[:, :, t] + av[:, :, t] * local[-1])
+            cumulated.append(av[:, :, t] * cumulated[-1])
+        entering = []
+        for n in range(N):
+            entering.append(state)
+            state = local[-1][:, n] + cumulated[-1][:, n] * state
+        entering = torch.stack(entering, 1).unsqueeze(2)
+        pieces.append((torch.stack(local, 2) + torch.stack(cumulated, 2) * entering)
+                      .flatten(1, 2))
+    for t in range(N * C if N > 1 and C > 1 else 0, L):
+        state = b[:, t] + a[:, t] * state
+        pieces.append(state.unsqueeze(1))
+    return torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
+
+
 def apply(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """a x: elementwise when a has x's shape, else a batch of matrices [..., S, S] times x."""
     if a.dim() == x.dim():

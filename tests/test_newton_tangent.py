@@ -82,3 +82,15 @@ output y = h
     got = program.kernel("torch", solver="newton")(**tensors).y
     assert all(torch.equal(tensors[k], kept[k]) for k in kept)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_compiled_iteration_matches_the_step_loop():
+    """compile=True: the iteration (step, Jacobian, scan, update) through torch.compile, over the
+    whole slab each time; the same answer as the loop."""
+    from test_newton import _call, _compare
+    program = seqc.compile(CELLS["gated_diag"])
+    tensors, initial = _call(program.spec, 40, torch.float32, seed=5)
+    fn = _compare(program, tensors, initial, torch.float32, compile=True, slab=20)
+    assert all(fn.stats.converged), fn.stats
+    solver = next(iter(fn.module.solvers.values()))
+    assert solver.compiled is not None
