@@ -206,11 +206,16 @@ class Solver:
     """Newton over one slab of time: `solve(h0, inputs, params, dims)` -> the packed states of
     every step [B, T, H, E, S] (converged, or finished by the step loop), and its stats."""
 
-    def __init__(self, step_module, packing: Packing, options: Options):
+    def __init__(self, step_module, packing: Packing, options: Options, kernels=None):
         self.step_module = step_module
         self.packing = packing
         self.options = options
         self.jacobians = Jacobians(step_module, packing)
+        self.linear_solve = None                # the torch scans; Triton: its scan cores
+        if kernels is not None:
+            from .newton_triton import TritonJacobians, TritonLinearSolve
+            self.jacobians = TritonJacobians(step_module, packing, kernels)
+            self.linear_solve = TritonLinearSolve(kernels)
         self.compiled = None
         if options.compile:
             self.compiled = torch.compile(functools.partial(self.update, in_place=False),
@@ -279,7 +284,9 @@ class Solver:
         elementwise = a.dim() == prev.dim()
         if damped:
             a = damp(a, elementwise)
-        if not elementwise:
+        if self.linear_solve is not None:
+            new = self.linear_solve(a, new_f - apply(a, prev), prev[:, 0])
+        elif not elementwise:
             new = linear_scan(a, new_f - apply(a, prev), prev[:, 0])
         elif in_place:
             b = torch.addcmul(new_f, a, prev, value=-1.0)
@@ -379,12 +386,16 @@ def _split(names, tensors):
 
 class NewtonRunner:
     """The `module` of a Newton kernel: run(inputs, params, dims, initial_state,
-    output_final_state) like an emitted module's, solving slab after slab of time."""
+    output_final_state) like an emitted module's, solving slab after slab of time; its gradients
+    are its own (`_NewtonStates`), also on the triton backend."""
 
-    def __init__(self, program, step_module, options: Options):
+    differentiable = True
+
+    def __init__(self, program, step_module, options: Options, kernels=None):
         self.spec = program.spec
         self.structure = jacobian_structure(self.spec)
         self.step_module = step_module
+        self.kernels = kernels                     # the Triton module, or None (torch)
         self.options = options
         self.last_stats: NewtonStats | None = None
         self.solvers: dict[tuple, Solver] = {}     # per state shape: a compiled one compiles once
@@ -397,7 +408,7 @@ class NewtonRunner:
         packing = Packing(self.spec, self.structure, dims)
         key = tuple(packing.shapes)
         if key not in self.solvers:
-            self.solvers[key] = Solver(self.step_module, packing, self.options)
+            self.solvers[key] = Solver(self.step_module, packing, self.options, self.kernels)
         solver = self.solvers[key]
         state = packing.pack(self._initial(initial_state, dims, compute, first.device))
         stats = NewtonStats()
@@ -471,16 +482,40 @@ def step_source(program) -> str:
 
 
 def newton_kernel(program, backend: str, options: dict):
-    """The Kernel behind `prog.kernel(backend, solver="newton", ...)`."""
+    """The Kernel behind `prog.kernel(backend, solver="newton", ...)`: backend "torch" (or
+    "auto"), or "triton" (seqc/newton_triton.py: the step, its Jacobian and the linear solves on
+    Triton kernels)."""
     from . import __version__
     from .cache import cache_key, generator_digest, load_module
-    if backend not in ("torch", "auto"):
-        raise ValueError(f'solver="newton" runs on the torch backend (any device), not '
-                         f'`{backend}`; use backend="torch"')
+    if backend not in ("torch", "auto", "triton"):
+        raise ValueError(f'solver="newton" runs on the torch or the triton backend, not '
+                         f'`{backend}`')
     parsed = _options(options)
+    if backend == "triton" and parsed.compile:
+        raise ValueError('compile=True compiles the torch solver\'s iteration; the triton '
+                         'backend\'s is already kernels')
     key = cache_key(program.source, f"{__version__}+{generator_digest('torch')}", "newton_step")
     module = load_module(key, lambda: step_source(program))
-    return NewtonKernel(program, "torch", NewtonRunner(program, module, parsed), {})
+    kernels = None
+    if backend == "triton":
+        key = cache_key(program.source, f"{__version__}+{generator_digest('triton')}",
+                        "newton_triton")
+        kernels = load_module(key, lambda: triton_source(program))
+    return NewtonKernel(program, "triton" if kernels else "torch",
+                        NewtonRunner(program, module, parsed, kernels), {})
+
+
+def triton_source(program) -> str:
+    """The Triton kernels of a spec's Newton solver (backends/triton/newton_step.py.j2)."""
+    from .backends.triton.newton import NewtonStepKernel
+    from .emit import header
+    from .templates import render
+    diagonal = jacobian_structure(program.spec).kind == "diagonal"
+    builder = NewtonStepKernel(program.spec, diagonal)
+    return header(program, "triton") + render(
+        "triton", builder.template, spec=program.spec,
+        scan_core=render("triton", "scan_core.py.j2"),
+        coupled_scan_core=render("triton", "coupled_scan_core.py.j2"), **builder.context())
 
 
 def _options(options: dict) -> Options:

@@ -246,7 +246,7 @@ def test_bad_options_are_value_errors(options, message):
 def test_unknown_solver_and_backend():
     with pytest.raises(ValueError, match="unknown solver `jacobi`"):
         seqc.load("gru").kernel("torch", solver="jacobi")
-    with pytest.raises(ValueError, match="runs on the torch backend"):
+    with pytest.raises(ValueError, match="runs on the torch or the triton backend"):
         seqc.load("gru").kernel("reference", solver="newton")
 
 

@@ -45,13 +45,7 @@ class Term:
 ONE = Term("1.0", (), True)
 
 
-@dataclass(frozen=True)
-class Value(SSAValue):
-    """An SSA value (backends/torch_render.py) as a tangent term's factor."""
-
-    @property
-    def term(self) -> Term:
-        return Term(self.var, () if self.constant else self.dims, self.constant)
+Value = SSAValue
 
 
 def union(*dims_lists: tuple[str, ...]) -> tuple[str, ...]:
@@ -61,11 +55,42 @@ def union(*dims_lists: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def aligned(term: Term, dims: tuple[str, ...]) -> str:
-    return term.code if term.scalar or term.dims == dims else align(term.code, term.dims, dims)
+class TorchDialect:
+    """How tangent code is spelled in torch: values `[*lead, *dims]`, aligned by trailing dims
+    (backends/torch_render.py), every reduction and contraction available."""
+    where, exp, log = "torch.where", "torch.exp", "torch.log"
+    reductions = True
+    slopes = {        # d f(x) / dx from x (`{x}`) and y = f(x) (`{y}`)
+        "exp": "{y}",
+        "log": "(1.0 / {x})",
+        "sigmoid": "({y} * (1.0 - {y}))",
+        "logsigmoid": "torch.sigmoid(-{x})",
+        "tanh": "(1.0 - {y} * {y})",
+        "softplus": "torch.sigmoid({x})",
+        "silu": "_silu_slope({x})",
+        "relu": "({x} > 0).to({x}.dtype)",
+        "sqrt": "(0.5 / {y})",
+        "rsqrt": "(-0.5 * {y} * {y} * {y})",
+        "abs": "torch.sign({x})",
+    }
+
+    @staticmethod
+    def align(term: Term, dims: tuple[str, ...]) -> str:
+        return term.code if term.scalar or term.dims == dims else align(term.code, term.dims,
+                                                                         dims)
+
+    @staticmethod
+    def power_slope(b: str, e: str, exponent: ir.Expr) -> str:
+        return f"({e} * {b} ** ({e} - 1.0))"
+
+    def state(self, term: Term | None, dims: tuple[str, ...], like: str) -> str:
+        """A state's tangent as a full tensor shaped like the state `like` (zeros when None)."""
+        if term is None:
+            return f"torch.zeros_like({like})"
+        return f"_widen({self.align(term, dims)}, {like})"
 
 
-def product(*terms: Term) -> Term:
+def product(d, *terms: Term) -> Term:
     """The elementwise product, broadcast by dim name; factors 1 fold away."""
     terms = tuple(t for t in terms if t != ONE)
     if not terms:
@@ -73,11 +98,11 @@ def product(*terms: Term) -> Term:
     if len(terms) == 1:
         return terms[0]
     dims = union(*(t.dims for t in terms))
-    return Term("(" + " * ".join(aligned(t, dims) for t in terms) + ")", dims,
+    return Term("(" + " * ".join(d.align(t, dims) for t in terms) + ")", dims,
                 all(t.scalar for t in terms))
 
 
-def total(*terms: Term | None, signs: tuple[str, ...] | None = None) -> Term | None:
+def total(d, *terms: Term | None, signs: tuple[str, ...] | None = None) -> Term | None:
     """The sum of terms with signs ("+" / "-"); None terms (zero) drop out."""
     signs = signs or ("+",) * len(terms)
     parts = [(s, t) for s, t in zip(signs, terms) if t is not None]
@@ -88,7 +113,7 @@ def total(*terms: Term | None, signs: tuple[str, ...] | None = None) -> Term | N
     dims = union(*(t.dims for _, t in parts))
     code = ""
     for i, (sign, t) in enumerate(parts):
-        piece = aligned(t, dims)
+        piece = d.align(t, dims)
         code += (("-" if sign == "-" else "") + piece) if i == 0 else f" {sign} {piece}"
     return Term(f"({code})", dims, all(t.scalar for _, t in parts))
 
@@ -97,10 +122,15 @@ def on(term: Term, code: str) -> Term:
     return Term(code.format(term.code), term.dims, term.scalar)
 
 
-def widened(term: Term, value: Value) -> str:
-    """The tangent as a tensor of the value's full shape (for einsum and reductions, which need
-    every dim present)."""
-    code = aligned(term, value.dims) if not term.scalar else term.code
+def term(value) -> Term:
+    """An SSA value as a factor of a tangent term."""
+    return Term(value.var, () if value.constant else value.dims, value.constant)
+
+
+def widened(term: Term, value) -> str:
+    """The tangent as a torch tensor of the value's full shape (for einsum and reductions,
+    which need every dim present)."""
+    code = TorchDialect.align(term, value.dims)
     if term.scalar or set(term.dims) != set(value.dims):
         return f"_widen({code}, {value.var})"
     return code
@@ -189,116 +219,100 @@ def output_dims(output: ir.Output) -> tuple[str, ...]:
 
 # ---- the tangent rules: node, operand values, operand tangents, value -> tangent ---------------
 
-def rule_neg(node, args, tangents, y):
+def rule_neg(node, args, tangents, y, d):
     return on(tangents[0], "(-{})")
 
 
-def rule_add(node, args, tangents, y):
-    return total(*tangents)
+def rule_add(node, args, tangents, y, d):
+    return total(d, *tangents)
 
 
-def rule_sub(node, args, tangents, y):
-    return total(*tangents, signs=("+", "-"))
+def rule_sub(node, args, tangents, y, d):
+    return total(d, *tangents, signs=("+", "-"))
 
 
-def rule_mul(node, args, tangents, y):
+def rule_mul(node, args, tangents, y, d):
     (left, right), (dl, dr) = args, tangents
-    return total(dl and product(dl, right.term), dr and product(left.term, dr))
+    return total(d, dl and product(d, dl, term(right)), dr and product(d, term(left), dr))
 
 
-def rule_div(node, args, tangents, y):
+def rule_div(node, args, tangents, y, d):
     """d(l / r) = (dl - y dr) / r."""
     (_, right), (dl, dr) = args, tangents
-    top = total(dl, dr and product(y.term, dr), signs=("+", "-"))
-    return product(top, on(right.term, "(1.0 / {})"))
+    top = total(d, dl, dr and product(d, term(y), dr), signs=("+", "-"))
+    return product(d, top, on(term(right), "(1.0 / {})"))
 
 
-def rule_pow(node, args, tangents, y):
+def rule_pow(node, args, tangents, y, d):
     """d(b ** e) = e b ** (e - 1) db + y log(b) de."""
     (base, exponent), (db, de) = args, tangents
     dims = union(base.dims, exponent.dims)
-    b, e = aligned(base.term, dims), aligned(exponent.term, dims)
-    parts = [db and product(db, Term(f"({e} * {b} ** ({e} - 1.0))", dims)),
-             de and product(de, y.term, on(base.term, "torch.log({})"))]
-    return total(*parts)
+    b, e = d.align(term(base), dims), d.align(term(exponent), dims)
+    slope = d.power_slope(b, e, node.right)
+    parts = [db and product(d, db, Term(slope, dims)),
+             de and product(d, de, term(y), on(term(base), d.log + "({})"))]
+    return total(d, *parts)
 
 
-UNARY_SLOPES = {        # d f(x) / dx from x (`{x}`) and y = f(x) (`{y}`)
-    "exp": "{y}",
-    "log": "(1.0 / {x})",
-    "sigmoid": "({y} * (1.0 - {y}))",
-    "logsigmoid": "torch.sigmoid(-{x})",
-    "tanh": "(1.0 - {y} * {y})",
-    "softplus": "torch.sigmoid({x})",
-    "silu": "_silu_slope({x})",
-    "relu": "({x} > 0).to({x}.dtype)",
-    "sqrt": "(0.5 / {y})",
-    "rsqrt": "(-0.5 * {y} * {y} * {y})",
-    "abs": "torch.sign({x})",
-}
-
-
-def rule_unary(node, args, tangents, y):
+def rule_unary(node, args, tangents, y, d):
     (x,), (dx,) = args, tangents
-    return product(dx, Term(UNARY_SLOPES[node.func].format(x=x.var, y=y.var), x.dims))
+    return product(d, dx, Term(d.slopes[node.func].format(x=x.var, y=y.var), x.dims))
 
 
-def rule_max(node, args, tangents, y, order=">"):
+def rule_max(node, args, tangents, y, d, order=">"):
     """torch.maximum / minimum: the selected operand's tangent, the mean of both on a tie."""
     (left, right), (dl, dr) = args, tangents
     dims = union(left.dims, right.dims, *(t.dims for t in tangents if t is not None))
-    a, b = aligned(left.term, dims), aligned(right.term, dims)
-    first, second = (aligned(t, dims) if t is not None else "0.0" for t in (dl, dr))
-    return Term(f"torch.where({a} {order} {b}, {first}, torch.where({a} == {b}, "
+    a, b = d.align(term(left), dims), d.align(term(right), dims)
+    first, second = (d.align(t, dims) if t is not None else "0.0" for t in (dl, dr))
+    return Term(f"{d.where}({a} {order} {b}, {first}, {d.where}({a} == {b}, "
                 f"0.5 * ({first} + {second}), {second}))", dims)
 
 
-def rule_min(node, args, tangents, y):
-    return rule_max(node, args, tangents, y, order="<")
+def rule_min(node, args, tangents, y, d):
+    return rule_max(node, args, tangents, y, d, order="<")
 
 
-def rule_logaddexp(node, args, tangents, y):
+def rule_logaddexp(node, args, tangents, y, d):
     """d log(e^a + e^b) = e^(a - y) da + e^(b - y) db; 0 where y = -inf."""
     parts = []
-    for operand, d in zip(args, tangents):
-        if d is None:
+    for operand, dx in zip(args, tangents):
+        if dx is None:
             continue
         dims = union(operand.dims, y.dims)
-        a, yy = aligned(operand.term, dims), aligned(y.term, dims)
-        parts.append(product(d, Term(f"torch.where({yy} == float('-inf'), 0.0, "
-                                     f"torch.exp({a} - {yy}))", dims)))
-    return total(*parts)
+        a, yy = d.align(term(operand), dims), d.align(term(y), dims)
+        parts.append(product(d, dx, Term(f"{d.where}({yy} == float('-inf'), 0.0, "
+                                         f"{d.exp}({a} - {yy}))", dims)))
+    return total(d, *parts)
 
 
-def axis(value: Value, dim: str) -> int:
+def axis(value, dim: str) -> int:
     return value.dims.index(dim) - len(value.dims)
 
 
-def rule_sum(node, args, tangents, y):
+def rule_sum(node, args, tangents, y, d):
     (x,), (dx,) = args, tangents
     return Term(f"{widened(dx, x)}.sum(dim={axis(x, node.dim)})", y.dims)
 
 
-def rule_norm(node, args, tangents, y):
+def rule_norm(node, args, tangents, y, d):
     """y = |x|: dy = <x, dx> / y, 0 where y = 0."""
     (x,), (dx,) = args, tangents
     inner = f"({x.var} * {widened(dx, x)}).sum(dim={axis(x, node.dim)})"
     return Term(f"torch.where({y.var} == 0, 0.0, {inner} / {y.var})", y.dims)
 
 
-def rule_l2norm(node, args, tangents, y):
+def rule_l2norm(node, args, tangents, y, d):
     """y = x / m, m = max(|x|, eps) (F.normalize): dy = dx / m - x [|x| >= eps] <x, dx> /
     (m^2 |x|)."""
     (x,), (dx,) = args, tangents
-    k = axis(x, node.dim)
-    d = widened(dx, x)
-    return Term(f"_l2norm_tangent({x.var}, {d}, {k})", x.dims)
+    return Term(f"_l2norm_tangent({x.var}, {widened(dx, x)}, {axis(x, node.dim)})", x.dims)
 
 
-def rule_matmul(node, args, tangents, y, render=None):
+def rule_matmul(node, args, tangents, y, d):
     """d(l @ r) = dl @ r + l @ dr (the same contraction)."""
     (left, right), (dl, dr) = args, tangents
-    equation = render.matmul(node).split("'")[1]
+    equation = TorchRenderer(lambda n: n.id).matmul(node).split("'")[1]
     parts = []
     if dl is not None:
         parts.append(Term(f"torch.einsum('{equation}', {widened(dl, left)}, {right.var})",
@@ -306,21 +320,25 @@ def rule_matmul(node, args, tangents, y, render=None):
     if dr is not None:
         parts.append(Term(f"torch.einsum('{equation}', {left.var}, {widened(dr, right)})",
                           y.dims))
-    return total(*parts)
+    return total(d, *parts)
 
 
 BINARY_RULES = {ir.Op.ADD: rule_add, ir.Op.SUB: rule_sub, ir.Op.MUL: rule_mul,
-                ir.Op.DIV: rule_div, ir.Op.POW: rule_pow}
-CALL_RULES = {"max": rule_max, "min": rule_min, "logaddexp": rule_logaddexp,
-              "sum": rule_sum, "norm": rule_norm, "l2norm": rule_l2norm}
+                ir.Op.DIV: rule_div, ir.Op.POW: rule_pow, ir.Op.MATMUL: rule_matmul}
+CALL_RULES = {"max": rule_max, "min": rule_min, "logaddexp": rule_logaddexp}
+REDUCTION_RULES = {"sum": rule_sum, "norm": rule_norm, "l2norm": rule_l2norm}
+TORCH = TorchDialect()
 
 
 class Tangents:
-    """The tangent lines of the step for seeds {state: Term | None} (the tangents of the states
-    before the step); `result[S]` the tangent of S after the step (a Term or None)."""
+    """The tangent lines of the step (`values`: its SSA form, `Values` here or the Triton
+    backward's `Step`) for seeds {state: Term | None} (the tangents of the states before the
+    step), spelled in `dialect`; `result[S]` the tangent of S after the step (a Term or None)."""
 
-    def __init__(self, values: Values, seeds: dict[str, Term | None], prefix: str = "t"):
+    def __init__(self, values, seeds: dict[str, Term | None], prefix: str = "t",
+                 dialect=TORCH):
         self.values = values
+        self.d = dialect
         self.lines: list[tuple[str, str]] = []
         self.prefix = prefix
         self.count = 0
@@ -332,7 +350,7 @@ class Tangents:
             self.held[symbol] = self.tangent(root)
         self.result = {s: self.held[("state", s, values.versions[s])] for s in seeds}
 
-    def tangent(self, value: Value) -> Term | None:
+    def tangent(self, value) -> Term | None:
         if value.constant:
             return None
         if value.symbol is not None:
@@ -340,36 +358,32 @@ class Tangents:
         if id(value) in self.cache:
             return self.cache[id(value)]
         tangents = tuple(self.tangent(a) for a in value.args)
-        term = None if all(t is None for t in tangents) else self.rule(value, tangents)
-        if term is not None and not term.scalar and not term.code.isidentifier():
+        code = None if all(t is None for t in tangents) else self.rule(value, tangents)
+        if code is not None and not code.scalar and not code.code.isidentifier():
             var = f"{self.prefix}{self.count}"
             self.count += 1
-            self.lines.append((var, term.code))
-            term = Term(var, term.dims)
-        self.cache[id(value)] = term
-        return term
+            self.lines.append((var, code.code))
+            code = Term(var, code.dims)
+        self.cache[id(value)] = code
+        return code
 
-    def rule(self, value: Value, tangents) -> Term | None:
+    def rule(self, value, tangents) -> Term | None:
         node, args = value.node, value.args
         if isinstance(node, ir.Unary):
-            return rule_neg(node, args, tangents, value)
+            return rule_neg(node, args, tangents, value, self.d)
         if isinstance(node, ir.Binary):
-            if node.op is ir.Op.MATMUL:
-                return rule_matmul(node, args, tangents, value, render=self.values.render)
-            return BINARY_RULES[node.op](node, args, tangents, value)
+            if node.op is ir.Op.MATMUL and not self.d.reductions:
+                raise NoRule("no tangent rule for `@` here")
+            return BINARY_RULES[node.op](node, args, tangents, value, self.d)
+        if node.func in REDUCTION_RULES:
+            if not self.d.reductions:
+                raise NoRule(f"no tangent rule for `{node.func}` here")
+            return REDUCTION_RULES[node.func](node, args, tangents, value, self.d)
         if node.func in CALL_RULES:
-            return CALL_RULES[node.func](node, args, tangents, value)
-        if node.func in UNARY_SLOPES:
-            return rule_unary(node, args, tangents, value)
+            return CALL_RULES[node.func](node, args, tangents, value, self.d)
+        if node.func in self.d.slopes:
+            return rule_unary(node, args, tangents, value, self.d)
         raise NoRule(f"no tangent rule for `{node.func}`")
-
-
-def state_tangent(term: Term | None, dims: tuple[str, ...], like: str) -> str:
-    """A state's tangent as a full tensor shaped like the state `like` (zeros when None)."""
-    if term is None:
-        return f"torch.zeros_like({like})"
-    code = aligned(term, dims) if not term.scalar else term.code
-    return f"_widen({code}, {like})"
 
 
 # ---- what the template renders ------------------------------------------------------------------
@@ -416,7 +430,7 @@ def emit(spec: ir.Spec, diagonal: bool) -> Emitted:
                 column = Tangents(values, {s: ONE if s == seed else None for s in names},
                                   prefix=f"c{j}_")
                 tangent_lines += column.lines
-                columns.append([state_tangent(column.result[s], dims[s], v)
+                columns.append([TORCH.state(column.result[s], dims[s], v)
                                 for s, v in zip(names, new)])
             diagonal_lines = straight_line(values.lines + tangent_lines,
                                            new + [c for col in columns for c in col], before)
@@ -424,7 +438,7 @@ def emit(spec: ir.Spec, diagonal: bool) -> Emitted:
             diagonal_lines, columns = None, []
     try:
         general = Tangents(values, {s: Term(f"tan_{s}", dims[s]) for s in names})
-        jvp_results = [state_tangent(general.result[s], dims[s], v) for s, v in zip(names, new)]
+        jvp_results = [TORCH.state(general.result[s], dims[s], v) for s, v in zip(names, new)]
         jvp_lines = straight_line(values.lines + general.lines, new + jvp_results, before)
     except NoRule:
         jvp_lines, jvp_results = None, []
