@@ -100,9 +100,9 @@ def _close(got, expected, dtype, what):
         f"{what}: max error {float((got - expected).abs().max()):.3e} > {atol:.1e}"
 
 
-def _compare(program, tensors, initial, dtype, **options):
+def _compare(program, tensors, initial, dtype, backend="torch", **options):
     ref = program.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
-    fn = program.kernel("torch", solver="newton", **options)
+    fn = program.kernel(backend, solver="newton", **options)
     out = fn(**tensors, initial_state=initial, output_final_state=True)
     for o in program.spec.outputs:
         _close(out[o.name], ref[o.name], dtype, o.name)

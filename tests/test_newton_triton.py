@@ -8,19 +8,13 @@ import torch
 
 import seqc
 from test_newton import CELLS, LOGISTIC, STDLIB, _call, _close, _grads
+from test_newton import _compare as compare
 
 DIAGONAL_CELLS = ["tanh_diag", "gated_diag", "softplus_diag", "pair_diag"]
 
 
 def _compare(program, tensors, initial, dtype, **options):
-    ref = program.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
-    fn = program.kernel("triton", solver="newton", **options)
-    out = fn(**tensors, initial_state=initial, output_final_state=True)
-    for o in program.spec.outputs:
-        _close(out[o.name], ref[o.name], dtype, o.name)
-    for s in program.spec.states:
-        _close(out.final_state[s.name], ref.final_state[s.name], dtype, f"final {s.name}")
-    return fn
+    return compare(program, tensors, initial, dtype, backend="triton", **options)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
