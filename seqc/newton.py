@@ -141,10 +141,12 @@ class Jacobians:
         self.module = module
         self.packing = packing
 
-    def __call__(self, prev, inputs, params, dims):
+    def __call__(self, prev, inputs, params, dims, exp_forms: bool = False):
+        """`exp_forms`: tanh and sigmoid through exp (compile=True)."""
         unpacked = self.packing.unpack(prev)
+        ops = self.module.EXP_FORMS if exp_forms else torch
         if self.packing.diagonal:
-            emitted = self.module.linearise(unpacked, inputs, params, dims)
+            emitted = self.module.linearise(unpacked, inputs, params, dims, ops)
             if emitted is not None:
                 new, columns = emitted
                 if len(columns) == 1:
@@ -152,15 +154,15 @@ class Jacobians:
                 return self.packing.pack(new), torch.stack(
                     [self.packing.pack(column) for column in columns], -1)
         if self.module.HAS_JVP and not self.packing.diagonal:
-            return self._dense(prev, unpacked, inputs, params, dims)
+            return self._dense(prev, unpacked, inputs, params, dims, ops)
         return linearise(self._step(inputs, params, dims), prev)
 
-    def _dense(self, prev, unpacked, inputs, params, dims):
+    def _dense(self, prev, unpacked, inputs, params, dims, ops):
         N = prev.shape[-1]
         basis = torch.eye(N, dtype=prev.dtype, device=prev.device)
         directions = basis.view(N, *([1] * (prev.dim() - 1)), N)
         new, tangents = self.module.jvp(unpacked, self.packing.unpack(directions), inputs,
-                                        params, dims)
+                                        params, dims, ops)
         lead = (N, *prev.shape[:-2])
         tangents = [t.expand(*lead, *t.shape[t.dim() - len(shape):])
                     for t, shape in zip(tangents, self.packing.shapes)]
@@ -278,7 +280,7 @@ class Solver:
         """One Newton update of the steps from prev[:, 0] on: the linear scan h_t = J_t h_{t-1} +
         (f(prev_t) - J_t prev_t) from prev[:, 0]; also |new - guess| and its largest value at
         each step (over batch, heads and entries)."""
-        new_f, J = self.jacobians(prev, inputs, params, dims)
+        new_f, J = self.jacobians(prev, inputs, params, dims, exp_forms=not in_place)
         S = prev.shape[-1]
         a = diagonal_of(J, S) if self.options.jacobian == "quasi" else J
         elementwise = a.dim() == prev.dim()

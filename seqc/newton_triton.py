@@ -21,7 +21,7 @@ class TritonJacobians(Jacobians):
         super().__init__(module, packing)
         self.kernels = kernels
 
-    def __call__(self, prev, inputs, params, dims):
+    def __call__(self, prev, inputs, params, dims, exp_forms: bool = False):
         if not (self.packing.diagonal and not self.kernels.NO_KERNEL):
             return super().__call__(prev, inputs, params, dims)
         new, columns = self.kernels.linearise(self.packing.unpack(prev), inputs, params, dims)

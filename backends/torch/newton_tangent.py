@@ -138,6 +138,17 @@ def widened(term: Term, value) -> str:
 
 # ---- the values ---------------------------------------------------------------------------------
 
+class StepRenderer(TorchRenderer):
+    """The torch renderer with `tanh` and `sigmoid` spelled `ops.tanh` / `ops.sigmoid`: `ops` is
+    torch, or (compile=True) `EXP_FORMS`, the same functions through exp, which inductor's C++
+    code evaluates ~2x faster than its own tanh (measured: docs/benchmarks.md)."""
+
+    def call(self, node: ir.Call) -> str:
+        if node.func in ("tanh", "sigmoid") and not is_constant(node.args[0]):
+            return f"ops.{node.func}({self.render(node.args[0])})"
+        return super().call(node)
+
+
 class Values:
     """The step's statements in SSA form (`lines`) and the Value of each statement's root."""
 
@@ -148,7 +159,7 @@ class Values:
         self.lets: dict[str, Value] = {}
         self.versions = {s.name: 0 for s in spec.states}
         self.statements: list[tuple[ir.Statement, Value, tuple]] = []
-        self.render = TorchRenderer(lambda n: n.id if n.ref.kind == "value" else spelled(n))
+        self.render = StepRenderer(lambda n: n.id if n.ref.kind == "value" else spelled(n))
         for statement in spec.body:
             self.add(statement)
 
@@ -448,6 +459,19 @@ def emit(spec: ir.Spec, diagonal: bool) -> Emitted:
 
 
 PRELUDE = '''
+class EXP_FORMS:
+    """tanh and sigmoid through exp (compile=True): 1 - 2 / (e^2x + 1), 1 / (1 + e^-x); both
+    saturate correctly where e^x overflows."""
+
+    @staticmethod
+    def tanh(x):
+        return 1.0 - 2.0 / (torch.exp(2.0 * x) + 1.0)
+
+    @staticmethod
+    def sigmoid(x):
+        return 1.0 / (1.0 + torch.exp(-x))
+
+
 def _widen(x, like):
     """x (a tensor or a number) broadcast to the shape of x and `like` together."""
     x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
