@@ -42,7 +42,7 @@ class TritonDialect:
         return full(Block(self.align(term, dims), () if term.scalar else dims), dims)
 
 
-def state_var(spec: ir.Spec, name: str, version: int) -> str:
+def state_var(name: str, version: int) -> str:
     return symbol_var(("state", name, version))
 
 
@@ -70,7 +70,7 @@ class NewtonStepKernel:
         step = Step(spec, self.constants)
         names = [s.name for s in spec.states]
         dims = {s.name: s.dims for s in spec.states}
-        new = [state_var(spec, s, step.final_version(s)) for s in names]
+        new = [state_var(s, step.final_version(s)) for s in names]
         dialect, tangent_lines = TritonDialect(), []
         for j, seed in enumerate(names):
             column = Tangents(step, {s: ONE if s == seed else None for s in names},
@@ -79,7 +79,7 @@ class NewtonStepKernel:
             self.columns.append([dialect.state(column.result[s], dims[s], v)
                                  for s, v in zip(names, new)])
         values = [tuple(line.split(" = ", 1)) for line in step.lines]
-        before = [state_var(spec, s, 0) for s in names]
+        before = [state_var(s, 0) for s in names]
         self.lines = straight_line(values + tangent_lines,
                                    new + [c for col in self.columns for c in col], before)
         self.new = new
@@ -92,7 +92,7 @@ class NewtonStepKernel:
                 [(s, "prev_") for s in spec.states]:
             offs, mask = layout.block(layout.row_axes(tensor.dims))
             row = f"((i_b * T + t) * H + i_h) * ({layout.size(tensor.dims)}) + {offs}"
-            var = f"in_{tensor.name}" if prefix == "in_" else state_var(spec, tensor.name, 0)
+            var = f"in_{tensor.name}" if prefix == "in_" else state_var(tensor.name, 0)
             loads.append(f"{var} = tl.load(ptr_{prefix}{tensor.name} + {row}, mask={mask}, "
                          f"other=0.0).to(ACC)")
         stores = []
