@@ -84,13 +84,15 @@ output y = h
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_compiled_iteration_matches_the_step_loop():
+@pytest.mark.parametrize("name, dtype", [("gated_diag", torch.float32),
+                                         ("elman", torch.float64)])
+def test_compiled_iteration_matches_the_step_loop(name, dtype):
     """compile=True: the iteration (step, Jacobian, scan, update) through torch.compile, over the
-    whole slab each time; the same answer as the loop."""
+    whole slab each time; the same answer as the loop, diagonal (elementwise scan) and dense."""
     from test_newton import _call, _compare
-    program = seqc.compile(CELLS["gated_diag"])
-    tensors, initial = _call(program.spec, 40, torch.float32, seed=5)
-    fn = _compare(program, tensors, initial, torch.float32, compile=True, slab=20)
+    program = seqc.compile(CELLS[name])
+    tensors, initial = _call(program.spec, 40, dtype, seed=5)
+    fn = _compare(program, tensors, initial, dtype, compile=True, slab=20)
     assert all(fn.stats.converged), fn.stats
     solver = next(iter(fn.module.solvers.values()))
     assert solver.compiled is not None
