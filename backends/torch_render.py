@@ -12,6 +12,7 @@ kernel call puts it there, the given value or the computed default), so every ba
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from string import ascii_letters
 from typing import Callable
 
@@ -154,3 +155,29 @@ def _permute(x, dims):
     lead = x.dim() - len(dims)
     return x.permute(*range(lead), *(lead + len(dims) + d for d in dims))
 '''
+
+
+@dataclass(frozen=True)
+class SSAValue:
+    """One node of a step's expression DAG written in SSA form (the Triton backward,
+    backends/triton/vjp.py; the Newton step's tangents, backends/torch/newton_tangent.py): its
+    variable (or constant code), dims, the IR node (None for a name), its operands, and for a
+    name the symbol it reads."""
+    var: str
+    dims: tuple[str, ...]
+    node: ir.Expr | None = None
+    args: tuple["SSAValue", ...] = ()
+    symbol: tuple | None = None          # ("input", x) | ("param", p) | ("state", S, v) | ("let", l)
+    constant: bool = False
+
+
+def shallow(node: ir.Expr, args: tuple[SSAValue, ...]) -> ir.Expr:
+    """`node` with each operand replaced by the name of its variable (constants kept)."""
+    children = ir.children(node)
+    operands = tuple(child if a.constant else ir.Name(a.var, dims=a.dims, ref=ir.Ref("value"))
+                     for child, a in zip(children, args))
+    if isinstance(node, ir.Unary):
+        return replace(node, operand=operands[0])
+    if isinstance(node, ir.Binary):
+        return replace(node, left=operands[0], right=operands[1])
+    return replace(node, args=operands)

@@ -76,7 +76,8 @@ class Kernel:
             return run_packed(self, tensors, cu_seqlens, initial_state, output_final_state)
         call = validate(self.program.spec, tensors, initial_state, output_final_state)
         with without_autocast(call.device):
-            if self.backend == "triton":      # differentiable: seqc/autograd.py
+            if self.backend == "triton" and not getattr(self.module, "differentiable", False):
+                # made differentiable by seqc/autograd.py (a Newton runner is by itself)
                 outputs, final = run_triton(self, call, output_final_state)
             else:
                 outputs, final = self.module.run(call.inputs, call.params, call.dims,

@@ -18,6 +18,7 @@ or dense) from the IR (seqc/analysis/jacobian.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from contextlib import contextmanager
@@ -27,11 +28,10 @@ import torch
 
 from .analysis.jacobian import Structure, jacobian_structure
 from .kernel import Kernel
+from .newton_scan import apply, diagonal_scan, diagonal_scan_, linear_scan
 
 DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DEFAULT_MAX_ITER = 50
-SCAN_CHUNK = 16
-BROADCAST_BLOCK = 16  # S x S products up to this size: broadcast and sum, not matmul
 SMALL_BLOCK = 64     # Jacobian blocks up to this size: one reverse-mode pass a row
 JACOBIANS = ("exact", "quasi")
 
@@ -85,51 +85,6 @@ class Packing:
         return tuple(p.reshape(*lead, *shape) for p, shape in zip(pieces, self.shapes))
 
 
-# ---- the linear scan: h_t = a_t h_{t-1} + b_t ----------------------------------------------------
-
-def apply(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """a x: elementwise when a has x's shape, else a batch of matrices [..., S, S] times x."""
-    if a.dim() == x.dim():
-        return a * x
-    if a.shape[-1] <= BROADCAST_BLOCK:
-        return (a * x.unsqueeze(-2)).sum(-1)
-    return (a @ x.unsqueeze(-1)).squeeze(-1)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batches of S x S products; small ones as a broadcast product and a sum, which on a CPU is
-    ~30x faster than the batched matmul (measured at S = 8: 35 us against 1 ms)."""
-    if a.shape[-1] <= BROADCAST_BLOCK:
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
-    return a @ b
-
-
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
-                chunk: int = SCAN_CHUNK) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t for t = 0 .. T-1 from h_{-1} = h0; b [B, T, ...], h0 [B, ...], a
-    like b (elementwise) or [B, T, ..., S, S] (a matrix per block). The chunked scan of
-    backends/torch/scan.md with matrices for coefficients: inside chunks of `chunk` steps, all
-    chunks at once, one position at a time; then a short pass across chunks."""
-    matrix = a.dim() == b.dim() + 1
-    T = b.shape[1]
-    C = max(1, min(chunk, T))
-    N = -(-T // C)
-    a, b = _position_major(a, N, C, 1.0, matrix), _position_major(b, N, C, 0.0, False)
-    for t in range(1, C):                   # every chunk at once, one position at a time
-        if matrix:
-            b[t] += apply(a[t], b[t - 1])
-            a[t] = matmul(a[t], a[t - 1])
-        else:
-            b[t].addcmul_(a[t], b[t - 1])
-            a[t].mul_(a[t - 1])
-    entering, state = [], h0
-    for n in range(N):                      # the short pass across chunks
-        entering.append(state)
-        state = apply(a[-1][:, n], state) + b[-1][:, n]
-    b += apply(a, torch.stack(entering, 1).unsqueeze(0))
-    return b.movedim(0, 2).flatten(1, 2)[:, :T]
-
-
 @contextmanager
 def flushed_denormals():
     """Denormal floats flushed to zero on the CPU while the scan runs: cumulated products of
@@ -142,22 +97,6 @@ def flushed_denormals():
         yield
     finally:
         torch.set_flush_denormal(before)
-
-
-def _position_major(x: torch.Tensor, N: int, C: int, identity: float, matrix: bool):
-    """[B, T, ...] -> a fresh [C, B, N, ...] (chunks of C steps, position first), padded at the
-    end with the identity (1, or the identity matrix, for coefficients; 0 for offsets)."""
-    B, T = x.shape[:2]
-    if N * C > T:
-        pad = x.new_zeros((B, N * C - T, *x.shape[2:]))
-        if matrix:
-            pad.diagonal(dim1=-2, dim2=-1).fill_(identity)
-        else:
-            pad.fill_(identity)
-        x = torch.cat([x, pad], 1)
-    out = torch.empty((C, B, N, *x.shape[2:]), dtype=x.dtype, device=x.device)
-    out.copy_(x.unflatten(1, (N, C)).movedim(2, 0))
-    return out
 
 
 # ---- the Jacobian of the step in the states ------------------------------------------------------
@@ -190,6 +129,52 @@ def _unit(x: torch.Tensor, i: int) -> torch.Tensor:
     return unit
 
 
+class Jacobians:
+    """The step f and its Jacobian in the states at packed states `prev` [B, L, H, E, S]:
+    (f(prev) packed, J), J [..., E, S] (elementwise) when S = 1, else [..., E, S, S] (J[..., i, j]
+    = d new_i / d prev_j). From the emitted symbolic code (newton_step.md: `linearise` for a
+    diagonal Jacobian, one elementwise column a state; `jvp` along the N basis directions at once
+    for a dense one, the directions a leading dim), no autograd graph; by autograd (`linearise`
+    above) when an operation has no tangent rule."""
+
+    def __init__(self, module, packing: Packing):
+        self.module = module
+        self.packing = packing
+
+    def __call__(self, prev, inputs, params, dims, exp_forms: bool = False):
+        """`exp_forms`: tanh and sigmoid through exp (compile=True)."""
+        unpacked = self.packing.unpack(prev)
+        ops = self.module.EXP_FORMS if exp_forms else torch
+        if self.packing.diagonal:
+            emitted = self.module.linearise(unpacked, inputs, params, dims, ops)
+            if emitted is not None:
+                new, columns = emitted
+                if len(columns) == 1:
+                    return self.packing.pack(new), self.packing.pack(columns[0])
+                return self.packing.pack(new), torch.stack(
+                    [self.packing.pack(column) for column in columns], -1)
+        if self.module.HAS_JVP and not self.packing.diagonal:
+            return self._dense(prev, unpacked, inputs, params, dims, ops)
+        return linearise(self._step(inputs, params, dims), prev)
+
+    def _dense(self, prev, unpacked, inputs, params, dims, ops):
+        N = prev.shape[-1]
+        basis = torch.eye(N, dtype=prev.dtype, device=prev.device)
+        directions = basis.view(N, *([1] * (prev.dim() - 1)), N)
+        new, tangents = self.module.jvp(unpacked, self.packing.unpack(directions), inputs,
+                                        params, dims, ops)
+        lead = (N, *prev.shape[:-2])
+        tangents = [t.expand(*lead, *t.shape[t.dim() - len(shape):])
+                    for t, shape in zip(tangents, self.packing.shapes)]
+        return self.packing.pack(new), self.packing.pack(tangents).movedim(0, -1)
+
+    def _step(self, inputs, params, dims):
+        def f(prev):
+            new, _ = self.module.step(self.packing.unpack(prev), inputs, params, dims)
+            return self.packing.pack(new)
+        return f
+
+
 def diagonal_of(J: torch.Tensor, S: int) -> torch.Tensor:
     """The Jacobian's diagonal (quasi-Newton, ELK's quasi-DEER), elementwise [..., E, S]."""
     return J if S == 1 else J.diagonal(dim1=-2, dim2=-1)
@@ -213,6 +198,7 @@ class Options:
     jacobian: str = "exact"
     damping: bool = True
     slab: int | None = None
+    compile: bool = False
 
     def tolerance(self, dtype) -> float:
         return self.tol if self.tol is not None else DEFAULT_TOL[dtype]
@@ -222,71 +208,113 @@ class Solver:
     """Newton over one slab of time: `solve(h0, inputs, params, dims)` -> the packed states of
     every step [B, T, H, E, S] (converged, or finished by the step loop), and its stats."""
 
-    def __init__(self, step_module, packing: Packing, options: Options):
+    def __init__(self, step_module, packing: Packing, options: Options, kernels=None):
         self.step_module = step_module
         self.packing = packing
         self.options = options
+        self.jacobians = Jacobians(step_module, packing)
+        self.linear_solve = None                # the torch scans; Triton: its scan cores
+        if kernels is not None:
+            from .newton_triton import TritonJacobians, TritonLinearSolve
+            self.jacobians = TritonJacobians(step_module, packing, kernels)
+            self.linear_solve = TritonLinearSolve(kernels)
+        self.compiled = None
+        if options.compile:
+            self.compiled = torch.compile(functools.partial(self.update, in_place=False),
+                                          dynamic=False)
 
     def step(self, inputs: dict, params: dict, dims: dict):
         """f on packed states: [B, T, H, E, S] before the steps -> after them."""
-        def f(prev):
-            new, _ = self.step_module.step(self.packing.unpack(prev), inputs, params, dims)
-            return self.packing.pack(new)
-        return f
+        return self.jacobians._step(inputs, params, dims)
 
     def solve(self, h0, inputs: dict, params: dict, dims: dict, stats: NewtonStats):
+        """The states of every step, in one buffer [B, T + 1, ...] whose position t holds the
+        state before step t (position 0: h0), so that the states before the steps and the guess
+        of the states after them are views, never copies. Eager, an iteration solves from the
+        first unsettled step on; compiled, the whole slab (fixed shapes: no recompilation), and
+        keeps the settled steps as they were."""
         T = dims["T"]
         tol = self.options.tolerance(h0.dtype)
-        guess = h0[:, None].expand(-1, T, *h0.shape[1:]).clone()
+        held = h0.new_empty((h0.shape[0], T + 1, *h0.shape[1:]))
+        held.copy_(h0[:, None].expand_as(held))
         done, iterations, damped, previous_update = 0, 0, False, math.inf
-        if guess.numel() == 0:                 # no batch, heads or entries: nothing to solve
+        if held[:, 1:].numel() == 0:           # no batch, heads or entries: nothing to solve
             done = T
         while done < T and iterations < self.options.max_iter:
             iterations += 1
-            start = guess[:, done - 1] if done else h0
-            f = self.step({k: x[:, done:] for k, x in inputs.items()}, params,
-                          {**dims, "T": T - done})
-            prev = torch.cat([start[:, None], guess[:, done:-1]], 1)
-            new, change = self._iterate(f, prev, start, guess[:, done:], damped)
-            update = float(change.max())
+            origin = 0 if self.compiled is not None else done
+            part = ({k: x[:, origin:] for k, x in inputs.items()}, params,
+                    {**dims, "T": T - origin})
+            prev, guess = held[:, origin:T], held[:, origin + 1:]
+            new, change, peak = self._iterate(prev, guess, part, damped)
+            skip = done - origin
+            update = float(peak[skip:].max())
             if self.options.damping and not damped and (not math.isfinite(update) or
                                                          update > 2 * previous_update):
                 damped = True                  # diverging: retry with damped coefficients
-                new, change = self._iterate(f, prev, start, guess[:, done:], damped)
-                update = float(change.max())
+                new, change, peak = self._iterate(prev, guess, part, damped)
+                update = float(peak[skip:].max())
             previous_update = update
-            unsettled = self._unsettled(change, tol)
+            new, guess = new[:, skip:], guess[:, skip:]
+            first = self._first_unsettled(change[:, skip:], peak[skip:], new, tol)
             if math.isfinite(update):
-                guess[:, done:] = new
+                guess.copy_(new)
             else:                              # keep the last finite guess where new is not
-                guess[:, done:] = torch.where(torch.isfinite(new), new, guess[:, done:])
-            done += int(unsettled.nonzero()[0]) if bool(unsettled.any()) else T - done
+                guess.copy_(torch.where(torch.isfinite(new), new, guess))
+            done += first
         converged = done >= T
         if not converged:
-            self._loop(guess, h0, done, inputs, params, dims)
+            self._loop(held[:, 1:], h0, done, inputs, params, dims)
         stats.iterations.append(iterations)
         stats.converged.append(converged)
         stats.loop_steps.append(T - done)
         stats.damped.append(damped)
-        return guess
+        return held
 
-    def _iterate(self, f, prev, start, guess, damped: bool):
-        """One Newton update of the steps not yet settled; also its largest relative size."""
-        new_f, J = linearise(f, prev)
+    def _iterate(self, prev, guess, part, damped: bool):
+        if self.compiled is not None:
+            return self.compiled(prev, guess, *part, damped)
+        return self.update(prev, guess, *part, damped)
+
+    def update(self, prev, guess, inputs, params, dims, damped: bool, in_place: bool = True):
+        """One Newton update of the steps from prev[:, 0] on: the linear scan h_t = J_t h_{t-1} +
+        (f(prev_t) - J_t prev_t) from prev[:, 0]; also |new - guess| and its largest value at
+        each step (over batch, heads and entries)."""
+        new_f, J = self.jacobians(prev, inputs, params, dims, exp_forms=not in_place)
         S = prev.shape[-1]
         a = diagonal_of(J, S) if self.options.jacobian == "quasi" else J
         elementwise = a.dim() == prev.dim()
         if damped:
             a = damp(a, elementwise)
-        new = linear_scan(a, new_f - apply(a, prev), start)
-        change = (new - guess).abs_().div_(new.abs().add_(1.0))
-        return new, change
+        if self.linear_solve is not None:
+            new = self.linear_solve(a, new_f - apply(a, prev), prev[:, 0])
+        elif not elementwise:
+            new = linear_scan(a, new_f - apply(a, prev), prev[:, 0])
+        elif in_place:
+            b = torch.addcmul(new_f, a, prev, value=-1.0)
+            new = diagonal_scan_(_owned(a, prev, *inputs.values(), *params.values()), b,
+                                 prev[:, 0])
+        else:
+            new = diagonal_scan(a, new_f - a * prev, prev[:, 0])
+        change = torch.sub(new, guess).abs_() if in_place else (new - guess).abs()
+        return new, change, change.transpose(0, 1).flatten(1).amax(1)
 
     @staticmethod
-    def _unsettled(change, tol: float) -> torch.Tensor:
-        """[T]: True at the steps whose update is above tol, relative (|dh| > tol (1 + |h|)), or
-        not finite (NaN compares false), for any batch element, head or entry."""
-        return ~(change.transpose(0, 1).flatten(1).amax(1) <= tol)
+    def _first_unsettled(change, peak, new, tol: float) -> int:
+        """The first step whose update is above tol, relative (|dh| > tol (1 + |h|)), or not
+        finite (NaN compares false), for any batch element, head or entry; the number of steps
+        when there is none. The absolute test (the step's largest |dh| <= tol) settles most
+        steps; the relative one is evaluated from the first step it does not settle."""
+        L = change.shape[1]
+        absolute = peak <= tol
+        if bool(absolute.all()):
+            return L
+        k = int((~absolute).nonzero()[0])
+        if not bool((change[:, k] <= tol * (1.0 + new[:, k].abs())).all()):
+            return k                           # the usual case before convergence
+        relative = (change[:, k:] <= tol * (1.0 + new[:, k:].abs()))
+        settled = relative.transpose(0, 1).flatten(1).all(1)
+        return L if bool(settled.all()) else k + int((~settled).nonzero()[0])
 
     def _loop(self, guess, h0, done: int, inputs, params, dims):
         """The step loop from step `done` (Newton did not settle it), in place in guess."""
@@ -295,6 +323,16 @@ class Solver:
         history = self.step_module.steps(self.packing.unpack(state), rest, params,
                                          {**dims, "T": dims["T"] - done})
         guess[:, done:] = self.packing.pack(history)
+
+
+def _owned(a: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """a, or a contiguous copy of it when it is not contiguous or shares memory with one of
+    `others` (the emitted Jacobian of `h = x * h` is the input x itself): the scan overwrites
+    it."""
+    storage = a.untyped_storage().data_ptr()
+    if a.is_contiguous() and all(o.untyped_storage().data_ptr() != storage for o in others):
+        return a
+    return a.clone(memory_format=torch.contiguous_format)
 
 
 class _NewtonStates(torch.autograd.Function):
@@ -317,8 +355,10 @@ class _NewtonStates(torch.autograd.Function):
         with torch.enable_grad():
             prev = prev.detach().requires_grad_(True)
             leaves = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
-            f = solver.step(*_split(names, leaves), dims)
-            _, J = linearise(f, prev.detach())
+            inputs, params = _split(names, leaves)
+            f = solver.step(inputs, params, dims)
+            with torch.no_grad():
+                _, J = solver.jacobians(prev.detach(), inputs, params, dims)
             with flushed_denormals():
                 adjoint = _reverse_scan(J, grad_states)
             wanted = [prev] + [t for t in leaves if t.requires_grad]
@@ -348,14 +388,19 @@ def _split(names, tensors):
 
 class NewtonRunner:
     """The `module` of a Newton kernel: run(inputs, params, dims, initial_state,
-    output_final_state) like an emitted module's, solving slab after slab of time."""
+    output_final_state) like an emitted module's, solving slab after slab of time; its gradients
+    are its own (`_NewtonStates`), also on the triton backend."""
 
-    def __init__(self, program, step_module, options: Options):
+    differentiable = True
+
+    def __init__(self, program, step_module, options: Options, kernels=None):
         self.spec = program.spec
         self.structure = jacobian_structure(self.spec)
         self.step_module = step_module
+        self.kernels = kernels                     # the Triton module, or None (torch)
         self.options = options
         self.last_stats: NewtonStats | None = None
+        self.solvers: dict[tuple, Solver] = {}     # per state shape: a compiled one compiles once
 
     def run(self, inputs, params, dims, initial_state=None, output_final_state=False):
         first = next(iter(inputs.values()))
@@ -363,7 +408,10 @@ class NewtonRunner:
         inputs = {k: x.to(compute) for k, x in inputs.items()}
         params = {k: p.to(compute) for k, p in params.items()}
         packing = Packing(self.spec, self.structure, dims)
-        solver = Solver(self.step_module, packing, self.options)
+        key = tuple(packing.shapes)
+        if key not in self.solvers:
+            self.solvers[key] = Solver(self.step_module, packing, self.options, self.kernels)
+        solver = self.solvers[key]
         state = packing.pack(self._initial(initial_state, dims, compute, first.device))
         stats = NewtonStats()
         T = dims["T"]
@@ -380,16 +428,24 @@ class NewtonRunner:
         return outputs, final if output_final_state else None
 
     def _slab_run(self, solver, h0, inputs, params, dims, stats):
+        """The outputs and final state of one slab: the states solved without a graph, then
+        attached to one (`_NewtonStates`) when a gradient is wanted; the outputs from them by
+        the statements the outputs need (newton_step.md, `outputs`)."""
         names = (tuple(inputs), tuple(params))
         with torch.no_grad(), flushed_denormals():
-            solved = solver.solve(h0, inputs, params, dims, stats)
-        states = _NewtonStates.apply(solver, names, dims, solved, h0, *inputs.values(),
-                                     *params.values())
-        prev = torch.cat([h0[:, None], states[:, :-1]], 1)
-        new, outputs = self.step_module.step(solver.packing.unpack(prev), inputs, params, dims)
+            held = solver.solve(h0, inputs, params, dims, stats)
+        solved = held[:, 1:]
+        tensors = (h0, *inputs.values(), *params.values())
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            states = _NewtonStates.apply(solver, names, dims, solved, h0, *tensors[1:])
+            prev = torch.cat([h0[:, None], states[:, :-1]], 1)
+        else:
+            states, prev = solved, held[:, :-1]
+        unpack = solver.packing.unpack
+        outputs = self.step_module.outputs(unpack(prev), unpack(states), inputs, params, dims)
         lead = prev.shape[:3]
         outputs = {k: v.expand(*lead, *v.shape[3:]) for k, v in outputs.items()}
-        return outputs, solver.packing.pack(new)[:, -1]
+        return outputs, states[:, -1]
 
     def _initial(self, initial_state, dims, compute, device):
         B, H = dims["B"], dims["H"]
@@ -418,27 +474,54 @@ def step_source(program) -> str:
     from .backends.torch_render import PRELUDE
     from .emit import header
     from .templates import render
+    from .backends.torch.newton_tangent import PRELUDE as TANGENT_PRELUDE, emit
+    diagonal = jacobian_structure(program.spec).kind == "diagonal"
     return header(program, "torch") + render(
         "torch", "newton_step.py.j2", spec=program.spec, helpers=PRELUDE,
-        statements=step_statements(program.spec),
+        tangent_helpers=TANGENT_PRELUDE, statements=step_statements(program.spec),
+        emitted=emit(program.spec, diagonal),
         inits={s.name: init_code(s) for s in program.spec.states})
 
 
 def newton_kernel(program, backend: str, options: dict):
-    """The Kernel behind `prog.kernel(backend, solver="newton", ...)`."""
+    """The Kernel behind `prog.kernel(backend, solver="newton", ...)`: backend "torch" (or
+    "auto"), or "triton" (seqc/newton_triton.py: the step, its Jacobian and the linear solves on
+    Triton kernels)."""
     from . import __version__
     from .cache import cache_key, generator_digest, load_module
-    if backend not in ("torch", "auto"):
-        raise ValueError(f'solver="newton" runs on the torch backend (any device), not '
-                         f'`{backend}`; use backend="torch"')
+    if backend not in ("torch", "auto", "triton"):
+        raise ValueError(f'solver="newton" runs on the torch or the triton backend, not '
+                         f'`{backend}`')
     parsed = _options(options)
+    if backend == "triton" and parsed.compile:
+        raise ValueError('compile=True compiles the torch solver\'s iteration; the triton '
+                         'backend\'s is already kernels')
     key = cache_key(program.source, f"{__version__}+{generator_digest('torch')}", "newton_step")
     module = load_module(key, lambda: step_source(program))
-    return NewtonKernel(program, "torch", NewtonRunner(program, module, parsed), {})
+    kernels = None
+    if backend == "triton":
+        key = cache_key(program.source, f"{__version__}+{generator_digest('triton')}",
+                        "newton_triton")
+        kernels = load_module(key, lambda: triton_source(program))
+    return NewtonKernel(program, "triton" if kernels else "torch",
+                        NewtonRunner(program, module, parsed, kernels), {})
+
+
+def triton_source(program) -> str:
+    """The Triton kernels of a spec's Newton solver (backends/triton/newton_step.py.j2)."""
+    from .backends.triton.newton import NewtonStepKernel
+    from .emit import header
+    from .templates import render
+    diagonal = jacobian_structure(program.spec).kind == "diagonal"
+    builder = NewtonStepKernel(program.spec, diagonal)
+    return header(program, "triton") + render(
+        "triton", builder.template, spec=program.spec,
+        scan_core=render("triton", "scan_core.py.j2"),
+        coupled_scan_core=render("triton", "coupled_scan_core.py.j2"), **builder.context())
 
 
 def _options(options: dict) -> Options:
-    known = ("tol", "max_iter", "jacobian", "damping", "slab")
+    known = ("tol", "max_iter", "jacobian", "damping", "slab", "compile")
     unknown = [name for name in options if name not in known]
     if unknown:
         raise ValueError(f"unknown option {', '.join(f'`{n}`' for n in unknown)} for "

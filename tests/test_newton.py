@@ -100,9 +100,9 @@ def _close(got, expected, dtype, what):
         f"{what}: max error {float((got - expected).abs().max()):.3e} > {atol:.1e}"
 
 
-def _compare(program, tensors, initial, dtype, **options):
+def _compare(program, tensors, initial, dtype, backend="torch", **options):
     ref = program.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
-    fn = program.kernel("torch", solver="newton", **options)
+    fn = program.kernel(backend, solver="newton", **options)
     out = fn(**tensors, initial_state=initial, output_final_state=True)
     for o in program.spec.outputs:
         _close(out[o.name], ref[o.name], dtype, o.name)
@@ -246,7 +246,7 @@ def test_bad_options_are_value_errors(options, message):
 def test_unknown_solver_and_backend():
     with pytest.raises(ValueError, match="unknown solver `jacobi`"):
         seqc.load("gru").kernel("torch", solver="jacobi")
-    with pytest.raises(ValueError, match="runs on the torch backend"):
+    with pytest.raises(ValueError, match="runs on the torch or the triton backend"):
         seqc.load("gru").kernel("reference", solver="newton")
 
 

@@ -17,10 +17,10 @@ An operation without a rule raises `NoRule`; the module then keeps the torch rec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from seqc import ir
-from seqc.backends.torch_render import is_constant
+from seqc.backends.torch_render import SSAValue, is_constant, shallow
 
 from .render import CONTRACTED, Block, Constants, TritonRenderer, align, relabelled, union
 
@@ -30,15 +30,8 @@ class NoRule(Exception):
 
 
 @dataclass(frozen=True)
-class Value:
-    """One node of the step's expression DAG as emitted: its variable (or constant code), axes,
-    the IR node (None for a name), its operands, and for a name the symbol it reads."""
-    var: str
-    dims: tuple[str, ...]
-    node: ir.Expr | None = None
-    args: tuple["Value", ...] = ()
-    symbol: tuple | None = None          # ("input", x) | ("param", p) | ("state", S, v) | ("let", l)
-    constant: bool = False
+class Value(SSAValue):
+    """An SSA value (backends/torch_render.py) as a Triton block."""
 
     @property
     def block(self) -> Block:
@@ -115,18 +108,6 @@ class Step:
         else:
             symbol, dims = (kind, node.id), self.spec.tensor(node.id).dims
         return Value(symbol_var(symbol), dims, symbol=symbol)
-
-
-def shallow(node: ir.Expr, args: tuple[Value, ...]) -> ir.Expr:
-    """`node` with each operand replaced by the name of its variable (constants kept)."""
-    children = ir.children(node)
-    operands = tuple(child if a.constant else ir.Name(a.var, dims=a.dims, ref=ir.Ref("value"))
-                     for child, a in zip(children, args))
-    if isinstance(node, ir.Unary):
-        return replace(node, operand=operands[0])
-    if isinstance(node, ir.Binary):
-        return replace(node, left=operands[0], right=operands[1])
-    return replace(node, args=operands)
 
 
 def full(block: Block, dims: tuple[str, ...]) -> str:
