@@ -187,9 +187,13 @@ def _chunk(sym: Symbolic, state, decay, writes, reads: ReadForms, facts) -> Proo
     group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split)
     facts.append(f"the decay is over {_dims_text(sym.dims(decay))}, every write is a key over "
                  f"{key_dim} times a value over {value_dim}, and outputs read `{state}` by `@`")
+    transposed = key_dim != dims[0]
+    if transposed:
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     return Proof("chunk", (state,), group,
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "writes": split,
-                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk"], tuple(facts))
+                  "key_dim": key_dim, "value_dim": value_dim, "transposed": transposed},
+                 COMBINES["chunk"], tuple(facts))
 
 
 def _dims_text(dims: set[str]) -> str:
@@ -220,11 +224,16 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
 
 def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     dims = sym.spec.tensor(state).dims
-    if len(dims) == 2 and reads.matmul_side not in (None, "left"):
-        raise Refused(_not_a_key_read(state, dims, reads))
     if len(dims) != 2:
         raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
-    key_dim, value_dim = dims
+    side = _step_side(sym, state)
+    if side is None:
+        raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
+    if reads.matmul_side not in (None, side):
+        raise Refused(_not_a_key_read(state, dims, reads, side))
+    # a value-side rule (`S @ k`, k over the last dim) is the key-side rule of S^T: the key dim
+    # is the one the steps contract, and the backends hold the state transposed (docs/analysis.md)
+    key_dim, value_dim = dims if side == "left" else dims[::-1]
     decay, steps = sp.Integer(1), []
     for n, update in enumerate(sym.updates[state], 1):
         poly = sym.poly(sym.per_update(state, n), (state,))
@@ -233,20 +242,23 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
         symbol = sym.state_symbols[state]
         coefficient, write = poly.coeff_monomial(symbol), poly.coeff_monomial(1)
         if not sym.has_functional(coefficient):
-            if steps or write != 0 or not sym.dims(coefficient) <= {key_dim}:
+            if steps or write != 0:
                 raise Refused(Reason(f"`{state}` is decayed or written outside a delta step after "
                                      "a delta step", update.span, update.value))
+            if not sym.dims(coefficient) <= {key_dim}:
+                raise Refused(_decay_off_key_dim(sym, state, update, coefficient, key_dim,
+                                                 value_dim))
             decay *= coefficient
             continue
-        step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim)
+        step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim, side)
         if step is None and n == len(sym.updates[state]) and not steps:
             dplr = _dplr(sym, state, update, coefficient, write, (key_dim, value_dim), decay,
-                         facts)
+                         facts, side)
             if dplr is not None:
                 return dplr
         if step is None:
             raise Refused(dense_transition(sym, (state,), low_rank=_rank_one(sym, coefficient,
-                                                                             key_dim))
+                                                                             key_dim, side))
                           or _not_affine(sym, state))
         steps.append(step)
     log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
@@ -258,28 +270,66 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     facts.append(f"each step's transition is (I - beta k k^T) with k over {key_dim}: "
                  "identity minus rank one, after a decay over "
                  f"{_dims_text(sym.dims(decay))}")
+    if side == "right":
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     low_rank = tuple(f"{text(s.beta)} * {text(s.key)} {text(s.key)}^T" for s in steps)
     return Proof("chunk_delta", (state,), group,
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
-                  "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim},
+                  "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim,
+                  "transposed": side == "right"},
                  COMBINES["chunk_delta"], tuple(facts))
 
 
-def _not_a_key_read(state: str, dims, reads: ReadForms) -> Reason:
-    """Why a delta rule's outputs stop its form: a read that is not `q @ S`, located there."""
-    if reads.right:
+def _step_side(sym: Symbolic, state: str) -> str | None:
+    """Which side the state's updates read it on through a vector: "left" (`k @ S`, the key
+    dim first) or "right" (`S @ k`, a value-side rule); None when they mix the two (or read it
+    through anything but a vector)."""
+    sides = set()
+    for n in range(1, len(sym.updates[state]) + 1):
+        expr = sym.per_update(state, n)
+        sides |= {sym.functionals[s][0] for s in expr.free_symbols if s in sym.functionals}
+    return next(iter(sides)) if len(sides) == 1 and sides <= {"left", "right"} else None
+
+
+def _transposed_fact(state: str, key_dim: str, value_dim: str) -> str:
+    return (f"`{state}` is updated and read on its last dim `{key_dim}` (`{state} @ k`): "
+            f"{state}^T[{key_dim}, {value_dim}] follows the key-side rule "
+            f"(S @ k = k @ S^T, exp(b) * S = (exp(b) * S^T)^T for b over {key_dim}), so the "
+            f"backends hold `{state}` transposed")
+
+
+def _decay_off_key_dim(sym: Symbolic, state, update, coefficient, key_dim, value_dim) -> Reason:
+    """A decay before the delta steps that is not over their key dim (nor scalar)."""
+    return Reason(f"the decay `{text(sym.to_ir(coefficient))}` is over "
+                  f"{_dims_text(sym.dims(coefficient))}, but the delta steps contract `{state}` "
+                  f"along `{key_dim}`: the delta-rule forms decay along the key dim only (a "
+                  f"scalar or over `{key_dim}`)", update.span, update.value)
+
+
+def _not_a_key_read(state: str, dims, reads: ReadForms, side: str = "left") -> Reason:
+    """Why a delta rule's outputs stop its form: a read on the other side than its steps',
+    or of the state itself, located there."""
+    if side == "left" and reads.right:
         query = reads.right[0]
         return Reason(f"an output reads `{state}` as `{state} @ {text(query)}`, contracting its "
                       f"value dim `{dims[1]}`; the delta-rule forms read `q @ {state}` (the key "
                       f"dim `{dims[0]}`)", query.span, query)
+    if side == "right" and reads.left:
+        query = reads.left[0]
+        return Reason(f"an output reads `{state}` as `{text(query)} @ {state}`, contracting its "
+                      f"dim `{dims[0]}`; a value-side delta rule (its steps read `{state} @ k`) "
+                      f"is read as `{state} @ q` (along `{dims[1]}`)", query.span, query)
     name = reads.direct[0]
-    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `q @ {state}`",
+    read = f"q @ {state}" if side == "left" else f"{state} @ q"
+    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `{read}`",
                   name.span, name)
 
 
-def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):
-    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v."""
-    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim,
+                side="left"):
+    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v (or, on the value
+    side, S + beta (v - S @ k) k: coefficient 1 - beta |k> k)."""
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim, side)
     if low_rank is None or sp.simplify(low_rank[0] - 1) != 0:
         return None
     _, weight, key = low_rank
@@ -290,13 +340,14 @@ def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value
     return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
 
 
-def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
-    """The coefficient as D - e <k| for one key k over the key dim read as `k @ S`: (D, e, k)."""
+def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim, side="left"):
+    """The coefficient as D - e <k| for one key k over the key dim read as `k @ S` (or as
+    `S @ k` on the value side): (D, e, k)."""
     functionals = [s for s in coefficient.free_symbols if s in sym.functionals]
-    if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value):
+    if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value, side):
         return None
-    side, key = sym.functionals[functionals[0]]
-    if side != "left" or key.dims != (key_dim,):
+    read_side, key = sym.functionals[functionals[0]]
+    if read_side != side or key.dims != (key_dim,):
         return None
     poly = sp.expand(coefficient).as_poly(functionals[0])
     if poly is None or poly.total_degree() != 1:
@@ -304,11 +355,11 @@ def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
     return poly.coeff_monomial(1), -poly.coeff_monomial(functionals[0]), key
 
 
-def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts):
+def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts, side="left"):
     """After pure decays `decayed`: D * S - e (k @ S) + sum key (x) value, i.e. the coefficient
     D - e <k| with D and e over the key dim; k reads the state after `decayed`, before D."""
     key_dim, value_dim = dims
-    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim, side)
     if low_rank is None:
         return None
     decay, erase, key = low_rank
@@ -325,25 +376,29 @@ def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts
                            unseen)
     facts.append(f"the transition is a decay over {_dims_text(sym.dims(total))} minus the rank "
                  f"one `{text(group.erase)}` `{text(key)}`^T: diagonal plus low rank")
+    if side == "right":
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     return Proof("chunk_delta", (state,), group,
                  {"decay": sym.to_ir(total), "log_decay": log_decay, "erase": group.erase,
                   "key": key, "unseen_decay": None if decay == 1 else sym.to_ir(decay),
                   "writes": writes, "low_rank": (f"{text(group.erase)} {text(key)}^T",),
-                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk_dplr"], tuple(facts))
+                  "key_dim": key_dim, "value_dim": value_dim, "transposed": side == "right"},
+                 COMBINES["chunk_dplr"], tuple(facts))
 
 
-def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str) -> bool:
-    """Whether every functional in the coefficient is a key over `key_dim` read as `k @ S`."""
+def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str, side: str = "left") -> bool:
+    """Whether every functional in the coefficient is a key over `key_dim` read on `side`."""
     functionals = [sym.functionals[s] for s in coefficient.free_symbols if s in sym.functionals]
-    return all(side == "left" and key.dims == (key_dim,) for side, key in functionals)
+    return all(read_side == side and key.dims == (key_dim,) for read_side, key in functionals)
 
 
-def _reads_state_plainly(sym: Symbolic, state: str, node: ir.Expr) -> bool:
-    """Every `x @ ...` touching the state is `k @ S` with S the state itself."""
+def _reads_state_plainly(sym: Symbolic, state: str, node: ir.Expr, side: str = "left") -> bool:
+    """Every `@` touching the state is `k @ S` (side "left") or `S @ k` ("right") with S the
+    state itself."""
     for inner in ir.walk(node):
         if isinstance(inner, ir.Binary) and inner.op is ir.Op.MATMUL and sym.deps(inner):
-            right = inner.right
-            if not (isinstance(right, ir.Name) and right.id == state) or sym.deps(inner.left):
+            held, key = (inner.right, inner.left) if side == "left" else (inner.left, inner.right)
+            if not (isinstance(held, ir.Name) and held.id == state) or sym.deps(key):
                 return False
     return True
 

@@ -1,0 +1,322 @@
+"""Value-side forms (issue 13 item 3; docs/analysis.md rule 7): a matrix state updated and read
+along its last dim (`W @ k`), proven as the key-side form of its transpose and run by the same
+families with the state held transposed.
+
+Independent truth: the recurrences written out here in plain PyTorch, in the orientation the
+user wrote (W[V, K], `W @ k`), never through seqc's roles. The reference and torch backends run
+in fp64 (1e-9), Triton under the interpreter in fp32 (1e-4), tiny shapes. Gradients: torch
+autograd of the torch backend, and the Triton backend's (its adjoint cores bound through the
+torch module's roles, swapped), against the reference's autograd. The differential fuzz draws
+stdlib specs rewritten to the value side (every dim of the state renamed to the other, every
+`q @ S` turned into `S @ q`), optionally edited further, and keeps those that keep their kind.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import seqc  # noqa: E402
+from seqc.inputs import random_call  # noqa: E402
+from seqc.analysis.report import summary  # noqa: E402
+from seqc.resources import stdlib_dir, stdlib_names  # noqa: E402
+from test_analysis_props import summary_applied, tree_reduce  # noqa: E402
+from test_analysis_robust import agrees_with_the_reference, kinds_of  # noqa: E402
+from test_gradients import GRAD_RTOL, gradients_of  # noqa: E402
+
+SIZES = {"B": 1, "T": 21, "H": 2, "K": 5, "V": 3}
+
+# ---- the value-side delta rule: W[V, K], steps `W @ k`, read `W @ q` -----------------------------
+
+DELTA_WX = """model delta_wx
+dims K, V
+input q[K], k[K], v[V]
+input beta in (0, 1)
+{decl}state W[V, K] = 0
+{decay}W = W + beta * (v - W @ k) * k
+output o = W @ q
+"""
+DECAYS = {"none": ("", ""), "scalar": ("input g in (-inf, 0)\n", "W = exp(g) * W\n"),
+          "keywise": ("input g[K] in (-inf, 0)\n", "W = exp(g) * W\n")}
+
+
+def delta_wx(decay: str) -> str:
+    decl, update = DECAYS[decay]
+    return DELTA_WX.format(decl=decl, decay=update)
+
+
+def delta_wx_by_hand(x: dict, W: torch.Tensor) -> dict:
+    """W_t = exp(g_t) W_{t-1}; W_t = W_t + beta_t (v_t - W_t k_t) k_t^T; o_t = W_t q_t.
+    W [B, H, V, K]; a key-wise g [.., K] scales W's columns (its last dim)."""
+    outputs = []
+    for t in range(x["q"].shape[1]):
+        q, k, v, beta = x["q"][:, t], x["k"][:, t], x["v"][:, t], x["beta"][:, t]
+        if "g" in x:
+            g = x["g"][:, t]
+            W = W * (torch.exp(g)[..., None, :] if g.dim() == 3 else torch.exp(g)[..., None, None])
+        error = v - torch.einsum("bhvk,bhk->bhv", W, k)
+        W = W + beta[..., None, None] * error[..., :, None] * k[..., None, :]
+        outputs.append(torch.einsum("bhvk,bhk->bhv", W, q))
+    return {"o": torch.stack(outputs, 1), "W": W}
+
+
+@functools.lru_cache(maxsize=None)
+def program(source: str):
+    return seqc.compile(source, "value_side.seq")
+
+
+def kernel(source: str, backend: str):
+    """The backend's kernel, chunks of 4 steps for torch (a ragged last chunk at T = 21)."""
+    return program(source).kernel(backend, **({"chunk_size": 4} if backend == "torch" else {}))
+
+
+def call(source: str, dtype=torch.float64, seed=0):
+    tensors, initial = random_call(program(source).spec, SIZES, dtype, seed=seed,
+                                   with_initial_state=True)
+    tensors["k"] = F.normalize(tensors["k"], dim=-1)
+    return tensors, {n: s.to(dtype) for n, s in initial.items()}
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_value_side_delta_is_the_delta_rule_of_the_transpose(decay):
+    proof = program(delta_wx(decay)).analysis.proof("W")
+    assert proof.kind == "chunk_delta", proof.reason
+    group = proof.group
+    assert (group.key_dim, group.value_dim) == ("K", "V")     # W[V, K]: the key dim is last
+    assert proof.decomposition["transposed"] is True
+    assert any("held transposed" in fact or "`W` transposed" in fact for fact in proof.facts)
+    assert "W @ `k`" in summary(proof)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("decay", DECAYS)
+def test_value_side_delta_matches_the_equations(decay, backend):
+    source = delta_wx(decay)
+    tensors, initial = call(source)
+    want = delta_wx_by_hand(tensors, initial["W"])
+    got = kernel(source, backend)(**tensors, initial_state=initial, output_final_state=True)
+    torch.testing.assert_close(got.o, want["o"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.final_state["W"], want["W"], rtol=1e-9, atol=1e-9)
+    if backend == "torch":
+        assert "cores['chunk_delta']" in program(source).emit("torch")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("decay", DECAYS)
+def test_value_side_delta_runs_the_chunk_delta_kernel(decay):
+    source = delta_wx(decay)
+    kernel = program(source).kernel("triton", chunk_size=8)
+    assert kernel.module.DEFAULT_MODE == "chunk_delta"
+    tensors, initial = call(source, torch.float32)
+    want = delta_wx_by_hand({n: t.double() for n, t in tensors.items()}, initial["W"].double())
+    got = kernel(**tensors, initial_state=initial, output_final_state=True)
+    torch.testing.assert_close(got.o.double(), want["o"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.final_state["W"].double(), want["W"], rtol=1e-4, atol=1e-4)
+
+
+def assert_gradients_equal(got: dict, want: dict, what: str) -> None:
+    assert set(got) == set(want), what
+    for n, g in want.items():
+        assert got[n] is not None and torch.isfinite(got[n]).all(), f"{what}: {n}"
+        scale = max(1.0, g.abs().max().item())
+        torch.testing.assert_close(got[n].to(g.dtype), g, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale,
+                                   msg=lambda m: f"{what}: gradient of {n}: {m}")
+
+
+def split_call(source: str, dtype):
+    tensors, initial = call(source, dtype, seed=5)
+    inputs = {t.name for t in program(source).spec.inputs}
+    return ({n: v for n, v in tensors.items() if n in inputs},
+            {n: v for n, v in tensors.items() if n not in inputs}, initial)
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_value_side_delta_gradients_torch(decay):
+    source = delta_wx(decay)
+    x, p, s = split_call(source, torch.float64)
+    got = gradients_of(program(source).kernel("torch", chunk_size=4), x, p, s)
+    want = gradients_of(program(source).kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"torch {decay}")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("decay", ["scalar", "keywise"])
+def test_value_side_delta_gradients_triton(decay):
+    """Through the chunk_delta adjoint core, bound with the state transposed."""
+    source = delta_wx(decay)
+    assert "chunk_delta" in program(source).kernel("triton").module.MODES
+    x, p, s = split_call(source, torch.float32)
+    got = gradients_of(program(source).kernel("triton", chunk_size=8), x, p, s)
+    want = gradients_of(program(source).kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, f"triton {decay}")
+
+
+# ---- the transposed diagonal-plus-low-rank form -----------------------------------------------
+
+RWKV7_WX = """model rwkv7_wx
+dims K, V
+input r[K], k[K], v[V], kk[K]
+input g[K] in (-inf, 0)
+input a[K] in (0, 1)
+state S[V, K] = 0
+S = exp(g) * S - (S @ kk) * (a * kk) + v * k
+output o = S @ r
+"""
+
+
+def rwkv7_wx_by_hand(x, S):
+    """S_t = S diag(exp g_t) - (S kk_t)(a_t kk_t)^T + v_t k_t^T (kk reads S before the decay);
+    o_t = S_t r_t; S [B, H, V, K]."""
+    outputs = []
+    for t in range(x["r"].shape[1]):
+        kk = x["kk"][:, t]
+        erased = torch.einsum("bhvk,bhk->bhv", S, kk)[..., None] * (x["a"][:, t] * kk)[..., None, :]
+        S = S * torch.exp(x["g"][:, t])[..., None, :] - erased \
+            + x["v"][:, t, :, :, None] * x["k"][:, t, :, None, :]
+        outputs.append(torch.einsum("bhvk,bhk->bhv", S, x["r"][:, t]))
+    return {"o": torch.stack(outputs, 1), "S": S}
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_value_side_dplr_matches_the_equations(backend):
+    prog = program(RWKV7_WX)
+    proof = prog.analysis.proof("S")
+    assert proof.group.kind == "chunk_dplr" and proof.decomposition["transposed"]
+    tensors, initial = random_call(prog.spec, SIZES, torch.float64, seed=2,
+                                   with_initial_state=True)
+    tensors["kk"] = F.normalize(tensors["kk"], dim=-1)
+    initial = {n: s.double() for n, s in initial.items()}
+    want = rwkv7_wx_by_hand(tensors, initial["S"])
+    got = kernel(RWKV7_WX, backend)(**tensors, initial_state=initial, output_final_state=True)
+    torch.testing.assert_close(got.o, want["o"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.final_state["S"], want["S"], rtol=1e-9, atol=1e-9)
+
+
+# ---- refusals: what stops a value-side form, located ------------------------------------------
+
+HEADER = ("model d\ndims K, V\ninput q[K], k[K], v[V], x[K], w[V], r[V], beta in (0, 1), "
+          "g in (-inf, 0), a[K] in (-inf, 0)\nstate S[K, V] = 0\n")
+
+
+@pytest.mark.parametrize("body, where, words", [
+    # a decay along the other dim than the steps' key: not "after a delta step"
+    ("S = exp(a) * S\nS = S + beta * (x - S @ w) * w\noutput o = S @ r\n", (5, 1),
+     "the delta-rule forms decay along the key dim only"),
+    # a value-side rule read on the key side: the read is the cause
+    ("S = S + beta * (x - S @ w) * w\noutput o = q @ S\n", (6, 12),
+     "a value-side delta rule (its steps read `S @ k`) is read as `S @ q`"),
+    # steps on both sides: no form holds both
+    ("S = S + beta * (x - S @ w) * w\nS = S + beta * k * (v - k @ S)\noutput o = q @ S\n",
+     (5, 21), "`S @ w` contracts the value dim `V` of `S`"),
+])
+def test_value_side_refusals_name_the_cause(body, where, words):
+    proof = seqc.compile(HEADER + body, "d.seq").analysis.proof("S")
+    assert proof.kind == "sequential"
+    assert words in proof.reason.message, proof.reason.message
+    assert (proof.reason.span.line, proof.reason.span.col) == where
+
+
+# ---- the proof's combine against the step loop, on a real run ----------------------------------
+
+@pytest.mark.parametrize("source", [delta_wx("keywise"), RWKV7_WX], ids=["delta", "dplr"])
+def test_combine_over_a_real_run_reproduces_the_loop(source):
+    """The Plan's per-step summaries (held key dim first), tree-combined by the proof's combine
+    and applied to the initial state, give the reference's final state (transposed back)."""
+    from seqc.context_parallel import Roles, step_elements, to_layout
+    prog = program(source)
+    sizes = {**SIZES, "T": 9}
+    tensors, initial = random_call(prog.spec, sizes, torch.float64, seed=3,
+                                   with_initial_state=True)
+    initial = {n: s.double() for n, s in initial.items()}
+    run = prog.kernel("reference")(**tensors, initial_state=initial, output_final_state=True)
+    (group,) = prog.analysis.plan.groups
+    combine = prog.analysis.proof(group.states[0]).combine
+    pieces = [p.numpy() for p in step_elements(group, Roles(prog.analysis.plan, tensors, sizes),
+                                               prog.spec)]
+    summary = tree_reduce(combine, [tuple(p[:, t] for p in pieces) for t in range(sizes["T"])],
+                          np.random.default_rng(7))
+    start = to_layout(group, prog.spec, {n: s.numpy() for n, s in initial.items()})
+    final = to_layout(group, prog.spec, {n: s.numpy() for n, s in run.final_state.items()})
+    np.testing.assert_allclose(summary_applied(combine, summary, start), final, rtol=1e-9,
+                               atol=1e-9)
+
+
+# ---- differential fuzz: stdlib specs rewritten to the value side ------------------------------
+
+def transposed(source: str) -> str | None:
+    """The spec with its one matrix state S[A, B] updated and read along the other dim: A and B
+    swapped everywhere but in the state's declaration, `x @ S` written `S @ x`; None when the
+    spec has not exactly one matrix state."""
+    lines = source.splitlines()
+    matrices = [m for line in lines if line.startswith("state ")
+                for m in re.finditer(r"(\w+)\[(\w+), (\w+)\]", line)]
+    if len(matrices) != 1:
+        return None
+    state, first, last = matrices[0].groups()
+    swap = {first: last, last: first}
+    result = []
+    for line in lines:
+        if not line.startswith(("state ", "dims ", "model ")):
+            line = re.sub(rf"\b({first}|{last})\b", lambda m: swap[m[1]], line)
+            line = re.sub(rf"(\w+) @ {state}\b", rf"{state} @ \1", line)
+        result.append(line)
+    return "\n".join(result) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def value_side_stdlib() -> dict[str, str]:
+    """name -> its value-side rewrite, for every stdlib spec whose rewrite checks and keeps the
+    kinds of the original."""
+    found = {}
+    for name in stdlib_names():
+        original = (stdlib_dir() / f"{name}.seq").read_text()
+        rewritten = transposed(original)
+        if rewritten is not None and kinds_of(rewritten) == kinds_of(original):
+            found[name] = rewritten
+    return found
+
+
+def test_every_matrix_stdlib_spec_keeps_its_kind_on_the_value_side():
+    """The families of a matrix state all hold under the rewrite (mamba, mlstm and rwkv6 do not
+    rewrite to valid specs: a state-free `@` of theirs, a vector state, a bonus on the state)."""
+    assert set(value_side_stdlib()) == {
+        "comba", "deltanet", "deltaproduct", "gated_deltanet", "gla", "hgrn2", "kda",
+        "linear_attn", "mamba2", "retnet", "rwkv7", "simple_gla"}
+
+
+SWAPS = [("exp(g)", "exp(g - 0.5)"), ("beta *", "0.5 * beta *"), ("+ k * v", "+ 2 * k * v"),
+         ("v -", "v + 0.5 * v -")]
+
+
+@st.composite
+def value_side_specs(draw):
+    """A stdlib spec rewritten to the value side, maybe edited once more (kept if its kind
+    holds)."""
+    name = draw(st.sampled_from(sorted(value_side_stdlib())))
+    source = value_side_stdlib()[name]
+    old, new = draw(st.sampled_from(SWAPS))
+    edited = source.replace(old, new, 1)
+    return edited if kinds_of(edited) == kinds_of(source) else source
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(value_side_specs(), st.sampled_from([1, 6, 21]), st.booleans())
+def test_torch_agrees_with_the_reference_on_value_side_specs(source, steps, extremes):
+    agrees_with_the_reference(source, steps, "torch", torch.float64, 1e-7, extremes, chunk_size=4)
+
+
+@pytest.mark.triton
+@settings(max_examples=5, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(value_side_specs(), st.booleans())
+def test_triton_agrees_with_the_reference_on_value_side_specs(source, extremes):
+    agrees_with_the_reference(source, 7, "triton", torch.float32, 1e-4, extremes, chunk_size=16)
