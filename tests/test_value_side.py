@@ -26,6 +26,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import seqc  # noqa: E402
 from seqc.inputs import random_call  # noqa: E402
+from seqc.plan import MATRIX_KINDS  # noqa: E402
 from seqc.analysis.report import summary  # noqa: E402
 from seqc.resources import stdlib_dir, stdlib_names  # noqa: E402
 from test_analysis_props import summary_applied, tree_reduce  # noqa: E402
@@ -132,19 +133,24 @@ def assert_gradients_equal(got: dict, want: dict, what: str) -> None:
 
 
 def split_call(source: str, dtype):
-    tensors, initial = call(source, dtype, seed=5)
+    tensors, initial = call(source, dtype, seed=5) if "beta" in source else \
+        random_call(program(source).spec, SIZES, dtype, seed=5, with_initial_state=True)
+    initial = {n: t.to(dtype) for n, t in initial.items()}
     inputs = {t.name for t in program(source).spec.inputs}
     return ({n: v for n, v in tensors.items() if n in inputs},
             {n: v for n, v in tensors.items() if n not in inputs}, initial)
 
 
-@pytest.mark.parametrize("decay", DECAYS)
-def test_value_side_delta_gradients_torch(decay):
-    source = delta_wx(decay)
+@pytest.mark.parametrize("case", ["delta_none", "delta_scalar", "delta_keywise", "gated_value",
+                                  "gated_both"])
+def test_value_side_gradients_torch(case):
+    """Autograd through the torch backend's chunkwise forms equals the reference's (fp64)."""
+    kind, _, variant = case.partition("_")
+    source = delta_wx(variant) if kind == "delta" else gated(variant)
     x, p, s = split_call(source, torch.float64)
     got = gradients_of(program(source).kernel("torch", chunk_size=4), x, p, s)
     want = gradients_of(program(source).kernel("reference"), x, p, s)
-    assert_gradients_equal(got, want, f"torch {decay}")
+    assert_gradients_equal(got, want, f"torch {case}")
 
 
 @pytest.mark.triton
@@ -200,6 +206,99 @@ def test_value_side_dplr_matches_the_equations(backend):
     torch.testing.assert_close(got.final_state["S"], want["S"], rtol=1e-9, atol=1e-9)
 
 
+# ---- decays along the value dim: S_t = (exp(a_t) exp(b_t)^T) * S_{t-1} + writes ----------------
+
+GATED = """model gated
+dims K, V
+input q[K], k[K], v[V]{inputs}
+{decl}state S[K, V] = 0
+S = {decay} * S + k * v{second}
+output o = q @ S
+"""
+GATES = {"value": ("input b[V] in (-inf, 0)\n", "exp(b)"),
+         "both": ("input a[K] in (-inf, 0)\ninput b[V] in (-inf, 0)\n", "exp(a) * exp(b)"),
+         "scalar_value": ("input c in (-inf, 0)\ninput b[V] in (-inf, 0)\n", "exp(c) * exp(b)")}
+
+
+def gated(gate: str, writes: int = 1) -> str:
+    decl, decay = GATES[gate]
+    two = writes == 2
+    return GATED.format(decl=decl, decay=decay, inputs=", k2[K], v2[V]" if two else "",
+                        second=" + k2 * v2" if two else "")
+
+
+def gated_by_hand(x: dict, S: torch.Tensor, writes: int) -> dict:
+    """S_t = (exp(a_t) exp(b_t)^T) * S + k_t v_t^T (+ k2_t v2_t^T), o_t = S_t^T q_t, with a
+    scalar c in place of a, or neither; S [B, H, K, V]."""
+    outputs = []
+    for t in range(x["q"].shape[1]):
+        gate = torch.exp(x["b"][:, t])[..., None, :]
+        if "a" in x:
+            gate = gate * torch.exp(x["a"][:, t])[..., :, None]
+        if "c" in x:
+            gate = gate * torch.exp(x["c"][:, t])[..., None, None]
+        S = gate * S + x["k"][:, t, :, :, None] * x["v"][:, t, :, None, :]
+        if writes == 2:
+            S = S + x["k2"][:, t, :, :, None] * x["v2"][:, t, :, None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", x["q"][:, t], S))
+    return {"o": torch.stack(outputs, 1), "S": S}
+
+
+def test_a_decay_along_both_dims_is_a_chunk_with_two_logs():
+    proof = program(gated("both")).analysis.proof("S")
+    assert proof.kind == "chunk", proof.reason
+    group = proof.group
+    assert (group.key_dim, group.value_dim) == ("K", "V")
+    assert seqc.pretty.expr(group.log_decay) == "a"
+    assert seqc.pretty.expr(group.value_log_decay) == "b"
+    assert any("an outer product" in fact for fact in proof.facts)
+    value_only = program(gated("value")).analysis.proof("S").group
+    assert value_only.log_decay is None and seqc.pretty.expr(value_only.value_log_decay) == "b"
+
+
+def test_a_decay_that_does_not_factor_stays_a_scan():
+    """`exp(a + b)` is one atom over (K, V): not split into the two sides (docs/analysis.md)."""
+    source = gated("both").replace("exp(a) * exp(b)", "exp(a + b)")
+    assert program(source).analysis.kind("S") == "scan"
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5])
+@pytest.mark.parametrize("writes", [1, 2])
+@pytest.mark.parametrize("gate", GATES)
+def test_value_gated_chunk_matches_the_equations(gate, writes, chunk_size):
+    source = gated(gate, writes)
+    prog = program(source)
+    tensors, initial = random_call(prog.spec, SIZES, torch.float64, seed=4,
+                                   with_initial_state=True)
+    initial = {n: s.double() for n, s in initial.items()}
+    want = gated_by_hand(tensors, initial["S"], writes)
+    got = prog.kernel("torch", chunk_size=chunk_size)(**tensors, initial_state=initial,
+                                                      output_final_state=True)
+    torch.testing.assert_close(got.o, want["o"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.final_state["S"], want["S"], rtol=1e-9, atol=1e-9)
+    assert "_chunk_value_gated([" in prog.emit("torch")      # the chunk form, gated
+
+
+def test_value_gated_chunk_is_exact_across_hard_resets():
+    """-inf log gates (value-wise, key-wise) at some steps, through the complex-gap path."""
+    agrees_with_the_reference(gated("both"), 21, "torch", torch.float64, 1e-9, True,
+                              chunk_size=4)
+
+
+@pytest.mark.triton
+def test_value_gated_chunk_runs_fused_in_triton():
+    """No Triton chunk kernel takes a value-wise gate: the fused recurrent kernel runs it, and
+    its generated backward trains it (docs/backends.md)."""
+    source = gated("both")
+    kernel = program(source).kernel("triton")
+    assert kernel.module.MODES == ("fused_recurrent",)
+    agrees_with_the_reference(source, 21, "triton", torch.float32, 1e-4, True)
+    x, p, s = split_call(source, torch.float32)
+    got = gradients_of(kernel, x, p, s)
+    want = gradients_of(program(source).kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, "triton both")
+
+
 # ---- refusals: what stops a value-side form, located ------------------------------------------
 
 HEADER = ("model d\ndims K, V\ninput q[K], k[K], v[V], x[K], w[V], r[V], beta in (0, 1), "
@@ -226,7 +325,8 @@ def test_value_side_refusals_name_the_cause(body, where, words):
 
 # ---- the proof's combine against the step loop, on a real run ----------------------------------
 
-@pytest.mark.parametrize("source", [delta_wx("keywise"), RWKV7_WX], ids=["delta", "dplr"])
+@pytest.mark.parametrize("source", [delta_wx("keywise"), RWKV7_WX, gated("both", 2)],
+                         ids=["delta", "dplr", "both_dims"])
 def test_combine_over_a_real_run_reproduces_the_loop(source):
     """The Plan's per-step summaries (held key dim first), tree-combined by the proof's combine
     and applied to the initial state, give the reference's final state (transposed back)."""
@@ -296,15 +396,54 @@ SWAPS = [("exp(g)", "exp(g - 0.5)"), ("beta *", "0.5 * beta *"), ("+ k * v", "+ 
          ("v -", "v + 0.5 * v -")]
 
 
+def value_gated(source: str) -> str:
+    """The spec with its matrix state also decayed along its value dim (the Plan's: the dim its
+    reads do not contract) by a new input `bv`, `exp(bv) *` put before the state in its first
+    update."""
+    group = next(g for g in program(source).analysis.plan.groups if g.kind in MATRIX_KINDS)
+    state, value_dim = group.state, group.value_dim
+    lines = source.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("dims "))
+    lines.insert(at + 1, f"input bv[{value_dim}] in (-inf, 0)")
+    update = next(i for i, line in enumerate(lines) if line.startswith(f"{state} = "))
+    head, body = lines[update].split(" = ", 1)
+    lines[update] = f"{head} = " + re.sub(rf"\b{state}\b", f"exp(bv) * {state}", body, count=1)
+    return "\n".join(lines) + "\n"
+
+
 @st.composite
 def value_side_specs(draw):
-    """A stdlib spec rewritten to the value side, maybe edited once more (kept if its kind
-    holds)."""
-    name = draw(st.sampled_from(sorted(value_side_stdlib())))
-    source = value_side_stdlib()[name]
-    old, new = draw(st.sampled_from(SWAPS))
-    edited = source.replace(old, new, 1)
-    return edited if kinds_of(edited) == kinds_of(source) else source
+    """A stdlib spec rewritten to the value side (or a chunk spec as it is), maybe decayed along
+    its value dim too and maybe edited once more; an edit is kept if the kinds hold."""
+    pool = dict(value_side_stdlib())
+    pool.update({f"{n} (key side)": (stdlib_dir() / f"{n}.seq").read_text()
+                 for n in value_side_stdlib() if kinds_of(pool[n]) == {"chunk"}})
+    source = pool[draw(st.sampled_from(sorted(pool)))]
+    for edit in draw(st.lists(st.sampled_from(["gate", "swap"]), min_size=1, max_size=2)):
+        if edit == "gate":
+            edited = value_gated(source)
+        else:
+            old, new = draw(st.sampled_from(SWAPS))
+            edited = source.replace(old, new, 1)
+        source = edited if kinds_of(edited) == kinds_of(source) else source
+    return source
+
+
+def test_the_fuzz_draws_value_gated_and_value_side_specs():
+    """Out of a derandomized run, the drawn specs include chunk states decayed along the value
+    dim (on either side) and value-side delta rules."""
+    drawn = []
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(value_side_specs())
+    def draw(source):
+        drawn.extend(program(source).analysis.plan.groups)
+    draw()
+    gated_groups = [g for g in drawn if g.kind == "chunk" and g.value_log_decay is not None]
+    assert len(gated_groups) >= 5
+    assert any(g.key_dim != "K" for g in gated_groups)               # gated and transposed
+    assert sum(g.kind in ("chunk_delta", "chunk_dplr") and g.key_dim == "V" for g in drawn) >= 5
 
 
 @settings(max_examples=30, deadline=None, derandomize=True,

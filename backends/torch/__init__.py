@@ -14,7 +14,7 @@ from seqc.backends.torch_render import (PRELUDE, TorchRenderer, constant_tensor,
                                          step_value)
 from seqc.templates import render
 
-from .roles import GroupEmitter, family, output_dims, supported
+from .roles import GroupEmitter, output_dims, supported, templates
 
 PREFIX = {"input": "in_", "param": "par_", "let": "let_", "dim": "dim_", "read": "rd_"}
 
@@ -36,7 +36,7 @@ def emit_plan(plan) -> str:
     else:
         emitter = GroupEmitter(spec, plan.reads, whole)
         body = [line for group in plan.groups for line in emitter.lines(group)]
-        families = sorted({family(g) for g in plan.groups})
+        families = sorted({t for g in plan.groups for t in templates(g)})
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),

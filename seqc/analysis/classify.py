@@ -166,7 +166,7 @@ def _key_dim(sym: Symbolic, dims, decay_dims: set[str], reads: ReadForms) -> str
     if side == "right":
         return dims[-1]
     if side is None:
-        return next((d for d in dims if decay_dims <= {d}), None)
+        return next((d for d in dims if decay_dims <= {d}), dims[0])
     return None
 
 
@@ -175,25 +175,56 @@ def _chunk(sym: Symbolic, state, decay, writes, reads: ReadForms, facts) -> Proo
     if len(dims) != 2:
         return None
     key_dim = _key_dim(sym, dims, sym.dims(decay), reads)
-    if key_dim is None or not sym.dims(decay) <= {key_dim}:
+    if key_dim is None:
         return None
     value_dim = next(d for d in dims if d != key_dim)
+    sides = _decay_sides(sym, decay, key_dim, value_dim)
     split = _outer_products(sym, writes, key_dim, value_dim)
-    if split is None:
+    if sides is None or split is None:
         return None
-    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
-    if decay != 1 and log_decay is None:
+    key_decay, value_decay = sides
+    log_decay = None if key_decay == 1 else log_of(sym, key_decay, strict=True)
+    value_log_decay = None if value_decay == 1 else log_of(sym, value_decay, strict=True)
+    if (key_decay != 1 and log_decay is None) or (value_decay != 1 and value_log_decay is None):
         return None   # the chunkwise form cumulates log decays: a decay of unknown sign scans
-    group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split)
+    group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split, value_log_decay)
     facts.append(f"the decay is over {_dims_text(sym.dims(decay))}, every write is a key over "
                  f"{key_dim} times a value over {value_dim}, and outputs read `{state}` by `@`")
+    if value_decay != 1:
+        facts.append(f"the decay `{text(sym.to_ir(decay))}` factors into "
+                     f"`{text(sym.to_ir(key_decay))}` over {_dims_text(sym.dims(key_decay))} "
+                     f"and `{text(sym.to_ir(value_decay))}` over ({value_dim}): an outer product "
+                     f"(diag(a) {state} diag(b)), elementwise along both dims")
     transposed = key_dim != dims[0]
     if transposed:
         facts.append(_transposed_fact(state, key_dim, value_dim))
     return Proof("chunk", (state,), group,
-                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "writes": split,
+                 {"decay": sym.to_ir(decay), "log_decay": log_decay,
+                  "value_log_decay": value_log_decay, "writes": split,
                   "key_dim": key_dim, "value_dim": value_dim, "transposed": transposed},
                  COMBINES["chunk"], tuple(facts))
+
+
+def _decay_sides(sym: Symbolic, decay: sp.Expr, key_dim: str, value_dim: str):
+    """The decay as (a factor over () or the key dim, a factor over the value dim), or None when
+    some factor spans both (`exp(a + b)` with a over K and b over V is one atom: write
+    `exp(a) * exp(b)`)."""
+    return _split_factors(sym, decay, key_dim, value_dim)
+
+
+def _split_factors(sym: Symbolic, product: sp.Expr, key_dim, value_dim):
+    """(the factors over () or key_dim, the factors over value_dim) of a product, or None when
+    a factor spans other dims."""
+    key, value = sp.Integer(1), sp.Integer(1)
+    for factor in sp.Mul.make_args(product):
+        factor_dims = sym.dims(factor)
+        if factor_dims <= {key_dim}:
+            key *= factor
+        elif factor_dims <= {value_dim}:
+            value *= factor
+        else:
+            return None
+    return key, value
 
 
 def _dims_text(dims: set[str]) -> str:
@@ -206,15 +237,10 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
     for term in sp.Add.make_args(sp.expand(writes)):
         if term == 0:
             continue
-        key, value = sp.Integer(1), sp.Integer(1)
-        for factor in sp.Mul.make_args(term):
-            factor_dims = sym.dims(factor)
-            if factor_dims <= {key_dim}:
-                key *= factor
-            elif factor_dims <= {value_dim}:
-                value *= factor
-            else:
-                return None
+        split = _split_factors(sym, term, key_dim, value_dim)
+        if split is None:
+            return None
+        key, value = split
         by_value[value] = by_value.get(value, 0) + key
     return tuple(plan.Write(sym.to_ir(sp.factor_terms(k)), sym.to_ir(v))
                  for v, k in by_value.items())

@@ -70,8 +70,16 @@ def _held(d: dict, state: str) -> str:
 
 
 def _decay(d: dict) -> str:
-    if d["log_decay"] is None:
+    value_log = d.get("value_log_decay")
+    if d["log_decay"] is None and value_log is None:
         return "no decay"
+    if value_log is not None and d["log_decay"] is None:
+        return (f"value-wise decay `{text(d['decay'])}` (log `{text(value_log)}`, along "
+                f"`{d['value_dim']}`)")
+    if value_log is not None:
+        return (f"decay `{text(d['decay'])}` (logs `{text(d['log_decay'])}` along "
+                f"`{d['key_dim']}` and `{text(value_log)}` along `{d['value_dim']}`: an outer "
+                "product)")
     dims = d["log_decay"].dims
     where = "scalar" if not dims else \
         f"value-wise (over `{dims[0]}`)" if d.get("transposed") else "key-wise"
