@@ -256,6 +256,14 @@ def test_a_decay_along_both_dims_is_a_chunk_with_two_logs():
     assert value_only.log_decay is None and seqc.pretty.expr(value_only.value_log_decay) == "b"
 
 
+def test_check_says_where_a_value_gated_chunk_runs():
+    source = gated("both")
+    text = program(source).analysis.describe(source)
+    assert "decay `exp(a) * exp(b)` (logs `a` along `K` and `b` along `V`: an outer product)" \
+        in text
+    assert "Triton in the fused recurrent kernel" in text
+
+
 def test_a_decay_that_does_not_factor_stays_a_scan():
     """`exp(a + b)` is one atom over (K, V): not split into the two sides (docs/analysis.md)."""
     source = gated("both").replace("exp(a) * exp(b)", "exp(a + b)")

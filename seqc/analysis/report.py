@@ -103,6 +103,9 @@ def describe(analysis, source: str) -> str:
                          "step's update (the previous step's state)")
         if proof.kind == "sequential":
             lines.append(f"      {newton_line(analysis.spec)}")
+        if proof.kind == "chunk" and proof.decomposition.get("value_log_decay") is not None:
+            lines.append("      torch runs it chunkwise; Triton in the fused recurrent kernel "
+                         "(no Triton chunk kernel takes a decay along the value dim)")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:
