@@ -357,6 +357,32 @@ def test_combine_over_a_real_run_reproduces_the_loop(source):
                                atol=1e-9)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 9))
+def test_chunk_combine_with_a_decay_over_both_dims(seed, steps):
+    """The `chunk` combine with D over [K, V]: associative, a two-sided identity, and a random
+    tree of one-step elements (exp(a) exp(b)^T, k v^T) gives the loop written from plan.py's
+    math, S_t = (exp(a_t) exp(b_t)^T) * S_{t-1} + k_t v_t^T (fp64)."""
+    from seqc.analysis.proof import COMBINES
+    combine, rng = COMBINES["chunk"], np.random.default_rng(seed)
+
+    def element():
+        gate = np.exp(-rng.uniform(0, 2, (3, 1))) * np.exp(-rng.uniform(0, 2, (1, 4)))
+        return gate, np.outer(rng.normal(size=3), rng.normal(size=4))
+    elements = [element() for _ in range(steps)]
+    a, b, c = elements[0], element(), element()
+    for x, y in zip(combine.apply(combine.apply(a, b), c), combine.apply(a, combine.apply(b, c))):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    for x, y in zip(combine.apply(combine.identity(a), a), a):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    state = start = rng.normal(size=(3, 4))
+    for gate, write in elements:
+        state = gate * state + write
+    summary = tree_reduce(combine, elements, rng)
+    np.testing.assert_allclose(summary_applied(combine, summary, start), state, rtol=1e-12,
+                               atol=1e-12)
+
+
 # ---- differential fuzz: stdlib specs rewritten to the value side ------------------------------
 
 def transposed(source: str) -> str | None:

@@ -10,8 +10,10 @@ group, in this order:
     chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
                  S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim;
                  or one update D * S - e (k @ S) + writes, D a decay and e, k over the key dim
-                 (diagonal plus low rank, RWKV-7)
-    chunk        a matrix state [Kd, Vd] read only as `q @ S`, decay over () or (Kd,), and every
+                 (diagonal plus low rank, RWKV-7); on the value side (`S @ k`, read `S @ q`)
+                 the same rules hold for S^T: its last dim is the key dim
+    chunk        a matrix state [Kd, Vd] read only as `q @ S` (or only as `S @ q`: Kd is then
+                 its last dim), decay over () or (Kd,) times a factor over (Vd,), and every
                  write term a key over Kd times a value over Vd
     scan         affine with elementwise coefficients (coupled groups: a matrix of them)
     sequential   everything else, with the Reason
