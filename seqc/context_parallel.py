@@ -149,6 +149,8 @@ def shard_summary(group, combine, roles: Roles, spec: ir.Spec, cores,
     to the state after it, (0, F(start)) (a semiring's 0 is -inf): the matrix kinds then run
     from `start` at the state's width, with no K x K transition to form."""
     matrix = getattr(cores, "_" + group.kind, None) if group.kind in MATRIX_KINDS else None
+    if getattr(group, "value_log_decay", None) is not None:    # decayed along the value dim
+        matrix = getattr(cores, "_chunk_value_gated", None)
     if matrix is not None:
         return SUMMARIES[group.kind](group, roles, matrix, start)
     element = reduce_in_order(combine, step_elements(group, roles, spec))
@@ -168,7 +170,9 @@ def _absorbing(combine, transition):
 def unused_summary(group, start) -> list[torch.Tensor]:
     """Zeros shaped like the group's summary, for a rank whose summary nobody reads (the last,
     when the final state is not asked for): the collective needs one size on every rank."""
-    if group.kind == "chunk":
+    if group.kind == "chunk" and group.value_log_decay is not None:
+        transition = torch.zeros_like(start)                              # D [B, H, K, V]
+    elif group.kind == "chunk":
         transition = start.new_zeros(start.shape[:-1])                    # D [B, H, K]
     elif group.kind in MATRIX_KINDS:
         transition = start.new_zeros(*start.shape[:-1], start.shape[-2])  # A [B, H, K, K]
@@ -200,6 +204,12 @@ def _log_decay(group, roles):
     return None if log is None else roles(log, log.dims and (group.key_dim,))
 
 
+def _value_log_decay(group, roles):
+    """A chunk state's log decay along its value dim, [B, T, H, V], or None."""
+    log = getattr(group, "value_log_decay", None)
+    return None if log is None else roles(log, (group.value_dim,))
+
+
 def _chunk_summary(group, roles, chunk, start):
     """(D, U): D = exp(sum_t log_decay_t) [B, H, K], U the shard's writes run from a zero state
     (from `start`: (0, the state after the shard))."""
@@ -208,12 +218,18 @@ def _chunk_summary(group, roles, chunk, start):
         decay = roles.zeros(group.key_dim, lead=("B", "H")) + 1.0
     else:
         decay = roles(group.log_decay, kd).sum(1).exp()
+    value_log_decay = _value_log_decay(group, roles)
+    if value_log_decay is not None:         # D over both dims [B, H, K, V] (proof.py, _chunk)
+        decay = decay[..., None] * value_log_decay.sum(1).exp()[..., None, :]
     keys = [roles(w.key, kd) for w in group.writes] or [roles.zeros(group.key_dim)]
     values = [roles.zeros(1) + 1.0 if vector else roles(w.value, (group.value_dim,))
               for w in group.writes] or [roles.zeros(1 if vector else group.value_dim)]
     log_decay = _log_decay(group, roles)
 
     def run(cut, state):
+        if value_log_decay is not None:     # `chunk` is the module's `_chunk_value_gated`
+            return chunk([], [cut(k) for k in keys], [cut(v) for v in values], cut(log_decay),
+                         cut(value_log_decay), state, SUMMARY_CHUNK)[1]
         return chunk([], [cut(k) for k in keys], [cut(v) for v in values], cut(log_decay), state,
                      SUMMARY_CHUNK)[1]
     if start is None:
@@ -330,7 +346,11 @@ def _writes(group, roles):
 
 
 def _steps_chunk(group, roles, spec):
-    return _exp_or_one(roles, group.log_decay, group.key_dim), _writes(group, roles)
+    decay = _exp_or_one(roles, group.log_decay, group.key_dim)
+    value_log_decay = _value_log_decay(group, roles)
+    if value_log_decay is not None:         # D over both dims [B, T, H, K, V]
+        decay = decay[..., None] * value_log_decay.exp()[..., None, :]
+    return decay, _writes(group, roles)
 
 
 def _steps_chunk_delta(group, roles, spec):

@@ -14,7 +14,9 @@ Vocabulary (per step t, dims by name as in the spec):
              coefficient of state j in the update of state i.
 - `chunk`    S_t = exp(log_decay_t) * S_{t-1} + sum_w key_w,t (x) value_w,t   for S[Kd, Vd],
              log_decay over () or (Kd,): scalar or key-wise decay; outputs read S only as
-             `query @ S` (contracting Kd) after the step's last update.
+             `query @ S` (contracting Kd) after the step's last update. `value_log_decay`
+             (over (Vd,), or None) decays along the value dim too: S_t = exp(log_decay_t)
+             exp(value_log_decay_t)^T * S_{t-1} + writes, an outer-product decay.
 - `chunk_delta`  S_t = exp(log_decay_t) * S_{t-1}, then for each DeltaStep j in order:
              S <- S + beta_j * key_j (x) (value_j - key_j @ S).
 - `chunk_dplr`  S_t = exp(log_decay_t) * S_{t-1} - erase_t (x) (key_t @ S'_t)
@@ -68,6 +70,8 @@ class ChunkGroup:
     value_dim: str | None          # None for a vector state S[Kd] (a value of one)
     log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
     writes: tuple[Write, ...]
+    value_log_decay: ir.Expr | None = None    # dims (value_dim,): the decay along the value
+    #   dim (GLA's outer-product gate exp(a) exp(b)^T with log_decay = a); None = none
 
     @property
     def states(self) -> tuple[str, ...]:

@@ -335,9 +335,10 @@ DELTA_HEADER = ("model d\ndims K, V\ninput q[K], k[K], v[V], x[K], w[V], beta in
     ("S = S + beta * k * (v - k @ S)\noutput o = S @ w\n", (6, 16),
      "an output reads `S` as `S @ w`, contracting its value dim `V`"),
     ("S = S + beta * k * (v - k @ S)\noutput o = S\n", (6, 12), "an output reads `S` itself"),
-    # a value-side step after a decay: the value-side read is the cause
-    ("S = exp(g) * S\nS = S + beta * (x - S @ w) * w\noutput o = q @ S\n", (6, 21),
-     "`S @ w` contracts the value dim `V` of `S`: a value-side step"),
+    # a value-side step after a decay, read on the key side: the read is the cause (the
+    # value-side rule itself has a form, tests/test_value_side.py)
+    ("S = exp(g) * S\nS = S + beta * (x - S @ w) * w\noutput o = q @ S\n", (7, 12),
+     "a value-side delta rule (its steps read `S @ k`) is read as `S @ q`"),
 ])
 def test_refusal_notes_name_the_real_cause(body, where, words):
     reason = seqc.compile(DELTA_HEADER + body, "d.seq").analysis.proof("S").reason

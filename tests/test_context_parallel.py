@@ -26,7 +26,10 @@ SHARDS = {2: (5, 8), 3: (3, 7, 4)}           # uneven time shards, per world siz
 PARALLEL = [name for name in seqc.resources.stdlib_names()
             if not seqc.load(name).analysis.plan.sequential]
 CASES = ([(name, "torch") for name in PARALLEL]
-         + [("examples/04_coupled_states/momentum.seq", "torch"), ("gated_deltanet", "triton")])
+         + [("examples/04_coupled_states/momentum.seq", "torch"), ("gated_deltanet", "triton")]
+         # value-side forms: a state held transposed, a decay along both dims (D [K, V])
+         + [("examples/08_value_side/delta_wx.seq", "torch"),
+            ("examples/08_value_side/gated_kv.seq", "torch")])
 # without the final state (the last rank then sends no summary): one spec of each kind
 NO_FINAL_STATE = ("gla", "gated_deltanet", "rwkv7", "hgrn", "maxplus",
                   "examples/04_coupled_states/momentum.seq")

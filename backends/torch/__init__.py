@@ -14,7 +14,7 @@ from seqc.backends.torch_render import (PRELUDE, TorchRenderer, constant_tensor,
                                          step_value)
 from seqc.templates import render
 
-from .roles import GroupEmitter, family, output_dims, supported
+from .roles import GroupEmitter, output_dims, supported, templates
 
 PREFIX = {"input": "in_", "param": "par_", "let": "let_", "dim": "dim_", "read": "rd_"}
 
@@ -39,7 +39,7 @@ def emit_plan(plan) -> str:
     else:
         emitter = GroupEmitter(spec, plan.reads, whole)
         body = [line for group in plan.groups for line in emitter.lines(group)]
-        families = sorted({family(g) for g in plan.groups})
+        families = sorted({t for g in plan.groups for t in templates(g)})
         # the derived adjoints of the families that have one, for run(..., adjoint=True)
         families += [f.replace(".py.j2", "_adjoint.py.j2") for f in families if f in ADJOINTS]
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))

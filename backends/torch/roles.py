@@ -25,6 +25,12 @@ def family(group) -> str:
     return FAMILIES["coupled_scan" if group.kind == "scan" and group.coupling else group.kind]
 
 
+def templates(group) -> tuple[str, ...]:
+    """The family's template, and the value-gated chunk form's beside it when it needs one."""
+    gated = group.kind == "chunk" and group.value_log_decay is not None
+    return (family(group),) + (("chunk_value_gated.py.j2",) if gated else ())
+
+
 def supported(group, spec: ir.Spec) -> bool:
     """Whether the torch families run this group (else the whole spec runs the step loop)."""
     if group.kind == "scan":
@@ -107,8 +113,13 @@ class GroupEmitter:
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
-        lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], [{values}], "
-                  f"{decay}, {init}, chunk_size)"]
+        if g.value_log_decay is None:
+            lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], "
+                      f"[{values}], {decay}, {init}, chunk_size)"]
+        else:                   # a torch-only core: no Triton kernel takes a value-wise gate
+            lines += [f"reads, final_{g.state} = _chunk_value_gated([{queries}], [{keys}], "
+                      f"[{values}], {decay}, {self.call(g.value_log_decay, vd)}, {init}, "
+                      "chunk_size)"]
         lines += self.matrix_read_lines(reads, init, squeeze)
         if vector:
             lines.append(f"final_{g.state} = final_{g.state}.squeeze(-1)")

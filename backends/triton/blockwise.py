@@ -25,8 +25,9 @@ LOG2E = "1.4426950408889634"
 
 def mode_of(plan) -> str | None:
     """The family kernel of a Plan, or None when some group has none (sequential, coupled with
-    states of different dim orders, vector-valued chunk states, more than two delta steps, reads
-    of the state before the step outside a chunk group)."""
+    states of different dim orders, vector-valued chunk states, chunk states decayed along the
+    value dim, more than two delta steps, reads of the state before the step outside a chunk
+    group)."""
     if plan is None or not all(_supported(g, plan.spec, plan.reads) for g in plan.groups):
         return None
     kinds = {g.kind for g in plan.groups}
@@ -43,8 +44,8 @@ def _supported(group, spec, reads=()) -> bool:
         # a coupled group is scanned entry by entry: its states' dims must agree in order too
         # (the analysis only guarantees the same set of dims)
         return not group.coupling or len({spec.tensor(s).dims for s in group.states}) == 1
-    if group.kind == "chunk":
-        return group.value_dim is not None and all(
+    if group.kind == "chunk":       # a decay along the value dim too: fused (chunk.md)
+        return group.value_dim is not None and group.value_log_decay is None and all(
             w.key.dims == (group.key_dim,) and w.value.dims == (group.value_dim,)
             for w in group.writes)
     if group.kind == "chunk_delta":     # a key-wise decay with one delta step a token

@@ -29,7 +29,8 @@ def supported(plan) -> bool:
         return False
     group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
-    if V is None or plan.spec.tensor(group.state).dims != (K, V):
+    if V is None or plan.spec.tensor(group.state).dims != (K, V) \
+            or group.value_log_decay is not None:
         return False
     if group.log_decay is not None and group.log_decay.dims not in ((), (K,)):
         return False

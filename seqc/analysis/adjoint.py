@@ -46,10 +46,12 @@ def adjoint_of(proof) -> Adjoint:
                        "dS_(t-1) = A_t^T dS_t + do_(t-1), A_t the n x n elementwise couplings",
                        {"coupling": transposed})
     if proof.kind == "chunk":
-        return Adjoint("chunk", "the decay (diagonal, its own transpose)",
+        both = d.get("value_log_decay") is not None     # elementwise along both dims: its own
+        return Adjoint("chunk", "the decay (diagonal, its own transpose"     # transpose too
+                       + (", along both dims)" if both else ")"),
                        f"d{state}_(t-1) = D_t d{state}_t + q_(t-1) (x) do_(t-1)",
-                       {"log_decay": d["log_decay"], "keys": "the queries q",
-                        "values": "the outputs' gradients do"})
+                       {"log_decay": d["log_decay"], "value_log_decay": d.get("value_log_decay"),
+                        "keys": "the queries q", "values": "the outputs' gradients do"})
     if proof.kind == "chunk_delta" and "erase" in d:
         return Adjoint(
             "chunk_delta",

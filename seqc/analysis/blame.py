@@ -83,30 +83,33 @@ class Blame:
 def dense_transition(sym: Symbolic, group: tuple[str, ...], low_rank: bool = False) \
         -> Reason | None:
     """The first `A @ h` (or `sum(h, D)`) that mixes a state's entries: not elementwise.
-    With `low_rank`, the transition is identity minus low rank but not in the delta-rule form."""
+    With `low_rank`, the transition is identity minus low rank but not in the delta-rule form.
+    Steps on both sides of a matrix state (`S @ w` and `k @ S`) are named as such."""
     for statement in sym.spec.body:
         if not isinstance(statement, ir.Update) or statement.state not in group:
             continue
+        s = statement.state
         for node in _walk_lets(sym, statement.value):
             if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL and \
                     sym.deps(node) & set(group):
                 value_side = _value_side(sym, node, group)
-                if value_side is not None:
+                if value_side is not None and _key_side_step(sym, s):
                     return Reason(f"`{text(node)}` contracts the value dim `{value_side}` of "
-                                  f"`{statement.state}`: a value-side step, which has no "
-                                  "parallel form yet (the delta-rule forms contract the key "
-                                  f"dim, `k @ {statement.state}`)", node.span, node)
+                                  f"`{s}` while another step contracts its key dim (`k @ {s}`): "
+                                  "the delta-rule forms take the steps of a state on one side",
+                                  node.span, node)
                 if low_rank:
+                    rule = (f"{s} + beta * (v - {s} @ k) * k" if value_side is not None
+                            else f"{s} + beta * k * (v - k @ {s})")
                     return Reason(f"the low-rank part `{text(node)}` is not of the delta-rule "
-                                  f"form `{statement.state} + beta * k * (v - k @ "
-                                  f"{statement.state})` after a decay", node.span, node)
-                return Reason(f"the transition mixes entries of `{statement.state}` through "
+                                  f"form `{rule}` after a decay", node.span, node)
+                return Reason(f"the transition mixes entries of `{s}` through "
                               f"`{text(node)}` (not elementwise, not identity minus low rank)",
                               node.span, node)
             if isinstance(node, ir.Call) and node.func in ir.LINEAR_REDUCTIONS \
                     and sym.deps(node) & set(group):
                 verb = "sums" if node.func == "sum" else "averages"
-                return Reason(f"the transition {verb} `{statement.state}` over `{node.dim}` "
+                return Reason(f"the transition {verb} `{s}` over `{node.dim}` "
                               "(not elementwise)", node.span, node)
     return None
 
@@ -121,9 +124,20 @@ def _under(state: str, node: ir.Call) -> str:
     return f"`{state}` appears under {node.func}"
 
 
+def _key_side_step(sym: Symbolic, state: str) -> bool:
+    """Whether some update of `state` reads it as `k @ S` (contracting its first dim)."""
+    for update in sym.updates[state]:
+        for node in _walk_lets(sym, update.value):
+            if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL \
+                    and isinstance(node.right, ir.Name) and node.right.ref.kind == "state" \
+                    and node.right.id == state and not sym.deps(node.left):
+                return True
+    return False
+
+
 def _value_side(sym: Symbolic, node: ir.Binary, group) -> str | None:
     """The value dim when `node` is `S @ w`: a matrix state of the group read along its last dim
-    by a state-free vector (issue 13 item 3), else None."""
+    by a state-free vector (a value-side step, issue 13 item 3), else None."""
     state = node.left
     if isinstance(state, ir.Name) and state.ref.kind == "state" and state.id in group \
             and len(state.dims or ()) == 2 and not sym.deps(node.right) \

@@ -10,8 +10,10 @@ group, in this order:
     chunk_delta  a matrix state whose coefficient holds `k @ S`: pure decays, then steps
                  S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim;
                  or one update D * S - e (k @ S) + writes, D a decay and e, k over the key dim
-                 (diagonal plus low rank, RWKV-7)
-    chunk        a matrix state [Kd, Vd] read only as `q @ S`, decay over () or (Kd,), and every
+                 (diagonal plus low rank, RWKV-7); on the value side (`S @ k`, read `S @ q`)
+                 the same rules hold for S^T: its last dim is the key dim
+    chunk        a matrix state [Kd, Vd] read only as `q @ S` (or only as `S @ q`: Kd is then
+                 its last dim), decay over () or (Kd,) times a factor over (Vd,), and every
                  write term a key over Kd times a value over Vd
     scan         affine with elementwise coefficients (coupled groups: a matrix of them)
     sequential   everything else, with the Reason
@@ -166,7 +168,7 @@ def _key_dim(sym: Symbolic, dims, decay_dims: set[str], reads: ReadForms) -> str
     if side == "right":
         return dims[-1]
     if side is None:
-        return next((d for d in dims if decay_dims <= {d}), None)
+        return next((d for d in dims if decay_dims <= {d}), dims[0])
     return None
 
 
@@ -175,21 +177,56 @@ def _chunk(sym: Symbolic, state, decay, writes, reads: ReadForms, facts) -> Proo
     if len(dims) != 2:
         return None
     key_dim = _key_dim(sym, dims, sym.dims(decay), reads)
-    if key_dim is None or not sym.dims(decay) <= {key_dim}:
+    if key_dim is None:
         return None
     value_dim = next(d for d in dims if d != key_dim)
+    sides = _decay_sides(sym, decay, key_dim, value_dim)
     split = _outer_products(sym, writes, key_dim, value_dim)
-    if split is None:
+    if sides is None or split is None:
         return None
-    log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
-    if decay != 1 and log_decay is None:
+    key_decay, value_decay = sides
+    log_decay = None if key_decay == 1 else log_of(sym, key_decay, strict=True)
+    value_log_decay = None if value_decay == 1 else log_of(sym, value_decay, strict=True)
+    if (key_decay != 1 and log_decay is None) or (value_decay != 1 and value_log_decay is None):
         return None   # the chunkwise form cumulates log decays: a decay of unknown sign scans
-    group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split)
+    group = plan.ChunkGroup(state, key_dim, value_dim, log_decay, split, value_log_decay)
     facts.append(f"the decay is over {_dims_text(sym.dims(decay))}, every write is a key over "
                  f"{key_dim} times a value over {value_dim}, and outputs read `{state}` by `@`")
+    if value_decay != 1:
+        facts.append(f"the decay `{text(sym.to_ir(decay))}` factors into "
+                     f"`{text(sym.to_ir(key_decay))}` over {_dims_text(sym.dims(key_decay))} "
+                     f"and `{text(sym.to_ir(value_decay))}` over ({value_dim}): an outer product "
+                     f"(diag(a) {state} diag(b)), elementwise along both dims")
+    transposed = key_dim != dims[0]
+    if transposed:
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     return Proof("chunk", (state,), group,
-                 {"decay": sym.to_ir(decay), "log_decay": log_decay, "writes": split,
-                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk"], tuple(facts))
+                 {"decay": sym.to_ir(decay), "log_decay": log_decay,
+                  "value_log_decay": value_log_decay, "writes": split,
+                  "key_dim": key_dim, "value_dim": value_dim, "transposed": transposed},
+                 COMBINES["chunk"], tuple(facts))
+
+
+def _decay_sides(sym: Symbolic, decay: sp.Expr, key_dim: str, value_dim: str):
+    """The decay as (a factor over () or the key dim, a factor over the value dim), or None when
+    some factor spans both (`exp(a + b)` with a over K and b over V is one atom: write
+    `exp(a) * exp(b)`)."""
+    return _split_factors(sym, decay, key_dim, value_dim)
+
+
+def _split_factors(sym: Symbolic, product: sp.Expr, key_dim, value_dim):
+    """(the factors over () or key_dim, the factors over value_dim) of a product, or None when
+    a factor spans other dims."""
+    key, value = sp.Integer(1), sp.Integer(1)
+    for factor in sp.Mul.make_args(product):
+        factor_dims = sym.dims(factor)
+        if factor_dims <= {key_dim}:
+            key *= factor
+        elif factor_dims <= {value_dim}:
+            value *= factor
+        else:
+            return None
+    return key, value
 
 
 def _dims_text(dims: set[str]) -> str:
@@ -202,15 +239,10 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
     for term in sp.Add.make_args(sp.expand(writes)):
         if term == 0:
             continue
-        key, value = sp.Integer(1), sp.Integer(1)
-        for factor in sp.Mul.make_args(term):
-            factor_dims = sym.dims(factor)
-            if factor_dims <= {key_dim}:
-                key *= factor
-            elif factor_dims <= {value_dim}:
-                value *= factor
-            else:
-                return None
+        split = _split_factors(sym, term, key_dim, value_dim)
+        if split is None:
+            return None
+        key, value = split
         by_value[value] = by_value.get(value, 0) + key
     return tuple(plan.Write(sym.to_ir(sp.factor_terms(k)), sym.to_ir(v))
                  for v, k in by_value.items())
@@ -220,11 +252,16 @@ def _outer_products(sym: Symbolic, writes: sp.Expr, key_dim, value_dim):
 
 def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     dims = sym.spec.tensor(state).dims
-    if len(dims) == 2 and reads.matmul_side not in (None, "left"):
-        raise Refused(_not_a_key_read(state, dims, reads))
     if len(dims) != 2:
         raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
-    key_dim, value_dim = dims
+    side = _step_side(sym, state)
+    if side is None:
+        raise Refused(dense_transition(sym, (state,)) or _not_affine(sym, state))
+    if reads.matmul_side not in (None, side):
+        raise Refused(_not_a_key_read(state, dims, reads, side))
+    # a value-side rule (`S @ k`, k over the last dim) is the key-side rule of S^T: the key dim
+    # is the one the steps contract, and the backends hold the state transposed (docs/analysis.md)
+    key_dim, value_dim = dims if side == "left" else dims[::-1]
     decay, steps = sp.Integer(1), []
     for n, update in enumerate(sym.updates[state], 1):
         poly = sym.poly(sym.per_update(state, n), (state,))
@@ -233,20 +270,23 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
         symbol = sym.state_symbols[state]
         coefficient, write = poly.coeff_monomial(symbol), poly.coeff_monomial(1)
         if not sym.has_functional(coefficient):
-            if steps or write != 0 or not sym.dims(coefficient) <= {key_dim}:
+            if steps or write != 0:
                 raise Refused(Reason(f"`{state}` is decayed or written outside a delta step after "
                                      "a delta step", update.span, update.value))
+            if not sym.dims(coefficient) <= {key_dim}:
+                raise Refused(_decay_off_key_dim(sym, state, update, coefficient, key_dim,
+                                                 value_dim))
             decay *= coefficient
             continue
-        step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim)
+        step = _delta_step(sym, state, update, coefficient, write, key_dim, value_dim, side)
         if step is None and n == len(sym.updates[state]) and not steps:
             dplr = _dplr(sym, state, update, coefficient, write, (key_dim, value_dim), decay,
-                         facts)
+                         facts, side)
             if dplr is not None:
                 return dplr
         if step is None:
             raise Refused(dense_transition(sym, (state,), low_rank=_rank_one(sym, coefficient,
-                                                                             key_dim))
+                                                                             key_dim, side))
                           or _not_affine(sym, state))
         steps.append(step)
     log_decay = None if decay == 1 else log_of(sym, decay, strict=True)
@@ -258,28 +298,66 @@ def _delta(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
     facts.append(f"each step's transition is (I - beta k k^T) with k over {key_dim}: "
                  "identity minus rank one, after a decay over "
                  f"{_dims_text(sym.dims(decay))}")
+    if side == "right":
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     low_rank = tuple(f"{text(s.beta)} * {text(s.key)} {text(s.key)}^T" for s in steps)
     return Proof("chunk_delta", (state,), group,
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
-                  "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim},
+                  "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim,
+                  "transposed": side == "right"},
                  COMBINES["chunk_delta"], tuple(facts))
 
 
-def _not_a_key_read(state: str, dims, reads: ReadForms) -> Reason:
-    """Why a delta rule's outputs stop its form: a read that is not `q @ S`, located there."""
-    if reads.right:
+def _step_side(sym: Symbolic, state: str) -> str | None:
+    """Which side the state's updates read it on through a vector: "left" (`k @ S`, the key
+    dim first) or "right" (`S @ k`, a value-side rule); None when they mix the two (or read it
+    through anything but a vector)."""
+    sides = set()
+    for n in range(1, len(sym.updates[state]) + 1):
+        expr = sym.per_update(state, n)
+        sides |= {sym.functionals[s][0] for s in expr.free_symbols if s in sym.functionals}
+    return next(iter(sides)) if len(sides) == 1 and sides <= {"left", "right"} else None
+
+
+def _transposed_fact(state: str, key_dim: str, value_dim: str) -> str:
+    return (f"`{state}` is updated and read on its last dim `{key_dim}` (`{state} @ k`): "
+            f"{state}^T[{key_dim}, {value_dim}] follows the key-side rule "
+            f"(S @ k = k @ S^T, exp(b) * S = (exp(b) * S^T)^T for b over {key_dim}), so the "
+            f"backends hold `{state}` transposed")
+
+
+def _decay_off_key_dim(sym: Symbolic, state, update, coefficient, key_dim, value_dim) -> Reason:
+    """A decay before the delta steps that is not over their key dim (nor scalar)."""
+    return Reason(f"the decay `{text(sym.to_ir(coefficient))}` is over "
+                  f"{_dims_text(sym.dims(coefficient))}, but the delta steps contract `{state}` "
+                  f"along `{key_dim}`: the delta-rule forms decay along the key dim only (a "
+                  f"scalar or over `{key_dim}`)", update.span, update.value)
+
+
+def _not_a_key_read(state: str, dims, reads: ReadForms, side: str = "left") -> Reason:
+    """Why a delta rule's outputs stop its form: a read on the other side than its steps',
+    or of the state itself, located there."""
+    if side == "left" and reads.right:
         query = reads.right[0]
         return Reason(f"an output reads `{state}` as `{state} @ {text(query)}`, contracting its "
                       f"value dim `{dims[1]}`; the delta-rule forms read `q @ {state}` (the key "
                       f"dim `{dims[0]}`)", query.span, query)
+    if side == "right" and reads.left:
+        query = reads.left[0]
+        return Reason(f"an output reads `{state}` as `{text(query)} @ {state}`, contracting its "
+                      f"dim `{dims[0]}`; a value-side delta rule (its steps read `{state} @ k`) "
+                      f"is read as `{state} @ q` (along `{dims[1]}`)", query.span, query)
     name = reads.direct[0]
-    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `q @ {state}`",
+    read = f"q @ {state}" if side == "left" else f"{state} @ q"
+    return Reason(f"an output reads `{state}` itself; the delta-rule forms read `{read}`",
                   name.span, name)
 
 
-def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim):
-    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v."""
-    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim,
+                side="left"):
+    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v (or, on the value
+    side, S + beta (v - S @ k) k: coefficient 1 - beta |k> k)."""
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim, side)
     if low_rank is None or sp.simplify(low_rank[0] - 1) != 0:
         return None
     _, weight, key = low_rank
@@ -290,13 +368,14 @@ def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value
     return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
 
 
-def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
-    """The coefficient as D - e <k| for one key k over the key dim read as `k @ S`: (D, e, k)."""
+def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim, side="left"):
+    """The coefficient as D - e <k| for one key k over the key dim read as `k @ S` (or as
+    `S @ k` on the value side): (D, e, k)."""
     functionals = [s for s in coefficient.free_symbols if s in sym.functionals]
-    if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value):
+    if len(functionals) != 1 or not _reads_state_plainly(sym, state, update.value, side):
         return None
-    side, key = sym.functionals[functionals[0]]
-    if side != "left" or key.dims != (key_dim,):
+    read_side, key = sym.functionals[functionals[0]]
+    if read_side != side or key.dims != (key_dim,):
         return None
     poly = sp.expand(coefficient).as_poly(functionals[0])
     if poly is None or poly.total_degree() != 1:
@@ -304,11 +383,11 @@ def _one_low_rank(sym: Symbolic, state, update, coefficient, key_dim):
     return poly.coeff_monomial(1), -poly.coeff_monomial(functionals[0]), key
 
 
-def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts):
+def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts, side="left"):
     """After pure decays `decayed`: D * S - e (k @ S) + sum key (x) value, i.e. the coefficient
     D - e <k| with D and e over the key dim; k reads the state after `decayed`, before D."""
     key_dim, value_dim = dims
-    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim)
+    low_rank = _one_low_rank(sym, state, update, coefficient, key_dim, side)
     if low_rank is None:
         return None
     decay, erase, key = low_rank
@@ -325,25 +404,29 @@ def _dplr(sym: Symbolic, state, update, coefficient, write, dims, decayed, facts
                            unseen)
     facts.append(f"the transition is a decay over {_dims_text(sym.dims(total))} minus the rank "
                  f"one `{text(group.erase)}` `{text(key)}`^T: diagonal plus low rank")
+    if side == "right":
+        facts.append(_transposed_fact(state, key_dim, value_dim))
     return Proof("chunk_delta", (state,), group,
                  {"decay": sym.to_ir(total), "log_decay": log_decay, "erase": group.erase,
                   "key": key, "unseen_decay": None if decay == 1 else sym.to_ir(decay),
                   "writes": writes, "low_rank": (f"{text(group.erase)} {text(key)}^T",),
-                  "key_dim": key_dim, "value_dim": value_dim}, COMBINES["chunk_dplr"], tuple(facts))
+                  "key_dim": key_dim, "value_dim": value_dim, "transposed": side == "right"},
+                 COMBINES["chunk_dplr"], tuple(facts))
 
 
-def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str) -> bool:
-    """Whether every functional in the coefficient is a key over `key_dim` read as `k @ S`."""
+def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str, side: str = "left") -> bool:
+    """Whether every functional in the coefficient is a key over `key_dim` read on `side`."""
     functionals = [sym.functionals[s] for s in coefficient.free_symbols if s in sym.functionals]
-    return all(side == "left" and key.dims == (key_dim,) for side, key in functionals)
+    return all(read_side == side and key.dims == (key_dim,) for read_side, key in functionals)
 
 
-def _reads_state_plainly(sym: Symbolic, state: str, node: ir.Expr) -> bool:
-    """Every `x @ ...` touching the state is `k @ S` with S the state itself."""
+def _reads_state_plainly(sym: Symbolic, state: str, node: ir.Expr, side: str = "left") -> bool:
+    """Every `@` touching the state is `k @ S` (side "left") or `S @ k` ("right") with S the
+    state itself."""
     for inner in ir.walk(node):
         if isinstance(inner, ir.Binary) and inner.op is ir.Op.MATMUL and sym.deps(inner):
-            right = inner.right
-            if not (isinstance(right, ir.Name) and right.id == state) or sym.deps(inner.left):
+            held, key = (inner.right, inner.left) if side == "left" else (inner.left, inner.right)
+            if not (isinstance(held, ir.Name) and held.id == state) or sym.deps(key):
                 return False
     return True
 

@@ -81,8 +81,11 @@ def _coupled(first, second):
 
 
 def _chunk(first, second):
+    """D over the key dim [.., K] (scalar decays broadcast), or over both dims [.., K, V] when
+    the state also decays along its value dim: elementwise either way."""
     (d1, u1), (d2, u2) = first, second
-    return d1 * d2, d2[..., None] * u1 + u2
+    along = d2 if d2.ndim == u1.ndim else d2[..., None]
+    return d1 * d2, along * u1 + u2
 
 
 def _delta(first, second):

@@ -49,7 +49,11 @@ def inline(sym: Symbolic, node: ir.Expr) -> ir.Expr:
 
 def distribute(sym: Symbolic, node: ir.Binary) -> ir.Expr:
     """`q @ (A + B)` as `q @ A + q @ B` (and `(A - B) @ q` likewise) when the sum holds a state
-    and both terms have the sum's dims, so that each state read is a plain `q @ S`."""
+    and both terms have the sum's dims, and `(c * S) @ q` as `c * (S @ q)` for a state-free
+    scalar `c` (`scale * S @ q` parses so), so that each state read is a plain `q @ S`."""
+    scaled = _scalar_out(sym, node)
+    if scaled is not None:
+        return scaled
     for side in ("right", "left"):
         total = getattr(node, side)
         if isinstance(total, ir.Binary) and total.op in (ir.Op.ADD, ir.Op.SUB) \
@@ -58,6 +62,20 @@ def distribute(sym: Symbolic, node: ir.Binary) -> ir.Expr:
                      for term in (total.left, total.right)]
             return ir.Binary(total.op, *terms, span=node.span, dims=node.dims)
     return node
+
+
+def _scalar_out(sym: Symbolic, node: ir.Binary) -> ir.Expr | None:
+    """`c * (S @ q)` for `(c * S) @ q` or `(S * c) @ q` (and `q @ (c * S)` likewise), `c` a
+    state-free scalar and S a state; None for any other product."""
+    for side in ("left", "right"):
+        held = getattr(node, side)
+        if not (isinstance(held, ir.Binary) and held.op is ir.Op.MUL):
+            continue
+        for factor, other in ((held.left, held.right), (held.right, held.left)):
+            if state_name(other) and not sym.deps(factor) and not factor.dims:
+                read = replace(node, **{side: other})
+                return ir.Binary(ir.Op.MUL, factor, read, span=node.span, dims=node.dims)
+    return None
 
 
 def state_name(node: ir.Expr) -> str | None:

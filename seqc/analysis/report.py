@@ -28,22 +28,24 @@ def summary(proof) -> str:
     if proof.kind == "scan":
         pairs = ", ".join(f"`{text(c)}` ({a} <- {b})" for (a, b), c in d["coupling"].items())
         return f"jointly affine with elementwise couplings {pairs}"
+    state = proof.states[0]
+    held = _held(d, state)
     if proof.kind == "chunk":
         writes = " + ".join(f"`{text(w.key)}` (x) `{text(w.value)}`" for w in d["writes"])
         decay = _decay(d)
         return (f"matrix state over ({d['key_dim']}, {d['value_dim']}): {decay}, written by "
-                f"{writes or 'nothing'}, read as `q @ {proof.states[0]}`")
+                f"{writes or 'nothing'}, read as {_read(d, state)}{held}")
     if proof.kind == "chunk_delta" and "erase" in d:
         writes = " + ".join(f"`{text(w.key)}` (x) `{text(w.value)}`" for w in d["writes"])
         unseen = d["unseen_decay"]
         where = f"before the decay `{text(unseen)}`" if unseen is not None else "after the decay"
-        return (f"{_decay(d)} minus the low rank `{text(d['erase'])}` (x) (`{text(d['key'])}` @ "
-                f"{proof.states[0]}), the key reading the state {where}, written by "
-                f"{writes or 'nothing'}")
+        return (f"{_decay(d)} minus the low rank `{text(d['erase'])}` (x) "
+                f"({_functional(d, state, d['key'])}), the key reading the state {where}, "
+                f"written by {writes or 'nothing'}{held}")
     if proof.kind == "chunk_delta":
         steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.key)}` (x) (`{text(s.value)}` - "
-                               f"`{text(s.key)}` @ {proof.states[0]})" for s in d["steps"])
-        return (f"{_decay(d)}, then identity minus low rank: {steps}")
+                               f"{_functional(d, state, s.key)})" for s in d["steps"])
+        return (f"{_decay(d)}, then identity minus low rank: {steps}{held}")
     if proof.kind == "semiring":
         add = "max" if d["semiring"] == "maxplus" else "logaddexp"
         return (f"({add}, +) linear: {proof.states[0]} = {add}({proof.states[0]} + "
@@ -51,11 +53,36 @@ def summary(proof) -> str:
     return f"no parallel form: {proof.reason.message}"
 
 
+def _functional(d: dict, state: str, key) -> str:
+    """`k` @ S, or S @ `k` for a value-side form (the state held transposed)."""
+    return f"{state} @ `{text(key)}`" if d.get("transposed") else f"`{text(key)}` @ {state}"
+
+
+def _read(d: dict, state: str) -> str:
+    return f"`{state} @ q`" if d.get("transposed") else f"`q @ {state}`"
+
+
+def _held(d: dict, state: str) -> str:
+    if not d.get("transposed"):
+        return ""
+    return (f"; the value-side form: {state} along `{d['key_dim']}` is the key side of "
+            f"{state}^T, held transposed")
+
+
 def _decay(d: dict) -> str:
-    if d["log_decay"] is None:
+    value_log = d.get("value_log_decay")
+    if d["log_decay"] is None and value_log is None:
         return "no decay"
+    if value_log is not None and d["log_decay"] is None:
+        return (f"value-wise decay `{text(d['decay'])}` (log `{text(value_log)}`, along "
+                f"`{d['value_dim']}`)")
+    if value_log is not None:
+        return (f"decay `{text(d['decay'])}` (logs `{text(d['log_decay'])}` along "
+                f"`{d['key_dim']}` and `{text(value_log)}` along `{d['value_dim']}`: an outer "
+                "product)")
     dims = d["log_decay"].dims
-    where = "scalar" if not dims else "key-wise"
+    where = "scalar" if not dims else \
+        f"value-wise (over `{dims[0]}`)" if d.get("transposed") else "key-wise"
     return f"{where} decay `{text(d['decay'])}` (log `{text(d['log_decay'])}`)"
 
 
@@ -76,6 +103,9 @@ def describe(analysis, source: str) -> str:
                          "step's update (the previous step's state)")
         if proof.kind == "sequential":
             lines.append(f"      {newton_line(analysis.spec)}")
+        if proof.kind == "chunk" and proof.decomposition.get("value_log_decay") is not None:
+            lines.append("      torch runs it chunkwise; Triton in the fused recurrent kernel "
+                         "(no Triton chunk kernel takes a decay along the value dim)")
         if proof.combine is not None:
             lines.append(f"      combine {proof.combine.text}; identity {proof.combine.identity_text}")
         if proof.reason is not None:
