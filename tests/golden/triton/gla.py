@@ -1146,62 +1146,17 @@ def _cp_load(ptr, base, mask_t, o_x, mask_x, X):
 
 
 @triton.jit
-def _cp_flag(condition):
-    """A scalar condition as a [1, 1] mask (a program id's or a loop counter's alike)."""
-    return (tl.full([1, 1], 0, tl.int32) + condition) != 0
-
-
-@triton.jit
-def _cp_boundary(ptr_states, ptr_edge, i_bh, slot, slots, at_edge, offs_kv, mask_kv, K, V,
-                 HAS_EDGE: tl.constexpr):
-    """A [BLOCK_K, BLOCK_V] tile of a chunk-boundary state: the edge tensor's (the initial
-    state, or the incoming gradient of the final state; 0 without one) when `at_edge`, else
-    the stored `slot` of `slots`. The edge states are read in place, never stored as copies."""
-    edge = _cp_flag(at_edge)
-    stored = ptr_states + (i_bh * slots + tl.maximum(slot, 0)) * K * V + offs_kv
-    if HAS_EDGE:        # one load from either tensor (as many loads as a stored state alone)
-        pointers, mask = tl.where(edge, ptr_edge + i_bh * K * V + offs_kv, stored), mask_kv
-    else:
-        pointers, mask = stored, mask_kv & (edge == 0)
-    return tl.load(pointers, mask=mask, other=0.0)
-
-
-@triton.jit
-def _cp_state_step(ptr_x, ptr_y, ptr_g, S, n, i_b, i_h, T, H, K, V, o_k, o_v, mask_k, mask_v,
-                   BLOCK_T: tl.constexpr, DECAY: tl.constexpr, REVERSE: tl.constexpr,
-                   ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """One chunk of a state pass: 2^Glast0 S + (x 2^Gend)^T y (forward) or
-    2^Glast0 S + (x 2^G0)^T y (REVERSE)."""
-    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
-    y = _cp_load(ptr_y, base, mask_t, o_v, mask_v, V)
-    if DECAY > 0:
-        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
-                                                    DECAY, BLOCK_T, K, ACC)
-        gate = G0 if REVERSE else Gend
-        if DECAY == 2:
-            S = S * tl.exp2(Glast0)[:, None]
-            x = (x.to(ACC) * tl.exp2(gate)).to(DOT)
-        else:
-            S = S * tl.exp2(Glast0)
-            x = (x.to(ACC) * tl.exp2(gate)[:, None]).to(DOT)
-    return S + tl.dot(tl.trans(x), y, input_precision=PRECISION)
-
-
-@triton.jit
 def _cp_state_pass_kernel(
-    ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V, SLOTS,
+    ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     REVERSE: tl.constexpr, HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """A state pass: one program per (key block, value block, batch x head) walks the chunks,
-    storing the state at each chunk's boundary (fp32) but the first (a copy of the tensor it
-    starts from: the other kernels read that one in place), then the last one. Forward (x = k,
-    y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] + (k 2^Gend)^T v, h[n]
-    in slot n - 1 (n >= 1). The adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the
-    gradient of the state leaving chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do, dh[n]
-    in slot n (n < NT - 1); its last is the initial state's."""
+    storing the state at each chunk's boundary (fp32), then the last one. Forward (x = k,
+    y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] + (k 2^Gend)^T v. The
+    adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the gradient of the state leaving
+    chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the initial state's."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1212,28 +1167,36 @@ def _cp_state_pass_kernel(
         S = tl.load(ptr_start + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
     else:
         S = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
-    for i_n in range(0, NT - 1):            # every boundary but the two edges, then the last
+    for i_n in range(0, NT):
         n = NT - 1 - i_n if REVERSE else i_n
-        S = _cp_state_step(ptr_x, ptr_y, ptr_g, S, n, i_b, i_h, T, H, K, V, o_k, o_v, mask_k,
-                           mask_v, BLOCK_T, DECAY, REVERSE, ACC, DOT, PRECISION)
-        tl.store(ptr_states + (i_bh * SLOTS + (n - 1 if REVERSE else n)) * K * V + offs_kv, S,
-                 mask=mask_kv)
-    S = _cp_state_step(ptr_x, ptr_y, ptr_g, S, 0 if REVERSE else NT - 1, i_b, i_h, T, H, K, V,
-                       o_k, o_v, mask_k, mask_v, BLOCK_T, DECAY, REVERSE, ACC, DOT, PRECISION)
+        tl.store(ptr_states + (i_bh * NT + n) * K * V + offs_kv, S, mask=mask_kv)
+        o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+        x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
+        y = _cp_load(ptr_y, base, mask_t, o_v, mask_v, V)
+        if DECAY > 0:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            gate = G0 if REVERSE else Gend
+            if DECAY == 2:
+                S = S * tl.exp2(Glast0)[:, None]
+                x = (x.to(ACC) * tl.exp2(gate)).to(DOT)
+            else:
+                S = S * tl.exp2(Glast0)
+                x = (x.to(ACC) * tl.exp2(gate)[:, None]).to(DOT)
+        S += tl.dot(tl.trans(x), y, input_precision=PRECISION)
     tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
 
 
 @triton.jit
-def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, ptr_edge, slot, slots, at_edge, n, i_bh,
-                        base, mask_t, o_t, o_v, mask_v, T, NT, K, V, BLOCK_T: tl.constexpr,
-                        SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-                        DECAY: tl.constexpr, KEYS: tl.constexpr, HAS_EDGE: tl.constexpr,
-                        ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, n, i_bh, base, mask_t, o_t, o_v, mask_v,
+                        T, NT, K, V, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+                        KEYS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                        PRECISION: tl.constexpr):
     """Over key blocks, for chunk n and one value block: the scores A [t, s] = q_t . k_s
     (decayed when key-wise; a scalar gate is the caller's) and the read x @ state[n] [BLOCK_T,
-    BLOCK_V] of a chunk-boundary state (_cp_boundary: `slot`, or the edge tensor), x = q
-    (2^G0 q when key-wise: the forward outputs) or, with KEYS, x = k (2^Gend k when key-wise:
-    dv)."""
+    BLOCK_V] of the stored states, x = q (2^G0 q when key-wise: the forward outputs) or, with
+    KEYS, x = k (2^Gend k when key-wise: dv)."""
     read = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -1241,9 +1204,8 @@ def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, ptr_edge, slot, slots, a
         mask_k = o_k < K
         q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        state = _cp_boundary(ptr_state, ptr_edge, i_bh, slot, slots, at_edge,
-                             o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :],
-                             K, V, HAS_EDGE).to(DOT)
+        state = tl.load(ptr_state + (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(DOT)
         if DECAY == 2:
             d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                         DECAY, BLOCK_T, K, ACC)
@@ -1277,7 +1239,7 @@ def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _cp_fwd_output_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_start, ptr_o, T, H, NT, K, V, SLOTS,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -1288,10 +1250,9 @@ def _cp_fwd_output_kernel(
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask_v = o_v < V
-    out, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_h, ptr_start, n - 1, SLOTS, n == 0,
-                                 n, i_bh, base, mask_t, o_t, o_v, mask_v, T, NT, K, V, BLOCK_T,
-                                 SUB_T, BLOCK_K, BLOCK_V, DECAY, False, True, ACC, DOT,
-                                 PRECISION)
+    out, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_h, n, i_bh, base, mask_t, o_t, o_v,
+                                 mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
+                                 False, ACC, DOT, PRECISION)
     out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
@@ -1301,10 +1262,9 @@ def _cp_fwd_output_kernel(
 
 @triton.jit
 def _cp_bwd_dv_kernel(
-    ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, ptr_do, ptr_dv, T, H, NT, K, V, SLOTS,
+    ptr_q, ptr_k, ptr_g, ptr_dh, ptr_do, ptr_dv, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dv over one (value block, chunk, batch x head):
     dv_s = (k_s 2^Gend_s)^T dh[n] + sum_{t>=s} A_ts do_t, the scores A over key blocks."""
@@ -1313,10 +1273,9 @@ def _cp_bwd_dv_kernel(
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask_v = o_v < V
-    dv, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, n, SLOTS, n == NT - 1,
-                                n, i_bh, base, mask_t, o_t, o_v, mask_v, T, NT, K, V, BLOCK_T,
-                                SUB_T, BLOCK_K, BLOCK_V, DECAY, True, HAS_FINAL, ACC, DOT,
-                                PRECISION)
+    dv, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_dh, n, i_bh, base, mask_t, o_t, o_v,
+                                mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
+                                True, ACC, DOT, PRECISION)
     dv, A = _cp_decayed(dv, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC)
     do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
     dv += tl.dot(tl.trans(A.to(DOT)), do, input_precision=PRECISION)
@@ -1326,11 +1285,9 @@ def _cp_bwd_dv_kernel(
 
 @triton.jit
 def _cp_bwd_dqk_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_start, ptr_dh, ptr_dfinal, ptr_do, ptr_dq, ptr_dk,
-    ptr_dg, T, H, NT, K, V, H_SLOTS, DH_SLOTS,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_dh, ptr_do, ptr_dq, ptr_dk, ptr_dg, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dq, dk and the gate gradient over one (key block, chunk, batch x head), over value blocks
     (chunk_parallel_core.md): the state parts 2^G0 (do h[n]^T) and 2^Gend (v dh[n]^T), the
@@ -1348,12 +1305,10 @@ def _cp_bwd_dqk_kernel(
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_v = o_v < V
-        offs_kv = o_k[:, None] * V + o_v[None, :]
+        offs = (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :]
         mask_kv = mask_k[:, None] & mask_v[None, :]
-        h = _cp_boundary(ptr_h, ptr_start, i_bh, n - 1, H_SLOTS, n == 0, offs_kv, mask_kv, K, V,
-                         True)
-        dh = _cp_boundary(ptr_dh, ptr_dfinal, i_bh, n, DH_SLOTS, n == NT - 1, offs_kv, mask_kv,
-                          K, V, HAS_FINAL)
+        h = tl.load(ptr_h + offs, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + offs, mask=mask_kv, other=0.0)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
         v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
         dA += tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -1418,8 +1373,7 @@ def _cp_blocks(K, V, decay, chunk_size):
 
 class _ChunkParallelCore(torch.autograd.Function):
     """(o, S_T) of the chunk recurrence by the parallel kernels; the forward keeps the fp32
-    chunk states h[1:] [B, H, NT - 1, K, V] (h[0] is the initial state, kept as it is), the
-    backward is the adjoint kernels alone."""
+    chunk states h [B, H, NT, K, V], the backward is the adjoint kernels alone."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision):
@@ -1436,24 +1390,23 @@ class _ChunkParallelCore(torch.autograd.Function):
         acc, tl_dot = _acc(s0), _TL_DTYPES[dot]
         precision = precision or ("tf32" if dot == torch.float32 else "ieee")
         o = torch.empty((B, T, H, V), dtype=compute, device=q.device)
-        slots = max(NT - 1, 1)          # h[1:]: h[0] is the initial state, read in place
-        h = torch.empty((B, H, slots, K, V), dtype=compute, device=q.device)
+        h = torch.empty((B, H, NT, K, V), dtype=compute, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
-            k, v, g_ptr, s0, h, final, T, H, NT, K, V, slots, b["block_t"], b["state_k"],
-            b["block_v"], decay, False, True, acc, tl_dot, precision, num_warps=b["warps"])
+            k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
+            decay, False, True, acc, tl_dot, precision, num_warps=b["warps"])
         _cp_fwd_output_kernel[(NV, NT, B * H)](
-            q, k, v, g_ptr, h, s0, o, T, H, NT, K, V, slots, b["block_t"], b["sub_t"],
-            b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, v, g, h, s0)
+            q, k, v, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        ctx.save_for_backward(q, k, v, g, h)
         ctx.settings = (chunk_size, decay, compute, precision)
         return o, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, v, g, h, s0 = ctx.saved_tensors
+        q, k, v, g, h = ctx.saved_tensors
         chunk_size, decay, compute, precision = ctx.settings
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -1462,7 +1415,7 @@ class _ChunkParallelCore(torch.autograd.Function):
         NK = triton.cdiv(K, b["dqk_k"])
         acc, tl_dot = _acc(h), _TL_DTYPES[q.dtype]
         do = torch.zeros_like(v) if do is None else do.to(q.dtype).contiguous()
-        dh = torch.empty_like(h)        # dh[:NT - 1]: dh[NT - 1] is dfinal, read in place
+        dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         dq = torch.empty((B, T, H, K), dtype=compute, device=q.device)
         dk, dv = torch.empty_like(dq), torch.empty((B, T, H, V), dtype=compute, device=q.device)
@@ -1470,20 +1423,17 @@ class _ChunkParallelCore(torch.autograd.Function):
             ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
         dfinal = None if dfinal is None else dfinal.contiguous()
-        final_ptr = ds0 if dfinal is None else dfinal
-        slots = h.shape[2]
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
-            q, do, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, slots, b["block_t"], b["state_k"],
-            b["block_v"], decay, True, dfinal is not None, acc, tl_dot, precision,
-            num_warps=b["warps"])
+            q, do, g_ptr, ds0 if dfinal is None else dfinal, dh, ds0, T, H, NT, K, V,
+            b["block_t"], b["state_k"], b["block_v"], decay, True, dfinal is not None, acc,
+            tl_dot, precision, num_warps=b["warps"])
         _cp_bwd_dv_kernel[(NV, NT, B * H)](
-            q, k, g_ptr, dh, final_ptr, do, dv, T, H, NT, K, V, slots, b["block_t"], b["sub_t"],
-            b["scores_k"], b["block_v"], decay, dfinal is not None, acc, tl_dot, precision,
-            num_warps=b["warps"])
+            q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         _cp_bwd_dqk_kernel[(NK, NT, B * H)](
-            q, k, v, g_ptr, h, s0, dh, final_ptr, do, dq, dk, dq if dg is None else dg, T, H, NT,
-            K, V, slots, slots, b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay,
-            dfinal is not None, acc, tl_dot, precision, num_warps=8)
+            q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
+            b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot, precision,
+            num_warps=8)
         if decay == 1:
             dg = dg.sum(0)
         return dq, dk, dv, dg, ds0, None, None, None
