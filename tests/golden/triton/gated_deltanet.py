@@ -1622,28 +1622,43 @@ def _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
 
 
 @triton.jit
-def _cdp_rows_scaled(whole, DECAY: tl.constexpr):
-    """2^Glast0 shaped to scale a [BLOCK_K, BLOCK_V] state: per key row when key-wise."""
+def _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY: tl.constexpr):
+    """Chunk n's decay 2^Glast0 (stored by the per-chunk kernel) shaped to scale a
+    [BLOCK_K, BLOCK_V] state: per key row when key-wise, 1 without a decay."""
     if DECAY == 2:
-        rows = whole[:, None]
+        whole = tl.load(ptr_whole + (i_bh * NT + n) * K + o_k, mask=mask_k, other=0.0)[:, None]
+    elif DECAY == 1:
+        whole = tl.load(ptr_whole + i_bh * NT + n)
     else:
-        rows = whole
-    return rows
+        whole = 1.0
+    return whole
 
 
 @triton.jit
-def _cdp_scores(ptr_x, ptr_w, ptr_g, base, mask_t, o_t, T, K, BLOCK_T: tl.constexpr,
+def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_T: tl.constexpr,
                 SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, DECAY: tl.constexpr,
-                ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+                SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                PRECISION: tl.constexpr):
     """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
     blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
-    is applied after the key loop, a key-wise one per block (keywise_scores.md)."""
+    is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
+    per key block, SCALED 1 stores x 2^G0 and SCALED 2 stores w 2^Gend to ptr_scaled (in DOT:
+    the state passes' operands, so that they form no gate)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
         x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
         w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if SCALED > 0:
+            start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                             BLOCK_T, K, ACC)
+            if SCALED == 1:
+                scaled = x.to(ACC) * start
+            else:
+                scaled = w.to(ACC) * end
+            tl.store(ptr_scaled + base[:, None] * K + o_k[None, :], scaled,
+                     mask=mask_t[:, None] & mask_k[None, :])
         if DECAY == 2:
             d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                         DECAY, BLOCK_T, K, ACC)
@@ -1688,19 +1703,20 @@ def _cdp_score_grads(dx, dw, dA, x, w, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
 
 @triton.jit
 def _cdp_prepare_kernel(
-    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, T, H, K, V,
+    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_V: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """The WY factors of one (chunk, batch x head) (chunk_delta_parallel_core.md, forward 1):
     L = the decayed k w^T strictly below the diagonal, Tm = (I + L)^-1 (stored, in DOT),
-    W = Tm (2^G0 k) and U = Tm v (stored for the state pass, in DOT)."""
+    W = Tm (2^G0 k) and U = Tm v, and the state pass's w 2^Gend and 2^Glast0 (stored, in DOT;
+    2^Glast0 fp32)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    L = _cdp_scores(ptr_k, ptr_w, ptr_g, base, mask_t, o_t, T, K, BLOCK_T, SUB_T, SCORES_K,
-                    DECAY, ACC, DOT, PRECISION)
+    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
+                    SCORES_K, DECAY, 2, ACC, DOT, PRECISION)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -1714,6 +1730,10 @@ def _cdp_prepare_kernel(
         W = tl.dot(Tm, (k.to(ACC) * start).to(DOT), input_precision=PRECISION)
         tl.store(ptr_W + base[:, None] * K + o_k[None, :], W,
                  mask=mask_t[:, None] & mask_k[None, :])
+        if DECAY == 2:
+            tl.store(ptr_whole + (i_bh * NT + n) * K + o_k, whole, mask=mask_k)
+        elif DECAY == 1:
+            tl.store(ptr_whole + i_bh * NT + n, whole)
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_v = o_v < V
@@ -1741,13 +1761,14 @@ def _cdp_state_block(ptr_start, HAS_START: tl.constexpr, i_v, i_bh, K, V, BLOCK_
 
 @triton.jit
 def _cdp_state_kernel(
-    ptr_W, ptr_w, ptr_g, ptr_start, ptr_states, ptr_vn, ptr_last, T, H, NT, K, V,
+    ptr_W, ptr_we, ptr_whole, ptr_start, ptr_states, ptr_vn, ptr_last, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The forward state pass (forward 2): one program per (value block, batch x head) holds
     all of K and walks the chunks: h[n] stored (fp32), the new values vn = U - W h[n] stored
-    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn; then the last state."""
+    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn (both stored by the per-chunk
+    kernel: no gate is formed here); then the last state."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, S = _cdp_state_block(
@@ -1761,27 +1782,26 @@ def _cdp_state_kernel(
         vn = vn.to(DOT)
         tl.store(ptr_vn + base[:, None] * V + o_v[None, :], vn,
                  mask=mask_t[:, None] & mask_v[None, :])
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
-        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
-                                         K, ACC)
-        S = S * _cdp_rows_scaled(whole, DECAY) \
-            + tl.dot(tl.trans((w.to(ACC) * end).to(DOT)), vn, input_precision=PRECISION)
+        we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
+        S = S * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
+            + tl.dot(tl.trans(we), vn, input_precision=PRECISION)
     tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
 
 
 @triton.jit
 def _cdp_bwd_local_kernel(
-    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, T, H, K, V,
+    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, T, H, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The new values' gradient through the chunk's own reads (adjoint b), one program per
-    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32)."""
+    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and the
+    adjoint state pass's 2^G0 q (stored, in DOT)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    P = _cdp_scores(ptr_q, ptr_w, ptr_g, base, mask_t, o_t, T, K, BLOCK_T, SUB_T, SCORES_K,
-                    DECAY, ACC, DOT, PRECISION)
+    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
+                    SCORES_K, DECAY, 1, ACC, DOT, PRECISION)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -1794,7 +1814,7 @@ def _cdp_bwd_local_kernel(
 
 @triton.jit
 def _cdp_bwd_state_kernel(
-    ptr_q, ptr_w, ptr_W, ptr_g, ptr_do, ptr_dvl, ptr_dvn, ptr_dfinal, ptr_dh, ptr_ds0,
+    ptr_qg, ptr_we, ptr_W, ptr_whole, ptr_do, ptr_dvl, ptr_dvn, ptr_dfinal, ptr_dh, ptr_ds0,
     T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -1802,7 +1822,8 @@ def _cdp_bwd_state_kernel(
     """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
     all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
     stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
-    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0."""
+    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0 (the decayed keys
+    and queries and 2^Glast0 stored by the per-chunk kernels: no gate is formed here)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
@@ -1812,18 +1833,16 @@ def _cdp_bwd_state_kernel(
         tl.store(ptr_dh + (i_bh * NT + n) * K * V + offs_kv, dS, mask=mask_kv)
         o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
         mask_tv = mask_t[:, None] & mask_v[None, :]
-        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
-                                         K, ACC)
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
         dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V) \
-            + tl.dot((w.to(ACC) * end).to(DOT), dS.to(DOT), input_precision=PRECISION)
+            + tl.dot(we, dS.to(DOT), input_precision=PRECISION)
         dvn = dvn.to(DOT)
         tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
-        q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+        qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
         W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
-        dS = dS * _cdp_rows_scaled(whole, DECAY) \
-            + tl.dot(tl.trans((q.to(ACC) * start).to(DOT)), do, input_precision=PRECISION) \
+        dS = dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
+            + tl.dot(tl.trans(qg), do, input_precision=PRECISION) \
             - tl.dot(tl.trans(W), dvn, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
@@ -1986,8 +2005,9 @@ def _cdp_blocks(K, V, decay, chunk_size):
     keywise = decay == 2
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
+                dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
                 state_k=state_k, state_v=min(block_v, 32) if state_k > 64 else block_v,
-                warps=8 if keywise else 4, state_warps=8 if keywise or state_k > 64 else 4)
+                warps=8 if keywise else 4, state_warps=8)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2024,27 +2044,32 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         tm = torch.empty((B, T, H, b["block_t"]), dtype=dot, device=device)
         W = torch.empty((B, T, H, K), dtype=dot, device=device)
         vn = torch.empty((B, T, H, V), dtype=dot, device=device)     # U, then the new values
+        we = torch.empty((B, T, H, K), dtype=dot, device=device)     # w 2^Gend
+        whole = torch.empty((B * H, NT) + ((K,) if decay == 2 else ()), dtype=compute,
+                            device=device)                           # 2^Glast0
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
         final = torch.empty((B, H, K, V), dtype=compute, device=device)
         o = torch.empty((B, T, H, V), dtype=compute, device=device)
         g_ptr = k if g is None else g
         _cdp_prepare_kernel[(NT, B * H)](
-            k, w, v, g_ptr, tm, W, vn, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
+            b["scores_k"],
             b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         _cdp_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
-            W, w, g_ptr, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
-            b["state_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"])
+            W, we, whole, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
+            b["state_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=2)
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, w, v, g, h, tm, W, vn)
+        ctx.save_for_backward(q, k, w, v, g, h, tm, W, vn, we, whole)
         ctx.settings = (chunk_size, steps, decay, compute, precision)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, w, v, g, h, tm, W, vn = ctx.saved_tensors
+        q, k, w, v, g, h, tm, W, vn, we, whole = ctx.saved_tensors
         chunk_size, steps, decay, compute, precision = ctx.settings
         B, T, H, K = k.shape
         V = v.shape[-1]
@@ -2057,6 +2082,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             else _cdp_rows_of_steps(do.to(k.dtype), steps)
         dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
         dvn = torch.empty_like(vn)
+        qg = torch.empty_like(q)                                     # 2^G0 q
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
         dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
@@ -2070,19 +2096,20 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         g_ptr = k if g is None else g
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_local_kernel[(NT, B * H)](
-            q, w, g_ptr, do, dvl, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
-            q, w, W, g_ptr, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
+            qg, we, W, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
             T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"], decay,
-            dfinal is not None, acc, tl_dot, precision, num_warps=b["state_warps"])
+            dfinal is not None, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=2)
         _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
             q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
-            T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["block_v"], decay, acc,
+            T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
             tl_dot, precision, num_warps=8)
         _cdp_bwd_wy_kernel[(NT, B * H)](
             k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
-            dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["dqw_k"],
+            dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
 
