@@ -2006,7 +2006,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
                 dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
-                state_k=state_k, state_v=min(block_v, 32) if state_k > 64 else block_v,
+                state_k=state_k, state_v=min(block_v, 32),
                 warps=8 if keywise else 4, state_warps=8)
 
 
