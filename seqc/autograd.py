@@ -7,7 +7,8 @@ one of two ways (docs/backends.md, "Gradients"):
 - its mode is one the Triton module has a recurrence core with adjoint kernels for (`CORES`: the
   chunk core, backends/triton/chunk_core.md; the scan core, scan_core.md; the delta-rule core,
   chunk_delta_core.md; or the mode's own, `MODE_CORES`: the `chunk_parallel` mode's parallel
-  chunk core, chunk_parallel_core.md): the torch module runs with the cores in place of its families, so the prelude
+  chunk core, chunk_parallel_core.md, the `chunk_delta_parallel` mode's parallel delta core,
+  chunk_delta_parallel_core.md): the torch module runs with the cores in place of its families, so the prelude
   and the output expressions go through autograd of the torch code, and the recurrence is the
   cores' kernels: forward keeping one state a chunk (or block of time), backward the adjoint;
 - its mode is `fused_recurrent` and the module has the generated backward (`FUSED_BACKWARD`,
@@ -151,18 +152,19 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
     """`core_options` when the call's mode is one the cores implement (the chunk, scan or
     chunk_delta kernel): such a call runs forward as torch prelude + cores, so that the forward
     keeps the cores' boundary states and the backward is the adjoint kernels alone. A mode with
-    cores of its own (`MODE_CORES`: `chunk_parallel` trains on chunk_parallel_core.md, its
-    kernels dotting in the call's 16-bit `dtype`) puts them in place of the others. `mode=None`
-    trains in the module's parallel mode when that has cores of its own (`training_mode`), else in
-    the mode the module's `run` chooses at `dims`. The module's parallel mode with no cores of
-    its own (`chunk_delta_parallel`) trains on DEFAULT_MODE's core. Another mode (e.g. a forced
+    cores of its own (`MODE_CORES`: `chunk_parallel` trains on chunk_parallel_core.md,
+    `chunk_delta_parallel` on chunk_delta_parallel_core.md, their kernels dotting in the call's
+    16-bit `dtype`) puts them in place of the others. `mode=None` trains in the module's
+    parallel mode when that has cores of its own (`training_mode`), else in the mode the
+    module's `run` chooses at `dims`. A parallel mode with no cores of its own (the module
+    lacks them) trains on DEFAULT_MODE's core. Another mode (e.g. a forced
     `fused_recurrent`) keeps its kernel forward and has its own backward or recomputes."""
     mode = options.get("mode") or training_mode(triton_module, options, dims)
     cores = core_options(triton_module, options)
     own = getattr(triton_module, "MODE_CORES", {}).get(mode)
     if not own and mode == getattr(triton_module, "PARALLEL_MODE", None):
         mode = triton_module.DEFAULT_MODE   # a parallel form with no core of its own trains on
-        #                                     the single-kernel form's (chunk_delta_parallel)
+        #                                     the single-kernel form's
     if cores and own:
         bound = dict(dot_dtype=dtype, precision=options.get("precision"))
         return {**cores, **{name: functools.partial(core, **bound) for name, core in own.items()}}
@@ -171,8 +173,9 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
 
 def training_mode(triton_module, options: dict, dims: dict | None) -> str:
     """The mode a `mode=None` call trains in: the module's parallel mode when it has training
-    cores of its own (chunk_parallel: its kernels fit a GPU, chunk_core's do not, whatever the
-    number of programs), else the mode `run` would choose at `dims`."""
+    cores of its own (chunk_parallel, chunk_delta_parallel: their kernels fit a GPU,
+    chunk_core's and chunk_delta_core's do not, whatever the number of programs), else the mode
+    `run` would choose at `dims`."""
     parallel = getattr(triton_module, "PARALLEL_MODE", None)
     if parallel in getattr(triton_module, "MODE_CORES", {}):
         return parallel

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
-from training_cores import check_trains_on_core  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
@@ -142,12 +141,39 @@ def test_default_mode_by_programs_against_sms():
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
-def test_gradients_train_on_the_delta_core(name, monkeypatch):
-    """Training with mode="chunk_delta_parallel" (a mode with no core of its own): the call
-    trains on the single-kernel form's adjoint core, chunk_delta_core (seqc/autograd.py,
-    `training_cores`), not on the torch recomputation; gradients of every input and the initial
-    state equal the reference's."""
-    check_trains_on_core(name, "chunk_delta_core", "chunk_delta_parallel", monkeypatch)
+def test_gradients_train_on_the_parallel_delta_core(name, monkeypatch):
+    """Training with mode="chunk_delta_parallel": the call trains on the mode's own core,
+    chunk_delta_parallel_core (`MODE_CORES`, seqc/autograd.py `training_cores`), not on the
+    torch recomputation nor on chunk_delta_core; gradients of every input and the initial state
+    equal the reference's."""
+    program = seqc.load(name)
+    module = program.kernel("triton").module
+    own = module.MODE_CORES["chunk_delta_parallel"]
+    core, used = own["chunk_delta_core"], []
+
+    def counted(*args, **kwargs):
+        used.append(1)
+        return core(*args, **kwargs)
+    monkeypatch.setitem(own, "chunk_delta_core", counted)
+    monkeypatch.setitem(module.CORES, "chunk_delta_core", None)     # must not be called
+    dims = {"K": 5, "V": 6}
+    x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
+    s = random_state(name, 1, 2, dims=dims, seed=3)
+
+    def grads(backend, **options):
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        s0 = {n: t.clone().requires_grad_() for n, t in s.items()}
+        out = program.kernel(backend, **options)(**leaves, **p, initial_state=s0,
+                                                 output_final_state=True)
+        loss = (out.o * torch.linspace(-1, 1, out.o.shape[-1])).sum() \
+            + out.final_state["S"].square().sum()
+        return torch.autograd.grad(loss, [*leaves.values(), *s0.values()])
+
+    got = grads("triton", mode="chunk_delta_parallel", chunk_size=16, precision="ieee")
+    assert used, "the training call did not run chunk_delta_parallel_core"
+    want = grads("reference")
+    for name_, g, w in zip([*x, *s], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
 
 
 def test_scratch_traffic_counted():

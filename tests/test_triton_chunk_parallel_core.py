@@ -34,9 +34,10 @@ def parallel_core(dtype):
 
 
 @contextlib.contextmanager
-def parallel_core_backwards(name):
-    """The calls of `name`'s _ChunkParallelCore.backward inside the block (a list)."""
-    function = seqc.load(name).kernel("triton").module._ChunkParallelCore
+def parallel_core_backwards(name, core="_ChunkParallelCore"):
+    """The calls of `name`'s `core` (an autograd.Function of its Triton module) backward inside
+    the block (a list)."""
+    function = getattr(seqc.load(name).kernel("triton").module, core)
     backward, calls = function.backward, []
 
     def counted(ctx, *grads):

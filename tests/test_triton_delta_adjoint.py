@@ -96,13 +96,14 @@ def test_core_adjoint_strong_decays_fp32(decay):
 
 @pytest.mark.parametrize("name", DELTA_SPECS)
 def test_delta_specs_train_through_the_adjoint_kernels(name):
-    assert_trains_through_core(name, "chunk_delta_core", "_DeltaCore")
+    """Forced `chunk_delta` (mode=None trains on chunk_delta_parallel_core)."""
+    assert_trains_through_core(name, "chunk_delta_core", "_DeltaCore", mode="chunk_delta")
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
 def test_minus_infinity_log_decays(name):
     """kda's key-wise decay is reset on one lane only."""
-    assert_resets_equal_the_reference(name)
+    assert_resets_equal_the_reference(name, mode="chunk_delta")
 
 
 def step_inputs(decay, J=2, B=1, T=19, H=2, K=5, V=3, seed=4):
@@ -156,7 +157,7 @@ def test_several_delta_steps_a_token_match_torch_autograd_fp64(decay):
 def test_deltaproduct_trains_through_the_adjoint_kernels():
     """deltaproduct (two delta steps a token) trains through the delta core, its steps
     interleaved (chunk_delta_core.md), no torch recomputation."""
-    assert_trains_through_core("deltaproduct", "chunk_delta_core", "_DeltaCore")
+    assert_trains_through_core("deltaproduct", "chunk_delta_core", "_DeltaCore", mode="chunk_delta")
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
@@ -168,7 +169,8 @@ def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
     chunk: 1.32x here (1.39x at dims of 64)."""
     program = seqc.load(name)
     forward, backward, compulsory = counted_training_step(
-        program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}})
+        program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}},
+        mode="chunk_delta")
     assert backward / compulsory <= 2.5, f"{name}: backward {backward / compulsory:.2f}x"
     assert forward / compulsory <= 1.45, f"{name}: training forward {forward / compulsory:.2f}x"
 
@@ -180,6 +182,7 @@ def test_deltaproduct_traffic_reads_its_query_once_a_token():
     step), forward 1.45x (1.75x)."""
     program = seqc.load("deltaproduct")
     forward, backward, compulsory = counted_training_step(
-        program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}})
+        program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}},
+        mode="chunk_delta")
     assert backward / compulsory <= 2.55, f"backward {backward / compulsory:.2f}x"
     assert forward / compulsory <= 1.5, f"training forward {forward / compulsory:.2f}x"

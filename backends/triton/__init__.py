@@ -55,7 +55,8 @@ def adjoint_cores(plan, modes) -> list[str]:
     (scan_core.md) when the Plan has an elementwise (uncoupled) scan group or a semiring group
     and a parallel kernel runs; `chunk_delta` (chunk_delta_core.md) when the chunk_delta kernel
     runs and every delta group has one query (deltanet, gated_deltanet, kda; deltaproduct's delta
-    steps run as the delta rule over the steps); `chunk_dplr` (chunk_dplr_core.md) when the
+    steps run as the delta rule over the steps), and then `chunk_delta_parallel`
+    (chunk_delta_parallel_core.md, the `chunk_delta_parallel` mode's) when that mode runs; `chunk_dplr` (chunk_dplr_core.md) when the
     chunk_dplr kernel runs and every diagonal-plus-low-rank group has one query and one write a
     token (rwkv7, comba); `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a
     semiring group (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan`
@@ -79,6 +80,8 @@ def adjoint_cores(plan, modes) -> list[str]:
     if "chunk_delta" in modes and all(sum(r.state == g.state for r in plan.reads) == 1
                                       for g in deltas):
         cores.append("chunk_delta")
+        if "chunk_delta_parallel" in modes:     # its training core: chunk_delta_parallel_core.md
+            cores.append("chunk_delta_parallel")
     dplrs = [g for g in plan.groups if g.kind == "chunk_dplr"]
     if "chunk_dplr" in modes and all(
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1

@@ -1394,13 +1394,752 @@ def _delta_steps(keys, write_keys, values, log_decay):
     g = None if log_decay is None else steps([log_decay] + [torch.zeros_like(log_decay)] * others)
     return steps(keys), steps(write_keys), steps(values), g
 
+
+
+# ---- the parallel delta-rule core and its adjoint, for training (chunk_delta_parallel_core.md) ----
+
+
+@triton.jit
+def _cp_cumulate(d, last):
+    """Log2 gates of a chunk with hard resets (gates.md): d the log decays ([BLOCK_T] or
+    [BLOCK_T, BLOCK_K], -inf a reset), `last` selects the chunk's last row. Returns G (finite
+    gates cumulated, log2), R (resets counted), G0 (from the chunk start, -inf after a reset),
+    Gend (to the chunk end, -inf across a reset) and Glast0 (the whole chunk's gate)."""
+    reset = d == float("-inf")
+    G = tl.cumsum(tl.where(reset, 0.0, d * 1.4426950408889634), axis=0)
+    R = tl.cumsum(reset.to(d.dtype), axis=0)
+    Glast = tl.sum(tl.where(last, G, 0.0), axis=0)
+    Rlast = tl.sum(tl.where(last, R, 0.0), axis=0)
+    G0 = tl.where(R == 0.0, G, float("-inf"))
+    Gend = tl.where(R == Rlast, Glast - G, float("-inf"))
+    Glast0 = tl.where(Rlast == 0.0, Glast, float("-inf"))
+    return G, R, G0, Gend, Glast0
+
+
+@triton.jit
+def _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
+                    BLOCK_T: tl.constexpr, K, ACC: tl.constexpr):
+    """The chunk's log decays (0 past T) and their log2 cumulations (_cp_cumulate): per step
+    ([BLOCK_T]) for a scalar decay (DECAY 1), per step and key lane for a key-wise one (2)."""
+    last = o_t == BLOCK_T - 1
+    if DECAY == 2:
+        d = tl.load(ptr_g + base[:, None] * K + o_k[None, :],
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(ACC)
+        G, R, G0, Gend, Glast0 = _cp_cumulate(d, last[:, None])
+    else:
+        d = tl.load(ptr_g + base, mask=mask_t, other=0.0).to(ACC)
+        G, R, G0, Gend, Glast0 = _cp_cumulate(d, last)
+    return d, G, R, G0, Gend, Glast0
+
+
+@triton.jit
+def _cp_causal_decay(G, R, o_t):
+    """M[t, s] = 2^(G_t - G_s) for s <= t with no reset between them, else 0 (scalar gates)."""
+    keep = (o_t[:, None] >= o_t[None, :]) & (R[:, None] == R[None, :])
+    return tl.exp2(tl.where(keep, G[:, None] - G[None, :], float("-inf")))
+
+
+@triton.jit
+def _cp_anchor(G, R, o_t, c, SUB_T: tl.constexpr):
+    """The factors re-anchoring key-wise gates at the end of sub-chunk c - 1 (n, its count rn):
+    rows 2^(G_t - n), columns 2^(n - G_s), both <= 1 (0 across a reset; keywise_scores.md)."""
+    at = (o_t == c * SUB_T - 1)[:, None]
+    n = tl.sum(tl.where(at, G, 0.0), axis=0)
+    rn = tl.sum(tl.where(at, R, 0.0), axis=0)
+    rows = tl.exp2(tl.where(R == rn[None, :], tl.minimum(G - n[None, :], 0.0), float("-inf")))
+    cols = tl.exp2(tl.where(rn[None, :] == R, tl.minimum(n[None, :] - G, 0.0), float("-inf")))
+    return rows, cols
+
+
+@triton.jit
+def _cp_column(x, o_t, j):
+    """Row j of a [BLOCK_T, ...] block."""
+    return tl.sum(tl.where((o_t == j)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _cp_keywise_scores(q, k, G, R, o_t, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
+                       DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """A[t, s] = sum_d q_td k_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over this key
+    block: sub-chunks off the diagonal by tl.dot of re-anchored factors, the diagonal ones
+    column by column (keywise_scores.md)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=G.dtype)
+    for c in tl.static_range(1, BLOCK_T // SUB_T):
+        rows, cols = _cp_anchor(G, R, o_t, c, SUB_T)
+        block = ((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :]
+        A += tl.where(block, tl.dot((q * rows).to(DOT), tl.trans((k * cols).to(DOT)),
+                                    input_precision=PRECISION), 0.0)
+    for j in range(0, BLOCK_T):
+        g_j = _cp_column(G, o_t, j)
+        r_j = _cp_column(R, o_t, j)
+        decay = tl.exp2(tl.where(R == r_j[None, :], tl.minimum(G - g_j[None, :], 0.0),
+                                 float("-inf")))
+        column = tl.sum(q * _cp_column(k, o_t, j)[None, :] * decay, axis=1)
+        diagonal = ((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j)
+        A += tl.where(diagonal[:, None] & (o_t == j)[None, :], column[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T: tl.constexpr,
+                            SUB_T: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """dq, dk plus the intra-chunk gradients of the key-wise scores given dA [t, s] (causal):
+    dq_t += sum_{s<=t} dA_ts k_s 2^(G_t - G_s), dk_s += sum_{t>=s} dA_ts q_t 2^(G_t - G_s) per
+    lane, split into sub-chunks as _cp_keywise_scores."""
+    for c in tl.static_range(1, BLOCK_T // SUB_T):
+        rows, cols = _cp_anchor(G, R, o_t, c, SUB_T)
+        block = ((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :]
+        dA_c = tl.where(block, dA, 0.0).to(DOT)
+        dq += rows * tl.dot(dA_c, (k * cols).to(DOT), input_precision=PRECISION)
+        dk += cols * tl.dot(tl.trans(dA_c), (q * rows).to(DOT), input_precision=PRECISION)
+    for j in range(0, BLOCK_T):
+        g_j = _cp_column(G, o_t, j)
+        r_j = _cp_column(R, o_t, j)
+        diagonal = ((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j)
+        decay = tl.where(diagonal[:, None] & (R == r_j[None, :]),
+                         tl.exp2(tl.minimum(G - g_j[None, :], 0.0)), 0.0)
+        dA_j = tl.sum(tl.where((o_t == j)[None, :], dA, 0.0), axis=1)
+        dq += dA_j[:, None] * _cp_column(k, o_t, j)[None, :] * decay
+        dk += tl.where((o_t == j)[:, None], tl.sum(dA_j[:, None] * q * decay, axis=0)[None, :],
+                       0.0)
+    return dq, dk
+
+
+@triton.jit
+def _cp_rows(n, i_b, i_h, T, H, BLOCK_T: tl.constexpr):
+    """The steps of chunk n: their token index (b, t, h) and mask, and the offsets in a chunk."""
+    o_t = tl.arange(0, BLOCK_T)
+    rows = n * BLOCK_T + o_t
+    mask_t = rows < T
+    return o_t, (i_b * T + rows) * H + i_h, mask_t
+
+
+@triton.jit
+def _cp_load(ptr, base, mask_t, o_x, mask_x, X):
+    """A [BLOCK_T, BLOCK_X] block of a [B, T, H, X] tensor, 0 past T and in padded lanes."""
+    return tl.load(ptr + base[:, None] * X + o_x[None, :], mask=mask_t[:, None] & mask_x[None, :],
+                   other=0.0)
+
+
+# the dot dtypes of the kernels (tl.dot operands) by torch dtype
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
+@triton.jit
+def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, n, i_bh, base, mask_t, o_t, o_v, mask_v,
+                        T, NT, K, V, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+                        KEYS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """Over key blocks, for chunk n and one value block: the scores A [t, s] = q_t . k_s
+    (decayed when key-wise; a scalar gate is the caller's) and the read x @ state[n] [BLOCK_T,
+    BLOCK_V] of the stored states, x = q (2^G0 q when key-wise: the forward outputs) or, with
+    KEYS, x = k (2^Gend k when key-wise: dv)."""
+    read = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+        state = tl.load(ptr_state + (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(DOT)
+        if DECAY == 2:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            if KEYS:
+                x = (k.to(ACC) * tl.exp2(Gend)).to(DOT)
+            else:
+                x = (q.to(ACC) * tl.exp2(G0)).to(DOT)
+            A += _cp_keywise_scores(q.to(ACC), k.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
+                                    PRECISION)
+        else:
+            x = k if KEYS else q
+            A += tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        read += tl.dot(x, state, input_precision=PRECISION)
+    return read, A
+
+
+@triton.jit
+def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
+                DECAY: tl.constexpr, KEYS: tl.constexpr, ACC: tl.constexpr):
+    """The scalar gate applied after the key loop (2^G0 on q's read, 2^Gend on k's, the causal
+    decay mask on A), or the causal mask alone without a gate."""
+    if DECAY == 1:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        read = read * tl.exp2(Gend if KEYS else G0)[:, None]
+        A = A * _cp_causal_decay(G, R, o_t)
+    elif DECAY == 0:
+        A = tl.where(o_t[:, None] >= o_t[None, :], A, 0.0)
+    return read, A
+
+
+@triton.jit
+def _cp_fwd_output_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Forward outputs: one program per (value block, chunk, batch x head),
+    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks."""
+    i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_v = o_v < V
+    out, A = _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_h, n, i_bh, base, mask_t, o_t, o_v,
+                                 mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
+                                 False, ACC, DOT, PRECISION)
+    out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
+    v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+    out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
+    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out,
+             mask=mask_t[:, None] & mask_v[None, :])
+
+
+
+@triton.jit
+def _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
+                 BLOCK_T: tl.constexpr, K, ACC: tl.constexpr):
+    """The chunk's decay factors on a key block, shaped to scale [BLOCK_T, BLOCK_K] rows:
+    start = 2^G0 (from the chunk's start), end = 2^Gend (to its end), and whole = 2^Glast0
+    (over it: a scalar, or [BLOCK_K] key-wise); all 1 without a decay."""
+    if DECAY == 0:
+        start = tl.full([BLOCK_T, 1], 1.0, ACC)
+        end = start
+        whole = 1.0
+    else:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                                    BLOCK_T, K, ACC)
+        if DECAY == 2:
+            start, end = tl.exp2(G0), tl.exp2(Gend)
+        else:
+            start, end = tl.exp2(G0)[:, None], tl.exp2(Gend)[:, None]
+        whole = tl.exp2(Glast0)
+    return start, end, whole
+
+
+@triton.jit
+def _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY: tl.constexpr):
+    """Chunk n's decay 2^Glast0 (stored by the per-chunk kernel) shaped to scale a
+    [BLOCK_K, BLOCK_V] state: per key row when key-wise, 1 without a decay."""
+    if DECAY == 2:
+        whole = tl.load(ptr_whole + (i_bh * NT + n) * K + o_k, mask=mask_k, other=0.0)[:, None]
+    elif DECAY == 1:
+        whole = tl.load(ptr_whole + i_bh * NT + n)
+    else:
+        whole = 1.0
+    return whole
+
+
+@triton.jit
+def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_T: tl.constexpr,
+                SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, DECAY: tl.constexpr,
+                SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
+    blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
+    is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
+    per key block, SCALED 1 stores x 2^G0 and SCALED 2 stores w 2^Gend to ptr_scaled (in DOT:
+    the state passes' operands, so that they form no gate)."""
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
+        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if SCALED > 0:
+            start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                             BLOCK_T, K, ACC)
+            if SCALED == 1:
+                scaled = x.to(ACC) * start
+            else:
+                scaled = w.to(ACC) * end
+            tl.store(ptr_scaled + base[:, None] * K + o_k[None, :], scaled,
+                     mask=mask_t[:, None] & mask_k[None, :])
+        if DECAY == 2:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            A += _cp_keywise_scores(x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
+                                    PRECISION)
+        else:
+            A += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+    return _cdp_causal(A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC)
+
+
+@triton.jit
+def _cdp_causal(A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr, DECAY: tl.constexpr,
+                ACC: tl.constexpr):
+    """A [t, s] kept for s <= t, times 2^(G_t - G_s) (0 across a reset) for a scalar gate (a
+    key-wise one is already in A)."""
+    if DECAY == 1:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        A = A * _cp_causal_decay(G, R, o_t)
+    else:
+        A = tl.where(o_t[:, None] >= o_t[None, :], A, 0.0)
+    return A
+
+
+@triton.jit
+def _cdp_score_grads(dx, dw, dA, x, w, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
+                     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, DECAY: tl.constexpr,
+                     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """dx_t += sum_{s<=t} dA_ts w_s 2^(G_t - G_s), dw_s += sum_{t>=s} dA_ts x_t 2^(G_t - G_s)
+    on one key block, dA [t, s] causal (the gradient of _cdp_scores)."""
+    if DECAY == 2:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        dx, dw = _cp_keywise_score_grads(dx, dw, dA, x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T,
+                                         SUB_T, DOT, PRECISION)
+    else:
+        dM = _cdp_causal(dA, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
+        dx += tl.dot(dM, w.to(DOT), input_precision=PRECISION)
+        dw += tl.dot(tl.trans(dM), x.to(DOT), input_precision=PRECISION)
+    return dx, dw
+
+
+@triton.jit
+def _cdp_prepare_kernel(
+    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_V: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The WY factors of one (chunk, batch x head) (chunk_delta_parallel_core.md, forward 1):
+    L = the decayed k w^T strictly below the diagonal, Tm = (I + L)^-1 (stored, in DOT),
+    W = Tm (2^G0 k) and U = Tm v, and the state pass's w 2^Gend and 2^Glast0 (stored, in DOT;
+    2^Glast0 fp32)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
+                    SCORES_K, DECAY, 2, ACC, DOT, PRECISION)
+    L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
+    Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
+    tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
+    Tm = Tm.to(DOT)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
+                                         K, ACC)
+        W = tl.dot(Tm, (k.to(ACC) * start).to(DOT), input_precision=PRECISION)
+        tl.store(ptr_W + base[:, None] * K + o_k[None, :], W,
+                 mask=mask_t[:, None] & mask_k[None, :])
+        if DECAY == 2:
+            tl.store(ptr_whole + (i_bh * NT + n) * K + o_k, whole, mask=mask_k)
+        elif DECAY == 1:
+            tl.store(ptr_whole + i_bh * NT + n, whole)
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+        U = tl.dot(Tm, v, input_precision=PRECISION)
+        tl.store(ptr_u + base[:, None] * V + o_v[None, :], U,
+                 mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cdp_state_block(ptr_start, HAS_START: tl.constexpr, i_v, i_bh, K, V, BLOCK_K: tl.constexpr,
+                     BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+    """A state pass's lanes (all of K, value block i_v), its [K, V] offsets and mask, and the
+    state it starts from (ptr_start's, else 0)."""
+    o_k = tl.arange(0, BLOCK_K)
+    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_k, mask_v = o_k < K, o_v < V
+    offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
+    if HAS_START:
+        S = tl.load(ptr_start + i_bh * K * V + offs_kv, mask=mask_kv, other=0.0).to(ACC)
+    else:
+        S = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
+    return o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, S
+
+
+@triton.jit
+def _cdp_state_kernel(
+    ptr_W, ptr_we, ptr_whole, ptr_start, ptr_states, ptr_vn, ptr_last, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+    HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The forward state pass (forward 2): one program per (value block, batch x head) holds
+    all of K and walks the chunks: h[n] stored (fp32), the new values vn = U - W h[n] stored
+    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn (both stored by the per-chunk
+    kernel: no gate is formed here); then the last state."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, S = _cdp_state_block(
+        ptr_start, HAS_START, i_v, i_bh, K, V, BLOCK_K, BLOCK_V, ACC)
+    for n in range(0, NT):
+        tl.store(ptr_states + (i_bh * NT + n) * K * V + offs_kv, S, mask=mask_kv)
+        o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+        W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
+        vn = _cp_load(ptr_vn, base, mask_t, o_v, mask_v, V).to(ACC) \
+            - tl.dot(W, S.to(DOT), input_precision=PRECISION)
+        vn = vn.to(DOT)
+        tl.store(ptr_vn + base[:, None] * V + o_v[None, :], vn,
+                 mask=mask_t[:, None] & mask_v[None, :])
+        we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
+        S = S * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
+            + tl.dot(tl.trans(we), vn, input_precision=PRECISION)
+    tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
+
+
+@triton.jit
+def _cdp_bwd_local_kernel(
+    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, T, H, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The new values' gradient through the chunk's own reads (adjoint b), one program per
+    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and the
+    adjoint state pass's 2^G0 q (stored, in DOT)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
+                    SCORES_K, DECAY, 1, ACC, DOT, PRECISION)
+    P = tl.trans(P.to(DOT))
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        tl.store(ptr_dvl + base[:, None] * V + o_v[None, :],
+                 tl.dot(P, do, input_precision=PRECISION),
+                 mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cdp_bwd_state_kernel(
+    ptr_qg, ptr_we, ptr_W, ptr_whole, ptr_do, ptr_dvl, ptr_dvn, ptr_dfinal, ptr_dh, ptr_ds0,
+    T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
+    all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
+    stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
+    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0 (the decayed keys
+    and queries and 2^Glast0 stored by the per-chunk kernels: no gate is formed here)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
+        ptr_dfinal, HAS_DFINAL, i_v, i_bh, K, V, BLOCK_K, BLOCK_V, ACC)
+    for i_n in range(0, NT):
+        n = NT - 1 - i_n
+        tl.store(ptr_dh + (i_bh * NT + n) * K * V + offs_kv, dS, mask=mask_kv)
+        o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+        mask_tv = mask_t[:, None] & mask_v[None, :]
+        we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
+        dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V) \
+            + tl.dot(we, dS.to(DOT), input_precision=PRECISION)
+        dvn = dvn.to(DOT)
+        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
+        qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
+        W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
+        do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        dS = dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
+            + tl.dot(tl.trans(qg), do, input_precision=PRECISION) \
+            - tl.dot(tl.trans(W), dvn, input_precision=PRECISION)
+    tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
+
+
+@triton.jit
+def _cdp_bwd_dqw_kernel(
+    ptr_q, ptr_w, ptr_g, ptr_h, ptr_dh, ptr_do, ptr_vn, ptr_dvn, ptr_dq, ptr_dw, ptr_dW,
+    ptr_db, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dq, the write keys' gradient through the reads and the leaving state, dW (adjoint d),
+    one program per (key block, chunk, batch x head), over value blocks:
+    dq = 2^G0 (do h^T) + (dP M) w, dw = 2^Gend (vn dh^T) + (dP M)^T q, dW = -dvn h^T with
+    dP = do vn^T (causal), and the gates' share q dq - w dw (+ the leaving state's, last row)."""
+    i_k, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    offs_tk = base[:, None] * K + o_k[None, :]
+    dP = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    dw = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    dW = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+    hdh = tl.zeros([BLOCK_K], dtype=ACC)               # sum_v h[n] * dh[n], per key lane
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        offs = (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :]
+        mask_kv = mask_k[:, None] & mask_v[None, :]
+        h = tl.load(ptr_h + offs, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + offs, mask=mask_kv, other=0.0)
+        do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        vn = _cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)
+        dvn = _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V)
+        dP += tl.dot(do, tl.trans(vn), input_precision=PRECISION)
+        dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION)
+        dw += tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION)
+        dW -= tl.dot(dvn, tl.trans(h.to(DOT)), input_precision=PRECISION)
+        if DECAY > 0:
+            hdh += tl.sum(h * dh, axis=1)
+    tl.store(ptr_dW + offs_tk, dW, mask=mask_tk)
+    q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+    w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+    start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T, K,
+                                     ACC)
+    dq = dq * start
+    dw = dw * end
+    # dL/db of the chunk's last step through the state it leaves (dw holds its share so far)
+    leaving = whole * hdh + tl.sum(w.to(ACC) * dw, axis=0)
+    dq, dw = _cdp_score_grads(dq, dw, dP, q, w, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
+                              BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
+    tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
+    tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
+    if DECAY > 0:
+        db = q.to(ACC) * dq - w.to(ACC) * dw
+        # on the chunk's last step before T (the rows past T are not stored; the reverse
+        # cumsum takes it to every step of the chunk)
+        last = tl.minimum(T - n * BLOCK_T, BLOCK_T) - 1
+        db += tl.where((o_t == last)[:, None], leaving[None, :], 0.0)
+        if DECAY == 2:
+            tl.store(ptr_db + offs_tk, db, mask=mask_tk)
+        else:
+            tl.store(ptr_db + i_k * (tl.num_programs(2) * T) + base,
+                     tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1), mask=mask_t)
+
+
+@triton.jit
+def _cdp_bwd_wy_kernel(
+    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
+    ptr_dg, T, H, K, V, DB_SHARES,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The WY backward (adjoint e), one program per (chunk, batch x head): from U = Tm v,
+    W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW, dTm = dvn v^T + dW (2^G0 k)^T; through
+    Tm = (I + L)^-1: dL = -Tm^T dTm Tm^T (strictly lower), back to k and w; the gates' share,
+    added to the dq/dw kernel's, and dg by its reverse cumsum inside the chunk."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    Tm = tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], mask=mask_t[:, None],
+                 other=0.0)
+    TmT = tl.trans(Tm)
+    dTm = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        dvn = _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V)
+        v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+        tl.store(ptr_dv + base[:, None] * V + o_v[None, :],
+                 tl.dot(TmT, dvn, input_precision=PRECISION),
+                 mask=mask_t[:, None] & mask_v[None, :])
+        dTm += tl.dot(dvn, tl.trans(v), input_precision=PRECISION)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+        dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
+        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
+                                         K, ACC)
+        dTm += tl.dot(dW, tl.trans((k.to(ACC) * start).to(DOT)), input_precision=PRECISION)
+    dL = -tl.dot(TmT, tl.dot(dTm.to(DOT), TmT, input_precision=PRECISION).to(DOT),
+                 input_precision=PRECISION)
+    dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
+    db_rows = tl.zeros([BLOCK_T], dtype=ACC)       # a scalar gate's share, summed over lanes
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        offs_tk = base[:, None] * K + o_k[None, :]
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
+        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
+                                         K, ACC)
+        dkg = tl.dot(TmT, dW, input_precision=PRECISION)
+        zeros = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+        dk_L, dw_L = _cdp_score_grads(zeros, zeros, dL, k, w, ptr_g, base, mask_t, o_t, o_k,
+                                      mask_k, K, BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
+        tl.store(ptr_dk + offs_tk, dkg * start + dk_L, mask=mask_tk)
+        dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0)
+        tl.store(ptr_dw + offs_tk, dw + dw_L, mask=mask_tk)
+        if DECAY > 0:
+            db = k.to(ACC) * (dk_L + start * dkg) - w.to(ACC) * dw_L
+            if DECAY == 2:
+                db += tl.load(ptr_db + offs_tk, mask=mask_tk, other=0.0)
+                _cdp_store_dg(ptr_dg, offs_tk, mask_tk, db, ptr_g, base, mask_t, o_t, o_k,
+                              mask_k, K, BLOCK_T, DECAY, ACC)
+            else:
+                db_rows += tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1)
+    if DECAY == 1:
+        for share in range(0, DB_SHARES):
+            db_rows += tl.load(ptr_db + share * (tl.num_programs(1) * T) + base, mask=mask_t,
+                               other=0.0)
+        _cdp_store_dg(ptr_dg, base, mask_t, db_rows, ptr_g, base, mask_t, o_t, o_t, mask_t, K,
+                      BLOCK_T, DECAY, ACC)
+
+
+@triton.jit
+def _cdp_store_dg(ptr_dg, offs, mask, db, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
+                  BLOCK_T: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr):
+    """dg_s = sum_{t >= s in the chunk} dL/db_t (the reverse cumsum), 0 at a -inf log decay."""
+    d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                                BLOCK_T, K, ACC)
+    dg = tl.sum(db, axis=0) - tl.cumsum(db, axis=0) + db
+    tl.store(ptr_dg + offs, tl.where(d == float("-inf"), 0.0, dg), mask=mask)
+
+
+def _cdp_blocks(K, V, decay, chunk_size):
+    """Blocks and warps (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64 steps,
+    key and value blocks of at most 64 lanes (16 for key-wise scores), all of K in the state
+    passes (value blocks of 32 there when K > 64)."""
+    block_t = min(64, max(16, _pow2(chunk_size)))
+    block_k = min(64, max(16, _pow2(K)))
+    block_v = min(64, max(16, _pow2(V)))
+    state_k = max(16, _pow2(K))
+    keywise = decay == 2
+    return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
+                scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
+                dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
+                state_k=state_k, state_v=min(block_v, 32),
+                warps=8 if keywise else 4, state_warps=8)
+
+
+def _cdp_rows_of_steps(x, steps):
+    """A per-token tensor [B, T, H, X] on the rows of `steps` delta steps a token, on each
+    token's last step (0 on the others: chunk_delta_core.md, Limits)."""
+    if steps == 1:
+        return x.contiguous()
+    rows = x.new_zeros((x.shape[0], x.shape[1] * steps) + tuple(x.shape[2:]))
+    rows[:, steps - 1::steps] = x
+    return rows
+
+
+class _ChunkDeltaParallelCore(torch.autograd.Function):
+    """(o, S_T) of the delta-rule recurrence by the parallel kernels; the forward keeps the
+    fp32 chunk states h [B, H, NT, K, V], the inverses Tm and the new values, the backward is
+    the adjoint kernels alone (chunk_delta_parallel_core.md)."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision):
+        compute = q.dtype
+        dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
+        q = _cdp_rows_of_steps(q.to(dot), steps)
+        k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
+        g = None if g is None else g.contiguous()
+        s0 = s0.to(compute).contiguous()
+        B, T, H, K = k.shape
+        V = v.shape[-1]
+        decay = 0 if g is None else (2 if g.dim() == 4 else 1)
+        b = _cdp_blocks(K, V, decay, chunk_size)
+        NT = triton.cdiv(T, b["block_t"])
+        acc, tl_dot = _acc(s0), _TL_DTYPES[dot]
+        precision = precision or ("tf32" if dot == torch.float32 else "ieee")
+        device = k.device
+        tm = torch.empty((B, T, H, b["block_t"]), dtype=dot, device=device)
+        W = torch.empty((B, T, H, K), dtype=dot, device=device)
+        vn = torch.empty((B, T, H, V), dtype=dot, device=device)     # U, then the new values
+        we = torch.empty((B, T, H, K), dtype=dot, device=device)     # w 2^Gend
+        whole = torch.empty((B * H, NT) + ((K,) if decay == 2 else ()), dtype=compute,
+                            device=device)                           # 2^Glast0
+        h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
+        final = torch.empty((B, H, K, V), dtype=compute, device=device)
+        o = torch.empty((B, T, H, V), dtype=compute, device=device)
+        g_ptr = k if g is None else g
+        _cdp_prepare_kernel[(NT, B * H)](
+            k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
+            b["scores_k"],
+            b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        _cdp_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
+            W, we, whole, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
+            b["state_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=2)
+        _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
+            q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        ctx.save_for_backward(q, k, w, v, g, h, tm, W, vn, we, whole)
+        ctx.settings = (chunk_size, steps, decay, compute, precision)
+        return o[:, steps - 1::steps], final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, dfinal):
+        q, k, w, v, g, h, tm, W, vn, we, whole = ctx.saved_tensors
+        chunk_size, steps, decay, compute, precision = ctx.settings
+        B, T, H, K = k.shape
+        V = v.shape[-1]
+        b = _cdp_blocks(K, V, decay, chunk_size)
+        NT = triton.cdiv(T, b["block_t"])
+        NK = triton.cdiv(K, b["dqw_k"])
+        acc, tl_dot = _acc(h), _TL_DTYPES[k.dtype]
+        device = k.device
+        do = torch.zeros((B, T, H, V), dtype=k.dtype, device=device) if do is None \
+            else _cdp_rows_of_steps(do.to(k.dtype), steps)
+        dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
+        dvn = torch.empty_like(vn)
+        qg = torch.empty_like(q)                                     # 2^G0 q
+        dh = torch.empty_like(h)
+        ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
+        dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
+        dW = torch.empty_like(W)
+        dv = torch.empty((B, T, H, V), dtype=compute, device=device)
+        dg = db = None
+        if g is not None:
+            dg = torch.empty(g.shape, dtype=compute, device=device)
+            db = torch.empty(((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute,
+                             device=device)
+        g_ptr = k if g is None else g
+        dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
+        _cdp_bwd_local_kernel[(NT, B * H)](
+            q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+        _cdp_bwd_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
+            qg, we, W, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
+            T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"], decay,
+            dfinal is not None, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=2)
+        _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
+            q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
+            T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
+            tl_dot, precision, num_warps=8)
+        _cdp_bwd_wy_kernel[(NT, B * H)](
+            k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
+            dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
+            b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
+        return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
+
+
+def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
+                              dot_dtype=None, precision=None):
+    """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
+    the last state) on the parallel kernels: one query, one or more delta steps a token (the
+    delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise decay; q, k, w, v
+    dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype)."""
+    (q,) = queries
+    if len(keys) == 1:
+        (k,), (w,), (v,) = keys, write_keys, values
+        g, steps = log_decay, 1
+    else:
+        k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
+        steps = len(keys)
+    o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size,
+                                             steps, dot_dtype, precision)
+    return [o.transpose(1, 2)], final
+
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
 # a torch family function: seqc's Triton backward passes them (chunk_core.md)
 CORES = {
     "chunk_delta_core": chunk_delta_core,
 }
-# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
+# chunk_delta_parallel_core.md)
 MODE_CORES = {
+    "chunk_delta_parallel": {"chunk_delta_core": chunk_delta_parallel_core},
 }
 
 # `mode=None` here: the single-kernel `chunk_delta` form runs B x H x value blocks programs, each walking

@@ -1145,6 +1145,11 @@ def _cp_load(ptr, base, mask_t, o_x, mask_x, X):
                    other=0.0)
 
 
+# the dot dtypes of the kernels (tl.dot operands) by torch dtype
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
 @triton.jit
 def _cp_state_pass_kernel(
     ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
@@ -1439,10 +1444,6 @@ class _ChunkParallelCore(torch.autograd.Function):
         return dq, dk, dv, dg, ds0, None, None, None
 
 
-_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
-              torch.float64: tl.float64}
-
-
 def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot_dtype=None,
                         precision=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
@@ -1458,7 +1459,8 @@ def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot
 CORES = {
     "chunk_core": chunk_core,
 }
-# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
+# chunk_delta_parallel_core.md)
 MODE_CORES = {
     "chunk_parallel": {"chunk_core": chunk_parallel_core},
 }

@@ -627,7 +627,8 @@ def scan_core(coefficient, offset, state, chunk_size):
 CORES = {
     "scan_core": scan_core,
 }
-# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
+# chunk_delta_parallel_core.md)
 MODE_CORES = {
 }
 
