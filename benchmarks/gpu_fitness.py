@@ -1,6 +1,7 @@
 """The "GPU fitness" table of docs/benchmarks.md: `seqc gpu-check` over every stdlib spec.
 
-    python benchmarks/gpu_fitness.py [--sizes 64,128,96] [--arch 80,90] [--jobs N] [SPEC...]
+    python benchmarks/gpu_fitness.py [--sizes 64,128,96] [--arch 80,90] [--jobs N]
+        [--modes scan,scan_parallel] [SPEC...]
 
 Every kernel the Triton backend launches (every mode), bf16 calls, K = V = each size (every dim of
 the spec takes the size), compiled for sm_80 and sm_90a at the launch shape B=4, T=4096, H=16.
@@ -53,6 +54,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--fused-only-sizes", default="",
                         help="sizes at which only the fused_recurrent kernels are compiled")
+    parser.add_argument("--modes", default="",
+                        help="only these modes' kernels (comma-separated; default: every mode)")
     parser.add_argument("--cached-only", action="store_true",
                         help="kernels not in the kernel cache are reported, not compiled")
     parser.add_argument("--timeout", type=float, default=240,
@@ -64,9 +67,13 @@ def main() -> int:
     archs = [int(a) for a in args.arch.split(",")]
     jobs = [job for size in sizes + fused_only for name in specs
             for job in spec_jobs(load(name), {"*": size}, DEFAULT_SHAPE, archs, ["bf16"])]
+    modes = [m for m in args.modes.split(",") if m]
     for job in jobs:
         if job.dims[next(iter(d for d in job.dims if d not in DEFAULT_SHAPE))] in fused_only:
             job.modes = ["fused_recurrent"]
+        if modes:
+            job.modes = [m for m in (job.modes or modes) if m in modes]
+    jobs = [job for job in jobs if job.modes != []]
     started = time.perf_counter()
     for job in jobs:
         job.cached_only = args.cached_only

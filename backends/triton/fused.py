@@ -66,7 +66,10 @@ class FusedKernel:
             body.append(self.statement(statement))
         blocks = self.block_names()
         return dict(layout.prologue(spec, self.split), loads=loads, body=body, blocks=blocks,
-                    split=self.split, state_lanes=self.state_lanes(),
+                    split=self.split,
+                    split_lanes=layout.lanes([*spec.states, *(
+                        p for p in spec.params if self.split in p.dims)]),
+                    param_lanes=layout.lanes(spec.params) or "0",
                     checkpoints=self.checkpoints())
 
     def checkpoints(self) -> list[str]:
@@ -75,11 +78,6 @@ class FusedKernel:
         return [self.guard(s.dims, f"tl.store(ptr_ckpt_{s.name} + {checkpoint_row(s)}, "
                                    f"st_{s.name}, mask={layout.block(layout.row_axes(s.dims))[1]})")
                 for s in self.spec.states]
-
-    def state_lanes(self) -> str:
-        """Code of the number of state values one program holds (register lanes, padded)."""
-        return " + ".join("(" + " * ".join(f'blocks["BLOCK_{d}"]' for d in s.dims) + ")"
-                          if s.dims else "1" for s in self.spec.states)
 
     def statement(self, statement) -> str:
         value = self.expr(statement.value)
