@@ -69,7 +69,7 @@ class FusedKernel:
                     split=self.split,
                     split_lanes=layout.lanes([*spec.states, *(
                         p for p in spec.params if self.split in p.dims)]),
-                    param_lanes=layout.lanes(spec.params) or "0",
+                    param_lanes=layout.lanes(spec.params),
                     checkpoints=self.checkpoints())
 
     def checkpoints(self) -> list[str]:
