@@ -166,7 +166,8 @@ def fused_recurrent_kernel(
 ):
     """One program per (value block, batch x head): the state in registers, time inside; in
     training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward.
-    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step."""
+    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step
+    before their first use."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H

@@ -159,7 +159,8 @@ def fused_recurrent_kernel(
 ):
     """One program per (value block, batch x head): the state in registers, time inside; in
     training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward.
-    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step."""
+    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step
+    before their first use."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
@@ -357,7 +358,7 @@ def scan_chunk_output_kernel(
         tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), read__read0_h, mask=(mask_T[:, None] & mask_D[None, :]))
 
 
-SCAN_LANES = 2048       # time x state values a scan program holds in one block: 16 a thread at 4 warps
+SCAN_LANES = 1024       # time x state values a scan program holds in one block: 8 a thread at 4 warps
 
 
 def _scan_blocks(dims, options, lanes=SCAN_LANES):
