@@ -96,7 +96,9 @@ def main() -> int:
         first = next(iter(by_arch.values()))
         problems = sorted({short(p) for c in by_arch.values() for p in c.problems()})
         bad += bool(problems)
-        print("| " + " | ".join([spec, str(size), str(mode), str(first.result.get("programs", "?"))]
+        kernel = first.result.get("kernel")
+        label = str(mode) if kernel in (None, f"{mode}_kernel") else f"{mode}: {kernel}"
+        print("| " + " | ".join([spec, str(size), label, str(first.result.get("programs", "?"))]
                                 + [cell(by_arch[a]) if a in by_arch else "-" for a in archs]
                                 + [first.dot16, "yes" if not problems else "; ".join(problems)])
               + " |")
