@@ -46,6 +46,13 @@ def short(problem: str) -> str:
     return problem
 
 
+def module_modes(path: str) -> list[str]:
+    """The MODES of an emitted Triton module (a file)."""
+    line = next(line for line in Path(path).read_text().splitlines() if line.startswith("MODES = "))
+    return [m.strip().strip('"') for m in line.split("(", 1)[1].rstrip(")").split(",")
+            if m.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", metavar="SPEC")
@@ -72,7 +79,7 @@ def main() -> int:
         if job.dims[next(iter(d for d in job.dims if d not in DEFAULT_SHAPE))] in fused_only:
             job.modes = ["fused_recurrent"]
         if modes:
-            job.modes = [m for m in (job.modes or modes) if m in modes]
+            job.modes = [m for m in (job.modes or module_modes(job.module)) if m in modes]
     jobs = [job for job in jobs if job.modes != []]
     started = time.perf_counter()
     for job in jobs:

@@ -102,14 +102,15 @@ def test_mamba_fused_backward_with_d_split(monkeypatch):
 
 
 @pytest.mark.triton
-def test_scan_core_lane_blocks_hold_at_most_1024_values():
-    """The training core (scan_core.md) at blocks of 64 steps takes lane blocks of 16 (it took
-    min(128, pow2(L)): [64, 64] at L = 64, where the semiring core's backward spilled 80-784 B and
-    mamba's 864 B): L = 40 in three lane blocks, the last one ragged, against torch autograd."""
+def test_scan_core_blocks_hold_at_most_512_values():
+    """The training core (scan_core.md) asked for blocks of 64 steps takes [32 steps, 16 lanes]
+    (it took min(128, pow2(L)) lanes: [64, 64] at L = 64, where the semiring core's backward
+    spilled 80-784 B and mamba's 864 B): T = 66 in three time blocks and L = 40 in three lane
+    blocks, the last ones ragged, against torch autograd."""
     from test_triton_scan_adjoint import assert_core_close, core_gradients, core_inputs, modules
     triton_module, torch_module = modules()
     tensors = core_inputs((1, 1, 66, 40), seed=6, zeros=(5, 64))
-    assert triton_module._scan_core_shapes(tensors[1], 64)[3:] == (64, 2, 16, 3)
+    assert triton_module._scan_core_shapes(tensors[1], 64)[3:] == (32, 3, 16, 3)
     got = core_gradients(triton_module.scan_core, tensors, 64)
     want = core_gradients(torch_module._scan, tensors, 64)
     assert_core_close(got, want, 1e-10, "lane blocks of 16")

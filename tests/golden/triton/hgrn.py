@@ -775,19 +775,22 @@ def _scan_core_bwd_kernel(ptr_a, ptr_b, ptr_hb, ptr_dh, ptr_dfinal, ptr_da, ptr_
     tl.store(ptr_dh0 + i_bh * L + o_l, mu, mask=mask_l)
 
 
-SCAN_CORE_LANES = 1024      # time x lane values of one block in a program: 8 a thread at 4 warps
+SCAN_CORE_LANES = 512       # time x lane values of one block in a program: 4 a thread at 4 warps
 
 
 def _scan_core_shapes(b, chunk_size):
     """[B, H, T, ...] -> (B * H, T, L: the state's size, the time block, its count, the lane
-    block, the lane blocks' count). The lane block is halved (to 16 at least) until a block holds
-    at most SCAN_CORE_LANES values: the adjoint keeps a dozen such blocks live."""
+    block, the lane blocks' count). The lane block is halved (to 16 at least), then the time block
+    (to 16 at least), until a block holds at most SCAN_CORE_LANES values: the adjoint keeps a
+    dozen such blocks live (at 1024, [64, 16], the semiring core still spilled 16-20 B)."""
     B, H, T = b.shape[:3]
     L = b[0, 0, 0].numel()
     block_t = max(16, _pow2(chunk_size))
     block_l = min(128, max(16, _pow2(L)))
     while block_l > 16 and block_t * block_l > SCAN_CORE_LANES:
         block_l //= 2
+    while block_t > 16 and block_t * block_l > SCAN_CORE_LANES:
+        block_t //= 2
     return B * H, T, L, block_t, triton.cdiv(T, block_t), block_l, triton.cdiv(L, block_l)
 
 
