@@ -1,6 +1,7 @@
 """The "GPU fitness" table of docs/benchmarks.md: `seqc gpu-check` over every stdlib spec.
 
-    python benchmarks/gpu_fitness.py [--sizes 64,128,96] [--arch 80,90] [--jobs N] [SPEC...]
+    python benchmarks/gpu_fitness.py [--sizes 64,128,96] [--arch 80,90] [--jobs N]
+        [--modes scan,scan_parallel] [SPEC...]
 
 Every kernel the Triton backend launches (every mode), bf16 calls, K = V = each size (every dim of
 the spec takes the size), compiled for sm_80 and sm_90a at the launch shape B=4, T=4096, H=16.
@@ -45,6 +46,13 @@ def short(problem: str) -> str:
     return problem
 
 
+def module_modes(path: str) -> list[str]:
+    """The MODES of an emitted Triton module (a file)."""
+    line = next(line for line in Path(path).read_text().splitlines() if line.startswith("MODES = "))
+    return [m.strip().strip('"') for m in line.split("(", 1)[1].rstrip(")").split(",")
+            if m.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", metavar="SPEC")
@@ -53,6 +61,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--fused-only-sizes", default="",
                         help="sizes at which only the fused_recurrent kernels are compiled")
+    parser.add_argument("--modes", default="",
+                        help="only these modes' kernels (comma-separated; default: every mode)")
     parser.add_argument("--cached-only", action="store_true",
                         help="kernels not in the kernel cache are reported, not compiled")
     parser.add_argument("--timeout", type=float, default=240,
@@ -64,9 +74,13 @@ def main() -> int:
     archs = [int(a) for a in args.arch.split(",")]
     jobs = [job for size in sizes + fused_only for name in specs
             for job in spec_jobs(load(name), {"*": size}, DEFAULT_SHAPE, archs, ["bf16"])]
+    modes = [m for m in args.modes.split(",") if m]
     for job in jobs:
         if job.dims[next(iter(d for d in job.dims if d not in DEFAULT_SHAPE))] in fused_only:
             job.modes = ["fused_recurrent"]
+        if modes:
+            job.modes = [m for m in (job.modes or module_modes(job.module)) if m in modes]
+    jobs = [job for job in jobs if job.modes != []]
     started = time.perf_counter()
     for job in jobs:
         job.cached_only = args.cached_only
@@ -89,7 +103,9 @@ def main() -> int:
         first = next(iter(by_arch.values()))
         problems = sorted({short(p) for c in by_arch.values() for p in c.problems()})
         bad += bool(problems)
-        print("| " + " | ".join([spec, str(size), str(mode), str(first.result.get("programs", "?"))]
+        kernel = first.result.get("kernel")
+        label = str(mode) if kernel in (None, f"{mode}_kernel") else f"{mode}: {kernel}"
+        print("| " + " | ".join([spec, str(size), label, str(first.result.get("programs", "?"))]
                                 + [cell(by_arch[a]) if a in by_arch else "-" for a in archs]
                                 + [first.dot16, "yes" if not problems else "; ".join(problems)])
               + " |")

@@ -30,7 +30,8 @@ def kernel(name, backend, **options):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_scan_is_the_default_mode(name):
     module = kernel(name, "triton").module
-    assert module.MODES == ("fused_recurrent", "scan") and module.DEFAULT_MODE == "scan"
+    assert module.MODES == ("fused_recurrent", "scan_parallel", "scan")
+    assert module.DEFAULT_MODE == "scan"
     source = program(name).emit("triton")
     assert "tl.associative_scan(" in source and "_coupled_combine_" in source
 

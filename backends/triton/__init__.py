@@ -11,7 +11,7 @@ from .render import Constants, helpers
 
 # the multi-kernel forms a module runs instead of its single-kernel default when that would
 # launch too few programs (module.py.j2, `_choose_mode`)
-PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel")
+PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel", "scan_parallel")
 
 
 def plan_of(program):
@@ -39,7 +39,7 @@ def emit(program, plan=None) -> str:
               if {"chunk", "chunk_delta", "chunk_dplr"} & set(kinds) else "")     # their shared helpers
     parallel = next((b for b in builders if b.mode in PARALLEL_MODES), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
-                  value_dim=parallel and parallel.group.value_dim,
+                  value_dim=parallel and getattr(getattr(parallel, "group", None), "value_dim", None),
                   parallel_mode=parallel and parallel.mode,
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,

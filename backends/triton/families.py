@@ -1,7 +1,7 @@
 """The parallel kernel family a Plan allows, beyond the fused recurrent kernel (blockwise.py)."""
 from __future__ import annotations
 
-from . import chunk_delta_parallel, chunk_dplr_parallel, chunk_parallel
+from . import chunk_delta_parallel, chunk_dplr_parallel, chunk_parallel, scan_parallel
 from .chunk_parallel import relabels
 from .blockwise import BlockKernel, mode_of
 
@@ -10,7 +10,8 @@ def builders(plan, constants) -> list:
     """The family kernels, the default (the Plan's single-kernel form) last; a chunk Plan also
     gets the two-kernel form `chunk_parallel` (chunk_parallel.md), a chunk_delta Plan the
     three-kernel form `chunk_delta_parallel` (chunk_delta_parallel.md), a chunk_dplr Plan the
-    three-kernel form `chunk_dplr_parallel` (chunk_dplr_parallel.md), chosen by `mode=`."""
+    three-kernel form `chunk_dplr_parallel` (chunk_dplr_parallel.md), a scan Plan the two-level
+    scan `scan_parallel` (scan_parallel.md), chosen by `mode=`."""
     mode = mode_of(plan)
     if not mode:
         return []
@@ -21,6 +22,8 @@ def builders(plan, constants) -> list:
         extra = [chunk_delta_parallel.ChunkDeltaParallelKernel(plan, constants)]
     if mode == "chunk_dplr" and chunk_dplr_parallel.supported(plan):
         extra = [chunk_dplr_parallel.ChunkDplrParallelKernel(plan, constants)]
+    if mode == "scan":
+        extra = [scan_parallel.ScanParallelKernel(plan, constants)]
     return extra + [BlockKernel(plan, constants)]
 
 

@@ -62,11 +62,21 @@ class FusedKernel:
             row = f"((i_b * T + t) * H + i_h) * ({layout.size(x.dims)}) + {offs}"
             loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + {row}, mask={mask}, "
                          f"other=0.0).to(ACC)")
+        prologue = layout.prologue(spec, self.split)
+        param_loads = dict(zip((p.name for p in spec.params), prologue["params"]))
         for statement in spec.body:
-            body.append(self.statement(statement))
+            # RELOAD_PARAMS: a param is loaded right before the first statement that uses it,
+            # so that one [D, D] weight at a time is live (gru, lstm at D = 128)
+            used = [n.id for n in ir.walk(statement.value)
+                    if isinstance(n, ir.Name) and n.ref.kind == "param" and n.id in param_loads]
+            reloads = [param_loads.pop(name) for name in dict.fromkeys(used)]
+            body.append((reloads, self.statement(statement)))
         blocks = self.block_names()
-        return dict(layout.prologue(spec, self.split), loads=loads, body=body, blocks=blocks,
-                    split=self.split, state_lanes=self.state_lanes(),
+        return dict(prologue, loads=loads, body=body, blocks=blocks,
+                    split=self.split,
+                    split_lanes=layout.lanes([*spec.states, *(
+                        p for p in spec.params if self.split in p.dims)]),
+                    param_lanes=layout.lanes(spec.params),
                     checkpoints=self.checkpoints())
 
     def checkpoints(self) -> list[str]:
@@ -75,11 +85,6 @@ class FusedKernel:
         return [self.guard(s.dims, f"tl.store(ptr_ckpt_{s.name} + {checkpoint_row(s)}, "
                                    f"st_{s.name}, mask={layout.block(layout.row_axes(s.dims))[1]})")
                 for s in self.spec.states]
-
-    def state_lanes(self) -> str:
-        """Code of the number of state values one program holds (register lanes, padded)."""
-        return " + ".join("(" + " * ".join(f'blocks["BLOCK_{d}"]' for d in s.dims) + ")"
-                          if s.dims else "1" for s in self.spec.states)
 
     def statement(self, statement) -> str:
         value = self.expr(statement.value)

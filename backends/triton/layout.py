@@ -61,12 +61,20 @@ def splittable(spec: ir.Spec) -> set[str]:
 
 def split_dim(spec: ir.Spec) -> str | None:
     """The dim the fused kernels split across programs: the last dim of the first state whose
-    last dim is splittable (the value dim V of S[K, V]); None when no state has one."""
+    last dim is splittable (the value dim V of S[K, V]); else the first splittable dim of a
+    state (D of mamba's h[D, N], whose N the read-out contracts); None when no state has one."""
     free = splittable(spec)
     for state in spec.states:
         if state.dims and state.dims[-1] in free:
             return state.dims[-1]
-    return None
+    return next((d for state in spec.states for d in state.dims if d in free), None)
+
+
+def lanes(tensors) -> str:
+    """Code of the values one program holds of these tensors: their padded blocks' sizes, summed
+    (over the launcher's `blocks` dict)."""
+    return " + ".join("(" + " * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) + ")"
+                      if t.dims else "1" for t in tensors)
 
 
 def prologue(spec: ir.Spec, split: str | None, transposed: frozenset[str] = frozenset()) -> dict:

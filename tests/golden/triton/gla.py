@@ -162,10 +162,12 @@ def fused_recurrent_kernel(
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
-    ACC: tl.constexpr,
+    RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
 ):
     """One program per (value block, batch x head): the state in registers, time inside; in
-    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward."""
+    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward.
+    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step
+    before their first use."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
@@ -193,6 +195,12 @@ def fused_recurrent_kernel(
 
 
 STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
+PARAM_LANES = 16384     # param values it holds; more (gru, lstm at D = 128) are loaded every step
+
+
+def _fused_recurrent_reloads(blocks):
+    """Whether the program loads its params every step instead of holding them (L1/L2 hits)."""
+    return False        # no params
 
 
 def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
@@ -202,7 +210,8 @@ def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
         "BLOCK_V": _pow2(dims["V"]),
     }
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], _pow2(block_split))
-    # registers: halve the split block until a program holds at most `lanes` state values
+    # registers: halve the split block until a program holds at most `lanes` values of the
+    # states and of the params that have the split dim (mamba's A[D, N])
     while blocks["BLOCK_V"] > 1 and (blocks["BLOCK_K"] * blocks["BLOCK_V"]) > lanes:
         blocks["BLOCK_V"] //= 2
     return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
@@ -226,7 +235,8 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        init is not None, final is not None, checkpoints is not None, _acc(spare),
+        init is not None, final is not None, checkpoints is not None,
+        _fused_recurrent_reloads(blocks), _acc(spare),
     )
 
 
