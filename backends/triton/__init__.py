@@ -40,6 +40,7 @@ def emit(program, plan=None) -> str:
     parallel = next((b for b in builders if b.mode in PARALLEL_MODES), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=parallel and parallel.group.value_dim,
+                  key_dim=parallel and parallel.group.key_dim,
                   parallel_mode=parallel and parallel.mode,
                   helpers=HELPERS, kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
