@@ -131,10 +131,10 @@ def test_default_mode_by_programs_against_sms():
     programs (B x H x value blocks), else `chunk` (docs/backends.md, "Triton chunk modes")."""
     module = seqc.load("simple_gla").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk"
-    # chunk's value blocks: 32 lanes, 16 beside a key dim over 64 (backends/triton/blockwise.md)
-    few = {"B": 1, "T": 4096, "H": 16, "K": 128, "V": 128}
-    assert module._choose_mode(few, 128) == "chunk_parallel"                 # 16 x 8 blocks
-    assert module._choose_mode({**few, "B": 4}, 128) == "chunk"               # 64 x 8 blocks
+    # chunk's value blocks: at most 32 lanes (backends/triton/blockwise.md, "Blocks")
+    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._choose_mode(few, 128) == "chunk_parallel"                 # 64 x 4 blocks
+    assert module._choose_mode({**few, "B": 8}, 128) == "chunk"               # 128 x 4 blocks
     small = {**few, "K": 64, "V": 64}
     assert module._choose_mode({**small, "B": 8}, 128) == "chunk_parallel"    # 128 x 2 blocks
     assert module._choose_mode({**small, "B": 16}, 128) == "chunk"            # 256 x 2 blocks

@@ -1,6 +1,6 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 32
-lanes (16 beside a key dim over 64), 16-bit operands straight into `tl.dot`.
+lanes (chunk_delta: 16 beside a key dim over 64), 16-bit operands straight into `tl.dot`.
 
 Under the interpreter (tiny shapes): several value blocks, odd dims, T not a multiple of the
 chunk, fp32 "ieee" calls against the reference at test_triton.py's tolerance, bf16 calls within a
@@ -47,10 +47,11 @@ def compare(name, mode, dims, T, dtype=torch.float32, rtol=RTOL, **options):
                                        ("mlstm", "chunk"), ("rwkv6", "chunk"),
                                        ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
                                        ("deltaproduct", "chunk_delta")])
-def test_key_dim_over_64_in_value_blocks_of_16(name, mode):
-    """K = 80 (a 128-lane key block, so value blocks of 16): V = 40 is three programs a head, the
-    last one ragged; T = 37 is two whole chunks of 16 and a ragged one; chunk_size=64 asked, 16
-    run. fp32 in "ieee": the reference's numbers at test_triton.py's tolerance."""
+def test_key_dim_over_64(name, mode):
+    """K = 80 (a 128-lane key block): V = 40 is two value blocks of 32 a head (chunk) or three of
+    16 (chunk_delta), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
+    chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
+    tolerance."""
     compare(name, mode, {"K": 80, "V": 40}, 37, chunk_size=64, precision="ieee")
 
 
