@@ -126,12 +126,12 @@ class BlockKernel:
                     dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap())
 
     def value_cap(self) -> str:
-        """The dot modes' widest value block (code over `blocks`): 32 lanes; in chunk_delta 16
-        when a key dim's block is wider than 64 (the program holds the key dim whole, and the
-        delta rule's `[K, BLOCK_V]` state is an operand of three products: blockwise.md,
-        "Blocks")."""
+        """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
+        chunk_delta 32, 16 when a key dim's block is wider than 64 (the program holds the key dim
+        whole, and the delta rule's `[K, BLOCK_V]` state is an operand of three products:
+        blockwise.md, "Blocks")."""
         if self.mode != "chunk_delta":
-            return "32"
+            return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
         return f"32 if {widest} else 16"

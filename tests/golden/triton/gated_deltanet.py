@@ -795,7 +795,7 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
     # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
-    # most 32 lanes (chunk_delta: 16 when a key block is wider than 64), 8 warps, one stage
+    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 else 16, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])

@@ -492,9 +492,9 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
     # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
-    # most 32 lanes (chunk_delta: 16 when a key block is wider than 64), 8 warps, one stage
+    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32, max(16, _pow2(options.get("block_split", 128))))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_kernel[(n_split, B * H)](
         x["q"],
@@ -1485,7 +1485,7 @@ PARALLEL_BELOW = 2 * 132
 
 def _choose_mode(dims, block_split):
     # the single kernel's value block (blockwise.md, "Blocks")
-    cap = 32
+    cap = 64
     block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
     programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
     return "chunk_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
