@@ -17,7 +17,7 @@ Kernel families in this module: fused_recurrent, chunk_parallel, chunk (default:
 chunk_parallel when chunk would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
-of fp32 dots ("ieee", or "tf32"; default "tf32" in the chunk and chunk_delta forms, "ieee" in the others).
+of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
