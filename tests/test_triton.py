@@ -91,13 +91,15 @@ def test_value_split(name, mode):
 
 
 def test_keywise_decay_reanchored_in_sub_chunks():
-    """Strong key-wise decays (log gates down to ~ -30 a step) over chunks of two sub-chunks:
-    exp of un-anchored cumulative gates would overflow; the re-anchored kernel stays exact."""
+    """Strong key-wise decays (log gates down to ~ -30 a step): exp of un-anchored cumulative
+    gates would overflow; the kernel stays exact. (Chunks of 32 asked; the single kernel runs 16,
+    one exact diagonal sub-chunk: backends/triton/blockwise.md, "Blocks".)"""
     compare("gla", "chunk", 70, scale={"g": 30.0}, chunk_size=32)
 
 
 def test_keywise_delta_rule_reanchored_in_sub_chunks():
-    """kda (key-wise chunk_delta): the UT system and the read-out re-anchored the same way."""
+    """kda (key-wise chunk_delta): the UT system and the read-out under the same strong decays
+    (chunks of 16 in the single kernel, as above)."""
     compare("kda", "chunk_delta", 70, scale={"g": 30.0}, chunk_size=32)
 
 

@@ -125,10 +125,13 @@ def test_default_mode_by_programs_against_sms():
     programs (B x H x value blocks), else `chunk_delta` (docs/backends.md)."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
-    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
-    assert module._choose_mode(few, 128) == "chunk_delta_parallel"            # 64 programs
-    assert module._choose_mode({**few, "B": 32}, 128) == "chunk_delta"        # 512 x 1 block
-    assert module._choose_mode({**few, "B": 8}, 64) == "chunk_delta_parallel"  # 128 x 2 blocks
+    # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 (backends/triton/blockwise.md)
+    few = {"B": 1, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._choose_mode(few, 128) == "chunk_delta_parallel"            # 16 x 8 blocks
+    assert module._choose_mode({**few, "B": 4}, 128) == "chunk_delta"         # 64 x 8 blocks
+    small = {**few, "K": 64, "V": 64}
+    assert module._choose_mode({**small, "B": 8}, 128) == "chunk_delta_parallel"  # 128 x 2
+    assert module._choose_mode({**small, "B": 16}, 128) == "chunk_delta"      # 256 x 2 blocks
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})

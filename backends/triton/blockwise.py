@@ -15,8 +15,10 @@ from seqc.templates import render
 
 from . import layout
 from .fused import PREFIX, full, output_dims
-from .render import Block, Constants, TritonRenderer, align, index
+from .render import Block, Constants, TritonRenderer, align, index, union
 
+# the modes whose sections dot 16-bit operands (what enters a `tl.dot` is in the call's dtype DOT)
+DOT_MODES = ("chunk", "chunk_delta")
 SECTION = {"scan": "scan.py.j2", "coupled_scan": "coupled_scan.py.j2", "semiring": "scan.py.j2",
            "chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
            "chunk_dplr": "chunk_dplr.py.j2"}
@@ -69,6 +71,23 @@ def linked(dims: set[str], spec: ir.Spec) -> set[str]:
         found |= more
 
 
+class FactoringRenderer(TritonRenderer):
+    """Renders `x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b`: the same sum
+    without the `[BLOCK_T, K, V]` product block (rwkv6's bonus `r @ (u * k * v)`: formed whole,
+    its chunk kernel spilled 636 B on sm_90a at K = V = 64, 11-32 KB with chunks of 32)."""
+
+    def matmul(self, node: ir.Binary) -> Block:
+        contracted = node.left.dims[-1]
+        right = node.right
+        if isinstance(right, ir.Binary) and right.op is ir.Op.MUL:
+            for inner, outer in ((right.left, right.right), (right.right, right.left)):
+                if inner.dims and inner.dims[0] == contracted and contracted not in outer.dims:
+                    dims = node.left.dims[:-1] + inner.dims[1:]
+                    product = ir.Binary(ir.Op.MATMUL, node.left, inner, dims=dims)
+                    return self(ir.Binary(ir.Op.MUL, product, outer, dims=union(dims, outer.dims)))
+        return super().matmul(node)
+
+
 class BlockKernel:
     template = "blockwise.py.j2"
 
@@ -79,7 +98,7 @@ class BlockKernel:
         self.split = layout.split_dim(self.spec)
         self.lets: dict[str, tuple[str, ...]] = {}
         self.reads: dict[str, tuple[str, ...]] = {}
-        self.expr = TritonRenderer(self.name_block, constants)
+        self.expr = FactoringRenderer(self.name_block, constants)
         self.dot_dims = linked({d for g in plan.groups if g.kind in MATRIX_KINDS
                                 for d in (g.key_dim, g.value_dim)}, self.spec)
         self.combines: list[str] = []       # generated combine functions of coupled groups
@@ -104,10 +123,11 @@ class BlockKernel:
         spec = self.spec
         loads = []
         for x in spec.inputs:
-            offs, mask = layout.block(layout.time_axes(x.dims))
-            loads.append(f"in_{x.name} = tl.load(ptr_in_{x.name} + (i_b * T * H + i_h) * "
-                         f"({layout.size(x.dims)}) + {offs}, mask={mask}, other=0.0)"
-                         f".to(ACC)")
+            load = f"tl.load({self.time_block('ptr_in_' + x.name, x.dims)}, other=0.0)"
+            if self.mode in DOT_MODES:      # the load as it is, for operand(); fp32 for the rest
+                loads += [f"raw_{x.name} = {load}", f"in_{x.name} = raw_{x.name}.to(ACC)"]
+            else:
+                loads.append(f"in_{x.name} = {load}.to(ACC)")
         prelude = []
         for let in self.plan.prelude:
             value = self.expr(let.value)
@@ -117,7 +137,19 @@ class BlockKernel:
         stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
         return dict(layout.prologue(spec, self.split, self.transposed_states()), loads=loads,
                     prelude=prelude, sections=sections, stores=stores, split=self.split,
-                    dot_dims=self.dot_dims, mode=self.mode, combines=self.combines)
+                    dot_dims=self.dot_dims, mode=self.mode, combines=self.combines,
+                    dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap())
+
+    def value_cap(self) -> str:
+        """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
+        chunk_delta 32, 16 when a key dim's block is wider than 64 (the program holds the key dim
+        whole, and the delta rule's `[K, BLOCK_V]` state is an operand of three products:
+        blockwise.md, "Blocks")."""
+        if self.mode != "chunk_delta":
+            return "64"
+        keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
+        widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
+        return f"32 if {widest} else 16"
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
@@ -125,16 +157,37 @@ class BlockKernel:
                           and g.value_dim is not None
                           and self.spec.tensor(g.state).dims[0] != g.key_dim})
 
+    def operand(self, node: ir.Expr, dims: tuple[str, ...]) -> str:
+        """A role expression as a `tl.dot` operand in the dot dtype: a bare input is its load
+        in the call's dtype (padded lanes loaded as 0), anything else the fp32 role cast."""
+        if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "input" \
+                and node.dims == dims:
+            return f"raw_{node.id}.to(DOT)"
+        return f"({self.role(node, dims)}).to(DOT)"
+
     def guard(self, dims: tuple[str, ...], store: str) -> str:
         return layout.guard(self.split, dims, store)
 
     def store(self, name: str, value: ir.Expr) -> str:
         output = next(o for o in self.spec.outputs if o.name == name)
         dims = output_dims(output)
-        offs, mask = layout.block(layout.time_axes(dims))
         code = full(self.expr(value), ("T",) + dims)
-        return self.guard(dims, f"tl.store(ptr_out_{name} + (i_b * T * H + i_h) * "
-                                f"({layout.size(dims)}) + {offs}, {code}, mask={mask})")
+        return self.guard(dims, f"tl.store({self.time_block('ptr_out_' + name, dims, code)})")
+
+    def time_block(self, ptr: str, dims: tuple[str, ...], value: str | None = None) -> str:
+        """The arguments of a load (or, with `value`, a store) of the block's steps of a
+        `[B, T, H, *dims]` tensor. In the dot modes the int64 part of the address is one scalar,
+        the block's first step, and the lanes' offsets from it are int32 (`o_t`, below 2^31 for
+        any T: one block's steps): int64 offsets per lane cost those kernels registers."""
+        size = layout.size(dims)
+        offs, mask = layout.block(layout.time_axes(dims))
+        if self.mode in DOT_MODES:
+            start = f"{ptr} + ((i_b * T + t0) * H + i_h) * ({size})"
+            offs = layout.block((("t", f"H * {size}"),) + layout.row_axes(dims))[0]
+        else:
+            start = f"{ptr} + (i_b * T * H + i_h) * ({size})"
+        stored = "" if value is None else f", {value}"
+        return f"{start} + {offs}{stored}, mask={mask}"
 
     def reads_of(self, state: str) -> list[tuple[str, ir.Expr | None]]:
         return [(r.name, r.query) for r in self.plan.reads if r.state == state]
@@ -218,6 +271,11 @@ class BlockKernel:
             reads.append((name, self.role(query, (group.key_dim,))))
         return reads
 
+    def query_operands(self, group) -> dict[str, str]:
+        """Each read's query as a dot operand (matrix_reads gives it in fp32)."""
+        return {name: self.operand(query, (group.key_dim,))
+                for name, query in self.reads_of(group.state)}
+
     def matrix_roles(self, group) -> dict:
         """What every matrix-state section takes: its dims, its (log) decay, its reads."""
         K, V = group.key_dim, group.value_dim
@@ -232,9 +290,16 @@ class BlockKernel:
         return [(self.role(w.key, (group.key_dim,)), self.role(w.value, (group.value_dim,)))
                 for w in group.writes]
 
+    def dot_writes(self, group) -> list[tuple[str, str, str]]:
+        """Per write: its key (fp32, gates scale it), the key and the value as dot operands."""
+        K, V = (group.key_dim,), (group.value_dim,)
+        return [(self.role(w.key, K), self.operand(w.key, K), self.operand(w.value, V))
+                for w in group.writes]
+
     def _chunk(self, group) -> dict:
         previous = {r.name for r in self.plan.reads if r.state == group.state and r.previous}
-        return dict(self.matrix_roles(group), writes=self.writes(group), previous=previous)
+        return dict(self.matrix_roles(group), writes=self.dot_writes(group), previous=previous,
+                    query_ops=self.query_operands(group))
 
     def _chunk_delta(self, group) -> dict:
         K, V = group.key_dim, group.value_dim

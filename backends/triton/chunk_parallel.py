@@ -103,14 +103,6 @@ class ChunkParallelKernel(BlockKernel):
         self.mode = "chunk_parallel"
         self.group = plan.groups[0]
 
-    def operand(self, node: ir.Expr, dims: tuple[str, ...]) -> str:
-        """A role expression as a `tl.dot` operand in the dot dtype: a bare input is its load
-        in the call's dtype (padded lanes loaded as 0), anything else the fp32 role cast."""
-        if isinstance(node, ir.Name) and node.ref is not None and node.ref.kind == "input" \
-                and node.dims == dims:
-            return f"raw_{node.id}.to(DOT)"
-        return f"({self.role(node, dims)}).to(DOT)"
-
     def loads(self, names) -> tuple[list[str], list[str]]:
         raw, cast = [], []
         for x in self.spec.inputs:

@@ -19,7 +19,7 @@ Kernel families in this module: fused_recurrent, chunk_delta_parallel, chunk_del
 chunk_delta_parallel when chunk_delta would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
-of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_delta_parallel "tf32").
+of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
@@ -725,7 +725,7 @@ def chunk_delta_kernel(
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """One program per (value block, batch x head); time in blocks of BLOCK_T steps."""
     i_split = tl.program_id(0)
@@ -745,15 +745,21 @@ def chunk_delta_kernel(
     for t0 in range(0, T, BLOCK_T):
         o_T = t0 + o_t
         mask_T = o_T < T
-        in_q = tl.load(ptr_in_q + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0).to(ACC)
-        in_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0).to(ACC)
-        in_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0).to(ACC)
-        in_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0).to(ACC)
-        in_beta = tl.load(ptr_in_beta + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0).to(ACC)
+        raw_q = tl.load(ptr_in_q + ((i_b * T + t0) * H + i_h) * (dim_K) + (o_t[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_q = raw_q.to(ACC)
+        raw_k = tl.load(ptr_in_k + ((i_b * T + t0) * H + i_h) * (dim_K) + (o_t[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_k = raw_k.to(ACC)
+        raw_v = tl.load(ptr_in_v + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+        in_v = raw_v.to(ACC)
+        raw_g = tl.load(ptr_in_g + ((i_b * T + t0) * H + i_h) * (1) + (o_t * (H * 1)), mask=(mask_T), other=0.0)
+        in_g = raw_g.to(ACC)
+        raw_beta = tl.load(ptr_in_beta + ((i_b * T + t0) * H + i_h) * (1) + (o_t * (H * 1)), mask=(mask_T), other=0.0)
+        in_beta = raw_beta.to(ACC)
         # chunk_delta group S: UT transform by forward substitution, WY read-out and state pass (chunk_delta.md)
         k_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
         b_S = tl.where((mask_T), in_beta, 0.0)
         v_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
+        kd_S = k_S.to(DOT)
         o_r = tl.arange(0, 1 * BLOCK_T)
         pos_S = (o_r % BLOCK_T) * 1 + o_r // BLOCK_T
         d_S = tl.where((mask_T), in_g, 0.0)
@@ -766,35 +772,43 @@ def chunk_delta_kernel(
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         Gr_S, Rr_S, G0r_S, Gendr_S = G_S, R_S, G0_S, Gend_S
-        L_S = tl.dot(k_S, tl.trans(k_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where((pos_S[:, None] > pos_S[None, :]) & (Rr_S[:, None] == Rr_S[None, :]), Gr_S[:, None] - Gr_S[None, :], float("-inf")))
+        L_S = tl.dot(kd_S, tl.trans(kd_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where((pos_S[:, None] > pos_S[None, :]) & (Rr_S[:, None] == Rr_S[None, :]), Gr_S[:, None] - Gr_S[None, :], float("-inf")))
         Tm_S = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
         for p in range(1, 1 * BLOCK_T):
             row = (p % 1) * BLOCK_T + p // 1
             l_S = tl.sum(tl.where((o_r == row)[:, None], L_S, 0.0), axis=0)
             Tm_S = tl.where((o_r == row)[:, None], Tm_S - tl.sum(l_S[:, None] * Tm_S, axis=0)[None, :], Tm_S)
-        u_S = tl.dot(Tm_S, b_S[:, None] * v_S, input_precision=PRECISION)
-        w_S = tl.dot(Tm_S, (b_S * tl.exp2(G0r_S))[:, None] * k_S, input_precision=PRECISION)
-        u_S = u_S - tl.dot(w_S, st_S, input_precision=PRECISION)
+        Td_S = Tm_S.to(DOT)
+        u_S = tl.dot(Td_S, (b_S[:, None] * v_S).to(DOT), input_precision=PRECISION)
+        w_S = tl.dot(Td_S, ((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT), input_precision=PRECISION)
+        sd_S = st_S.to(DOT)
+        ud_S = (u_S - tl.dot(w_S.to(DOT), sd_S, input_precision=PRECISION)).to(DOT)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        A_S = tl.dot(q_S, tl.trans(k_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
-        read__read0_S = tl.dot(q_S * tl.exp2(G0_S)[:, None], st_S, input_precision=PRECISION) + tl.dot(A_S, u_S, input_precision=PRECISION)
-        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(k_S * tl.exp2(Gendr_S)[:, None]), u_S, input_precision=PRECISION)
+        A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
+        read__read0_S = tl.dot(q_S.to(DOT), sd_S, input_precision=PRECISION) * tl.exp2(G0_S)[:, None] + tl.dot(A_S.to(DOT), ud_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans((k_S * tl.exp2(Gendr_S)[:, None]).to(DOT)), ud_S, input_precision=PRECISION)
 
-        tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
+        tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
 def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
+    spare = next(iter(outputs.values()))
+    acc = _acc(spare)
+    # 16-bit inputs dot as they are (blockwise.md, "Dtypes"); fp32 ones in "tf32" unless asked
+    dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
+    precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], max(16, _pow2(options.get("block_split", 128))))
+    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
+    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
+    block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 else 16, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
-    block_t = max(16, _pow2(options.get("chunk_size", 64)))
-    spare = next(iter(outputs.values()))
     chunk_delta_kernel[(n_split, B * H)](
         x["q"],
         x["k"],
@@ -807,8 +821,8 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        block_t, min(16, block_t), options.get("precision") or "ieee",
-        init is not None, final is not None, _acc(spare),
+        block_t, block_t, precision,
+        init is not None, final is not None, acc, dot, num_warps=8, num_stages=1,
     )
 
 
@@ -2161,7 +2175,9 @@ PARALLEL_BELOW = 2 * 132
 
 
 def _choose_mode(dims, block_split):
-    block = max(16, min(_pow2(dims["V"]), _pow2(block_split)))
+    # the single kernel's value block (blockwise.md, "Blocks")
+    cap = 32 if _pow2(dims["K"]) <= 64 else 16
+    block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
     programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
     return "chunk_delta_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
 

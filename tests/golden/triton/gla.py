@@ -17,7 +17,7 @@ Kernel families in this module: fused_recurrent, chunk_parallel, chunk (default:
 chunk_parallel when chunk would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
-of fp32 dots ("ieee", or "tf32"; default "ieee", chunk_parallel "tf32").
+of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
 Importing this module on a machine without CUDA sets TRITON_INTERPRET=1 itself when unset (Triton
@@ -423,7 +423,7 @@ def chunk_kernel(
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """One program per (value block, batch x head); time in blocks of BLOCK_T steps."""
     i_split = tl.program_id(0)
@@ -443,13 +443,18 @@ def chunk_kernel(
     for t0 in range(0, T, BLOCK_T):
         o_T = t0 + o_t
         mask_T = o_T < T
-        in_q = tl.load(ptr_in_q + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0).to(ACC)
-        in_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0).to(ACC)
-        in_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0).to(ACC)
-        in_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0).to(ACC)
+        raw_q = tl.load(ptr_in_q + ((i_b * T + t0) * H + i_h) * (dim_K) + (o_t[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_q = raw_q.to(ACC)
+        raw_k = tl.load(ptr_in_k + ((i_b * T + t0) * H + i_h) * (dim_K) + (o_t[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_k = raw_k.to(ACC)
+        raw_v = tl.load(ptr_in_v + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
+        in_v = raw_v.to(ACC)
+        raw_g = tl.load(ptr_in_g + ((i_b * T + t0) * H + i_h) * (dim_K) + (o_t[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        in_g = raw_g.to(ACC)
         # chunk group S: inter-chunk read-out, intra-chunk matrix, state pass (chunk.md)
         k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
-        v0_S = tl.where((mask_T[:, None] & mask_V[None, :]), in_v, 0.0)
+        kd0_S = raw_k.to(DOT)
+        v0_S = raw_v.to(DOT)
         d_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_g, 0.0)
         reset_S = d_S == float("-inf")
         G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
@@ -459,41 +464,48 @@ def chunk_kernel(
         G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+        sd_S = st_S.to(DOT)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
-        r_S = tl.dot(q_S * tl.exp2(G0_S), st_S, input_precision=PRECISION)
+        r_S = tl.dot((q_S * tl.exp2(G0_S)).to(DOT), sd_S, input_precision=PRECISION)
         A_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
             n_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], G_S, 0.0), axis=0)
             rn_S = tl.sum(tl.where((o_t == c * SUB_T - 1)[:, None], R_S, 0.0), axis=0)
             qa_S = q_S * tl.exp2(tl.where(R_S == rn_S[None, :], tl.minimum(G_S - n_S[None, :], 0.0), float("-inf")))
             ka_S = k0_S * tl.exp2(tl.where(rn_S[None, :] == R_S, tl.minimum(n_S[None, :] - G_S, 0.0), float("-inf")))
-            A_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S, tl.trans(ka_S), input_precision=PRECISION), 0.0)
+            A_S += tl.where(((o_t // SUB_T) == c)[:, None] & (o_t < c * SUB_T)[None, :], tl.dot(qa_S.to(DOT), tl.trans(ka_S.to(DOT)), input_precision=PRECISION), 0.0)
         for j in range(0, BLOCK_T):
             kj_S = tl.sum(tl.where((o_t == j)[:, None], k0_S, 0.0), axis=0)
             gj_S = tl.sum(tl.where((o_t == j)[:, None], G_S, 0.0), axis=0)
             rj_S = tl.sum(tl.where((o_t == j)[:, None], R_S, 0.0), axis=0)
             col_S = tl.sum(q_S * kj_S[None, :] * tl.exp2(tl.where(R_S == rj_S[None, :], tl.minimum(G_S - gj_S[None, :], 0.0), float("-inf"))), axis=1)
             A_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S[:, None], 0.0)
-        r_S += tl.dot(A_S, v0_S, input_precision=PRECISION)
+        r_S += tl.dot(A_S.to(DOT), v0_S, input_precision=PRECISION)
         read__read0_S = r_S
         st_S = st_S * tl.exp2(Glast0_S)[:, None]
-        st_S += tl.dot(tl.trans(k0_S * tl.exp2(Gend_S)), v0_S, input_precision=PRECISION)
+        st_S += tl.dot(tl.trans((k0_S * tl.exp2(Gend_S)).to(DOT)), v0_S, input_precision=PRECISION)
 
-        tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
+        tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
 def _run_chunk(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
+    spare = next(iter(outputs.values()))
+    acc = _acc(spare)
+    # 16-bit inputs dot as they are (blockwise.md, "Dtypes"); fp32 ones in "tf32" unless asked
+    dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
+    precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], max(16, _pow2(options.get("block_split", 128))))
+    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
+    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
+    block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
-    block_t = max(16, _pow2(options.get("chunk_size", 64)))
-    spare = next(iter(outputs.values()))
     chunk_kernel[(n_split, B * H)](
         x["q"],
         x["k"],
@@ -505,8 +517,8 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
         consts["c0"],
         dims["K"], blocks["BLOCK_K"],
         dims["V"], blocks["BLOCK_V"],
-        block_t, min(16, block_t), options.get("precision") or "ieee",
-        init is not None, final is not None, _acc(spare),
+        block_t, block_t, precision,
+        init is not None, final is not None, acc, dot, num_warps=8, num_stages=1,
     )
 
 
@@ -1484,7 +1496,9 @@ PARALLEL_BELOW = 2 * 132
 
 
 def _choose_mode(dims, block_split):
-    block = max(16, min(_pow2(dims["V"]), _pow2(block_split)))
+    # the single kernel's value block (blockwise.md, "Blocks")
+    cap = 64
+    block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
     programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
     return "chunk_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
 
