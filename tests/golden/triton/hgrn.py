@@ -10,7 +10,8 @@
 #     output o = h
 """Triton kernels for `hgrn`: see backends/triton/*.md in seqc for their math.
 
-Kernel families in this module: fused_recurrent, scan (default: scan).
+Kernel families in this module: fused_recurrent, scan_parallel, scan (default: scan, or
+scan_parallel when scan would launch fewer than 2 x 132 programs: _choose_mode).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
 of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
@@ -42,7 +43,7 @@ INPUTS = ("x", "g", )
 PARAMS = ()
 STATES = ("h", )
 OUTPUTS = ("o", )
-MODES = ("fused_recurrent", "scan", )
+MODES = ("fused_recurrent", "scan_parallel", "scan", )
 DEFAULT_MODE = "scan"
 # fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
 # operation of the step has a vector-Jacobian rule
@@ -154,10 +155,12 @@ def fused_recurrent_kernel(
     T, H, SEGMENT,
     dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
-    ACC: tl.constexpr,
+    RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
 ):
     """One program per (value block, batch x head): the state in registers, time inside; in
-    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward."""
+    training (STORE_CKPT) the state entering every SEGMENT-th step is kept for the backward.
+    Params are held in registers, or (RELOAD_PARAMS: too many to hold) loaded every step
+    before their first use."""
     i_split = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
@@ -181,6 +184,12 @@ def fused_recurrent_kernel(
 
 
 STATE_LANES = 8192      # state values a fused program holds: 64 registers a thread at 4 warps
+PARAM_LANES = 16384     # param values it holds; more (gru, lstm at D = 128) are loaded every step
+
+
+def _fused_recurrent_reloads(blocks):
+    """Whether the program loads its params every step instead of holding them (L1/L2 hits)."""
+    return False        # no params
 
 
 def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
@@ -189,7 +198,8 @@ def _fused_recurrent_blocks(dims, block_split, lanes=STATE_LANES):
         "BLOCK_D": _pow2(dims["D"]),
     }
     blocks["BLOCK_D"] = min(blocks["BLOCK_D"], _pow2(block_split))
-    # registers: halve the split block until a program holds at most `lanes` state values
+    # registers: halve the split block until a program holds at most `lanes` values of the
+    # states and of the params that have the split dim (mamba's A[D, N])
     while blocks["BLOCK_D"] > 1 and (blocks["BLOCK_D"]) > lanes:
         blocks["BLOCK_D"] //= 2
     return blocks, triton.cdiv(dims["D"], blocks["BLOCK_D"])
@@ -209,8 +219,204 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
         outputs["o"],
         T, H, options.get("segment", 64),
         dims["D"], blocks["BLOCK_D"],
-        init is not None, final is not None, checkpoints is not None, _acc(spare),
+        init is not None, final is not None, checkpoints is not None,
+        _fused_recurrent_reloads(blocks), _acc(spare),
     )
+
+# (a coupled group's combine function is the `scan` kernel's, defined beside it in this module)
+
+
+@triton.jit
+def scan_chunk_summary_kernel(
+    ptr_in_x,
+    ptr_in_g,
+    ptr_init_h, ptr_final_h,
+    ptr_sum_h,
+    ptr_carry_h,
+    ptr_agg_h,
+    ptr_out_o,
+    T, H, BH, NC,
+    dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+):
+    """Pass 1 of the two-level scan (scan_parallel.md): one program per (lane block, batch x
+    head, time chunk) scans its chunk from the identity and stores the chunk's summary: the state
+    it ends in and its aggregate coefficient."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_c = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_D = i_split * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_D = o_D < dim_D
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+
+    st_h = tl.full([BLOCK_D], 0.0, dtype=ACC)
+    agg_h = tl.full([BLOCK_D], 1.0, dtype=ACC)
+    for t0 in range(0, tl.minimum(CHUNK_T, T - i_c * CHUNK_T), BLOCK_T):
+        o_T = i_c * CHUNK_T + t0 + o_t
+        mask_T = o_T < T
+        in_x = tl.load(ptr_in_x + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), mask=(mask_T[:, None] & mask_D[None, :]), other=0.0).to(ACC)
+        in_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), mask=(mask_T[:, None] & mask_D[None, :]), other=0.0).to(ACC)
+        # scan group h: an associative scan over the block (scan.md)
+        a_h = tl.where((mask_T[:, None] & mask_D[None, :]), tl.exp(in_g), 1.0)
+        b_h = tl.where((mask_T[:, None] & mask_D[None, :]), in_x, 0.0)
+        a_h, b_h = tl.associative_scan((a_h, b_h), 0, _affine_combine)
+        all_h = a_h * st_h[None, :] + b_h
+        read__read0_h = all_h
+        st_h = tl.sum(tl.where(last_T[:, None], all_h, 0.0), axis=0)
+        # the aggregate coefficient of the chunk so far (scan_parallel.md)
+        agg_h = tl.sum(tl.where(last_T[:, None], a_h, 0.0), axis=0) * agg_h
+
+
+    tl.store(ptr_sum_h + ((i_c) * BH + i_bh) * (dim_D) + (o_D), st_h, mask=(mask_D))
+    tl.store(ptr_agg_h + ((i_c) * BH + i_bh) * (dim_D) + (o_D), agg_h, mask=(mask_D))
+
+
+@triton.jit
+def scan_chunk_carry_kernel(
+    ptr_in_x,
+    ptr_in_g,
+    ptr_init_h, ptr_final_h,
+    ptr_sum_h,
+    ptr_carry_h,
+    ptr_agg_h,
+    ptr_out_o,
+    T, H, BH, NC,
+    dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+):
+    """Pass 2: one program per (lane block, batch x head) folds the chunks' summaries in order
+    from the initial state, storing the state entering every chunk and the final state."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_c = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_D = i_split * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_D = o_D < dim_D
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+
+    if HAS_INIT:
+        st_h = tl.load(ptr_init_h + (i_b * H + i_h) * (dim_D) + (o_D), mask=(mask_D), other=0.0).to(ACC)
+    else:
+        st_h = tl.full([BLOCK_D], 0.0, dtype=ACC)
+    for c in range(0, NC):
+        tl.store(ptr_carry_h + ((c) * BH + i_bh) * (dim_D) + (o_D), st_h, mask=(mask_D))
+        csum_h = tl.load(ptr_sum_h + ((c) * BH + i_bh) * (dim_D) + (o_D), mask=(mask_D), other=0.0)
+        cagg_h = tl.load(ptr_agg_h + ((c) * BH + i_bh) * (dim_D) + (o_D), mask=(mask_D), other=0.0)
+        st_h = cagg_h * st_h + csum_h
+    if STORE_FINAL:
+        tl.store(ptr_final_h + (i_b * H + i_h) * (dim_D) + (o_D), st_h, mask=(mask_D))
+
+
+@triton.jit
+def scan_chunk_output_kernel(
+    ptr_in_x,
+    ptr_in_g,
+    ptr_init_h, ptr_final_h,
+    ptr_sum_h,
+    ptr_carry_h,
+    ptr_agg_h,
+    ptr_out_o,
+    T, H, BH, NC,
+    dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, ACC: tl.constexpr,
+):
+    """Pass 3: the grid of pass 1 rescans each chunk from its carried-in state and stores the
+    outputs."""
+    i_split = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_c = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_D = i_split * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_D = o_D < dim_D
+    o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
+
+    st_h = tl.load(ptr_carry_h + ((i_c) * BH + i_bh) * (dim_D) + (o_D), mask=(mask_D), other=0.0)
+    for t0 in range(0, tl.minimum(CHUNK_T, T - i_c * CHUNK_T), BLOCK_T):
+        o_T = i_c * CHUNK_T + t0 + o_t
+        mask_T = o_T < T
+        in_x = tl.load(ptr_in_x + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), mask=(mask_T[:, None] & mask_D[None, :]), other=0.0).to(ACC)
+        in_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), mask=(mask_T[:, None] & mask_D[None, :]), other=0.0).to(ACC)
+        # scan group h: an associative scan over the block (scan.md)
+        a_h = tl.where((mask_T[:, None] & mask_D[None, :]), tl.exp(in_g), 1.0)
+        b_h = tl.where((mask_T[:, None] & mask_D[None, :]), in_x, 0.0)
+        a_h, b_h = tl.associative_scan((a_h, b_h), 0, _affine_combine)
+        all_h = a_h * st_h[None, :] + b_h
+        read__read0_h = all_h
+        st_h = tl.sum(tl.where(last_T[:, None], all_h, 0.0), axis=0)
+
+
+        tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_D) + (o_T[:, None] * (H * dim_D) + o_D[None, :]), read__read0_h, mask=(mask_T[:, None] & mask_D[None, :]))
+
+
+SCAN_LANES = 1024       # time x state values a scan program holds in one block: 8 a thread at 4 warps
+
+
+def _scan_blocks(dims, options, lanes=SCAN_LANES):
+    """The blocks of a scan program (`scan` and `scan_parallel`): every dim whole but the split
+    one, which is halved, then the time block, until a program holds at most `lanes` time x
+    state values a block; the split dim's program count; the time block."""
+    blocks = {
+        "BLOCK_D": _pow2(dims["D"]),
+    }
+    block_t = max(16, _pow2(options.get("chunk_size", 64)))
+    blocks["BLOCK_D"] = min(blocks["BLOCK_D"], _pow2(options.get("block_split", 128)))
+    while blocks["BLOCK_D"] > 1 and block_t * ((blocks["BLOCK_D"])) > lanes:
+        blocks["BLOCK_D"] //= 2
+    n_split = triton.cdiv(dims["D"], blocks["BLOCK_D"])
+    while block_t > 16 and block_t * ((blocks["BLOCK_D"])) > lanes:
+        block_t //= 2
+    return blocks, n_split, block_t
+
+
+def _scan_programs(dims, block_split):
+    """Programs of the single-kernel `scan` mode: lane blocks x batch x heads (whatever T)."""
+    _, n_split, _ = _scan_blocks(dims, {"block_split": block_split})
+    return n_split * dims["B"] * dims["H"]
+
+
+def _scan_chunk(T, programs, block_t, wanted=2 * 132):
+    """Steps per time chunk of `scan_parallel`: a whole number of time blocks, as long as leaves
+    at least `wanted` programs (lane blocks x batch x heads x chunks) where T allows."""
+    blocks_per_chunk = max(1, triton.cdiv(T, block_t) // triton.cdiv(wanted, programs))
+    return block_t * blocks_per_chunk
+
+
+def _run_scan_parallel(x, p, dims, init, final, outputs, consts, options):
+    B, T, H = dims["B"], dims["T"], dims["H"]
+    blocks, n_split, block_t = _scan_blocks(dims, options)
+    chunk_t = _scan_chunk(T, n_split * B * H, block_t)
+    n_chunks = triton.cdiv(T, chunk_t)
+    spare = next(iter(outputs.values()))
+    buffers = {
+        "sum_h": torch.empty((n_chunks, B * H, dims["D"]), dtype=spare.dtype, device=spare.device),
+        "carry_h": torch.empty((n_chunks, B * H, dims["D"]), dtype=spare.dtype, device=spare.device),
+        "agg_h": torch.empty((n_chunks, B * H, dims["D"]), dtype=spare.dtype, device=spare.device),
+    }
+    for kernel, grid in ((scan_chunk_summary_kernel, (n_split, B * H, n_chunks)),
+                         (scan_chunk_carry_kernel, (n_split, B * H, 1)),
+                         (scan_chunk_output_kernel, (n_split, B * H, n_chunks))):
+        kernel[grid](
+            x["x"],
+            x["g"],
+            spare if init is None else init["h"], spare if final is None else final["h"],
+            buffers["sum_h"],
+            buffers["carry_h"],
+            buffers["agg_h"],
+            outputs["o"],
+            T, H, B * H, n_chunks,
+            dims["D"], blocks["BLOCK_D"],
+            block_t, chunk_t, init is not None, final is not None, _acc(spare),
+        )
 
 
 
@@ -258,12 +464,7 @@ def scan_kernel(
 
 def _run_scan(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
-    blocks = {
-        "BLOCK_D": _pow2(dims["D"]),
-    }
-    blocks["BLOCK_D"] = min(blocks["BLOCK_D"], max(1, _pow2(options.get("block_split", 128))))
-    n_split = triton.cdiv(dims["D"], blocks["BLOCK_D"])
-    block_t = max(16, _pow2(options.get("chunk_size", 64)))
+    blocks, n_split, block_t = _scan_blocks(dims, options)     # scan_parallel.py.j2
     spare = next(iter(outputs.values()))
     scan_kernel[(n_split, B * H)](
         x["x"],
@@ -574,13 +775,22 @@ def _scan_core_bwd_kernel(ptr_a, ptr_b, ptr_hb, ptr_dh, ptr_dfinal, ptr_da, ptr_
     tl.store(ptr_dh0 + i_bh * L + o_l, mu, mask=mask_l)
 
 
+SCAN_CORE_LANES = 512       # time x lane values of one block in a program: 4 a thread at 4 warps
+
+
 def _scan_core_shapes(b, chunk_size):
     """[B, H, T, ...] -> (B * H, T, L: the state's size, the time block, its count, the lane
-    block, the lane blocks' count)."""
+    block, the lane blocks' count). The lane block is halved (to 16 at least), then the time block
+    (to 16 at least), until a block holds at most SCAN_CORE_LANES values: the adjoint keeps a
+    dozen such blocks live (at 1024, [64, 16], the semiring core still spilled 16-20 B)."""
     B, H, T = b.shape[:3]
     L = b[0, 0, 0].numel()
     block_t = max(16, _pow2(chunk_size))
     block_l = min(128, max(16, _pow2(L)))
+    while block_l > 16 and block_t * block_l > SCAN_CORE_LANES:
+        block_l //= 2
+    while block_t > 16 and block_t * block_l > SCAN_CORE_LANES:
+        block_t //= 2
     return B * H, T, L, block_t, triton.cdiv(T, block_t), block_l, triton.cdiv(L, block_l)
 
 
@@ -627,9 +837,23 @@ def scan_core(coefficient, offset, state, chunk_size):
 CORES = {
     "scan_core": scan_core,
 }
-# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md)
+# modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
+# chunk_delta_parallel_core.md)
 MODE_CORES = {
 }
+
+# `mode=None` here: the single-kernel `scan` form runs B x H x value blocks programs, each walking
+# the whole sequence; below twice an H100's 132 SMs the three-kernel `scan_parallel` runs instead
+# (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: its own cores
+# (MODE_CORES), else DEFAULT_MODE's adjoint core (seqc/autograd.py, `training_cores`).
+PARALLEL_MODE = "scan_parallel"
+PARALLEL_BELOW = 2 * 132
+
+
+def _choose_mode(dims, block_split):
+    programs = _scan_programs(dims, block_split)
+    return "scan_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
+
 
 def _constants(dims):
     """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""
@@ -639,13 +863,14 @@ def _constants(dims):
 
 RUNNERS = {
     "fused_recurrent": _run_fused_recurrent,
+    "scan_parallel": _run_scan_parallel,
     "scan": _run_scan,
 }
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
         chunk_size=64, block_split=128, precision=None):
-    mode = DEFAULT_MODE if mode is None else mode
+    mode = _choose_mode(dims, block_split) if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")
