@@ -46,8 +46,10 @@ def op_name(kernel) -> str:
     from . import __version__
     from .cache import generator_digest
     options = ",".join(f"{key}={_stable(value)}" for key, value in sorted(kernel.options.items()))
+    # a solver's kernel (seqc/newton.py) keeps its options in its module, not in `options`
+    solver = repr(getattr(kernel.module, "options", "")) if type(kernel).__name__ != "Kernel" else ""
     text = "\n".join([kernel.program.source, kernel.backend, __version__,
-                      generator_digest(kernel.backend), options])
+                      generator_digest(kernel.backend), options, type(kernel).__name__, solver])
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     spec = re.sub(r"\W", "_", kernel.program.name)
     return f"{spec}_{kernel.backend}_{digest}"

@@ -155,6 +155,9 @@ def test_op_names_are_stable_and_tell_options_apart():
     assert default.ops.name.startswith("gla_torch_") and default.ops.name.isidentifier()
     cores = [prog.kernel("torch", chunk_core=lambda *a: None) for _ in range(2)]
     assert cores[0].ops.name != cores[1].ops.name      # two functions of one name: two ops
+    newton = [prog.kernel("torch", solver="newton"), prog.kernel("torch", solver="newton", tol=1e-3)]
+    names = {default.ops.name, newton[0].ops.name, newton[1].ops.name}
+    assert len(names) == 3, "a solver's kernel is not the step loop's op, nor another tol's"
 
 
 def test_triton_kernel_compiles_into_its_op():
