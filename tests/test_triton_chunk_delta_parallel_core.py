@@ -163,11 +163,12 @@ def test_bf16_training_dots_in_bf16(decay):
                                    msg=lambda m: f"{label}: {m}")
 
 
-@pytest.mark.parametrize("name, backward_bound", [("gated_deltanet", 7.05), ("kda", 9.2)])
+@pytest.mark.parametrize("name, backward_bound", [("gated_deltanet", 7.65), ("kda", 9.7)])
 def test_traffic(name, backward_bound):
     """Bytes the kernels move during the training forward and `loss.backward()` against the
     call's compulsory bytes, dims of 64, T = 128 in chunks of 64, fp32, an initial state:
-    measured forward 3.79x and 3.83x, backward 7.00x and 9.15x (kda: its dq/dw kernel holds 16
+    measured forward 4.19x and 4.16x, backward 7.60x and 9.65x since the state passes take value
+    blocks of 32 (3.79x, 3.83x and 7.00x, 9.15x with 64, which spilled on sm_80; kda: its dq/dw kernel holds 16
     key lanes, so do, vn, dvn are read once per 16 lanes). Over issue 11's 2.5x:
     chunk_delta_parallel_core.md, "Traffic", says where the bytes go."""
     program = seqc.load(name)
@@ -176,7 +177,7 @@ def test_traffic(name, backward_bound):
             program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}})
     assert len(calls) == 1
     assert backward / compulsory <= backward_bound, f"backward {backward / compulsory:.2f}x"
-    assert forward / compulsory <= 3.9, f"forward {forward / compulsory:.2f}x"
+    assert forward / compulsory <= 4.25, f"forward {forward / compulsory:.2f}x"
 
 
 def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
@@ -194,10 +195,10 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     training = [launch for launch in launches if launch[0].endswith((" training", " backward"))]
     assert sorted(training) == sorted([
         ("chunk_delta_parallel training", "_cdp_prepare_kernel", [16, 64]),
-        ("chunk_delta_parallel training", "_cdp_state_kernel", [1, 64]),
+        ("chunk_delta_parallel training", "_cdp_state_kernel", [2, 64]),
         ("chunk_delta_parallel training", "_cp_fwd_output_kernel", [1, 16, 64]),
         ("chunk_delta_parallel backward", "_cdp_bwd_local_kernel", [16, 64]),
-        ("chunk_delta_parallel backward", "_cdp_bwd_state_kernel", [1, 64]),
+        ("chunk_delta_parallel backward", "_cdp_bwd_state_kernel", [2, 64]),
         ("chunk_delta_parallel backward", "_cdp_bwd_dqw_kernel", [1, 16, 64]),
         ("chunk_delta_parallel backward", "_cdp_bwd_wy_kernel", [16, 64]),
     ]), launches
