@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .newton import Jacobians, Packing
+from .newton_linearise import Jacobians, Packing
 
 
 class TritonJacobians(Jacobians):

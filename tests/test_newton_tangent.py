@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import seqc
-import seqc.newton as newton
+import seqc.newton_linearise as newton_linearise
 from seqc.analysis.jacobian import jacobian_structure
 from seqc.inputs import random_call
 from test_newton import CELLS
@@ -26,7 +26,7 @@ def _at_random_states(program, seed=0):
     inputs = {x.name: tensors[x.name] for x in spec.inputs}
     params = {p.name: tensors[p.name] for p in spec.params}
     dims = {**SIZES, **{c.name: 0.5 for c in spec.consts}}
-    packing = newton.Packing(spec, jacobian_structure(spec), SIZES)
+    packing = newton_linearise.Packing(spec, jacobian_structure(spec), SIZES)
     g = torch.Generator().manual_seed(seed + 1)
     prev = packing.pack([torch.randn(2, 5, 2, *(SIZES[d] for d in spec.tensor(s.name).dims),
                                      generator=g, dtype=torch.float64) for s in spec.states])
@@ -38,8 +38,8 @@ def test_emitted_jacobian_equals_autograd(name):
     program = _program(name)
     module = program.kernel("torch", solver="newton").module.step_module
     packing, prev, inputs, params, dims = _at_random_states(program)
-    jacobians = newton.Jacobians(module, packing)
-    expected_new, expected = newton.linearise(jacobians._step(inputs, params, dims), prev)
+    jacobians = newton_linearise.Jacobians(module, packing)
+    expected_new, expected = newton_linearise.linearise(jacobians._step(inputs, params, dims), prev)
     emitted = (module.linearise(packing.unpack(prev), inputs, params, dims)
                if packing.diagonal else module.jvp(packing.unpack(prev),
                                                     packing.unpack(prev), inputs, params, dims))
@@ -54,7 +54,7 @@ def test_the_solve_does_not_use_autograd(name, monkeypatch):
     """The iterations run on the emitted tangents: no autograd graph is built, forward-only."""
     def refuse(*args, **kwargs):
         raise AssertionError("autograd Jacobian used")
-    monkeypatch.setattr(newton, "linearise", refuse)
+    monkeypatch.setattr(newton_linearise, "linearise", refuse)
     monkeypatch.setattr(torch.autograd, "grad", refuse)
     program = _program(name)
     tensors, _ = random_call(program.spec, {"B": 1, "T": 24, "H": 1, **SIZES}, seed=2)
