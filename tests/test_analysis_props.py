@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import seqc
 from seqc import ir
 from seqc.analysis.proof import COMBINES
-from seqc.context_parallel import Roles, step_elements, to_layout
+from seqc.context_summary import Roles, step_elements, to_layout
 
 FUNCS = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
          "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "logsigmoid": lambda a: -np.logaddexp(0, -a),

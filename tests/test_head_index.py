@@ -74,7 +74,7 @@ def test_misuse_is_a_located_error(check_source, text, col, width, message, help
 def test_context_parallel_roles_compute_head():
     """Context parallelism evaluates the Plan's roles itself (seqc/context_parallel.py, Roles):
     `head` there is the same per-head constant."""
-    from seqc.context_parallel import Roles
+    from seqc.context_summary import Roles
     program = seqc.compile(source(HEAD), "feature.seq")
     plan = program.analysis.plan
     tensors, _ = call(dtype=torch.float64)

@@ -338,7 +338,7 @@ def test_value_side_refusals_name_the_cause(body, where, words):
 def test_combine_over_a_real_run_reproduces_the_loop(source):
     """The Plan's per-step summaries (held key dim first), tree-combined by the proof's combine
     and applied to the initial state, give the reference's final state (transposed back)."""
-    from seqc.context_parallel import Roles, step_elements, to_layout
+    from seqc.context_summary import Roles, step_elements, to_layout
     prog = program(source)
     sizes = {**SIZES, "T": 9}
     tensors, initial = random_call(prog.spec, sizes, torch.float64, seed=3,
