@@ -3,14 +3,15 @@ blocks of its Jacobian in the states, at every position at once, one program per
 head) holding every dim as a block, as the fused recurrent kernel holds a step.
 
 The values are the Triton backward's SSA form of the step (vjp.Step, rendered by render.py); the
-tangents are the Newton solver's symbolic forward-mode rules (backends/torch/newton_tangent.py)
+tangents are the Newton solver's symbolic forward-mode rules (backends/torch/tangent_rules.py)
 spelled in `tl` (`TritonDialect`), with the seeds 1 / 0 of one column of every diagonal block.
 A dense Jacobian, or an operation without a rule here, keeps the torch tangents (`KERNEL` None).
 """
 from __future__ import annotations
 
 from seqc import ir
-from seqc.backends.torch.newton_tangent import ONE, NoRule, Tangents, Term, straight_line
+from seqc.backends.torch.newton_tangent import Tangents, straight_line
+from seqc.backends.torch.tangent_rules import ONE, NoRule, Term
 
 from . import layout
 from .render import HELPERS, Block, Constants, align
