@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import seqc
 from oracles import random_inputs, random_state
 from test_gradients import gradients_of
-from test_torch_adjoint import saved_bytes, torch_kernel
+from test_torch_adjoint import assert_saves_a_third, torch_kernel
 from test_value_side import DECAYS, call, delta_wx, program
 
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
@@ -128,13 +128,4 @@ def test_core_gradients_equal_autograd_of_chunk_delta(decay, steps, resets):
 def test_adjoint_saves_a_fraction_of_autograd(name):
     """At T = 256 (one slab, chunks of 8) the adjoint's saved bytes are at most a third of
     autograd's (each saved storage counted once per save: an upper bound for both)."""
-    x, p = random_inputs(name, 1, 256, 2, seed=1)
-    plain = seqc.load(name).kernel("torch", chunk_size=8, adjoint=False)
-    adjoint = seqc.load(name).kernel("torch", chunk_size=8, adjoint=True)
-    want, _ = saved_bytes(plain, x, p)
-    got, out = saved_bytes(adjoint, x, p)
-    assert got <= want / 3, (got, want)
-    with torch.no_grad():
-        want_out = plain(**x, **p)
-        for n in want_out.keys():
-            torch.testing.assert_close(out[n], want_out[n], rtol=1e-5, atol=1e-6)
+    assert_saves_a_third(name)
