@@ -24,7 +24,7 @@ def emit(program) -> str:
 
 
 # families with a derived adjoint beside them
-ADJOINTS = ("chunk.py.j2", "chunk_delta.py.j2", "scan.py.j2")
+ADJOINTS = ("chunk.py.j2", "chunk_delta.py.j2", "chunk_dplr.py.j2", "scan.py.j2")
 
 
 def emit_plan(plan) -> str:
