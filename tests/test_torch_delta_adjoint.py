@@ -201,3 +201,13 @@ def test_core_gradients_equal_autograd_of_chunk_dplr(decay, unseen, resets):
     got = assert_cores_agree(module._chunk_dplr_adjoint, module._chunk_dplr, run, tensors)
     if resets:
         assert (got[7][:, list(resets)] == 0).all(), "a -inf gate gets no gradient"
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "rwkv7"])
+def test_double_backward_through_the_adjoint_raises(name):
+    """Once differentiable, as docs/backends.md says: a second derivative raises rather than
+    come back without the core's terms; autograd through the ops (`adjoint=False`) gives one."""
+    from test_once_differentiable import second_derivative
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        second_derivative(seqc.load(name).kernel("torch", chunk_size=4), name)
+    second_derivative(seqc.load(name).kernel("torch", chunk_size=4, adjoint=False), name)
