@@ -23,7 +23,8 @@ def emit(program) -> str:
     return emit_plan(program.analysis.plan)
 
 
-ADJOINTS = ("chunk.py.j2", "scan.py.j2")   # families with a derived adjoint beside them
+# families with a derived adjoint beside them
+ADJOINTS = ("chunk.py.j2", "chunk_delta.py.j2", "chunk_dplr.py.j2", "scan.py.j2")
 
 
 def emit_plan(plan) -> str:
