@@ -1176,14 +1176,17 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
 def _cp_state_pass_kernel(
     ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_START: tl.constexpr, AFTER: tl.constexpr, ACC: tl.constexpr,
+    DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """A state pass: one program per (key block, value block, batch x head) walks the chunks,
     storing the state at each chunk's boundary (fp32), then the last one. Forward (x = k,
     y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] + (k 2^Gend)^T v. The
     adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the gradient of the state leaving
-    chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the initial state's."""
+    chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the initial state's.
+    AFTER (the adjoint feeding _cp_bwd_fused_kernel, which reads dS_T itself): the state after
+    each chunk but the last is stored, dh[n - 1] in slot n - 1 of NT - 1, and dh[NT - 1] = dS_T
+    is not copied."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1196,7 +1199,8 @@ def _cp_state_pass_kernel(
         S = tl.zeros([BLOCK_K, BLOCK_V], dtype=ACC)
     for i_n in range(0, NT):
         n = NT - 1 - i_n if REVERSE else i_n
-        tl.store(ptr_states + (i_bh * NT + n) * K * V + offs_kv, S, mask=mask_kv)
+        if not AFTER:
+            tl.store(ptr_states + (i_bh * NT + n) * K * V + offs_kv, S, mask=mask_kv)
         o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
         x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
         y = _cp_load(ptr_y, base, mask_t, o_v, mask_v, V)
@@ -1211,6 +1215,8 @@ def _cp_state_pass_kernel(
                 S = S * tl.exp2(Glast0)
                 x = (x.to(ACC) * tl.exp2(gate)[:, None]).to(DOT)
         S += tl.dot(tl.trans(x), y, input_precision=PRECISION)
+        if AFTER and n > 0:
+            tl.store(ptr_states + (i_bh * (NT - 1) + n - 1) * K * V + offs_kv, S, mask=mask_kv)
     tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
 
 
@@ -1384,10 +1390,87 @@ def _cp_bwd_dqk_kernel(
     tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
 
 
+@triton.jit
+def _cp_bwd_fused_kernel(
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_dh, ptr_dfinal, ptr_do, ptr_dq, ptr_dk, ptr_dv,
+    ptr_dg, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
+    HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dv, dq, dk and dg of one (chunk, batch x head) when K and V are one block each and the
+    gate is scalar or absent (chunk_parallel_core.md, "(b + c) fused"): q, k, v, do, g, h[n] and
+    dh[n] read once. dh[NT - 1] is the incoming gradient of the final state (0 without one),
+    the others the adjoint state pass's (AFTER: NT - 1 slots). The order keeps ptxas within
+    255 registers: dv (A dies with it), the decayed dA, then dk and dq, each stored when done."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    o_v = tl.arange(0, BLOCK_V)
+    mask_v = o_v < V
+    offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
+    q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+    k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+    d, G, R, G0, Gend, Glast0 = _cp_gates(ptr_g, base, mask_t, o_t, DECAY, BLOCK_T, ACC)
+    if n == NT - 1:
+        dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
+    else:
+        dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
+    do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+    A = (tl.dot(q, tl.trans(k), input_precision=PRECISION)
+         * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
+    dv = tl.dot(k, dh.to(DOT), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
+    dv = tl.dot(tl.trans(A), do, dv, input_precision=PRECISION)
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+             mask=mask_t[:, None] & mask_v[None, :])
+    v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
+    dM = (tl.dot(do, tl.trans(v), input_precision=PRECISION)
+          * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
+    leaving = tl.sum(tl.sum(k.to(ACC) * dk, axis=1), axis=0)
+    dk = tl.dot(tl.trans(dM), q, dk, input_precision=PRECISION)
+    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+    dG = -tl.sum(k.to(ACC) * dk, axis=1)              # a scalar gate's dL/db, summed over K
+    h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
+    leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h * dh, axis=1), axis=0)
+    dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)[:, None]
+    dq = tl.dot(dM, k, dq, input_precision=PRECISION)
+    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
+    if DECAY > 0:
+        dG += tl.sum(q.to(ACC) * dq, axis=1)
+        dG += tl.where(o_t == BLOCK_T - 1, leaving, 0.0)
+        dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG             # reverse cumsum
+        tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, dg), mask=mask_t)
+
+
+@triton.jit
+def _cp_causal_mask(G, R, o_t, DECAY: tl.constexpr):
+    """The decay from s to t inside a chunk for a scalar gate (_cp_causal_decay), the causal
+    mask (1 for s <= t, else 0) without one."""
+    if DECAY == 1:
+        return _cp_causal_decay(G, R, o_t)
+    else:
+        return (o_t[:, None] >= o_t[None, :]).to(G.dtype)
+
+
+@triton.jit
+def _cp_gates(ptr_g, base, mask_t, o_t, DECAY: tl.constexpr, BLOCK_T: tl.constexpr,
+              ACC: tl.constexpr):
+    """A scalar gate's _cp_chunk_gates (d, G, R, G0, Gend, Glast0), or zeros (no decay)."""
+    if DECAY == 0:
+        zero = tl.zeros([BLOCK_T], dtype=ACC)
+        return zero, zero, zero, zero, zero, tl.sum(zero, axis=0)
+    else:
+        return _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t, DECAY, BLOCK_T, 1, ACC)
+
+
 def _cp_blocks(K, V, decay, chunk_size):
     """Blocks and warps (chunk_parallel_core.md, "Blocks"): BLOCK_T, SUB_T, the key block of the
     state passes, of the output and dv kernels' scores and of the dq/dk kernel, the value block,
-    and the warps of the kernels other than dq/dk (which runs 8)."""
+    and the warps of the kernels other than dq/dk (which runs 8); `fused`: the backward runs
+    _cp_bwd_fused_kernel (a scalar gate or none, K and V of at most 64 lanes)."""
     block_t = max(16, _pow2(chunk_size))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
@@ -1395,7 +1478,8 @@ def _cp_blocks(K, V, decay, chunk_size):
     return dict(block_t=block_t, sub_t=min(16, block_t),
                 state_k=min(block_k, 32) if keywise else block_k,
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
-                block_v=block_v, warps=8 if keywise else 4)
+                block_v=block_v, warps=8 if keywise else 4,
+                fused=not keywise and _pow2(K) <= 64 and _pow2(V) <= 64)
 
 
 class _ChunkParallelCore(torch.autograd.Function):
@@ -1422,7 +1506,7 @@ class _ChunkParallelCore(torch.autograd.Function):
         g_ptr = q if g is None else g
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
             k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
-            decay, False, True, acc, tl_dot, precision, num_warps=b["warps"])
+            decay, False, True, False, acc, tl_dot, precision, num_warps=b["warps"])
         _cp_fwd_output_kernel[(NV, NT, B * H)](
             q, k, v, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
@@ -1439,10 +1523,12 @@ class _ChunkParallelCore(torch.autograd.Function):
         V = v.shape[-1]
         b = _cp_blocks(K, V, decay, chunk_size)
         NT, NV = triton.cdiv(T, b["block_t"]), triton.cdiv(V, b["block_v"])
-        NK = triton.cdiv(K, b["dqk_k"])
+        fused = b["fused"]
+        NK = 1 if fused else triton.cdiv(K, b["dqk_k"])
         acc, tl_dot = _acc(h), _TL_DTYPES[q.dtype]
         do = torch.zeros_like(v) if do is None else do.to(q.dtype).contiguous()
-        dh = torch.empty_like(h)
+        # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself
+        dh = h.new_empty((B, H, NT - 1, K, V)) if fused else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         dq = torch.empty((B, T, H, K), dtype=compute, device=q.device)
         dk, dv = torch.empty_like(dq), torch.empty((B, T, H, V), dtype=compute, device=q.device)
@@ -1450,17 +1536,25 @@ class _ChunkParallelCore(torch.autograd.Function):
             ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
         dfinal = None if dfinal is None else dfinal.contiguous()
+        final_ptr = ds0 if dfinal is None else dfinal
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
-            q, do, g_ptr, ds0 if dfinal is None else dfinal, dh, ds0, T, H, NT, K, V,
-            b["block_t"], b["state_k"], b["block_v"], decay, True, dfinal is not None, acc,
-            tl_dot, precision, num_warps=b["warps"])
-        _cp_bwd_dv_kernel[(NV, NT, B * H)](
-            q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        _cp_bwd_dqk_kernel[(NK, NT, B * H)](
-            q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
-            b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot, precision,
-            num_warps=8)
+            q, do, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, b["block_t"], b["state_k"],
+            b["block_v"], decay, True, dfinal is not None, fused, acc, tl_dot, precision,
+            num_warps=b["warps"])
+        if fused:
+            _cp_bwd_fused_kernel[(NT, B * H)](
+                q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
+                H, NT, K, V, b["block_t"], b["dqk_k"], b["block_v"], decay, dfinal is not None,
+                acc, tl_dot, precision, num_warps=8)
+        else:
+            _cp_bwd_dv_kernel[(NV, NT, B * H)](
+                q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"],
+                b["scores_k"], b["block_v"], decay, acc, tl_dot, precision,
+                num_warps=b["warps"])
+            _cp_bwd_dqk_kernel[(NK, NT, B * H)](
+                q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
+                b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot,
+                precision, num_warps=8)
         if decay == 1:
             dg = dg.sum(0)
         return dq, dk, dv, dg, ds0, None, None, None
