@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TRITON_INTERPRET", "1")     # the modules' training cores are looked up here
 
 from seqc.api import load  # noqa: E402
 from seqc.gpucheck import ARCH_NAME, DEFAULT_SHAPE, kb, run_jobs, spec_jobs  # noqa: E402
@@ -85,6 +87,24 @@ def label(checks) -> str:
     return "/".join(names) + (f" {phase}" if phase else "") + f": {kernel}"
 
 
+def training_modes(name: str, modes: list[str]) -> set[str]:
+    """The modes whose jobs record a training call: the first of the modes that train on the
+    same kernels (seqc/autograd.py `training_cores`, `fused_backward`), so that each training
+    compile is one job's."""
+    from seqc.autograd import fused_backward, training_cores
+    module = load(name).kernel("triton").module
+    first: dict[tuple, str] = {}
+    for mode in modes:
+        cores = training_cores(module, {"mode": mode}, None)
+        key = tuple(sorted((k, id(getattr(v, "func", v))) for k, v in cores.items()
+                           if callable(v)))
+        if not cores and fused_backward(module, {"mode": mode}):
+            key = ("fused_recurrent_bwd",)
+        if key:
+            first.setdefault(key, mode)
+    return set(first.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", metavar="SPEC")
@@ -112,12 +132,14 @@ def main() -> int:
         for name in specs:
             for job in spec_jobs(load(name), {"*": size}, DEFAULT_SHAPE, archs, ["bf16"]):
                 modes = ["fused_recurrent"] if size in fused_only else module_modes(job.module)
+                trained = set() if args.no_training else training_modes(
+                    name, [m for m in modes if not wanted or m in wanted])
                 for mode in modes:
                     if wanted and mode not in wanted:
                         continue
                     one = copy.copy(job)
                     one.modes, one.cached_only = [mode], args.cached_only
-                    if args.no_training:
+                    if mode not in trained:
                         one.training_module = None
                     jobs.append(one)
     started = time.perf_counter()
