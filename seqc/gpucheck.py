@@ -369,8 +369,9 @@ def model_report(programs, checks: list[KernelCheck], gpu) -> str:
     from .gpu_model import model_rows, model_table
     rows, by_program = [], {p.name: p for p in programs}
     groups: dict[tuple, list[KernelCheck]] = {}
-    for check in checks:
-        if check.arch == gpu.arch and check.dtype == "bf16":
+    for check in checks:       # the forward modes' kernels (the model times a call's forward)
+        training = str(check.result.get("mode")).endswith((" training", " backward"))
+        if check.arch == gpu.arch and check.dtype == "bf16" and not training:
             groups.setdefault((check.spec, tuple(check.dims.items())), []).append(check)
     for (spec, dims), group in groups.items():
         rows += model_rows(by_program[spec], dict(dims), gpu, group)
