@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRITON_INTERPRET", "1")     # the modules' training cores are looked up here
 
 from seqc.api import load  # noqa: E402
-from seqc.gpucheck import ARCH_NAME, DEFAULT_SHAPE, kb, run_jobs, spec_jobs  # noqa: E402
+from seqc.gpucheck import (  # noqa: E402
+    ARCH_NAME, DEFAULT_SHAPE, KernelCheck, failed, job_key, kb, read_job, run_jobs, spec_jobs)
 from seqc.resources import stdlib_names  # noqa: E402
 
 
@@ -105,6 +106,18 @@ def training_modes(name: str, modes: list[str]) -> set[str]:
     return set(first.values())
 
 
+def cached_checks(jobs) -> list:
+    checks = []
+    for job in jobs:
+        results = read_job(job_key(job))
+        if results is None:
+            checks.append(failed(job, "not measured (the sweep has not run this job)",
+                                 dict(kernel="-", mode=job.modes[0], grid=[], programs="-")))
+        else:
+            checks += [KernelCheck(job.label, job.arch, job.dtype, job.dims, r) for r in results]
+    return checks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", metavar="SPEC")
@@ -119,6 +132,9 @@ def main() -> int:
                         help="forward kernels only (no training call recorded)")
     parser.add_argument("--cached-only", action="store_true",
                         help="kernels not in the kernel cache are reported, not compiled")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="report the job cache only (a running or stopped sweep's results; "
+                             "a job not in it is not measured), start no worker")
     parser.add_argument("--timeout", type=float, default=600,
                         help="seconds for one spec's kernels of one mode on one target")
     args = parser.parse_args()
@@ -143,7 +159,7 @@ def main() -> int:
                         one.training_module = None
                     jobs.append(one)
     started = time.perf_counter()
-    checks = run_jobs(jobs, args.jobs, args.timeout)
+    checks = cached_checks(jobs) if args.from_cache else run_jobs(jobs, args.jobs, args.timeout)
     rows: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for check in checks:
         rows[row_key(check)][check.arch].append(check)
