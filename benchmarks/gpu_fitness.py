@@ -1,28 +1,37 @@
-"""The "GPU fitness" table of docs/benchmarks.md: `seqc gpu-check` over every stdlib spec.
+"""The "GPU fitness" tables of docs/benchmarks.md: `seqc gpu-check` over every stdlib spec.
 
-    python benchmarks/gpu_fitness.py [--sizes 64,128,96] [--arch 80,90] [--jobs N]
-        [--modes scan,scan_parallel] [SPEC...]
+    python benchmarks/gpu_fitness.py [--sizes 64,128,48] [--arch 80,90] [--jobs N]
+        [--modes scan,scan_parallel] [--no-training] [SPEC...]
 
-Every kernel the Triton backend launches (every mode), bf16 calls, K = V = each size (every dim of
-the spec takes the size), compiled for sm_80 and sm_90a at the launch shape B=4, T=4096, H=16.
-One row per kernel and size; per target: registers / spill bytes / shared memory KB / tensor-core
-instructions. Prints markdown; exits 1 when any kernel does not fit (as `seqc gpu-check` does).
-Compiles are cached (see seqc/gpu_compile.py): a second run prints at once. A kernel whose
-compile outlives --timeout (240 s for one spec on one target) is reported as timed out: ptxas
-takes that long only on kernels that spill tens of KB.
+Every kernel the Triton backend launches (every mode), and every kernel a training call in each
+mode launches (the recurrence cores' forward and backward, or the fused recurrent kernel's
+generated backward: rows `<mode> training: <kernel>` / `<mode> backward: <kernel>`, one row for
+modes that train on the same kernels), bf16 calls, K = V = each size (every dim of the spec takes
+the size), compiled for sm_80 and sm_90a at the launch shape B=4, T=4096, H=16. A SPEC may be a
+stdlib name or a .seq path. One row per kernel and size; per target: registers / spill bytes /
+shared memory KB / tensor-core instructions. Prints markdown, then "N of M kernels fit" (kernel x
+size x target) and the ones that do not; exits 1 when any does not fit (as `seqc gpu-check`
+does). One worker job per spec, size, target and mode, so that a kernel on which ptxas runs for
+long holds up only its own mode. Compiles are cached (see seqc/gpu_compile.py): a second run
+prints at once. A job whose compile outlives --timeout is reported as timed out: ptxas takes
+that long only on kernels that spill tens of KB.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TRITON_INTERPRET", "1")     # the modules' training cores are looked up here
 
 from seqc.api import load  # noqa: E402
-from seqc.gpucheck import ARCH_NAME, DEFAULT_SHAPE, kb, run_jobs, spec_jobs  # noqa: E402
+from seqc.gpucheck import (  # noqa: E402
+    ARCH_NAME, DEFAULT_SHAPE, KernelCheck, failed, job_key, kb, read_job, run_jobs, spec_jobs)
 from seqc.resources import stdlib_names  # noqa: E402
 
 
@@ -53,6 +62,62 @@ def module_modes(path: str) -> list[str]:
             if m.strip()]
 
 
+def size_of(check) -> int | str:
+    return next(iter(v for k, v in check.dims.items() if k not in DEFAULT_SHAPE), "-")
+
+
+def row_key(check) -> tuple:
+    """A forward kernel's row is its mode's; a training kernel's is shared by the modes that
+    train on it (the same compile: forced `chunk` and `chunk_parallel` both train on
+    chunk_parallel_core, `scan` and `scan_parallel` on scan_core)."""
+    r = check.result
+    mode, kernel = str(r.get("mode")), r.get("kernel")
+    for phase in (" training", " backward"):
+        if mode.endswith(phase):
+            return (check.spec, size_of(check), phase.strip(), kernel, r.get("programs"))
+    return (check.spec, size_of(check), mode, kernel, r.get("programs"))
+
+
+def label(checks) -> str:
+    modes = sorted({str(c.result.get("mode")) for c in checks})
+    kernel = checks[0].result.get("kernel")
+    if len(modes) == 1 and kernel in (None, f"{modes[0]}_kernel"):
+        return modes[0]
+    phase = modes[0].rsplit(" ", 1)[-1] if modes[0].endswith(("training", "backward")) else ""
+    names = [m.rsplit(" ", 1)[0] if phase else m for m in modes]
+    return "/".join(names) + (f" {phase}" if phase else "") + f": {kernel}"
+
+
+def training_modes(name: str, modes: list[str]) -> set[str]:
+    """The modes whose jobs record a training call: the first of the modes that train on the
+    same kernels (seqc/autograd.py `training_cores`, `fused_backward`), so that each training
+    compile is one job's."""
+    from seqc.autograd import fused_backward, training_cores
+    module = load(name).kernel("triton").module
+    first: dict[tuple, str] = {}
+    for mode in modes:
+        cores = training_cores(module, {"mode": mode}, None)
+        key = tuple(sorted((k, id(getattr(v, "func", v))) for k, v in cores.items()
+                           if callable(v)))
+        if not cores and fused_backward(module, {"mode": mode}):
+            key = ("fused_recurrent_bwd",)
+        if key:
+            first.setdefault(key, mode)
+    return set(first.values())
+
+
+def cached_checks(jobs) -> list:
+    checks = []
+    for job in jobs:
+        results = read_job(job_key(job))
+        if results is None:
+            checks.append(failed(job, "not measured (the sweep has not run this job)",
+                                 dict(kernel="-", mode=job.modes[0], grid=[], programs="-")))
+        else:
+            checks += [KernelCheck(job.label, job.arch, job.dtype, job.dims, r) for r in results]
+    return checks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", metavar="SPEC")
@@ -63,33 +128,41 @@ def main() -> int:
                         help="sizes at which only the fused_recurrent kernels are compiled")
     parser.add_argument("--modes", default="",
                         help="only these modes' kernels (comma-separated; default: every mode)")
+    parser.add_argument("--no-training", action="store_true",
+                        help="forward kernels only (no training call recorded)")
     parser.add_argument("--cached-only", action="store_true",
                         help="kernels not in the kernel cache are reported, not compiled")
-    parser.add_argument("--timeout", type=float, default=240,
-                        help="seconds for one spec's kernels on one target")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="report the job cache only (a running or stopped sweep's results; "
+                             "a job not in it is not measured), start no worker")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds for one spec's kernels of one mode on one target")
     args = parser.parse_args()
     specs = args.specs or stdlib_names()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     fused_only = [int(s) for s in args.fused_only_sizes.split(",") if s]
     archs = [int(a) for a in args.arch.split(",")]
-    jobs = [job for size in sizes + fused_only for name in specs
-            for job in spec_jobs(load(name), {"*": size}, DEFAULT_SHAPE, archs, ["bf16"])]
-    modes = [m for m in args.modes.split(",") if m]
-    for job in jobs:
-        if job.dims[next(iter(d for d in job.dims if d not in DEFAULT_SHAPE))] in fused_only:
-            job.modes = ["fused_recurrent"]
-        if modes:
-            job.modes = [m for m in (job.modes or module_modes(job.module)) if m in modes]
-    jobs = [job for job in jobs if job.modes != []]
+    wanted = [m for m in args.modes.split(",") if m]
+    jobs = []
+    for size in sizes + fused_only:
+        for name in specs:
+            for job in spec_jobs(load(name), {"*": size}, DEFAULT_SHAPE, archs, ["bf16"]):
+                modes = ["fused_recurrent"] if size in fused_only else module_modes(job.module)
+                trained = set() if args.no_training else training_modes(
+                    name, [m for m in modes if not wanted or m in wanted])
+                for mode in modes:
+                    if wanted and mode not in wanted:
+                        continue
+                    one = copy.copy(job)
+                    one.modes, one.cached_only = [mode], args.cached_only
+                    if mode not in trained:
+                        one.training_module = None
+                    jobs.append(one)
     started = time.perf_counter()
-    for job in jobs:
-        job.cached_only = args.cached_only
-    checks = run_jobs(jobs, args.jobs, args.timeout)
-    rows: dict[tuple, dict] = defaultdict(dict)
+    checks = cached_checks(jobs) if args.from_cache else run_jobs(jobs, args.jobs, args.timeout)
+    rows: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for check in checks:
-        size = next(iter(v for k, v in check.dims.items() if k not in DEFAULT_SHAPE), "-")
-        rows[(check.spec, size, check.result.get("mode"), check.result.get("kernel"))][
-            check.arch] = check
+        rows[row_key(check)][check.arch].append(check)
     header = ["spec", "dims", "mode", "programs"] + [ARCH_NAME[a] for a in archs] + \
         ["16-bit dot", "fits"]
     print("bf16 calls; launch grid at B=4, T=4096, H=16; every dim of a spec = the size; per "
@@ -97,21 +170,41 @@ def main() -> int:
           "instructions (mma + wgmma)\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    bad = 0
-    for (spec, size, mode, _), by_arch in sorted(rows.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], str(kv[0][2]))):
-        first = next(iter(by_arch.values()))
-        problems = sorted({short(p) for c in by_arch.values() for p in c.problems()})
-        bad += bool(problems)
-        kernel = first.result.get("kernel")
-        label = str(mode) if kernel in (None, f"{mode}_kernel") else f"{mode}: {kernel}"
-        print("| " + " | ".join([spec, str(size), label, str(first.result.get("programs", "?"))]
-                                + [cell(by_arch[a]) if a in by_arch else "-" for a in archs]
+    bad_rows, compiled, misfits, unmeasured, skipped = 0, 0, [], 0, []
+    phases = {"training": 1, "backward": 2}
+    for key, by_arch in sorted(rows.items(), key=lambda kv: (
+            kv[0][0], int(kv[0][1]), phases.get(kv[0][2], 0), str(kv[0][2:]))):
+        first = next(iter(by_arch.values()))[0]
+        every = [c for cs in by_arch.values() for c in cs]
+        if all("not measured" in c.result.get("error", "") for c in every):
+            unmeasured += len(by_arch)
+            skipped.append(f"{key[0]} {key[1]} {first.result.get('mode')}")
+            continue
+        problems = sorted({short(p) for c in every for p in c.problems()})
+        bad_rows += bool(problems)
+        for arch, found in by_arch.items():
+            if "not measured" in found[0].result.get("error", ""):
+                unmeasured += 1
+                continue
+            compiled += 1
+            if found[0].problems():
+                misfits.append(f"{key[0]} {key[1]} {label(found)} on {ARCH_NAME[arch]}: "
+                               + "; ".join(found[0].problems()))
+        print("| " + " | ".join([key[0], str(key[1]), label(every),
+                                 str(first.result.get("programs", "?"))]
+                                + [cell(by_arch[a][0]) if a in by_arch else "-" for a in archs]
                                 + [first.dot16, "yes" if not problems else "; ".join(problems)])
               + " |")
-    print(f"\n{len(rows) - bad} of {len(rows)} kernel x size rows fit on every target "
-          f"({time.perf_counter() - started:.0f} s)")
-    return 1 if bad else 0
+    print(f"\n{compiled - len(misfits)} of {compiled} kernels fit (kernel x size x target; "
+          f"{len(rows) - bad_rows - len(skipped)} of {len(rows) - len(skipped)} kernel x size "
+          "rows on every target"
+          + (f"; {unmeasured} not measured" if unmeasured else "")
+          + f"; {time.perf_counter() - started:.0f} s)")
+    for line in misfits:
+        print(f"- {line}")
+    if skipped:
+        print("\nNot measured (jobs not run; rows left out above): " + ", ".join(skipped))
+    return 1 if misfits or unmeasured else 0
 
 
 if __name__ == "__main__":

@@ -157,11 +157,12 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
     16-bit `dtype`) puts them in place of the others. `mode=None` trains in the module's
     parallel mode when that has cores of its own (`training_mode`), else in the mode the
     module's `run` chooses at `dims`. A parallel mode with no cores of its own (the module
-    lacks them) trains on DEFAULT_MODE's core. Another mode (e.g. a forced
+    lacks them) trains on DEFAULT_MODE's core; a forced single-kernel form on its parallel
+    form's own cores when there are (`single_to_parallel`). Another mode (e.g. a forced
     `fused_recurrent`) keeps its kernel forward and has its own backward or recomputes."""
     mode = options.get("mode") or training_mode(triton_module, options, dims)
     cores = core_options(triton_module, options)
-    own = getattr(triton_module, "MODE_CORES", {}).get(mode)
+    own = getattr(triton_module, "MODE_CORES", {}).get(single_to_parallel(triton_module, mode))
     if not own and mode == getattr(triton_module, "PARALLEL_MODE", None):
         mode = triton_module.DEFAULT_MODE   # a parallel form with no core of its own trains on
         #                                     the single-kernel form's
@@ -169,6 +170,17 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
         bound = dict(dot_dtype=dtype, precision=options.get("precision"))
         return {**cores, **{name: functools.partial(core, **bound) for name, core in own.items()}}
     return cores if cores and f"{mode}_core" in cores else {}
+
+
+def single_to_parallel(triton_module, mode: str) -> str:
+    """The mode whose training cores a call forcing `mode` trains on: a forced single-kernel
+    chunk form (`chunk`, `chunk_delta`: DEFAULT_MODE) trains on its parallel form's cores when
+    the module has them (chunk_core's and chunk_delta_core's kernels do not fit a GPU; the
+    forward stays the single kernel's); any other mode on its own."""
+    parallel = getattr(triton_module, "PARALLEL_MODE", None)
+    if mode == triton_module.DEFAULT_MODE and parallel in getattr(triton_module, "MODE_CORES", {}):
+        return parallel
+    return mode
 
 
 def training_mode(triton_module, options: dict, dims: dict | None) -> str:

@@ -10,8 +10,9 @@ compiled). The job names a Python module with the emitted-module contract: `MODE
 2. calls `run` once per mode on `meta` tensors of the job's shapes: every `kernel[grid](...)` is
    recorded (grid, arguments, launch options) and nothing runs; when the job names the spec's
    torch module (`training_module`), it also makes one training call per set of recurrence
-   cores the modes train with (forward and backward, `record_training`), recording what the
-   cores launch under the modes `<mode> training` (forward) and `<mode> backward`;
+   cores the modes train with, and one in fused_recurrent when the module has its generated
+   backward (forward and backward, `record_training`), recording what the cores (or the fused
+   kernels) launch under the modes `<mode> training` (forward) and `<mode> backward`;
 3. binds each recorded launch exactly as Triton's launcher does (signature, constexprs,
    divisibility attributes; pointers are 16-byte aligned as every allocation is), compiles it
    with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and reads ptxas's
@@ -25,6 +26,7 @@ kernel's source and everything Triton specialises it on, the target and the laun
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -40,6 +42,7 @@ from pathlib import Path
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 SIXTEEN_BIT = ("bf16", "f16", "fp16")
 RESULT_FORMAT = 1           # bump when what a cached result holds changes
+RECORDING = 2               # bump when which launches a job records changes (job cache)
 PTXAS_USED = re.compile(r"Used (\d+) registers")
 PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 MMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?mma\.", re.MULTILINE)
@@ -143,14 +146,20 @@ def record_training(module, torch_module, job: dict, modes, dims: dict, current_
     recorded once."""
     import torch
 
-    from seqc.autograd import training_cores
+    from seqc.autograd import fused_backward, training_cores
     dtype = getattr(torch, TORCH_DTYPES[job["dtype"]])
     seen: set = set()
     for mode in modes:
         cores = training_cores(module, {"mode": mode}, dims, dtype)
         key = tuple(sorted((k, id(getattr(v, "func", v))) for k, v in cores.items()
                            if callable(v)))
-        if not cores or key in seen:
+        if cores:
+            run = functools.partial(torch_module.run, **cores)
+        elif fused_backward(module, {"mode": mode}):   # the generated adjoint kernel
+            run, key = module.train, ("fused_recurrent_bwd",)
+        else:
+            continue
+        if key in seen:
             continue
         seen.add(key)
         first = len(launches)
@@ -160,10 +169,8 @@ def record_training(module, torch_module, job: dict, modes, dims: dict, current_
                     for name, shape in shapes.items()}
 
         current_mode[0] = f"{mode} training"
-        outputs, final = torch_module.run(leaves(job["inputs"], dtype),
-                                          leaves(job["params"], dtype), dims,
-                                          leaves(job["states"], torch.float32) or None, True,
-                                          **cores)
+        outputs, final = run(leaves(job["inputs"], dtype), leaves(job["params"], dtype), dims,
+                             leaves(job["states"], torch.float32) or None, True)
         results = [t for t in [*outputs.values(), *final.values()] if t.requires_grad]
         current_mode[0] = f"{mode} backward"
         torch.autograd.backward(results, [torch.empty_like(t) for t in results])

@@ -213,12 +213,12 @@ def job_key(job: Job) -> str:
     """A job's results depend on its module's code, its shapes, the target and Triton."""
     from importlib.metadata import version
 
-    from .gpu_compile import RESULT_FORMAT
+    from .gpu_compile import RECORDING, RESULT_FORMAT
     payload = dict(job.payload(), module=Path(job.module).read_text(encoding="utf-8"))
     if job.training_module:
         payload["training_module"] = Path(job.training_module).read_text(encoding="utf-8")
     payload.pop("cached_only")
-    text = json.dumps([payload, version("triton"), RESULT_FORMAT], sort_keys=True)
+    text = json.dumps([payload, version("triton"), RESULT_FORMAT, RECORDING], sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
@@ -369,8 +369,9 @@ def model_report(programs, checks: list[KernelCheck], gpu) -> str:
     from .gpu_model import model_rows, model_table
     rows, by_program = [], {p.name: p for p in programs}
     groups: dict[tuple, list[KernelCheck]] = {}
-    for check in checks:
-        if check.arch == gpu.arch and check.dtype == "bf16":
+    for check in checks:       # the forward modes' kernels (the model times a call's forward)
+        training = str(check.result.get("mode")).endswith((" training", " backward"))
+        if check.arch == gpu.arch and check.dtype == "bf16" and not training:
             groups.setdefault((check.spec, tuple(check.dims.items())), []).append(check)
     for (spec, dims), group in groups.items():
         rows += model_rows(by_program[spec], dict(dims), gpu, group)

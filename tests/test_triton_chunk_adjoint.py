@@ -119,13 +119,28 @@ def assert_trains_through_core(name, core, function, mode=None):
 
 
 @pytest.mark.parametrize("name", CHUNK_SPECS)
-def test_chunk_specs_train_through_the_adjoint_kernels(name):
+def test_chunk_specs_train_through_the_adjoint_kernels(name, monkeypatch):
+    without_parallel_cores(monkeypatch, name)
     assert_trains_through_core(name, "chunk_core", "_ChunkCore", mode="chunk")
 
 
+def test_forced_chunk_trains_on_the_parallel_core():
+    """A forced `chunk` where the module has `chunk_parallel`: the single kernel's forward, the
+    GPU-fit parallel core's training (docs/backends.md, "Triton chunk modes")."""
+    assert_trains_through_core("gla", "chunk_core", "_ChunkParallelCore", mode="chunk")
+
+
 @pytest.mark.parametrize("name", ["gla", "simple_gla"])
-def test_minus_infinity_log_decays(name):
+def test_minus_infinity_log_decays(name, monkeypatch):
+    without_parallel_cores(monkeypatch, name)
     assert_resets_equal_the_reference(name, mode="chunk")
+
+
+def without_parallel_cores(monkeypatch, name):
+    """Train `name` as a module with no parallel chunk form does: a forced `chunk` or
+    `chunk_delta` on chunk_core / chunk_delta_core (with the parallel form's cores there, a forced
+    single-kernel mode trains on them: seqc/autograd.py, `single_to_parallel`)."""
+    monkeypatch.setattr(seqc.load(name).kernel("triton").module, "MODE_CORES", {})
 
 
 def assert_resets_equal_the_reference(name, mode=None):
@@ -176,10 +191,11 @@ def counted_training_step(program, sizes, **options):
 
 
 @pytest.mark.parametrize("name", ["gla", "simple_gla", "mamba2"])
-def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
-    """Bytes the Triton kernels load and store during `loss.backward()` against the forward
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name, monkeypatch):
+    """Bytes chunk_core's kernels load and store during `loss.backward()` against the forward
     call's compulsory traffic (inputs and params read once, outputs and final state written
     once), dims of 64, T = 128 in chunks of 64, with an initial state."""
+    without_parallel_cores(monkeypatch, name)
     program = seqc.load(name)
     forward, backward, compulsory = counted_training_step(
         program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}},

@@ -114,7 +114,7 @@ def test_minus_infinity_log_decays_through_whole_specs(name):
 
 def test_training_follows_the_mode():
     """chunk_delta_parallel (mode=None at any B x H, or forced) trains on the parallel core with
-    the call's 16-bit dtype for its dots; a forced `chunk_delta` on chunk_delta_core; a forced
+    the call's 16-bit dtype for its dots, and so does a forced `chunk_delta`; a forced
     `fused_recurrent` on no core."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     small = dict(B=1, T=64, H=2, K=64, V=64)
@@ -129,8 +129,8 @@ def test_training_follows_the_mode():
                             torch.float32)["chunk_delta_core"]
     assert forced.func is module.chunk_delta_parallel_core
     assert forced.keywords["precision"] == "ieee"
-    assert training_cores(module, {"mode": "chunk_delta"}, small)["chunk_delta_core"] \
-        is module.chunk_delta_core
+    assert training_cores(module, {"mode": "chunk_delta"}, small)["chunk_delta_core"].func \
+        is module.chunk_delta_parallel_core
     assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
 
 

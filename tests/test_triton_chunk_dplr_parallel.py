@@ -125,13 +125,18 @@ def test_offered_for_the_dplr_kinds_only():
 
 def test_default_mode_by_programs_against_sms():
     """mode=None: `chunk_dplr_parallel` when the single kernel would run fewer than 2 x 132
-    programs (B x H x value blocks), else `chunk_dplr` (docs/backends.md)."""
+    programs (B x H x value blocks), else `chunk_dplr` (docs/backends.md); the single kernel's
+    value blocks are 32 lanes, 16 beside a key dim over 64 (blockwise.md, "Blocks")."""
     module = seqc.load("rwkv7").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_dplr"
-    few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
-    assert module._choose_mode(few, 128) == MODE                    # 64 programs
-    assert module._choose_mode({**few, "B": 32}, 128) == "chunk_dplr"   # 512 x 1 block
-    assert module._choose_mode({**few, "B": 8}, 64) == MODE          # 128 x 2 blocks
+    few = {"B": 4, "T": 4096, "H": 16, "K": 64, "V": 64}
+    assert module._choose_mode(few, 128) == MODE                    # 64 x 2 blocks
+    assert module._choose_mode({**few, "B": 8}, 128) == MODE        # 128 x 2 blocks
+    assert module._choose_mode({**few, "B": 16}, 128) == "chunk_dplr"   # 256 x 2 blocks
+    assert module._choose_mode({**few, "B": 16}, 16) == "chunk_dplr"    # 256 x 4 blocks
+    wide = {**few, "K": 128, "V": 128}
+    assert module._choose_mode({**wide, "B": 2}, 128) == MODE       # 32 x 8 blocks
+    assert module._choose_mode(wide, 128) == "chunk_dplr"           # 64 x 8 blocks
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})

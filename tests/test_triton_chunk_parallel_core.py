@@ -103,7 +103,8 @@ def test_minus_infinity_log_decays(name):
 def test_training_follows_the_mode():
     """chunk_parallel (forced, or mode=None at any B x H: the GPU-fit core, even where the
     forward alone would pick `chunk`) trains on the parallel core with the call's 16-bit dtype
-    for its dots; a forced `chunk` on chunk_core."""
+    for its dots; so does a forced `chunk` (chunk_core's kernels do not fit a GPU: the
+    single-kernel forward, the parallel core's training)."""
     module = seqc.load("simple_gla").kernel("triton").module
     small = dict(B=1, T=64, H=2, K=64, V=64)
     large = dict(B=8, T=64, H=64, K=64, V=64)
@@ -115,7 +116,8 @@ def test_training_follows_the_mode():
     assert forced.func is module.chunk_parallel_core and forced.keywords["precision"] == "ieee"
     assert module._choose_mode(large, 128) == "chunk"           # the forward alone: one kernel
     assert training_cores(module, {}, large)["chunk_core"].func is module.chunk_parallel_core
-    assert training_cores(module, {"mode": "chunk"}, small)["chunk_core"] is module.chunk_core
+    assert training_cores(module, {"mode": "chunk"}, small)["chunk_core"].func \
+        is module.chunk_parallel_core
     assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
 
 
@@ -167,8 +169,9 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     """`seqc gpu-check` records a training call (forward + backward) per set of cores the modes
     train with: here, without compiling (cached_only), the parallel core's launches under
     `chunk_parallel training` / `chunk_parallel backward` (the state pass twice: forward and
-    reversed, two compiles) and chunk_core's under `chunk ...`, each once, at their grids (the
-    torch module runs time in slabs of 1024 steps: 16 chunks of 64)."""
+    reversed, two compiles), once, at their grids (the torch module runs time in slabs of 1024
+    steps: 16 chunks of 64): a forced `chunk` trains on the same core, so chunk_core is not
+    launched; and the fused recurrent kernel's generated backward."""
     from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load("simple_gla"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
@@ -178,8 +181,8 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
                 for c in run_jobs(jobs, workers=1, timeout=300)]
     training = [launch for launch in launches if launch[0].endswith((" training", " backward"))]
     assert sorted(training) == sorted([
-        ("chunk training", "_chunk_core_fwd_kernel", [64]),
-        ("chunk backward", "_chunk_core_bwd_kernel", [64]),
+        ("fused_recurrent training", "fused_recurrent_kernel", [1, 64]),
+        ("fused_recurrent backward", "fused_recurrent_bwd_kernel", [1, 64]),
         ("chunk_parallel training", "_cp_state_pass_kernel", [1, 1, 64]),
         ("chunk_parallel training", "_cp_fwd_output_kernel", [1, 16, 64]),
         ("chunk_parallel backward", "_cp_state_pass_kernel", [1, 1, 64]),

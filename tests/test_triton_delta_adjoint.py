@@ -22,7 +22,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import seqc  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
+    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step,
+    without_parallel_cores)
 
 pytestmark = pytest.mark.triton
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda"]
@@ -95,14 +96,17 @@ def test_core_adjoint_strong_decays_fp32(decay):
 
 
 @pytest.mark.parametrize("name", DELTA_SPECS)
-def test_delta_specs_train_through_the_adjoint_kernels(name):
-    """Forced `chunk_delta` (mode=None trains on chunk_delta_parallel_core)."""
+def test_delta_specs_train_through_the_adjoint_kernels(name, monkeypatch):
+    """Forced `chunk_delta` in a module with no parallel form (the stdlib modules have it, and
+    train on chunk_delta_parallel_core, forced `chunk_delta` included)."""
+    without_parallel_cores(monkeypatch, name)
     assert_trains_through_core(name, "chunk_delta_core", "_DeltaCore", mode="chunk_delta")
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
-def test_minus_infinity_log_decays(name):
+def test_minus_infinity_log_decays(name, monkeypatch):
     """kda's key-wise decay is reset on one lane only."""
+    without_parallel_cores(monkeypatch, name)
     assert_resets_equal_the_reference(name, mode="chunk_delta")
 
 
@@ -154,19 +158,21 @@ def test_several_delta_steps_a_token_match_torch_autograd_fp64(decay):
                                    msg=lambda m: f"result {i}: {m}")
 
 
-def test_deltaproduct_trains_through_the_adjoint_kernels():
+def test_deltaproduct_trains_through_the_adjoint_kernels(monkeypatch):
     """deltaproduct (two delta steps a token) trains through the delta core, its steps
     interleaved (chunk_delta_core.md), no torch recomputation."""
+    without_parallel_cores(monkeypatch, "deltaproduct")
     assert_trains_through_core("deltaproduct", "chunk_delta_core", "_DeltaCore", mode="chunk_delta")
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
-def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
+def test_backward_traffic_within_two_and_a_half_forward_compulsory(name, monkeypatch):
     """Bytes the Triton kernels load and store during `loss.backward()` against the forward
     call's compulsory traffic (inputs read once, outputs and final state written once), dims of
     32, T = 128 in chunks of 64, with an initial state. The training forward reads the write key
     w = beta k besides k (a [K] role a token where the call reads one beta) and stores a state a
     chunk: 1.32x here (1.39x at dims of 64)."""
+    without_parallel_cores(monkeypatch, name)
     program = seqc.load(name)
     forward, backward, compulsory = counted_training_step(
         program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}},
@@ -175,11 +181,12 @@ def test_backward_traffic_within_two_and_a_half_forward_compulsory(name):
     assert forward / compulsory <= 1.45, f"{name}: training forward {forward / compulsory:.2f}x"
 
 
-def test_deltaproduct_traffic_reads_its_query_once_a_token():
+def test_deltaproduct_traffic_reads_its_query_once_a_token(monkeypatch):
     """deltaproduct's two steps a token run as 2T delta steps, but the query, the output and
     their gradients stay one a token (the kernels' STEPS): dims of 32, T = 128 in chunks of 64
     steps, backward 2.51x the call's compulsory bytes (2.97x with a zero query on every other
     step), forward 1.45x (1.75x)."""
+    without_parallel_cores(monkeypatch, "deltaproduct")
     program = seqc.load("deltaproduct")
     forward, backward, compulsory = counted_training_step(
         program, {"B": 1, "T": 128, "H": 2, **{d.name: 32 for d in program.spec.dims}},

@@ -1,6 +1,7 @@
-"""The single-kernel chunk forms (`chunk`, `chunk_delta`) shaped for a GPU (backends/triton/
+"""The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 32
-lanes (64 in chunk; chunk_delta: 32, 16 beside a key dim over 64), 16-bit operands straight into
+lanes (64 in chunk; chunk_delta and chunk_dplr: 32, 16 beside a key dim over 64), 16-bit
+operands straight into
 `tl.dot`.
 
 Under the interpreter (tiny shapes): several value blocks, odd dims, T not a multiple of the
@@ -47,10 +48,11 @@ def compare(name, mode, dims, T, dtype=torch.float32, rtol=RTOL, **options):
 @pytest.mark.parametrize("name,mode", [("simple_gla", "chunk"), ("gla", "chunk"),
                                        ("mlstm", "chunk"), ("rwkv6", "chunk"),
                                        ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
-                                       ("deltaproduct", "chunk_delta")])
+                                       ("deltaproduct", "chunk_delta"), ("rwkv7", "chunk_dplr"),
+                                       ("comba", "chunk_dplr")])
 def test_key_dim_over_64(name, mode):
     """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk) or five of
-    16 (chunk_delta), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
+    16 (chunk_delta, chunk_dplr), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
     compare(name, mode, {"K": 80, "V": 72}, 37, chunk_size=64, precision="ieee")
@@ -58,19 +60,20 @@ def test_key_dim_over_64(name, mode):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("name,mode", [("linear_attn", "chunk"), ("hgrn2", "chunk"),
-                                       ("deltanet", "chunk_delta")])
+                                       ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
 def test_odd_dims_in_several_value_blocks(name, mode):
     """K = 24 (a 32-lane key block), V = 70: two value blocks of 64 a head (chunk), three of 32
-    (chunk_delta); T = 21."""
+    (chunk_delta, chunk_dplr); T = 21."""
     compare(name, mode, {"K": 24, "V": 70}, 21, precision="ieee")
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("name,mode", [("simple_gla", "chunk"), ("gla", "chunk"),
-                                       ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta")])
+                                       ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
+                                       ("rwkv7", "chunk_dplr"), ("comba", "chunk_dplr")])
 def test_bf16_calls_dot_in_bf16_within_a_bf16_rounding(name, mode):
     """bf16 q, k, v go into tl.dot as they are and the computed operands (scores, decayed keys,
-    the state read back, the UT inverse) are rounded to bf16 once: outputs and final states
+    the state read back, the UT inverse, the DPLR pseudo-values) are rounded to bf16 once: outputs and final states
     within 2^-6 of their magnitude of the fp32 reference on the same (rounded) inputs."""
     compare(name, mode, {"K": 32, "V": 40}, 37, dtype=torch.bfloat16, rtol=2.0 ** -6)
 
@@ -79,20 +82,21 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64(tmp_path, monkey
     """At K = V = 64, bf16: simple_gla's chunk kernel spilled 61776 bytes (sm_90a), deltanet's
     chunk_delta 136904, with fp32 (upcast) dots and no tensor cores; rwkv6's chunk kernel, blocked
     as the others, still spilled 636 (sm_90a), from its bonus `r @ (u * k * v)` formed as a [T, K, V] block
-    (blockwise.FactoringRenderer). Now: no spill, mma / wgmma instructions, bf16 operands in
-    every dot; 64 programs at B=4, H=16 (chunk: one value block of 64), 128 (chunk_delta: two
-    of 32)."""
+    (blockwise.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
+    Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
+    H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32)."""
     from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = []
-    for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk")):
+    for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk"),
+                       ("rwkv7", "chunk_dplr")):
         for job in spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [80, 90], ["bf16"]):
             job.modes, job.training_module = [mode], None
             jobs.append(job)
     checks = run_jobs(jobs, workers=2, timeout=600)
-    assert len(checks) == 6
+    assert len(checks) == 8
     for check in checks:
-        blocks = 2 if check.result["mode"] == "chunk_delta" else 1
+        blocks = 2 if check.result["mode"] in ("chunk_delta", "chunk_dplr") else 1
         assert check.result["grid"] == [blocks, 64], check.result
         assert check.problems() == [] and check.spill == 0, check.result
         assert check.tensor_core > 0 and check.dot16 == "bf16", check.result

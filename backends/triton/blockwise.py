@@ -18,7 +18,7 @@ from .fused import PREFIX, full, output_dims
 from .render import Block, Constants, TritonRenderer, align, index, union
 
 # the modes whose sections dot 16-bit operands (what enters a `tl.dot` is in the call's dtype DOT)
-DOT_MODES = ("chunk", "chunk_delta")
+DOT_MODES = ("chunk", "chunk_delta", "chunk_dplr")
 SECTION = {"scan": "scan.py.j2", "coupled_scan": "coupled_scan.py.j2", "semiring": "scan.py.j2",
            "chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
            "chunk_dplr": "chunk_dplr.py.j2"}
@@ -145,7 +145,7 @@ class BlockKernel:
         chunk_delta 32, 16 when a key dim's block is wider than 64 (the program holds the key dim
         whole, and the delta rule's `[K, BLOCK_V]` state is an operand of three products:
         blockwise.md, "Blocks")."""
-        if self.mode != "chunk_delta":
+        if self.mode not in ("chunk_delta", "chunk_dplr"):      # chunk_dplr: as chunk_delta
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
