@@ -165,14 +165,14 @@ def test_bf16_training_dots_in_bf16(decay):
                                    msg=lambda m: f"{label}: {m}")
 
 
-@pytest.mark.parametrize("name, backward_bound", [("gated_deltanet", 6.45), ("kda", 9.2)])
+@pytest.mark.parametrize("name, backward_bound", [("gated_deltanet", 6.45), ("kda", 8.7)])
 def test_traffic(name, backward_bound):
     """Bytes the kernels move during the training forward and `loss.backward()` against the
     call's compulsory bytes, dims of 64, T = 128 in chunks of 64, fp32, an initial state:
-    measured forward 3.99x and 4.00x, backward 6.42x and 9.15x (before the adjoint state pass
-    formed the local dv and the state passes a scalar gate's factors: 4.19x, 4.16x and 7.60x,
-    9.65x; kda: its dq/dw kernel holds 16 key lanes, so do, vn, dvn are read once per 16
-    lanes). Over issue 11's 2.5x: chunk_delta_parallel_core.md, "Traffic", says where the bytes
+    measured forward 3.59x and 3.66x, backward 6.42x and 8.65x (before the state passes took
+    64 value lanes at K <= 64, the adjoint state pass formed the local dv and the state passes
+    a scalar gate's factors: 4.19x, 4.16x and 7.60x, 9.65x; kda: its dq/dw kernel holds 16 key
+    lanes, so do, vn, dvn are read once per 16 lanes). Over issue 11's 2.5x: chunk_delta_parallel_core.md, "Traffic", says where the bytes
     go and what fla's structure moves."""
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:
@@ -180,7 +180,7 @@ def test_traffic(name, backward_bound):
             program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}})
     assert len(calls) == 1
     assert backward / compulsory <= backward_bound, f"backward {backward / compulsory:.2f}x"
-    assert forward / compulsory <= 4.05, f"forward {forward / compulsory:.2f}x"
+    assert forward / compulsory <= 3.7, f"forward {forward / compulsory:.2f}x"
 
 
 def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
@@ -199,7 +199,7 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     training = [launch for launch in launches if launch[0].endswith((" training", " backward"))]
     assert sorted(training) == sorted([
         ("chunk_delta_parallel training", "_cdp_prepare_kernel", [16, 64]),
-        ("chunk_delta_parallel training", "_cdp_state_kernel", [2, 64]),
+        ("chunk_delta_parallel training", "_cdp_state_kernel", [1, 64]),
         ("chunk_delta_parallel training", "_cp_fwd_output_kernel", [1, 16, 64]),
         ("chunk_delta_parallel backward", "_cdp_bwd_state_kernel", [2, 64]),
         ("chunk_delta_parallel backward", "_cdp_bwd_dqw_kernel", [1, 16, 64]),

@@ -2056,23 +2056,28 @@ def _cdp_store_dg(ptr_dg, offs, mask, db, d, BLOCK_T: tl.constexpr, ACC: tl.cons
 
 
 def _cdp_blocks(K, V, decay, chunk_size):
-    """Blocks and warps (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64 steps,
-    key and value blocks of at most 64 lanes (16 for key-wise scores), all of K in the state
-    passes with value blocks of 32."""
+    """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
+    steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
+    hold all of K, on value blocks of 64 up to 64 key lanes (1 stage) and 32 beyond (2 stages),
+    but for the adjoint pass that forms the local dv (32 lanes)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
     state_k = max(16, _pow2(K))
     keywise = decay == 2
-    # the adjoint state pass forms the local dvn itself for no or a scalar gate up to 64 key
-    # lanes, on 1 stage (sm_80 spilled 24 B at 2 stages, 160-276 B at 128 lanes)
-    fuse_local = not keywise and state_k <= 64
+    narrow = state_k <= 64
+    # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
+    # lanes, on 32 value lanes and 1 stage (sm_80 spilled 24 B at 2 stages, 160-276 B at 128
+    # key lanes); the passes take 64 value lanes up to 64 key lanes otherwise (1 stage)
+    fuse_local = not keywise and narrow
+    adjoint_v = block_v if narrow and not fuse_local else min(block_v, 32)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
                 dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
-                state_k=state_k, state_v=min(block_v, 32),
-                warps=8 if keywise else 4, state_warps=8, fuse_local=fuse_local,
-                adjoint_stages=1 if fuse_local else 2)
+                state_k=state_k, warps=8 if keywise else 4, state_warps=8,
+                forward_v=block_v if narrow else min(block_v, 32),
+                forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
+                adjoint_stages=1 if narrow else 2)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2121,10 +2126,10 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
             b["scores_k"],
             b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        _cdp_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
+        _cdp_state_kernel[(triton.cdiv(V, b["forward_v"]), B * H)](
             W, we, g_ptr, whole, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
-            b["state_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
-            num_stages=2)
+            b["forward_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=b["forward_stages"])
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
@@ -2168,9 +2173,9 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             db = torch.empty(((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute,
                              device=device)
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
-        _cdp_bwd_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
+        _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
-            T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"], decay,
+            T, H, NT, K, V, b["block_t"], b["state_k"], b["adjoint_v"], decay,
             dfinal is not None, b["fuse_local"], acc, tl_dot, precision,
             num_warps=b["state_warps"],
             num_stages=b["adjoint_stages"])
