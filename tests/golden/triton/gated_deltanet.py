@@ -1629,11 +1629,14 @@ def _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
                  BLOCK_T: tl.constexpr, K, ACC: tl.constexpr):
     """The chunk's decay factors on a key block, shaped to scale [BLOCK_T, BLOCK_K] rows:
     start = 2^G0 (from the chunk's start), end = 2^Gend (to its end), and whole = 2^Glast0
-    (over it: a scalar, or [BLOCK_K] key-wise); all 1 without a decay."""
+    (over it: a scalar, or [BLOCK_K] key-wise); all 1 without a decay. Also the log decays d
+    and their cumulation G, R (_cp_chunk_gates: a key-wise gate's scores take them, so that
+    its [BLOCK_T, BLOCK_K] gates are loaded once a block)."""
     if DECAY == 0:
         start = tl.full([BLOCK_T, 1], 1.0, ACC)
         end = start
         whole = 1.0
+        d, G, R = start, start, start
     else:
         d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
                                                     BLOCK_T, K, ACC)
@@ -1642,7 +1645,7 @@ def _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY: tl.constexpr,
         else:
             start, end = tl.exp2(G0)[:, None], tl.exp2(Gend)[:, None]
         whole = tl.exp2(Glast0)
-    return start, end, whole
+    return start, end, whole, d, G, R
 
 
 @triton.jit
@@ -1674,9 +1677,10 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_
         mask_k = o_k < K
         x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
         w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if SCALED > 0 or DECAY == 2:
+            start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                      DECAY, BLOCK_T, K, ACC)
         if SCALED > 0:
-            start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
-                                             BLOCK_T, K, ACC)
             if SCALED == 1:
                 scaled = x.to(ACC) * start
             else:
@@ -1684,8 +1688,6 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_
             tl.store(ptr_scaled + base[:, None] * K + o_k[None, :], scaled,
                      mask=mask_t[:, None] & mask_k[None, :])
         if DECAY == 2:
-            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
-                                                        DECAY, BLOCK_T, K, ACC)
             A += _cp_keywise_scores(x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
                                     PRECISION)
         else:
@@ -1708,14 +1710,13 @@ def _cdp_causal(A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr, DECAY: tl
 
 
 @triton.jit
-def _cdp_score_grads(dx, dw, dA, x, w, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
+def _cdp_score_grads(dx, dw, dA, x, w, G, R, ptr_g, base, mask_t, o_t, K,
                      BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, DECAY: tl.constexpr,
                      ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
     """dx_t += sum_{s<=t} dA_ts w_s 2^(G_t - G_s), dw_s += sum_{t>=s} dA_ts x_t 2^(G_t - G_s)
-    on one key block, dA [t, s] causal (the gradient of _cdp_scores)."""
+    on one key block, dA [t, s] causal (the gradient of _cdp_scores); a key-wise gate's G, R
+    as _cdp_factors gives them for the block (a scalar gate's are loaded here)."""
     if DECAY == 2:
-        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
-                                                    DECAY, BLOCK_T, K, ACC)
         dx, dw = _cp_keywise_score_grads(dx, dw, dA, x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T,
                                          SUB_T, DOT, PRECISION)
     else:
@@ -1734,13 +1735,13 @@ def _cdp_prepare_kernel(
 ):
     """The WY factors of one (chunk, batch x head) (chunk_delta_parallel_core.md, forward 1):
     L = the decayed k w^T strictly below the diagonal, Tm = (I + L)^-1 (stored, in DOT),
-    W = Tm (2^G0 k) and U = Tm v, and the state pass's w 2^Gend and 2^Glast0 (stored, in DOT;
-    2^Glast0 fp32)."""
+    W = Tm (2^G0 k) and U = Tm v, and the state passes' 2^Glast0 (fp32) and, for a key-wise
+    gate, w 2^Gend (in DOT; a scalar gate's the state passes form from its [BLOCK_T] gates)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 2, ACC, DOT, PRECISION)
+                    SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -1749,8 +1750,8 @@ def _cdp_prepare_kernel(
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
-                                         K, ACC)
+        start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                                  BLOCK_T, K, ACC)
         W = tl.dot(Tm, (k.to(ACC) * start).to(DOT), input_precision=PRECISION)
         tl.store(ptr_W + base[:, None] * K + o_k[None, :], W,
                  mask=mask_t[:, None] & mask_k[None, :])
@@ -1765,6 +1766,19 @@ def _cdp_prepare_kernel(
         U = tl.dot(Tm, v, input_precision=PRECISION)
         tl.store(ptr_u + base[:, None] * V + o_v[None, :], U,
                  mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cdp_row_scaled(x, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr, DECAY: tl.constexpr,
+                    END: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+    """A [BLOCK_T, BLOCK_K] block of rows x (in DOT) times a scalar gate's 2^Gend (END) or
+    2^G0, rounded to DOT once (as the per-chunk kernels store them for a key-wise gate); x as
+    it is without a decay. Not for key-wise gates (the state passes form none of those)."""
+    if DECAY == 1:
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        x = (x.to(ACC) * tl.exp2(Gend if END else G0)[:, None]).to(DOT)
+    return x
 
 
 @triton.jit
@@ -1785,14 +1799,15 @@ def _cdp_state_block(ptr_start, HAS_START: tl.constexpr, i_v, i_bh, K, V, BLOCK_
 
 @triton.jit
 def _cdp_state_kernel(
-    ptr_W, ptr_we, ptr_whole, ptr_start, ptr_states, ptr_vn, ptr_last, T, H, NT, K, V,
+    ptr_W, ptr_we, ptr_g, ptr_whole, ptr_start, ptr_states, ptr_vn, ptr_last, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The forward state pass (forward 2): one program per (value block, batch x head) holds
     all of K and walks the chunks: h[n] stored (fp32), the new values vn = U - W h[n] stored
-    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn (both stored by the per-chunk
-    kernel: no gate is formed here); then the last state."""
+    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn (2^Glast0 stored by the per-chunk
+    kernel, and w 2^Gend for a key-wise gate: ptr_we; else ptr_we is w and a scalar gate's
+    2^Gend is formed here from its [BLOCK_T] log decays); then the last state."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, S = _cdp_state_block(
@@ -1806,7 +1821,8 @@ def _cdp_state_kernel(
         vn = vn.to(DOT)
         tl.store(ptr_vn + base[:, None] * V + o_v[None, :], vn,
                  mask=mask_t[:, None] & mask_v[None, :])
-        we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
+        we = _cdp_row_scaled(_cp_load(ptr_we, base, mask_t, o_k, mask_k, K), ptr_g, base,
+                             mask_t, o_t, K, BLOCK_T, DECAY, True, ACC, DOT)
         S = S * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
             + tl.dot(tl.trans(we), vn, input_precision=PRECISION)
     tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
@@ -1819,13 +1835,13 @@ def _cdp_bwd_local_kernel(
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The new values' gradient through the chunk's own reads (adjoint b), one program per
-    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and the
-    adjoint state pass's 2^G0 q (stored, in DOT)."""
+    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and, for
+    a key-wise gate, the adjoint state pass's 2^G0 q (stored, in DOT)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 1, ACC, DOT, PRECISION)
+                    SCORES_K, DECAY, 1 if DECAY == 2 else 0, ACC, DOT, PRECISION)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -1838,16 +1854,20 @@ def _cdp_bwd_local_kernel(
 
 @triton.jit
 def _cdp_bwd_state_kernel(
-    ptr_qg, ptr_we, ptr_W, ptr_whole, ptr_do, ptr_dvl, ptr_dvn, ptr_dfinal, ptr_dh, ptr_ds0,
-    T, H, NT, K, V,
+    ptr_qg, ptr_we, ptr_W, ptr_g, ptr_whole, ptr_do, ptr_dvl, ptr_dvn, ptr_dfinal, ptr_dh,
+    ptr_ds0, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, LOCAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
     all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
     stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
-    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0 (the decayed keys
-    and queries and 2^Glast0 stored by the per-chunk kernels: no gate is formed here)."""
+    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. A key-wise gate:
+    the decayed keys and queries stored by the per-chunk kernels (no gate is formed here). No
+    or a scalar gate: ptr_qg, ptr_we are q and w, scaled here by 2^G0, 2^Gend from the chunk's
+    [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or a scalar
+    gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is here)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
@@ -1858,13 +1878,19 @@ def _cdp_bwd_state_kernel(
         o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
         mask_tv = mask_t[:, None] & mask_v[None, :]
         we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
-        dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V) \
-            + tl.dot(we, dS.to(DOT), input_precision=PRECISION)
-        dvn = dvn.to(DOT)
-        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
         qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
-        W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        if LOCAL:
+            P = tl.dot(qg, tl.trans(we), input_precision=PRECISION)
+            P = _cdp_causal(P, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
+            dvn = tl.dot(tl.trans(P), do, input_precision=PRECISION)
+        else:
+            dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V).to(ACC)
+        we = _cdp_row_scaled(we, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC, DOT)
+        qg = _cdp_row_scaled(qg, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC, DOT)
+        dvn = (dvn + tl.dot(we, dS.to(DOT), input_precision=PRECISION)).to(DOT)
+        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
+        W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
         dS = dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
             + tl.dot(tl.trans(qg), do, input_precision=PRECISION) \
             - tl.dot(tl.trans(W), dvn, input_precision=PRECISION)
@@ -1913,14 +1939,14 @@ def _cdp_bwd_dqw_kernel(
     tl.store(ptr_dW + offs_tk, dW, mask=mask_tk)
     q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
     w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
-    start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T, K,
-                                     ACC)
+    start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                              BLOCK_T, K, ACC)
     dq = dq * start
     dw = dw * end
     # dL/db of the chunk's last step through the state it leaves (dw holds its share so far)
     leaving = whole * hdh + tl.sum(w.to(ACC) * dw, axis=0)
-    dq, dw = _cdp_score_grads(dq, dw, dP, q, w, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
-                              BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
+    dq, dw = _cdp_score_grads(dq, dw, dP, q, w, G, R, ptr_g, base, mask_t, o_t, K, BLOCK_T,
+                              SUB_T, DECAY, ACC, DOT, PRECISION)
     tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
     tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
     if DECAY > 0:
@@ -1968,9 +1994,13 @@ def _cdp_bwd_wy_kernel(
         mask_k = o_k < K
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
         dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
-        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
-                                         K, ACC)
+        start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                                  BLOCK_T, K, ACC)
         dTm += tl.dot(dW, tl.trans((k.to(ACC) * start).to(DOT)), input_precision=PRECISION)
+        if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+            tl.store(ptr_dk + base[:, None] * K + o_k[None, :],
+                     start * tl.dot(TmT, dW, input_precision=PRECISION),
+                     mask=mask_t[:, None] & mask_k[None, :])
     dL = -tl.dot(TmT, tl.dot(dTm.to(DOT), TmT, input_precision=PRECISION).to(DOT),
                  input_precision=PRECISION)
     dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
@@ -1982,56 +2012,72 @@ def _cdp_bwd_wy_kernel(
         offs_tk = base[:, None] * K + o_k[None, :]
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
         w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
-        dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
-        start, end, whole = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY, BLOCK_T,
-                                         K, ACC)
-        dkg = tl.dot(TmT, dW, input_precision=PRECISION)
         zeros = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
-        dk_L, dw_L = _cdp_score_grads(zeros, zeros, dL, k, w, ptr_g, base, mask_t, o_t, o_k,
-                                      mask_k, K, BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
-        tl.store(ptr_dk + offs_tk, dkg * start + dk_L, mask=mask_tk)
+        if DECAY == 2:
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+            # k, w as loaded (DOT: the products go to fp32 as with fp32 copies, in half the
+            # registers; sm_80 spilled 64 B with the copies)
+            dk_L, dw_L = _cp_keywise_score_grads(zeros, zeros, dL, k, w, G, R, o_t, BLOCK_T,
+                                                 SUB_T, DOT, PRECISION)
+            dk = tl.load(ptr_dk + offs_tk, mask=mask_tk, other=0.0) + dk_L
+        else:
+            dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
+            start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                      DECAY, BLOCK_T, K, ACC)
+            dk_L, dw_L = _cdp_score_grads(zeros, zeros, dL, k, w, G, R, ptr_g, base, mask_t,
+                                          o_t, K, BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
+            dk = start * tl.dot(TmT, dW, input_precision=PRECISION) + dk_L
+        tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
         dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0)
         tl.store(ptr_dw + offs_tk, dw + dw_L, mask=mask_tk)
         if DECAY > 0:
-            db = k.to(ACC) * (dk_L + start * dkg) - w.to(ACC) * dw_L
+            db = k.to(ACC) * dk - w.to(ACC) * dw_L
             if DECAY == 2:
                 db += tl.load(ptr_db + offs_tk, mask=mask_tk, other=0.0)
-                _cdp_store_dg(ptr_dg, offs_tk, mask_tk, db, ptr_g, base, mask_t, o_t, o_k,
-                              mask_k, K, BLOCK_T, DECAY, ACC)
+                _cdp_store_dg(ptr_dg, offs_tk, mask_tk, db, d, BLOCK_T, ACC)
             else:
                 db_rows += tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1)
     if DECAY == 1:
         for share in range(0, DB_SHARES):
             db_rows += tl.load(ptr_db + share * (tl.num_programs(1) * T) + base, mask=mask_t,
                                other=0.0)
-        _cdp_store_dg(ptr_dg, base, mask_t, db_rows, ptr_g, base, mask_t, o_t, o_t, mask_t, K,
-                      BLOCK_T, DECAY, ACC)
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        _cdp_store_dg(ptr_dg, base, mask_t, db_rows, d, BLOCK_T, ACC)
 
 
 @triton.jit
-def _cdp_store_dg(ptr_dg, offs, mask, db, ptr_g, base, mask_t, o_t, o_k, mask_k, K,
-                  BLOCK_T: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr):
-    """dg_s = sum_{t >= s in the chunk} dL/db_t (the reverse cumsum), 0 at a -inf log decay."""
-    d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
-                                                BLOCK_T, K, ACC)
+def _cdp_store_dg(ptr_dg, offs, mask, db, d, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
+    """dg_s = sum_{t >= s in the chunk} dL/db_t (the reverse cumsum), 0 at a -inf log decay d
+    (the chunk's log decays, as loaded)."""
     dg = tl.sum(db, axis=0) - tl.cumsum(db, axis=0) + db
     tl.store(ptr_dg + offs, tl.where(d == float("-inf"), 0.0, dg), mask=mask)
 
 
 def _cdp_blocks(K, V, decay, chunk_size):
-    """Blocks and warps (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64 steps,
-    key and value blocks of at most 64 lanes (16 for key-wise scores), all of K in the state
-    passes (value blocks of 32 there when K > 64)."""
+    """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
+    steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
+    hold all of K, on value blocks of 64 up to 64 key lanes (1 stage) and 32 beyond (2 stages),
+    but for the adjoint pass that forms the local dv (32 lanes)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
     state_k = max(16, _pow2(K))
     keywise = decay == 2
+    narrow = state_k <= 64
+    # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
+    # lanes, on 32 value lanes and 1 stage (sm_80 spilled 24 B at 2 stages, 160-276 B at 128
+    # key lanes); the passes take 64 value lanes up to 64 key lanes otherwise (1 stage)
+    fuse_local = not keywise and narrow
+    adjoint_v = block_v if narrow and not fuse_local else min(block_v, 32)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
                 dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
-                state_k=state_k, state_v=min(block_v, 32),
-                warps=8 if keywise else 4, state_warps=8)
+                state_k=state_k, warps=8 if keywise else 4, state_warps=8,
+                forward_v=block_v if narrow else min(block_v, 32),
+                forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
+                adjoint_stages=1 if narrow else 2)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2068,7 +2114,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         tm = torch.empty((B, T, H, b["block_t"]), dtype=dot, device=device)
         W = torch.empty((B, T, H, K), dtype=dot, device=device)
         vn = torch.empty((B, T, H, V), dtype=dot, device=device)     # U, then the new values
-        we = torch.empty((B, T, H, K), dtype=dot, device=device)     # w 2^Gend
+        # w 2^Gend for a key-wise gate (the state passes scale w by a scalar gate themselves)
+        we = torch.empty((B, T, H, K), dtype=dot, device=device) if decay == 2 else w
         whole = torch.empty((B * H, NT) + ((K,) if decay == 2 else ()), dtype=compute,
                             device=device)                           # 2^Glast0
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
@@ -2079,10 +2126,10 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
             b["scores_k"],
             b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        _cdp_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
-            W, we, whole, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
-            b["state_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
-            num_stages=2)
+        _cdp_state_kernel[(triton.cdiv(V, b["forward_v"]), B * H)](
+            W, we, g_ptr, whole, s0, h, vn, final, T, H, NT, K, V, b["block_t"], b["state_k"],
+            b["forward_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
+            num_stages=b["forward_stages"])
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
@@ -2104,9 +2151,17 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         device = k.device
         do = torch.zeros((B, T, H, V), dtype=k.dtype, device=device) if do is None \
             else _cdp_rows_of_steps(do.to(k.dtype), steps)
-        dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
         dvn = torch.empty_like(vn)
-        qg = torch.empty_like(q)                                     # 2^G0 q
+        g_ptr = k if g is None else g
+        # 2^G0 q for the state pass when key-wise (it scales q by a scalar gate itself)
+        qg = torch.empty_like(q) if decay == 2 else q
+        if b["fuse_local"]:     # the adjoint state pass forms the local dvn (b fused into c)
+            dvl = dvn
+        else:                   # the local new-value gradient, for the state pass
+            dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
+            _cdp_bwd_local_kernel[(NT, B * H)](
+                q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
+                b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
         dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
@@ -2117,16 +2172,13 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             dg = torch.empty(g.shape, dtype=compute, device=device)
             db = torch.empty(((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute,
                              device=device)
-        g_ptr = k if g is None else g
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
-        _cdp_bwd_local_kernel[(NT, B * H)](
-            q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        _cdp_bwd_state_kernel[(triton.cdiv(V, b["state_v"]), B * H)](
-            qg, we, W, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
-            T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"], decay,
-            dfinal is not None, acc, tl_dot, precision, num_warps=b["state_warps"],
-            num_stages=2)
+        _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
+            qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
+            T, H, NT, K, V, b["block_t"], b["state_k"], b["adjoint_v"], decay,
+            dfinal is not None, b["fuse_local"], acc, tl_dot, precision,
+            num_warps=b["state_warps"],
+            num_stages=b["adjoint_stages"])
         _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
             q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
             T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
