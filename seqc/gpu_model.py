@@ -267,7 +267,7 @@ def spec_model(program, sizes: dict, gpu: GPU, modes=None, dtype=None, options=N
     import torch
     dtype = dtype or torch.bfloat16
     module = program.kernel("triton").module
-    modes = modes or [m for m in module.MODES if m != "fused_recurrent"]
+    modes = modes or list(module.MODES)
     rows = [mode_model(program, m, sizes, gpu, dtype, options, tensor_ok) for m in modes]
     bound = roofline(program, sizes, gpu, rows[0]["compulsory"])
     for row in rows:
@@ -297,8 +297,8 @@ def model_table(models: list[dict], gpu: GPU, sizes: dict, kernels: bool = False
             lines.append(
                 f"| {m['spec']} | {r['mode']} | {grids} | {r['bytes'] / 1e9:.3f} | "
                 f"{r['scratch'] / 1e9:.3f} | {r['flops'] / 1e9:.1f} | "
-                f"{r['predicted_s'] * 1e3:.3f} | {r['bound']} | "
-                f"{m['roofline']['bound_s'] * 1e3:.3f} ({m['roofline']['bound']}) | "
+                f"{r['predicted_s'] * 1e3:.4g} | {r['bound']} | "
+                f"{m['roofline']['bound_s'] * 1e3:.4g} ({m['roofline']['bound']}) | "
                 f"{r['ratio']:.2f} | {pick.strip()} |")
     if kernels:
         lines += ["", "| spec | mode | kernel | programs | SM coverage | GB moved | GFLOP "
@@ -312,8 +312,8 @@ def model_table(models: list[dict], gpu: GPU, sizes: dict, kernels: bool = False
                         f"| {m['spec']} | {r['mode']} | {k['kernel']} | {k['programs']} | "
                         f"{k['coverage']:.0%} | {k['bytes'] / 1e9:.3f} | "
                         f"{f['tensor'] / 1e9:.1f} / {f['tf32'] / 1e9:.1f} / {f['fma'] / 1e9:.1f}"
-                        f" | {k['memory_s'] * 1e3:.3f} | {k['compute_s'] * 1e3:.3f} | "
-                        f"{k['predicted_s'] * 1e3:.3f} | {k['bound']} |")
+                        f" | {k['memory_s'] * 1e3:.4g} | {k['compute_s'] * 1e3:.4g} | "
+                        f"{k['predicted_s'] * 1e3:.4g} | {k['bound']} |")
     lines.append(f"\nbytes and dot FLOPs counted per kernel under the Triton interpreter at B=H=1, "
                  f"T={COUNT_T[0]} and {COUNT_T[1]}, extrapolated linearly in T and scaled in "
                  f"B x H; a mode's time is the sum of its kernels' (each max(bytes / (bandwidth x "
@@ -329,3 +329,28 @@ def model_rows(program, sizes: dict, gpu: GPU, checks) -> dict:
                  if "error" not in c.result and c.result.get("mode") is not None
                  and " " not in c.result["mode"]}
     return spec_model(program, sizes, gpu, tensor_ok=tensor_ok)
+
+
+MODEL_SHAPE = {"B": 4, "T": 4096, "H": 16}
+MODEL_DIM = 128
+
+
+def model_command(program, shape: str | None, gpu_name: str) -> int:
+    """`seqc bench SPEC --model h100 [--shape ...]`: the model table of every Triton mode."""
+    from .bench import parse_shape
+    dims = tuple(d.name for d in program.spec.dims)
+    given = parse_shape(shape, dims) if shape else {}
+    named = {item.split("=")[0].strip() for item in (shape or "").split(",") if "=" in item}
+    sizes = {**MODEL_SHAPE, **{d: MODEL_DIM for d in dims},
+             **{k: v for k, v in given.items() if k in named}}
+    gpu = GPUS[gpu_name]
+    model = spec_model(program, sizes, gpu)
+    print(model_table([model], gpu, {k: sizes[k] for k in ("B", "T", "H")}, kernels=True))
+    print(f"\nmode=None runs {model['chosen']} at this shape (_choose_mode: "
+          f"{choice_rule(program)})")
+    return 0
+
+
+def choice_rule(program) -> str:
+    module = program.kernel("triton").module
+    return getattr(module, "CHOICE_RULE", f"always {module.DEFAULT_MODE}")
