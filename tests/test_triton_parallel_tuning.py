@@ -24,7 +24,7 @@ FORMS = [
     ("comba", "chunk_dplr_parallel", "_chunk_dplr_parallel_configs",
      {"prepare": [{"num_warps": 8}], "state": [{"num_warps": 8}],
       "output": [{"num_warps": 8}, {"BLOCK_V": 16}]}),
-    ("hgrn", "scan_parallel", "_scan_parallel_configs", [{}, {"num_warps": 2}]),
+    ("hgrn", "scan_parallel", "_scan_parallel_configs", [{}, {"num_warps": 8}]),
 ]
 
 
