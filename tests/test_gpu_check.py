@@ -256,7 +256,7 @@ def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms()
 
 def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
     """simple_gla's chunk_parallel at B=2, T=512, H=2, K=V=32: two kernels, bytes and dot FLOPs
-    of each counted under the interpreter and extrapolated from T = 128, 256, against a direct
+    of each counted under the interpreter and extrapolated from T = 64, 128, against a direct
     count at T = 512; the mode's time is the sum of its kernels'; the roofline is its bound."""
     import torch
 

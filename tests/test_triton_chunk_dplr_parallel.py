@@ -124,14 +124,17 @@ def test_offered_for_the_dplr_kinds_only():
 
 
 def test_default_mode_by_programs_against_sms():
-    """mode=None: `chunk_dplr_parallel` when the single kernel would run fewer than 2 x 132
-    programs (B x H x value blocks), else `chunk_dplr` (docs/backends.md)."""
+    """mode=None: `chunk_dplr_parallel` when the single kernel would run fewer than 132 / 2
+    programs (B x H x value blocks) and the state pass at least as many, else `chunk_dplr`
+    (docs/backends.md)."""
     module = seqc.load("rwkv7").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_dplr"
     few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
+    assert module._state_pass_programs(few, 128) == 64 * 4                # value blocks of 32
     assert module._choose_mode(few, 128) == MODE                    # 64 programs
+    assert module._choose_mode({**few, "B": 1, "H": 4}, 128) == MODE
     assert module._choose_mode({**few, "B": 32}, 128) == "chunk_dplr"   # 512 x 1 block
-    assert module._choose_mode({**few, "B": 8}, 64) == MODE          # 128 x 2 blocks
+    assert module._choose_mode({**few, "B": 8}, 64) == "chunk_dplr"  # 128 x 2 blocks
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
