@@ -301,3 +301,16 @@ def test_cli_model_prints_the_time_of_each_mode_against_the_roofline(sequential_
     assert cells[3:5] == ["6", "5%"]
     memory, compute, predicted = (float(c) for c in cells[7:10])
     assert predicted == pytest.approx(max(memory, compute) + 0.002, abs=1e-3)
+
+
+def test_bench_model_prints_every_mode_and_the_mode_none_choice(capsys):
+    """`seqc bench SPEC --model h100`: no timing, the model of each Triton mode at the shape
+    and the mode `mode=None` runs there (B=1, H=4: chunk's 4 programs against the state pass's
+    4: chunk_parallel)."""
+    status = main(["bench", "simple_gla", "--model", "h100", "--shape", "B=1,T=256,H=4,K=64,V=64"])
+    out = capsys.readouterr().out
+    assert status == 0
+    modes = [line.split("|")[2].strip() for line in out.splitlines()
+             if line.startswith("| simple_gla |") and "kernel" not in line.split("|")[3]]
+    assert {"chunk", "chunk_parallel", "fused_recurrent"} <= set(modes)
+    assert "mode=None runs chunk_parallel at this shape" in out
