@@ -196,6 +196,9 @@ def bench_command(args) -> int:
     from .cli import reporting
     with reporting("bench"):
         program = load(args.file)
+        if getattr(args, "model", None):
+            from .gpu_model import model_command
+            return model_command(program, args.shape, args.model)
         sizes = parse_shape(args.shape, tuple(d.name for d in program.spec.dims))
     if args.plot and not _has_matplotlib():
         return 1            # said before the benchmark runs, not after it

@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=7)
     bench.add_argument("--io", action="store_true", help="count the bytes the kernels move")
     bench.add_argument("--plot", metavar="OUT.png")
+    bench.add_argument("--model", choices=["h100", "h200"],
+                       help="no timing: print the GPU model of the Triton modes at the shape "
+                            "(default B=4,T=4096,H=16, dims 128, bf16; seqc/gpu_model.py)")
     bench.set_defaults(command=cmd_bench)
 
     _add_gpu_check(sub)
@@ -116,7 +119,11 @@ def _add_gpu_check(sub) -> None:
                      help="seconds for one spec's kernels on one target")
     gpu.add_argument("--json", action="store_true", help="one JSON object")
     gpu.add_argument("--model", choices=["h100", "h200"],
-                     help="also print a lower-bound time per kernel on this GPU (bf16)")
+                     help="also print the GPU model's time per kernel and mode on this GPU "
+                          "(bf16), against the roofline bound")
+    gpu.add_argument("--all-configs", action="store_true",
+                     help="compile every launch configuration of the parallel forms' lists, "
+                          "not only their fallbacks")
     gpu.set_defaults(command=cmd_gpu_check)
 
 

@@ -121,6 +121,8 @@ def record_launches(module, job: dict) -> list[dict]:
     modes = job.get("modes") or module.MODES
     for name, fn in jitted.items():
         setattr(module, name, Recorder(name, fn, launches, current_mode))
+    if hasattr(module, "TUNING"):       # the fallbacks, or every configuration of each list
+        module.TUNING = "all" if job.get("all_configs") else "fallback"
     try:
         for mode in modes:
             current_mode[0] = mode

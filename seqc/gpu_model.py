@@ -1,27 +1,44 @@
-"""A GPU performance model that needs no GPU: a lower bound on each Triton kernel's time.
+"""A GPU performance model that needs no GPU: a predicted floor per Triton kernel and per mode,
+set against the roofline bound of the call (docs/benchmarks.md, "GPU performance model").
 
 Per mode of a spec's Triton module, at a call shape (default B=4, T=4096, H=16, dims 128, bf16):
 
-- bytes moved: every load and store the kernel executes, counted under the Triton interpreter
-  (seqc/bench_io.py) at a shape capped for the interpreter and scaled linearly in B x T x H;
-- FLOPs: the Plan's matmul work (seqc/bench.py `flops_per_token`) at the kernel's chunk size
-  (64) for the family kernels, at chunk size 1 for the fused recurrent kernel (the chunkwise form
-  of one step is the recurrence);
-- the rate those FLOPs run at: dense bf16 tensor cores when `seqc gpu-check` finds tensor-core
-  instructions in the compiled kernel, else fp32 FMA;
-- SM coverage: the launch grid's programs over the GPU's SMs (at most 1). A program runs on one
-  SM, so with fewer programs than SMs only that share of bandwidth and compute is reachable.
+- per kernel (each `triton.jit` the mode launches), counted under the Triton interpreter while
+  the mode runs at a small shape: the bytes of every load and store it executes, and the FLOPs of
+  every `tl.dot` (2 M N K), split by operands: 16-bit (tensor cores), fp32 in "tf32" (tensor
+  cores at half rate) and fp32 in "ieee" (fp32 FMA). Counted at B = H = 1 and two lengths
+  (COUNT_T) and extrapolated as a + b T per batch x head: what a kernel moves once per sequence
+  (the initial and final state) is not multiplied by T;
+- per kernel, its launch grid at the call shape (the module's `run` on `meta` tensors: nothing
+  runs), hence its SM coverage min(1, programs / SMs): a program runs on one SM, so a kernel of
+  fewer programs than SMs (a state pass walking the chunks in order in B x H x blocks programs,
+  a single-kernel form) reaches only that share of the bandwidth and the compute;
 
-    predicted = max(bytes / (bandwidth x coverage), FLOPs / (rate x coverage))
+      kernel time = max(bytes / (bandwidth x coverage), sum over units of FLOPs / (rate x coverage))
+                    + LAUNCH_S
+      mode time   = the sum of its kernels' times (they run one after another)
 
-and what bounds it is the larger term. It is a lower bound: no latency, no occupancy, no
-serial time loop inside a program (the sequential chunk walk of today's family kernels is what
-keeps their grid small).
+- the roofline bound of the call, one number per spec and shape whatever the mode:
+
+      roofline = max(compulsory bytes / bandwidth, Plan FLOPs / dense bf16 tensor rate)
+
+  compulsory bytes: every input and param read once (call dtype), every output and the final
+  state written once (fp32, what the kernels write; seqc/bench_io.py `compulsory`); Plan FLOPs:
+  the matmul work of the chunkwise form at chunk 64 (seqc/bench.py `flops_per_token`). The fused
+  recurrent kernel has no `tl.dot`: its FLOPs are the Plan's at chunk 1 (the recurrence), on
+  fp32 FMA.
+
+The ratio predicted / roofline says how far a mode's kernels are from the best any kernel could
+do on that GPU. The model charges extra bytes (chunk-boundary states, re-reads of blocks), dots
+off the tensor cores and grids too small to fill the GPU; it does not charge latency, occupancy,
+elementwise work (gates, exp2) or the dependency chain of a program's chunk loop.
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -33,76 +50,323 @@ class GPU:
     sms: int
     arch: int               # the gpu-check target whose compiled kernels it runs
 
+    @property
+    def tf32(self) -> float:
+        return self.tensor / 2
+
 
 GPUS = {
     "h100": GPU("H100 SXM", 3.35e12, 990e12, 67e12, 132, 90),
     "h200": GPU("H200", 4.8e12, 990e12, 67e12, 132, 90),
 }
 MODEL_CHUNK = 64          # the family kernels' default chunk (module.py.j2)
+COUNT_T = (64, 128)       # the lengths counted under the interpreter (B = H = 1)
+LAUNCH_S = 2e-6           # a kernel launch after the previous one ends (no CUDA graph)
+UNITS = ("tensor", "tf32", "fma")
+COMPULSORY = ""           # count_mode's entry for the call's compulsory bytes (no kernel)
 
 
-def predict(gpu: GPU, bytes_moved: float, flops: float, tensor_core: bool,
-            programs: int) -> dict:
-    coverage = min(1.0, programs / gpu.sms)
-    memory = bytes_moved / (gpu.bandwidth * coverage)
-    rate = gpu.tensor if tensor_core else gpu.fma
-    compute = flops / (rate * coverage)
-    bound = "memory" if memory >= compute else ("tensor cores" if tensor_core else "fp32 FMA")
-    return dict(coverage=coverage, memory_s=memory, compute_s=compute,
-                predicted_s=max(memory, compute), bound=bound)
+@dataclass
+class KernelCount:
+    """What one kernel (all its launches in one call) moved and computed."""
+    bytes: float = 0.0
+    scratch: float = 0.0                # of which buffers the mode allocates (chunk states)
+    flops: dict = field(default_factory=lambda: dict.fromkeys(UNITS, 0.0))
+
+    def add(self, other: "KernelCount", scale: float = 1.0) -> None:
+        self.bytes += scale * other.bytes
+        self.scratch += scale * other.scratch
+        for unit in UNITS:
+            self.flops[unit] += scale * other.flops[unit]
 
 
-def traffic(program, mode: str, sizes: dict, dtype) -> tuple[int, dict]:
-    """Bytes one call of `mode` moves at `sizes`: counted at the interpreter's capped shape,
-    scaled in B x T x H. (Also the capped shape, for the table.)"""
-    from .bench_io import INTERPRETED_CAP, counting
+def dot_unit(a, precision) -> str:
+    if a.dtype.scalar.primitive_bitwidth == 16:
+        return "tensor"
+    return "tf32" if "TF32" in str(precision).upper() else "fma"
+
+
+@contextmanager
+def counting_kernels():
+    """Per interpreted launch, in order: (kernel name, KernelCount). Bytes as seqc/bench_io.py
+    counts them; FLOPs of every `tl.dot` by the unit its operands run on."""
+    from triton.runtime import interpreter
+
+    from .bench_io import counting
+    launches: list[tuple[str, KernelCount, int]] = []
+    builder, executor = interpreter.InterpreterBuilder, interpreter.GridExecutor
+    dot, call = builder.create_dot, executor.__call__
+
+    def counted_dot(self, a, b, d, precision, imprecise):
+        if launches:
+            m, k = a.data.shape[-2:]
+            n = b.data.shape[-1]
+            launches[-1][1].flops[dot_unit(a, precision)] += 2.0 * m * n * k
+        return dot(self, a, b, d, precision, imprecise)
+
+    with counting() as counts:
+        def counted_call(self, *args, **kwargs):
+            launches.append((self.fn.__name__, KernelCount(), len(counts["events"])))
+            before = counts["loaded"] + counts["stored"]
+            try:
+                return call(self, *args, **kwargs)
+            finally:
+                launches[-1][1].bytes = counts["loaded"] + counts["stored"] - before
+
+        builder.create_dot, executor.__call__ = counted_dot, counted_call
+        try:
+            yield launches, counts
+        finally:
+            builder.create_dot, executor.__call__ = dot, call
+
+
+def count_mode(program, mode: str, sizes: dict, dtype, options: dict) -> dict[str, KernelCount]:
+    """Per kernel name, what one call of `mode` at `sizes` (small: interpreted) moves; under
+    COMPULSORY, the bytes of the call's tensors (inputs, params; outputs and final state fp32)."""
+    from .bench_io import compulsory, scratch_bytes
     from .inputs import random_call
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    capped = {k: min(v, INTERPRETED_CAP[k]) if k in INTERPRETED_CAP else v
-              for k, v in sizes.items()}
-    tensors, _ = random_call(program.spec, capped, dtype=dtype)
-    kernel = program.kernel("triton", mode=mode)
-    with counting() as counts:
-        kernel(**tensors, output_final_state=True)
-    scale = (sizes["B"] * sizes["T"] * sizes["H"]) / (capped["B"] * capped["T"] * capped["H"])
-    return int((counts["loaded"] + counts["stored"]) * scale), capped
+    tensors, _ = random_call(program.spec, sizes, dtype=dtype)
+    inputs, params, dims = call_args(program, sizes, tensors)
+    module = program.kernel("triton").module
+    with counting_kernels() as (launches, counts):
+        outputs, final = module.run(inputs, params, dims, None, True, mode=mode, **options)
+    mine = [*tensors.values(), *outputs.values(), *final.values()]
+    kernels: dict[str, KernelCount] = {COMPULSORY: KernelCount(sum(compulsory(
+        tensors, outputs, final)))}
+    starts = [start for _, _, start in launches] + [len(counts["events"])]
+    for (name, count, start), end in zip(launches, starts[1:]):
+        count.scratch = scratch_bytes(counts["events"][start:end], mine)
+        kernels.setdefault(name, KernelCount()).add(count)
+    return kernels
 
 
-def model_rows(program, sizes: dict, gpu: GPU, checks) -> list[dict]:
-    """One row per compiled kernel of `checks` (KernelChecks of this spec at `sizes`)."""
+def call_shapes(spec, sizes: dict):
+    from . import ir
+    lead = {ir.TensorKind.INPUT: [sizes["B"], sizes["T"], sizes["H"]]}
+    return [(t, lead.get(t.kind, [sizes["H"]]) + [sizes[d] for d in t.dims])
+            for t in spec.inputs + spec.params]
+
+
+def call_args(program, sizes: dict, tensors: dict) -> tuple[dict, dict, dict]:
+    """The emitted module's `run` arguments: inputs, params, dims (with the spec's consts)."""
+    from .consts import const_values
+    spec = program.spec
+    inputs = {x.name: tensors[x.name] for x in spec.inputs}
+    params = {p.name: tensors[p.name] for p in spec.params}
+    return inputs, params, {**sizes, **const_values(spec, sizes, {}, [])}
+
+
+_COUNTED: dict = {}
+
+
+def extrapolated(program, mode: str, sizes: dict, dtype, options: dict) -> dict[str, KernelCount]:
+    """Per kernel, the count at `sizes`: counted at B = H = 1 and T in COUNT_T, a + b T per
+    batch x head."""
+    small = dict(sizes, B=1, H=1)
+    (t1, t2) = COUNT_T
+    key = (program.name, program.emit("triton"), mode, tuple(sorted(dict(small, T=0).items())),
+           str(dtype), tuple(sorted(options.items())))
+    if key not in _COUNTED:         # other B, T, H of the same call: the same two counts
+        _COUNTED[key] = (count_mode(program, mode, dict(small, T=t1), dtype, options),
+                         count_mode(program, mode, dict(small, T=t2), dtype, options))
+    first, second = _COUNTED[key]
+    heads, T = sizes["B"] * sizes["H"], sizes["T"]
+    out: dict[str, KernelCount] = {}
+    for name in first.keys() | second.keys():
+        a, b = first.get(name, KernelCount()), second.get(name, KernelCount())
+        slope = (T - t1) / (t2 - t1)        # a(T) = a(t1) + (a(t2) - a(t1)) (T - t1) / (t2 - t1)
+        total = KernelCount()
+        total.add(a, heads * (1 - slope))
+        total.add(b, heads * slope)
+        out[name] = total
+    return out
+
+
+def launch_grids(program, mode: str, sizes: dict, dtype, options: dict) -> dict[str, list[int]]:
+    """Per kernel name, the programs of each of its launches at `sizes`: the module's `run` on
+    `meta` tensors under the interpreter, every launch recorded and none run."""
+    import inspect
+
     import torch
+    from triton.runtime import interpreter
 
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    spec, module = program.spec, program.kernel("triton").module
+    grids: dict[str, list[int]] = {}
+
+    def record(self, *args, grid, warmup, **kwargs):
+        if callable(grid):
+            grid = grid(inspect.getcallargs(self.fn, *args, **kwargs))
+        grids.setdefault(self.fn.__name__, []).append(math.prod(int(g) for g in grid))
+
+    tensors = {t.name: torch.empty(list(shape), dtype=dtype, device="meta")
+               for t, shape in call_shapes(spec, sizes)}
+    inputs, params, dims = call_args(program, sizes, tensors)
+    run = interpreter.InterpretedFunction.run
+    interpreter.InterpretedFunction.run = record
+    try:
+        module.run(inputs, params, dims, None, True, mode=mode, **options)
+    finally:
+        interpreter.InterpretedFunction.run = run
+    return grids
+
+
+def kernel_time(gpu: GPU, count: KernelCount, programs: float, tensor_ok: bool = True) -> dict:
+    """One kernel's floor. `tensor_ok` False: the compiled kernel has no tensor-core
+    instruction (seqc gpu-check), so its 16-bit and tf32 dots run on fp32 FMA."""
+    coverage = min(1.0, programs / gpu.sms)
+    rates = dict(tensor=gpu.tensor, tf32=gpu.tf32, fma=gpu.fma) if tensor_ok \
+        else dict.fromkeys(UNITS, gpu.fma)
+    memory = count.bytes / (gpu.bandwidth * coverage)
+    compute = sum(count.flops[u] / rates[u] for u in UNITS) / coverage
+    if memory >= compute:
+        bound = "memory"
+    else:
+        bound = max(UNITS, key=lambda u: count.flops[u] / rates[u])
+        bound = {"tensor": "tensor cores", "tf32": "tf32 tensor cores", "fma": "fp32 FMA"}[
+            bound if tensor_ok else "fma"]
+    return dict(coverage=coverage, memory_s=memory, compute_s=compute,
+                predicted_s=max(memory, compute) + LAUNCH_S, bound=bound)
+
+
+def roofline(program, sizes: dict, gpu: GPU, compulsory_bytes: float) -> dict:
+    """max(compulsory bytes / bandwidth, Plan FLOPs / tensor rate) of a call at `sizes`."""
     from .bench import flops_per_token
     plan = program.analysis.plan
     tokens = sizes["B"] * sizes["T"] * sizes["H"]
-    rows = []
-    for check in checks:
-        mode = check.result.get("mode")
-        if "error" in check.result or mode is None:
-            continue
-        chunk = 1 if mode == "fused_recurrent" else MODEL_CHUNK
-        flops = flops_per_token(plan, sizes, chunk) * tokens if plan is not None else 0
-        moved, capped = traffic(program, mode, sizes, torch.bfloat16)
-        row = predict(gpu, moved, flops, check.tensor_core > 0, check.result["programs"])
-        rows.append(dict(row, spec=program.name, mode=mode, kernel=check.result["kernel"],
-                         programs=check.result["programs"], bytes=moved, flops=flops,
-                         tensor_core=check.tensor_core > 0, counted_at=capped))
-    return rows
+    flops = flops_per_token(plan, sizes, MODEL_CHUNK) * tokens if plan is not None else 0
+    memory, compute = compulsory_bytes / gpu.bandwidth, flops / gpu.tensor
+    return dict(bytes=compulsory_bytes, flops=flops, memory_s=memory, compute_s=compute,
+                bound_s=max(memory, compute),
+                bound="memory" if memory >= compute else "tensor cores")
 
 
-def model_table(rows: list[dict], gpu: GPU, sizes: dict) -> str:
+def mode_model(program, mode: str, sizes: dict, gpu: GPU, dtype=None, options=None,
+               tensor_ok=None) -> dict:
+    """A mode's kernels and its predicted time at `sizes` (`tensor_ok`: kernel name -> whether
+    its compiled form has tensor-core instructions, when gpu-check compiled it)."""
+    import torch
+    dtype = dtype or torch.bfloat16
+    options = options or {}
+    counts = extrapolated(program, mode, sizes, dtype, options)
+    grids = launch_grids(program, mode, sizes, dtype, options)
+    kernels = []
+    compulsory_bytes = counts.pop(COMPULSORY).bytes
+    if mode == "fused_recurrent":       # no dots: its step's matmul work, on fp32 FMA
+        from .bench import flops_per_token
+        plan = program.analysis.plan
+        tokens = sizes["B"] * sizes["T"] * sizes["H"]
+        for count in counts.values():
+            if plan is not None and not any(count.flops.values()):
+                count.flops["fma"] = flops_per_token(plan, sizes, 1) * tokens
+    for name, grid in grids.items():
+        count = counts.get(name, KernelCount())
+        programs = sum(grid) / len(grid)
+        timed = kernel_time(gpu, count, programs, (tensor_ok or {}).get(name, True))
+        timed["predicted_s"] += LAUNCH_S * (len(grid) - 1)
+        kernels.append(dict(timed, kernel=name, programs=int(programs), launches=len(grid),
+                            bytes=count.bytes, scratch=count.scratch, flops=dict(count.flops)))
+    predicted = sum(k["predicted_s"] for k in kernels)
+    slowest = max(kernels, key=lambda k: k["predicted_s"])
+    return dict(mode=mode, kernels=kernels, predicted_s=predicted, bound=slowest["bound"],
+                compulsory=compulsory_bytes,
+                bytes=sum(k["bytes"] for k in kernels),
+                scratch=sum(k["scratch"] for k in kernels),
+                flops=sum(sum(k["flops"].values()) for k in kernels))
+
+
+def spec_model(program, sizes: dict, gpu: GPU, modes=None, dtype=None, options=None,
+               tensor_ok=None) -> dict:
+    """The roofline bound and every (chunk-family) mode's prediction; `chosen`: the mode
+    `mode=None` runs at `sizes` (the module's `_choose_mode`)."""
+    import torch
+    dtype = dtype or torch.bfloat16
+    module = program.kernel("triton").module
+    modes = modes or list(module.MODES)
+    rows = [mode_model(program, m, sizes, gpu, dtype, options, tensor_ok) for m in modes]
+    bound = roofline(program, sizes, gpu, rows[0]["compulsory"])
+    for row in rows:
+        row["ratio"] = row["predicted_s"] / bound["bound_s"]
+    chosen = module.DEFAULT_MODE
+    if hasattr(module, "_choose_mode"):
+        dims = {**sizes}
+        chosen = module._choose_mode(dims, (options or {}).get("block_split", 128))
+    return dict(spec=program.name, sizes=dict(sizes), roofline=bound, modes=rows, chosen=chosen)
+
+
+def model_table(models: list[dict], gpu: GPU, sizes: dict, kernels: bool = False) -> str:
     shape = ",".join(f"{k}={v}" for k, v in sizes.items())
     lines = [f"GPU model: {gpu.name} (HBM {gpu.bandwidth / 1e12:.2f} TB/s, bf16 tensor "
              f"{gpu.tensor / 1e12:.0f} TFLOP/s, fp32 FMA {gpu.fma / 1e12:.0f} TFLOP/s, "
-             f"{gpu.sms} SMs); shape {shape}, bf16; lower bounds", "",
-             "| spec | mode | programs | SM coverage | MB moved | GFLOP | units | memory ms | "
-             "compute ms | predicted ms | bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['spec']} | {r['mode']} | {r['programs']} | {r['coverage']:.0%} | "
-                     f"{r['bytes'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | "
-                     f"{'tensor' if r['tensor_core'] else 'FMA'} | {r['memory_s'] * 1e3:.3g} | "
-                     f"{r['compute_s'] * 1e3:.3g} | {r['predicted_s'] * 1e3:.3g} | {r['bound']} |")
-    lines.append("bytes counted under the Triton interpreter at a capped shape and scaled in "
-                 "B x T x H; FLOPs from the Plan (seqc/bench.py); units: tensor cores when the "
-                 "compiled kernel has mma/wgmma (seqc gpu-check), else fp32 FMA")
+             f"{gpu.sms} SMs); shape {shape}, bf16", "",
+             "| spec | mode | kernels (programs) | GB moved | of which chunk states | GFLOP | "
+             "predicted ms | bound | roofline ms | x roofline | mode=None |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        fastest = min(m["modes"], key=lambda r: r["predicted_s"])["mode"]
+        for r in m["modes"]:
+            grids = ", ".join(f"{k['programs']}" + (f" x{k['launches']}" if k["launches"] > 1
+                                                    else "") for k in r["kernels"])
+            pick = ("chosen" if r["mode"] == m["chosen"] else "") + \
+                (" (fastest)" if r["mode"] == fastest else "")
+            lines.append(
+                f"| {m['spec']} | {r['mode']} | {grids} | {r['bytes'] / 1e9:.3f} | "
+                f"{r['scratch'] / 1e9:.3f} | {r['flops'] / 1e9:.1f} | "
+                f"{r['predicted_s'] * 1e3:.4g} | {r['bound']} | "
+                f"{m['roofline']['bound_s'] * 1e3:.4g} ({m['roofline']['bound']}) | "
+                f"{r['ratio']:.2f} | {pick.strip()} |")
+    if kernels:
+        lines += ["", "| spec | mode | kernel | programs | SM coverage | GB moved | GFLOP "
+                  "(tensor / tf32 / FMA) | memory ms | compute ms | predicted ms | bound |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m in models:
+            for r in m["modes"]:
+                for k in r["kernels"]:
+                    f = k["flops"]
+                    lines.append(
+                        f"| {m['spec']} | {r['mode']} | {k['kernel']} | {k['programs']} | "
+                        f"{k['coverage']:.0%} | {k['bytes'] / 1e9:.3f} | "
+                        f"{f['tensor'] / 1e9:.1f} / {f['tf32'] / 1e9:.1f} / {f['fma'] / 1e9:.1f}"
+                        f" | {k['memory_s'] * 1e3:.4g} | {k['compute_s'] * 1e3:.4g} | "
+                        f"{k['predicted_s'] * 1e3:.4g} | {k['bound']} |")
+    lines.append(f"\nbytes and dot FLOPs counted per kernel under the Triton interpreter at B=H=1, "
+                 f"T={COUNT_T[0]} and {COUNT_T[1]}, extrapolated linearly in T and scaled in "
+                 f"B x H; a mode's time is the sum of its kernels' (each max(bytes / (bandwidth x "
+                 f"coverage), FLOPs / (rate x coverage)) + {LAUNCH_S * 1e6:.0f} us launch); "
+                 f"roofline = max(compulsory bytes / bandwidth, Plan FLOPs / bf16 tensor rate)")
     return "\n".join(lines)
+
+
+def model_rows(program, sizes: dict, gpu: GPU, checks) -> dict:
+    """gpu-check's hook: the spec's model at `sizes`, trusting tensor cores only for kernels
+    whose compiled form (sm_90a, bf16) has tensor-core instructions."""
+    tensor_ok = {c.result["kernel"]: c.tensor_core > 0 for c in checks
+                 if "error" not in c.result and c.result.get("mode") is not None
+                 and " " not in c.result["mode"]}
+    return spec_model(program, sizes, gpu, tensor_ok=tensor_ok)
+
+
+MODEL_SHAPE = {"B": 4, "T": 4096, "H": 16}
+MODEL_DIM = 128
+
+
+def model_command(program, shape: str | None, gpu_name: str) -> int:
+    """`seqc bench SPEC --model h100 [--shape ...]`: the model table of every Triton mode."""
+    from .bench import parse_shape
+    dims = tuple(d.name for d in program.spec.dims)
+    given = parse_shape(shape, dims) if shape else {}
+    named = {item.split("=")[0].strip() for item in (shape or "").split(",") if "=" in item}
+    sizes = {**MODEL_SHAPE, **{d: MODEL_DIM for d in dims},
+             **{k: v for k, v in given.items() if k in named}}
+    gpu = GPUS[gpu_name]
+    model = spec_model(program, sizes, gpu)
+    print(model_table([model], gpu, {k: sizes[k] for k in ("B", "T", "H")}, kernels=True))
+    print(f"\nmode=None runs {model['chosen']} at this shape (_choose_mode: "
+          f"{choice_rule(program)})")
+    return 0
+
+
+def choice_rule(program) -> str:
+    module = program.kernel("triton").module
+    return getattr(module, "CHOICE_RULE", f"always {module.DEFAULT_MODE}")

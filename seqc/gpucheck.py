@@ -52,12 +52,14 @@ class Job:
     cached_only: bool = False       # report kernels not in the kernel cache, compile nothing
     consts: dict[str, float] = field(default_factory=dict)   # the spec's consts, their defaults
     training_module: str | None = None  # the spec's torch module: also record a training call
+    all_configs: bool = False       # every launch configuration of a list (parallel_host.md)
 
     def payload(self) -> dict:
         return dict(module=self.module, arch=self.arch, dtype=self.dtype, dims=self.dims,
                     consts=self.consts, inputs=self.inputs, params=self.params, states=self.states,
                     modes=self.modes, cached_only=self.cached_only,
-                    training_module=self.training_module)
+                    training_module=self.training_module,
+                    **({"all_configs": True} if self.all_configs else {}))
 
 
 @dataclass
@@ -344,6 +346,8 @@ def gpu_check_command(args) -> int:
             archs.append(gpu.arch)
         jobs = [job for dims in all_dims for program in programs
                 for job in spec_jobs(program, dims, shape, archs, dtypes)]
+        for job in jobs:
+            job.all_configs = args.all_configs
     checks = run_jobs(jobs, args.jobs, args.timeout)
     if args.json:
         print(json.dumps(dict(shape=shape, kernels=[c.to_json() for c in checks],
@@ -365,18 +369,18 @@ def model_gpu(name: str | None):
 
 
 def model_report(programs, checks: list[KernelCheck], gpu) -> str:
-    """The lower-bound model (seqc/gpu_model.py) for every spec x dims checked on its target."""
+    """The model (seqc/gpu_model.py) for every spec x dims checked on its target (bf16)."""
     from .gpu_model import model_rows, model_table
-    rows, by_program = [], {p.name: p for p in programs}
+    models, by_program = [], {p.name: p for p in programs}
     groups: dict[tuple, list[KernelCheck]] = {}
     for check in checks:       # the forward modes' kernels (the model times a call's forward)
         training = str(check.result.get("mode")).endswith((" training", " backward"))
         if check.arch == gpu.arch and check.dtype == "bf16" and not training:
             groups.setdefault((check.spec, tuple(check.dims.items())), []).append(check)
     for (spec, dims), group in groups.items():
-        rows += model_rows(by_program[spec], dict(dims), gpu, group)
+        models.append(model_rows(by_program[spec], dict(dims), gpu, group))
     sizes = dict(next(iter(groups))[1]) if groups else {}
-    return model_table(rows, gpu, sizes)
+    return model_table(models, gpu, sizes, kernels=True)
 
 
 def parse_list(text: str, option: str, choices: dict):

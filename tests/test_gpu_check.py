@@ -244,27 +244,79 @@ def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
 
 
 def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms():
-    from seqc.gpu_model import GPUS, predict
+    from seqc.gpu_model import GPUS, LAUNCH_S, KernelCount, kernel_time
     h100 = GPUS["h100"]
-    full = predict(h100, bytes_moved=3.35e9, flops=67e9, tensor_core=False, programs=264)
+    fma = KernelCount(bytes=3.35e9, flops=dict(tensor=0.0, tf32=0.0, fma=67e9))
+    full = kernel_time(h100, fma, programs=264)
     assert full["coverage"] == 1.0
     assert full["memory_s"] == pytest.approx(1e-3) and full["compute_s"] == pytest.approx(1e-3)
-    half = predict(h100, bytes_moved=3.35e9, flops=1e12, tensor_core=False, programs=66)
+    half = kernel_time(h100, KernelCount(3.35e9, 0, dict(tensor=0.0, tf32=0.0, fma=1e12)), 66)
     assert half["coverage"] == 0.5 and half["bound"] == "fp32 FMA"
-    assert half["predicted_s"] == pytest.approx(1e12 / (67e12 * 0.5))
-    tensor = predict(h100, bytes_moved=3.35e9, flops=5e11, tensor_core=True, programs=132)
-    assert tensor["bound"] == "memory" and tensor["predicted_s"] == pytest.approx(1e-3)
+    assert half["predicted_s"] == pytest.approx(1e12 / (67e12 * 0.5) + LAUNCH_S)
+    tensor = KernelCount(3.35e9, 0, dict(tensor=5e11, tf32=0.0, fma=0.0))
+    assert kernel_time(h100, tensor, 132)["bound"] == "memory"
+    assert kernel_time(h100, tensor, 132)["predicted_s"] == pytest.approx(1e-3 + LAUNCH_S)
+    # a kernel whose compiled form has no tensor-core instruction runs its bf16 dots on FMA
+    assert kernel_time(h100, tensor, 132, tensor_ok=False)["bound"] == "fp32 FMA"
 
 
-def test_cli_model_prints_a_lower_bound_per_kernel(sequential_spec, capsys):
+def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
+    """simple_gla's chunk_parallel at B=2, T=512, H=2, K=V=32: two kernels, bytes and dot FLOPs
+    of each counted under the interpreter and extrapolated from T = 64, 128, against a direct
+    count at T = 512; the mode's time is the sum of its kernels'; the roofline is its bound."""
+    import torch
+
+    import seqc
+    from seqc.gpu_model import GPUS, count_mode, roofline, spec_model
+    program = seqc.load("simple_gla")
+    sizes = dict(B=2, T=512, H=2, K=32, V=32)
+    model = spec_model(program, sizes, GPUS["h100"], modes=["chunk_parallel"])
+    (mode,) = model["modes"]
+    names = [k["kernel"] for k in mode["kernels"]]
+    assert names == ["chunk_parallel_state_kernel", "chunk_parallel_output_kernel"]
+    direct = count_mode(program, "chunk_parallel", dict(sizes, B=1, H=1), torch.bfloat16, {})
+    for k in mode["kernels"]:
+        assert k["bytes"] == pytest.approx(4 * direct[k["kernel"]].bytes)
+        assert sum(k["flops"].values()) == pytest.approx(4 * sum(direct[k["kernel"]].flops.values()))
+        assert k["flops"]["fma"] == 0 and k["flops"]["tensor"] > 0     # bf16 dots
+    state, output = mode["kernels"]
+    assert state["programs"] == 2 * 2 and output["programs"] == 2 * 2 * 512 // 64
+    assert state["scratch"] > 0 and output["scratch"] > 0        # the chunk states, bf16
+    assert mode["predicted_s"] == pytest.approx(state["predicted_s"] + output["predicted_s"])
+    bound = roofline(program, sizes, GPUS["h100"], mode["compulsory"])
+    assert model["roofline"] == bound and mode["ratio"] > 1
+    assert mode["compulsory"] == pytest.approx(4 * direct[""].bytes)
+
+
+def test_cli_model_prints_the_time_of_each_mode_against_the_roofline(sequential_spec, capsys):
     status = main(["gpu-check", sequential_spec, "--dims", "16", "--arch", "90",
                    "--shape", "B=2,T=64,H=3", "--model", "h100"])
     out = capsys.readouterr().out
     assert status == 0
     assert "GPU model: H100 SXM (HBM 3.35 TB/s" in out
-    (row,) = [line for line in out.splitlines() if line.startswith("| toy_tanh | fused_recurrent |")]
+    (row,) = [line for line in out.splitlines() if line.startswith("| toy_tanh | fused_recurrent |")
+              and "fused_recurrent_kernel" not in line]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2:4] == ["6", "5%"] and cells[6] == "FMA"
+    assert cells[2] == "6"              # programs: B x H
+    predicted, roofline, ratio = float(cells[6]), float(cells[8].split()[0]), float(cells[9])
+    assert ratio == pytest.approx(predicted / roofline, rel=0.02) and ratio >= 1
+    assert cells[10] == "chosen (fastest)"
+    (kernel,) = [line for line in out.splitlines()
+                 if "| fused_recurrent_kernel |" in line and "%" in line]
+    cells = [c.strip() for c in kernel.strip("|").split("|")]
+    assert cells[3:5] == ["6", "5%"]
     memory, compute, predicted = (float(c) for c in cells[7:10])
-    assert predicted == max(memory, compute) > 0
-    assert cells[10] == ("memory" if memory >= compute else "fp32 FMA")
+    assert predicted == pytest.approx(max(memory, compute) + 0.002, abs=1e-3)
+
+
+def test_bench_model_prints_every_mode_and_the_mode_none_choice(capsys):
+    """`seqc bench SPEC --model h100`: no timing, the model of each Triton mode at the shape
+    and the mode `mode=None` runs there (B=1, H=4: chunk's 4 programs against the state pass's
+    4: chunk_parallel)."""
+    status = main(["bench", "simple_gla", "--model", "h100", "--shape", "B=1,T=256,H=4,K=64,V=64"])
+    out = capsys.readouterr().out
+    assert status == 0
+    modes = [line.split("|")[2].strip() for line in out.splitlines()
+             if line.startswith("| simple_gla |") and "kernel" not in line.split("|")[3]]
+    assert {"chunk", "chunk_parallel", "fused_recurrent"} <= set(modes)
+    assert "mode=None runs chunk_parallel at this shape" in out

@@ -121,17 +121,22 @@ def test_two_delta_steps_with_a_scalar_decay_and_hard_resets():
 
 
 def test_default_mode_by_programs_against_sms():
-    """mode=None: `chunk_delta_parallel` when the single kernel would run fewer than 2 x 132
-    programs (B x H x value blocks), else `chunk_delta` (docs/backends.md)."""
+    """mode=None: `chunk_delta_parallel` when the single kernel would run fewer than 132 / 2
+    programs (B x H x value blocks) and the state pass at least as many, else `chunk_delta`
+    (docs/backends.md): at K = V = 128 the state pass has half chunk_delta's programs (value
+    blocks of 32 against 16), and the GPU model has chunk_delta faster at B=4, H=16 and at
+    B=1, H=4."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
     # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 (backends/triton/blockwise.md)
-    few = {"B": 1, "T": 4096, "H": 16, "K": 128, "V": 128}
-    assert module._choose_mode(few, 128) == "chunk_delta_parallel"            # 16 x 8 blocks
-    assert module._choose_mode({**few, "B": 4}, 128) == "chunk_delta"         # 64 x 8 blocks
+    few = {"B": 1, "T": 4096, "H": 4, "K": 128, "V": 128}
+    assert module._state_pass_programs(few, 128) == 4 * 4
+    assert module._choose_mode(few, 128) == "chunk_delta"                     # 4 x 8 blocks
+    assert module._choose_mode({**few, "B": 4, "H": 16}, 128) == "chunk_delta"
     small = {**few, "K": 64, "V": 64}
-    assert module._choose_mode({**small, "B": 8}, 128) == "chunk_delta_parallel"  # 128 x 2
-    assert module._choose_mode({**small, "B": 16}, 128) == "chunk_delta"      # 256 x 2 blocks
+    assert module._choose_mode(small, 128) == "chunk_delta"                   # 4 x 2 against 4
+    tiny = {**few, "H": 1, "K": 16, "V": 16}
+    assert module._choose_mode(tiny, 128) == "chunk_delta_parallel"           # 1 against 1
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})

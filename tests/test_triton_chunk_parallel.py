@@ -127,19 +127,22 @@ def test_chunk_states_move_once_each_way():
 
 
 def test_default_mode_by_programs_against_sms():
-    """mode=None: `chunk_parallel` when the single-kernel form would run fewer than 2 x 132
-    programs (B x H x value blocks), else `chunk` (docs/backends.md, "Triton chunk modes")."""
+    """mode=None: `chunk_parallel` when the single-kernel form would run fewer than 132 / 2
+    programs (B x H x value blocks) and the state pass at least as many, else `chunk`: the GPU
+    model's faster form at B=4, H=16 and at B=1, H=4, K = V = 128 (docs/backends.md, "Triton
+    chunk modes")."""
     module = seqc.load("simple_gla").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk"
     # chunk's value blocks: at most 64 lanes (backends/triton/blockwise.md, "Blocks")
     few = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
-    assert module._choose_mode(few, 128) == "chunk_parallel"                 # 64 x 2 blocks
-    assert module._choose_mode({**few, "B": 8}, 128) == "chunk_parallel"      # 128 x 2 blocks
-    assert module._choose_mode({**few, "B": 16}, 128) == "chunk"              # 256 x 2 blocks
-    assert module._choose_mode({**few, "B": 8}, 32) == "chunk"                # 128 x 4 blocks
+    assert module._choose_mode(few, 128) == "chunk"                          # 64 x 2 blocks
+    assert module._choose_mode({**few, "B": 1, "H": 4}, 128) == "chunk_parallel"   # 4 x 2
+    assert module._choose_mode({**few, "B": 2}, 128) == "chunk_parallel"      # 32 x 2 blocks
+    assert module._choose_mode({**few, "B": 2}, 32) == "chunk"                # 32 x 4 blocks
     small = {**few, "K": 64, "V": 64}
-    assert module._choose_mode({**small, "B": 16}, 128) == "chunk_parallel"   # 256 x 1 block
-    assert module._choose_mode({**small, "B": 32}, 128) == "chunk"            # 512 x 1 block
+    assert module._state_pass_programs(small, 128) == 64
+    assert module._choose_mode(small, 128) == "chunk_parallel"                # 64 x 1 block
+    assert module._choose_mode({**small, "B": 8}, 128) == "chunk"             # 128 x 1 block
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})

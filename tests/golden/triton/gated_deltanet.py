@@ -16,7 +16,7 @@
 """Triton kernels for `gated_deltanet`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, chunk_delta_parallel, chunk_delta (default: chunk_delta, or
-chunk_delta_parallel when chunk_delta would launch fewer than 2 x 132 programs: _choose_mode).
+chunk_delta_parallel by _choose_mode's rule, CHOICE_RULE).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
 of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
@@ -244,6 +244,74 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
         init is not None, final is not None, checkpoints is not None,
         _fused_recurrent_reloads(blocks), _acc(spare),
     )
+
+# launch configurations of the parallel form's kernels (autotune.md). Each kernel has a short
+# list; the first entry is its fixed fallback. TUNING "auto": on a GPU, time the list once per
+# kernel and shape key and keep the fastest; under the interpreter (or without CUDA) run the
+# fallback. "fallback": always the fallback; "time": always time (forced in tests); "all": launch
+# every entry in turn (`seqc gpu-check --all-configs` compiles them all).
+TUNING = os.environ.get("SEQC_TRITON_TUNING", "auto")
+_TUNED = {}
+
+
+def _tuning():
+    if TUNING != "auto":
+        return TUNING
+    on_gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    return "time" if on_gpu else "fallback"
+
+
+def _launch(kernel, configs, build, key):
+    """Launch `kernel` with one of `configs` (launch options `num_warps`, `num_stages` and
+    `BLOCK_<dim>` overrides): `build(config)` gives (grid, arguments, launch options). Each
+    kernel tuned here writes only buffers it does not read, so a timed launch can be repeated."""
+    def launch(config):
+        grid, arguments, launch_options = build(config)
+        kernel[grid](*arguments, **launch_options)
+    how = _tuning()
+    if how == "fallback" or len(configs) == 1:
+        return launch(configs[0])
+    if how == "all":
+        for config in configs:
+            launch(config)
+        return
+    tuned = (getattr(kernel, "__name__", id(kernel)), key)
+    if tuned not in _TUNED:
+        _TUNED[tuned] = min(range(len(configs)), key=lambda i: _time(lambda: launch(configs[i])))
+    launch(configs[_TUNED[tuned]])
+
+
+def _time(fn):
+    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=5, rep=25)
+    import time
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _launch_options(config):
+    return {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+
+
+def _with_blocks(blocks, config):
+    return dict(blocks, **{k: v for k, v in config.items() if k.startswith("BLOCK_")})
+
+
+def _chunk_state_dtype(spare, x, options):
+    """The dtype of the chunk-boundary states a multi-kernel chunk form stores between its
+    kernels (parallel_host.md): the dtype the output kernel dots them in, the call's 16-bit dtype
+    for a bf16 / fp16 call (as fla stores them; the output kernel casts them to it anyway, so
+    nothing is lost), else the compute dtype; `chunk_state_dtype="fp32"` keeps them fp32."""
+    choice = options.get("chunk_state_dtype") or "input"
+    if choice not in ("fp32", "input"):
+        raise ValueError(f"chunk_state_dtype must be 'fp32' or 'input', not {choice!r}")
+    first = next(iter(x.values())).dtype
+    if choice == "input" and first in (torch.bfloat16, torch.float16):
+        return first
+    return spare.dtype
+
 
 
 
@@ -578,7 +646,7 @@ def chunk_delta_parallel_state_kernel(
     for i_t in range(0, NT):
         o_R = i_t * BLOCK_T + o_t
         mask_R = o_R < NSTEP * T
-        tl.store(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], st_S, mask=mask_K[:, None] & mask_V[None, :])
+        tl.store(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], st_S.to(ptr_h.dtype.element_ty), mask=mask_K[:, None] & mask_V[None, :])
         w = tl.load(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
         v_new = tl.load(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], mask=mask_R[:, None] & mask_V[None, :], other=0.0).to(ACC) - tl.dot(w, st_S.to(DOT), input_precision=PRECISION)
         v_new = v_new.to(DOT)
@@ -652,6 +720,15 @@ def chunk_delta_parallel_output_kernel(
     tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
 
 
+def _state_pass_programs(dims, block_split):
+    """Programs of the state pass at `dims` (its grid in _run_chunk_delta_parallel): value blocks
+    (of at most 32 lanes when K > 64) x batch x heads; `_choose_mode` weighs them."""
+    block_v = max(16, _pow2(dims["V"]))
+    block_v = min(block_v, 64, max(16, _pow2(block_split)))
+    if max(16, _pow2(dims["K"])) > 64:
+        block_v = min(block_v, 32)
+    return triton.cdiv(dims["V"], block_v) * dims["B"] * dims["H"]
+
 def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     spare = next(iter(outputs.values()))
@@ -682,7 +759,7 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
     n_v_state = triton.cdiv(dims["V"], state_blocks["BLOCK_V"])
     K_, V_ = dims["K"], dims["V"]
     device = spare.device
-    chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=spare.dtype, device=device)
+    chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=_chunk_state_dtype(spare, x, options), device=device)
     w = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
     kg = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
     u = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
@@ -704,10 +781,31 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             dims["V"], blocks["BLOCK_V"],
             block_t, min(16, block_t), ns, 1, precision, init is not None, final is not None, acc, dot,
         ]
+    key = (tuple(sorted(dims.items())), str(first.dtype), block_t)
+
+    def launcher(blocks, grid_of, block_t, ns):
+        def build(config):
+            chosen = _with_blocks(blocks, config)
+            return grid_of(chosen), arguments(chosen, block_t, ns), _launch_options(config)
+        return build
+    configs = _chunk_delta_parallel_configs(blocks["BLOCK_V"])
     # the per-chunk kernel holds a chunk's 1 x block_t rows (a row per token and delta step) as sub-chunks of 16
-    chunk_delta_parallel_prepare_kernel[(n_t, B * H)](*arguments(prepare_blocks, 16, 1 * block_t // 16), num_warps=8)
-    chunk_delta_parallel_state_kernel[(n_v_state, B * H)](*arguments(state_blocks, 1 * block_t, 1))
-    chunk_delta_parallel_output_kernel[(n_v, n_t, B * H)](*arguments(output_blocks, block_t, 1))
+    _launch(chunk_delta_parallel_prepare_kernel, configs["prepare"],
+            launcher(prepare_blocks, lambda b: (n_t, B * H), 16, 1 * block_t // 16), key)
+    _launch(chunk_delta_parallel_state_kernel, configs["state"],
+            launcher(state_blocks, lambda b: (triton.cdiv(V_, b["BLOCK_V"]), B * H), 1 * block_t, 1), key)
+    _launch(chunk_delta_parallel_output_kernel, configs["output"],
+            launcher(output_blocks, lambda b: (triton.cdiv(V_, b["BLOCK_V"]), n_t, B * H), block_t, 1), key)
+
+
+def _chunk_delta_parallel_configs(block_v):
+    """Each kernel's launch configurations, its fallback first (autotune: parallel_host.md)."""
+    half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
+    return {
+        "prepare": [{"num_warps": 8}, {"num_warps": 8, "num_stages": 2}],
+        "state": [{}, {"num_warps": 8}, {"num_stages": 2}],
+        "output": [{}, {"num_warps": 8, "num_stages": 2}] + ([dict(half)] if half else []),
+    }
 
 
 
@@ -2219,11 +2317,15 @@ MODE_CORES = {
 }
 
 # `mode=None` here: the single-kernel `chunk_delta` form runs B x H x value blocks programs, each walking
-# the whole sequence; below twice an H100's 132 SMs the three-kernel `chunk_delta_parallel` runs instead
+# the whole sequence; below half an H100's 132 SMs, when its state pass has at least as many
+# programs, the three-kernel `chunk_delta_parallel` runs instead
 # (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: its own cores
 # (MODE_CORES), else DEFAULT_MODE's adjoint core (seqc/autograd.py, `training_cores`).
 PARALLEL_MODE = "chunk_delta_parallel"
 PARALLEL_BELOW = 2 * 132
+CHUNK_PARALLEL_BELOW = 132 // 2
+CHOICE_RULE = ("chunk_delta_parallel when chunk_delta would launch fewer than 132 / 2 programs (B x H x "
+               "value blocks) and the state pass at least as many, else chunk_delta")
 
 
 def _choose_mode(dims, block_split):
@@ -2231,7 +2333,12 @@ def _choose_mode(dims, block_split):
     cap = 32 if _pow2(dims["K"]) <= 64 else 16
     block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
     programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
-    return "chunk_delta_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
+    # the GPU model's choice (seqc/gpu_model.py; docs/backends.md "Triton chunk modes"): the
+    # multi-kernel form when the single kernel would keep fewer than half the SMs busy and the
+    # form's state pass spreads over at least as many programs as the single kernel
+    if programs < CHUNK_PARALLEL_BELOW and _state_pass_programs(dims, block_split) >= programs:
+        return PARALLEL_MODE
+    return DEFAULT_MODE
 
 
 def _constants(dims):
@@ -2249,12 +2356,13 @@ RUNNERS = {
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision=None):
+        chunk_size=64, block_split=128, precision=None, chunk_state_dtype=None):
     mode = _choose_mode(dims, block_split) if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")
-    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision}
+    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision,
+               "chunk_state_dtype": chunk_state_dtype}
     if mode not in RUNNERS:
         raise ValueError(f"mode {mode!r} is not available for `gated_deltanet`; "
                          f"choose one of {', '.join(MODES)}")

@@ -11,7 +11,7 @@
 """Triton kernels for `hgrn`: see backends/triton/*.md in seqc for their math.
 
 Kernel families in this module: fused_recurrent, scan_parallel, scan (default: scan, or
-scan_parallel when scan would launch fewer than 2 x 132 programs: _choose_mode).
+scan_parallel by _choose_mode's rule, CHOICE_RULE).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
 default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
 of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
@@ -226,6 +226,74 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
 # (a coupled group's combine function is the `scan` kernel's, defined beside it in this module)
 
 
+# launch configurations of the parallel form's kernels (autotune.md). Each kernel has a short
+# list; the first entry is its fixed fallback. TUNING "auto": on a GPU, time the list once per
+# kernel and shape key and keep the fastest; under the interpreter (or without CUDA) run the
+# fallback. "fallback": always the fallback; "time": always time (forced in tests); "all": launch
+# every entry in turn (`seqc gpu-check --all-configs` compiles them all).
+TUNING = os.environ.get("SEQC_TRITON_TUNING", "auto")
+_TUNED = {}
+
+
+def _tuning():
+    if TUNING != "auto":
+        return TUNING
+    on_gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    return "time" if on_gpu else "fallback"
+
+
+def _launch(kernel, configs, build, key):
+    """Launch `kernel` with one of `configs` (launch options `num_warps`, `num_stages` and
+    `BLOCK_<dim>` overrides): `build(config)` gives (grid, arguments, launch options). Each
+    kernel tuned here writes only buffers it does not read, so a timed launch can be repeated."""
+    def launch(config):
+        grid, arguments, launch_options = build(config)
+        kernel[grid](*arguments, **launch_options)
+    how = _tuning()
+    if how == "fallback" or len(configs) == 1:
+        return launch(configs[0])
+    if how == "all":
+        for config in configs:
+            launch(config)
+        return
+    tuned = (getattr(kernel, "__name__", id(kernel)), key)
+    if tuned not in _TUNED:
+        _TUNED[tuned] = min(range(len(configs)), key=lambda i: _time(lambda: launch(configs[i])))
+    launch(configs[_TUNED[tuned]])
+
+
+def _time(fn):
+    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=5, rep=25)
+    import time
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _launch_options(config):
+    return {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+
+
+def _with_blocks(blocks, config):
+    return dict(blocks, **{k: v for k, v in config.items() if k.startswith("BLOCK_")})
+
+
+def _chunk_state_dtype(spare, x, options):
+    """The dtype of the chunk-boundary states a multi-kernel chunk form stores between its
+    kernels (parallel_host.md): the dtype the output kernel dots them in, the call's 16-bit dtype
+    for a bf16 / fp16 call (as fla stores them; the output kernel casts them to it anyway, so
+    nothing is lost), else the compute dtype; `chunk_state_dtype="fp32"` keeps them fp32."""
+    choice = options.get("chunk_state_dtype") or "input"
+    if choice not in ("fp32", "input"):
+        raise ValueError(f"chunk_state_dtype must be 'fp32' or 'input', not {choice!r}")
+    first = next(iter(x.values())).dtype
+    if choice == "input" and first in (torch.bfloat16, torch.float16):
+        return first
+    return spare.dtype
+
+
 @triton.jit
 def scan_chunk_summary_kernel(
     ptr_in_x,
@@ -402,21 +470,32 @@ def _run_scan_parallel(x, p, dims, init, final, outputs, consts, options):
         "carry_h": torch.empty((n_chunks, B * H, dims["D"]), dtype=spare.dtype, device=spare.device),
         "agg_h": torch.empty((n_chunks, B * H, dims["D"]), dtype=spare.dtype, device=spare.device),
     }
-    for kernel, grid in ((scan_chunk_summary_kernel, (n_split, B * H, n_chunks)),
-                         (scan_chunk_carry_kernel, (n_split, B * H, 1)),
-                         (scan_chunk_output_kernel, (n_split, B * H, n_chunks))):
-        kernel[grid](
-            x["x"],
-            x["g"],
-            spare if init is None else init["h"], spare if final is None else final["h"],
-            buffers["sum_h"],
-            buffers["carry_h"],
-            buffers["agg_h"],
-            outputs["o"],
-            T, H, B * H, n_chunks,
-            dims["D"], blocks["BLOCK_D"],
-            block_t, chunk_t, init is not None, final is not None, _acc(spare),
-        )
+    arguments = [
+        x["x"],
+        x["g"],
+        spare if init is None else init["h"], spare if final is None else final["h"],
+        buffers["sum_h"],
+        buffers["carry_h"],
+        buffers["agg_h"],
+        outputs["o"],
+        T, H, B * H, n_chunks,
+        dims["D"], blocks["BLOCK_D"],
+        block_t, chunk_t, init is not None, final is not None, _acc(spare),
+    ]
+    key = (tuple(sorted(dims.items())), str(next(iter(x.values())).dtype))
+    configs = _scan_parallel_configs()
+    for kernel, grid, tuned in ((scan_chunk_summary_kernel, (n_split, B * H, n_chunks), configs),
+                                (scan_chunk_carry_kernel, (n_split, B * H, 1), [{}]),
+                                (scan_chunk_output_kernel, (n_split, B * H, n_chunks), configs)):
+        _launch(kernel, tuned, lambda config, grid=grid: (grid, arguments, _launch_options(config)), key)
+
+
+def _scan_parallel_configs():
+    """The summary and output passes' launch configurations, the fallback (Triton's defaults)
+    first (autotune: parallel_host.md); the carry pass (one program per lane block and batch x
+    head, reading what the summary pass wrote and writing the carries) keeps the fallback. (Two
+    warps spilled 8 B in hgrn's summary pass on sm_90a at D = 64: not in the list.)"""
+    return [{}, {"num_warps": 8}]
 
 
 
@@ -843,16 +922,18 @@ MODE_CORES = {
 }
 
 # `mode=None` here: the single-kernel `scan` form runs B x H x value blocks programs, each walking
-# the whole sequence; below twice an H100's 132 SMs the three-kernel `scan_parallel` runs instead
+# the whole sequence; below twice an H100's 132 SMs the `scan_parallel` runs instead
 # (docs/backends.md, "Triton chunk modes"). Training follows the mode chosen: its own cores
 # (MODE_CORES), else DEFAULT_MODE's adjoint core (seqc/autograd.py, `training_cores`).
 PARALLEL_MODE = "scan_parallel"
 PARALLEL_BELOW = 2 * 132
+CHUNK_PARALLEL_BELOW = 132 // 2
+CHOICE_RULE = "scan_parallel when scan would launch fewer than 2 x 132 programs, else scan"
 
 
 def _choose_mode(dims, block_split):
     programs = _scan_programs(dims, block_split)
-    return "scan_parallel" if programs < PARALLEL_BELOW else DEFAULT_MODE
+    return PARALLEL_MODE if programs < PARALLEL_BELOW else DEFAULT_MODE
 
 
 def _constants(dims):
@@ -869,12 +950,13 @@ RUNNERS = {
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision=None):
+        chunk_size=64, block_split=128, precision=None, chunk_state_dtype=None):
     mode = _choose_mode(dims, block_split) if mode is None else mode
     if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
             and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")
-    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision}
+    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision,
+               "chunk_state_dtype": chunk_state_dtype}
     if mode not in RUNNERS:
         raise ValueError(f"mode {mode!r} is not available for `hgrn`; "
                          f"choose one of {', '.join(MODES)}")
