@@ -121,26 +121,18 @@ def test_training_follows_the_mode():
 
 
 def test_bf16_training_dots_in_bf16():
-    """A bf16 call: the kernels get q, e, kp, k, v and do in bf16 (rounded once), the factors
-    they form rounded to bf16 once; gradients within bf16 rounding of the fp32 ones."""
-    module = modules()[0]
+    """A bf16 call: the kernels get q, e, kp, k, v in bf16 (rounded once) and keep the factors
+    they form (A, M, w, the pseudo-values) in bf16; the states stay fp32; gradients within bf16
+    rounding of the fp32 ones."""
     tensors = core_inputs("keywise", "all", dtype=torch.float32, K=16, V=16, seed=4)
-    seen = []
-    launch = module._dpc_prepare_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                seen.append((args[1].dtype, args[6].dtype))       # kp, A
-                return launch[grid](*args, **kwargs)
-            return run
-
-    module._dpc_prepare_kernel = Spy()
-    try:
-        got = core_gradients(parallel_core(torch.bfloat16), tensors, 16)
-    finally:
-        module._dpc_prepare_kernel = launch
-    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    q, e, kk, k, v, g, un, s0 = tensors
+    q = q.clone().requires_grad_()
+    (o,), final = parallel_core(torch.bfloat16)([q], e, kk, [k], [v], g, un, s0, 16)
+    saved = o.grad_fn.next_functions[0][0].saved_tensors
+    assert [t.dtype for t in saved[:5]] == [torch.bfloat16] * 5         # q, e, kp, k, v
+    assert [t.dtype for t in saved[8:12]] == [torch.bfloat16] * 4       # A, M, w, u
+    assert saved[7].dtype == torch.float32 and o.dtype == torch.float32  # h
+    got = core_gradients(parallel_core(torch.bfloat16), tensors, 16)
     want = core_gradients(parallel_core(None, precision="ieee"), tensors, 16)
     for name in want:
         a, b = got[name], want[name]
@@ -187,5 +179,6 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
         (f"{MODE} backward", "_dpc_bwd_local_kernel", [16, 64]),
         (f"{MODE} backward", "_dpc_bwd_state_kernel", [2, 64]),
         (f"{MODE} backward", "_dpc_bwd_ut_kernel", [16, 64]),
-        (f"{MODE} backward", "_dpc_bwd_keys_kernel", [4, 16, 64]),
+        (f"{MODE} backward", "_dpc_bwd_query_kernel", [4, 16, 64]),
+        (f"{MODE} backward", "_dpc_bwd_key_kernel", [4, 16, 64]),
     ]), launches
