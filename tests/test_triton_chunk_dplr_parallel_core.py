@@ -140,22 +140,19 @@ def test_bf16_training_dots_in_bf16():
                                    msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("name", DPLR_SPECS)
-def test_traffic(name):
+@pytest.mark.parametrize("name, bounds", [("rwkv7", (5.05, 13.3)), ("comba", (5.05, 15.3))])
+def test_traffic(name, bounds):
     """Bytes the kernels move during the training forward and `loss.backward()` against the
-    call's compulsory bytes, dims of 64, T = 128 in chunks of 64, fp32, an initial state (the
-    measured ratios: docs/benchmarks.md, "Training kernels of chunk_dplr_parallel")."""
+    call's compulsory bytes, dims of 32, T = 64 (one chunk), fp32, an initial state: measured
+    forward 5.00x and 5.01x, backward 13.25x and 15.25x (docs/benchmarks.md, "Training kernels
+    of chunk_dplr_parallel", has them at dims 64, T = 128 and says where the bytes go)."""
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:
         forward, backward, compulsory = counted_training_step(
-            program, {"B": 1, "T": 128, "H": 2, **{d.name: 64 for d in program.spec.dims}})
+            program, {"B": 1, "T": 64, "H": 2, **{d.name: 32 for d in program.spec.dims}})
     assert len(calls) == 1
-    bounds = TRAFFIC[name]
     assert forward / compulsory <= bounds[0], f"forward {forward / compulsory:.2f}x"
     assert backward / compulsory <= bounds[1], f"backward {backward / compulsory:.2f}x"
-
-
-TRAFFIC = {"rwkv7": (99.0, 99.0), "comba": (99.0, 99.0)}
 
 
 def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
