@@ -14,7 +14,8 @@ import seqc
 from oracles import random_inputs
 
 CORES = {"chunk_core": "simple_gla", "chunk_parallel_core": "gla", "scan_core": "hgrn", "chunk_delta_core": "gated_deltanet",
-         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "semiring_scan_core": "logsumexp"}
+         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "chunk_dplr_parallel_core": "comba",
+         "semiring_scan_core": "logsumexp"}
 
 
 def second_derivative(kernel, name):
@@ -31,8 +32,9 @@ def second_derivative(kernel, name):
 @pytest.mark.parametrize("core", sorted(CORES))
 def test_double_backward_through_a_triton_core_raises(core, monkeypatch):
     name = CORES[core]
-    # mode=None trains on chunk_parallel_core, chunk_delta_parallel_core
-    mode = {"chunk_core": "chunk", "chunk_delta_core": "chunk_delta"}.get(core)
+    # mode=None trains on chunk_parallel_core, chunk_delta_parallel_core, chunk_dplr_parallel_core
+    mode = {"chunk_core": "chunk", "chunk_delta_core": "chunk_delta",
+            "chunk_dplr_core": "chunk_dplr"}.get(core)
     kernel = seqc.load(name).kernel("triton", chunk_size=16, mode=mode)
     own = {c.__name__ for cores in kernel.module.MODE_CORES.values() for c in cores.values()}
     assert core in set(kernel.module.CORES) | own

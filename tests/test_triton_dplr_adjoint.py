@@ -102,7 +102,8 @@ def test_core_adjoint_strong_decays_fp32(decay, unseen):
 
 @pytest.mark.parametrize("name", DPLR_SPECS)
 def test_dplr_specs_train_through_the_adjoint_kernels(name):
-    assert_trains_through_core(name, "chunk_dplr_core", "_DplrCore")
+    """mode="chunk_dplr" (mode=None trains on chunk_dplr_parallel_core)."""
+    assert_trains_through_core(name, "chunk_dplr_core", "_DplrCore", mode="chunk_dplr")
 
 
 @pytest.mark.parametrize("name", DPLR_SPECS)
