@@ -174,8 +174,8 @@ def training_cores(triton_module, options: dict, dims: dict | None = None,
 
 def single_to_parallel(triton_module, mode: str) -> str:
     """The mode whose training cores a call forcing `mode` trains on: a forced single-kernel
-    chunk form (`chunk`, `chunk_delta`: DEFAULT_MODE) trains on its parallel form's cores when
-    the module has them (chunk_core's and chunk_delta_core's kernels do not fit a GPU; the
+    chunk form (`chunk`, `chunk_delta`, `chunk_dplr`: DEFAULT_MODE) trains on its parallel form's
+    cores when the module has them (the single-kernel cores' kernels do not fit a GPU; the
     forward stays the single kernel's); any other mode on its own."""
     parallel = getattr(triton_module, "PARALLEL_MODE", None)
     if mode == triton_module.DEFAULT_MODE and parallel in getattr(triton_module, "MODE_CORES", {}):
@@ -185,8 +185,8 @@ def single_to_parallel(triton_module, mode: str) -> str:
 
 def training_mode(triton_module, options: dict, dims: dict | None) -> str:
     """The mode a `mode=None` call trains in: the module's parallel mode when it has training
-    cores of its own (chunk_parallel, chunk_delta_parallel: their kernels fit a GPU,
-    chunk_core's and chunk_delta_core's do not, whatever the number of programs), else the mode
+    cores of its own (chunk_parallel, chunk_delta_parallel, chunk_dplr_parallel: their kernels
+    fit a GPU, the single-kernel cores' do not, whatever the number of programs), else the mode
     `run` would choose at `dims`."""
     parallel = getattr(triton_module, "PARALLEL_MODE", None)
     if parallel in getattr(triton_module, "MODE_CORES", {}):

@@ -38,11 +38,10 @@ FAMILIES = {
     "chunk_parallel": ("gla", ["chunk_parallel"], True),
     "chunk_delta": ("gated_deltanet", ["chunk_delta"], True),
     "chunk_delta_parallel": ("deltanet", ["chunk_delta_parallel"], True),
-    # forward only: both DPLR modes train on chunk_dplr_core, one program per batch x head, which
-    # does not fit (docs/benchmarks.md, "GPU fitness: every stdlib kernel") and on which ptxas
-    # runs for minutes; a GPU-fit DPLR training core is being built in its place
+    # both DPLR modes train on chunk_dplr_parallel_core (seqc/autograd.py, single_to_parallel):
+    # recorded once, with the parallel mode
     "chunk_dplr": ("rwkv7", ["chunk_dplr"], False),
-    "chunk_dplr_parallel": ("rwkv7", ["chunk_dplr_parallel"], False),
+    "chunk_dplr_parallel": ("rwkv7", ["chunk_dplr_parallel"], True),
 }
 # (family, kernel, size, target) that do not fit yet, with what was measured (2026-12-02)
 KNOWN_MISFITS = {

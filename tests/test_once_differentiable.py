@@ -14,7 +14,8 @@ import seqc
 from oracles import random_inputs
 
 CORES = {"chunk_core": "mlstm", "chunk_parallel_core": "gla", "scan_core": "hgrn", "chunk_delta_core": "gated_deltanet",
-         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "semiring_scan_core": "logsumexp"}
+         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "chunk_dplr_parallel_core": "comba",
+         "semiring_scan_core": "logsumexp"}
 
 
 def second_derivative(kernel, name):
@@ -31,10 +32,10 @@ def second_derivative(kernel, name):
 @pytest.mark.parametrize("core", sorted(CORES))
 def test_double_backward_through_a_triton_core_raises(core, monkeypatch):
     name = CORES[core]
-    # mode=None, a forced chunk_delta too, trains on chunk_delta_parallel_core: chunk_delta_core
-    # as in a module with no parallel form (mlstm has none: chunk_core)
+    # mode=None, a forced single-kernel mode too, trains on the parallel form's core: the
+    # single-kernel cores as in a module with no parallel form (mlstm has none: chunk_core)
     kernel = seqc.load(name).kernel("triton", chunk_size=16)
-    if core == "chunk_delta_core":
+    if core in ("chunk_delta_core", "chunk_dplr_core"):
         monkeypatch.setattr(kernel.module, "MODE_CORES", {})
     own = {c.__name__ for cores in kernel.module.MODE_CORES.values() for c in cores.values()}
     assert core in set(kernel.module.CORES) | own

@@ -137,9 +137,10 @@ def test_minus_infinity_log_decays(name, monkeypatch):
 
 
 def without_parallel_cores(monkeypatch, name):
-    """Train `name` as a module with no parallel chunk form does: a forced `chunk` or
-    `chunk_delta` on chunk_core / chunk_delta_core (with the parallel form's cores there, a forced
-    single-kernel mode trains on them: seqc/autograd.py, `single_to_parallel`)."""
+    """Train `name` as a module with no parallel chunk form does: a forced `chunk`, `chunk_delta`
+    or `chunk_dplr` on chunk_core / chunk_delta_core / chunk_dplr_core (with the parallel form's
+    cores there, a forced single-kernel mode trains on them: seqc/autograd.py,
+    `single_to_parallel`)."""
     monkeypatch.setattr(seqc.load(name).kernel("triton").module, "MODE_CORES", {})
 
 

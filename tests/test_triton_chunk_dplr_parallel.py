@@ -175,10 +175,9 @@ def test_packed_sequences():
 
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_gradients_train_on_the_dplr_core(name, monkeypatch):
-    """Training with mode="chunk_dplr_parallel" (a mode with no core of its own): the call
-    trains on the single-kernel form's adjoint core, chunk_dplr_core (seqc/autograd.py,
-    `training_cores`), not on the torch recomputation; gradients of every input and the initial
-    state equal the reference's."""
+    """Training with mode="chunk_dplr_parallel": the call trains on the mode's own core,
+    chunk_dplr_parallel_core (`MODE_CORES`, seqc/autograd.py `training_cores`), not on the torch
+    recomputation; gradients of every input and the initial state equal the reference's."""
     check_trains_on_core(name, "chunk_dplr_core", MODE, monkeypatch)
 
 

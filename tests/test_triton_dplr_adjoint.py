@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import seqc  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
+    assert_resets_equal_the_reference, assert_trains_through_core, without_parallel_cores)
 
 pytestmark = pytest.mark.triton
 DPLR_SPECS = ["rwkv7", "comba"]
@@ -101,11 +101,16 @@ def test_core_adjoint_strong_decays_fp32(decay, unseen):
 
 
 @pytest.mark.parametrize("name", DPLR_SPECS)
-def test_dplr_specs_train_through_the_adjoint_kernels(name):
-    assert_trains_through_core(name, "chunk_dplr_core", "_DplrCore")
+def test_dplr_specs_train_through_the_adjoint_kernels(name, monkeypatch):
+    """Forced `chunk_dplr` in a module with no parallel form (the stdlib modules have it and
+    train on chunk_dplr_parallel_core, a forced `chunk_dplr` included)."""
+    without_parallel_cores(monkeypatch, name)
+    assert_trains_through_core(name, "chunk_dplr_core", "_DplrCore", mode="chunk_dplr")
 
 
 @pytest.mark.parametrize("name", DPLR_SPECS)
-def test_minus_infinity_log_decays(name):
-    """rwkv7's key-wise decay is reset on one lane only (its key reads the state before it)."""
+def test_minus_infinity_log_decays(name, monkeypatch):
+    """rwkv7's key-wise decay is reset on one lane only (its key reads the state before it);
+    through chunk_dplr_core (the parallel core's resets: test_triton_chunk_dplr_parallel_core.py)."""
+    without_parallel_cores(monkeypatch, name)
     assert_resets_equal_the_reference(name)

@@ -1,5 +1,6 @@
-"""A parallel mode with no training core of its own trains on its single-kernel form's adjoint
-core (seqc/autograd.py, `training_cores`): the check both three-kernel modes' tests run."""
+"""A parallel mode trains on its own training core (`MODE_CORES`), else on its single-kernel
+form's adjoint core (seqc/autograd.py, `training_cores`): the check the three-kernel modes'
+tests run."""
 import torch
 
 import seqc
@@ -7,17 +8,18 @@ from oracles import random_inputs, random_state
 
 
 def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch) -> None:
-    """Training `name` with `mode=mode` runs the module's CORES[core_name] (not the torch
-    recomputation), and the gradients of every input and the initial state equal the
+    """Training `name` with `mode=mode` runs the module's MODE_CORES[mode][core_name], else its
+    CORES[core_name] (not the torch recomputation), and the gradients of every input and the initial state equal the
     reference's."""
     program = seqc.load(name)
     module = program.kernel("triton").module
-    core, used = module.CORES[core_name], []
+    cores = module.MODE_CORES.get(mode, module.CORES)     # the mode's own, else the shared ones
+    core, used = cores[core_name], []
 
     def counted(*args, **kwargs):
         used.append(1)
         return core(*args, **kwargs)
-    monkeypatch.setitem(module.CORES, core_name, counted)
+    monkeypatch.setitem(cores, core_name, counted)
     dims = {"K": 5, "V": 6}
     x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
     s = random_state(name, 1, 2, dims=dims, seed=3)

@@ -59,7 +59,8 @@ def adjoint_cores(plan, modes) -> list[str]:
     steps run as the delta rule over the steps), and then `chunk_delta_parallel`
     (chunk_delta_parallel_core.md, the `chunk_delta_parallel` mode's) when that mode runs; `chunk_dplr` (chunk_dplr_core.md) when the
     chunk_dplr kernel runs and every diagonal-plus-low-rank group has one query and one write a
-    token (rwkv7, comba); `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a
+    token (rwkv7, comba), and then `chunk_dplr_parallel` (chunk_dplr_parallel_core.md, the
+    `chunk_dplr_parallel` mode's) when that mode runs; `semiring_scan` (semiring_scan_core.md, with `scan`) when the Plan has a
     semiring group (logsumexp, maxplus) and a parallel kernel runs; `coupled_scan`
     (coupled_scan_core.md, with `scan`, the mode such a Plan runs in) when it has a coupled scan
     group."""
@@ -88,6 +89,8 @@ def adjoint_cores(plan, modes) -> list[str]:
             len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
             for g in dplrs):
         cores.append("chunk_dplr")
+        if "chunk_dplr_parallel" in modes:      # its training core: chunk_dplr_parallel_core.md
+            cores.append("chunk_dplr_parallel")
     if semirings:
         cores.append("semiring_scan")
     if coupled:

@@ -2311,7 +2311,7 @@ CORES = {
     "chunk_delta_core": chunk_delta_core,
 }
 # modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
-# chunk_delta_parallel_core.md)
+# chunk_delta_parallel_core.md, chunk_dplr_parallel_core.md)
 MODE_CORES = {
     "chunk_delta_parallel": {"chunk_delta_core": chunk_delta_parallel_core},
 }

@@ -1675,7 +1675,7 @@ CORES = {
     "chunk_core": chunk_core,
 }
 # modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
-# chunk_delta_parallel_core.md)
+# chunk_delta_parallel_core.md, chunk_dplr_parallel_core.md)
 MODE_CORES = {
     "chunk_parallel": {"chunk_core": chunk_parallel_core},
 }

@@ -917,7 +917,7 @@ CORES = {
     "scan_core": scan_core,
 }
 # modes that train on cores of their own, in place of CORES' (chunk_parallel_core.md,
-# chunk_delta_parallel_core.md)
+# chunk_delta_parallel_core.md, chunk_dplr_parallel_core.md)
 MODE_CORES = {
 }
 
