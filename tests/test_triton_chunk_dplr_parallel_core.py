@@ -99,8 +99,8 @@ def test_minus_infinity_log_decays_through_rwkv7():
 
 def test_training_follows_the_mode():
     """chunk_dplr_parallel (mode=None at any B x H, or forced) trains on the parallel core with
-    the call's 16-bit dtype for its dots; a forced `chunk_dplr` on chunk_dplr_core; a forced
-    `fused_recurrent` on no core."""
+    the call's 16-bit dtype for its dots; so does a forced `chunk_dplr` (its forward stays the
+    single kernel: seqc/autograd.py `single_to_parallel`); a forced `fused_recurrent` on no core."""
     module = seqc.load("comba").kernel("triton").module
     small = dict(B=1, T=64, H=2, K=64, V=64)
     large = dict(B=8, T=64, H=64, K=64, V=64)
@@ -114,8 +114,8 @@ def test_training_follows_the_mode():
                             torch.float32)["chunk_dplr_core"]
     assert forced.func is module.chunk_dplr_parallel_core
     assert forced.keywords["precision"] == "ieee"
-    assert training_cores(module, {"mode": "chunk_dplr"}, small)["chunk_dplr_core"] \
-        is module.chunk_dplr_core
+    assert training_cores(module, {"mode": "chunk_dplr"}, small)["chunk_dplr_core"].func \
+        is module.chunk_dplr_parallel_core
     assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
 
 
