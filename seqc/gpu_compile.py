@@ -303,8 +303,11 @@ def kernel_hash(source) -> str:
 
 
 def result_key(source_hash: str, arch, options, triton_version: str) -> str:
+    # a register limit (the launch's `maxnreg`) is part of the key only when set: the keys of
+    # launches without one stay those already cached
+    limit = [options.maxnreg] if getattr(options, "maxnreg", None) else []
     text = json.dumps([source_hash, int(arch), options.num_warps, options.num_stages,
-                       options.num_ctas, triton_version, RESULT_FORMAT])
+                       options.num_ctas, triton_version, RESULT_FORMAT, *limit])
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 

@@ -226,6 +226,24 @@ def test_the_fused_recurrent_kernel_fits_at_k_v_128(tmp_path, monkeypatch):
         assert check.spill == 0 and check.problems() == [], check.result
 
 
+
+def test_the_fused_backward_of_a_small_recurrence_does_not_spill(tmp_path, monkeypatch):
+    """maxplus and mingru at D = 64: without a register limit ptxas compiled their generated
+    backward with 56 / 32 registers and spilled 16 / 12 B (sm_80 / sm_90a); launched with
+    `maxnreg` (fused_recurrent_bwd.md, "Registers") it uses 61-64 and spills nothing."""
+    import seqc
+    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    jobs = [job for spec in ("maxplus", "mingru")
+            for job in spec_jobs(seqc.load(spec), {"*": 64}, DEFAULT_SHAPE, [80, 90], ["bf16"])]
+    for job in jobs:
+        job.modes = ["fused_recurrent"]
+    checks = run_jobs(jobs, workers=2, timeout=300)
+    backward = [c for c in checks if c.result["mode"] == "fused_recurrent backward"]
+    assert len(backward) == 4, [c.result for c in checks]
+    for check in checks:
+        assert check.spill == 0 and check.problems() == [], check.result
+
 @pytest.mark.triton
 def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
     """K = V = 128 under the interpreter: two value blocks a head, each its own program."""

@@ -1051,6 +1051,13 @@ def _fused_recurrent_bwd_warps(blocks):
     return warps
 
 
+def _fused_recurrent_bwd_registers(warps):
+    """ptxas's register limit for a backward program of `warps` warps: a thread's whole share
+    (255, or 65536 over the threads). Without it ptxas picks a lower count by its own
+    heuristics and spills to reach it (fused_recurrent_bwd.md, "Registers")."""
+    return min(255, 65536 // (32 * warps) // 8 * 8)
+
+
 def _fused_recurrent_shares(n_split, lead, names, sizes, split, like):
     """A gradient buffer `[*lead, n_split?, *sizes]` (zeros: a program writes only its lanes),
     with one share per split program when the tensor (dims `names`) lacks the split dim, and the
@@ -1120,6 +1127,7 @@ class _FusedRecurrentTrain(torch.autograd.Function):
                                                   STATE_LANES // 2)
         split = "V"
         programs = n_split * B * H
+        warps = _fused_recurrent_bwd_warps(blocks)
         scratch = {
             "S": torch.empty((programs, segment, blocks["BLOCK_K"], blocks["BLOCK_V"]), dtype=compute, device=device),
         }
@@ -1148,7 +1156,7 @@ class _FusedRecurrentTrain(torch.autograd.Function):
             consts["c0"],
             dims["K"], blocks["BLOCK_K"],
             dims["V"], blocks["BLOCK_V"],
-            _acc(first), num_warps=_fused_recurrent_bwd_warps(blocks),
+            _acc(first), num_warps=warps, maxnreg=_fused_recurrent_bwd_registers(warps),
         )
         grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
         grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
