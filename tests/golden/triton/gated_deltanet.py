@@ -870,6 +870,8 @@ def chunk_delta_kernel(
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         Gr_S, Rr_S, G0r_S, Gendr_S = G_S, R_S, G0_S, Gend_S
+        # the state pass's keys k 2^(G_C - G), formed now so the fp32 keys die before the read-out
+        ke_S = (k_S * tl.exp2(Gendr_S)[:, None]).to(DOT)
         L_S = tl.dot(kd_S, tl.trans(kd_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where((pos_S[:, None] > pos_S[None, :]) & (Rr_S[:, None] == Rr_S[None, :]), Gr_S[:, None] - Gr_S[None, :], float("-inf")))
         Tm_S = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
         for p in range(1, 1 * BLOCK_T):
@@ -884,7 +886,7 @@ def chunk_delta_kernel(
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
         A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
         read__read0_S = tl.dot(q_S.to(DOT), sd_S, input_precision=PRECISION) * tl.exp2(G0_S)[:, None] + tl.dot(A_S.to(DOT), ud_S, input_precision=PRECISION)
-        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans((k_S * tl.exp2(Gendr_S)[:, None]).to(DOT)), ud_S, input_precision=PRECISION)
+        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(ke_S), ud_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:

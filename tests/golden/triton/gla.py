@@ -493,18 +493,23 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
         chosen = _with_blocks(output_blocks, config)
         grid = (triton.cdiv(dims["V"], chosen["BLOCK_V"]), n_t, B * H)
         return grid, arguments(chosen), _launch_options(config)
-    configs = _chunk_parallel_configs(blocks["BLOCK_V"])
+    configs = _chunk_parallel_configs(blocks["BLOCK_V"], dims["V"])
     _launch(chunk_parallel_state_kernel, configs["state"], state_launch, key)
     _launch(chunk_parallel_output_kernel, configs["output"], output_launch, key)
 
 
-def _chunk_parallel_configs(block_v):
+def _chunk_parallel_configs(block_v, dim_v=None):
     """Each kernel's launch configurations, its fallback (Triton's defaults: 4 warps, 3 stages)
-    first (autotune.md; every entry compiles without spills at K = V = 64 and 128)."""
+    first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
+    output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
+    4 warps spilled 8 B on sm_90a; chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
+    output = [{}, {"num_warps": 8, "num_stages": 2}]
+    if dim_v is not None and dim_v < block_v:
+        output.reverse()
     return {
         "state": [{}, {"num_warps": 8}, {"num_stages": 2}],
-        "output": [{}, {"num_warps": 8, "num_stages": 2}] + ([dict(half)] if half else []),
+        "output": output + ([dict(half)] if half else []),
     }
 
 
