@@ -71,21 +71,29 @@ def linked(dims: set[str], spec: ir.Spec) -> set[str]:
         found |= more
 
 
+def factored(node: ir.Binary) -> ir.Expr | None:
+    """`x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b` (None if it is not of
+    that form): the same sum without the `[BLOCK_T, K, V]` product block."""
+    contracted = node.left.dims[-1]
+    right = node.right
+    if isinstance(right, ir.Binary) and right.op is ir.Op.MUL:
+        for inner, outer in ((right.left, right.right), (right.right, right.left)):
+            if inner.dims and inner.dims[0] == contracted and contracted not in outer.dims:
+                dims = node.left.dims[:-1] + inner.dims[1:]
+                product = ir.Binary(ir.Op.MATMUL, node.left, inner, dims=dims)
+                return ir.Binary(ir.Op.MUL, product, outer, dims=union(dims, outer.dims))
+    return None
+
+
 class FactoringRenderer(TritonRenderer):
-    """Renders `x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b`: the same sum
-    without the `[BLOCK_T, K, V]` product block (rwkv6's bonus `r @ (u * k * v)`: formed whole,
-    its chunk kernel spilled 636 B on sm_90a at K = V = 64, 11-32 KB with chunks of 32)."""
+    """Renders `x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b` (`factored`):
+    the same sum without the `[BLOCK_T, K, V]` product block (rwkv6's bonus `r @ (u * k * v)`:
+    formed whole, its chunk kernel spilled 636 B on sm_90a at K = V = 64, 11-32 KB with chunks
+    of 32)."""
 
     def matmul(self, node: ir.Binary) -> Block:
-        contracted = node.left.dims[-1]
-        right = node.right
-        if isinstance(right, ir.Binary) and right.op is ir.Op.MUL:
-            for inner, outer in ((right.left, right.right), (right.right, right.left)):
-                if inner.dims and inner.dims[0] == contracted and contracted not in outer.dims:
-                    dims = node.left.dims[:-1] + inner.dims[1:]
-                    product = ir.Binary(ir.Op.MATMUL, node.left, inner, dims=dims)
-                    return self(ir.Binary(ir.Op.MUL, product, outer, dims=union(dims, outer.dims)))
-        return super().matmul(node)
+        rewritten = factored(node)
+        return super().matmul(node) if rewritten is None else self(rewritten)
 
 
 class BlockKernel:

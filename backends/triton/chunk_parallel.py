@@ -15,15 +15,17 @@ import re
 from seqc import ir
 
 from . import layout
-from .blockwise import LOG2E, BlockKernel
+from .blockwise import LOG2E, BlockKernel, FactoringRenderer, factored
+from .render import Block
 
 
 def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
     outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
-    key blocks); no relabel (`relabels`)."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk" \
-            or any(r.previous for r in plan.reads):     # reads of S_{t-1}: the chunk mode only
+    key blocks) but through sums over it free of reads (`key_sums_only`: rwkv6's bonus
+    `r @ (u * k * v)`, accumulated in the key loop); reads of S_t or of S_{t-1}; no relabel
+    (`relabels`)."""
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk":
         return False
     if relabels(plan.spec):
         return False
@@ -37,10 +39,59 @@ def supported(plan) -> bool:
     if not all(w.key.dims == (K,) and w.value.dims == (V,) for w in group.writes):
         return False
     bound = key_bound_lets(plan, K)
-    free = [w.value for w in group.writes] + list(plan.outputs.values())
+    free = [w.value for w in group.writes]
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
-    return not any(mentions(e, K, bound) for e in free)
+    return not any(mentions(e, K, bound) for e in free) \
+        and all(key_sums_only(e, K, bound) for e in plan.outputs.values())
+
+
+def key_sum(node: ir.Expr, dim: str) -> bool:
+    """Whether `node` is a sum over `dim`: the contraction of `@` or `sum(., dim)`."""
+    if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL:
+        return node.left.dims[-1] == dim
+    return isinstance(node, ir.Call) and node.func == "sum" and node.dim == dim
+
+
+def key_sums_only(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
+    """Whether `expr` needs lanes of `dim` only inside sums over it (`key_sum`) that read no
+    state and hold no other reduction over it: those the output kernel accumulates over its key
+    blocks (`KeySumRenderer`)."""
+    if key_sum(expr, dim):
+        return not any(isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"
+                       or n is not expr and isinstance(n, ir.Call) and n.dim == dim
+                       for n in ir.walk(expr))
+    if dim in (getattr(expr, "dims", None) or ()) or (
+            isinstance(expr, ir.Name) and expr.ref is not None and expr.ref.kind == "let"
+            and expr.id in bound):
+        return False
+    return all(key_sums_only(child, dim, bound) for child in ir.children(expr))
+
+
+class KeySumRenderer(FactoringRenderer):
+    """The output kernel's renderer of output expressions: each sum over the key dim (after
+    `factored`) becomes an accumulator `ksum<i>` [BLOCK_T, ...] that the key loop adds each key
+    block's share to (`sums`: its name and the block's code, rendered by `inner`)."""
+
+    def __init__(self, inner: FactoringRenderer, dim: str):
+        super().__init__(inner.name_block, inner.constants)
+        self.inner, self.dim = inner, dim
+        self.sums: list[tuple[str, Block]] = []
+
+    def matmul(self, node: ir.Binary) -> Block:
+        if node.left.dims[-1] == self.dim and factored(node) is None:
+            return self.collect(self.inner.matmul(node))
+        return super().matmul(node)
+
+    def reduce(self, node: ir.Call) -> Block:
+        if key_sum(node, self.dim):
+            return self.collect(self.inner.reduce(node))
+        return super().reduce(node)
+
+    def collect(self, block: Block) -> Block:
+        name = f"ksum{len(self.sums)}"
+        self.sums.append((name, block))
+        return Block(name, block.dims)
 
 
 def relabels(spec: ir.Spec) -> bool:
@@ -167,16 +218,18 @@ class ChunkParallelKernel(BlockKernel):
         writes = [dict(key=self.role(w.key, (K,)), key_op=self.operand(w.key, (K,)),
                        value_op=self.operand(w.value, (V,))) for w in g.writes]
         reads = []
+        previous = {r.name for r in self.plan.reads if r.previous}
         for name, query in self.reads_of(g.state):
             self.reads[name] = ("T", V)
-            reads.append(dict(name=name, query=self.role(query, (K,)),
+            reads.append(dict(name=name, query=self.role(query, (K,)), before=name in previous,
                               query_op=self.operand(query, (K,))))
-        stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+        stores, key_sums = self.output_stores(K)
         state_code = "\n".join([decay or ""] + [w["key"] + w["value_op"] + w["key_op"]
                                                 for w in writes])
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
         free_names = every - key_names
-        inner = [r["query_op"] for r in reads] + [w["key_op"] for w in writes]
+        inner = [r["query_op"] for r in reads] + [w["key_op"] for w in writes] + \
+            [ks["code"] for ks in key_sums]
         outer = [w["value_op"] for w in writes] + stores
         if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
             inner += [decay] + [r["query"] for r in reads] + [w["key"] for w in writes]
@@ -191,12 +244,28 @@ class ChunkParallelKernel(BlockKernel):
         state = layout.prologue(spec, V)["states"][0]
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E, writes=writes,
                     reads=reads, stores=stores, offsets=offsets, masks=masks,
+                    key_sums=key_sums,
+                    previous=bool(previous),
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     final_store=self.final_store(g.state, K, V))
+
+    def output_stores(self, K: str) -> tuple[list[str], list[dict]]:
+        """The outputs' stores, each sum over K in them an accumulator of the key loop
+        (`KeySumRenderer`), and those sums: name, the key block's share (code) and the
+        accumulator's block shape."""
+        plain, self.expr = self.expr, KeySumRenderer(self.expr, K)
+        try:
+            stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+            sums = self.expr.sums
+        finally:
+            self.expr = plain
+        return stores, [dict(name=name, code=block.code,
+                             shape=", ".join(f"BLOCK_{d}" for d in block.dims))
+                        for name, block in sums]
 
     def has_dim(self, name: str, dim: str) -> bool:
         if name in self.lets:
