@@ -14,23 +14,23 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
-from test_previous_reads import rwkv6_call, rwkv6_equations  # noqa: E402
-from test_triton_chunk_adjoint import assert_trains_through_core  # noqa: E402
 from test_triton_chunk_parallel_core import parallel_core_backwards  # noqa: E402
 from test_triton_gradients import assert_gradients_equal, gradients_of  # noqa: E402
 
 pytestmark = pytest.mark.triton
-GATES = {"rwkv6": "w"}
+GATES = {"rwkv6": "w", "mlstm": "f"}
+KEY_BLOCKS_OF_TWO = {"rwkv6": 20, "mlstm": 80}
 RESETS = (3, 16, 20, 36)        # inside a chunk, a chunk's first step, the last step
 
 
 def call(name, T, dims, resets=(), seed=0, dtype=torch.float32):
-    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
+    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed, dtype=dtype)
     gate = x[GATES[name]]
     for t in resets:                                    # a key-wise gate: on one key lane
         gate[(0, t, 1, 2) if gate.dim() == 4 else (0, t, 1)] = float("-inf")
     s = random_state(name, 1, 2, dims=dims, seed=seed)
-    return {n: t.to(dtype) for n, t in x.items()}, {n: t.to(dtype) for n, t in p.items()}, s
+    return x, p, {n: t.to(torch.float64 if dtype == torch.float64 else torch.float32)
+                  for n, t in s.items()}
 
 
 def assert_forward_matches(name, T, dims, resets=(), dtype=torch.float32, **options):
@@ -60,10 +60,16 @@ def test_the_module_offers_chunk_parallel_and_trains_on_its_core(name):
     (1, {"K": 5, "V": 20}, (), {}),
     (37, {"K": 5, "V": 20}, (), {}),
     (37, {"K": 5, "V": 20}, RESETS, {}),
-    (37, {"K": 80, "V": 20}, (), {"block_split": 16}),      # two key blocks, two value blocks
 ])
 def test_forward_against_the_reference(name, T, dims, resets, options):
     assert_forward_matches(name, T, dims, resets, **options)
+
+
+@pytest.mark.parametrize("name", list(GATES))
+def test_key_and_value_blocks_split(name):
+    """Two key blocks in the output kernel (rwkv6's key-wise one holds 16 lanes, mlstm's 64: the
+    bonus and `q @ n` summed over them) and two value blocks (block_split=16)."""
+    assert_forward_matches(name, 37, {"K": KEY_BLOCKS_OF_TWO[name], "V": 20}, block_split=16)
 
 
 @pytest.mark.parametrize("name", list(GATES))
@@ -72,35 +78,31 @@ def test_forward_bf16(name):
     assert_forward_matches(name, 37, {"K": 5, "V": 20}, RESETS, dtype=torch.bfloat16)
 
 
-def test_rwkv6_forward_and_gradients_fp64_against_the_papers_equations():
-    """fp64 (dots in "ieee"): the outputs and final state tightly; the gradients through the
-    parallel core against the reference's autograd."""
-    tensors, S0 = rwkv6_call(37, B=1, H=2, K=5, V=7, resets=True)
-    program = seqc.load("rwkv6")
+@pytest.mark.parametrize("name", list(GATES))
+def test_forward_and_gradients_fp64(name):
+    """fp64 (dots in "ieee"), -inf log decays: outputs, final states and the gradients of every
+    input, param and initial state through the parallel core equal the reference's tightly."""
+    x, p, s = call(name, 37, {"K": 5, "V": 7}, RESETS, seed=4, dtype=torch.float64)
+    program = seqc.load(name)
     kernel = program.kernel("triton", mode="chunk_parallel", chunk_size=16)
-    got = kernel(**tensors, initial_state={"S": S0}, output_final_state=True)
-    want_o, want_S = rwkv6_equations(tensors["r"], tensors["k"], tensors["v"], tensors["w"],
-                                     tensors["u"], S0, 5 ** -0.5)
-    torch.testing.assert_close(got["o"], want_o, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(got.final_state["S"], want_S, rtol=1e-10, atol=1e-10)
-    x = {n: t for n, t in tensors.items() if n != "u"}
-    with parallel_core_backwards("rwkv6") as calls:
-        grads = gradients_of(kernel, x, {"u": tensors["u"]}, {"S": S0})
+    got = kernel(**x, **p, initial_state=s, output_final_state=True)
+    want = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
+    for what, a, b in [(o, got[o], want[o]) for o in want.keys()] + [
+            (f"final {n}", got.final_state[n], want.final_state[n]) for n in want.final_state]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{what}: {m}")
+    with parallel_core_backwards(name) as calls:
+        grads = gradients_of(kernel, x, p, s)
     assert len(calls) == 1
-    want = gradients_of(program.kernel("reference"), x, {"u": tensors["u"]}, {"S": S0})
-    for n, g in want.items():
+    for n, g in gradients_of(program.kernel("reference"), x, p, s).items():
         torch.testing.assert_close(grads[n], g, rtol=1e-9, atol=1e-9,
                                    msg=lambda m: f"gradient of {n}: {m}")
 
 
 @pytest.mark.parametrize("name", list(GATES))
-def test_mode_none_trains_through_the_parallel_core(name):
-    """Gradients of every input, param and initial state equal the reference's (fp32)."""
-    assert_trains_through_core(name, "chunk_core", "_ChunkParallelCore")
-
-
-@pytest.mark.parametrize("name", list(GATES))
 def test_training_with_minus_infinity_log_decays(name):
+    """mode=None trains on the parallel core (its backward runs once; mlstm's normaliser on the
+    scan core): the gradients of every input, param (rwkv6's u) and initial state equal the
+    reference's (fp32)."""
     x, p, s = call(name, 37, {"K": 5, "V": 5}, RESETS, seed=13)
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:

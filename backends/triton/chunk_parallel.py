@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from seqc import ir
+from seqc import ir, pretty
 
 from . import layout
 from .blockwise import LOG2E, BlockKernel, FactoringRenderer, factored
@@ -22,10 +22,10 @@ from .render import Block
 def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
     outputs (and a scalar decay) that do not depend on the key dim (the output kernel loops over
-    key blocks) but through sums over it free of reads (`key_sums_only`: rwkv6's bonus
-    `r @ (u * k * v)`, accumulated in the key loop); reads of S_t or of S_{t-1}; no relabel
-    (`relabels`)."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk":
+    key blocks) but through sums over it (`key_sums_only`: rwkv6's bonus `r @ (u * k * v)`,
+    mlstm's `q @ n` of a normaliser, accumulated in the key loop); reads of S_t or of S_{t-1};
+    any further group a normaliser of it (`normalisers`); no relabel (`relabels`)."""
+    if plan is None or plan.groups[0].kind != "chunk":
         return False
     if relabels(plan.spec):
         return False
@@ -38,12 +38,55 @@ def supported(plan) -> bool:
         return False
     if not all(w.key.dims == (K,) and w.value.dims == (V,) for w in group.writes):
         return False
+    if len(normalisers(plan)) != len(plan.groups) - 1:
+        return False
     bound = key_bound_lets(plan, K)
     free = [w.value for w in group.writes]
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
     return not any(mentions(e, K, bound) for e in free) \
-        and all(key_sums_only(e, K, bound) for e in plan.outputs.values())
+        and all(key_sums_only(e, K, bound, plan) for e in plan.outputs.values())
+
+
+def normalisers(plan) -> dict[str, int]:
+    """The scan groups beside the chunk group S that are its normalisers: a state n[K] with S's
+    log decay and one of S's write keys as its offset, n_t = exp(g_t) n_{t-1} + k_w,t (mlstm's
+    n), i.e. the column S would have with that write's value 1. State name -> the write's
+    index; the state pass carries n beside S, the output kernel reads `q @ n` from the same
+    scores as `q @ S` (`normaliser_sum`)."""
+    group, found = plan.groups[0], {}
+    K = group.key_dim
+    for g in plan.groups[1:]:
+        if g.kind != "scan" or g.coupling or len(g.states) != 1:
+            continue
+        [n] = g.states
+        log = g.log_coefficient.get(n)
+        if plan.spec.tensor(n).dims != (K,) or log is None or group.log_decay is None \
+                or pretty.expr(log) != pretty.expr(group.log_decay):
+            continue
+        keys = [pretty.expr(w.key) for w in group.writes]
+        if pretty.expr(g.offset[n]) in keys:
+            found[n] = keys.index(pretty.expr(g.offset[n]))
+    return found
+
+
+def normaliser_sum(node: ir.Expr, plan) -> tuple[str, str, int] | None:
+    """`x @ n` for a normaliser n (`normalisers`) with x the query of a read of S (taken at the
+    same step, S_t or S_{t-1}, as n's read): (that read, n, the write) or None. Then
+    x_t . n_t = 2^G0_t x_t . n[chunk start] + sum_s A_ts, A the read's decayed scores."""
+    if not (isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL
+            and isinstance(node.right, ir.Name) and node.right.ref is not None
+            and node.right.ref.kind == "read"):
+        return None
+    read = next(r for r in plan.reads if r.name == node.right.id)
+    norms = normalisers(plan)
+    if read.state not in norms or read.query is not None:
+        return None
+    for r in plan.reads:
+        if r.state == plan.groups[0].state and r.previous == read.previous \
+                and pretty.expr(r.query) == pretty.expr(node.left):
+            return r.name, read.state, norms[read.state]
+    return None
 
 
 def key_sum(node: ir.Expr, dim: str) -> bool:
@@ -53,10 +96,13 @@ def key_sum(node: ir.Expr, dim: str) -> bool:
     return isinstance(node, ir.Call) and node.func == "sum" and node.dim == dim
 
 
-def key_sums_only(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
+def key_sums_only(expr: ir.Expr, dim: str, bound: set[str], plan) -> bool:
     """Whether `expr` needs lanes of `dim` only inside sums over it (`key_sum`) that read no
-    state and hold no other reduction over it: those the output kernel accumulates over its key
-    blocks (`KeySumRenderer`)."""
+    state and hold no other reduction over it, or that are a normaliser's `q @ n`
+    (`normaliser_sum`): those the output kernel accumulates over its key blocks
+    (`KeySumRenderer`)."""
+    if normaliser_sum(expr, plan) is not None:
+        return True
     if key_sum(expr, dim):
         return not any(isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"
                        or n is not expr and isinstance(n, ir.Call) and n.dim == dim
@@ -65,20 +111,28 @@ def key_sums_only(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
             isinstance(expr, ir.Name) and expr.ref is not None and expr.ref.kind == "let"
             and expr.id in bound):
         return False
-    return all(key_sums_only(child, dim, bound) for child in ir.children(expr))
+    return all(key_sums_only(child, dim, bound, plan) for child in ir.children(expr))
 
 
 class KeySumRenderer(FactoringRenderer):
     """The output kernel's renderer of output expressions: each sum over the key dim (after
     `factored`) becomes an accumulator `ksum<i>` [BLOCK_T, ...] that the key loop adds each key
-    block's share to (`sums`: its name and the block's code, rendered by `inner`)."""
+    block's share to (`sums`: its name and the block's code, rendered by `inner`); a
+    normaliser's `q @ n` becomes `ksum<i>` formed from the read's scores (`normalised`)."""
 
-    def __init__(self, inner: FactoringRenderer, dim: str):
+    def __init__(self, inner: FactoringRenderer, dim: str, plan):
         super().__init__(inner.name_block, inner.constants)
-        self.inner, self.dim = inner, dim
+        self.inner, self.dim, self.plan = inner, dim, plan
         self.sums: list[tuple[str, Block]] = []
+        self.normalised: list[dict] = []
 
     def matmul(self, node: ir.Binary) -> Block:
+        found = normaliser_sum(node, self.plan)
+        if found is not None:
+            read, state, write = found
+            name = f"ksum{len(self.sums) + len(self.normalised)}"
+            self.normalised.append(dict(name=name, read=read, state=state, write=write))
+            return Block(name, ("T",))
         if node.left.dims[-1] == self.dim and factored(node) is None:
             return self.collect(self.inner.matmul(node))
         return super().matmul(node)
@@ -89,7 +143,7 @@ class KeySumRenderer(FactoringRenderer):
         return super().reduce(node)
 
     def collect(self, block: Block) -> Block:
-        name = f"ksum{len(self.sums)}"
+        name = f"ksum{len(self.sums) + len(self.normalised)}"
         self.sums.append((name, block))
         return Block(name, block.dims)
 
@@ -223,7 +277,7 @@ class ChunkParallelKernel(BlockKernel):
             self.reads[name] = ("T", V)
             reads.append(dict(name=name, query=self.role(query, (K,)), before=name in previous,
                               query_op=self.operand(query, (K,))))
-        stores, key_sums = self.output_stores(K)
+        stores, key_sums, normalised = self.output_stores(K)
         state_code = "\n".join([decay or ""] + [w["key"] + w["value_op"] + w["key_op"]
                                                 for w in writes])
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
@@ -241,10 +295,14 @@ class ChunkParallelKernel(BlockKernel):
         offsets, masks = self.lanes(K, V)
         outer_lanes = [line for line in offsets + masks
                        if not line.startswith((f"o_{K} =", f"mask_{K} ="))]
-        state = layout.prologue(spec, V)["states"][0]
+        prologue = layout.prologue(spec, V)
+        index = {s.name: i for i, s in enumerate(spec.states)}
+        state = prologue["states"][index[g.state]]
+        norms = [dict(state=n, write=w, init=prologue["states"][index[n]],
+                      final=prologue["finals"][index[n]]) for n, w in normalisers(self.plan).items()]
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E, writes=writes,
                     reads=reads, stores=stores, offsets=offsets, masks=masks,
-                    key_sums=key_sums,
+                    key_sums=key_sums, normalisers=norms, normalised=normalised,
                     previous=bool(previous),
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
@@ -253,19 +311,19 @@ class ChunkParallelKernel(BlockKernel):
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     final_store=self.final_store(g.state, K, V))
 
-    def output_stores(self, K: str) -> tuple[list[str], list[dict]]:
+    def output_stores(self, K: str) -> tuple[list[str], list[dict], list[dict]]:
         """The outputs' stores, each sum over K in them an accumulator of the key loop
-        (`KeySumRenderer`), and those sums: name, the key block's share (code) and the
-        accumulator's block shape."""
-        plain, self.expr = self.expr, KeySumRenderer(self.expr, K)
+        (`KeySumRenderer`); those sums (name, the key block's share, the accumulator's block
+        shape) and the normalisers' `q @ n` (name, read, state, write)."""
+        plain, self.expr = self.expr, KeySumRenderer(self.expr, K, self.plan)
         try:
             stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
-            sums = self.expr.sums
+            sums, normalised = self.expr.sums, self.expr.normalised
         finally:
             self.expr = plain
         return stores, [dict(name=name, code=block.code,
                              shape=", ".join(f"BLOCK_{d}" for d in block.dims))
-                        for name, block in sums]
+                        for name, block in sums], normalised
 
     def has_dim(self, name: str, dim: str) -> bool:
         if name in self.lets:
