@@ -502,13 +502,16 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     """Each kernel's launch configurations, its fallback (Triton's defaults: 4 warps, 3 stages)
     first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
     output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
-    4 warps spilled 8 B on sm_90a; chunk_parallel.md, "Blocks")."""
+    4 warps spilled 8 B on sm_90a), and its only full-block entry when it reads S_{t-1} (rwkv6:
+    4 warps spilled 64 B on sm_90a); the state pass runs 8 warps only beside a normaliser
+    (mlstm: 4 warps spilled 32-40 B on sm_80; chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
         output.reverse()
+    state = [{}, {"num_warps": 8}, {"num_stages": 2}]
     return {
-        "state": [{}, {"num_warps": 8}, {"num_stages": 2}],
+        "state": state,
         "output": output + ([dict(half)] if half else []),
     }
 
