@@ -33,9 +33,9 @@ def second_derivative(kernel, name):
 def test_double_backward_through_a_triton_core_raises(core, monkeypatch):
     name = CORES[core]
     # mode=None, a forced single-kernel mode too, trains on the parallel form's core: the
-    # single-kernel cores as in a module with no parallel form (mlstm has none: chunk_core)
+    # single-kernel cores as in a module with no parallel form
     kernel = seqc.load(name).kernel("triton", chunk_size=16)
-    if core in ("chunk_delta_core", "chunk_dplr_core"):
+    if core in ("chunk_core", "chunk_delta_core", "chunk_dplr_core"):
         monkeypatch.setattr(kernel.module, "MODE_CORES", {})
     own = {c.__name__ for cores in kernel.module.MODE_CORES.values() for c in cores.values()}
     assert core in set(kernel.module.CORES) | own

@@ -150,14 +150,16 @@ def test_unknown_mode_is_refused():
 
 def test_families_follow_the_plan():
     """Each spec gets the fused kernel plus the family of its Plan (when it has one), a chunk
-    Plan with one group also the two-kernel form (chunk_parallel.md), a chunk_delta Plan the
+    Plan with one group (or normalisers beside it: mlstm) also the two-kernel form
+    (chunk_parallel.md), a chunk_delta Plan the
     three-kernel form (chunk_delta_parallel.md), a scan Plan the two-level scan
     (scan_parallel.md)."""
     delta = ("fused_recurrent", "chunk_delta_parallel", "chunk_delta")
     want = {"gla": ("fused_recurrent", "chunk_parallel", "chunk"), "deltanet": delta,
             "hgrn": ("fused_recurrent", "scan_parallel", "scan"), "kda": delta, "deltaproduct": delta,
             "rwkv7": ("fused_recurrent", "chunk_dplr_parallel", "chunk_dplr"), "maxplus": ("fused_recurrent", "scan_parallel", "scan"),
-            "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk"),
+            "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk_parallel", "chunk"),
+            "rwkv6": ("fused_recurrent", "chunk_parallel", "chunk"),
             "simple_gla": ("fused_recurrent", "chunk_parallel", "chunk")}
     for name, expected in want.items():
         assert modes(name) == expected, name
