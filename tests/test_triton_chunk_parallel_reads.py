@@ -110,3 +110,43 @@ def test_training_with_minus_infinity_log_decays(name):
     assert len(calls) == 1
     want = gradients_of(program.kernel("reference"), x, p, s)
     assert_gradients_equal(got, want, f"{name} with -inf log decays")
+
+
+# the forms beyond the two stdlib specs: a read of S_{t-1} under a scalar gate and under none
+# (its current-token term a `sum` over K), and a normaliser under a key-wise gate
+GENERAL = {
+    "prev_scalar": "input g in (-inf, 0)\nparam u[K]\nstate S[K, V] = 0\n"
+                   "output o = q @ (S + u * k * v)\nS = exp(g) * S + k * v\n",
+    "prev_none": "state S[K, V] = 0\noutput o = q @ S + sum(q * k, K) * v\nS = S + k * v\n",
+    "norm_keywise": "input g[K] in (-inf, 0)\nstate C[K, V] = 0, n[K] = 0\n"
+                    "C = exp(g) * C + k * v\nn = exp(g) * n + k\n"
+                    "output h = q @ C / max(abs(q @ n), 1)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(GENERAL))
+def test_the_forms_follow_the_ir_not_the_spec(name):
+    """Specs written here (not rwkv6 nor mlstm) take chunk_parallel and match the reference
+    (K = 20: two key blocks of 16 in the key-wise output kernel), -inf gates at a chunk's first
+    step and inside one; prev_scalar's gradients (u's too) through the parallel core."""
+    from seqc.inputs import random_call
+    source = f"model {name}\ndims K, V\ninput q[K], k[K], v[V]\n" + GENERAL[name]
+    program = seqc.compile(source, f"{name}.seq")
+    assert program.kernel("triton").module.PARALLEL_MODE == "chunk_parallel"
+    x, s = random_call(program.spec, dict(B=1, T=37, H=2, K=20, V=7), seed=1,
+                       with_initial_state=True)
+    if "g" in x:
+        for t in (3, 16):
+            x["g"][(0, t, 1) + ((2,) if x["g"].dim() == 4 else ())] = float("-inf")
+    kernel = program.kernel("triton", mode="chunk_parallel", chunk_size=16)
+    want = program.kernel("reference")(**x, initial_state=s, output_final_state=True)
+    got = kernel(**x, initial_state=s, output_final_state=True)
+    for what, a, b in [(o, got[o], want[o]) for o in want.keys()] + [
+            (f"final {n}", got.final_state[n], want.final_state[n]) for n in want.final_state]:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{name} {what}: {m}")
+    if name == "prev_scalar":
+        inputs = {n: t for n, t in x.items() if n != "u"}
+        got = gradients_of(kernel, inputs, {"u": x["u"]}, s)
+        want = gradients_of(program.kernel("reference"), inputs, {"u": x["u"]}, s)
+        assert_gradients_equal(got, want, name)
