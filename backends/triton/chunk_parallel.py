@@ -1,5 +1,6 @@
 """The two-kernel chunk form (chunk_parallel.md): a state pass, then an output kernel parallel
-over chunks, for a Plan whose only group is a `chunk` group S[K, V].
+over chunks, for a Plan whose first group is a `chunk` group S[K, V] and whose others (if any)
+are normalisers of it (`normalisers`: mlstm's n, carried by the state pass beside S).
 
 The state pass (grid: key blocks, value blocks, batch x head) walks the chunks in order and
 writes the state entering each chunk to an fp32 buffer `[B, H, NT, K, V]`; the output kernel
