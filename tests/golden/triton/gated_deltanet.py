@@ -893,6 +893,11 @@ def chunk_delta_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
+# value blocks of 32 lanes beside a key block over 64 when the launch has at least this many
+# programs with them (an H100's SMs), else 16 (blockwise.md, "Blocks")
+WIDE_VALUE_PROGRAMS = 132
+
+
 def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     spare = next(iter(outputs.values()))
@@ -907,7 +912,7 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
     # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 else 16, max(16, _pow2(options.get("block_split", 128))))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 or B * H * triton.cdiv(dims["V"], 32) >= WIDE_VALUE_PROGRAMS else 16, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_delta_kernel[(n_split, B * H)](
         x["q"],
