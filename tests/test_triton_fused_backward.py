@@ -84,7 +84,8 @@ def test_every_stdlib_spec_has_the_generated_backward():
 @pytest.mark.parametrize("name", SEQUENTIAL)
 def test_reloaded_weights(name, monkeypatch):
     """lstm, gru as at D = 128 (RELOAD_PARAMS: the weights read from memory at every use, in
-    the forward and the backward) at dims of 5: the same gradients."""
+    the forward and the backward, the reverse step reading the recompute loop's R @ h back) at
+    dims of 5: the same gradients."""
     kernel = program(name).kernel("triton", mode="fused_recurrent")
     monkeypatch.setattr(kernel.module, "_fused_recurrent_reloads", lambda blocks: True)
     compare(name, monkeypatch)
@@ -101,12 +102,14 @@ output y = sum(S, K)
 """
 
 
-def test_matrix_param_gradients_reduced_outside_in_general():
+@pytest.mark.parametrize("reload", [False, True], ids=["held", "reloaded"])
+def test_matrix_param_gradients_reduced_outside_in_general(reload):
     """The outer-product adjoints of matrix params (fused_recurrent_bwd.md, "Matrix params")
     beyond gru / lstm: a param on the right of `@` with a batch axis (S[K, V] @ W[V, V], dW =
     sum_k S^T dY), one contracted with an input (U @ a: the input itself is the factor) and with
     the state (U @ h, the whole update), a vector param accumulated in the kernel (w); K = 5,
-    V = 3 (padded lanes), T = 9 in segments of 4."""
+    V = 3 (padded lanes), T = 9 in segments of 4; the params held, or reloaded with the weight
+    products kept by the recompute loop (RELOAD_PARAMS)."""
     from seqc.backends.triton.fused_backward import FusedBackward
     from seqc.backends.triton.render import Constants
     prog = seqc.compile(OUTER)
@@ -124,6 +127,7 @@ def test_matrix_param_gradients_reduced_outside_in_general():
     assert kernel.module.FUSED_BACKWARD
     patch = pytest.MonkeyPatch()
     patch.setattr(kernel.module, "SEGMENT", SEGMENT)
+    patch.setattr(kernel.module, "_fused_recurrent_reloads", lambda blocks: reload)
     no_torch_recompute(patch)
     try:
         got = gradients_of(kernel, x, p, s)

@@ -91,9 +91,51 @@ class FusedBackward:
         out: dict[str, list[str]] = {}
         for term in self.adjoint.outer_terms:
             a, b, c = term.letters
+            dy = self.factors[(term.dy.code, term.dy.dims)]
+            other = self.factors[(term.other.code, term.other.dims)]
             out.setdefault(term.param, []).append(
-                f'torch.einsum("bth{a},bth{b}->h{c}", {self.factors[(term.dy.code, term.dy.dims)]}, '
-                f'{self.factors[(term.other.code, term.other.dims)]})')
+                f'torch.einsum("bth{a},bth{b}->h{c}", {dy}, {other})')
+        return out
+
+    def weight_products(self) -> dict[str, tuple[str, ...]]:
+        """The step's `@` values with a matrix param operand (variable -> axes): under
+        RELOAD_PARAMS the recompute loop keeps them in a scratch and the reverse step reads
+        them back instead of reading the weight again."""
+        found: dict[str, tuple[str, ...]] = {}
+
+        def walk(value):
+            node = value.node
+            if (isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL
+                    and any((a.symbol or ("",))[0] == "param" and len(a.dims) >= 2
+                            for a in value.args)):
+                found[value.var] = value.dims
+            for arg in value.args:
+                walk(arg)
+        for _, root, _ in self.step.statements:
+            walk(root)
+        return found
+
+    def product_slot(self, i: int, dims: tuple[str, ...]) -> str:
+        offs, size = block_offsets(dims)
+        return f"ptr_mm_{i} + (i_prog * SEGMENT + t - t0) * ({size}) + {offs}"
+
+    def step_lines(self, loads: dict[str, str], reverse: bool) -> list[str]:
+        """The step's forward lines, params reloaded before their reads (RELOAD_PARAMS); each
+        weight product kept in the scratch by the recompute loop and, `reverse`, read back
+        from it (the weight is then not read for it) rather than computed."""
+        products = self.weight_products()
+        out = []
+        for line in self.step.lines:
+            var = line.split(" = ", 1)[0]
+            if var not in products:
+                out.extend(self.reloaded([line], loads))
+                continue
+            slot = self.product_slot(list(products).index(var), products[var])
+            if reverse:
+                out += [f"if RELOAD_PARAMS: {var} = tl.load({slot})",
+                        f"if not RELOAD_PARAMS: {line}"]
+            else:
+                out += self.reloaded([line], loads) + [f"if RELOAD_PARAMS: tl.store({slot}, {var})"]
         return out
 
     def reloaded(self, lines: list[str], loads: dict[str, str]) -> list[str]:
@@ -144,7 +186,10 @@ class FusedBackward:
         factors, factor_lines = self.factor_stores()
         return dict(prologue, split=self.split, loads=loads,
                     outputs=outputs, input_stores=stores + factor_lines,
-                    forward=self.reloaded(self.step.lines, param_loads),
+                    recompute=self.step_lines(param_loads, reverse=False),
+                    forward=self.step_lines(param_loads, reverse=True),
+                    products=[dict(index=i, dims=dims) for i, dims in
+                              enumerate(self.weight_products().values())],
                     backward=self.reloaded(self.adjoint.lines, param_loads),
                     states=self.states(), params_grad=self.params(), factors=factors,
                     outer=self.outer_reductions(),
