@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from seqc import ir
 from seqc.backends.torch_render import SSAValue, is_constant, shallow
 
-from .render import CONTRACTED, Block, Constants, TritonRenderer, align
-from .vjp_rules import UNARY_SLOPES, NoRule, Rules, missing_rules  # noqa: F401 (re-exported)
+from .render import Block, Constants, TritonRenderer, align
+from .vjp_rules import (UNARY_SLOPES, NoRule, Rules, matmul_axes,  # noqa: F401 (re-exported)
+                        missing_rules)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class Adjoint:
         self.lines: list[str] = []
         self.count = 0
         self.adjoints: dict[tuple, Block] = {}
-        self.sole: dict[tuple, str] = {}   # an adjoint that is one variable, unchanged since
+        self.sole: dict[tuple, str] = {}   # symbol -> the one variable its adjoint is, if so
         for s in self.spec.states:
             symbol = ("state", s.name, step.final_version(s.name))
             self.adjoints[symbol] = Block(f"dst_{s.name}", s.dims)
@@ -218,10 +219,7 @@ class Adjoint:
         of a block to accumulate; the other operand's contribution unchanged."""
         i = self.outer_param(value)
         param, other = value.args[i], value.args[1 - i]
-        left, right = value.args
-        left_axes = left.dims[:-1] + (CONTRACTED,)
-        first = next(k for k, d in enumerate(right.dims) if d != "T")
-        right_axes = right.dims[:first] + (CONTRACTED,) + right.dims[first + 1:]
+        left_axes, right_axes = matmul_axes(value.args[0].dims, value.args[1].dims)
         param_axes, other_axes = (left_axes, right_axes) if i == 0 else (right_axes, left_axes)
         if not re.fullmatch(r"g\d+", dy.code):     # a variable of its own: dst_<S> changes
             dy = self.temp(Block(f"({dy.code})", dy.dims))
