@@ -64,6 +64,7 @@ COUNT_T = (64, 128)       # the lengths counted under the interpreter (B = H = 1
 LAUNCH_S = 2e-6           # a kernel launch after the previous one ends (no CUDA graph)
 UNITS = ("tensor", "tf32", "fma")
 COMPULSORY = ""           # count_mode's entry for the call's compulsory bytes (no kernel)
+LAUNCH_THRESHOLD = "WIDE_VALUE_PROGRAMS"    # a module's launch-size rule (blockwise.md "Blocks")
 
 
 @dataclass
@@ -165,13 +166,16 @@ def extrapolated(program, mode: str, sizes: dict, dtype, options: dict) -> dict[
     batch x head."""
     small = dict(sizes, B=1, H=1)
     (t1, t2) = COUNT_T
-    key = (program.name, program.emit("triton"), mode, tuple(sorted(dict(small, T=0).items())),
-           str(dtype), tuple(sorted(options.items())))
-    if key not in _COUNTED:         # other B, T, H of the same call: the same two counts
-        _COUNTED[key] = (count_mode(program, mode, dict(small, T=t1), dtype, options),
-                         count_mode(program, mode, dict(small, T=t2), dtype, options))
-    first, second = _COUNTED[key]
     heads, T = sizes["B"] * sizes["H"], sizes["T"]
+    module = program.kernel("triton").module
+    wide = getattr(module, LAUNCH_THRESHOLD, None)
+    key = (program.name, program.emit("triton"), mode, tuple(sorted(dict(small, T=0).items())),
+           str(dtype), tuple(sorted(options.items())), None if wide is None else wide / heads)
+    if key not in _COUNTED:         # other B, T, H of the same call: the same two counts
+        with launch_threshold_per_head(module, heads):
+            _COUNTED[key] = (count_mode(program, mode, dict(small, T=t1), dtype, options),
+                             count_mode(program, mode, dict(small, T=t2), dtype, options))
+    first, second = _COUNTED[key]
     out: dict[str, KernelCount] = {}
     for name in first.keys() | second.keys():
         a, b = first.get(name, KernelCount()), second.get(name, KernelCount())
@@ -181,6 +185,22 @@ def extrapolated(program, mode: str, sizes: dict, dtype, options: dict) -> dict[
         total.add(b, heads * slope)
         out[name] = total
     return out
+
+
+@contextmanager
+def launch_threshold_per_head(module, heads: int):
+    """A module's threshold on a launch's programs (`WIDE_VALUE_PROGRAMS`: chunk_delta's value
+    blocks of 32 beside a key block over 64, taken when B x H x blocks reaches it) divided by the
+    call's B x H while counting at B = H = 1, so that the count takes the call shape's blocks."""
+    wide = getattr(module, LAUNCH_THRESHOLD, None)
+    if wide is None:
+        yield
+        return
+    setattr(module, LAUNCH_THRESHOLD, wide / heads)
+    try:
+        yield
+    finally:
+        setattr(module, LAUNCH_THRESHOLD, wide)
 
 
 def launch_grids(program, mode: str, sizes: dict, dtype, options: dict) -> dict[str, list[int]]:

@@ -306,6 +306,27 @@ def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
     assert mode["compulsory"] == pytest.approx(4 * direct[""].bytes)
 
 
+def test_the_model_counts_a_launch_size_rule_at_the_call_shape():
+    """deltanet's chunk_delta takes value blocks of 32 beside a key block over 64 only in a
+    launch of WIDE_VALUE_PROGRAMS (132) programs or more, else 16: K = 80, V = 40 is two value
+    blocks a head at B=4, H=17 (136 programs) and three at B=1, H=4. The counts, taken at
+    B = H = 1, follow the call shape: a head's q, k (80 lanes) and beta (bf16) are read once
+    more at the narrow shape, and nothing else changes."""
+    import torch
+
+    import seqc
+    from seqc.gpu_model import extrapolated, launch_grids
+    program = seqc.load("deltanet")
+    per_head = {}
+    for B, H, blocks in ((4, 17, 2), (1, 4, 3)):
+        sizes = dict(B=B, T=128, H=H, K=80, V=40)
+        assert launch_grids(program, "chunk_delta", sizes, torch.bfloat16, {}) == {
+            "chunk_delta_kernel": [B * H * blocks]}
+        counts = extrapolated(program, "chunk_delta", sizes, torch.bfloat16, {})
+        per_head[blocks] = counts["chunk_delta_kernel"].bytes / (B * H)
+    assert per_head[3] - per_head[2] == pytest.approx(128 * (2 * 80 * 2 + 2))
+
+
 def test_cli_model_prints_the_time_of_each_mode_against_the_roofline(sequential_spec, capsys):
     status = main(["gpu-check", sequential_spec, "--dims", "16", "--arch", "90",
                    "--shape", "B=2,T=64,H=3", "--model", "h100"])

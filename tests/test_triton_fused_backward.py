@@ -17,6 +17,7 @@ import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import seqc  # noqa: E402
 import seqc.autograd  # noqa: E402
@@ -78,6 +79,62 @@ def test_split_value_dim_shares_add_up(monkeypatch):
 def test_every_stdlib_spec_has_the_generated_backward():
     covered = [n for n in STDLIB if program(n).kernel("triton").module.FUSED_BACKWARD]
     assert covered == STDLIB
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_reloaded_weights(name, monkeypatch):
+    """lstm, gru as at D = 128 (RELOAD_PARAMS: the weights read from memory at every use, in
+    the forward and the backward, the reverse step reading the recompute loop's R @ h back) at
+    dims of 5: the same gradients."""
+    kernel = program(name).kernel("triton", mode="fused_recurrent")
+    monkeypatch.setattr(kernel.module, "_fused_recurrent_reloads", lambda blocks: True)
+    compare(name, monkeypatch)
+
+
+OUTER = """model outer
+dims K, V
+input a[K], m[K, V]
+param W[V, V], U[K, K], w[V]
+state S[K, V] = 0, h[K] = 0
+h = U @ h
+S = tanh(0.5 * (S @ W) + m) + (U @ a) * w + h * w
+output y = sum(S, K)
+"""
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["held", "reloaded"])
+def test_matrix_param_gradients_reduced_outside_in_general(reload):
+    """The outer-product adjoints of matrix params (fused_recurrent_bwd.md, "Matrix params")
+    beyond gru / lstm: a param on the right of `@` with a batch axis (S[K, V] @ W[V, V], dW =
+    sum_k S^T dY), one contracted with an input (U @ a: the input itself is the factor) and with
+    the state (U @ h, the whole update), a vector param accumulated in the kernel (w); K = 5,
+    V = 3 (padded lanes), T = 9 in segments of 4; the params held, or reloaded with the weight
+    products kept by the recompute loop (RELOAD_PARAMS)."""
+    from seqc.backends.triton.fused_backward import FusedBackward
+    from seqc.backends.triton.render import Constants
+    prog = seqc.compile(OUTER)
+    assert {t.param for t in FusedBackward(prog.spec, Constants(), None).adjoint.outer_terms} \
+        == {"W", "U"}
+    gen = torch.Generator().manual_seed(4)
+    K, V = 5, 3
+    x = {"a": torch.randn(B, T, H, K, generator=gen),
+         "m": torch.randn(B, T, H, K, V, generator=gen)}
+    p = {"W": torch.randn(H, V, V, generator=gen) / V ** 0.5,
+         "U": torch.randn(H, K, K, generator=gen) / K ** 0.5,
+         "w": torch.randn(H, V, generator=gen)}
+    s = {"S": torch.randn(B, H, K, V, generator=gen), "h": torch.randn(B, H, K, generator=gen)}
+    kernel = prog.kernel("triton", mode="fused_recurrent")
+    assert kernel.module.FUSED_BACKWARD
+    patch = pytest.MonkeyPatch()
+    patch.setattr(kernel.module, "SEGMENT", SEGMENT)
+    patch.setattr(kernel.module, "_fused_recurrent_reloads", lambda blocks: reload)
+    no_torch_recompute(patch)
+    try:
+        got = gradients_of(kernel, x, p, s)
+    finally:
+        patch.undo()
+    want = gradients_of(prog.kernel("reference"), x, p, s)
+    assert_gradients_equal(got, want, "outer/fused_recurrent")
 
 
 def test_minus_infinity_gates(monkeypatch):

@@ -1,6 +1,7 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 32
-lanes (64 in chunk; chunk_delta and chunk_dplr: 32, 16 beside a key dim over 64), 16-bit
+lanes (64 in chunk; chunk_delta and chunk_dplr: 32, 16 beside a key dim over 64 unless the
+launch is wide and the delta rule has one step and a scalar decay), 16-bit
 operands straight into
 `tl.dot`.
 
@@ -56,6 +57,24 @@ def test_key_dim_over_64(name, mode):
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
     compare(name, mode, {"K": 80, "V": 72}, 37, chunk_size=64, precision="ieee")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_wide_value_blocks_beside_a_key_dim_over_64(name, monkeypatch):
+    """chunk_delta with one delta step and a scalar decay or none takes value blocks of 32 beside
+    a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs with them (an H100's
+    132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32 a head (five of 16
+    below the threshold), T = 37; fp32 "ieee" against the reference."""
+    from seqc.gpu_model import launch_grids
+    module = seqc.load(name).kernel("triton").module
+    sizes = dict(B=1, T=37, H=2, K=80, V=72)
+    assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
+        "chunk_delta_kernel": [2 * 5]}
+    monkeypatch.setattr(module, "WIDE_VALUE_PROGRAMS", 1)
+    assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
+        "chunk_delta_kernel": [2 * 3]}
+    compare(name, "chunk_delta", {"K": 80, "V": 72}, 37, precision="ieee")
 
 
 @pytest.mark.triton

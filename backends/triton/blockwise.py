@@ -146,7 +146,8 @@ class BlockKernel:
         return dict(layout.prologue(spec, self.split, self.transposed_states()), loads=loads,
                     prelude=prelude, sections=sections, stores=stores, split=self.split,
                     dot_dims=self.dot_dims, mode=self.mode, combines=self.combines,
-                    dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap())
+                    dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap(),
+                    wide_value_blocks=self.wide_value_blocks())
 
     def value_cap(self) -> str:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
@@ -157,7 +158,17 @@ class BlockKernel:
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
+        if self.wide_value_blocks():
+            widest += f' or B * H * triton.cdiv(dims["{self.split}"], 32) >= WIDE_VALUE_PROGRAMS'
         return f"32 if {widest} else 16"
+
+    def wide_value_blocks(self) -> bool:
+        """chunk_delta with one delta step a token and a scalar decay or none in every group
+        (deltanet, gated_deltanet) fits with value blocks of 32 beside a key block over 64 too:
+        taken when the launch has enough programs without the narrower blocks (blockwise.md)."""
+        return self.mode == "chunk_delta" and all(
+            len(g.steps) == 1 and (g.log_decay is None or g.log_decay.dims == ())
+            for g in self.plan.groups if g.kind == "chunk_delta")
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""

@@ -4,6 +4,8 @@ See fused_recurrent_bwd.md for its math.
 """
 from __future__ import annotations
 
+import re
+
 from seqc import ir
 
 from . import layout
@@ -40,7 +42,112 @@ class FusedBackward:
         self.spec = spec
         self.split = split
         self.step = Step(spec, constants)
-        self.adjoint = Adjoint(self.step)
+        self.adjoint = Adjoint(self.step, outer_params(spec, split))
+        self.factors = self.factor_sources()
+
+    def accumulated(self) -> list[ir.Tensor]:
+        """The params whose adjoint the kernel accumulates (every one but those reduced
+        outside as outer products only)."""
+        return [p for p in self.spec.params
+                if any(line.startswith(f"dpar_{p.name} += ") for line in self.adjoint.lines)]
+
+    def factor_sources(self) -> dict[tuple, str]:
+        """Each factor of an outer term (variable, axes) -> the host expression of its
+        [B, T, H, *axes] values: an input, an input's gradient when the factor is that whole
+        gradient, else a buffer the kernel fills every step (`factors[i]`, ptr_fac_<i>)."""
+        sources: dict[tuple, str] = {}
+        stored = 0
+        for term in self.adjoint.outer_terms:
+            for block in (term.dy, term.other):
+                key = (block.code, block.dims)
+                if key in sources:
+                    continue
+                held = self.adjoint.input_holding(block.code, block.dims)
+                read = re.fullmatch(r"in_(\w+)", block.code)
+                if held is not None:
+                    sources[key] = f'd_in["{held}"][0]'
+                elif read and self.spec.tensor(read.group(1)).dims == block.dims:
+                    sources[key] = f'x["{read.group(1)}"].to(compute)'
+                else:
+                    sources[key] = f"factors[{stored}]"
+                    stored += 1
+        return sources
+
+    def factor_stores(self) -> tuple[list[dict], list[str]]:
+        """The factors the kernel stores (index, axes) and its per-step store lines."""
+        stored, lines = [], []
+        for (var, dims), source in self.factors.items():
+            if not source.startswith("factors["):
+                continue
+            i = len(stored)
+            offs, mask = layout.block(layout.row_axes(dims))
+            lines.append(f"tl.store(ptr_fac_{i} + ((i_b * T + t) * H + i_h) * "
+                         f"({layout.size(dims)}) + {offs}, {var}, mask={mask})")
+            stored.append(dict(index=i, dims=dims))
+        return stored, lines
+
+    def outer_reductions(self) -> dict[str, list[str]]:
+        """Per param, the host einsums of its outer terms (sum over batch and time)."""
+        out: dict[str, list[str]] = {}
+        for term in self.adjoint.outer_terms:
+            a, b, c = term.letters
+            dy = self.factors[(term.dy.code, term.dy.dims)]
+            other = self.factors[(term.other.code, term.other.dims)]
+            out.setdefault(term.param, []).append(
+                f'torch.einsum("bth{a},bth{b}->h{c}", {dy}, {other})')
+        return out
+
+    def weight_products(self) -> dict[str, tuple[str, ...]]:
+        """The step's `@` values with a matrix param operand (variable -> axes): under
+        RELOAD_PARAMS the recompute loop keeps them in a scratch and the reverse step reads
+        them back instead of reading the weight again."""
+        found: dict[str, tuple[str, ...]] = {}
+
+        def walk(value):
+            node = value.node
+            if (isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL
+                    and any((a.symbol or ("",))[0] == "param" and len(a.dims) >= 2
+                            for a in value.args)):
+                found[value.var] = value.dims
+            for arg in value.args:
+                walk(arg)
+        for _, root, _ in self.step.statements:
+            walk(root)
+        return found
+
+    def product_slot(self, i: int, dims: tuple[str, ...]) -> str:
+        offs, size = block_offsets(dims)
+        return f"ptr_mm_{i} + (i_prog * SEGMENT + t - t0) * ({size}) + {offs}"
+
+    def step_lines(self, loads: dict[str, str], reverse: bool) -> list[str]:
+        """The step's forward lines, params reloaded before their reads (RELOAD_PARAMS); each
+        weight product kept in the scratch by the recompute loop and, `reverse`, read back
+        from it (the weight is then not read for it) rather than computed."""
+        products = self.weight_products()
+        out = []
+        for line in self.step.lines:
+            var = line.split(" = ", 1)[0]
+            if var not in products:
+                out.extend(self.reloaded([line], loads))
+                continue
+            slot = self.product_slot(list(products).index(var), products[var])
+            if reverse:
+                out += [f"if RELOAD_PARAMS: {var} = tl.load({slot})",
+                        f"if not RELOAD_PARAMS: {line}"]
+            else:
+                out += self.reloaded([line], loads) + [f"if RELOAD_PARAMS: tl.store({slot}, {var})"]
+        return out
+
+    def reloaded(self, lines: list[str], loads: dict[str, str]) -> list[str]:
+        """`lines` with each param loaded right before every line that reads it, under
+        RELOAD_PARAMS (the held copy otherwise): one [D, D] weight live at a time."""
+        out = []
+        for line in lines:
+            for name, load in loads.items():
+                if re.search(rf"\bpar_{name}\b", line.split(" = ", 1)[-1]):
+                    out.append(f"if RELOAD_PARAMS: {load}")
+            out.append(line)
+        return out
 
     def partial(self, dims: tuple[str, ...]) -> bool:
         """A tensor without the split dim gets one gradient share per split program."""
@@ -74,17 +181,35 @@ class FusedBackward:
             load = (f"tl.load(ptr_do_{o.name} + ({step_row}) * ({layout.size(dims)}) + {offs}, "
                     f"mask={mask}, other=0.0).to(ACC)")
             outputs.append(f"do_{o.name} = {self.owner(dims, load)}")
-        return dict(layout.prologue(spec, self.split), split=self.split, loads=loads,
-                    outputs=outputs, input_stores=stores, forward=self.step.lines,
-                    backward=self.adjoint.lines, states=self.states(), params_grad=self.params(),
+        prologue = layout.prologue(spec, self.split)
+        param_loads = dict(zip((p.name for p in spec.params), prologue["params"]))
+        factors, factor_lines = self.factor_stores()
+        return dict(prologue, split=self.split, loads=loads,
+                    outputs=outputs, input_stores=stores + factor_lines,
+                    recompute=self.step_lines(param_loads, reverse=False),
+                    forward=self.step_lines(param_loads, reverse=True),
+                    products=[dict(index=i, dims=dims) for i, dims in
+                              enumerate(self.weight_products().values())],
+                    backward=self.reloaded(self.adjoint.lines, param_loads),
+                    states=self.states(), params_grad=self.params(), factors=factors,
+                    outer=self.outer_reductions(),
                     final_versions={s.name: self.step.final_version(s.name) for s in spec.states},
                     held_lanes=self.held_lanes())
 
     def held_lanes(self) -> str:
-        """Code of the values a backward program holds in registers: each state and param with
-        its adjoint (padded blocks)."""
-        return " + ".join("2 * (" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) or "1")
-                          + ")" for t in self.spec.states + self.spec.params)
+        """Code of the values a backward program holds in registers (padded blocks): each
+        state and its adjoint, the accumulated params' adjoints, and the params (`reload`: twice
+        the largest one, the block read and the next one in flight; at 4 warps lstm's
+        [128, 128] weights spilled 92 B on sm_80, at 8 none)."""
+        def lanes(t):
+            return "(" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) or "1") + ")"
+        held = [f"2 * {lanes(t)}" for t in self.spec.states] + \
+            [lanes(t) for t in self.accumulated()]
+        params = [lanes(t) for t in self.spec.params]
+        if params:
+            largest = f"max({', '.join(params)})" if len(params) > 1 else params[0]
+            held.append(f"(2 * {largest} if reload else {' + '.join(params)})")
+        return " + ".join(held)
 
     def states(self) -> list[dict]:
         """Per state: its checkpoint load, scratch store and load, incoming final gradient, and
@@ -111,15 +236,24 @@ class FusedBackward:
 
     def params(self) -> list[dict]:
         out = []
-        for p in self.spec.params:
+        for p in self.accumulated():
             offs, mask = layout.block(layout.row_axes(p.dims))
             shape = ", ".join(f"BLOCK_{d}" for d in p.dims)
             out.append(dict(
-                name=p.name,
+                name=p.name, dims=p.dims,
                 zero=f"dpar_{p.name} = tl.zeros([{shape}], dtype=ACC)",
                 store=f"tl.store(ptr_dpar_{p.name} + (i_prog) * ({layout.size(p.dims)}) + {offs}, "
                       f"dpar_{p.name}, mask={mask})"))
         return out
+
+
+def outer_params(spec: ir.Spec, split: str | None) -> frozenset[str]:
+    """The matrix params whose `@` adjoints are reduced outside the kernel (vjp.py's
+    OuterTerm): every param of two or more dims, when no dim is split over programs (a split
+    would make the factors per-program shares)."""
+    if split is not None:
+        return frozenset()
+    return frozenset(p.name for p in spec.params if len(p.dims) >= 2)
 
 
 def backward_builder(spec: ir.Spec, constants: Constants, split: str | None):

@@ -13,17 +13,24 @@ Adjoints are blocks with named axes like the values (render.py). A contribution 
 operand lacks (the operand was broadcast in the forward) is summed over that axis, masked to the
 real lanes; one lacking an axis the operand has is broadcast. See fused_recurrent_bwd.md.
 
+A matrix param contracted by `@` (gru's, lstm's recurrent weights) may be named in `outer`: its
+adjoint is then not accumulated in the kernel; the adjoint walk records the two per-step factors
+whose outer product it is (`OuterTerm`), the kernel stores them, and the host reduces
+sum over batch and time of their product as one einsum (a batched matmul).
+
 An operation without a rule raises `NoRule`; the module then keeps the torch recompute backward.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from seqc import ir
 from seqc.backends.torch_render import SSAValue, is_constant, shallow
 
 from .render import Block, Constants, TritonRenderer, align
-from .vjp_rules import UNARY_SLOPES, NoRule, Rules, missing_rules  # noqa: F401 (re-exported)
+from .vjp_rules import (UNARY_SLOPES, NoRule, Rules, matmul_axes,  # noqa: F401 (re-exported)
+                        missing_rules)
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,30 @@ class Value(SSAValue):
     @property
     def block(self) -> Block:
         return Block(self.var, self.dims)
+
+
+@dataclass(frozen=True)
+class OuterTerm:
+    """One `@` of a param in `outer`: the param's adjoint share of a step is the product of the
+    factors `dy` (the adjoint of the `@`'s value) and `other` (its other operand), summed over
+    every axis the param lacks. `letters` spells each block's axes (the contracted axis under
+    its own name) for the host's einsum."""
+    param: str
+    dy: Block
+    other: Block
+    letters: tuple[str, str, str]       # dy, other, param
+
+
+def einsum_letters(*axes: tuple[str, ...]) -> tuple[str, ...]:
+    """Einsum subscripts of several axis lists, one letter per distinct axis name (b, t, h are
+    left for batch, time and head)."""
+    alphabet = iter("acdefgijklmnopqrsuvwxyz")
+    letter = {}
+    for names in axes:
+        for name in names:
+            if name not in letter:
+                letter[name] = next(alphabet)
+    return tuple("".join(letter[n] for n in names) for names in axes)
 
 
 def symbol_var(symbol: tuple) -> str:
@@ -124,15 +155,18 @@ class Adjoint:
     (dS_t) and the incoming `do_<o>`, the adjoints of the inputs (`din_<x>`), of the states before
     the step (assigned back to `dst_<S>`: dS_{t-1}), and `dpar_<p>` += the params' share."""
 
-    def __init__(self, step: Step):
+    def __init__(self, step: Step, outer: frozenset[str] = frozenset()):
         if missing_rules(step.spec):
             raise NoRule(", ".join(missing_rules(step.spec)))
         self.step = step
         self.spec = step.spec
         self.rules = Rules(step.render)
+        self.outer = outer
+        self.outer_terms: list[OuterTerm] = []
         self.lines: list[str] = []
         self.count = 0
         self.adjoints: dict[tuple, Block] = {}
+        self.sole: dict[tuple, str] = {}   # symbol -> the one variable its adjoint is, if so
         for s in self.spec.states:
             symbol = ("state", s.name, step.final_version(s.name))
             self.adjoints[symbol] = Block(f"dst_{s.name}", s.dims)
@@ -161,9 +195,37 @@ class Adjoint:
             return
         parts = self.rules.contributions(value.node, tuple(a.block for a in value.args),
                                          value.block, dy)
+        if self.outer_param(value) is not None:
+            parts = self.record_outer(value, dy, parts)
         for arg, part in zip(value.args, parts):
             if part is not None and not arg.constant:
                 self.push(arg, self.temp(self.rules.reduce_to(part, arg.dims)))
+
+    def outer_param(self, value: Value) -> int | None:
+        """The operand index of a param in `outer` that `value` (an `@`) contracts with a
+        per-step operand, or None."""
+        node = value.node
+        if not (isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL):
+            return None
+        for i, arg in enumerate(value.args):
+            other = value.args[1 - i]
+            if (arg.symbol is not None and arg.symbol[0] == "param" and arg.symbol[1] in self.outer
+                    and not other.constant and (other.symbol or ("",))[0] != "param"):
+                return i
+        return None
+
+    def record_outer(self, value: Value, dy: Block, parts: list) -> list:
+        """The param operand's contribution as an OuterTerm (its factors in variables) instead
+        of a block to accumulate; the other operand's contribution unchanged."""
+        i = self.outer_param(value)
+        param, other = value.args[i], value.args[1 - i]
+        left_axes, right_axes = matmul_axes(value.args[0].dims, value.args[1].dims)
+        param_axes, other_axes = (left_axes, right_axes) if i == 0 else (right_axes, left_axes)
+        if not re.fullmatch(r"g\d+", dy.code):     # a variable of its own: dst_<S> changes
+            dy = self.temp(Block(f"({dy.code})", dy.dims))
+        letters = einsum_letters(dy.dims, other_axes, param_axes)
+        self.outer_terms.append(OuterTerm(param.symbol[1], dy, other.block, letters))
+        return [None if k == i else part for k, part in enumerate(parts)]
 
     def accumulate(self, symbol: tuple, dims: tuple[str, ...], dy: Block) -> None:
         dy = self.rules.reduce_to(dy, dims)
@@ -174,9 +236,19 @@ class Adjoint:
         if symbol in self.adjoints:
             held = self.adjoints[symbol]
             self.lines.append(f"{var} = {align(held, dims)} + {align(dy, dims)}")
+            self.sole.pop(symbol, None)
         else:
             self.lines.append(f"{var} = {full(dy, dims)}")
+            if dy.code.isidentifier() and dy.dims == dims:
+                self.sole[symbol] = dy.code
         self.adjoints[symbol] = Block(var, dims)
+
+    def input_holding(self, var: str, dims: tuple[str, ...]) -> str | None:
+        """The input whose whole adjoint in the step is the variable `var` (the kernel stores
+        it), or None."""
+        return next((s[1] for s, held in self.sole.items()
+                     if s[0] == "input" and held == var
+                     and self.spec.tensor(s[1]).dims == dims), None)
 
     def finish(self) -> None:
         """dS_{t-1} into `dst_<S>` (full blocks, the loop carries them); the inputs' adjoints

@@ -109,6 +109,13 @@ def rule_logaddexp(node, args, y, dy):
     return weights
 
 
+def matmul_axes(left: tuple[str, ...], right: tuple[str, ...]) -> tuple[tuple, tuple]:
+    """The axes of `a @ b`'s operands with the contracted one renamed as the forward renames it
+    (the last of a, the first of b that is not T)."""
+    first = next(i for i, d in enumerate(right) if d != "T")
+    return left[:-1] + (CONTRACTED,), right[:first] + (CONTRACTED,) + right[first + 1:]
+
+
 class Rules:
     """The reductions and the contraction need the kernel's masks: a renderer holds them."""
 
@@ -184,9 +191,7 @@ class Rules:
         """a[..., c] @ b[c, ...] = sum_c a b: da = sum over b's other axes of dy b, db likewise;
         the contracted axis is renamed as the forward renames it, and back."""
         left, right = args
-        left_dims = left.dims[:-1] + (CONTRACTED,)
-        first = next(i for i, d in enumerate(right.dims) if d != "T")
-        right_dims = right.dims[:first] + (CONTRACTED,) + right.dims[first + 1:]
+        left_dims, right_dims = matmul_axes(left.dims, right.dims)
         renamed_left, renamed_right = Block(left.code, left_dims), Block(right.code, right_dims)
         d_left = self.reduce_to(product(dy, renamed_right), left_dims)
         d_right = self.reduce_to(product(dy, renamed_left), right_dims)

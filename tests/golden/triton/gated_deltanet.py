@@ -879,10 +879,10 @@ def chunk_delta_kernel(
             l_S = tl.sum(tl.where((o_r == row)[:, None], L_S, 0.0), axis=0)
             Tm_S = tl.where((o_r == row)[:, None], Tm_S - tl.sum(l_S[:, None] * Tm_S, axis=0)[None, :], Tm_S)
         Td_S = Tm_S.to(DOT)
-        u_S = tl.dot(Td_S, (b_S[:, None] * v_S).to(DOT), input_precision=PRECISION)
-        w_S = tl.dot(Td_S, ((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT), input_precision=PRECISION)
         sd_S = st_S.to(DOT)
-        ud_S = (u_S - tl.dot(w_S.to(DOT), sd_S, input_precision=PRECISION)).to(DOT)
+        # u = T (beta v - beta 2^G K S_0): the right-hand side first, so no [rows, K] product T (beta 2^G k)
+        r_S = b_S[:, None] * v_S - tl.dot(((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT), sd_S, input_precision=PRECISION)
+        ud_S = tl.dot(Td_S, r_S.to(DOT), input_precision=PRECISION).to(DOT)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
         A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
         read__read0_S = tl.dot(q_S.to(DOT), sd_S, input_precision=PRECISION) * tl.exp2(G0_S)[:, None] + tl.dot(A_S.to(DOT), ud_S, input_precision=PRECISION)
@@ -891,6 +891,11 @@ def chunk_delta_kernel(
         tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
+
+
+# value blocks of 32 lanes beside a key block over 64 when the launch has at least this many
+# programs with them (an H100's SMs), else 16 (blockwise.md, "Blocks")
+WIDE_VALUE_PROGRAMS = 132
 
 
 def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
@@ -907,7 +912,7 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
     # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 else 16, max(16, _pow2(options.get("block_split", 128))))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 or B * H * triton.cdiv(dims["V"], 32) >= WIDE_VALUE_PROGRAMS else 16, max(16, _pow2(options.get("block_split", 128))))
     n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_delta_kernel[(n_split, B * H)](
         x["q"],
@@ -940,7 +945,7 @@ def fused_recurrent_bwd_kernel(
     c0,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
-    ACC: tl.constexpr,
+    RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
 ):
     """The reverse-time loop of fused_recurrent_kernel (fused_recurrent_bwd.md): one program per
     (value block, batch x head), segments of SEGMENT steps last to first; per segment the states
@@ -1043,10 +1048,11 @@ def fused_recurrent_bwd_kernel(
 SEGMENT = 64            # steps between the training forward's stored states
 
 
-def _fused_recurrent_bwd_warps(blocks):
+def _fused_recurrent_bwd_warps(blocks, reload):
     """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
-    registers (states, params and their adjoints), spread over its threads, leave 64 registers
-    for the step's temporaries within a thread's share (255, or 65536 over the threads)."""
+    registers (states and their adjoints, the params or, `reload`, twice the largest, the
+    accumulated params' adjoints), spread over its threads, leave 64 registers for the step's
+    temporaries within a thread's share (255, or 65536 over the threads)."""
     warps = 4
     while warps < 16 and (2 * (blocks["BLOCK_K"] * blocks["BLOCK_V"])) / (32 * warps) + 64 > min(255, 2048 // warps):
         warps *= 2
@@ -1129,7 +1135,8 @@ class _FusedRecurrentTrain(torch.autograd.Function):
                                                   STATE_LANES // 2)
         split = "V"
         programs = n_split * B * H
-        warps = _fused_recurrent_bwd_warps(blocks)
+        reload = _fused_recurrent_reloads(blocks)
+        warps = _fused_recurrent_bwd_warps(blocks, reload)
         scratch = {
             "S": torch.empty((programs, segment, blocks["BLOCK_K"], blocks["BLOCK_V"]), dtype=compute, device=device),
         }
@@ -1158,10 +1165,12 @@ class _FusedRecurrentTrain(torch.autograd.Function):
             consts["c0"],
             dims["K"], blocks["BLOCK_K"],
             dims["V"], blocks["BLOCK_V"],
-            _acc(first), num_warps=warps, maxnreg=_fused_recurrent_bwd_registers(warps),
+            reload, _acc(first), num_warps=warps, maxnreg=_fused_recurrent_bwd_registers(warps),
         )
         grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
-        grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
+        grads_par = {n: d.sum(dim=(0, 2)) for n, d in d_par.items()}
+        grads_par = [grads_par[n].to(p[n].dtype) if n in grads_par else torch.zeros_like(p[n])
+                     for n in PARAMS]      # a param the step does not differentiate: zero
         grads_init = [_fused_recurrent_sum(*d_init[n]) for n in STATES] if has_init else []
         return (None, *grads_in, *grads_par, *grads_init)
 

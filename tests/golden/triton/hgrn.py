@@ -566,7 +566,7 @@ def fused_recurrent_bwd_kernel(
     ptr_do_o,
     T, H, SEGMENT, N_SPLIT,
     dim_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    ACC: tl.constexpr,
+    RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
 ):
     """The reverse-time loop of fused_recurrent_kernel (fused_recurrent_bwd.md): one program per
     (value block, batch x head), segments of SEGMENT steps last to first; per segment the states
@@ -626,10 +626,11 @@ def fused_recurrent_bwd_kernel(
 SEGMENT = 64            # steps between the training forward's stored states
 
 
-def _fused_recurrent_bwd_warps(blocks):
+def _fused_recurrent_bwd_warps(blocks, reload):
     """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
-    registers (states, params and their adjoints), spread over its threads, leave 64 registers
-    for the step's temporaries within a thread's share (255, or 65536 over the threads)."""
+    registers (states and their adjoints, the params or, `reload`, twice the largest, the
+    accumulated params' adjoints), spread over its threads, leave 64 registers for the step's
+    temporaries within a thread's share (255, or 65536 over the threads)."""
     warps = 4
     while warps < 16 and (2 * (blocks["BLOCK_D"])) / (32 * warps) + 64 > min(255, 2048 // warps):
         warps *= 2
@@ -712,7 +713,8 @@ class _FusedRecurrentTrain(torch.autograd.Function):
                                                   STATE_LANES // 2)
         split = "D"
         programs = n_split * B * H
-        warps = _fused_recurrent_bwd_warps(blocks)
+        reload = _fused_recurrent_reloads(blocks)
+        warps = _fused_recurrent_bwd_warps(blocks, reload)
         scratch = {
             "h": torch.empty((programs, segment, blocks["BLOCK_D"]), dtype=compute, device=device),
         }
@@ -733,10 +735,12 @@ class _FusedRecurrentTrain(torch.autograd.Function):
             d_out["o"],
             T, H, segment, n_split,
             dims["D"], blocks["BLOCK_D"],
-            _acc(first), num_warps=warps, maxnreg=_fused_recurrent_bwd_registers(warps),
+            reload, _acc(first), num_warps=warps, maxnreg=_fused_recurrent_bwd_registers(warps),
         )
         grads_in = [_fused_recurrent_sum(*d_in[n]).to(x[n].dtype) for n in INPUTS]
-        grads_par = [d_par[n].sum(dim=(0, 2)).to(p[n].dtype) for n in PARAMS]
+        grads_par = {n: d.sum(dim=(0, 2)) for n, d in d_par.items()}
+        grads_par = [grads_par[n].to(p[n].dtype) if n in grads_par else torch.zeros_like(p[n])
+                     for n in PARAMS]      # a param the step does not differentiate: zero
         grads_init = [_fused_recurrent_sum(*d_init[n]) for n in STATES] if has_init else []
         return (None, *grads_in, *grads_par, *grads_init)
 
