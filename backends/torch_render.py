@@ -114,6 +114,38 @@ class TorchRenderer:
         return f"torch.einsum('{equation}', {self.render(node.left)}, {self.render(node.right)})"
 
 
+def factored(node: ir.Binary) -> ir.Expr | None:
+    """`x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b` (None if it is not of
+    that form): the same sum without forming the product `a * b` over both dims (rwkv6's bonus
+    `r @ (u * k * v)`: formed whole over a sequence it is a `[B, T, H, K, V]` tensor)."""
+    contracted = node.left.dims[-1]
+    right = node.right
+    if isinstance(right, ir.Binary) and right.op is ir.Op.MUL:
+        for inner, outer in ((right.left, right.right), (right.right, right.left)):
+            if inner.dims and inner.dims[0] == contracted and contracted not in outer.dims:
+                dims = node.left.dims[:-1] + inner.dims[1:]
+                product = ir.Binary(ir.Op.MATMUL, node.left, inner, dims=dims)
+                return ir.Binary(ir.Op.MUL, product, outer, dims=union(dims, outer.dims))
+    return None
+
+
+def union(*dims: tuple[str, ...]) -> tuple[str, ...]:
+    """The dims of several values in first-seen order."""
+    out: list[str] = []
+    for ds in dims:
+        out.extend(d for d in ds if d not in out)
+    return tuple(out)
+
+
+class FactoringTorchRenderer(TorchRenderer):
+    """Renders `x @ (a * b)` as `(x @ a) * b` where `factored` allows: a whole sequence's
+    values (the torch backend's parallel form) without the `[B, T, H, K, V]` product."""
+
+    def matmul(self, node: ir.Binary) -> str:
+        rewritten = factored(node)
+        return super().matmul(node) if rewritten is None else self(rewritten, node.dims)
+
+
 def is_constant(node: ir.Expr) -> bool:
     """True when an expression holds no tensor: numbers, dim sizes and consts only."""
     return all(n.ref is not None and n.ref.kind in ("dim", "const")

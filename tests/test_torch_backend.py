@@ -286,3 +286,41 @@ def test_fla_naive_chunk_hgrn():
                                   output_final_state=True)
     assert_close(got.o.reshape(B, 64, -1), o, FP32, "o")
     assert_close(got.final_state["h"].reshape(B, -1), h, FP32, "h")
+
+
+def _largest_tensor(call):
+    """The most elements any op's output had while `call()` ran (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.most = max(Largest.most, t.numel())
+            return out
+
+    with Largest():
+        call()
+    return Largest.most
+
+
+def test_a_contraction_of_a_product_is_not_formed_over_the_sequence():
+    """rwkv6's bonus `r @ (u * k * v)` is computed as `(r @ (u * k)) * v` over the whole sequence
+    (FactoringTorchRenderer): formed literally it was a [B, T, H, K, V] tensor (4 GB at B=4,
+    T=4096, H=16, K=V=64). Its largest value, forward and backward, is no larger than gla's (the
+    same chunk group without the bonus) at the same shape."""
+    dims = {"K": 32, "V": 32}
+
+    def step(spec):
+        def call():
+            x, p = random_inputs(spec, 1, 256, 1, dims=dims)
+            for t in (*x.values(), *p.values()):
+                t.requires_grad_(True)
+            out = kernel(spec, "torch")(**x, **p)
+            sum(out[n].sum() for n in out.keys()).backward()
+        return _largest_tensor(call)
+
+    assert step("rwkv6") <= step("gla") < 256 * 32 * 32

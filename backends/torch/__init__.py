@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from seqc import ir
 from seqc.plan import MATRIX_KINDS
-from seqc.backends.torch_render import (PRELUDE, TorchRenderer, constant_tensor, is_constant,
-                                         step_value)
+from seqc.backends.torch_render import (PRELUDE, FactoringTorchRenderer, TorchRenderer,
+                                         constant_tensor, is_constant, step_value)
 from seqc.templates import render
 
 from .roles import GroupEmitter, output_dims, supported, templates
@@ -30,7 +30,7 @@ ADJOINTS = ("chunk.py.j2", "chunk_delta.py.j2", "chunk_dplr.py.j2", "scan.py.j2"
 def emit_plan(plan) -> str:
     """The module source for a Plan (tests may hand-build Plans)."""
     spec = plan.spec
-    whole = TorchRenderer(lambda n: PREFIX[n.ref.kind] + n.id)
+    whole = FactoringTorchRenderer(lambda n: PREFIX[n.ref.kind] + n.id)
     sequential = plan.sequential or not all(supported(g, spec) for g in plan.groups)
     prelude_names = {let.name for let in plan.prelude}
     prelude = [f"let_{let.name} = {_whole_let(whole, let, sequential)}" for let in plan.prelude]

@@ -10,6 +10,7 @@ parallelism inside a block is what replaces the step loop.
 from __future__ import annotations
 
 from seqc import ir
+from seqc.backends.torch_render import factored
 from seqc.plan import MATRIX_KINDS
 from seqc.templates import render
 
@@ -69,20 +70,6 @@ def linked(dims: set[str], spec: ir.Spec) -> set[str]:
         if more <= found:
             return found
         found |= more
-
-
-def factored(node: ir.Binary) -> ir.Expr | None:
-    """`x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b` (None if it is not of
-    that form): the same sum without the `[BLOCK_T, K, V]` product block."""
-    contracted = node.left.dims[-1]
-    right = node.right
-    if isinstance(right, ir.Binary) and right.op is ir.Op.MUL:
-        for inner, outer in ((right.left, right.right), (right.right, right.left)):
-            if inner.dims and inner.dims[0] == contracted and contracted not in outer.dims:
-                dims = node.left.dims[:-1] + inner.dims[1:]
-                product = ir.Binary(ir.Op.MATMUL, node.left, inner, dims=dims)
-                return ir.Binary(ir.Op.MUL, product, outer, dims=union(dims, outer.dims))
-    return None
 
 
 class FactoringRenderer(TritonRenderer):

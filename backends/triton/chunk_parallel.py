@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 
 from seqc import ir, pretty
+from seqc.backends.torch_render import factored
 
 from . import layout
-from .blockwise import LOG2E, BlockKernel, FactoringRenderer, factored
+from .blockwise import LOG2E, BlockKernel, FactoringRenderer
 from .render import Block
 
 

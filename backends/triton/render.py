@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from seqc import ir
-from seqc.backends.torch_render import TorchRenderer, is_constant
+from seqc.backends.torch_render import TorchRenderer, is_constant, union
 
 UNARY = {
     "exp": "tl.exp({})", "log": "tl.log({})", "sigmoid": "tl.sigmoid({})",
@@ -68,13 +68,6 @@ def relabelled(block: Block, names: dict[str, str]) -> Block:
     """`x as [...]`: the same lanes under new axis names (the dims have equal sizes, so equal
     blocks: fused kernels size a block by its dim; blockwise.py gives linked dims one size)."""
     return Block(block.code, tuple(names.get(d, d) for d in block.dims))
-
-
-def union(*dims: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = []
-    for ds in dims:
-        out.extend(d for d in ds if d not in out)
-    return tuple(out)
 
 
 class Constants:
