@@ -28,7 +28,7 @@ ADJOINTS = {"chunk.py.j2": ("chunk_adjoint.py.j2",),
             "chunk_delta.py.j2": ("chunk_delta_adjoint.py.j2",),
             "chunk_dplr.py.j2": ("chunk_dplr_adjoint.py.j2",),
             "scan.py.j2": ("reverse_scan.py.j2", "scan_adjoint.py.j2"),
-            "semiring.py.j2": ("scan.py.j2", "reverse_scan.py.j2", "semiring_adjoint.py.j2"),
+            "semiring.py.j2": ("reverse_scan.py.j2", "semiring_adjoint.py.j2"),
             "coupled_scan.py.j2": ("coupled_scan_adjoint.py.j2",)}
 
 
