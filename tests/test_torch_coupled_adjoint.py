@@ -41,6 +41,16 @@ def test_adjoint_gradients_equal_autograd(name, initial, monkeypatch):
     assert_gradients_equal(got, {n: g for n, g in want.items() if n not in unread})
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3])
+@pytest.mark.parametrize("name", ["momentum", "cross"])
+def test_any_chunk_size(name, chunk_size):
+    """Chunks of one step and of 3 (T = 11: a partial last one)."""
+    x, s = call(name, 11, torch.float64, True, seed=3)
+    kernel = lambda adjoint: program(name).kernel("torch", chunk_size=chunk_size, adjoint=adjoint)
+    assert_gradients_equal(gradients_of(kernel(True), x, {}, s),
+                           gradients_of(kernel(False), x, {}, s))
+
+
 @pytest.mark.parametrize("name", ["momentum", "lag"])
 def test_core_gradients_equal_autograd_of_coupled_scan(name):
     """The core against autograd of `_coupled_scan` itself on random roles: every coupling's,

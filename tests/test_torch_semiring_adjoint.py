@@ -62,6 +62,17 @@ def test_minus_inf_offsets_at_a_chunks_start(name, monkeypatch):
     assert_gradients_equal(got, reference_gradients(name, x, p, s))
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_any_chunk_size(name, chunk_size):
+    """Chunks of one step (no position inside a chunk) and of 3 (T = 11: a partial last one)."""
+    x, p, s = call(name, 11, True)
+    kernel = lambda adjoint: seqc.load(name).kernel("torch", chunk_size=chunk_size,
+                                                    adjoint=adjoint)
+    assert_gradients_equal(gradients_of(kernel(True), x, p, s),
+                           gradients_of(kernel(False), x, p, s))
+
+
 def reference_gradients(name, x, p, s):
     return gradients_of(seqc.load(name).kernel("reference"), x, p, s)
 
