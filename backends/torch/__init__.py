@@ -23,8 +23,13 @@ def emit(program) -> str:
     return emit_plan(program.analysis.plan)
 
 
-# families with a derived adjoint beside them
-ADJOINTS = ("chunk.py.j2", "chunk_delta.py.j2", "chunk_dplr.py.j2", "scan.py.j2")
+# families with a derived adjoint beside them: the templates it needs, itself last
+ADJOINTS = {"chunk.py.j2": ("chunk_adjoint.py.j2",),
+            "chunk_delta.py.j2": ("chunk_delta_adjoint.py.j2",),
+            "chunk_dplr.py.j2": ("chunk_dplr_adjoint.py.j2",),
+            "scan.py.j2": ("reverse_scan.py.j2", "scan_adjoint.py.j2"),
+            "semiring.py.j2": ("reverse_scan.py.j2", "semiring_adjoint.py.j2"),
+            "coupled_scan.py.j2": ("coupled_scan_adjoint.py.j2",)}
 
 
 def emit_plan(plan) -> str:
@@ -42,7 +47,8 @@ def emit_plan(plan) -> str:
         body = [line for group in plan.groups for line in emitter.lines(group)]
         families = sorted({t for g in plan.groups for t in templates(g)})
         # the derived adjoints of the families that have one, for run(..., adjoint=True)
-        families += [f.replace(".py.j2", "_adjoint.py.j2") for f in families if f in ADJOINTS]
+        adjoints = [t for f in families for t in ADJOINTS.get(f, ())]
+        families += [t for t in dict.fromkeys(adjoints) if t not in families]
         outputs = [(o.name, _output(whole, plan.outputs[o.name], output_dims(o)))
                    for o in spec.outputs]
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
