@@ -54,12 +54,14 @@ def parallel_core_backwards(name, core="_ChunkParallelCore"):
 
 @pytest.mark.parametrize("decay, K, V, chunk", [
     (decay, 5, 3, 32) for decay in ("none", "scalar", "keywise")] + [
-    ("scalar", 5, 3, 64), ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 16)])
+    ("scalar", 5, 3, 64), ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 40, 16),
+    ("keywise", 20, 66, 16), ("scalar", 5, 130, 16)])
 def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
     """T = 37: the last chunk ragged; every output, the final state and every gradient. K, V
     of at most 64 with a scalar gate or none run the fused backward kernel (chunks of 64: one
-    chunk, no adjoint state pass step); K = 70 is two key blocks of 64, a key-wise K = 20 two of
-    16 (its blocks), V = 66 two value blocks: the dv and dq/dk kernels."""
+    chunk, no adjoint state pass step); K = 70 with V = 66 the wide fused kernel (five key blocks
+    of 16, V one block of 128); a key-wise gate with V up to 64 the key-wise fused kernel (K =
+    20: two key blocks of 16); the dv and dq/dk kernels above (a key-wise V = 66, V = 130)."""
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk, tensors, chunk)
