@@ -150,13 +150,15 @@ def test_bf16_training_dots_in_bf16():
                                    atol=0.02 * max(1.0, b.abs().max().item()))
 
 
-@pytest.mark.parametrize("name, bound", [("linear_attn", 2.5), ("simple_gla", 2.502)])
-def test_backward_traffic(name, bound):
+@pytest.mark.parametrize("name, bound, forward_bound", [
+    ("linear_attn", 2.5, 1.81), ("simple_gla", 2.502, 1.81), ("gla", 3.25, 2.0)])
+def test_backward_traffic(name, bound, forward_bound):
     """Bytes the kernels load and store during `loss.backward()` against the forward call's
     compulsory traffic, dims of 64, T = 128 in chunks of 64, fp32, with an initial state
     (chunk_parallel_core.md, "Traffic": the adjoint state pass and the fused kernel move 2.50x
-    without a gate, 2.5016x with the scalar gate's own bytes; before the fused kernel 3.4x; the
-    single-program chunk_core moves 1.9x but runs B x H programs)."""
+    without a gate, 2.5016x with the scalar gate's own bytes; before the fused kernel 3.4x; with
+    a key-wise gate the key-wise fused kernel 3.25x, 4.67x before it; the single-program
+    chunk_core moves 1.9x but runs B x H programs)."""
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:
         forward, backward, compulsory = counted_training_step(
@@ -164,7 +166,8 @@ def test_backward_traffic(name, bound):
             mode="chunk_parallel")
     assert len(calls) == 1
     assert backward / compulsory <= bound, f"{name}: backward traffic {backward / compulsory:.4f}x"
-    assert forward / compulsory <= 1.81, f"{name}: forward traffic {forward / compulsory:.2f}x"
+    assert forward / compulsory <= forward_bound, \
+        f"{name}: forward traffic {forward / compulsory:.2f}x"
 
 
 def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
