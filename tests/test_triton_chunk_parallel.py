@@ -157,8 +157,8 @@ def test_default_mode_by_programs_against_sms():
 @pytest.mark.parametrize("name", ["simple_gla", "gla"])
 def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
     """`seqc gpu-check`, cold cache: both kernels, and the training core's (chunk_parallel_core.md:
-    forward and adjoint state passes are one kernel; the backward one fused kernel for a scalar
-    gate at 64, dv and dq/dk kernels for a key-wise one), compile for
+    forward and adjoint state passes are one kernel; the backward one fused kernel, for a scalar
+    gate at 64 and a key-wise one's), compile for
     sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory within the limit and wgmma
     instructions, 16-bit operands in their dots; the output kernel runs a program per (value
     block, chunk, batch x head)."""
@@ -176,8 +176,7 @@ def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
         ("chunk_parallel training", "_cp_fwd_output_kernel"),
         ("chunk_parallel backward", "_cp_state_pass_kernel")} | (
         {("chunk_parallel backward", "_cp_bwd_fused_kernel")} if name == "simple_gla" else
-        {("chunk_parallel backward", "_cp_bwd_dv_kernel"),
-         ("chunk_parallel backward", "_cp_bwd_dqk_kernel")})
+        {("chunk_parallel backward", "_cp_bwd_fused_keys_kernel")})
     assert checks["chunk_parallel", "chunk_parallel_output_kernel"].result["grid"] == [1, 64, 64]
     for check in checks.values():
         assert check.problems() == [] and check.spill == 0, check.result
