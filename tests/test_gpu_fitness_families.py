@@ -33,6 +33,9 @@ MOMENTUM = str(Path(__file__).resolve().parent.parent / "examples" / "04_coupled
 # family: (spec, the modes whose kernels it covers, whether a training call is recorded too)
 FAMILIES = {
     "fused": ("gla", ["fused_recurrent"], True),
+    # matrix params contracted by @ (dR reduced outside the kernel, weights reloaded at 128:
+    # SEQC_FITNESS_128=1); a cold run at 64 and 48 took 40 s here (47 s wall with the loads)
+    "fused_matrix": ("gru", ["fused_recurrent"], True),
     "scan": ("hgrn", ["scan"], True),
     "scan_parallel": ("mamba", ["scan_parallel"], True),
     "semiring": ("logsumexp", ["scan", "scan_parallel"], True),

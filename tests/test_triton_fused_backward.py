@@ -91,6 +91,25 @@ def test_reloaded_weights(name, monkeypatch):
     compare(name, monkeypatch)
 
 
+def backward_warps(name, size):
+    """The warps the backward program of `name` runs at every dim = `size` (the module's rule)."""
+    module = program(name).kernel("triton", mode="fused_recurrent").module
+    dims = {d: size for d in SPECS[name].dims}
+    blocks, _ = module._fused_recurrent_blocks(dims, 128, module.STATE_LANES // 2)
+    return module._fused_recurrent_bwd_warps(blocks, module._fused_recurrent_reloads(blocks))
+
+
+@pytest.mark.parametrize("size", [48, 64, 128])
+def test_warps_rule_counts_blocks_held_in_two_layouts(size):
+    """rwkv6's adjoint of `r @ (S + u k v^T)` is formed transposed and read three times (dS, dk,
+    dv): the rule counts it in both layouts at each read and gives 8 warps (4 spilled 60 / 240 B
+    on sm_80 at 48 / 64, docs/benchmarks.md); gla's and kda's transposed adjoints are read once
+    (4 warps, as measured fitting)."""
+    assert backward_warps("rwkv6", size) == 8
+    assert backward_warps("gla", size) == 4
+    assert backward_warps("kda", size) == 4
+
+
 OUTER = """model outer
 dims K, V
 input a[K], m[K, V]

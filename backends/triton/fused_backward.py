@@ -198,18 +198,43 @@ class FusedBackward:
 
     def held_lanes(self) -> str:
         """Code of the values a backward program holds in registers (padded blocks): each
-        state and its adjoint, the accumulated params' adjoints, and the params (`reload`: twice
+        state and its adjoint, the accumulated params' adjoints, the params (`reload`: twice
         the largest one, the block read and the next one in flight; at 4 warps lstm's
-        [128, 128] weights spilled 92 B on sm_80, at 8 none)."""
-        def lanes(t):
-            return "(" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in t.dims) or "1") + ")"
-        held = [f"2 * {lanes(t)}" for t in self.spec.states] + \
-            [lanes(t) for t in self.accumulated()]
-        params = [lanes(t) for t in self.spec.params]
+        [128, 128] weights spilled 92 B on sm_80, at 8 none), and each block the step holds in
+        two layouts (`transposed_reads`): both layouts at each of its reads."""
+        def lanes(dims):
+            return "(" + (" * ".join(f'blocks["BLOCK_{d}"]' for d in dims) or "1") + ")"
+        held = [f"2 * {lanes(t.dims)}" for t in self.spec.states] + \
+            [lanes(t.dims) for t in self.accumulated()]
+        params = [lanes(t.dims) for t in self.spec.params]
         if params:
             largest = f"max({', '.join(params)})" if len(params) > 1 else params[0]
             held.append(f"(2 * {largest} if reload else {' + '.join(params)})")
+        held += [f"2 * {reads} * {lanes(dims)}" for dims, reads in self.transposed_reads()]
         return " + ".join(held)
+
+    def transposed_reads(self) -> list[tuple[tuple[str, ...], int]]:
+        """(axes, reads) of each block of two or more axes that the reverse step forms
+        transposed (`v = tl.permute(...)`: the layout of its other axis order) and reads more
+        than once. Read once, it is converted into the layout of its reader as it dies (gla's
+        `q @ S` adjoint added to dS); read again after that, it is held in both layouts and
+        each read converts it (rwkv6's adjoint of `r @ (S + u k v^T)`, read by dS, dk and dv:
+        at 4 warps it spilled 60 / 240 B on sm_80 at K = V = 48 / 64, and fit (255 / 0) when
+        the same product was formed untransposed; docs/benchmarks.md, "Fused recurrent
+        backward: the warps rule sees blocks held in two layouts")."""
+        lines = self.step.lines + self.adjoint.lines
+        dims = {**self.step.dims, **self.adjoint.dims}
+        out = []
+        for line in lines:
+            formed = re.match(r"(\w+) = tl\.permute\(", line)
+            if formed is None or len(dims.get(formed.group(1), ())) < 2:
+                continue
+            var = formed.group(1)
+            reads = sum(len(re.findall(rf"\b{var}\b", re.split(r" \+?= ", other, maxsplit=1)[-1]))
+                        for other in lines)
+            if reads > 1:
+                out.append((dims[var], reads))
+        return out
 
     def states(self) -> list[dict]:
         """Per state: its checkpoint load, scratch store and load, incoming final gradient, and

@@ -84,6 +84,7 @@ class Step:
     def __init__(self, spec: ir.Spec, constants: Constants):
         self.spec = spec
         self.lines: list[str] = []
+        self.dims: dict[str, tuple[str, ...]] = {}     # variable -> its block's axes
         self.count = 0
         self.lets: dict[str, tuple[str, ...]] = {}
         self.versions = {s.name: 0 for s in spec.states}
@@ -102,12 +103,14 @@ class Step:
         if isinstance(statement, ir.Let):
             symbol = ("let", statement.name)
             self.lines.append(f"{symbol_var(symbol)} = {root.var}")
+            self.dims[symbol_var(symbol)] = root.dims
             self.lets[statement.name] = root.dims
         elif isinstance(statement, ir.Update):
             self.versions[statement.state] += 1
             symbol = ("state", statement.state, self.versions[statement.state])
             dims = self.spec.tensor(statement.state).dims
             self.lines.append(f"{symbol_var(symbol)} = {full(root.block, dims)}")
+            self.dims[symbol_var(symbol)] = dims
         else:
             symbol = ("output", statement.name)
         self.statements.append((statement, root, symbol))
@@ -125,6 +128,7 @@ class Step:
         var = f"v{self.count}"
         self.count += 1
         self.lines.append(f"{var} = {block.code}")
+        self.dims[var] = block.dims
         return Value(var, block.dims, node, args)
 
     def name(self, node: ir.Name) -> Value:
@@ -164,6 +168,7 @@ class Adjoint:
         self.outer = outer
         self.outer_terms: list[OuterTerm] = []
         self.lines: list[str] = []
+        self.dims: dict[str, tuple[str, ...]] = {}     # variable -> its block's axes
         self.count = 0
         self.adjoints: dict[tuple, Block] = {}
         self.sole: dict[tuple, str] = {}   # symbol -> the one variable its adjoint is, if so
@@ -185,6 +190,7 @@ class Adjoint:
         var = f"g{self.count}"
         self.count += 1
         self.lines.append(f"{var} = {block.code}")
+        self.dims[var] = block.dims
         return Block(var, block.dims)
 
     def push(self, value: Value, dy: Block) -> None:
@@ -242,6 +248,7 @@ class Adjoint:
             if dy.code.isidentifier() and dy.dims == dims:
                 self.sole[symbol] = dy.code
         self.adjoints[symbol] = Block(var, dims)
+        self.dims[var] = dims
 
     def input_holding(self, var: str, dims: tuple[str, ...]) -> str | None:
         """The input whose whole adjoint in the step is the variable `var` (the kernel stores
@@ -258,12 +265,14 @@ class Adjoint:
             shape = ", ".join(f"BLOCK_{d}" for d in s.dims)
             code = full(held, s.dims) if held is not None else f"tl.zeros([{shape}], dtype=ACC)"
             self.lines.append(f"dst_{s.name} = {code}")
+            self.dims[f"dst_{s.name}"] = s.dims
         for x in self.spec.inputs:
             held = self.adjoints.get(("input", x.name))
             shape = ", ".join(f"BLOCK_{d}" for d in x.dims)
             code = full(held, x.dims) if held is not None else f"tl.zeros([{shape}], dtype=ACC)"
             if code != f"din_{x.name}":
                 self.lines.append(f"din_{x.name} = {code}")
+                self.dims[f"din_{x.name}"] = x.dims
 
 
 def output_dims(output: ir.Output) -> tuple[str, ...]:

@@ -726,8 +726,9 @@ SEGMENT = 64            # steps between the training forward's stored states
 def _fused_recurrent_bwd_warps(blocks, reload):
     """Warps of a backward program: the fewest (4 to 16) at which the values it keeps in
     registers (states and their adjoints, the params or, `reload`, twice the largest, the
-    accumulated params' adjoints), spread over its threads, leave 64 registers for the step's
-    temporaries within a thread's share (255, or 65536 over the threads)."""
+    accumulated params' adjoints, a block read in two layouts at each read), spread over its
+    threads, leave 64 registers for the step's temporaries within a thread's share (255, or
+    65536 over the threads)."""
     warps = 4
     while warps < 16 and (2 * (blocks["BLOCK_K"] * blocks["BLOCK_V"])) / (32 * warps) + 64 > min(255, 2048 // warps):
         warps *= 2
