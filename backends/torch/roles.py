@@ -179,10 +179,22 @@ class GroupEmitter:
         lines = []
         for s in g.states:
             dims = self.spec.tensor(s).dims
-            lines.append(f"all_{s}, final_{s} = cores['scan']({self.seq(g.coefficient[s], dims)}, "
-                         f"{self.seq(g.offset[s], dims)}, init_{s}, chunk_size)")
+            roles = (g.coefficient[s], g.offset[s])
+            leaves = self.leaves(*roles)
+            lines.append(f"all_{s}, final_{s} = _scan_roles(cores['scan'], lambda "
+                         f"{', '.join(leaves)}: ({self.seq(roles[0], dims)}, "
+                         f"{self.seq(roles[1], dims)}), ({''.join(f'{x}, ' for x in leaves)}), "
+                         f"init_{s}, chunk_size)")
             lines += self.state_read_lines(s, f"all_{s}.transpose(1, 2)")
         return lines
+
+    def leaves(self, *values: ir.Expr) -> list[str]:
+        """The tensors (inputs, params, prelude lets) the expressions read, as the code names
+        them, in first-read order: what `_scan_roles` forms the roles from again in backward."""
+        names = [self.whole(node) for value in values for node in ir.walk(value)
+                 if isinstance(node, ir.Name) and node.ref is not None
+                 and node.ref.kind in ("input", "param", "let")]
+        return list(dict.fromkeys(names))
 
     def coupled_scan(self, g) -> list[str]:
         """The couplings as an n x n list of elementwise coefficients over [B, H, T, ...]
