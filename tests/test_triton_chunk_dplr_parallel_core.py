@@ -23,13 +23,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.autograd import training_cores  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
     assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
 from test_triton_chunk_parallel_core import (  # noqa: E402
     parallel_core_backwards as chunk_parallel_core_backwards)
 from test_triton_dplr_adjoint import (  # noqa: E402
     DPLR_SPECS, assert_all_close, core_gradients, core_inputs, modules)
+from training_cores import assert_training_follows_the_mode  # noqa: E402
 
 pytestmark = pytest.mark.triton
 MODE = "chunk_dplr_parallel"
@@ -101,22 +101,7 @@ def test_training_follows_the_mode():
     """chunk_dplr_parallel (mode=None at any B x H, or forced) trains on the parallel core with
     the call's 16-bit dtype for its dots; so does a forced `chunk_dplr` (its forward stays the
     single kernel: seqc/autograd.py `single_to_parallel`); a forced `fused_recurrent` on no core."""
-    module = seqc.load("comba").kernel("triton").module
-    small = dict(B=1, T=64, H=2, K=64, V=64)
-    large = dict(B=8, T=64, H=64, K=64, V=64)
-    chosen = training_cores(module, {}, small, torch.bfloat16)["chunk_dplr_core"]
-    assert chosen.func is module.chunk_dplr_parallel_core
-    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
-    assert module._choose_mode(large, 128) == "chunk_dplr"      # the forward alone: one kernel
-    assert training_cores(module, {}, large)["chunk_dplr_core"].func \
-        is module.chunk_dplr_parallel_core
-    forced = training_cores(module, {"mode": MODE, "precision": "ieee"}, large,
-                            torch.float32)["chunk_dplr_core"]
-    assert forced.func is module.chunk_dplr_parallel_core
-    assert forced.keywords["precision"] == "ieee"
-    assert training_cores(module, {"mode": "chunk_dplr"}, small)["chunk_dplr_core"].func \
-        is module.chunk_dplr_parallel_core
-    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+    assert_training_follows_the_mode("comba", "chunk_dplr_core", "chunk_dplr", MODE)
 
 
 def test_bf16_training_dots_in_bf16():

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
+from training_cores import modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SCALAR_DECAY = ["simple_gla", "retnet", "mamba2", "linear_attn"]
@@ -143,15 +144,7 @@ def test_default_mode_by_programs_against_sms():
     assert module._state_pass_programs(small, 128) == 64
     assert module._choose_mode(small, 128) == "chunk_parallel"                # 64 x 1 block
     assert module._choose_mode({**small, "B": 8}, 128) == "chunk"             # 128 x 1 block
-    ran = []
-    saved = dict(module.RUNNERS)
-    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
-    try:
-        x, p = random_inputs("simple_gla", 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
-    finally:
-        module.RUNNERS.update(saved)
-    assert ran == ["chunk_parallel"]
+    assert modes_run("simple_gla") == ["chunk_parallel"]
 
 
 @pytest.mark.parametrize("name", ["simple_gla", "gla"])

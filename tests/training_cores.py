@@ -1,16 +1,21 @@
 """A parallel mode trains on its own training core (`MODE_CORES`), else on its single-kernel
-form's adjoint core (seqc/autograd.py, `training_cores`): the check the three-kernel modes'
-tests run."""
+form's adjoint core (seqc/autograd.py, `training_cores`): the checks the parallel modes' tests
+share (which core trains, which mode a call runs, which dtypes a kernel is launched with)."""
+import contextlib
+
 import torch
 
 import seqc
 from oracles import random_inputs, random_state
+from seqc.autograd import training_cores
 
 
-def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch) -> None:
+def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch,
+                         shared_core_unused: bool = False) -> None:
     """Training `name` with `mode=mode` runs the module's MODE_CORES[mode][core_name], else its
-    CORES[core_name] (not the torch recomputation), and the gradients of every input and the initial state equal the
-    reference's."""
+    CORES[core_name] (not the torch recomputation), and the gradients of every input and the
+    initial state equal the reference's. `shared_core_unused`: CORES[core_name] is replaced by
+    None as well (the call must not reach the single kernel's core)."""
     program = seqc.load(name)
     module = program.kernel("triton").module
     cores = module.MODE_CORES.get(mode, module.CORES)     # the mode's own, else the shared ones
@@ -20,6 +25,8 @@ def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch) -> N
         used.append(1)
         return core(*args, **kwargs)
     monkeypatch.setitem(cores, core_name, counted)
+    if shared_core_unused:
+        monkeypatch.setitem(module.CORES, core_name, None)
     dims = {"K": 5, "V": 6}
     x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
     s = random_state(name, 1, 2, dims=dims, seed=3)
@@ -38,3 +45,62 @@ def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch) -> N
     want = grads("reference")
     for name_, g, w in zip([*x, *s], got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
+
+
+def modes_run(name: str) -> list:
+    """The modes `name`'s Triton `run` launches for a call at mode=None (its RUNNERS stubbed):
+    one batch, 3 steps, one head, K = V = 4."""
+    module = seqc.load(name).kernel("triton").module
+    ran = []
+    saved = dict(module.RUNNERS)
+    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
+    try:
+        x, p = random_inputs(name, 1, 3, 1, dims={"K": 4, "V": 4})
+        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
+    finally:
+        module.RUNNERS.update(saved)
+    return ran
+
+
+def assert_training_follows_the_mode(name: str, core_name: str, single_mode: str,
+                                     parallel_mode: str) -> None:
+    """`name` trains on the parallel core (`{parallel_mode}_core`) at mode=None at any B x H
+    (even where the forward alone picks `single_mode`) and when forced, with the call's 16-bit
+    dtype for its dots; so does a forced `single_mode`; a forced `fused_recurrent` on no core."""
+    module = seqc.load(name).kernel("triton").module
+    parallel_core = getattr(module, f"{parallel_mode}_core")
+    small = dict(B=1, T=64, H=2, K=64, V=64)
+    large = dict(B=8, T=64, H=64, K=64, V=64)
+
+    def core(options, sizes, dtype=None):
+        return training_cores(module, options, sizes, dtype)[core_name]
+
+    chosen = core({}, small, torch.bfloat16)
+    assert chosen.func is parallel_core
+    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
+    assert module._choose_mode(large, 128) == single_mode       # the forward alone: one kernel
+    assert core({}, large).func is parallel_core
+    forced = core({"mode": parallel_mode, "precision": "ieee"}, large, torch.float32)
+    assert forced.func is parallel_core and forced.keywords["precision"] == "ieee"
+    assert core({"mode": single_mode}, small).func is parallel_core
+    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+
+
+@contextlib.contextmanager
+def recorded_launches(module, kernel: str, record):
+    """Inside the block, every launch of the Triton module's `kernel` appends `record(args)` (of
+    the launch's positional arguments) to the list the block gets, then runs."""
+    launch, seen = getattr(module, kernel), []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                seen.append(record(args))
+                return launch[grid](*args, **kwargs)
+            return run
+
+    setattr(module, kernel, Spy())
+    try:
+        yield seen
+    finally:
+        setattr(module, kernel, launch)
