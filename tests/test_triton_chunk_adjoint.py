@@ -25,6 +25,7 @@ from oracles import SPECS, random_inputs, random_state  # noqa: E402
 from seqc.bench_io import counting  # noqa: E402
 from test_gradients import gradients_of  # noqa: E402
 from test_triton_gradients import assert_gradients_equal  # noqa: E402
+from training_cores import set_log_decay  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DECAYS = ["none", "scalar", "keywise"]
@@ -171,11 +172,7 @@ def assert_resets_equal_the_reference(name, mode=None):
     dims = {d: 5 for d in SPECS[name].dims}
     x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
     s = random_state(name, 1, 2, dims=dims, seed=13)
-    for t in (3, 16, 20, 36):
-        if x["g"].dim() == 4:
-            x["g"][0, t, 1, 2] = float("-inf")
-        else:
-            x["g"][0, t, 1] = float("-inf")
+    set_log_decay(x["g"], (3, 16, 20, 36), float("-inf"))
     kernel = program.kernel("triton", chunk_size=16, **({"mode": mode} if mode else {}))
     assert_call_equals_the_reference(program, kernel, x, p, s, f"{name} with -inf log decays")
 

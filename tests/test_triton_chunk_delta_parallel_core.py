@@ -31,7 +31,7 @@ from test_triton_chunk_parallel_core import (  # noqa: E402
 from test_triton_delta_adjoint import (  # noqa: E402
     core_gradients, core_inputs, modules, names, step_gradients, step_inputs)
 from training_cores import (  # noqa: E402
-    assert_training_follows_the_mode, recorded_launches)
+    assert_training_follows_the_mode, recorded_launches, set_log_decay)
 
 pytestmark = pytest.mark.triton
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
@@ -67,12 +67,7 @@ def test_minus_infinity_and_very_negative_log_decays(decay):
     of 16 cumulates to about -130): finite, equal to the torch autograd in fp64, and fp32 (ieee
     dots) within 1e-4 of it."""
     tensors = core_inputs(decay, seed=3, strength=8.0)
-    g = tensors[4]
-    for t in (0, 5, 16, 36):
-        if decay == "keywise":
-            g[0, t, 1, 2] = float("-inf")
-        else:
-            g[0, t, 1] = float("-inf")
+    set_log_decay(tensors[4], (0, 5, 16, 36), float("-inf"))
     want = core_gradients(modules()[1]._chunk_delta, tensors, 16)
     got = core_gradients(parallel_core(torch.float64), tensors, 16)
     assert_results_match(got, want, names(decay), 1e-10)

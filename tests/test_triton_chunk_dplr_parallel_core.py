@@ -29,7 +29,7 @@ from test_triton_chunk_parallel_core import (  # noqa: E402
     parallel_core_backwards as chunk_parallel_core_backwards)
 from test_triton_dplr_adjoint import (  # noqa: E402
     DPLR_SPECS, assert_all_close, core_gradients, core_inputs, modules)
-from training_cores import assert_training_follows_the_mode  # noqa: E402
+from training_cores import assert_training_follows_the_mode, set_log_decay  # noqa: E402
 
 pytestmark = pytest.mark.triton
 MODE = "chunk_dplr_parallel"
@@ -66,14 +66,9 @@ def test_minus_infinity_and_very_negative_log_decays(decay, unseen):
     before the reset), and log decays near -8 a step elsewhere (a chunk of 16 cumulates to about
     -130): finite, equal to the torch autograd in fp64, and fp32 (ieee dots) within 1e-4."""
     tensors = core_inputs(decay, unseen, seed=3, strength=8.0)
-    g = tensors[5]
-    for t in (0, 5, 16, 36):
-        if decay == "keywise":
-            g[0, t, 1, 2] = float("-inf")
-        else:
-            g[0, t, 1] = float("-inf")
+    set_log_decay(tensors[5], (0, 5, 16, 36), float("-inf"))
     if unseen == "all":
-        tensors[6] = g
+        tensors[6] = tensors[5]
     want = core_gradients(modules()[1]._chunk_dplr, tensors, 16)
     got = core_gradients(parallel_core(torch.float64), tensors, 16)
     assert_all_close(got, want, 1e-10)

@@ -47,16 +47,60 @@ def check_trains_on_core(name: str, core_name: str, mode: str, monkeypatch,
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
 
 
-def modes_run(name: str) -> list:
-    """The modes `name`'s Triton `run` launches for a call at mode=None (its RUNNERS stubbed):
-    one batch, 3 steps, one head, K = V = 4."""
+def set_log_decay(g, steps, value) -> None:
+    """The log decay `g` ([B, T, H] or key-wise [B, T, H, K]) of batch 0, head 1 at `steps` set
+    to `value` (a key-wise one on key lane 2 only)."""
+    for t in steps:
+        g[(0, t, 1, 2) if g.dim() == 4 else (0, t, 1)] = value
+
+
+def check_mode(name: str, mode: str, T: int, dims: dict, dtype=torch.float32, gates=(), seed=0,
+               tol=None, cast_params=False, **options) -> None:
+    """The Triton call of `name` in `mode` (kernel `options`) against the reference: one batch,
+    T steps, two heads, an initial state; the log decay set by `gates` ((steps, value) pairs:
+    `set_log_decay`); inputs (and params, `cast_params`) in `dtype`, the reference on the same values
+    in fp32 (fp64 for fp64). Outputs in `dtype`, finite, and with the final state within `tol`
+    (default: 1e-4 fp32, 1e-10 fp64, 3e-2 16-bit) of the reference's, atol scaled by the
+    magnitude."""
+    program = seqc.load(name)
+    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
+    for steps, value in gates:
+        set_log_decay(x["g"], steps, value)
+    s = random_state(name, 1, 2, dims=dims, seed=seed)
+    x = {n: t.to(dtype) for n, t in x.items()}
+    if cast_params:
+        p = {n: t.to(dtype) for n, t in p.items()}
+    ref = torch.float64 if dtype == torch.float64 else torch.float32
+    want = program.kernel("reference")(**{n: t.to(ref) for n, t in x.items()},
+                                       **{n: t.to(ref) for n, t in p.items()},
+                                       initial_state={n: t.to(ref) for n, t in s.items()},
+                                       output_final_state=True)
+    got = program.kernel("triton", mode=mode, **options)(
+        **x, **p, initial_state=s, output_final_state=True)
+    tol = tol or {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 3e-2)
+    for o in want.keys():
+        scale = max(1.0, want[o].abs().max().item())
+        assert got[o].dtype == dtype        # outputs in the input dtype
+        assert torch.isfinite(got[o]).all()
+        torch.testing.assert_close(got[o].to(ref), want[o], rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
+    for n, state in want.final_state.items():
+        scale = max(1.0, state.abs().max().item())
+        torch.testing.assert_close(got.final_state[n].to(ref), state, rtol=tol,
+                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+
+
+def modes_run(name: str, batch_heads=((1, 1),), **consts) -> list:
+    """The modes `name`'s Triton `run` launches at mode=None (its RUNNERS stubbed), a call for
+    each (B, H) of `batch_heads`: 3 steps, K = V = 4, the spec's `consts` (scale=...)."""
     module = seqc.load(name).kernel("triton").module
     ran = []
     saved = dict(module.RUNNERS)
     module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
     try:
-        x, p = random_inputs(name, 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
+        for B, H in batch_heads:
+            x, p = random_inputs(name, B, 3, H, dims={"K": 4, "V": 4})
+            module.run(x, p, {"B": B, "T": 3, "H": H, "K": 4, "V": 4, **consts})
     finally:
         module.RUNNERS.update(saved)
     return ran
