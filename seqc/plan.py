@@ -63,19 +63,29 @@ class Write:
 
 
 @dataclass(frozen=True)
-class ChunkGroup:
-    kind = "chunk"
+class OneStateGroup:
+    """A group of one state (`states` is its name alone)."""
     state: str
-    key_dim: str
-    value_dim: str | None          # None for a vector state S[Kd] (a value of one)
-    log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
-    writes: tuple[Write, ...]
-    value_log_decay: ir.Expr | None = None    # dims (value_dim,): the decay along the value
-    #   dim (GLA's outer-product gate exp(a) exp(b)^T with log_decay = a); None = none
 
     @property
     def states(self) -> tuple[str, ...]:
         return (self.state,)
+
+
+@dataclass(frozen=True)
+class KeyValueGroup(OneStateGroup):
+    """One state S[key_dim, value_dim] (or S[key_dim]) decayed along the key dim."""
+    key_dim: str
+    value_dim: str | None          # None for a vector state S[Kd] (a value of one)
+    log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
+
+
+@dataclass(frozen=True)
+class ChunkGroup(KeyValueGroup):
+    kind = "chunk"
+    writes: tuple[Write, ...]
+    value_log_decay: ir.Expr | None = None    # dims (value_dim,): the decay along the value
+    #   dim (GLA's outer-product gate exp(a) exp(b)^T with log_decay = a); None = none
 
 
 @dataclass(frozen=True)
@@ -86,48 +96,27 @@ class DeltaStep:
 
 
 @dataclass(frozen=True)
-class DeltaGroup:
+class DeltaGroup(KeyValueGroup):
     kind = "chunk_delta"
-    state: str
-    key_dim: str
-    value_dim: str
-    log_decay: ir.Expr | None      # dims () or (key_dim,)
     steps: tuple[DeltaStep, ...]
-
-    @property
-    def states(self) -> tuple[str, ...]:
-        return (self.state,)
 
 
 @dataclass(frozen=True)
-class DplrGroup:
+class DplrGroup(KeyValueGroup):
     kind = "chunk_dplr"
-    state: str
-    key_dim: str
-    value_dim: str
-    log_decay: ir.Expr | None      # dims () or (key_dim,); None = no decay
     erase: ir.Expr                 # (key_dim,): what `key @ S` is taken off along
     key: ir.Expr                   # (key_dim,): the functional key, read as `key @ S`
     writes: tuple[Write, ...]
     unseen_log_decay: ir.Expr | None = None   # the log of the part of a step's decay applied
     #   after the key reads the state (RWKV-7: all of it); None: the key reads the decayed state
 
-    @property
-    def states(self) -> tuple[str, ...]:
-        return (self.state,)
-
 
 @dataclass(frozen=True)
-class SemiringGroup:
+class SemiringGroup(OneStateGroup):
     kind = "semiring"
-    state: str
     semiring: str                  # "maxplus" | "logsumexp"
     coefficient: ir.Expr           # a_t  (added to the state)
     offset: ir.Expr                # b_t  (combined with max / logaddexp)
-
-    @property
-    def states(self) -> tuple[str, ...]:
-        return (self.state,)
 
 
 @dataclass(frozen=True)

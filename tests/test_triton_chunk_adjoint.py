@@ -25,6 +25,7 @@ from oracles import SPECS, random_inputs, random_state  # noqa: E402
 from seqc.bench_io import counting  # noqa: E402
 from test_gradients import gradients_of  # noqa: E402
 from test_triton_gradients import assert_gradients_equal  # noqa: E402
+from training_cores import set_log_decay  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DECAYS = ["none", "scalar", "keywise"]
@@ -37,15 +38,26 @@ def modules():
     return program.kernel("triton").module, program.kernel("torch").module
 
 
-def core_inputs(decay, B=1, T=37, H=2, K=5, V=3, dtype=torch.float64, seed=0, strength=1.0):
+def normal_sampler(seed, dtype=torch.float64):
+    """randn(*shape): standard normal draws from one generator seeded `seed`."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=dtype)
+    return randn
 
+
+def log_decay(decay, randn, B, T, H, K, strength):
+    """No ("none"), a scalar or a key-wise log decay drawn by `randn` (both gates are drawn, in
+    that order, whichever is kept), times `strength`."""
+    return {"none": None, "scalar": F.logsigmoid(randn(B, T, H)) * strength,
+            "keywise": F.logsigmoid(randn(B, T, H, K)) * strength}[decay]
+
+
+def core_inputs(decay, B=1, T=37, H=2, K=5, V=3, dtype=torch.float64, seed=0, strength=1.0):
+    randn = normal_sampler(seed, dtype)
     q, k, v = randn(B, T, H, K), randn(B, T, H, K) / K ** 0.5, randn(B, T, H, V)
-    g = {"none": None, "scalar": F.logsigmoid(randn(B, T, H)) * strength,
-         "keywise": F.logsigmoid(randn(B, T, H, K)) * strength}[decay]
+    g = log_decay(decay, randn, B, T, H, K, strength)
     return q, k, v, g, 0.5 * randn(B, H, K, V)
 
 
@@ -60,6 +72,20 @@ def core_gradients(core, tensors, chunk_size, seed=1):
     return [o.detach(), final.detach(), *torch.autograd.grad(loss, wanted)]
 
 
+def names(decay):
+    """The labels of `core_gradients`'s results."""
+    return ["o", "final state", "dq", "dk", "dv"] + (["dg"] if decay != "none" else []) + ["ds0"]
+
+
+def assert_results_match(got, want, labels, rtol):
+    """Each of `got` finite and within `rtol` of `want`'s (atol: rtol times the magnitude)."""
+    for label, a, b in zip(labels, got, want):
+        a = a.double()
+        assert torch.isfinite(a).all(), label
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{label}: {m}")
+
+
 @pytest.mark.parametrize("decay", DECAYS)
 def test_core_adjoint_matches_torch_autograd_fp64(decay):
     """T = 37 in chunks of 16 (the last one ragged), K = 5 and V = 3 in blocks of 16."""
@@ -67,10 +93,7 @@ def test_core_adjoint_matches_torch_autograd_fp64(decay):
     tensors = core_inputs(decay)
     got = core_gradients(triton_module.chunk_core, tensors, 16)
     want = core_gradients(torch_module._chunk, tensors, 16)
-    names = ["o", "final state", "dq", "dk", "dv"] + (["dg"] if decay != "none" else []) + ["ds0"]
-    for name, a, b in zip(names, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"{decay}: {name}: {m}")
+    assert_results_match(got, want, [f"{decay}: {n}" for n in names(decay)], 1e-10)
 
 
 @pytest.mark.parametrize("decay", ["scalar", "keywise"])
@@ -82,10 +105,7 @@ def test_core_adjoint_strong_decays_fp32(decay):
     got = core_gradients(triton_module.chunk_core, tensors, 16)
     want = core_gradients(torch_module._chunk, [None if t is None else t.double() for t in tensors],
                           16)
-    for a, b in zip(got, want):
-        a, b = a.detach().double(), b.detach()
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+    assert_results_match(got, want, names(decay), 1e-4)
 
 
 def assert_trains_through_core(name, core, function, mode=None):
@@ -152,21 +172,24 @@ def assert_resets_equal_the_reference(name, mode=None):
     dims = {d: 5 for d in SPECS[name].dims}
     x, p = random_inputs(name, 1, 37, 2, dims=dims, seed=13)
     s = random_state(name, 1, 2, dims=dims, seed=13)
-    for t in (3, 16, 20, 36):
-        if x["g"].dim() == 4:
-            x["g"][0, t, 1, 2] = float("-inf")
-        else:
-            x["g"][0, t, 1] = float("-inf")
+    set_log_decay(x["g"], (3, 16, 20, 36), float("-inf"))
     kernel = program.kernel("triton", chunk_size=16, **({"mode": mode} if mode else {}))
+    assert_call_equals_the_reference(program, kernel, x, p, s, f"{name} with -inf log decays")
+
+
+def assert_call_equals_the_reference(program, kernel, x, p, s, what):
+    """`kernel` (a Triton call of `program`) on inputs `x`, params `p`, initial state `s`: every
+    gradient, output and final state equal to the reference's (fp32, rtol 1e-4)."""
     got = gradients_of(kernel, x, p, s)
     want = gradients_of(program.kernel("reference"), x, p, s)
-    assert_gradients_equal(got, want, f"{name} with -inf log decays")
+    assert_gradients_equal(got, want, what)
     leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
     out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
     ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
-    torch.testing.assert_close(out.o.detach(), ref.o, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.final_state["S"].detach(), ref.final_state["S"], rtol=1e-4,
-                               atol=1e-4)
+    for n in ref.keys():
+        torch.testing.assert_close(out[n].detach(), ref[n], rtol=1e-4, atol=1e-4)
+    for n, state in ref.final_state.items():
+        torch.testing.assert_close(out.final_state[n].detach(), state, rtol=1e-4, atol=1e-4)
 
 
 def counted_training_step(program, sizes, **options):

@@ -14,33 +14,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from oracles import random_inputs, random_state  # noqa: E402
+from training_cores import check_mode, check_trains_on_core, modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
 
 
 def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
-    program = seqc.load(name)
-    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
-    for t in resets:       # a key-wise gate: on one key lane
-        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = float("-inf")
-    s = random_state(name, 1, 2, dims=dims, seed=seed)
-    x = {n: t.to(dtype) for n, t in x.items()}
-    want = program.kernel("reference")(**{n: t.float() for n, t in x.items()}, **p,
-                                       initial_state=s, output_final_state=True)
-    got = program.kernel("triton", mode="chunk_delta_parallel", **options)(
-        **x, **p, initial_state=s, output_final_state=True)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    for o in want.keys():
-        scale = max(1.0, want[o].abs().max().item())
-        assert torch.isfinite(got[o]).all()
-        torch.testing.assert_close(got[o].float(), want[o], rtol=tol, atol=tol * scale,
-                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
-    for n, state in want.final_state.items():
-        scale = max(1.0, state.abs().max().item())
-        torch.testing.assert_close(got.final_state[n].float(), state, rtol=tol,
-                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+    """`check_mode` in chunk_delta_parallel; -inf log decays (hard resets) at `resets`."""
+    check_mode(name, "chunk_delta_parallel", T, dims, dtype, gates=[(resets, float("-inf"))],
+               seed=seed, **options)
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
@@ -137,15 +120,7 @@ def test_default_mode_by_programs_against_sms():
     assert module._choose_mode(small, 128) == "chunk_delta"                   # 4 x 2 against 4
     tiny = {**few, "H": 1, "K": 16, "V": 16}
     assert module._choose_mode(tiny, 128) == "chunk_delta_parallel"           # 1 against 1
-    ran = []
-    saved = dict(module.RUNNERS)
-    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
-    try:
-        x, p = random_inputs("gated_deltanet", 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
-    finally:
-        module.RUNNERS.update(saved)
-    assert ran == ["chunk_delta_parallel"]
+    assert modes_run("gated_deltanet", scale=0.5) == ["chunk_delta_parallel"]
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
@@ -154,34 +129,8 @@ def test_gradients_train_on_the_parallel_delta_core(name, monkeypatch):
     chunk_delta_parallel_core (`MODE_CORES`, seqc/autograd.py `training_cores`), not on the
     torch recomputation nor on chunk_delta_core; gradients of every input and the initial state
     equal the reference's."""
-    program = seqc.load(name)
-    module = program.kernel("triton").module
-    own = module.MODE_CORES["chunk_delta_parallel"]
-    core, used = own["chunk_delta_core"], []
-
-    def counted(*args, **kwargs):
-        used.append(1)
-        return core(*args, **kwargs)
-    monkeypatch.setitem(own, "chunk_delta_core", counted)
-    monkeypatch.setitem(module.CORES, "chunk_delta_core", None)     # must not be called
-    dims = {"K": 5, "V": 6}
-    x, p = random_inputs(name, 1, 21, 2, dims=dims, seed=3)
-    s = random_state(name, 1, 2, dims=dims, seed=3)
-
-    def grads(backend, **options):
-        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-        s0 = {n: t.clone().requires_grad_() for n, t in s.items()}
-        out = program.kernel(backend, **options)(**leaves, **p, initial_state=s0,
-                                                 output_final_state=True)
-        loss = (out.o * torch.linspace(-1, 1, out.o.shape[-1])).sum() \
-            + out.final_state["S"].square().sum()
-        return torch.autograd.grad(loss, [*leaves.values(), *s0.values()])
-
-    got = grads("triton", mode="chunk_delta_parallel", chunk_size=16, precision="ieee")
-    assert used, "the training call did not run chunk_delta_parallel_core"
-    want = grads("reference")
-    for name_, g, w in zip([*x, *s], got, want):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{name_}: {m}")
+    check_trains_on_core(name, "chunk_delta_core", "chunk_delta_parallel", monkeypatch,
+                         shared_core_unused=True)
 
 
 def test_scratch_traffic_counted():

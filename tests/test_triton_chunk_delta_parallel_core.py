@@ -23,13 +23,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.autograd import training_cores  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
+    assert_resets_equal_the_reference, assert_results_match, assert_trains_through_core,
+    counted_training_step)
 from test_triton_chunk_parallel_core import (  # noqa: E402
     parallel_core_backwards as chunk_parallel_core_backwards)
 from test_triton_delta_adjoint import (  # noqa: E402
     core_gradients, core_inputs, modules, names, step_gradients, step_inputs)
+from training_cores import (  # noqa: E402
+    assert_training_follows_the_mode, recorded_launches, set_log_decay)
 
 pytestmark = pytest.mark.triton
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
@@ -44,14 +46,6 @@ def parallel_core_backwards(name):
     return chunk_parallel_core_backwards(name, "_ChunkDeltaParallelCore")
 
 
-def assert_matches(got, want, labels, rtol):
-    for label, a, b in zip(labels, got, want):
-        a = a.double()
-        assert torch.isfinite(a).all(), label
-        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"{label}: {m}")
-
-
 @pytest.mark.parametrize("decay, K, V, chunk", [
     ("none", 5, 3, 32), ("scalar", 5, 3, 32), ("keywise", 5, 3, 16), ("keywise", 5, 3, 32),
     ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 32)])
@@ -63,7 +57,7 @@ def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk_delta, tensors, chunk)
-    assert_matches(got, want, [f"{decay}: {n}" for n in names(decay)], 1e-10)
+    assert_results_match(got, want, [f"{decay}: {n}" for n in names(decay)], 1e-10)
 
 
 @pytest.mark.parametrize("decay", ["scalar", "keywise"])
@@ -73,18 +67,13 @@ def test_minus_infinity_and_very_negative_log_decays(decay):
     of 16 cumulates to about -130): finite, equal to the torch autograd in fp64, and fp32 (ieee
     dots) within 1e-4 of it."""
     tensors = core_inputs(decay, seed=3, strength=8.0)
-    g = tensors[4]
-    for t in (0, 5, 16, 36):
-        if decay == "keywise":
-            g[0, t, 1, 2] = float("-inf")
-        else:
-            g[0, t, 1] = float("-inf")
+    set_log_decay(tensors[4], (0, 5, 16, 36), float("-inf"))
     want = core_gradients(modules()[1]._chunk_delta, tensors, 16)
     got = core_gradients(parallel_core(torch.float64), tensors, 16)
-    assert_matches(got, want, names(decay), 1e-10)
+    assert_results_match(got, want, names(decay), 1e-10)
     single = [None if t is None else t.float() for t in tensors]
     got = core_gradients(parallel_core(None, precision="ieee"), single, 16)
-    assert_matches(got, want, names(decay), 1e-4)
+    assert_results_match(got, want, names(decay), 1e-4)
 
 
 @pytest.mark.parametrize("decay", [False, True])
@@ -95,7 +84,7 @@ def test_two_delta_steps_a_token_match_torch_autograd_fp64(decay):
     tensors = step_inputs(decay)
     got = step_gradients(parallel_core(torch.float64), tensors, 16)
     want = step_gradients(modules()[1]._chunk_delta, tensors, 8)
-    assert_matches(got, want, [f"result {i}" for i in range(len(want))], 1e-10)
+    assert_results_match(got, want, [f"result {i}" for i in range(len(want))], 1e-10)
 
 
 @pytest.mark.parametrize("name", DELTA_SPECS)
@@ -118,22 +107,7 @@ def test_training_follows_the_mode():
     """chunk_delta_parallel (mode=None at any B x H, or forced) trains on the parallel core with
     the call's 16-bit dtype for its dots, and so does a forced `chunk_delta`; a forced
     `fused_recurrent` on no core."""
-    module = seqc.load("gated_deltanet").kernel("triton").module
-    small = dict(B=1, T=64, H=2, K=64, V=64)
-    large = dict(B=8, T=64, H=64, K=64, V=64)
-    chosen = training_cores(module, {}, small, torch.bfloat16)["chunk_delta_core"]
-    assert chosen.func is module.chunk_delta_parallel_core
-    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
-    assert module._choose_mode(large, 128) == "chunk_delta"     # the forward alone: one kernel
-    assert training_cores(module, {}, large)["chunk_delta_core"].func \
-        is module.chunk_delta_parallel_core
-    forced = training_cores(module, {"mode": "chunk_delta_parallel", "precision": "ieee"}, large,
-                            torch.float32)["chunk_delta_core"]
-    assert forced.func is module.chunk_delta_parallel_core
-    assert forced.keywords["precision"] == "ieee"
-    assert training_cores(module, {"mode": "chunk_delta"}, small)["chunk_delta_core"].func \
-        is module.chunk_delta_parallel_core
-    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+    assert_training_follows_the_mode("gated_deltanet", "chunk_delta_core", "chunk_delta", "chunk_delta_parallel")
 
 
 @pytest.mark.parametrize("decay", ["scalar", "keywise"])
@@ -142,21 +116,11 @@ def test_bf16_training_dots_in_bf16(decay):
     they form rounded to bf16 once; gradients within bf16 rounding of the fp32 ones."""
     module = modules()[0]
     tensors = core_inputs(decay, dtype=torch.float32, K=16, V=16, seed=4)
-    seen = []
-    launch = module._cdp_prepare_kernel
+    def k_and_w(args):
+        return args[0].dtype, args[5].dtype
 
-    class Spy:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                seen.append((args[0].dtype, args[5].dtype))       # k, W
-                return launch[grid](*args, **kwargs)
-            return run
-
-    module._cdp_prepare_kernel = Spy()
-    try:
+    with recorded_launches(module, "_cdp_prepare_kernel", k_and_w) as seen:
         got = core_gradients(parallel_core(torch.bfloat16), tensors, 32)
-    finally:
-        module._cdp_prepare_kernel = launch
     assert seen == [(torch.bfloat16, torch.bfloat16)]
     want = core_gradients(parallel_core(None, precision="ieee"), tensors, 32)
     for label, a, b in zip(names(decay), got, want):

@@ -16,43 +16,15 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
-from training_cores import check_trains_on_core  # noqa: E402
+from training_cores import check_mode, check_trains_on_core, modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SUPPORTED = ["rwkv7", "comba"]
 MODE = "chunk_dplr_parallel"
 
 
-def set_gates(x, steps, value):
-    """The log decay at `steps` (rwkv7's key-wise gate: on key lane 2 of head 1) set to `value`."""
-    for t in steps:
-        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = value
-
-
 def check(name, T, dims, dtype=torch.float32, gates=(), seed=0, tol=None, **options):
-    program = seqc.load(name)
-    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
-    for steps, value in gates:
-        set_gates(x, steps, value)
-    s = random_state(name, 1, 2, dims=dims, seed=seed)
-    x = {n: t.to(dtype) for n, t in x.items()}
-    ref = torch.float64 if dtype == torch.float64 else torch.float32
-    want = program.kernel("reference")(**{n: t.to(ref) for n, t in x.items()}, **p,
-                                       initial_state={n: t.to(ref) for n, t in s.items()},
-                                       output_final_state=True)
-    got = program.kernel("triton", mode=MODE, **options)(
-        **x, **p, initial_state=s, output_final_state=True)
-    tol = tol or {torch.float32: 1e-4, torch.float64: 1e-10}.get(dtype, 3e-2)
-    for o in want.keys():
-        scale = max(1.0, want[o].abs().max().item())
-        assert got[o].dtype == dtype        # outputs in the input dtype
-        assert torch.isfinite(got[o]).all()
-        torch.testing.assert_close(got[o].to(ref), want[o], rtol=tol, atol=tol * scale,
-                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
-    for n, state in want.final_state.items():
-        scale = max(1.0, state.abs().max().item())
-        torch.testing.assert_close(got.final_state[n].to(ref), state, rtol=tol,
-                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+    check_mode(name, MODE, T, dims, dtype, gates, seed, tol, **options)
 
 
 @pytest.mark.parametrize("name,T,chunk", [("rwkv7", 1, 64), ("comba", 37, 16), ("rwkv7", 45, 32),
@@ -140,17 +112,7 @@ def test_default_mode_by_programs_against_sms():
     assert module._state_pass_programs(few, 128) == 4                   # one block of 64
     assert module._choose_mode(few, 128) == "chunk_dplr"                # 8 vs 4
     assert module._choose_mode({**few, "V": 32}, 128) == MODE           # 4 vs 4: a tie
-    ran = []
-    saved = dict(module.RUNNERS)
-    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
-    try:
-        x, p = random_inputs("rwkv7", 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4})
-        x, p = random_inputs("rwkv7", 33, 3, 8, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 33, "T": 3, "H": 8, "K": 4, "V": 4})
-    finally:
-        module.RUNNERS.update(saved)
-    assert ran == [MODE, "chunk_dplr"]
+    assert modes_run("rwkv7", [(1, 1), (33, 8)]) == [MODE, "chunk_dplr"]
 
 
 def test_packed_sequences():

@@ -23,13 +23,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.autograd import training_cores  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
     assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step)
 from test_triton_chunk_parallel_core import (  # noqa: E402
     parallel_core_backwards as chunk_parallel_core_backwards)
 from test_triton_dplr_adjoint import (  # noqa: E402
     DPLR_SPECS, assert_all_close, core_gradients, core_inputs, modules)
+from training_cores import assert_training_follows_the_mode, set_log_decay  # noqa: E402
 
 pytestmark = pytest.mark.triton
 MODE = "chunk_dplr_parallel"
@@ -66,14 +66,9 @@ def test_minus_infinity_and_very_negative_log_decays(decay, unseen):
     before the reset), and log decays near -8 a step elsewhere (a chunk of 16 cumulates to about
     -130): finite, equal to the torch autograd in fp64, and fp32 (ieee dots) within 1e-4."""
     tensors = core_inputs(decay, unseen, seed=3, strength=8.0)
-    g = tensors[5]
-    for t in (0, 5, 16, 36):
-        if decay == "keywise":
-            g[0, t, 1, 2] = float("-inf")
-        else:
-            g[0, t, 1] = float("-inf")
+    set_log_decay(tensors[5], (0, 5, 16, 36), float("-inf"))
     if unseen == "all":
-        tensors[6] = g
+        tensors[6] = tensors[5]
     want = core_gradients(modules()[1]._chunk_dplr, tensors, 16)
     got = core_gradients(parallel_core(torch.float64), tensors, 16)
     assert_all_close(got, want, 1e-10)
@@ -101,22 +96,7 @@ def test_training_follows_the_mode():
     """chunk_dplr_parallel (mode=None at any B x H, or forced) trains on the parallel core with
     the call's 16-bit dtype for its dots; so does a forced `chunk_dplr` (its forward stays the
     single kernel: seqc/autograd.py `single_to_parallel`); a forced `fused_recurrent` on no core."""
-    module = seqc.load("comba").kernel("triton").module
-    small = dict(B=1, T=64, H=2, K=64, V=64)
-    large = dict(B=8, T=64, H=64, K=64, V=64)
-    chosen = training_cores(module, {}, small, torch.bfloat16)["chunk_dplr_core"]
-    assert chosen.func is module.chunk_dplr_parallel_core
-    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
-    assert module._choose_mode(large, 128) == "chunk_dplr"      # the forward alone: one kernel
-    assert training_cores(module, {}, large)["chunk_dplr_core"].func \
-        is module.chunk_dplr_parallel_core
-    forced = training_cores(module, {"mode": MODE, "precision": "ieee"}, large,
-                            torch.float32)["chunk_dplr_core"]
-    assert forced.func is module.chunk_dplr_parallel_core
-    assert forced.keywords["precision"] == "ieee"
-    assert training_cores(module, {"mode": "chunk_dplr"}, small)["chunk_dplr_core"].func \
-        is module.chunk_dplr_parallel_core
-    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+    assert_training_follows_the_mode("comba", "chunk_dplr_core", "chunk_dplr", MODE)
 
 
 def test_bf16_training_dots_in_bf16():

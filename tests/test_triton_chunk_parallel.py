@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from oracles import random_inputs, random_state  # noqa: E402
+from oracles import random_inputs  # noqa: E402
+from training_cores import check_mode, modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
 SCALAR_DECAY = ["simple_gla", "retnet", "mamba2", "linear_attn"]
@@ -20,27 +21,10 @@ KEYWISE_DECAY = ["gla", "hgrn2"]
 
 
 def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
-    program = seqc.load(name)
-    x, p = random_inputs(name, 1, T, 2, dims=dims, seed=seed)
-    for t in resets:       # a key-wise gate: on one key lane
-        x["g"][(0, t, 1, 2) if x["g"].dim() == 4 else (0, t, 1)] = float("-inf")
-    s = random_state(name, 1, 2, dims=dims, seed=seed)
-    x = {n: t.to(dtype) for n, t in x.items()}
-    p = {n: t.to(dtype) for n, t in p.items()}
-    want = program.kernel("reference")(**{n: t.float() for n, t in x.items()},
-                                       **{n: t.float() for n, t in p.items()},
-                                       initial_state=s, output_final_state=True)
-    got = program.kernel("triton", mode="chunk_parallel", chunk_size=16, **options)(
-        **x, **p, initial_state=s, output_final_state=True)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    for o in want.keys():
-        scale = max(1.0, want[o].abs().max().item())
-        torch.testing.assert_close(got[o].float(), want[o], rtol=tol, atol=tol * scale,
-                                   msg=lambda m: f"{name} T={T} {dtype} output {o}: {m}")
-    for n, state in want.final_state.items():
-        scale = max(1.0, state.abs().max().item())
-        torch.testing.assert_close(got.final_state[n].float(), state, rtol=tol,
-                                   atol=tol * scale, msg=lambda m: f"{name} final {n}: {m}")
+    """`check_mode` in chunk_parallel, chunks of 16, params in `dtype` too; -inf log decays
+    (hard resets) at `resets`."""
+    check_mode(name, "chunk_parallel", T, dims, dtype, gates=[(resets, float("-inf"))], seed=seed,
+               cast_params=True, chunk_size=16, **options)
 
 
 @pytest.mark.parametrize("name", SCALAR_DECAY + KEYWISE_DECAY)
@@ -143,15 +127,7 @@ def test_default_mode_by_programs_against_sms():
     assert module._state_pass_programs(small, 128) == 64
     assert module._choose_mode(small, 128) == "chunk_parallel"                # 64 x 1 block
     assert module._choose_mode({**small, "B": 8}, 128) == "chunk"             # 128 x 1 block
-    ran = []
-    saved = dict(module.RUNNERS)
-    module.RUNNERS.update({m: (lambda *a, m=m: ran.append(m)) for m in saved})
-    try:
-        x, p = random_inputs("simple_gla", 1, 3, 1, dims={"K": 4, "V": 4})
-        module.run(x, p, {"B": 1, "T": 3, "H": 1, "K": 4, "V": 4, "scale": 0.5})
-    finally:
-        module.RUNNERS.update(saved)
-    assert ran == ["chunk_parallel"]
+    assert modes_run("simple_gla", scale=0.5) == ["chunk_parallel"]
 
 
 @pytest.mark.parametrize("name", ["simple_gla", "gla"])

@@ -22,10 +22,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.autograd import training_cores  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
     assert_resets_equal_the_reference, assert_trains_through_core, core_gradients, core_inputs,
-    counted_training_step, modules)
+    assert_results_match, counted_training_step, modules, names)
+from training_cores import (  # noqa: E402
+    assert_training_follows_the_mode, recorded_launches)
 
 pytestmark = pytest.mark.triton
 PARALLEL_SPECS = ["simple_gla", "retnet", "mamba2", "linear_attn", "gla", "hgrn2"]
@@ -66,10 +67,7 @@ def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk, tensors, chunk)
-    names = ["o", "final state", "dq", "dk", "dv"] + (["dg"] if decay != "none" else []) + ["ds0"]
-    for name, a, b in zip(names, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"{decay}: {name}: {m}")
+    assert_results_match(got, want, [f"{decay}: {n}" for n in names(decay)], 1e-10)
 
 
 @pytest.mark.parametrize("decay", ["scalar", "keywise"])
@@ -80,10 +78,7 @@ def test_core_adjoint_strong_decays_fp32(decay):
     got = core_gradients(functools.partial(parallel_core(None), precision="ieee"), tensors, 32)
     want = core_gradients(modules()[1]._chunk,
                           [None if t is None else t.double() for t in tensors], 32)
-    for a, b in zip(got, want):
-        a, b = a.detach().double(), b.detach()
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+    assert_results_match(got, want, names(decay), 1e-4)
 
 
 @pytest.mark.parametrize("name", PARALLEL_SPECS)
@@ -108,20 +103,7 @@ def test_training_follows_the_mode():
     forward alone would pick `chunk`) trains on the parallel core with the call's 16-bit dtype
     for its dots; so does a forced `chunk` (chunk_core's kernels do not fit a GPU: the
     single-kernel forward, the parallel core's training)."""
-    module = seqc.load("simple_gla").kernel("triton").module
-    small = dict(B=1, T=64, H=2, K=64, V=64)
-    large = dict(B=8, T=64, H=64, K=64, V=64)
-    chosen = training_cores(module, {}, small, torch.bfloat16)["chunk_core"]
-    assert chosen.func is module.chunk_parallel_core
-    assert chosen.keywords == {"dot_dtype": torch.bfloat16, "precision": None}
-    forced = training_cores(module, {"mode": "chunk_parallel", "precision": "ieee"}, large,
-                            torch.float32)["chunk_core"]
-    assert forced.func is module.chunk_parallel_core and forced.keywords["precision"] == "ieee"
-    assert module._choose_mode(large, 128) == "chunk"           # the forward alone: one kernel
-    assert training_cores(module, {}, large)["chunk_core"].func is module.chunk_parallel_core
-    assert training_cores(module, {"mode": "chunk"}, small)["chunk_core"].func \
-        is module.chunk_parallel_core
-    assert training_cores(module, {"mode": "fused_recurrent"}, small) == {}
+    assert_training_follows_the_mode("simple_gla", "chunk_core", "chunk", "chunk_parallel")
 
 
 def test_bf16_training_dots_in_bf16():
@@ -129,21 +111,8 @@ def test_bf16_training_dots_in_bf16():
     within bf16 rounding of the fp32 ones."""
     module = modules()[0]
     tensors = core_inputs("scalar", dtype=torch.float32, K=16, V=16, seed=4)
-    seen = []
-    launch = module._cp_state_pass_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                seen.append(args[0].dtype)
-                return launch[grid](*args, **kwargs)
-            return run
-
-    module._cp_state_pass_kernel = Spy()
-    try:
+    with recorded_launches(module, "_cp_state_pass_kernel", lambda args: args[0].dtype) as seen:
         got = core_gradients(parallel_core(torch.bfloat16), tensors, 16)
-    finally:
-        module._cp_state_pass_kernel = launch
     assert seen == [torch.bfloat16, torch.bfloat16]        # forward k, backward q
     want = core_gradients(parallel_core(None), tensors, 16)
     for a, b in zip(got, want):

@@ -22,8 +22,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import seqc  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_resets_equal_the_reference, assert_trains_through_core, counted_training_step,
-    without_parallel_cores)
+    assert_resets_equal_the_reference, assert_results_match, assert_trains_through_core,
+    counted_training_step, log_decay, normal_sampler, without_parallel_cores)
 
 pytestmark = pytest.mark.triton
 DELTA_SPECS = ["deltanet", "gated_deltanet", "kda"]
@@ -38,15 +38,10 @@ def modules():
 
 def core_inputs(decay, B=1, T=37, H=2, K=5, V=3, dtype=torch.float64, seed=0, strength=1.0):
     """q, the erase key k (unit norm), the write key w = beta k, v, the log decay, S_0."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
+    randn = normal_sampler(seed)
     q, k = randn(B, T, H, K), F.normalize(randn(B, T, H, K), dim=-1)
     w = torch.sigmoid(randn(B, T, H, 1)) * k
-    g = {"none": None, "scalar": F.logsigmoid(randn(B, T, H)) * strength,
-         "keywise": F.logsigmoid(randn(B, T, H, K)) * strength}[decay]
+    g = log_decay(decay, randn, B, T, H, K, strength)
     tensors = [q, k, w, randn(B, T, H, V), g, 0.5 * randn(B, H, K, V)]
     return [None if t is None else t.to(dtype) for t in tensors]
 
@@ -75,9 +70,7 @@ def test_core_adjoint_matches_torch_autograd_fp64(decay):
     tensors = core_inputs(decay)
     got = core_gradients(triton_module.chunk_delta_core, tensors, 16)
     want = core_gradients(torch_module._chunk_delta, tensors, 16)
-    for name, a, b in zip(names(decay), got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+    assert_results_match(got, want, names(decay), 1e-10)
 
 
 @pytest.mark.parametrize("decay", ["scalar", "keywise"])
@@ -88,11 +81,7 @@ def test_core_adjoint_strong_decays_fp32(decay):
     got = core_gradients(triton_module.chunk_delta_core, tensors, 16)
     want = core_gradients(torch_module._chunk_delta,
                           [None if t is None else t.double() for t in tensors], 16)
-    for name, a, b in zip(names(decay), got, want):
-        a = a.double()
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+    assert_results_match(got, want, names(decay), 1e-4)
 
 
 @pytest.mark.parametrize("name", DELTA_SPECS)
@@ -113,11 +102,7 @@ def test_minus_infinity_log_decays(name, monkeypatch):
 def step_inputs(decay, J=2, B=1, T=19, H=2, K=5, V=3, seed=4):
     """q, then J erase keys, write keys and values a token, a scalar log decay with -inf at
     steps 3 and 16 (a chunk's first token at 8 tokens a chunk of 16 steps), S_0; fp64."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
+    randn = normal_sampler(seed)
     keys = [F.normalize(randn(B, T, H, K), dim=-1) for _ in range(J)]
     writes = [torch.sigmoid(randn(B, T, H, 1)) * k for k in keys]
     values = [randn(B, T, H, V) for _ in range(J)]
@@ -152,10 +137,7 @@ def test_several_delta_steps_a_token_match_torch_autograd_fp64(decay):
     tensors = step_inputs(decay)
     got = step_gradients(triton_module.chunk_delta_core, tensors, 16)
     want = step_gradients(torch_module._chunk_delta, tensors, 8)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert torch.isfinite(a).all(), i
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()),
-                                   msg=lambda m: f"result {i}: {m}")
+    assert_results_match(got, want, [f"result {i}" for i in range(len(want))], 1e-10)
 
 
 def test_deltaproduct_trains_through_the_adjoint_kernels(monkeypatch):

@@ -19,10 +19,8 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import SPECS, random_inputs, random_state  # noqa: E402
-from test_gradients import gradients_of  # noqa: E402
 from test_triton_chunk_adjoint import (  # noqa: E402
-    assert_trains_through_core, counted_training_step)
-from test_triton_gradients import assert_gradients_equal  # noqa: E402
+    assert_call_equals_the_reference, assert_trains_through_core, counted_training_step)
 
 pytestmark = pytest.mark.triton
 SCAN_SPECS = ["hgrn", "lru", "mamba", "mingru", "minlstm", "rglru"]
@@ -123,16 +121,7 @@ def test_zero_transitions(name):
     for t in (3, 16, 20, 36):
         x[tensor][0, t, 1, 2] = value
     kernel = program.kernel("triton", chunk_size=16)
-    got = gradients_of(kernel, x, p, s)
-    want = gradients_of(program.kernel("reference"), x, p, s)
-    assert_gradients_equal(got, want, f"{name} with zero transitions")
-    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-    out = kernel(**leaves, **p, initial_state=s, output_final_state=True)
-    ref = program.kernel("reference")(**x, **p, initial_state=s, output_final_state=True)
-    for n in ref.keys():
-        torch.testing.assert_close(out[n].detach(), ref[n], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.final_state["h"].detach(), ref.final_state["h"], rtol=1e-4,
-                               atol=1e-4)
+    assert_call_equals_the_reference(program, kernel, x, p, s, f"{name} with zero transitions")
 
 
 # forward bound: lru's coefficient is a param, read once by the call but once a step by the core

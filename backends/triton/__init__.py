@@ -67,30 +67,26 @@ def adjoint_cores(plan, modes) -> list[str]:
     if plan is None or modes == ["fused_recurrent"]:
         return []
     cores = []
-    chunks = [g for g in plan.groups if g.kind == "chunk"]
-    if "chunk" in modes and all(
-            len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
-            for g in chunks):
-        cores.append("chunk")
-        if "chunk_parallel" in modes:       # its training core: chunk_parallel_core.md
-            cores.append("chunk_parallel")
+
+    def add_with_parallel_core(kind, one_write):
+        """`kind`'s core when the mode runs and every `kind` group's state is read once (and,
+        `one_write`, written by one write), then its parallel form's training core
+        (`kind`_parallel_core.md) when that mode runs."""
+        if kind in modes and all(
+                (not one_write or len(g.writes) == 1)
+                and sum(r.state == g.state for r in plan.reads) == 1
+                for g in plan.groups if g.kind == kind):
+            cores.append(kind)
+            if f"{kind}_parallel" in modes:
+                cores.append(f"{kind}_parallel")
+
+    add_with_parallel_core("chunk", one_write=True)
     semirings = any(g.kind == "semiring" for g in plan.groups)
     coupled = any(g.kind == "scan" and g.coupling for g in plan.groups)
     if semirings or coupled or any(g.kind == "scan" and not g.coupling for g in plan.groups):
         cores.append("scan")        # the semiring core composes with the scan core's maps
-    deltas = [g for g in plan.groups if g.kind == "chunk_delta"]
-    if "chunk_delta" in modes and all(sum(r.state == g.state for r in plan.reads) == 1
-                                      for g in deltas):
-        cores.append("chunk_delta")
-        if "chunk_delta_parallel" in modes:     # its training core: chunk_delta_parallel_core.md
-            cores.append("chunk_delta_parallel")
-    dplrs = [g for g in plan.groups if g.kind == "chunk_dplr"]
-    if "chunk_dplr" in modes and all(
-            len(g.writes) == 1 and sum(r.state == g.state for r in plan.reads) == 1
-            for g in dplrs):
-        cores.append("chunk_dplr")
-        if "chunk_dplr_parallel" in modes:      # its training core: chunk_dplr_parallel_core.md
-            cores.append("chunk_dplr_parallel")
+    add_with_parallel_core("chunk_delta", one_write=False)
+    add_with_parallel_core("chunk_dplr", one_write=True)
     if semirings:
         cores.append("semiring_scan")
     if coupled:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import layout
 from .blockwise import LOG2E
-from .chunk_parallel import ChunkParallelKernel, key_bound_lets, mentions, reduces, relabels
+from .chunk_parallel import ChunkParallelKernel, free_of_dim, lone_group, reduces
 
 
 def supported(plan) -> bool:
@@ -20,22 +20,18 @@ def supported(plan) -> bool:
     betas), a scalar decay or none (key-wise: one step a token), and values, betas and outputs
     (and a scalar decay) that do not need the key dim (the output kernel loops over key
     blocks); no relabel."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_delta" \
-            or relabels(plan.spec):         # blocks of K and V: chunk_parallel.relabels
+    group = lone_group(plan, "chunk_delta")
+    if group is None or len(group.steps) not in (1, 2):
         return False
-    group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
-    if plan.spec.tensor(group.state).dims != (K, V) or len(group.steps) not in (1, 2):
-        return False
     if any(s.key.dims != (K,) or s.value.dims != (V,) or s.beta.dims != () for s in group.steps):
         return False
     if group.log_decay is not None and group.log_decay.dims not in ((), (K,)[:len(group.steps) == 1]):
         return False
-    bound = key_bound_lets(plan, K)
     free = [e for s in group.steps for e in (s.value, s.beta)] + list(plan.outputs.values())
     if group.log_decay is not None and group.log_decay.dims == ():
         free.append(group.log_decay)
-    return not any(mentions(e, K, bound) for e in free)
+    return free_of_dim(plan, K, free)
 
 
 class ChunkDeltaParallelKernel(ChunkParallelKernel):

@@ -13,20 +13,17 @@ from __future__ import annotations
 from . import layout
 from .blockwise import LOG2E
 from .chunk_delta_parallel import ChunkDeltaParallelKernel
-from .chunk_parallel import key_bound_lets, mentions, reduces, relabels
+from .chunk_parallel import free_of_dim, lone_group, reduces
 
 
 def supported(plan) -> bool:
     """One chunk_dplr group S[K, V] (key dim first) with one write a token, a scalar or key-wise
     log decay (or none), and values and outputs (and a scalar decay or unseen part of it) that do
     not need the key dim (the output kernel loops over key blocks)."""
-    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != "chunk_dplr" \
-            or relabels(plan.spec):         # blocks of K and V: chunk_parallel.relabels
+    group = lone_group(plan, "chunk_dplr")
+    if group is None or len(group.writes) != 1:
         return False
-    group = plan.groups[0]
     K, V = group.key_dim, group.value_dim
-    if plan.spec.tensor(group.state).dims != (K, V) or len(group.writes) != 1:
-        return False
     write = group.writes[0]
     if write.key.dims != (K,) or write.value.dims != (V,) \
             or group.erase.dims != (K,) or group.key.dims != (K,):
@@ -34,9 +31,8 @@ def supported(plan) -> bool:
     gates = [e for e in (group.log_decay, group.unseen_log_decay) if e is not None]
     if any(e.dims not in ((), (K,)) for e in gates):
         return False
-    bound = key_bound_lets(plan, K)
     free = [write.value] + list(plan.outputs.values()) + [e for e in gates if e.dims == ()]
-    return not any(mentions(e, K, bound) for e in free)
+    return free_of_dim(plan, K, free)
 
 
 class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):

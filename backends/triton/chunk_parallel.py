@@ -173,6 +173,24 @@ def mentions(expr: ir.Expr, dim: str, bound: set[str]) -> bool:
     return False
 
 
+def lone_group(plan, kind: str):
+    """The plan's one group when it is the only one, of `kind`, with a state S[K, V] (key dim
+    first), in a spec without relabels (blocks of K and V: `relabels`); else None."""
+    if plan is None or len(plan.groups) != 1 or plan.groups[0].kind != kind \
+            or relabels(plan.spec):
+        return None
+    group = plan.groups[0]
+    if plan.spec.tensor(group.state).dims != (group.key_dim, group.value_dim):
+        return None
+    return group
+
+
+def free_of_dim(plan, dim: str, exprs) -> bool:
+    """Whether none of `exprs` needs `dim` (directly or through a let that does)."""
+    bound = key_bound_lets(plan, dim)
+    return not any(mentions(e, dim, bound) for e in exprs)
+
+
 def key_bound_lets(plan, dim: str) -> set[str]:
     bound: set[str] = set()
     for let in plan.prelude:
