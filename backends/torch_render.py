@@ -91,12 +91,12 @@ class TorchRenderer:
             return self.reduce(node)
         if len(node.args) == 2:
             left, right = self.operands(node, *node.args)
-            left, right = (f"torch.as_tensor({code})" if is_constant(arg) else code
+            left, right = (constant_tensor(code) if is_constant(arg) else code
                            for code, arg in zip((left, right), node.args))
             return ELEMENTWISE[node.func].format(left, right)
         arg = self.render(node.args[0])
-        if is_constant(node.args[0]):
-            arg = f"torch.as_tensor({arg})"
+        if is_constant(node.args[0]):       # in the compute dtype: fp64 in an fp64 run
+            arg = constant_tensor(arg)
         return ELEMENTWISE[node.func].format(arg)
 
     def reduce(self, node: ir.Call) -> str:

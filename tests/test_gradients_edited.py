@@ -1,0 +1,25 @@
+"""Gradients of edited specs: the torch backend's parallel forms against the reference's autograd
+(tests/gradient_agreement.py), fp64 on tiny shapes, so that a finite-but-wrong or NaN gradient
+of a spec nobody wrote on purpose fails here. Regression tests for what the gradient fuzz
+(scripts/fuzz_training.py) found, then a deterministic slice of that fuzz."""
+import torch
+
+import seqc
+from gradient_agreement import compare, variants
+
+HGRN = ("model m\ndims D\ninput x[D]\ninput g[D] in (-inf, 0)\nstate h[D] = 0\n"
+        "h = exp(g) * h + {write}\noutput o = {output}\n")
+
+
+def assert_agree(program, backend="torch", **call) -> None:
+    for options in variants(program, backend):
+        found = compare(program, backend, options, **call)
+        assert not found, "\n".join(map(str, found))
+
+
+def test_a_constant_of_an_fp64_run_is_computed_in_fp64():
+    """`exp(0.7)` and `D ** -0.5` (rendered `sqrt(D)`) are 0-d tensors of the run's dtype, not
+    of torch's default fp32 (their rounding put the gradients 2e-8 off the reference's)."""
+    program = seqc.compile(HGRN.format(write="D ** -0.5 * x", output="exp(0.7) * h"))
+    assert_agree(program, tolerance=1e-12)
+
