@@ -5,7 +5,8 @@ of a spec nobody wrote on purpose fails here. Regression tests for what the grad
 import torch
 
 import seqc
-from gradient_agreement import compare, variants
+from seqc.resources import stdlib_dir
+from gradient_agreement import call_tensors, compare, disagreements, gradients, variants
 
 HGRN = ("model m\ndims D\ninput x[D]\ninput g[D] in (-inf, 0)\nstate h[D] = 0\n"
         "h = exp(g) * h + {write}\noutput o = {output}\n")
@@ -23,3 +24,19 @@ def test_a_constant_of_an_fp64_run_is_computed_in_fp64():
     program = seqc.compile(HGRN.format(write="D ** -0.5 * x", output="exp(0.7) * h"))
     assert_agree(program, tolerance=1e-12)
 
+
+def test_a_sigmoid_decay_at_minus_inf_has_a_finite_gradient():
+    """The chunk forms take log(sigmoid(g)) as logsigmoid(g): its gradient at g = -inf is 1, not
+    log's (1 / 0) * sigmoid'(-inf) = NaN. A chunk and a chunk_delta spec, -inf at one step."""
+    for name, kind in (("simple_gla", "chunk"), ("gated_deltanet", "chunk_delta")):
+        source = (stdlib_dir() / f"{name}.seq").read_text()
+        program = seqc.compile(source.replace("exp(g) * S", "sigmoid(g) * S")
+                               .replace("g in (-inf, 0)", "g"))
+        assert program.analysis.kind("S") == kind          # a log-space form
+        tensors, initial = call_tensors(program, 7, 0, torch.float64)
+        tensors["g"][:, 3] = -float("inf")
+        want = gradients(program.kernel("reference"), tensors, initial)
+        for options in variants(program, "torch"):
+            got = gradients(program.kernel("torch", **options), tensors, initial)
+            found = disagreements(got, want, 1e-9, options)
+            assert not found, f"{name}: " + "\n".join(map(str, found))

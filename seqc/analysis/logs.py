@@ -1,6 +1,8 @@
 """The log of a decay, as IR: `exp(g)` -> `g`, `exp(dt * A)` -> `dt * A`, `gamma` -> `log(gamma)`.
 
     log(a * b) = log a + log b        log(a ** p) = p * log a        log(exp(x)) = x
+    log(sigmoid(x)) = logsigmoid(x)   (not log of sigmoid: at x = -inf that has the gradient
+                                       (1 / 0) * 0 = NaN where logsigmoid's is sigmoid(-x) = 1)
 """
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ def log_of(sym: Symbolic, expr: sp.Expr, strict: bool) -> ir.Expr | None:
         return None if inner is None else _binary(ir.Op.MUL, sym.to_ir(expr.args[1]), inner)
     node = sym.atoms.get(expr)
     if node is not None:
-        exp_arg = _exp_argument(sym, node)
-        if exp_arg is not None:
-            return exp_arg
+        known = _known_log(sym, node)
+        if known is not None:
+            return known
         if strict and not _positive(sym, node):
             return None
     elif strict:
@@ -41,11 +43,14 @@ def log_of(sym: Symbolic, expr: sp.Expr, strict: bool) -> ir.Expr | None:
     return _call("log", (sym.to_ir(expr),))
 
 
-def _exp_argument(sym: Symbolic, node: ir.Expr) -> ir.Expr | None:
+def _known_log(sym: Symbolic, node: ir.Expr) -> ir.Expr | None:
+    """log of an `exp` or a `sigmoid` (through lets) in closed form; None for anything else."""
     if isinstance(node, ir.Name) and node.ref.kind == "let":
-        return _exp_argument(sym, sym.lets[node.id].value)
+        return _known_log(sym, sym.lets[node.id].value)
     if isinstance(node, ir.Call) and node.func == "exp":
         return node.args[0]
+    if isinstance(node, ir.Call) and node.func == "sigmoid" and node.dim is None:
+        return _call("logsigmoid", node.args)
     return None
 
 
