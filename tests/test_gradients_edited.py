@@ -40,3 +40,18 @@ def test_a_sigmoid_decay_at_minus_inf_has_a_finite_gradient():
             got = gradients(program.kernel("torch", **options), tensors, initial)
             found = disagreements(got, want, 1e-9, options)
             assert not found, f"{name}: " + "\n".join(map(str, found))
+
+
+def test_several_writes_a_token_in_chunk_dplr():
+    """Two rank-one writes in one update of a chunk_dplr group (key-wise rwkv7, scalar comba):
+    the erase side's scores are [C, C], the writes' [C, 2 C]; each mask was built [C, 2 C]."""
+    rwkv7 = (stdlib_dir() / "rwkv7.seq").read_text().replace(
+        "input a[K] in (0, 1)", "input a[K] in (0, 1)\ninput k2[K], v2[V]").replace(
+        "+ k * v", "+ k * v + k2 * v2")
+    comba = (stdlib_dir() / "comba.seq").read_text().replace(
+        "input beta in (0, 1)", "input beta in (0, 1)\ninput k2[K], v2[V]").replace(
+        "(v - p @ S)", "(v - p @ S) + k2 * v2")
+    for source in (rwkv7, comba):
+        program = seqc.compile(source)
+        assert [g.kind for g in program.analysis.plan.groups] == ["chunk_dplr"]
+        assert_agree(program, extremes=True)
