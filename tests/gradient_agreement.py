@@ -49,14 +49,19 @@ def variants(program, backend: str) -> list[dict]:
     return [{"mode": mode, "chunk_size": 16} for mode in module.MODES]
 
 
-def call_tensors(program, steps: int, seed: int, dtype, extremes: bool = False):
+def call_tensors(program, steps: int, seed: int, dtype, extremes: bool | str = False):
     """Random inputs and params ([B=1, T=steps, H=2], spec dims 3, 4, ...) and an initial state,
-    in `dtype`; with `extremes`, hard resets and zero gates (tests/test_hard_resets.py)."""
+    in `dtype`; with `extremes`, hard resets and zero gates (tests/test_hard_resets.py), or
+    with `extremes="resets"` the hard resets alone (`-inf` log gates; gates in (0, 1) kept)."""
     sizes = {"B": 1, "T": steps, "H": 2, **{d.name: 3 + i for i, d in enumerate(program.spec.dims)}}
     tensors, initial = random_call(program.spec, sizes, dtype, seed=seed, with_initial_state=True)
     if extremes:
         from test_hard_resets import with_extreme_gates
-        tensors = with_extreme_gates(program.spec, tensors, steps)
+        extreme = with_extreme_gates(program.spec, tensors, steps)
+        gates = {t.name for t in program.spec.inputs + program.spec.params
+                 if t.range and (t.range.low, t.range.high) == (0.0, 1.0)}
+        tensors = {n: tensors[n] if extremes == "resets" and n in gates else t
+                   for n, t in extreme.items()}
     return tensors, {n: t.to(dtype) for n, t in initial.items()}
 
 
@@ -99,7 +104,7 @@ def disagreements(got: dict, want: dict, tolerance: float, options: dict) -> lis
 
 
 def compare(program, backend: str, options: dict, steps: int = 7, seed: int = 0,
-            dtype=torch.float64, extremes: bool = False,
+            dtype=torch.float64, extremes: bool | str = False,
             tolerance: float | None = None) -> list[Disagreement]:
     """The gradients of `program` called on `backend` with `options` against the reference's,
     on the same random call (`call_tensors`); [] when they agree."""
