@@ -187,7 +187,7 @@ def agrees_with_the_reference(source: str, steps: int, backend: str, dtype, tole
                                    atol=tolerance * max(1.0, scale), equal_nan=True)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=110, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(edited_specs(), st.sampled_from([1, 5, 21]), st.booleans())
 def test_torch_backend_agrees_with_the_reference_on_edited_specs(source, steps, extremes):
     """The parallel backend is generated from the Plan, so any spec the analysis accepts must
