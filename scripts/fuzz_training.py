@@ -3,7 +3,8 @@ reference's autograd (tests/gradient_agreement.py).
 
 Specs come from tests/test_analysis_robust.py's `edited_specs` (swapped functions and operators,
 duplicated or dropped lines, added constants, an output read before the update; every kind,
-coupled scans included). Each spec is called at a random length (1, 5 or 9 steps; chunks of 4) with
+coupled scans included); with `--training-edits` half of them from `training_edited_specs`
+instead, swaps (TRAINING_SWAPS too) drawn among those that apply to the spec. Each spec is called at a random length (1, 5 or 9 steps; chunks of 4) with
 random inputs, half of the time with hard resets and zero gates, and the gradients of every input,
 param and initial state are compared in fp64 for each torch variant (derived adjoints, plain
 autograd, checkpointed slabs); every `--triton-every`-th spec also through every mode of its
@@ -14,6 +15,7 @@ kept) is the documented limitation of a (0, 1) gate at exactly 0 (its decay take
 docs/backends.md "Numerics") and is counted apart.
 
     python scripts/fuzz_training.py --minutes 25 --seed 1 --out /tmp/fuzz_training.jsonl
+    python scripts/fuzz_training.py --minutes 10 --seed 2 --training-edits   # more edits
 
 Prints the counts (specs, checks, failures by kind) at the end; every failure's spec and
 report goes to `--out`, one JSON line each.
@@ -39,7 +41,37 @@ from hypothesis import strategies as st  # noqa: E402
 
 import seqc  # noqa: E402
 from gradient_agreement import compare, variants  # noqa: E402
-from test_analysis_robust import KINDS, edited_specs  # noqa: E402
+from test_analysis_robust import KINDS, SWAPS, edited_specs, kinds_of, sources_by_kind  # noqa: E402
+
+# With --training-edits, swaps aimed at what only training meets, beside the forward fuzz's:
+# several writes and reads a token, constants under a function, a sigmoid decay.
+TRAINING_SWAPS = [("+ k * v", "+ k * v + q * (v * v)"), ("+ k * v", "+ k * v + r * (v * v)"),
+                  ("@ S", "@ S + 0.5 * (k @ S)"),
+                  ("exp(", "exp(0.3) * exp("), ("output o = ", "output o = sigmoid(0.5) * "),
+                  ("exp(g) * S", "sigmoid(g) * S"), ("exp(g) * h", "sigmoid(g) * h"),
+                  ("output o = ", "output o2 = k @ S\noutput o = ")]
+
+
+@st.composite
+def training_edited_specs(draw, kind: str):
+    """A stdlib spec with a group of `kind` after 1-3 swaps (of SWAPS and TRAINING_SWAPS) each
+    drawn among those that apply to some line of it, and kept when the spec still checks with a
+    group of that kind (`edited_specs` draws the line first: most swaps then do not apply)."""
+    lines = draw(st.sampled_from(sources_by_kind()[kind])).splitlines()
+    wanted, applied = draw(st.integers(1, 3)), 0
+    for _ in range(4 * wanted):
+        places = [(i, old, new) for i, line in enumerate(lines) if not line.startswith("#")
+                  for old, new in SWAPS + TRAINING_SWAPS if old in line]
+        if not places:
+            break
+        i, old, new = draw(st.sampled_from(places))
+        edited = lines[:i] + [lines[i].replace(old, new, 1)] + lines[i + 1:]
+        kinds = kinds_of("\n".join(edited) + "\n")
+        if kinds is not None and kind in kinds:
+            lines, applied = edited, applied + 1
+            if applied == wanted:
+                break
+    return "\n".join(lines) + "\n"
 
 
 class TimeUp(Exception):
@@ -101,6 +133,8 @@ def main() -> None:
     parser.add_argument("--triton-every", type=int, default=10,
                         help="every N-th spec also through Triton's modes (0: never)")
     parser.add_argument("--out", type=Path, default=Path("fuzz_training.jsonl"))
+    parser.add_argument("--training-edits", action="store_true",
+                        help="half of the specs from training_edited_specs")
     args = parser.parse_args()
     fuzz, deadline = Fuzz(args.out, args.triton_every), time.monotonic() + 60 * args.minutes
 
@@ -110,7 +144,8 @@ def main() -> None:
     @given(data=st.data())
     def run(data):
         kind = data.draw(st.sampled_from(KINDS))
-        source = data.draw(edited_specs(kind))
+        training = args.training_edits and data.draw(st.booleans())
+        source = data.draw(training_edited_specs(kind) if training else edited_specs(kind))
         steps, extremes = data.draw(st.sampled_from([1, 5, 9])), data.draw(st.booleans())
         if time.monotonic() > deadline:     # after the draws: hypothesis replays this example
             raise TimeUp
