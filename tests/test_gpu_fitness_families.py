@@ -54,21 +54,26 @@ KNOWN_MISFITS = {
 }
 
 
-def checks_of(family):
-    spec, modes, training = FAMILIES[family]
+@pytest.fixture(scope="module")
+def family_checks():
+    """Every family's checks, compiled in one run_jobs call (a worker per emitted module, so
+    that a module shared by two families, gla's or rwkv7's, is imported once and the two cores
+    stay busy across families): {family: checks}. A job's label is its family."""
     jobs = []
-    for size in SIZES:
-        for job in spec_jobs(seqc.load(spec), {"*": size}, DEFAULT_SHAPE, ARCHS, ["bf16"]):
-            job.modes = modes
-            if not training:
-                job.training_module = None
-            jobs.append(job)
-    return run_jobs(jobs, workers=os.cpu_count(), timeout=1500)
+    for family, (spec, modes, training) in sorted(FAMILIES.items()):
+        for size in SIZES:
+            for job in spec_jobs(seqc.load(spec), {"*": size}, DEFAULT_SHAPE, ARCHS, ["bf16"]):
+                job.label, job.modes = family, modes
+                if not training:
+                    job.training_module = None
+                jobs.append(job)
+    checks = run_jobs(jobs, workers=os.cpu_count(), timeout=1500)
+    return {family: [c for c in checks if c.spec == family] for family in FAMILIES}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_kernel_of_the_family_fits(family):
-    checks = checks_of(family)
+def test_every_kernel_of_the_family_fits(family, family_checks):
+    checks = family_checks[family]
     kernels = {(c.result.get("mode"), c.result.get("kernel")) for c in checks}
     forward = [k for k in kernels if not k[0].endswith((" training", " backward"))]
     backward = [k for k in kernels if k[0].endswith(" backward")]
