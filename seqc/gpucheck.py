@@ -286,18 +286,20 @@ def failed(job: Job, message: str, known: dict | None = None) -> KernelCheck:
     return KernelCheck(job.label, job.arch, job.dtype, job.dims, dict(known, error=message))
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None,
-             timeout: float = JOB_TIMEOUT) -> list[KernelCheck]:
+def run_jobs(jobs: list[Job], workers: int | None = None, timeout: float = JOB_TIMEOUT,
+             per_module: bool = True) -> list[KernelCheck]:
     """Every job's kernel checks, in job order. The jobs not in the job cache run in one worker
     per module (its import and Triton's setup are paid once, not once a job), `workers` at a
-    time, the largest groups first."""
+    time, the largest groups first; with `per_module=False`, in a worker each (a job whose
+    ptxas runs long then holds up, and times out, only itself)."""
     workers = max(1, workers or os.cpu_count() or 1)
     keys = [job_key(job) for job in jobs]
     results = [read_job(key) for key in keys]
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         if results[i] is None:
-            groups.setdefault((job.module, job.training_module), []).append(i)
+            groups.setdefault((job.module, job.training_module) if per_module else i,
+                              []).append(i)
     order = worker_groups(list(groups.values()), workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = pool.map(lambda group: spawn_worker([jobs[i] for i in group], timeout), order)
