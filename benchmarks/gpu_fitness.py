@@ -11,8 +11,8 @@ the size), compiled for sm_80 and sm_90a at the launch shape B=4, T=4096, H=16. 
 stdlib name or a .seq path. One row per kernel and size; per target: registers / spill bytes /
 shared memory KB / tensor-core instructions. Prints markdown, then "N of M kernels fit" (kernel x
 size x target) and the ones that do not; exits 1 when any does not fit (as `seqc gpu-check`
-does). One worker job per spec, size, target and mode, so that a kernel on which ptxas runs for
-long holds up only its own mode. Compiles are cached (see seqc/gpu_compile.py): a second run
+does). One worker per job (spec, size, target and mode; `run_jobs(per_module=False)`), so that
+a kernel on which ptxas runs for long holds up only its own mode. Compiles are cached (see seqc/gpu_compile.py): a second run
 prints at once. A job whose compile outlives --timeout is reported as timed out: ptxas takes
 that long only on kernels that spill tens of KB.
 """
@@ -159,7 +159,8 @@ def main() -> int:
                         one.training_module = None
                     jobs.append(one)
     started = time.perf_counter()
-    checks = cached_checks(jobs) if args.from_cache else run_jobs(jobs, args.jobs, args.timeout)
+    checks = cached_checks(jobs) if args.from_cache else run_jobs(jobs, args.jobs, args.timeout,
+                                                                   per_module=False)
     rows: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for check in checks:
         rows[row_key(check)][check.arch].append(check)

@@ -114,9 +114,9 @@ def _add_gpu_check(sub) -> None:
                           "option to check several sizes")
     gpu.add_argument("--shape", default="", help="the call shape of the launch grids "
                      "(default B=4,T=4096,H=16)")
-    gpu.add_argument("--jobs", type=int, default=None, help="compiles at once (default: cores)")
+    gpu.add_argument("--jobs", type=int, default=None, help="workers at once, one per spec (default: cores)")
     gpu.add_argument("--timeout", type=float, default=1200,
-                     help="seconds for one spec's kernels on one target")
+                     help="seconds for one spec's kernels on one target at one size")
     gpu.add_argument("--json", action="store_true", help="one JSON object")
     gpu.add_argument("--model", choices=["h100", "h200"],
                      help="also print the GPU model's time per kernel and mode on this GPU "

@@ -2,10 +2,11 @@
 
 Run as `python -m seqc.gpu_compile JOB.json RESULT.json` in a process of its own, whose environment
 does NOT set TRITON_INTERPRET=1 (under the interpreter `triton.jit` gives functions that cannot be
-compiled). The job names a Python module with the emitted-module contract: `MODES` and
-`run(inputs, params, dims, initial_state, output_final_state, mode=...)`. The worker
+compiled). JOB.json lists jobs of one Python module with the emitted-module contract: `MODES`
+and `run(inputs, params, dims, initial_state, output_final_state, mode=...)`; per job (a target,
+a dtype, a call shape) the worker
 
-1. imports it (telling it CUDA is there, so that it does not switch the interpreter on), and
+1. imports it, once for all its jobs (telling it CUDA is there, so that it does not switch the interpreter on), and
    replaces each `triton.jit` function in its namespace by a recorder;
 2. calls `run` once per mode on `meta` tensors of the job's shapes: every `kernel[grid](...)` is
    recorded (grid, arguments, launch options) and nothing runs; when the job names the spec's
@@ -52,15 +53,26 @@ TT_DOT = re.compile(r"= tt\.dot .*?(?:inputPrecision = (\w+) )?: tensor<[0-9x]+x
 
 
 def main(argv: list[str]) -> int:
-    """RESULT.json is rewritten after every kernel, `{"done": [...], "compiling": {...}}`, so
-    that a parent that stops a slow compile still has the kernels before it."""
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    """JOB.json holds a list of jobs, all of one module (gpucheck.run_jobs groups them so): the
+    module is imported once and each job recorded and compiled in turn. RESULT.json is rewritten
+    before every kernel and after every job, `{"jobs": [results of each finished job],
+    "current": [results so far of the next], "compiling": {...}}`, so that a parent that stops
+    a slow compile still has the jobs and kernels before it."""
+    jobs = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out = Path(argv[1])
-    done: list[dict] = []
-    for report, compile_it in check_job(job):
-        out.write_text(json.dumps(dict(done=done, compiling=report)), encoding="utf-8")
-        done.append(compile_it())
-    out.write_text(json.dumps(dict(done=done, compiling=None)), encoding="utf-8")
+    finished: list[list[dict]] = []
+
+    def progress(current: list[dict], compiling: dict | None) -> None:
+        out.write_text(json.dumps(dict(jobs=finished, current=current, compiling=compiling)),
+                       encoding="utf-8")
+    for job in jobs:
+        current: list[dict] = []
+        progress(current, {})
+        for report, compile_it in check_job(job):
+            progress(current, report)
+            current.append(compile_it())
+        finished.append(current)
+    progress([], None)
     return 0
 
 
@@ -74,8 +86,10 @@ def check_job(job: dict):
         yield bind_launch(launch, job)
 
 
+@functools.lru_cache(maxsize=None)
 def import_module(path: str):
-    """Import an emitted module as on a CUDA machine (its kernels are real `triton.jit`s)."""
+    """Import an emitted module as on a CUDA machine (its kernels are real `triton.jit`s); once
+    a worker: the jobs of a worker share their module."""
     import torch
     name = "seqc_gpu_check_" + hashlib.sha256(path.encode()).hexdigest()[:16]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -1,11 +1,12 @@
 """`seqc gpu-check SPEC...`: are the Triton kernels fit for a real GPU? Answered without one.
 
 Every kernel the Triton backend launches for a spec (in every mode its module has) is compiled
-for each target by the worker `seqc.gpu_compile` (one process per spec x dims x dtype x target,
-run in parallel, results cached on disk per kernel), at a stated call shape (B=4, T=4096, H=16
-by default: the launch grid depends on it). Per kernel it reports the grid, warps, stages,
-registers, spill bytes (ptxas's stores + loads), shared memory, tensor-core instructions (`mma`,
-`wgmma.mma_async` in the PTX) and whether 16-bit data reaches a `tl.dot`:
+for each target by the worker `seqc.gpu_compile` (one process per emitted module, running its
+jobs, spec x dims x dtype x target, in turn; workers in parallel; results cached on disk per
+kernel and per job), at a stated call shape (B=4, T=4096, H=16 by default: the launch grid
+depends on it). Per kernel it reports the grid, warps, stages, registers, spill bytes (ptxas's
+stores + loads), shared memory, tensor-core instructions (`mma`, `wgmma.mma_async` in the PTX)
+and whether 16-bit data reaches a `tl.dot`:
 
   `bf16` / `fp16`  the dot's operands are 16-bit (as fla's kernels do it);
   `upcast`         the call's tensors are 16-bit but were converted to fp32 before the dot;
@@ -34,7 +35,7 @@ ARCH_NAME = {80: "sm_80", 86: "sm_86", 89: "sm_89", 90: "sm_90a"}
 DTYPES = ("bf16", "fp16", "fp32")
 DEFAULT_SHAPE = {"B": 4, "T": 4096, "H": 16}
 DEFAULT_DIM = 128
-JOB_TIMEOUT = 1200          # seconds for one worker (all kernels of a spec for one target)
+JOB_TIMEOUT = 1200          # seconds a job (all kernels of a spec for one target) may take
 
 
 @dataclass
@@ -200,15 +201,7 @@ def worker_env() -> dict[str, str]:
 
 def run_job(job: Job, timeout: float = JOB_TIMEOUT) -> list[KernelCheck]:
     """The job's kernel checks: from the job cache, else from a worker process."""
-    key = job_key(job)
-    results = read_job(key)
-    if results is None:
-        results = spawn_worker(job, timeout)
-        if results and isinstance(results[0], KernelCheck):
-            return results
-        if not any(r.get("error", "").startswith("not measured") for r in results):
-            write_job(key, results)
-    return [KernelCheck(job.label, job.arch, job.dtype, job.dims, r) for r in results]
+    return run_jobs([job], 1, timeout)
 
 
 def job_key(job: Job) -> str:
@@ -242,19 +235,26 @@ def write_job(key: str, results: list[dict]) -> None:
         pass        # an unwritable cache costs time, not results
 
 
-def spawn_worker(job: Job, timeout: float) -> list:
-    """The worker's results (a list to cache), or, when it fails or times out, the checks
-    it finished plus a failed one (a list of KernelCheck, not cached)."""
+def spawn_worker(jobs: list[Job], timeout: float) -> list[list]:
+    """Per job of one module, the worker's results (a list to cache); when the worker fails or
+    times out, for the job it was on, the checks it finished plus a failed one, and for the
+    jobs after it a failed check (lists of KernelCheck, not cached). The worker has `timeout`
+    seconds a job."""
     with tempfile.TemporaryDirectory(prefix="seqc-gpu-check-") as directory:
         job_path, result_path = Path(directory) / "job.json", Path(directory) / "result.json"
-        job_path.write_text(json.dumps(job.payload()), encoding="utf-8")
+        job_path.write_text(json.dumps([job.payload() for job in jobs]), encoding="utf-8")
         command = [sys.executable, "-m", "seqc.gpu_compile", str(job_path), str(result_path)]
-        why = run_worker(command, timeout)
+        why = run_worker(command, timeout * len(jobs))
         progress = read_progress(result_path)
-    if why is None and progress["compiling"] is None:
-        return progress["done"]
-    checks = [KernelCheck(job.label, job.arch, job.dtype, job.dims, r) for r in progress["done"]]
-    return checks + [failed(job, why or "the worker stopped", progress["compiling"])]
+    results: list[list] = progress["jobs"][:len(jobs)]
+    if why is None and progress["compiling"] is None and len(results) == len(jobs):
+        return results
+    why = why or "the worker stopped"
+    stopped = jobs[len(results)]
+    results.append([KernelCheck(stopped.label, stopped.arch, stopped.dtype, stopped.dims, r)
+                    for r in progress["current"]] + [failed(stopped, why, progress["compiling"])])
+    return results + [[failed(job, f"not measured (the worker stopped before this job: {why})")]
+                      for job in jobs[len(results):]]
 
 
 def run_worker(command: list[str], timeout: float) -> str | None:
@@ -278,7 +278,7 @@ def read_progress(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return dict(done=[], compiling={})
+        return dict(jobs=[], current=[], compiling={})
 
 
 def failed(job: Job, message: str, known: dict | None = None) -> KernelCheck:
@@ -286,13 +286,44 @@ def failed(job: Job, message: str, known: dict | None = None) -> KernelCheck:
     return KernelCheck(job.label, job.arch, job.dtype, job.dims, dict(known, error=message))
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None,
-             timeout: float = JOB_TIMEOUT) -> list[KernelCheck]:
-    """Every job's kernel checks, in job order; jobs run `workers` at a time."""
+def run_jobs(jobs: list[Job], workers: int | None = None, timeout: float = JOB_TIMEOUT,
+             per_module: bool = True) -> list[KernelCheck]:
+    """Every job's kernel checks, in job order. The jobs not in the job cache run in one worker
+    per module (its import and Triton's setup are paid once, not once a job), `workers` at a
+    time, the largest groups first; with `per_module=False`, in a worker each (a job whose
+    ptxas runs long then holds up, and times out, only itself)."""
     workers = max(1, workers or os.cpu_count() or 1)
+    keys = [job_key(job) for job in jobs]
+    results = [read_job(key) for key in keys]
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if results[i] is None:
+            groups.setdefault((job.module, job.training_module) if per_module else i,
+                              []).append(i)
+    order = worker_groups(list(groups.values()), workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda job: run_job(job, timeout), jobs))
-    return [check for checks in done for check in checks]
+        done = pool.map(lambda group: spawn_worker([jobs[i] for i in group], timeout), order)
+        for group, group_results in zip(order, done):
+            for i, result in zip(group, group_results):
+                results[i] = result
+                if result and isinstance(result[0], KernelCheck):
+                    continue
+                if not any(r.get("error", "").startswith("not measured") for r in result):
+                    write_job(keys[i], result)
+    return [r if isinstance(r, KernelCheck) else KernelCheck(job.label, job.arch, job.dtype,
+                                                             job.dims, r)
+            for job, rs in zip(jobs, results) for r in rs]
+
+
+def worker_groups(groups: list[list[int]], workers: int) -> list[list[int]]:
+    """The groups of jobs, largest first, the largest halved while there are fewer groups than
+    workers (one spec on two targets still compiles on two cores)."""
+    groups = sorted(groups, key=len, reverse=True)
+    while groups and len(groups) < workers and len(groups[0]) > 1:
+        largest = groups.pop(0)
+        half = (len(largest) + 1) // 2
+        groups = sorted(groups + [largest[:half], largest[half:]], key=len, reverse=True)
+    return groups
 
 
 # ---------------------------------------------------------------- report

@@ -38,7 +38,7 @@ def dot_kernel(a, b, c, N: tl.constexpr):
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None):
     x = inputs["x"]
-    hold_kernel[(3, 2)](x, x, 8, 128, num_warps=1)      # 512 values a thread: spills
+    hold_kernel[(3, 2)](x, x, 8, 64, num_warps=1, maxnreg=64)  # 128 values, 64 registers: spills
     hold_kernel[(1,)](x, x, 8, 16, num_warps=1)         # 8 values a thread
     dot_kernel[(1,)](x, x, x, 64)
 '''
@@ -110,6 +110,26 @@ def test_a_kernel_moved_down_its_file_is_read_from_the_cache(toys):
     checks, _, shifted = toys
     assert [c.result["cached"] for c in shifted] == [True, True, True]
     assert [c.result["registers"] for c in shifted] == [c.result["registers"] for c in checks[80]]
+
+
+def test_jobs_of_one_module_share_a_worker_and_a_failed_one_stops_the_rest(tmp_path, monkeypatch):
+    """run_jobs runs a module's jobs in one worker (halved while workers would idle); when the
+    worker fails on a job, that job fails with the worker's error and the jobs after it are
+    reported not measured, none of them cached."""
+    from seqc.gpucheck import worker_groups
+    assert worker_groups([[0, 1, 2, 3], [4]], 1) == [[0, 1, 2, 3], [4]]
+    assert worker_groups([[0, 1, 2, 3], [4]], 3) == [[0, 1], [2, 3], [4]]
+    assert worker_groups([[0, 1, 2]], 2) == [[0, 1], [2]]
+    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "broken.py"
+    path.write_text("MODES = ('toy',)\n\n\ndef run(*args, mode=None):\n"
+                    "    raise ValueError('no launch here')\n")
+    jobs = [Job("broken", str(path), arch, "bf16", {}, {"x": [1]}, {}, {}) for arch in (80, 90)]
+    first, second = run_jobs(jobs, workers=1)
+    assert first.arch == 80 and first.problems() == ["does not compile: ValueError: no launch here"]
+    assert second.arch == 90 and second.problems() == [
+        "not measured (the worker stopped before this job: ValueError: no launch here)"]
+    assert not (tmp_path / "cache" / "gpu-check" / "jobs").exists()
 
 
 def test_16_bit_data_upcast_before_an_ieee_dot_fails_without_tensor_cores():

@@ -27,7 +27,7 @@ def test_every_configuration_of_the_lists_fits(name, mode, lists, size):
     jobs = spec_jobs(program, {"*": size}, DEFAULT_SHAPE, [80, 90], ["bf16"])
     for job in jobs:
         job.modes, job.training_module, job.all_configs = [mode], None, True
-    checks = run_jobs(jobs, workers=1, timeout=2400)
+    checks = run_jobs(jobs, workers=2, timeout=2400)
     for check in checks:
         assert "error" not in check.result, (check.spec, check.result)
         assert check.problems() == [], (check.arch, check.result)

@@ -131,15 +131,15 @@ def test_default_mode_by_programs_against_sms():
 
 
 @pytest.mark.parametrize("name", ["simple_gla", "gla"])
-def test_the_kernels_fit_sm_90a_at_k_v_64(name, tmp_path, monkeypatch):
-    """`seqc gpu-check`, cold cache: both kernels, and the training core's (chunk_parallel_core.md:
-    forward and adjoint state passes are one kernel; the backward one fused kernel, for a scalar
-    gate at 64 and a key-wise one's), compile for
+def test_the_kernels_fit_sm_90a_at_k_v_64(name):
+    """`seqc gpu-check` (the suite's gpu-check cache, shared with the fitness tests: gla's kernels
+    are compiled by tests/test_gpu_fitness_families.py and read back): both kernels, and the
+    training core's (chunk_parallel_core.md: forward and adjoint state passes are one kernel;
+    the backward one fused kernel, for a scalar gate at 64 and a key-wise one's), compile for
     sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory within the limit and wgmma
     instructions, 16-bit operands in their dots; the output kernel runs a program per (value
     block, chunk, batch x head)."""
     from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
-    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load(name), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
         job.modes = ["chunk_parallel"]

@@ -97,7 +97,7 @@ def test_bf16_calls_dot_in_bf16_within_a_bf16_rounding(name, mode):
     compare(name, mode, {"K": 32, "V": 40}, 37, dtype=torch.bfloat16, rtol=2.0 ** -6)
 
 
-def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64(tmp_path, monkeypatch):
+def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64():
     """At K = V = 64, bf16: simple_gla's chunk kernel spilled 61776 bytes (sm_90a), deltanet's
     chunk_delta 136904, with fp32 (upcast) dots and no tensor cores; rwkv6's chunk kernel, blocked
     as the others, still spilled 636 (sm_90a), from its bonus `r @ (u * k * v)` formed as a [T, K, V] block
@@ -105,7 +105,6 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64(tmp_path, monkey
     Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
     H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32)."""
     from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
-    monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = []
     for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk"),
                        ("rwkv7", "chunk_dplr")):
