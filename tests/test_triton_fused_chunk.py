@@ -60,12 +60,12 @@ def test_key_dim_over_64(name, mode):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kda"])
 def test_wide_value_blocks_beside_a_key_dim_over_64(name, monkeypatch):
-    """chunk_delta with one delta step and a scalar decay or none takes value blocks of 32 beside
-    a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs with them (an H100's
-    132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32 a head (five of 16
-    below the threshold), T = 37; fp32 "ieee" against the reference."""
+    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) takes value
+    blocks of 32 beside a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs
+    with them (an H100's 132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32
+    a head (five of 16 below the threshold), T = 37; fp32 "ieee" against the reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=37, H=2, K=80, V=72)

@@ -150,12 +150,13 @@ class BlockKernel:
         return f"32 if {widest} else 16"
 
     def wide_value_blocks(self) -> bool:
-        """chunk_delta with one delta step a token and a scalar decay or none in every group
-        (deltanet, gated_deltanet) fits with value blocks of 32 beside a key block over 64 too:
-        taken when the launch has enough programs without the narrower blocks (blockwise.md)."""
+        """chunk_delta with one delta step a token in every group, whatever its decay (deltanet,
+        gated_deltanet, kda: key-wise gates fit since their decayed keys are formed before the
+        read-out, chunk_delta.md), fits with value blocks of 32 beside a key block over 64 too:
+        taken when the launch has enough programs without the narrower blocks (blockwise.md);
+        two steps a token (deltaproduct) keep 16."""
         return self.mode == "chunk_delta" and all(
-            len(g.steps) == 1 and (g.log_decay is None or g.log_decay.dims == ())
-            for g in self.plan.groups if g.kind == "chunk_delta")
+            len(g.steps) == 1 for g in self.plan.groups if g.kind == "chunk_delta")
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
