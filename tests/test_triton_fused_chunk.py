@@ -80,6 +80,20 @@ def test_wide_value_blocks_beside_a_key_dim_over_64(name, V, T, wide, narrow, mo
     compare(name, "chunk_delta", {"K": 80, "V": V}, T, precision="ieee")
 
 
+def test_wide_value_blocks_need_bare_key_wise_roles():
+    """A key-wise decay takes the wide value blocks only when its roles (log decay, key, beta,
+    value) are bare inputs, as kda's (blockwise.md, "Blocks"): kda with a computed decay `g * a`
+    spilled with 32 lanes at K = V = 128 on sm_80, so its module has 16 beside K > 64; two delta
+    steps a token (deltaproduct) keep 16 too."""
+    edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
+        "const scale", "param a[K] in (0, 1)\nconst scale")
+    for program, wide in ((seqc.load("kda"), True), (seqc.compile(edited), False),
+                          (seqc.load("deltaproduct"), False)):
+        code = program.emit("triton")
+        assert "def _chunk_delta_blocks" in code, program.name
+        assert ("WIDE_VALUE_PROGRAMS = 132" in code) == wide, program.name
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("name,mode", [("linear_attn", "chunk"), ("hgrn2", "chunk"),
                                        ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
