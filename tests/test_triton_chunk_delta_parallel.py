@@ -106,13 +106,16 @@ def test_two_delta_steps_with_a_scalar_decay_and_hard_resets():
 def test_default_mode_by_programs_against_sms():
     """mode=None: `chunk_delta_parallel` when the single kernel would run fewer than 132 / 2
     programs (B x H x value blocks) and the state pass at least as many, else `chunk_delta`
-    (docs/backends.md): at K = V = 128 the state pass has half chunk_delta's programs (value
-    blocks of 32 against 16), and the GPU model has chunk_delta faster at B=4, H=16 and at
-    B=1, H=4."""
+    (docs/backends.md), both counted with the value blocks they launch: at K = V = 128
+    chunk_delta's are 32 lanes at B=4, H=16 (a wide launch) and 16 at B=1, H=4, the state
+    pass's 32; the GPU model has chunk_delta faster at both shapes."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
-    # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 (backends/triton/blockwise.md)
+    # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 unless the launch is wide
+    # (backends/triton/blockwise.md, "Blocks")
     few = {"B": 1, "T": 4096, "H": 4, "K": 128, "V": 128}
+    assert module._chunk_delta_blocks(few, 128)[1] == 8
+    assert module._chunk_delta_blocks({**few, "B": 4, "H": 16}, 128)[1] == 4
     assert module._state_pass_programs(few, 128) == 4 * 4
     assert module._choose_mode(few, 128) == "chunk_delta"                     # 4 x 8 blocks
     assert module._choose_mode({**few, "B": 4, "H": 16}, 128) == "chunk_delta"

@@ -60,21 +60,38 @@ def test_key_dim_over_64(name, mode):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
-def test_wide_value_blocks_beside_a_key_dim_over_64(name, monkeypatch):
-    """chunk_delta with one delta step and a scalar decay or none takes value blocks of 32 beside
-    a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs with them (an H100's
-    132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32 a head (five of 16
-    below the threshold), T = 37; fp32 "ieee" against the reference."""
+@pytest.mark.parametrize("name,V,T,wide,narrow", [("deltanet", 72, 37, 3, 5),
+                                                   ("gated_deltanet", 72, 37, 3, 5),
+                                                   ("kda", 40, 20, 2, 3)])
+def test_wide_value_blocks_beside_a_key_dim_over_64(name, V, T, wide, narrow, monkeypatch):
+    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) takes value
+    blocks of 32 beside a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs
+    with them (an H100's 132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32
+    a head (five of 16 below the threshold), T = 37 (kda, slower in the interpreter: V = 40, two
+    against three, T = 20); fp32 "ieee" against the reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
-    sizes = dict(B=1, T=37, H=2, K=80, V=72)
+    sizes = dict(B=1, T=T, H=2, K=80, V=V)
     assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
-        "chunk_delta_kernel": [2 * 5]}
+        "chunk_delta_kernel": [2 * narrow]}
     monkeypatch.setattr(module, "WIDE_VALUE_PROGRAMS", 1)
     assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
-        "chunk_delta_kernel": [2 * 3]}
-    compare(name, "chunk_delta", {"K": 80, "V": 72}, 37, precision="ieee")
+        "chunk_delta_kernel": [2 * wide]}
+    compare(name, "chunk_delta", {"K": 80, "V": V}, T, precision="ieee")
+
+
+def test_wide_value_blocks_need_bare_key_wise_roles():
+    """A key-wise decay takes the wide value blocks only when its roles (log decay, key, beta,
+    value) are bare inputs, as kda's (blockwise.md, "Blocks"): kda with a computed decay `g * a`
+    spilled with 32 lanes at K = V = 128 on sm_80, so its module has 16 beside K > 64; two delta
+    steps a token (deltaproduct) keep 16 too."""
+    edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
+        "const scale", "param a[K] in (0, 1)\nconst scale")
+    for program, wide in ((seqc.load("kda"), True), (seqc.compile(edited), False),
+                          (seqc.load("deltaproduct"), False)):
+        code = program.emit("triton")
+        assert "def _chunk_delta_blocks" in code, program.name
+        assert ("WIDE_VALUE_PROGRAMS = 132" in code) == wide, program.name
 
 
 @pytest.mark.triton

@@ -40,7 +40,6 @@ def emit(program, plan=None) -> str:
     parallel = next((b for b in builders if b.mode in PARALLEL_MODES), None)
     return render_template("triton", "module.py.j2", spec=spec, modes=modes, default=modes[-1],
                   value_dim=parallel and getattr(getattr(parallel, "group", None), "value_dim", None),
-                  key_dim=parallel and getattr(getattr(parallel, "group", None), "key_dim", None),
                   parallel_mode=parallel and parallel.mode,
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,

@@ -150,12 +150,23 @@ class BlockKernel:
         return f"32 if {widest} else 16"
 
     def wide_value_blocks(self) -> bool:
-        """chunk_delta with one delta step a token and a scalar decay or none in every group
-        (deltanet, gated_deltanet) fits with value blocks of 32 beside a key block over 64 too:
-        taken when the launch has enough programs without the narrower blocks (blockwise.md)."""
+        """chunk_delta with one delta step a token in every group fits with value blocks of 32
+        beside a key block over 64 too, taken when the launch has enough programs without the
+        narrower blocks (blockwise.md): with a scalar decay or none (deltanet, gated_deltanet),
+        or a key-wise one whose roles are bare inputs (kda: its decayed keys formed before the
+        read-out, chunk_delta.md; a computed key-wise role, `g * a` or an l2norm `let`, spilled 8
+        B on sm_80 at K = V = 128). Two steps a token (deltaproduct) keep 16."""
+        def fits(group) -> bool:
+            if len(group.steps) != 1:
+                return False
+            if group.log_decay is None or group.log_decay.dims == ():
+                return True
+            step = group.steps[0]
+            return all(isinstance(role, ir.Name) and role.ref is not None
+                       and role.ref.kind == "input"
+                       for role in (group.log_decay, step.key, step.beta, step.value))
         return self.mode == "chunk_delta" and all(
-            len(g.steps) == 1 and (g.log_decay is None or g.log_decay.dims == ())
-            for g in self.plan.groups if g.kind == "chunk_delta")
+            fits(g) for g in self.plan.groups if g.kind == "chunk_delta")
 
     def transposed_states(self) -> frozenset[str]:
         """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""

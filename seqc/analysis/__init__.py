@@ -3,7 +3,11 @@
 `analyse(checked) -> Analysis`. The passes, one module each:
     symbolic  IR -> sympy (states as symbols, updates composed, lets inlined) and back
     reads     how the outputs read the states
-    classify  the rules, giving one `Proof` per group (blame.py points at refusals)
+    stages    the groups as a DAG of stages, upstream first
+    classify  the rules, giving one `Proof` per group; one module per form:
+              semiring_form, delta_form (with dplr_form and low_rank), chunk_form, scan_form;
+              affine (degree <= 1, `Refused`), factors (key x value splits); blame.py points at
+              refusals
     lower     Analysis -> seqc.plan.Plan
     report    the verdicts in words and as JSON
 """

@@ -720,14 +720,31 @@ def chunk_delta_parallel_output_kernel(
     tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
 
 
+def _chunk_delta_parallel_blocks(dims, block_split):
+    """The blocks of the per-chunk kernel, the state pass and the output kernel at `dims`
+    (chunk_delta_parallel.md, "Blocks"): key blocks of 64 / delta steps in the per-chunk and
+    output kernels (16 in the output kernel with a key-wise decay), all of K in the state pass
+    (w h sums over it); value blocks of at most 64 lanes, 32 in the state pass when K > 64."""
+    blocks = {
+        "BLOCK_K": max(16, _pow2(dims["K"])),
+        "BLOCK_V": max(16, _pow2(dims["V"])),
+    }
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(block_split)))
+    output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
+    if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
+        state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
+    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
+    return prepare_blocks, state_blocks, output_blocks
+
+
 def _state_pass_programs(dims, block_split):
-    """Programs of the state pass at `dims` (its grid in _run_chunk_delta_parallel): value blocks
-    (of at most 32 lanes when K > 64) x batch x heads; `_choose_mode` weighs them."""
-    block_v = max(16, _pow2(dims["V"]))
-    block_v = min(block_v, 64, max(16, _pow2(block_split)))
-    if max(16, _pow2(dims["K"])) > 64:
-        block_v = min(block_v, 32)
-    return triton.cdiv(dims["V"], block_v) * dims["B"] * dims["H"]
+    """Programs of the state pass at `dims`, with the value blocks it launches: value blocks x
+    batch x heads; `_choose_mode` weighs them."""
+    state_blocks = _chunk_delta_parallel_blocks(dims, block_split)[1]
+    return triton.cdiv(dims["V"], state_blocks["BLOCK_V"]) * dims["B"] * dims["H"]
+
 
 def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
@@ -738,25 +755,10 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(first.dtype, acc)
     dot_dtype = first.dtype if sixteen else spare.dtype
     precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
-    blocks = {
-        "BLOCK_K": max(16, _pow2(dims["K"])),
-        "BLOCK_V": max(16, _pow2(dims["V"])),
-    }
-    # key blocks of 64 / delta steps in the per-chunk and output kernels (16 in the output kernel
-    # with a key-wise decay), all of K in the state pass (w h sums over it); value blocks of at
-    # most 64 lanes (chunk_delta_parallel.md, "Blocks")
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
-    output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
-    if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
-        state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
-    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
-    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
-    prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
+    prepare_blocks, state_blocks, output_blocks = _chunk_delta_parallel_blocks(dims, options.get("block_split", 128))
     # chunks of block_t tokens, 1 delta step(s) each: 1 x block_t rows of at most 64
     block_t = min(64, max(16, _pow2(options.get("chunk_size", 64))))
     n_t = triton.cdiv(T, block_t)
-    n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
-    n_v_state = triton.cdiv(dims["V"], state_blocks["BLOCK_V"])
     K_, V_ = dims["K"], dims["V"]
     device = spare.device
     chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=_chunk_state_dtype(spare, x, options), device=device)
@@ -788,7 +790,7 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             chosen = _with_blocks(blocks, config)
             return grid_of(chosen), arguments(chosen, block_t, ns), _launch_options(config)
         return build
-    configs = _chunk_delta_parallel_configs(blocks["BLOCK_V"])
+    configs = _chunk_delta_parallel_configs(output_blocks["BLOCK_V"])
     # the per-chunk kernel holds a chunk's 1 x block_t rows (a row per token and delta step) as sub-chunks of 16
     _launch(chunk_delta_parallel_prepare_kernel, configs["prepare"],
             launcher(prepare_blocks, lambda b: (n_t, B * H), 16, 1 * block_t // 16), key)
@@ -898,6 +900,19 @@ def chunk_delta_kernel(
 WIDE_VALUE_PROGRAMS = 132
 
 
+def _chunk_delta_blocks(dims, block_split):
+    """The kernel's blocks at `dims` and its value blocks a batch x head (its programs: B x H
+    times them; `_choose_mode` counts these). GPU-fit blocking (blockwise.md, "Blocks"): value
+    blocks of at most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64)."""
+    B, H = dims["B"], dims["H"]
+    blocks = {
+        "BLOCK_K": max(16, _pow2(dims["K"])),
+        "BLOCK_V": max(16, _pow2(dims["V"])),
+    }
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 or B * H * triton.cdiv(dims["V"], 32) >= WIDE_VALUE_PROGRAMS else 16, max(16, _pow2(block_split)))
+    return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
+
+
 def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     spare = next(iter(outputs.values()))
@@ -905,15 +920,10 @@ def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     # 16-bit inputs dot as they are (blockwise.md, "Dtypes"); fp32 ones in "tf32" unless asked
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
     precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
-    blocks = {
-        "BLOCK_K": max(16, _pow2(dims["K"])),
-        "BLOCK_V": max(16, _pow2(dims["V"])),
-    }
-    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
-    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
+    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks as
+    # _chunk_delta_blocks, 8 warps, one stage
+    blocks, n_split = _chunk_delta_blocks(dims, options.get("block_split", 128))
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 or B * H * triton.cdiv(dims["V"], 32) >= WIDE_VALUE_PROGRAMS else 16, max(16, _pow2(options.get("block_split", 128))))
-    n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_delta_kernel[(n_split, B * H)](
         x["q"],
         x["k"],
@@ -2349,10 +2359,8 @@ CHOICE_RULE = ("chunk_delta_parallel when chunk_delta would launch fewer than 13
 
 
 def _choose_mode(dims, block_split):
-    # the single kernel's value block (blockwise.md, "Blocks")
-    cap = 32 if _pow2(dims["K"]) <= 64 else 16
-    block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
-    programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
+    # the single kernel's programs, with the value blocks it launches (blockwise.md, "Blocks")
+    programs = dims["B"] * dims["H"] * _chunk_delta_blocks(dims, block_split)[1]
     # the GPU model's choice (seqc/gpu_model.py; docs/backends.md "Triton chunk modes"): the
     # multi-kernel form when the single kernel would keep fewer than half the SMs busy and the
     # form's state pass spreads over at least as many programs as the single kernel

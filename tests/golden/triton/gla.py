@@ -597,6 +597,19 @@ def chunk_kernel(
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 
+def _chunk_blocks(dims, block_split):
+    """The kernel's blocks at `dims` and its value blocks a batch x head (its programs: B x H
+    times them; `_choose_mode` counts these). GPU-fit blocking (blockwise.md, "Blocks"): value
+    blocks of at most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64)."""
+    B, H = dims["B"], dims["H"]
+    blocks = {
+        "BLOCK_K": max(16, _pow2(dims["K"])),
+        "BLOCK_V": max(16, _pow2(dims["V"])),
+    }
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(block_split)))
+    return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
+
+
 def _run_chunk(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
     spare = next(iter(outputs.values()))
@@ -604,15 +617,10 @@ def _run_chunk(x, p, dims, init, final, outputs, consts, options):
     # 16-bit inputs dot as they are (blockwise.md, "Dtypes"); fp32 ones in "tf32" unless asked
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
     precision = options.get("precision") or ("tf32" if dot == tl.float32 else "ieee")
-    blocks = {
-        "BLOCK_K": max(16, _pow2(dims["K"])),
-        "BLOCK_V": max(16, _pow2(dims["V"])),
-    }
-    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks of at
-    # most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64), 8 warps, one stage
+    # GPU-fit blocking (blockwise.md, "Blocks"): chunks of at most 16 steps, value blocks as
+    # _chunk_blocks, 8 warps, one stage
+    blocks, n_split = _chunk_blocks(dims, options.get("block_split", 128))
     block_t = min(max(16, _pow2(options.get("chunk_size", 64))), 16)
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
-    n_split = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_kernel[(n_split, B * H)](
         x["q"],
         x["k"],
@@ -1882,10 +1890,8 @@ CHOICE_RULE = ("chunk_parallel when chunk would launch fewer than 132 / 2 progra
 
 
 def _choose_mode(dims, block_split):
-    # the single kernel's value block (blockwise.md, "Blocks")
-    cap = 64
-    block = max(16, min(_pow2(dims["V"]), _pow2(block_split), cap))
-    programs = dims["B"] * dims["H"] * triton.cdiv(dims["V"], block)
+    # the single kernel's programs, with the value blocks it launches (blockwise.md, "Blocks")
+    programs = dims["B"] * dims["H"] * _chunk_blocks(dims, block_split)[1]
     # the GPU model's choice (seqc/gpu_model.py; docs/backends.md "Triton chunk modes"): the
     # multi-kernel form when the single kernel would keep fewer than half the SMs busy and the
     # form's state pass spreads over at least as many programs as the single kernel
