@@ -2183,11 +2183,107 @@ def _cdp_store_dg(ptr_dg, offs, mask, db, d, BLOCK_T: tl.constexpr, ACC: tl.cons
     tl.store(ptr_dg + offs, tl.where(d == float("-inf"), 0.0, dg), mask=mask)
 
 
+@triton.jit
+def _cdp_bwd_keys_kernel(
+    ptr_q, ptr_k, ptr_w, ptr_g, ptr_tm, ptr_h, ptr_dh, ptr_do, ptr_vn, ptr_dvn, ptr_dq, ptr_dk,
+    ptr_dw, ptr_dv, ptr_dg, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The keys' gradients in one kernel (adjoint d and e fused: all of K in one block, no or
+    a scalar gate), one program per (chunk, batch x head), in two loops over value blocks
+    (chunk_delta_parallel_core_keys.md): dv = Tm^T dvn, dL = -dv vn^T, d(2^G0 k) = -dv h^T,
+    vn dh^T, dk stored; then dP = do vn^T, do h^T: dq, dw, and dg by the reverse cumsum (no dW
+    or dTm formed)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    offs_tk = base[:, None] * K + o_k[None, :]
+    # the new values' and the leaving state's terms first (at most three [C, C] or [C, K]
+    # accumulators live at a time)
+    TmT = tl.trans(tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :],
+                           mask=mask_t[:, None], other=0.0))
+    dL = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # -dv vn^T
+    dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)       # -dv h^T = d(2^G0 k)
+    dw = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)       # vn dh^T
+    hdh = tl.zeros([1], dtype=ACC)                     # sum h[n] * dh[n] (a scalar gate's)
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        offs = (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :]
+        mask_kv = mask_k[:, None] & mask_v[None, :]
+        h = tl.load(ptr_h + offs, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + offs, mask=mask_kv, other=0.0)
+        vn = _cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)
+        dv = tl.dot(TmT, _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V),
+                    input_precision=PRECISION)
+        tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+                 mask=mask_t[:, None] & mask_v[None, :])
+        dv = dv.to(DOT)
+        dL -= tl.dot(dv, tl.trans(vn), input_precision=PRECISION)
+        dk -= tl.dot(dv, tl.trans(h.to(DOT)), input_precision=PRECISION)
+        dw += tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION)
+        if DECAY > 0:
+            hdh += tl.sum(h * dh)
+    # (dL M) w into dk, stored and its gate's share taken before (dL M)^T k goes into dw
+    dM = _cdp_causal(tl.where(o_t[:, None] > o_t[None, :], dL, 0.0), ptr_g, base, mask_t, o_t,
+                     K, BLOCK_T, DECAY, ACC).to(DOT)
+    k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
+    w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+    start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                              BLOCK_T, K, ACC)
+    dw = dw * end
+    # dL/db of the chunk's last step through the state it leaves (dw holds its share so far),
+    # summed over the lanes (0 past K) as the gate is scalar
+    leaving = whole * tl.sum(hdh, axis=0) + tl.sum(w.to(ACC) * dw)
+    dk = dk * start + tl.dot(dM, w, input_precision=PRECISION)
+    tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
+    if DECAY == 1:      # the gate's share so far, summed over the lanes, parked in dg (a
+        # [C] vector), with the leaving state's on the chunk's last step before T (the reverse
+        # cumsum takes it to every step)
+        last = tl.minimum(T - n * BLOCK_T, BLOCK_T) - 1
+        tl.store(ptr_dg + base, tl.sum(k.to(ACC) * dk, axis=1) + tl.where(o_t == last, leaving,
+                 0.0), mask=mask_t)
+    dw += tl.dot(tl.trans(dM), k, input_precision=PRECISION)
+    # then the reads' terms
+    dP = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # do vn^T
+    dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)       # do h^T
+    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = o_v < V
+        h = tl.load(ptr_h + (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+        dP += tl.dot(do, tl.trans(_cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)),
+                     input_precision=PRECISION)
+        dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION)
+    q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
+    w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+    # the factors again (a chunk's C log decays: cheaper than holding them through the loop)
+    start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
+                                              BLOCK_T, K, ACC)
+    dM = _cdp_causal(dP, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
+    dq = dq * start + tl.dot(dM, w, input_precision=PRECISION)
+    tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
+    dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
+    tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
+    if DECAY == 1:
+        db = tl.load(ptr_dg + base, mask=mask_t, other=0.0) \
+            + tl.sum(q.to(ACC) * dq - w.to(ACC) * dw, axis=1)
+        d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                    DECAY, BLOCK_T, K, ACC)
+        _cdp_store_dg(ptr_dg, base, mask_t, db, d, BLOCK_T, ACC)
+
+
 def _cdp_blocks(K, V, decay, chunk_size):
     """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
     steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
     hold all of K, on value blocks of 64 up to 64 key lanes (1 stage) and 32 beyond (2 stages),
-    but for the adjoint pass that forms the local dv (32 lanes)."""
+    but for the adjoint pass that forms the local dv (32 lanes); up to 64 key lanes with no or
+    a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
@@ -2199,13 +2295,15 @@ def _cdp_blocks(K, V, decay, chunk_size):
     # key lanes); the passes take 64 value lanes up to 64 key lanes otherwise (1 stage)
     fuse_local = not keywise and narrow
     adjoint_v = block_v if narrow and not fuse_local else min(block_v, 32)
+    # the same spans take the keys' gradients in one kernel (_cdp_bwd_keys_kernel) on value
+    # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
                 dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
-                adjoint_stages=1 if narrow else 2)
+                adjoint_stages=1 if narrow else 2, fuse_keys=fuse_local, keys_v=16)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2293,13 +2391,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
         dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
-        dW = torch.empty_like(W)
         dv = torch.empty((B, T, H, V), dtype=compute, device=device)
-        dg = db = None
-        if g is not None:
-            dg = torch.empty(g.shape, dtype=compute, device=device)
-            db = torch.empty(((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute,
-                             device=device)
+        dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
@@ -2307,14 +2400,24 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             dfinal is not None, b["fuse_local"], acc, tl_dot, precision,
             num_warps=b["state_warps"],
             num_stages=b["adjoint_stages"])
-        _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
-            q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
-            T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
-            tl_dot, precision, num_warps=8)
-        _cdp_bwd_wy_kernel[(NT, B * H)](
-            k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
-            dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
-            b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
+        if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
+            _cdp_bwd_keys_kernel[(NT, B * H)](
+                q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
+                dq if dg is None else dg, T, H, NT, K, V, b["block_t"], b["sub_t"],
+                b["state_k"], b["keys_v"], decay, acc, tl_dot, precision, num_warps=8,
+                num_stages=1)
+        else:
+            dW = torch.empty_like(W)
+            db = None if g is None else torch.empty(
+                ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=device)
+            _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
+                q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
+                T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
+                tl_dot, precision, num_warps=8)
+            _cdp_bwd_wy_kernel[(NT, B * H)](
+                k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
+                dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
+                b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
 
 
