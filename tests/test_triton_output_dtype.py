@@ -91,3 +91,19 @@ def test_the_interpreter_stores_bf16_rounded_to_nearest_even():
     want = values.to(torch.bfloat16)
     assert torch.equal(bits(out[:7]), bits(want[:7])) and out[7].isnan()
     assert out[0] == 1.0 + 2.0 ** -7 and out[1] == 1.0 and out[3] == 1.0 + 2.0 ** -6
+
+
+def test_the_gpu_model_counts_outputs_in_the_call_dtype_and_charges_the_host_cast(monkeypatch):
+    """simple_gla's chunk kernel at B = H = 1, T = 32, K = V = 16, bf16: its store of o moves
+    T x V x 2 bytes, which the compulsory bytes count too; the same kernel made to store fp32
+    (outside CALL_DTYPE_OUTPUTS, as chunk_delta_parallel is) moves 2 bytes more a value and is
+    charged the host's cast, HOST_CAST: the fp32 o read and the bf16 o written."""
+    from seqc.gpu_model import COMPULSORY, HOST_CAST, count_mode
+    program = seqc.load("simple_gla")
+    sizes, values = dict(B=1, T=32, H=1, K=16, V=16), 32 * 16
+    narrow = count_mode(program, "chunk", sizes, torch.bfloat16, {})
+    monkeypatch.setattr(program.kernel("triton").module, "CALL_DTYPE_OUTPUTS", frozenset())
+    wide = count_mode(program, "chunk", sizes, torch.bfloat16, {})
+    assert HOST_CAST not in narrow and wide[HOST_CAST].bytes == values * (4 + 2)
+    assert wide["chunk_kernel"].bytes - narrow["chunk_kernel"].bytes == values * 2
+    assert wide[COMPULSORY].bytes == narrow[COMPULSORY].bytes
