@@ -502,6 +502,11 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
     state_blocks, output_blocks = dict(blocks), dict(blocks)
     state_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
+    # value blocks: the output kernel takes up to 64 lanes (q and k read once a
+    # value block: one block at V = 64; chunk_parallel.md, "Blocks")
+    output_blocks["BLOCK_V"] = min(max(16, _pow2(dims["V"])), 64, max(16, _pow2(options.get("block_split", 128))))
+    if output_blocks["BLOCK_V"] > 64:     # beside 128 value lanes, key blocks of 16
+        output_blocks["BLOCK_K"] = min(output_blocks["BLOCK_K"], 16)
     block_t = max(16, _pow2(options.get("chunk_size", 64)))
     n_t = triton.cdiv(T, block_t)
     n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
@@ -533,7 +538,7 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
         chosen = _with_blocks(output_blocks, config)
         grid = (triton.cdiv(dims["V"], chosen["BLOCK_V"]), n_t, B * H)
         return grid, arguments(chosen), _launch_options(config)
-    configs = _chunk_parallel_configs(blocks["BLOCK_V"], dims["V"])
+    configs = _chunk_parallel_configs(output_blocks["BLOCK_V"], dims["V"])
     _launch(chunk_parallel_state_kernel, configs["state"], state_launch, key)
     _launch(chunk_parallel_output_kernel, configs["output"], output_launch, key)
 
@@ -543,7 +548,9 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
     output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
     4 warps spilled 8 B on sm_90a), and its only full-block entry when it reads S_{t-1} (rwkv6:
-    4 warps spilled 64 B on sm_90a); the state pass runs 8 warps only beside a normaliser
+    4 warps spilled 64 B on sm_90a), and the scalar-decay one's when its value block is 128
+    lanes, 8 warps, one stage (4 warps, 3 stages spilled 260 B on sm_80, 8 warps, 2 stages 144 B
+    with key blocks of 64); the state pass runs 8 warps only beside a normaliser
     (mlstm: 4 warps spilled 32-40 B on sm_80; chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
