@@ -50,7 +50,8 @@ def emit(program, plan=None) -> str:
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
                   fused_backward=backward is not None,
-                  call_dtype_outputs=[m for m in modes if m in CALL_DTYPE_OUTPUTS],
+                  call_dtype_outputs=[b.mode for b in builders if b.mode in CALL_DTYPE_OUTPUTS
+                                      and not getattr(b, "stores_fp32_outputs", bool)()],
                   not_offered=families.not_offered(plan))
 
 
