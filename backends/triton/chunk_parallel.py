@@ -234,6 +234,13 @@ class ChunkParallelKernel(BlockKernel):
         self.mode = "chunk_parallel"
         self.group = plan.groups[0]
 
+    def stores_fp32_outputs(self) -> bool:
+        """The key-wise output kernel keeps fp32 outputs (seqc casts them): with the bf16 store
+        gla's spilled 16 B on sm_90a at K = V = 64 (docs/benchmarks.md, "Outputs in the call's
+        dtype")."""
+        g = self.group
+        return g.log_decay is not None and g.log_decay.dims == (g.key_dim,)
+
     def loads(self, names) -> tuple[list[str], list[str]]:
         raw, cast = [], []
         for x in self.spec.inputs:
