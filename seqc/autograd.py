@@ -89,7 +89,9 @@ class _TritonRun(torch.autograd.Function):
             outputs, final = call.recompute().run(inputs, params, call.dims, states,
                                                   bool(call.layout.final), **call.cores())
             results = call.layout.flatten(outputs, final)
-        pairs = [(r, g) for r, g in zip(results, incoming) if g is not None and r.requires_grad]
+        # the kernels may write outputs in the call's 16-bit dtype, the recomputation in fp32
+        pairs = [(r, g.to(r.dtype)) for r, g in zip(results, incoming)
+                 if g is not None and r.requires_grad]
         wanted = [leaf for leaf, need in zip(leaves, needs) if need]
         if not pairs or not wanted:
             return (None,) * (1 + len(leaves))

@@ -2,9 +2,9 @@
 
 Every masked load and store the interpreter executes is counted (bytes = active lanes x element
 size), and the total is set against the compulsory traffic of the call: every input and param
-read once, every output and final state written once (outputs and states are fp32: the kernels
-write the compute dtype). This stands in for GPU bandwidth efficiency until a GPU is available;
-a ratio of 1.00 means no byte moves twice. Targets: fused recurrent <= 1.1x, chunkwise <= 2x.
+read once, every output written once in the call's dtype and the final state in fp32. This
+stands in for GPU bandwidth efficiency until a GPU is available; a ratio of 1.00 means no byte
+moves twice. Targets: fused recurrent <= 1.1x, chunkwise <= 2x.
 
 The interpreter is slow (numpy per block operation), so when it is in use the shape is capped
 (B <= 1, T <= 128, H <= 2; the spec's dims are kept, they decide the value-block redundancy);
@@ -50,10 +50,12 @@ def counting():
         InterpreterBuilder.create_masked_load, InterpreterBuilder.create_masked_store = load, store
 
 
-def compulsory(tensors: dict, outputs: dict, final_state: dict) -> tuple[int, int]:
-    """(bytes read, bytes written) if every tensor moved exactly once."""
+def compulsory(tensors: dict, outputs: dict, final_state: dict,
+               output_dtype=None) -> tuple[int, int]:
+    """(bytes read, bytes written) if every tensor moved exactly once: the outputs in
+    `output_dtype` (the call's; default their own dtype), the final state in fp32."""
     read = sum(t.numel() * t.element_size() for t in tensors.values())
-    written = sum(t.numel() * 4 for t in outputs.values())
+    written = sum(t.numel() * (output_dtype or t.dtype).itemsize for t in outputs.values())
     written += sum(t.numel() * 4 for t in final_state.values())
     return read, written
 

@@ -22,11 +22,15 @@ Per mode of a spec's Triton module, at a call shape (default B=4, T=4096, H=16, 
 
       roofline = max(compulsory bytes / bandwidth, Plan FLOPs / dense bf16 tensor rate)
 
-  compulsory bytes: every input and param read once (call dtype), every output and the final
-  state written once (fp32, what the kernels write; seqc/bench_io.py `compulsory`); Plan FLOPs:
+  compulsory bytes: every input and param read once (call dtype), every output written once in
+  the call's dtype and the final state in fp32 (seqc/bench_io.py `compulsory`); Plan FLOPs:
   the matmul work of the chunkwise form at chunk 64 (seqc/bench.py `flops_per_token`). The fused
   recurrent kernel has no `tl.dot`: its FLOPs are the Plan's at chunk 1 (the recurrence), on
   fp32 FMA.
+
+A mode whose kernels store fp32 outputs on a 16-bit call (outside its module's
+CALL_DTYPE_OUTPUTS) is charged the host's cast after them too, as one more kernel (HOST_CAST):
+the fp32 outputs read and the 16-bit ones written, over every SM.
 
 The ratio predicted / roofline says how far a mode's kernels are from the best any kernel could
 do on that GPU. The model charges extra bytes (chunk-boundary states, re-reads of blocks), dots
@@ -64,6 +68,7 @@ COUNT_T = (64, 128)       # the lengths counted under the interpreter (B = H = 1
 LAUNCH_S = 2e-6           # a kernel launch after the previous one ends (no CUDA graph)
 UNITS = ("tensor", "tf32", "fma")
 COMPULSORY = ""           # count_mode's entry for the call's compulsory bytes (no kernel)
+HOST_CAST = "output cast (torch)"   # count_mode's entry for the cast of fp32 outputs to 16 bits
 LAUNCH_THRESHOLD = "WIDE_VALUE_PROGRAMS"    # a module's launch-size rule (blockwise.md "Blocks")
 
 
@@ -123,7 +128,8 @@ def counting_kernels():
 
 def count_mode(program, mode: str, sizes: dict, dtype, options: dict) -> dict[str, KernelCount]:
     """Per kernel name, what one call of `mode` at `sizes` (small: interpreted) moves; under
-    COMPULSORY, the bytes of the call's tensors (inputs, params; outputs and final state fp32)."""
+    COMPULSORY, the bytes of the call's tensors (inputs, params, outputs in `dtype`, final state
+    fp32); under HOST_CAST, the cast of outputs the kernels wrote wider than `dtype`."""
     from .bench_io import compulsory, scratch_bytes
     from .inputs import random_call
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -134,7 +140,11 @@ def count_mode(program, mode: str, sizes: dict, dtype, options: dict) -> dict[st
         outputs, final = module.run(inputs, params, dims, None, True, mode=mode, **options)
     mine = [*tensors.values(), *outputs.values(), *final.values()]
     kernels: dict[str, KernelCount] = {COMPULSORY: KernelCount(sum(compulsory(
-        tensors, outputs, final)))}
+        tensors, outputs, final, dtype)))}
+    wide = [o for o in outputs.values() if o.dtype.itemsize > dtype.itemsize]
+    if wide:        # seqc/kernel.py casts them after the kernels: read them, write the call's
+        kernels[HOST_CAST] = KernelCount(sum(o.numel() * (o.element_size() + dtype.itemsize)
+                                             for o in wide))
     starts = [start for _, _, start in launches] + [len(counts["events"])]
     for (name, count, start), end in zip(launches, starts[1:]):
         count.scratch = scratch_bytes(counts["events"][start:end], mine)
@@ -277,9 +287,11 @@ def mode_model(program, mode: str, sizes: dict, gpu: GPU, dtype=None, options=No
         from .bench import flops_per_token
         plan = program.analysis.plan
         tokens = sizes["B"] * sizes["T"] * sizes["H"]
-        for count in counts.values():
-            if plan is not None and not any(count.flops.values()):
+        for name, count in counts.items():
+            if plan is not None and name != HOST_CAST and not any(count.flops.values()):
                 count.flops["fma"] = flops_per_token(plan, sizes, 1) * tokens
+    if HOST_CAST in counts:       # one elementwise torch kernel per output, over every SM
+        grids[HOST_CAST] = [gpu.sms] * len(program.spec.outputs)
     for name, grid in grids.items():
         count = counts.get(name, KernelCount())
         programs = sum(grid) / len(grid)

@@ -12,6 +12,11 @@ from .render import Constants, helpers
 # the multi-kernel forms a module runs instead of its single-kernel default when that would
 # launch too few programs (module.py.j2, `_choose_mode`)
 PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel", "scan_parallel")
+# the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 when the inputs are;
+# states and accumulators stay fp32); the others store fp32 and seqc/kernel.py casts them after
+# the call (docs/backends.md, "Dtypes")
+CALL_DTYPE_OUTPUTS = ("fused_recurrent", "scan", "chunk", "chunk_delta", "chunk_dplr",
+                      "scan_parallel", "chunk_parallel")
 
 
 def plan_of(program):
@@ -44,6 +49,8 @@ def emit(program, plan=None) -> str:
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
                   fused_backward=backward is not None,
+                  call_dtype_outputs=[b.mode for b in builders if b.mode in CALL_DTYPE_OUTPUTS
+                                      and not getattr(b, "stores_fp32_outputs", bool)()],
                   not_offered=families.not_offered(plan))
 
 

@@ -149,6 +149,12 @@ class BlockKernel:
             widest += f' or B * H * triton.cdiv(dims["{self.split}"], 32) >= WIDE_VALUE_PROGRAMS'
         return f"32 if {widest} else 16"
 
+    def stores_fp32_outputs(self) -> bool:
+        """The chunk kernel of a read of S_{t-1} (rwkv6) keeps fp32 outputs (seqc casts them):
+        at K = V = 128 it sits at 255 registers on sm_80, and the bf16 store spilled 24 B there
+        (docs/benchmarks.md, "Outputs in the call's dtype")."""
+        return self.mode == "chunk" and any(r.previous for r in self.plan.reads)
+
     def wide_value_blocks(self) -> bool:
         """chunk_delta with one delta step a token in every group fits with value blocks of 32
         beside a key block over 64 too, taken when the launch has enough programs without the

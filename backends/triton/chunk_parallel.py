@@ -20,6 +20,12 @@ from . import layout
 from .blockwise import LOG2E, BlockKernel, FactoringRenderer
 from .render import Block
 
+# the output kernel's widest value block, by whether the decay is key-wise (chunk_parallel.md,
+# "Blocks"): one block of 128 lanes fits beside a scalar decay (key blocks of 16, 8 warps, one
+# stage) with 0 spill bytes on sm_80 and sm_90a, q and k then read once; beside key-wise gates
+# 128 lanes spilled 184 B on sm_90a (gla), so that kernel keeps 64
+OUTPUT_VALUE_CAP = {False: 128, True: 64}
+
 
 def supported(plan) -> bool:
     """One chunk group S[K, V] (key dim first), a scalar or key-wise decay, and values and
@@ -228,6 +234,13 @@ class ChunkParallelKernel(BlockKernel):
         self.mode = "chunk_parallel"
         self.group = plan.groups[0]
 
+    def stores_fp32_outputs(self) -> bool:
+        """The key-wise output kernel keeps fp32 outputs (seqc casts them): with the bf16 store
+        gla's spilled 16 B on sm_90a at K = V = 64 (docs/benchmarks.md, "Outputs in the call's
+        dtype")."""
+        g = self.group
+        return g.log_decay is not None and g.log_decay.dims == (g.key_dim,)
+
     def loads(self, names) -> tuple[list[str], list[str]]:
         raw, cast = [], []
         for x in self.spec.inputs:
@@ -329,6 +342,7 @@ class ChunkParallelKernel(BlockKernel):
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
+                    output_value_cap=64 if full_key else OUTPUT_VALUE_CAP[keywise],
                     final_store=self.final_store(g.state, K, V))
 
     def output_stores(self, K: str) -> tuple[list[str], list[dict], list[dict]]:

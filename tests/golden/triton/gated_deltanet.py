@@ -50,6 +50,9 @@ STATES = ("S", )
 OUTPUTS = ("o", )
 MODES = ("fused_recurrent", "chunk_delta_parallel", "chunk_delta", )
 DEFAULT_MODE = "chunk_delta"
+# the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 calls); the others
+# store fp32 (fp64 for fp64 calls), cast to the call's dtype by seqc after the call
+CALL_DTYPE_OUTPUTS = frozenset({"fused_recurrent", "chunk_delta"})
 # fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
 # operation of the step has a vector-Jacobian rule
 FUSED_BACKWARD = True
@@ -75,13 +78,50 @@ def _bf16_dots_in_the_interpreter():
     builder.create_dot = create_dot
 
 
+def _bf16_rounding_in_the_interpreter():
+    """Triton's interpreter converts fp32 to bf16 (a `.to(tl.bfloat16)`, a store of fp32 values
+    to a bf16 tensor) by dropping the low 16 bits, rounding toward zero; a GPU (cvt.rn.bf16.f32)
+    and torch round to nearest, ties to even: give the interpreter that rounding, so that
+    interpreted kernels write the GPU's bf16 outputs bit for bit. Nothing changes on a GPU."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.cast_impl, "rounds_bf16", False):
+        return
+    cast = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if not (src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16):
+            return cast(self, src, dst_type)
+        values = np.asarray(src.data, dtype=np.float32)
+        bits = values.view(np.uint32)
+        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        nan = np.isnan(values)      # kept NaN (quiet), whatever the carry did to its bits
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
+        return interpreter.TensorHandle(rounded, tl.bfloat16)
+
+    cast_impl.rounds_bf16 = True
+    builder.cast_impl = cast_impl
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _bf16_dots_in_the_interpreter()
+    _bf16_rounding_in_the_interpreter()
 
 
 def _acc(tensor):
     """The kernels' compute dtype: fp64 for fp64 calls, else fp32 (states and accumulators)."""
     return tl.float64 if tensor.dtype == torch.float64 else tl.float32
+
+
+def _spare(outputs):
+    """A tensor of the compute dtype on the outputs' device: the pointer given for an absent
+    initial or final state, and the dtype of the buffers a mode allocates (the outputs may be
+    in the call's 16-bit dtype, CALL_DTYPE_OUTPUTS)."""
+    first = next(iter(outputs.values()))
+    return first if first.dtype in (torch.float32, torch.float64) else \
+        torch.empty(1, dtype=torch.float32, device=first.device)
 
 
 def _pow2(n):
@@ -227,7 +267,7 @@ def _run_fused_recurrent(x, p, dims, init, final, outputs, consts, options, chec
     state entering steps 0, segment, 2 segment, ... (options["segment"])."""
     B, T, H = dims["B"], dims["T"], dims["H"]
     blocks, n_split = _fused_recurrent_blocks(dims, options.get("block_split", 128))
-    spare = next(iter(outputs.values()))
+    spare = _spare(outputs)
     fused_recurrent_kernel[(n_split, B * H)](
         x["q"],
         x["k"],
@@ -915,7 +955,7 @@ def _chunk_delta_blocks(dims, block_split):
 
 def _run_chunk_delta(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
-    spare = next(iter(outputs.values()))
+    spare = _spare(outputs)
     acc = _acc(spare)
     # 16-bit inputs dot as they are (blockwise.md, "Dtypes"); fp32 ones in "tf32" unless asked
     dot = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(next(iter(x.values())).dtype, acc)
@@ -1110,7 +1150,7 @@ class _FusedRecurrentTrain(torch.autograd.Function):
         p = {n: t.contiguous() for n, t in p.items()}
         init = None if init is None else {n: t.to(compute).contiguous() for n, t in init.items()}
         outputs = {
-            "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
+            "o": torch.empty((B, T, H, dims["V"]), dtype=first.dtype, device=device),
         }
         final = {
             "S": torch.empty((B, H, dims["K"], dims["V"]), dtype=compute, device=device),
@@ -2500,12 +2540,13 @@ def run(inputs, params, dims, initial_state=None, output_final_state=False, mode
     first = next(iter(inputs.values()))
     device = first.device
     compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+    written = first.dtype if mode in CALL_DTYPE_OUTPUTS else compute
     B, T, H = dims["B"], dims["T"], dims["H"]
     x = {name: tensor.contiguous() for name, tensor in inputs.items()}
     p = {name: tensor.contiguous() for name, tensor in params.items()}
     consts = _constants(dims)
     outputs = {
-        "o": torch.empty((B, T, H, dims["V"]), dtype=compute, device=device),
+        "o": torch.empty((B, T, H, dims["V"]), dtype=written, device=device),
     }
     init = None
     if initial_state is not None:
