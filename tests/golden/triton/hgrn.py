@@ -990,7 +990,8 @@ def _choose_mode(dims, block_split):
 
 
 def _constants(dims):
-    """The kernels' host-computed constants (sub-expressions over dim sizes and consts)."""
+    """The kernels' host-computed constants (sub-expressions over dim sizes and consts), computed
+    in fp64 on the host and passed to the kernels as Python floats."""
     return {
     }
 
