@@ -61,6 +61,25 @@ def test_several_writes_a_token_in_chunk_dplr():
         assert_agree(program, extremes=True)
 
 
+def test_a_number_let_times_a_const_is_exact_in_an_fp64_triton_call():
+    """`let cst = 0.7`, `output oc = cst * scale * q @ S` (deltaproduct edited): the kernels
+    bound the literal to an fp32 tensor, so every Triton mode's fp64 forward and the fused
+    recurrent gradients were 4e-9 to 1.8e-8 off (on a GPU the const argument was fp32 too). Both
+    are now exact in the call's dtype (backends/triton/render.py `in_acc`, `bound`). The fused
+    kernels and one blockwise form (all modes render constants alike; chunk_delta_parallel would
+    cost 4 s more)."""
+    source = (stdlib_dir() / "deltaproduct.seq").read_text().replace(
+        "output o = scale * q @ S", "let cst = 0.7\noutput oc = cst * scale * q @ S")
+    program = seqc.compile(source)
+    tensors, initial = call_tensors(program, 3, 0, torch.float64)
+    want = program.kernel("reference")(**tensors, initial_state=initial)["oc"]
+    for mode in ("fused_recurrent", "chunk_delta"):
+        got = program.kernel("triton", mode=mode, chunk_size=16)(**tensors, initial_state=initial)
+        assert float((got["oc"] - want).abs().max()) < 1e-12, mode
+    found = compare(program, "triton", {"mode": "fused_recurrent"}, steps=3, tolerance=1e-12)
+    assert not found, "\n".join(map(str, found))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=2, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])

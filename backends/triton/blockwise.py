@@ -125,7 +125,7 @@ class BlockKernel:
                 loads.append(f"in_{x.name} = {load}.to(ACC)")
         prelude = []
         for let in self.plan.prelude:
-            value = self.expr(let.value)
+            value = self.expr.bound(let.value)
             self.lets[let.name] = value.dims
             prelude.append(f"let_{let.name} = {value.code}")
         sections = [self.section(g) for g in self.plan.groups]

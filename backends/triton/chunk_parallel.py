@@ -255,7 +255,7 @@ class ChunkParallelKernel(BlockKernel):
     def prelude_lines(self, names) -> list[str]:
         lines = []
         for let in self.plan.prelude:
-            value = self.expr(let.value)
+            value = self.expr.bound(let.value)
             self.lets[let.name] = value.dims
             if let.name in names:
                 lines.append(f"let_{let.name} = {value.code}")

@@ -87,7 +87,7 @@ class FusedKernel:
                 for s in self.spec.states]
 
     def statement(self, statement) -> str:
-        value = self.expr(statement.value)
+        value = self.expr.bound(statement.value)
         if isinstance(statement, ir.Let):
             self.lets[statement.name] = value.dims
             return f"let_{statement.name} = {value.code}"

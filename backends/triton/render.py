@@ -7,8 +7,12 @@ A value is a `Block`: its code and the names of its axes. A value with dims (K,)
 
 Padded lanes (a dim of 48 held in a block of 64) may hold anything finite or not; every reduction
 (`sum`, `norm`, the contraction of `@`) therefore selects the real lanes with `tl.where` on the
-dim's mask, and loads / stores are masked. Constant sub-expressions that read dim sizes
-(`K ** -0.5`) are computed on the host and passed to the kernel as float arguments.
+dim's mask, and loads / stores are masked. Constant sub-expressions that read dim sizes or consts
+(`K ** -0.5`, `0.7 * scale`) are computed on the host in fp64 and passed to the kernel as fp64
+arguments (`c0: tl.float64`), used as 0-d blocks of the compute dtype ACC (`in_acc`). A number
+literal inside an expression takes the dtype of the block it meets, exactly; bound to a name it
+would be an fp32 tensor, so a bare number assigned to a name is made an ACC block too (`bound`):
+an fp64 call sees its constants exact, a 32- or 16-bit call the same fp32 values as before.
 """
 from __future__ import annotations
 
@@ -34,6 +38,11 @@ HEAD = "i_h.to(ACC)"    # `head`, the head index: every kernel's program knows i
 MASKED_REDUCTIONS = {"max": ("tl.max", 'float("-inf")'), "min": ("tl.min", 'float("inf")'),
                      "logsumexp": ("_logsumexp", 'float("-inf")'),
                      "softmax": ("_softmax", 'float("-inf")')}
+
+
+def in_acc(code: str) -> str:
+    """A scalar (a Python float, or a 0-d block of any float dtype) as a 0-d block of ACC."""
+    return f"tl.full((), {code}, ACC)"
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class TritonRenderer:
         if isinstance(node, ir.Num):
             return Block(repr(float(node.value)), ())
         if is_constant(node):
-            return Block(self.constants.lift(node), ())
+            return Block(in_acc(self.constants.lift(node)), ())
         if ir.is_head(node):
             return Block(HEAD, ())
         if isinstance(node, ir.Name):
@@ -118,6 +127,12 @@ class TritonRenderer:
             dims = union(left.dims, right.dims)
             return Block(f"({align(left, dims)} {BINARY[node.op]} {align(right, dims)})", dims)
         return self.call(node)
+
+    def bound(self, node: ir.Expr) -> Block:
+        """`node` as the value assigned to a name: a bare number as an ACC block (Triton makes a
+        literal assigned to a name an fp32 tensor, which would round it in an fp64 call)."""
+        block = self(node)
+        return Block(in_acc(block.code), ()) if isinstance(node, ir.Num) else block
 
     def power(self, node: ir.Binary) -> Block:
         base = self(node.left)

@@ -102,7 +102,8 @@ class Step:
         root = self.value(statement.value)
         if isinstance(statement, ir.Let):
             symbol = ("let", statement.name)
-            self.lines.append(f"{symbol_var(symbol)} = {root.var}")
+            value = self.render.bound(statement.value).code if root.constant else root.var
+            self.lines.append(f"{symbol_var(symbol)} = {value}")
             self.dims[symbol_var(symbol)] = root.dims
             self.lets[statement.name] = root.dims
         elif isinstance(statement, ir.Update):

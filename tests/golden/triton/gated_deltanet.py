@@ -201,7 +201,7 @@ def fused_recurrent_kernel(
     ptr_init_S, ptr_final_S, ptr_ckpt_S,
     ptr_out_o,
     T, H, SEGMENT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
@@ -234,7 +234,7 @@ def fused_recurrent_kernel(
         in_beta = tl.load(ptr_in_beta + ((i_b * T + t) * H + i_h) * (1) + 0, mask=True, other=0.0).to(ACC)
         st_S = (tl.exp(in_g) * st_S)
         st_S = (st_S + ((in_beta * in_k)[:, None] * (in_v - tl.sum(tl.where(mask_K[:, None], (in_k[:, None] * st_S), 0.0), axis=0))[None, :]))
-        tl.store(ptr_out_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), tl.sum(tl.where(mask_K[:, None], ((c0 * in_q)[:, None] * st_S), 0.0), axis=0), mask=(mask_V))
+        tl.store(ptr_out_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), tl.sum(tl.where(mask_K[:, None], ((tl.full((), c0, ACC) * in_q)[:, None] * st_S), 0.0), axis=0), mask=(mask_V))
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
@@ -365,7 +365,7 @@ def chunk_delta_parallel_prepare_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
@@ -660,7 +660,7 @@ def chunk_delta_parallel_state_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
@@ -708,7 +708,7 @@ def chunk_delta_parallel_output_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     ptr_h, ptr_w, ptr_u, ptr_kg, ptr_decay, ptr_vn, T, H, NT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, NS: tl.constexpr, NSTEP: tl.constexpr,
@@ -750,7 +750,7 @@ def chunk_delta_parallel_output_kernel(
         raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
         in_q = raw_q.to(ACC)
         h_S = tl.load(ptr_h + (i_bh * NT + i_t) * (dim_K * dim_V) + o_K[:, None] * dim_V + o_V[None, :], mask=mask_K[:, None] & mask_V[None, :], other=0.0).to(DOT)
-        q__read0_S = (tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)).to(DOT)
+        q__read0_S = (tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)).to(DOT)
         r__read0_S += tl.dot(q__read0_S, h_S, input_precision=PRECISION)
         A__read0_S_0 += tl.dot(q__read0_S, tl.trans(raw_k.to(DOT)), input_precision=PRECISION)
     r__read0_S = r__read0_S * tl.exp2(G0_S)[:, None]
@@ -861,7 +861,7 @@ def chunk_delta_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     T, H,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr,
@@ -925,7 +925,7 @@ def chunk_delta_kernel(
         # u = T (beta v - beta 2^G K S_0): the right-hand side first, so no [rows, K] product T (beta 2^G k)
         r_S = b_S[:, None] * v_S - tl.dot(((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT), sd_S, input_precision=PRECISION)
         ud_S = tl.dot(Td_S, r_S.to(DOT), input_precision=PRECISION).to(DOT)
-        q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
+        q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)
         A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
         read__read0_S = tl.dot(q_S.to(DOT), sd_S, input_precision=PRECISION) * tl.exp2(G0_S)[:, None] + tl.dot(A_S.to(DOT), ud_S, input_precision=PRECISION)
         st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(ke_S), ud_S, input_precision=PRECISION)
@@ -992,7 +992,7 @@ def fused_recurrent_bwd_kernel(
     ptr_ckpt_S, ptr_scratch_S, ptr_dfinal_S, ptr_dinit_S,
     ptr_do_o,
     T, H, SEGMENT, N_SPLIT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
@@ -1036,7 +1036,7 @@ def fused_recurrent_bwd_kernel(
             v5 = (v2[:, None] * v4[None, :])
             v6 = (st_S_1 + v5)
             st_S_2 = v6
-            v7 = (c0 * in_q)
+            v7 = (tl.full((), c0, ACC) * in_q)
             v8 = tl.sum(tl.where(mask_K[:, None], (v7[:, None] * st_S_2), 0.0), axis=0)
             st_S = st_S_2
         tl.debug_barrier()
@@ -1057,11 +1057,11 @@ def fused_recurrent_bwd_kernel(
             v5 = (v2[:, None] * v4[None, :])
             v6 = (st_S_1 + v5)
             st_S_2 = v6
-            v7 = (c0 * in_q)
+            v7 = (tl.full((), c0, ACC) * in_q)
             v8 = tl.sum(tl.where(mask_K[:, None], (v7[:, None] * st_S_2), 0.0), axis=0)
             do_o = tl.load(ptr_do_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
             g0 = tl.sum(tl.where(mask_V[:, None], (do_o[:, None] * tl.permute(st_S_2, (1, 0))), 0.0), axis=0)
-            g1 = (g0 * c0)
+            g1 = (g0 * tl.full((), c0, ACC))
             din_q = g1
             g2 = tl.permute((do_o[:, None] * v7[None, :]), (1, 0))
             dst_S_2 = dst_S + g2

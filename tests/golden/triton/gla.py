@@ -198,7 +198,7 @@ def fused_recurrent_kernel(
     ptr_init_S, ptr_final_S, ptr_ckpt_S,
     ptr_out_o,
     T, H, SEGMENT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STORE_CKPT: tl.constexpr,
@@ -229,7 +229,7 @@ def fused_recurrent_kernel(
         in_v = tl.load(ptr_in_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
         in_g = tl.load(ptr_in_g + ((i_b * T + t) * H + i_h) * (dim_K) + (o_K), mask=(mask_K), other=0.0).to(ACC)
         st_S = ((tl.exp(in_g)[:, None] * st_S) + (in_k[:, None] * in_v[None, :]))
-        tl.store(ptr_out_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), tl.sum(tl.where(mask_K[:, None], ((c0 * in_q)[:, None] * st_S), 0.0), axis=0), mask=(mask_V))
+        tl.store(ptr_out_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), tl.sum(tl.where(mask_K[:, None], ((tl.full((), c0, ACC) * in_q)[:, None] * st_S), 0.0), axis=0), mask=(mask_V))
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
@@ -358,7 +358,7 @@ def chunk_parallel_state_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     ptr_h, T, H, NT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr, HAS_INIT: tl.constexpr,
@@ -414,7 +414,7 @@ def chunk_parallel_output_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     ptr_h, T, H, NT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr, HAS_INIT: tl.constexpr,
@@ -456,7 +456,7 @@ def chunk_parallel_output_kernel(
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         k0_S = tl.where((mask_T[:, None] & mask_K[None, :]), in_k, 0.0)
-        q__read0_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
+        q__read0_S = tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)
         r__read0_S += tl.dot((q__read0_S * tl.exp2(G0_S)).to(DOT), h_S, input_precision=PRECISION)
         a_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
@@ -510,7 +510,6 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
     block_t = max(16, _pow2(options.get("chunk_size", 64)))
     n_t = triton.cdiv(T, block_t)
     n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
-    n_v = triton.cdiv(dims["V"], blocks["BLOCK_V"])
     chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options), device=spare.device)
 
     def arguments(blocks):
@@ -574,7 +573,7 @@ def chunk_kernel(
     ptr_init_S, ptr_final_S,
     ptr_out_o,
     T, H,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, PRECISION: tl.constexpr,
@@ -620,7 +619,7 @@ def chunk_kernel(
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         sd_S = st_S.to(DOT)
-        q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (c0 * in_q), 0.0)
+        q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)
         r_S = tl.dot((q_S * tl.exp2(G0_S)).to(DOT), sd_S, input_precision=PRECISION)
         A_S = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         for c in tl.static_range(1, BLOCK_T // SUB_T):
@@ -695,7 +694,7 @@ def fused_recurrent_bwd_kernel(
     ptr_ckpt_S, ptr_scratch_S, ptr_dfinal_S, ptr_dinit_S,
     ptr_do_o,
     T, H, SEGMENT, N_SPLIT,
-    c0,
+    c0: tl.float64,
     dim_K: tl.constexpr, BLOCK_K: tl.constexpr,
     dim_V: tl.constexpr, BLOCK_V: tl.constexpr,
     RELOAD_PARAMS: tl.constexpr, ACC: tl.constexpr,
@@ -734,7 +733,7 @@ def fused_recurrent_bwd_kernel(
             v2 = (in_k[:, None] * in_v[None, :])
             v3 = (v1 + v2)
             st_S_1 = v3
-            v4 = (c0 * in_q)
+            v4 = (tl.full((), c0, ACC) * in_q)
             v5 = tl.sum(tl.where(mask_K[:, None], (v4[:, None] * st_S_1), 0.0), axis=0)
             st_S = st_S_1
         tl.debug_barrier()
@@ -750,11 +749,11 @@ def fused_recurrent_bwd_kernel(
             v2 = (in_k[:, None] * in_v[None, :])
             v3 = (v1 + v2)
             st_S_1 = v3
-            v4 = (c0 * in_q)
+            v4 = (tl.full((), c0, ACC) * in_q)
             v5 = tl.sum(tl.where(mask_K[:, None], (v4[:, None] * st_S_1), 0.0), axis=0)
             do_o = tl.load(ptr_do_o + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), mask=(mask_V), other=0.0).to(ACC)
             g0 = tl.sum(tl.where(mask_V[:, None], (do_o[:, None] * tl.permute(st_S_1, (1, 0))), 0.0), axis=0)
-            g1 = (g0 * c0)
+            g1 = (g0 * tl.full((), c0, ACC))
             din_q = g1
             g2 = tl.permute((do_o[:, None] * v4[None, :]), (1, 0))
             dst_S_1 = dst_S + g2
