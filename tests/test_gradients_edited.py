@@ -80,6 +80,20 @@ def test_a_number_let_times_a_const_is_exact_in_an_fp64_triton_call():
     assert not found, "\n".join(map(str, found))
 
 
+def test_a_gate_at_exactly_zero_trains_in_the_fused_recurrent_kernel():
+    """retnet's `gamma = 0` (outside its declared (0, 1)): the fused recurrent kernel multiplies
+    by gamma, so its gradient is the reference's; the log-space forms' is NaN there, a documented
+    limitation (docs/backends.md "A gate at exactly 0")."""
+    program = seqc.compile((stdlib_dir() / "retnet.seq").read_text())
+    tensors, initial = call_tensors(program, 5, 0, torch.float64)
+    tensors["gamma"][0] = 0.0
+    want = gradients(program.kernel("reference"), tensors, initial)
+    options = {"mode": "fused_recurrent"}
+    got = gradients(program.kernel("triton", **options), tensors, initial)
+    found = disagreements(got, want, 1e-12, options)
+    assert not found, "\n".join(map(str, found))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=2, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
