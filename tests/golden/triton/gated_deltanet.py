@@ -2171,6 +2171,8 @@ def _cdp_bwd_wy_kernel(
                      mask=mask_t[:, None] & mask_k[None, :])
     dL = -tl.dot(TmT, tl.dot(dTm.to(DOT), TmT, input_precision=PRECISION).to(DOT),
                  input_precision=PRECISION)
+    if DECAY == 2:      # dk, stored above from a dot's layout, is read below in a load's
+        tl.debug_barrier()      # (other threads' stores made visible first)
     dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
     db_rows = tl.zeros([BLOCK_T], dtype=ACC)       # a scalar gate's share, summed over lanes
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -2311,6 +2313,7 @@ def _cdp_bwd_keys_kernel(
     dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
     tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
     if DECAY == 1:
+        tl.debug_barrier()      # the share parked in dg by other threads (a reduction's layout)
         db = tl.load(ptr_dg + base, mask=mask_t, other=0.0) \
             + tl.sum(q.to(ACC) * dq - w.to(ACC) * dw, axis=1)
         d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
