@@ -26,7 +26,7 @@ from .render import Block
 # 128 lanes spilled 184 B on sm_90a (gla), so that kernel keeps 64
 OUTPUT_VALUE_CAP = {False: 128, True: 64}
 # the state pass's widest value block, by whether the decay is key-wise: 128 lanes beside a
-# scalar decay (k read once at V = 128; 8 warps, 2 stages: 0 spill bytes on sm_80 and sm_90a
+# scalar decay (k read once at V = 128; 8 warps, one stage: 0 spill bytes on sm_80 and sm_90a
 # at K = V = 128), 64 beside key-wise gates (and beside a key block holding all of K)
 STATE_VALUE_CAP = {False: 128, True: 64}
 

@@ -564,8 +564,8 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
     (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes 8
-    warps, 2 stages first (4 warps, 3 stages spilled 8-16 B on sm_80; chunk_parallel.md,
-    "Blocks")."""
+    warps, one stage only (4 warps spilled 8-16 B on sm_80, 8 warps, 2 stages 36 B:
+    chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
