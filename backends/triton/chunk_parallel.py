@@ -25,10 +25,6 @@ from .render import Block
 # stage) with 0 spill bytes on sm_80 and sm_90a, q and k then read once; beside key-wise gates
 # 128 lanes spilled 184 B on sm_90a (gla), so that kernel keeps 64
 OUTPUT_VALUE_CAP = {False: 128, True: 64}
-# the state pass's widest value block, by whether the decay is key-wise: 128 lanes beside a
-# scalar decay (k read once at V = 128; 8 warps, one stage: 0 spill bytes on sm_80 and sm_90a
-# at K = V = 128), 64 beside key-wise gates (and beside a key block holding all of K)
-STATE_VALUE_CAP = {False: 128, True: 64}
 
 
 def supported(plan) -> bool:
@@ -348,7 +344,6 @@ class ChunkParallelKernel(BlockKernel):
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     output_value_cap=64 if full_key else OUTPUT_VALUE_CAP[keywise],
-                    state_value_cap=64 if full_key else STATE_VALUE_CAP[keywise],
                     final_store=self.final_store(g.state, K, V))
 
     def outer_setups(self, outer_code: str, inner_code: str, early_code: str, names) -> dict:

@@ -512,9 +512,7 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
     state_blocks, output_blocks = dict(blocks), dict(blocks)
     state_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
-    # value blocks: the state pass takes up to 64 lanes (k read once a value block)
-    state_blocks["BLOCK_V"] = min(max(16, _pow2(dims["V"])), 64, max(16, _pow2(options.get("block_split", 128))))
-    # the output kernel takes up to 64 lanes (q and k read once a
+    # value blocks: the output kernel takes up to 64 lanes (q and k read once a
     # value block: one block at V = 64; chunk_parallel.md, "Blocks")
     output_blocks["BLOCK_V"] = min(max(16, _pow2(dims["V"])), 64, max(16, _pow2(options.get("block_split", 128))))
     if output_blocks["BLOCK_V"] > 64:     # beside 128 value lanes, key blocks of 16
@@ -563,9 +561,9 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     lanes, 8 warps, one stage, its only full-block entry (4 warps, 3 stages spilled 260 B on
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
-    (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes 8
-    warps, one stage only (4 warps spilled 8-16 B on sm_80, 8 warps, 2 stages 36 B:
-    chunk_parallel.md, "Blocks")."""
+    (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes
+    (chunks of 128) 8 warps, one stage only (4 warps spilled 16-32 B on sm_80 (mamba2), 8 warps,
+    3 stages 18 B (linear_attn): chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
