@@ -64,7 +64,8 @@ GPUS = {
     "h200": GPU("H200", 4.8e12, 990e12, 67e12, 132, 90),
 }
 MODEL_CHUNK = 64          # the family kernels' default chunk (module.py.j2)
-COUNT_T = (64, 128)       # the lengths counted under the interpreter (B = H = 1)
+COUNT_T = (128, 256)      # the lengths counted under the interpreter (B = H = 1): whole
+                          # chunks of every default (chunk_parallel's 128), so counts are linear
 LAUNCH_S = 2e-6           # a kernel launch after the previous one ends (no CUDA graph)
 UNITS = ("tensor", "tf32", "fma")
 COMPULSORY = ""           # count_mode's entry for the call's compulsory bytes (no kernel)

@@ -300,7 +300,7 @@ def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms()
 
 def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
     """simple_gla's chunk_parallel at B=2, T=512, H=2, K=V=32: two kernels, bytes and dot FLOPs
-    of each counted under the interpreter and extrapolated from T = 64, 128, against a direct
+    of each counted under the interpreter and extrapolated from T = 128, 256, against a direct
     count at T = 512; the mode's time is the sum of its kernels'; the roofline is its bound."""
     import torch
 
@@ -318,8 +318,8 @@ def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
         assert sum(k["flops"].values()) == pytest.approx(4 * sum(direct[k["kernel"]].flops.values()))
         assert k["flops"]["fma"] == 0 and k["flops"]["tensor"] > 0     # bf16 dots
     state, output = mode["kernels"]
-    assert state["programs"] == 2 * 2 and output["programs"] == 2 * 2 * 512 // 64
-    assert state["scratch"] > 0 and output["scratch"] > 0        # the chunk states, bf16
+    assert state["programs"] == 2 * 2 and output["programs"] == 2 * 2 * 512 // 64   # V = 32: chunks of 64
+    assert state["scratch"] > 0 and output["scratch"] > 0        # the chunk states, fp32
     assert mode["predicted_s"] == pytest.approx(state["predicted_s"] + output["predicted_s"])
     bound = roofline(program, sizes, GPUS["h100"], mode["compulsory"])
     assert model["roofline"] == bound and mode["ratio"] > 1

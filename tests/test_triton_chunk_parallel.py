@@ -110,6 +110,32 @@ def test_chunk_states_move_once_each_way():
     assert counted["ratio_io"] <= 2.0
 
 
+@pytest.mark.parametrize("name,resets", [("simple_gla", (0, 128, 149)), ("mlstm", ())])
+def test_default_chunks_of_128(name, resets):
+    """Without `chunk_size`, chunks of 128 where the output kernel takes 128 value lanes beside a
+    scalar decay (`_chunk_parallel_chunk`; 64 beside 64 lanes or key-wise gates). K = 16,
+    V = 80 (one value block of 128), 150 steps: chunks of 128 and 22, with an initial and a final
+    state and, for simple_gla, -inf log decays at steps 0, 128 (a chunk's first) and 149 (the
+    last); mlstm's normaliser is carried by the state pass beside S. The chunk states of a bf16
+    call are fp32, written once and read once: 2 x H x 2 chunks x (K x V + K) x 4 bytes."""
+    from seqc.bench_io import measure
+    from seqc.inputs import random_call
+    program = seqc.load(name)
+    chunk = program.kernel("triton").module._chunk_parallel_chunk
+    assert chunk({"K": 128, "V": 128}, 128) == 128 and chunk({"K": 128, "V": 64}, 128) == 64
+    assert chunk({"K": 128, "V": 128}, 64) == 64
+    assert seqc.load("gla").kernel("triton").module._chunk_parallel_chunk({"K": 128, "V": 128},
+                                                                          128) == 64
+    group = program.analysis.plan.groups[0]
+    dims = {group.key_dim: 16, group.value_dim: 80}
+    check_mode(name, "chunk_parallel", 150, dims, gates=[(resets, float("-inf"))], seed=3)
+    sizes = {"B": 1, "T": 150, "H": 2, **dims}
+    tensors, _ = random_call(program.spec, sizes, dtype=torch.bfloat16)
+    counted = measure(program, tensors, "chunk_parallel")
+    normaliser = 16 * 4 if name == "mlstm" else 0       # n[K], fp32, beside each state
+    assert counted["scratch"] == 2 * sizes["H"] * 2 * (16 * 80 * 4 + normaliser)
+
+
 def test_default_mode_by_programs_against_sms():
     """mode=None: `chunk_parallel` when the single-kernel form would run fewer than 132 / 2
     programs (B x H x value blocks) and the state pass at least as many, else `chunk`: the GPU

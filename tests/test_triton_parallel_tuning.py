@@ -1,7 +1,7 @@
 """Launch configurations of the parallel forms (backends/triton/parallel_host.md): the fixed
 fallback runs under the interpreter and gives exactly what the configuration list's first entry
 gives; the list path (TUNING "time", forced here, and "all") matches the reference; the
-chunk-boundary states stored in the call's 16-bit dtype (`chunk_state_dtype="input"`).
+chunk-boundary states' dtype (`chunk_state_dtype`).
 One spec per parallel form, tiny shapes, fp32 unless said (rtol / atol 1e-4 x max |expected|)."""
 import os
 
@@ -78,18 +78,22 @@ def test_the_fallback_runs_under_the_interpreter_and_the_list_matches_the_refere
 
 
 @pytest.mark.parametrize("name,mode", [f[:2] for f in FORMS[:3]])
-def test_chunk_states_in_the_calls_16_bit_dtype(name, mode):
-    """A bf16 call stores its chunk-boundary states in bf16 (fla's default): the output kernel
-    casts them to bf16 before its dot either way, so the outputs are those of fp32 chunk states
-    bit for bit (`chunk_state_dtype="fp32"`); an fp32 call keeps them fp32."""
+def test_chunk_state_dtypes(name, mode):
+    """A bf16 call stores its chunk-boundary states in fp32 in chunk_parallel and in bf16 in the
+    delta and DPLR forms (fla's default), `chunk_state_dtype` choosing otherwise: the output
+    kernels cast them to bf16 before their dots either way, so the outputs are the same bit for
+    bit with "input" and "fp32"; an fp32 call keeps them fp32."""
     x, s = call(name, T=48)
     x16 = {k: v.to(torch.bfloat16) for k, v in x.items()}
-    for o in (got := run(name, mode, x16, s)).keys():
+    for o in (got := run(name, mode, x16, s, chunk_state_dtype="input")).keys():
         assert torch.equal(got[o], run(name, mode, x16, s, chunk_state_dtype="fp32")[o])
     module = seqc.load(name).kernel("triton").module
     spare = torch.empty(1)
     assert module._chunk_state_dtype(spare, x16, {}) == torch.bfloat16
+    assert module._chunk_state_dtype(spare, x16, {}, "fp32") == torch.float32
     assert module._chunk_state_dtype(spare, x16, {"chunk_state_dtype": "fp32"}) == torch.float32
+    assert module._chunk_state_dtype(spare, x16, {"chunk_state_dtype": "input"}, "fp32") \
+        == torch.bfloat16
     assert module._chunk_state_dtype(spare, x, {}) == torch.float32
     with pytest.raises(ValueError, match="chunk_state_dtype"):
         run(name, mode, x, s, chunk_state_dtype="fp8")

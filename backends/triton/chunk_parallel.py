@@ -339,11 +339,23 @@ class ChunkParallelKernel(BlockKernel):
                     previous=bool(previous),
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
-                    outer=self.setup(outer_code + "\n" + inner_code, free_names),
+                    **self.outer_setups(outer_code, inner_code,
+                                        decay if decay and not keywise else "", free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     output_value_cap=64 if full_key else OUTPUT_VALUE_CAP[keywise],
                     final_store=self.final_store(g.state, K, V))
+
+    def outer_setups(self, outer_code: str, inner_code: str, early_code: str, names) -> dict:
+        """What the output kernel sets up outside its key loop, from `names`: before it (`outer`)
+        what the loop and the scalar gates (`early_code`) use; after it (`late`) the rest, the
+        values and what only the outputs use: loaded after the loop, a [BLOCK_T, BLOCK_V] value
+        block is not live through it (chunk_parallel.md, "Blocks")."""
+        outer = self.setup(inner_code + "\n" + early_code, names)
+        full = self.setup(outer_code + "\n" + inner_code, names)
+        late = {part: [line for line in full[part] if line not in outer[part]]
+                for part in ("params", "body")}
+        return dict(outer=outer, late=late)
 
     def output_stores(self, K: str) -> tuple[list[str], list[dict], list[dict]]:
         """The outputs' stores, each sum over K in them an accumulator of the key loop

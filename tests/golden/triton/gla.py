@@ -16,7 +16,7 @@
 Kernel families in this module: fused_recurrent, chunk_parallel, chunk (default: chunk, or
 chunk_parallel by _choose_mode's rule, CHOICE_RULE).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
-default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
+default 64; chunk_parallel's _chunk_parallel_chunk), `block_split` (lanes of the split value dim per program, default 128), `precision`
 of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
@@ -333,12 +333,13 @@ def _with_blocks(blocks, config):
     return dict(blocks, **{k: v for k, v in config.items() if k.startswith("BLOCK_")})
 
 
-def _chunk_state_dtype(spare, x, options):
+def _chunk_state_dtype(spare, x, options, default="input"):
     """The dtype of the chunk-boundary states a multi-kernel chunk form stores between its
-    kernels (parallel_host.md): the dtype the output kernel dots them in, the call's 16-bit dtype
-    for a bf16 / fp16 call (as fla stores them; the output kernel casts them to it anyway, so
-    nothing is lost), else the compute dtype; `chunk_state_dtype="fp32"` keeps them fp32."""
-    choice = options.get("chunk_state_dtype") or "input"
+    kernels (parallel_host.md): with "input" (the delta and DPLR forms' default), the dtype the
+    output kernel dots them in, the call's 16-bit dtype for a bf16 / fp16 call (as fla stores
+    them; the output kernel casts them to it anyway, so nothing is lost), else the compute dtype;
+    with "fp32" (chunk_parallel's default) the compute dtype. `chunk_state_dtype` chooses."""
+    choice = options.get("chunk_state_dtype") or default
     if choice not in ("fp32", "input"):
         raise ValueError(f"chunk_state_dtype must be 'fp32' or 'input', not {choice!r}")
     first = next(iter(x.values())).dtype
@@ -433,7 +434,6 @@ def chunk_parallel_output_kernel(
     last_T = o_t == BLOCK_T - 1
     o_T = i_t * BLOCK_T + o_t
     mask_T = o_T < T
-    raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
     r__read0_S = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     A__read0_S_0 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
@@ -472,9 +472,19 @@ def chunk_parallel_output_kernel(
             col_S00 = tl.sum(q__read0_S * kj_S00[None, :] * tl.exp2(tl.where(R_S == rj_S00[None, :], tl.minimum(G_S - gj_S00[None, :], 0.0), float("-inf"))), axis=1)
             a_S += tl.where((((o_t // SUB_T) == (j // SUB_T)) & (o_t >= j))[:, None] & (o_t == j)[None, :], col_S00[:, None], 0.0)
         A__read0_S_0 += a_S
+    raw_v = tl.load(ptr_in_v + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), mask=(mask_T[:, None] & mask_V[None, :]), other=0.0)
     r__read0_S += tl.dot(A__read0_S_0.to(DOT), raw_v.to(DOT), input_precision=PRECISION)
     read__read0_S = r__read0_S
     tl.store(ptr_out_o + (i_b * T * H + i_h) * (dim_V) + (o_T[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
+
+
+def _chunk_parallel_chunk(dims, block_split):
+    """The default chunk (`chunk_size` not given; chunk_parallel.md, "Chunks"): 128 steps when
+    the output kernel takes 128 value lanes beside a scalar decay or none (key blocks of 16, 8
+    warps: 0 spill bytes on sm_80 and sm_90a at K = V = 128), halving the fp32 chunk states of
+    chunks of 64; else 64 (beside key-wise gates 128 spilled 336-3408 B, beside 64 value lanes
+    and key blocks of 64, 824-32096 B)."""
+    return 64
 
 
 def _state_pass_programs(dims, block_split):
@@ -507,10 +517,10 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
     output_blocks["BLOCK_V"] = min(max(16, _pow2(dims["V"])), 64, max(16, _pow2(options.get("block_split", 128))))
     if output_blocks["BLOCK_V"] > 64:     # beside 128 value lanes, key blocks of 16
         output_blocks["BLOCK_K"] = min(output_blocks["BLOCK_K"], 16)
-    block_t = max(16, _pow2(options.get("chunk_size", 64)))
+    block_t = max(16, _pow2(options.get("chunk_size") or _chunk_parallel_chunk(dims, options.get("block_split", 128))))
     n_t = triton.cdiv(T, block_t)
     n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
-    chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options), device=spare.device)
+    chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options, "fp32"), device=spare.device)
 
     def arguments(blocks):
         return [
@@ -551,7 +561,9 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     lanes, 8 warps, one stage, its only full-block entry (4 warps, 3 stages spilled 260 B on
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
-    (mlstm: 4 warps spilled 32-40 B on sm_80; chunk_parallel.md, "Blocks")."""
+    (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes
+    (chunks of 128) 8 warps, one stage only (4 warps spilled 16-32 B on sm_80 (mamba2), 8 warps,
+    3 stages 18 B (linear_attn): chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
@@ -1964,13 +1976,15 @@ RUNNERS = {
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision=None, chunk_state_dtype=None):
+        chunk_size=None, block_split=128, precision=None, chunk_state_dtype=None):
     mode = _choose_mode(dims, block_split) if mode is None else mode
-    if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
-            and block_split >= 1):
+    if not (chunk_size is None or isinstance(chunk_size, int) and chunk_size >= 1) \
+            or not (isinstance(block_split, int) and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")
-    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision,
+    options = {"block_split": block_split, "precision": precision,
                "chunk_state_dtype": chunk_state_dtype}
+    if chunk_size is not None:      # else each mode's default (64; _chunk_parallel_chunk)
+        options["chunk_size"] = chunk_size
     if mode not in RUNNERS:
         raise ValueError(f"mode {mode!r} is not available for `gla`; "
                          f"choose one of {', '.join(MODES)}")

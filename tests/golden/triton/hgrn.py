@@ -13,7 +13,7 @@
 Kernel families in this module: fused_recurrent, scan_parallel, scan (default: scan, or
 scan_parallel by _choose_mode's rule, CHOICE_RULE).
 `run(..., mode=...)` forces one; options: `chunk_size` (time steps per chunk or scan block,
-default 64), `block_split` (lanes of the split value dim per program, default 128), `precision`
+default 64; chunk_parallel's _chunk_parallel_chunk), `block_split` (lanes of the split value dim per program, default 128), `precision`
 of fp32 dots ("ieee", or "tf32"; default "tf32" in chunk, chunk_delta and their parallel forms, "ieee" in the others).
 On a machine without a GPU, set TRITON_INTERPRET=1 in the environment BEFORE triton is first
 imported: the interpreter runs these kernels on the CPU (numpy), the mode seqc's tests use.
@@ -320,12 +320,13 @@ def _with_blocks(blocks, config):
     return dict(blocks, **{k: v for k, v in config.items() if k.startswith("BLOCK_")})
 
 
-def _chunk_state_dtype(spare, x, options):
+def _chunk_state_dtype(spare, x, options, default="input"):
     """The dtype of the chunk-boundary states a multi-kernel chunk form stores between its
-    kernels (parallel_host.md): the dtype the output kernel dots them in, the call's 16-bit dtype
-    for a bf16 / fp16 call (as fla stores them; the output kernel casts them to it anyway, so
-    nothing is lost), else the compute dtype; `chunk_state_dtype="fp32"` keeps them fp32."""
-    choice = options.get("chunk_state_dtype") or "input"
+    kernels (parallel_host.md): with "input" (the delta and DPLR forms' default), the dtype the
+    output kernel dots them in, the call's 16-bit dtype for a bf16 / fp16 call (as fla stores
+    them; the output kernel casts them to it anyway, so nothing is lost), else the compute dtype;
+    with "fp32" (chunk_parallel's default) the compute dtype. `chunk_state_dtype` chooses."""
+    choice = options.get("chunk_state_dtype") or default
     if choice not in ("fp32", "input"):
         raise ValueError(f"chunk_state_dtype must be 'fp32' or 'input', not {choice!r}")
     first = next(iter(x.values())).dtype
@@ -1004,13 +1005,15 @@ RUNNERS = {
 
 
 def run(inputs, params, dims, initial_state=None, output_final_state=False, mode=None,
-        chunk_size=64, block_split=128, precision=None, chunk_state_dtype=None):
+        chunk_size=None, block_split=128, precision=None, chunk_state_dtype=None):
     mode = _choose_mode(dims, block_split) if mode is None else mode
-    if not (isinstance(chunk_size, int) and chunk_size >= 1 and isinstance(block_split, int)
-            and block_split >= 1):
+    if not (chunk_size is None or isinstance(chunk_size, int) and chunk_size >= 1) \
+            or not (isinstance(block_split, int) and block_split >= 1):
         raise ValueError("chunk_size and block_split must be positive integers")
-    options = {"chunk_size": chunk_size, "block_split": block_split, "precision": precision,
+    options = {"block_split": block_split, "precision": precision,
                "chunk_state_dtype": chunk_state_dtype}
+    if chunk_size is not None:      # else each mode's default (64; _chunk_parallel_chunk)
+        options["chunk_size"] = chunk_size
     if mode not in RUNNERS:
         raise ValueError(f"mode {mode!r} is not available for `hgrn`; "
                          f"choose one of {', '.join(MODES)}")
