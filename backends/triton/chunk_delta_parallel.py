@@ -41,13 +41,6 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         super().__init__(plan, constants)
         self.mode = "chunk_delta_parallel"
 
-    def stores_fp32_outputs(self) -> bool:
-        """Every output kernel of this form (and of chunk_dplr_parallel) stores the call's dtype,
-        key-wise decay or not (0 spill bytes on sm_80 and sm_90a at K = V = 64 and 128: docs/
-        benchmarks.md, "chunk_delta_parallel and chunk_dplr_parallel outputs in the call's
-        dtype"); chunk_parallel's key-wise output kernel does not."""
-        return False
-
     def keys(self) -> list:
         """The group's key-dim role expressions besides the queries (here the delta steps')."""
         return [s.key for s in self.group.steps]
