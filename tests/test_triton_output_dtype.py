@@ -25,7 +25,8 @@ pytestmark = pytest.mark.triton
 # one spec per kernel family a converted mode belongs to
 CASES = [("simple_gla", "fused_recurrent"), ("simple_gla", "chunk"),
          ("simple_gla", "chunk_parallel"), ("hgrn", "scan"), ("hgrn", "scan_parallel"),
-         ("deltanet", "chunk_delta")]
+         ("deltanet", "chunk_delta"), ("deltanet", "chunk_delta_parallel"),
+         ("comba", "chunk_dplr_parallel")]
 TOLERANCE = {torch.bfloat16: 2.0 ** -6, torch.float16: 2.0 ** -9}    # against the reference
 DIMS, T = {"K": 16, "V": 32, "D": 32}, 21
 
@@ -96,7 +97,7 @@ def test_the_interpreter_stores_bf16_rounded_to_nearest_even():
 def test_the_gpu_model_counts_outputs_in_the_call_dtype_and_charges_the_host_cast(monkeypatch):
     """simple_gla's chunk kernel at B = H = 1, T = 32, K = V = 16, bf16: its store of o moves
     T x V x 2 bytes, which the compulsory bytes count too; the same kernel made to store fp32
-    (outside CALL_DTYPE_OUTPUTS, as chunk_delta_parallel is) moves 2 bytes more a value and is
+    (outside CALL_DTYPE_OUTPUTS, as rwkv6's chunk kernel is) moves 2 bytes more a value and is
     charged the host's cast, HOST_CAST: the fp32 o read and the bf16 o written."""
     from seqc.gpu_model import COMPULSORY, HOST_CAST, count_mode
     program = seqc.load("simple_gla")

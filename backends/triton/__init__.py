@@ -13,10 +13,11 @@ from .render import Constants, helpers
 # launch too few programs (module.py.j2, `_choose_mode`)
 PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel", "scan_parallel")
 # the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 when the inputs are;
-# states and accumulators stay fp32); the others store fp32 and seqc/kernel.py casts them after
-# the call (docs/backends.md, "Dtypes")
+# states and accumulators stay fp32), but for a builder's `stores_fp32_outputs` exceptions: those
+# store fp32 and seqc/kernel.py casts them after the call (docs/backends.md, "Numerics")
 CALL_DTYPE_OUTPUTS = ("fused_recurrent", "scan", "chunk", "chunk_delta", "chunk_dplr",
-                      "scan_parallel", "chunk_parallel")
+                      "scan_parallel", "chunk_parallel", "chunk_delta_parallel",
+                      "chunk_dplr_parallel")
 
 
 def plan_of(program):

@@ -237,6 +237,9 @@ class ChunkParallelKernel(BlockKernel):
     def stores_fp32_outputs(self) -> bool:
         """The key-wise output kernel keeps fp32 outputs (seqc casts them): with the bf16 store
         gla's spilled 16 B on sm_90a at K = V = 64 (docs/benchmarks.md, "Outputs in the call's
+        dtype"); so do those of chunk_delta_parallel and chunk_dplr_parallel (subclasses) beside a
+        key-wise decay: kda's spilled 32 B on sm_90a at K = V = 64 and 128, rwkv7's 16 B on sm_80
+        (docs/benchmarks.md, "chunk_delta_parallel and chunk_dplr_parallel outputs in the call's
         dtype")."""
         g = self.group
         return g.log_decay is not None and g.log_decay.dims == (g.key_dim,)

@@ -52,7 +52,7 @@ MODES = ("fused_recurrent", "chunk_delta_parallel", "chunk_delta", )
 DEFAULT_MODE = "chunk_delta"
 # the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 calls); the others
 # store fp32 (fp64 for fp64 calls), cast to the call's dtype by seqc after the call
-CALL_DTYPE_OUTPUTS = frozenset({"fused_recurrent", "chunk_delta"})
+CALL_DTYPE_OUTPUTS = frozenset({"fused_recurrent", "chunk_delta_parallel", "chunk_delta"})
 # fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
 # operation of the step has a vector-Jacobian rule
 FUSED_BACKWARD = True
@@ -789,7 +789,7 @@ def _state_pass_programs(dims, block_split):
 
 def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options):
     B, T, H = dims["B"], dims["T"], dims["H"]
-    spare = next(iter(outputs.values()))
+    spare = _spare(outputs)
     acc = _acc(spare)
     first = next(iter(x.values()))
     sixteen = first.dtype in (torch.bfloat16, torch.float16)
