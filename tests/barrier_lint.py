@@ -9,7 +9,10 @@ in the next). A pointer's *base* is the kernel's pointer parameter (named `ptr..
 (`ptr_dk + offs`, or a name assigned from such an expression). A `tl.load` of a base some `tl.store` (or
 `tl.atomic_*`) wrote since the last barrier is a hazard, except across two iterations of a loop
 when both addresses depend on the loop's variable: each iteration then addresses its own block
-(a chunk, a key block), as the kernels here do; the check trusts that.
+(a chunk, a key block), as the kernels here do; the check trusts that. Both arms of an `if`
+are walked, each under its condition's text: a barrier under `if X:` orders the loads under
+`if X:` (any statement of that test), and a store and a load on two arms of one test never
+meet (the kernels' branches are on constexprs).
 
 It sees only what names show: two pointer parameters bound to one tensor by the host, or a
 helper returning a pointer, are outside it."""
@@ -24,7 +27,8 @@ def _is_jit(fn):
 
 
 class _Walk:
-    """Memory events of one kernel: (kind, base, address tokens, loop copies, line, function)."""
+    """Memory events of one kernel: (kind, base, address tokens, context, line, function); the
+    context: the enclosing loops' copies ("loop", id, 0 or 1) and if arms ("arm", test, taken)."""
 
     def __init__(self, funcs, cache):
         self.funcs = funcs
@@ -87,12 +91,12 @@ class _Walk:
                         if isinstance(node, ast.Name):
                             env[node.id] = self._tokens(env, head) | {loop}
                 for copy in (0, 1):
-                    self._body(fn, stmt.body, env, copies + ((loop, copy),), depth)
+                    self._body(fn, stmt.body, env, copies + (("loop", loop, copy),), depth)
             elif isinstance(stmt, ast.If):
                 self._expr(fn, stmt.test, env, copies, depth)
-                other = dict(env)
-                self._body(fn, stmt.body, env, copies, depth)
-                self._body(fn, stmt.orelse, other, copies, depth)
+                other, test = dict(env), ast.unparse(stmt.test)
+                self._body(fn, stmt.body, env, copies + (("arm", test, True),), depth)
+                self._body(fn, stmt.orelse, other, copies + (("arm", test, False),), depth)
                 for name, tokens in other.items():
                     env[name] = env.get(name, frozenset()) | tokens
             elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
@@ -118,7 +122,8 @@ class _Walk:
 def _per_iteration(store, load):
     """A store in one iteration of a loop and a load in the next, both addressed by the loop's
     variable (each iteration its own block)."""
-    for (loop_s, copy_s), (loop_l, copy_l) in zip(store[3], load[3]):
+    loops = [(e[1:] for e in event[3] if e[0] == "loop") for event in (store, load)]
+    for (loop_s, copy_s), (loop_l, copy_l) in zip(*loops):
         if loop_s != loop_l:
             return False
         if copy_s != copy_l:
@@ -126,8 +131,18 @@ def _per_iteration(store, load):
     return False
 
 
+def _arms(event):
+    return {e[1:] for e in event[3] if e[0] == "arm"}
+
+
+def _exclusive(store, load):
+    """On two arms of one condition (the constexpr branches of a kernel: never both)."""
+    return any((test, not taken) in _arms(load) for test, taken in _arms(store))
+
+
 def hazards(code):
-    """[(kernel, base, store line, load line)]: loads of a base stored since the last barrier."""
+    """[(kernel, base, store line, load line)]: loads of a base stored before with no barrier
+    between on the load's path (a barrier under `if X:` orders the loads under `if X:`)."""
     tree = ast.parse(code)
     funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef) and _is_jit(f)}
     called = {ast.unparse(n.func) for f in funcs.values() for n in ast.walk(f)
@@ -138,15 +153,19 @@ def hazards(code):
         walk = _Walk(funcs, cache)
         walk.function(kernel, {a.arg: frozenset({a.arg}) for a in kernel.args.args
                                if a.arg.startswith("ptr")}, ())
-        stored = {}
+        stored = {}             # base -> stores not yet ordered for every path
         for event in walk.events:
             kind, base = event[0], event[1]
-            if kind == "barrier":
-                stored.clear()
-            elif kind == "store":
-                stored.setdefault(base, []).append(event)
+            if kind == "store":
+                stored.setdefault(base, []).append([event, []])
+            elif kind == "barrier":
+                for pending in stored.values():
+                    for entry in pending:
+                        entry[1].append(_arms(event))
             else:
-                for store in stored.get(base, []):
-                    if not _per_iteration(store, event):
+                for store, barriers in stored.get(base, []):
+                    if any(arms <= _arms(event) for arms in barriers):
+                        continue
+                    if not _per_iteration(store, event) and not _exclusive(store, event):
                         found.add((name, base, store[4], event[4]))
     return sorted(found)
