@@ -19,6 +19,12 @@ def test_emitted_kernels_order_their_read_back_scratch(name):
     assert hazards(seqc.load(name).emit("triton")) == []
 
 
+def test_newton_kernels_order_their_read_back_scratch():
+    """solver="newton"'s module: newton_step, with scan_core and coupled_scan_core."""
+    from seqc.newton import triton_source
+    assert hazards(triton_source(seqc.load("gru"))) == []
+
+
 KERNEL = '''
 @triton.jit
 def kernel(ptr_x, ptr_y, ptr_out, N, BLOCK: tl.constexpr):
