@@ -3,16 +3,16 @@ must be ordered by a `tl.debug_barrier()` between the two (docs/backends.md, "Sc
 back in one program").
 
 For each kernel (a `@triton.jit` function no other one calls), the statements are walked in
-program order, helpers inlined (their pointer parameters bound to the caller's arguments),
-both arms of an `if` taken, and every loop body walked twice (a store in one iteration, a load
-in the next). A pointer's *base* is the kernel's pointer parameter (named `ptr...`) it is computed from
-(`ptr_dk + offs`, or a name assigned from such an expression). A `tl.load` of a base some `tl.store` (or
-`tl.atomic_*`) wrote since the last barrier is a hazard, except across two iterations of a loop
-when both addresses depend on the loop's variable: each iteration then addresses its own block
-(a chunk, a key block), as the kernels here do; the check trusts that. Both arms of an `if`
-are walked, each under its condition's text: a barrier under `if X:` orders the loads under
-`if X:` (any statement of that test), and a store and a load on two arms of one test never
-meet (the kernels' branches are on constexprs).
+program order: helpers inlined (their pointer parameters bound to the caller's arguments),
+every loop body walked twice (a store in one iteration, a load in the next), both arms of an
+`if` walked, each under its test's text. A pointer's *base* is the kernel's pointer parameter
+(named `ptr...`) it is computed from (`ptr_dk + offs`, or a name assigned from such an
+expression). A `tl.load` of a base that a `tl.store` (or `tl.atomic_*`) wrote before is a
+hazard unless a barrier lies between them on the load's path (a barrier under `if X:` orders
+the loads under `if X:`, of any statement with that test), or the two sit on two arms of one
+test (the kernels branch on constexprs: never both), or they are in two iterations of a loop
+and both addresses depend on its variable: each iteration then addresses its own block (a
+chunk, a key block), as the kernels here do; the check trusts that.
 
 It sees only what names show: two pointer parameters bound to one tensor by the host, or a
 helper returning a pointer, are outside it."""
