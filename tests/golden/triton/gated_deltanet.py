@@ -1040,7 +1040,7 @@ def fused_recurrent_bwd_kernel(
             v7 = (tl.full((), c0, ACC) * in_q)
             v8 = tl.sum(tl.where(mask_K[:, None], (v7[:, None] * st_S_2), 0.0), axis=0)
             st_S = st_S_2
-        tl.debug_barrier()
+        tl.debug_barrier()      # the scratch stored above, read below by other threads
         for back_t in range(0, t1 - t0):
             t = t1 - 1 - back_t
             st_S_0 = tl.load(ptr_scratch_S + (i_prog * SEGMENT + t - t0) * (BLOCK_K * BLOCK_V) + (tl.arange(0, BLOCK_K)[:, None] * (BLOCK_V) + tl.arange(0, BLOCK_V)[None, :] * (1)))
@@ -1092,7 +1092,7 @@ def fused_recurrent_bwd_kernel(
             tl.store(ptr_din_v + ((i_b * T + t) * H + i_h) * (dim_V) + (o_V), din_v, mask=(mask_V))
             tl.store(ptr_din_g + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (1) + 0, din_g, mask=True)
             tl.store(ptr_din_beta + (((i_b * T + t) * H + i_h) * N_SPLIT + i_split) * (1) + 0, din_beta, mask=True)
-        tl.debug_barrier()
+        tl.debug_barrier()      # the scratch read above, before the next segment stores over it
     tl.store(ptr_dinit_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), dst_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
 

@@ -639,7 +639,7 @@ def fused_recurrent_bwd_kernel(
             v2 = (v1 + in_x)
             st_h_1 = v2
             st_h = st_h_1
-        tl.debug_barrier()
+        tl.debug_barrier()      # the scratch stored above, read below by other threads
         for back_t in range(0, t1 - t0):
             t = t1 - 1 - back_t
             st_h_0 = tl.load(ptr_scratch_h + (i_prog * SEGMENT + t - t0) * (BLOCK_D) + (tl.arange(0, BLOCK_D) * (1)))
@@ -660,7 +660,7 @@ def fused_recurrent_bwd_kernel(
             dst_h = dst_h_0
             tl.store(ptr_din_x + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_x, mask=(mask_D))
             tl.store(ptr_din_g + ((i_b * T + t) * H + i_h) * (dim_D) + (o_D), din_g, mask=(mask_D))
-        tl.debug_barrier()
+        tl.debug_barrier()      # the scratch read above, before the next segment stores over it
     tl.store(ptr_dinit_h + (i_b * H + i_h) * (dim_D) + (o_D), dst_h, mask=(mask_D))
 
 
