@@ -26,6 +26,7 @@ pytestmark = pytest.mark.triton
 CASES = [("simple_gla", "fused_recurrent"), ("simple_gla", "chunk"),
          ("simple_gla", "chunk_parallel"), ("hgrn", "scan"), ("hgrn", "scan_parallel"),
          ("deltanet", "chunk_delta"), ("deltanet", "chunk_delta_parallel"),
+         ("kda", "chunk_delta_parallel"),      # the key-wise output kernel (8 warps)
          ("comba", "chunk_dplr_parallel")]
 TOLERANCE = {torch.bfloat16: 2.0 ** -6, torch.float16: 2.0 ** -9}    # against the reference
 DIMS, T = {"K": 16, "V": 32, "D": 32}, 21
