@@ -79,8 +79,8 @@ def test_the_fallback_runs_under_the_interpreter_and_the_list_matches_the_refere
 
 @pytest.mark.parametrize("name,mode", [f[:2] for f in FORMS[:3]])
 def test_chunk_state_dtypes(name, mode):
-    """A bf16 call stores its chunk-boundary states in fp32 in chunk_parallel and in bf16 in the
-    delta and DPLR forms (fla's default), `chunk_state_dtype` choosing otherwise: the output
+    """A bf16 call stores its chunk-boundary states in bf16 (fla's default), `chunk_state_dtype`
+    choosing otherwise: the output
     kernels cast them to bf16 before their dots either way, so the outputs are the same bit for
     bit with "input" and "fp32"; an fp32 call keeps them fp32."""
     x, s = call(name, T=48)

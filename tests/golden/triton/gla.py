@@ -520,7 +520,7 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
     block_t = max(16, _pow2(options.get("chunk_size") or _chunk_parallel_chunk(dims, options.get("block_split", 128))))
     n_t = triton.cdiv(T, block_t)
     n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
-    chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options, "fp32"), device=spare.device)
+    chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options), device=spare.device)
 
     def arguments(blocks):
         return [
