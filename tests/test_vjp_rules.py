@@ -84,6 +84,7 @@ def tl_standin(mask):
         max=lambda x, axis: x.amax(dim=axis), min=lambda x, axis: x.amin(dim=axis),
         expand_dims=lambda x, axis: x.unsqueeze(axis), constexpr=None,
         zeros=lambda shape, dtype: torch.zeros(shape, dtype=torch.float64),
+        full=lambda shape, value, dtype: torch.full(shape, float(value), dtype=torch.float64),
         permute=lambda x, dims: x.permute(*dims),
     )
     namespace = {"tl": tl, "triton": types.SimpleNamespace(jit=lambda f: f),
