@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import layout
 from .blockwise import LOG2E
 from .chunk_delta_parallel import ChunkDeltaParallelKernel
-from .chunk_parallel import ChunkParallelKernel, free_of_dim, lone_group, reduces
+from .chunk_parallel import free_of_dim, lone_group, reduces
 
 
 def supported(plan) -> bool:
@@ -37,15 +37,11 @@ def supported(plan) -> bool:
 
 class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):
     template = "chunk_dplr_parallel.py.j2"
+    keywise_outputs_fp32 = True     # rwkv7's 16-bit store spilled 16 B on sm_80 at 1-3 stages
 
     def __init__(self, plan, constants):
         super().__init__(plan, constants)
         self.mode = "chunk_dplr_parallel"
-
-    def stores_fp32_outputs(self) -> bool:
-        """The rule of the two-kernel chunk form (ChunkParallelKernel): fp32 beside a key-wise
-        decay (rwkv7's 16-bit store spilled 16 B on sm_80)."""
-        return ChunkParallelKernel.stores_fp32_outputs(self)
 
     def keys(self) -> list:
         g = self.group

@@ -228,6 +228,8 @@ def used(lines: list[str], code: str, prefix: str) -> list[str]:
 
 class ChunkParallelKernel(BlockKernel):
     template = "chunk_parallel.py.j2"
+    # whether the output kernel beside a key-wise decay keeps fp32 outputs (stores_fp32_outputs)
+    keywise_outputs_fp32 = True
 
     def __init__(self, plan, constants):
         super().__init__(plan, constants)
@@ -237,12 +239,10 @@ class ChunkParallelKernel(BlockKernel):
     def stores_fp32_outputs(self) -> bool:
         """The key-wise output kernel keeps fp32 outputs (seqc casts them): with the bf16 store
         gla's spilled 16 B on sm_90a at K = V = 64 (docs/benchmarks.md, "Outputs in the call's
-        dtype"); so do those of chunk_delta_parallel and chunk_dplr_parallel (subclasses) beside a
-        key-wise decay: kda's spilled 32 B on sm_90a at K = V = 64 and 128, rwkv7's 16 B on sm_80
-        (docs/benchmarks.md, "chunk_delta_parallel and chunk_dplr_parallel outputs in the call's
-        dtype")."""
+        dtype"); a subclass says by `keywise_outputs_fp32` whether its own does."""
         g = self.group
-        return g.log_decay is not None and g.log_decay.dims == (g.key_dim,)
+        return self.keywise_outputs_fp32 and g.log_decay is not None \
+            and g.log_decay.dims == (g.key_dim,)
 
     def loads(self, names) -> tuple[list[str], list[str]]:
         raw, cast = [], []
