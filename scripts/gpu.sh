@@ -4,7 +4,9 @@
 #      moves each Triton kernel call's tensors to CUDA when SEQC_TEST_DEVICE=cuda);
 #   2. seqc's Triton kernels against fla's Triton ops (python -m seqc.gpu_bench) at B=4, T=4096,
 #      H=16, K=V=128, bf16: forward and forward + backward timed; outputs and gradients compared
-#      (any mismatch exits 1); a markdown table.
+#      (any mismatch exits 1); a markdown table;
+#   3. every Triton mode of one spec per family timed side by side at B=4 and B=1 (python -m
+#      seqc.gpu_modes): whether `mode=None`'s rule (docs/backends.md) picks the fastest form.
 #
 #   bash scripts/gpu.sh [--dry-run] [--specs simple_gla,gla,...]
 #
@@ -29,19 +31,23 @@ done
 if [ "$dry" = 1 ]; then
     export TRITON_INTERPRET=1
     first="${specs%%,*}"
-    echo "== 1/2 Triton tests (dry run: interpreter, $first only)"
+    echo "== 1/3 Triton tests (dry run: interpreter, $first only)"
     python -m pytest -q -x -p no:cacheprovider tests/test_triton.py \
         -k "test_family_against_reference and $first-"
-    echo "== 2/2 seqc Triton vs fla (dry run)"
+    echo "== 2/3 seqc Triton vs fla (dry run)"
     python -m seqc.gpu_bench --dry-run --specs "$specs"
+    echo "== 3/3 every Triton mode (dry run: $first, chunk and chunk_parallel)"
+    python -m seqc.gpu_modes --dry-run --specs "$first" --modes chunk,chunk_parallel
 else
     if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu.sh: no CUDA device visible to torch; run with --dry-run to test on the CPU" >&2
         exit 2
     fi
     export TRITON_INTERPRET=0 SEQC_TEST_DEVICE=cuda
-    echo "== 1/2 Triton tests on the GPU"
+    echo "== 1/3 Triton tests on the GPU"
     python -m pytest -q -x -p no:cacheprovider -m triton tests/
-    echo "== 2/2 seqc Triton vs fla Triton ops (B=4, T=4096, H=16, K=V=128, bf16)"
+    echo "== 2/3 seqc Triton vs fla Triton ops (B=4, T=4096, H=16, K=V=128, bf16)"
     python -m seqc.gpu_bench --specs "$specs"
+    echo "== 3/3 every Triton mode, side by side (bf16, K=V=128; B=4,H=16 and B=1,H=4)"
+    python -m seqc.gpu_modes
 fi

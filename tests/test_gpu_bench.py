@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seqc import baselines, gpu_bench
+from seqc import baselines, gpu_bench, gpu_modes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,16 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.triton
 def test_gpu_script_dry_run_runs_both_steps_and_prints_the_table():
     done = subprocess.run(["bash", "scripts/gpu.sh", "--dry-run"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "== 1/2 Triton tests (dry run: interpreter, simple_gla only)" in out
+    assert "== 1/3 Triton tests (dry run: interpreter, simple_gla only)" in out
     assert re.search(r"\b[1-9]\d* passed", out) and " failed" not in out
-    assert "== 2/2 seqc Triton vs fla (dry run)" in out
+    assert "== 2/3 seqc Triton vs fla (dry run)" in out
     rows = [line for line in out.splitlines() if line.startswith("| simple_gla |")
             or line.startswith("| gated_deltanet |")]
     assert len(rows) == 2 and not any("MISMATCH" in r for r in rows)
     assert "stands in for fla chunk_gated_delta_rule" in rows[1]
+    assert "== 3/3 every Triton mode (dry run: simple_gla, chunk and chunk_parallel)" in out
+    modes = [line.split("|")[3].strip() for line in out.splitlines()
+             if line.startswith("| simple_gla | B=1,T=64,H=2,K=16,V=16 |")]
+    assert modes == ["chunk", "chunk_parallel"]
 
 
 @pytest.mark.triton
@@ -64,3 +68,14 @@ def test_without_cuda_it_asks_for_the_dry_run(capsys):
     assert "no CUDA device; use --dry-run" in capsys.readouterr().err
     assert gpu_bench.main(["--dry-run", "--specs", "mlstm"]) == 2
     assert "no fla Triton op known for mlstm" in capsys.readouterr().err
+
+
+def test_the_mode_sweep_names_a_rule_that_picks_a_slower_mode():
+    def row(mode, chosen, fwd, fwdbwd):
+        return dict(spec="gla", sizes=dict(B=4, H=16), mode=mode, chosen=chosen, fwd=fwd,
+                    fwdbwd=fwdbwd, error=0.0, mismatch=False)
+    rows = [row("chunk", True, 1e-3, 4e-3), row("chunk_parallel", False, 2e-3, 3e-3)]
+    found = gpu_modes.verdicts(rows)
+    assert found == ["gla at B=4,H=16: mode=None runs chunk (4.000 ms fwdbwd); chunk_parallel "
+                     "took 3.000 ms (1.33x faster)"]
+    assert gpu_modes.verdicts(rows[:1]) == []
