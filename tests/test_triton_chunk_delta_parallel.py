@@ -50,6 +50,13 @@ def test_key_and_value_blocks_split(name, dtype):
           precision="ieee")
 
 
+def test_two_key_blocks_in_the_per_chunk_kernel():
+    """K = 136: two key blocks of 128 in the per-chunk kernel, so its second key loop loads the
+    keys again (at K <= 128 it reuses the first loop's), value blocks of 32 in the state pass
+    (K > 128); a hard reset inside the first chunk."""
+    check("gated_deltanet", 20, {"K": 136, "V": 8}, resets=(5,), chunk_size=16, precision="ieee")
+
+
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
 @pytest.mark.parametrize("chunk,resets", [(16, (3, 16, 20, 36)), (64, (15, 16, 40, 64))])
 def test_hard_resets_at_and_inside_chunks(name, chunk, resets):
@@ -108,7 +115,7 @@ def test_default_mode_by_programs_against_sms():
     programs (B x H x value blocks) and the state pass at least as many, else `chunk_delta`
     (docs/backends.md), both counted with the value blocks they launch: at K = V = 128
     chunk_delta's are 32 lanes at B=4, H=16 (a wide launch) and 16 at B=1, H=4, the state
-    pass's 32; the GPU model has chunk_delta faster at both shapes."""
+    pass's 64; the GPU model has chunk_delta faster at both shapes."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
     # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 unless the launch is wide
@@ -116,7 +123,7 @@ def test_default_mode_by_programs_against_sms():
     few = {"B": 1, "T": 4096, "H": 4, "K": 128, "V": 128}
     assert module._chunk_delta_blocks(few, 128)[1] == 8
     assert module._chunk_delta_blocks({**few, "B": 4, "H": 16}, 128)[1] == 4
-    assert module._state_pass_programs(few, 128) == 4 * 4
+    assert module._state_pass_programs(few, 128) == 4 * 2
     assert module._choose_mode(few, 128) == "chunk_delta"                     # 4 x 8 blocks
     assert module._choose_mode({**few, "B": 4, "H": 16}, 128) == "chunk_delta"
     small = {**few, "K": 64, "V": 64}
@@ -138,22 +145,22 @@ def test_gradients_train_on_the_parallel_delta_core(name, monkeypatch):
 
 def test_scratch_traffic_counted():
     """Counted under the interpreter (seqc/bench_io.py): the buffers the mode allocates move as
-    stated in chunk_delta_parallel.md, "Traffic": w, u and the decayed keys written once and
-    read once (u and v_new once per value block), v_new written once and read once, the chunk
-    decays written and read once, the chunk states written and read once (fp32 here)."""
+    stated in chunk_delta_parallel.md, "Traffic": w and u written once and read once (once per
+    value block), v_new written once and read once, the chunk states written and read once
+    (fp32 here); a scalar decay's keys are decayed in the state pass (no kg, no chunk decays),
+    a key-wise decay's are written once and read once, with the chunk decays."""
     from seqc.bench_io import measure
     from seqc.inputs import random_call
-    program = seqc.load("gated_deltanet")
-    sizes = {"B": 1, "T": 40, "H": 2, "K": 16, "V": 16}
-    tensors, _ = random_call(program.spec, sizes)
-    counted = measure(program, tensors, "chunk_delta_parallel", chunk_size=16)
     B, T, H, K, V, chunks = 1, 40, 2, 16, 16, 3
     rows = B * H * T * 4                            # fp32 call: 4-byte scratch
-    per_token = 2 * (K + K + V + V)                 # w, kg, u, v_new: written + read
-    decays = 2 * B * H * chunks * 4
     states = 2 * B * H * chunks * K * V * 4
-    assert counted["scratch"] == rows * per_token + decays + states
-    assert counted["ratio_io"] <= 2.0
+    for name, per_token, decays in (("gated_deltanet", 2 * (K + V + V), 0),
+                                    ("kda", 2 * (K + K + V + V), 2 * B * H * chunks * K * 4)):
+        program = seqc.load(name)
+        tensors, _ = random_call(program.spec, {"B": B, "T": T, "H": H, "K": K, "V": V})
+        counted = measure(program, tensors, "chunk_delta_parallel", chunk_size=16)
+        assert counted["scratch"] == rows * per_token + decays + states, name
+        assert counted["ratio_io"] <= 2.0
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])

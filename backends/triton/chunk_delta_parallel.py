@@ -10,6 +10,8 @@ accumulators stay fp32.
 """
 from __future__ import annotations
 
+import re
+
 from . import layout
 from .blockwise import LOG2E
 from .chunk_parallel import ChunkParallelKernel, free_of_dim, lone_group, reduces
@@ -98,17 +100,25 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         full_key = any(reduces(e, K) for e in self.key_exprs())
         beta_code = beta if keywise else "\n".join([beta, row_decay or ""])
         key_code = "\n".join([key_op, decay]) if keywise else key_op
+        # one step a token, no key-wise decay: the state pass decays the keys itself
+        kg_from_keys = len(steps) == 1 and not keywise
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
                     steps=steps, n=len(steps), row_decay=row_decay,
                     key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
                     **self.kernel_lanes(K, V),
-                    beta_setup=self.setup(beta_code, every - key_names),
-                    key_setup=self.setup(key_code, every),
-                    value_setup=self.setup(value, every),
+                    beta_setup=own_step_loads(steps, self.setup(beta_code, every - key_names)),
+                    key_setup=own_step_loads(steps, self.setup(key_code, every)),
+                    kg_from_keys=kg_from_keys,
+                    state_setup=self.setup("\n".join([key_op, decay or ""]), every),
+                    value_setup=own_step_loads(steps, self.setup(value, every)),
                     init=layout.prologue(spec, V)["states"][0],
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
+                    wide_output=not full_key,
+                    # all of K up to 128 with one step and no key-wise decay (kda's per-sub-chunk
+                    # key-wise gates spilled at 128); two steps hold both steps' keys a row
+                    prepare_key_block=128 if kg_from_keys else 64 if len(steps) == 1 else 16,
                     final_store=self.final_store(g.state, K, V))
 
 
@@ -118,3 +128,24 @@ def by_step(codes: list[str], axis: str) -> str:
     if len(codes) == 1:
         return codes[0]
     return f"tl.where((step == 0){axis}, {codes[0]}, {codes[1]})"
+
+
+def own_step_loads(steps: list[dict], setup: dict) -> dict:
+    """Two delta steps a token: the per-chunk kernel's rows alternate steps (`step = row %
+    NSTEP`) and select their step's roles, so an input only one step's roles read (deltaproduct's
+    k1, v1, beta1) is loaded on that step's rows only (its load mask `mask_T & (step == j)`):
+    the other rows never use it, and each token's row of it is read once, not once per step."""
+    if len(steps) == 1:
+        return setup
+    body = []
+    for line in setup["body"]:
+        name = re.match(r"raw_(\w+) = tl\.load\(", line)
+        if name:
+            words = re.compile(rf"\b(raw|in)_{name.group(1)}\b")
+            others = [other for other in setup["body"]
+                      if not other.startswith((f"raw_{name.group(1)} =", f"in_{name.group(1)} ="))]
+            readers = [j for j, step in enumerate(steps) if words.search(" ".join(step.values()))]
+            if len(readers) == 1 and not any(words.search(other) for other in others):
+                line = re.sub(r"\bmask_T\b", f"(mask_T & (step == {readers[0]}))", line)
+        body.append(line)
+    return dict(setup, body=body)

@@ -400,6 +400,7 @@ def chunk_delta_parallel_prepare_kernel(
     Gc = tl.sum(tl.where(last_T, G0, 0.0), axis=0)
     Rc = tl.sum(tl.where(last_T, R0, 0.0), axis=0)
     A00 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    k0 = tl.zeros([BLOCK_T, BLOCK_K], dtype=DOT)
     if NS > 1:
         o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
         mask_R = o_R < NSTEP * T
@@ -417,6 +418,7 @@ def chunk_delta_parallel_prepare_kernel(
         Rc = tl.sum(tl.where(last_T, R1, 0.0), axis=0)
         A10 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A11 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        k1 = tl.zeros([BLOCK_T, BLOCK_K], dtype=DOT)
     if NS > 2:
         o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
         mask_R = o_R < NSTEP * T
@@ -435,6 +437,7 @@ def chunk_delta_parallel_prepare_kernel(
         A20 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A21 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A22 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+        k2 = tl.zeros([BLOCK_T, BLOCK_K], dtype=DOT)
     if NS > 3:
         o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
         mask_R = o_R < NSTEP * T
@@ -454,8 +457,7 @@ def chunk_delta_parallel_prepare_kernel(
         A31 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A32 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         A33 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
-    # the chunk's gate (Glast0), stored for the state pass
-    tl.store(ptr_decay + i_bh * NT + i_t, tl.where(Rc == 0.0, Gc, float("-inf")))
+        k3 = tl.zeros([BLOCK_T, BLOCK_K], dtype=DOT)
     Glast, Rlast = Gc, Rc
     # A = beta k k^T decayed, strictly lower, block by block, summed over key blocks
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
@@ -556,33 +558,33 @@ def chunk_delta_parallel_prepare_kernel(
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
         o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_K = o_K < dim_K
+        if BLOCK_K < dim_K:     # else one key block: the keys the first loop loaded
+            o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
+            mask_R = o_R < NSTEP * T
+            o_T, mask_T = o_R, mask_R
+            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+            k0 = raw_k.to(DOT)
+            if NS > 1:
+                o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
+                mask_R = o_R < NSTEP * T
+                o_T, mask_T = o_R, mask_R
+                raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+                k1 = raw_k.to(DOT)
+            if NS > 2:
+                o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
+                mask_R = o_R < NSTEP * T
+                o_T, mask_T = o_R, mask_R
+                raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+                k2 = raw_k.to(DOT)
+            if NS > 3:
+                o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
+                mask_R = o_R < NSTEP * T
+                o_T, mask_T = o_R, mask_R
+                raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+                k3 = raw_k.to(DOT)
         o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
         mask_R = o_R < NSTEP * T
         o_T, mask_T = o_R, mask_R
-        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
-        k0 = raw_k.to(DOT)
-        if NS > 1:
-            o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
-            mask_R = o_R < NSTEP * T
-            o_T, mask_T = o_R, mask_R
-            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
-            k1 = raw_k.to(DOT)
-        if NS > 2:
-            o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
-            mask_R = o_R < NSTEP * T
-            o_T, mask_T = o_R, mask_R
-            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
-            k2 = raw_k.to(DOT)
-        if NS > 3:
-            o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
-            mask_R = o_R < NSTEP * T
-            o_T, mask_T = o_R, mask_R
-            raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
-            k3 = raw_k.to(DOT)
-        o_R = i_t * (NS * BLOCK_T) + 0 * BLOCK_T + o_t
-        mask_R = o_R < NSTEP * T
-        o_T, mask_T = o_R, mask_R
-        tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k0.to(ACC) * tl.exp2(tl.where(R0 == Rlast, Glast - G0, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
         kb0 = (k0.to(ACC) * (b0 * tl.exp2(tl.where(R0 == 0.0, G0, float("-inf"))))[:, None]).to(DOT)
         w0 = tl.dot(Td00, kb0, input_precision=PRECISION)
         tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w0, mask=mask_R[:, None] & mask_K[None, :])
@@ -590,7 +592,6 @@ def chunk_delta_parallel_prepare_kernel(
             o_R = i_t * (NS * BLOCK_T) + 1 * BLOCK_T + o_t
             mask_R = o_R < NSTEP * T
             o_T, mask_T = o_R, mask_R
-            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k1.to(ACC) * tl.exp2(tl.where(R1 == Rlast, Glast - G1, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb1 = (k1.to(ACC) * (b1 * tl.exp2(tl.where(R1 == 0.0, G1, float("-inf"))))[:, None]).to(DOT)
             w1 = tl.dot(Td10, kb0, input_precision=PRECISION) + tl.dot(Td11, kb1, input_precision=PRECISION)
             tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w1, mask=mask_R[:, None] & mask_K[None, :])
@@ -598,7 +599,6 @@ def chunk_delta_parallel_prepare_kernel(
             o_R = i_t * (NS * BLOCK_T) + 2 * BLOCK_T + o_t
             mask_R = o_R < NSTEP * T
             o_T, mask_T = o_R, mask_R
-            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k2.to(ACC) * tl.exp2(tl.where(R2 == Rlast, Glast - G2, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb2 = (k2.to(ACC) * (b2 * tl.exp2(tl.where(R2 == 0.0, G2, float("-inf"))))[:, None]).to(DOT)
             w2 = tl.dot(Td20, kb0, input_precision=PRECISION) + tl.dot(Td21, kb1, input_precision=PRECISION) + tl.dot(Td22, kb2, input_precision=PRECISION)
             tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w2, mask=mask_R[:, None] & mask_K[None, :])
@@ -606,7 +606,6 @@ def chunk_delta_parallel_prepare_kernel(
             o_R = i_t * (NS * BLOCK_T) + 3 * BLOCK_T + o_t
             mask_R = o_R < NSTEP * T
             o_T, mask_T = o_R, mask_R
-            tl.store(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], k3.to(ACC) * tl.exp2(tl.where(R3 == Rlast, Glast - G3, float("-inf")))[:, None], mask=mask_R[:, None] & mask_K[None, :])
             kb3 = (k3.to(ACC) * (b3 * tl.exp2(tl.where(R3 == 0.0, G3, float("-inf"))))[:, None]).to(DOT)
             w3 = tl.dot(Td30, kb0, input_precision=PRECISION) + tl.dot(Td31, kb1, input_precision=PRECISION) + tl.dot(Td32, kb2, input_precision=PRECISION) + tl.dot(Td33, kb3, input_precision=PRECISION)
             tl.store(ptr_w + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], w3, mask=mask_R[:, None] & mask_K[None, :])
@@ -680,6 +679,7 @@ def chunk_delta_parallel_state_kernel(
     mask_K = o_K < dim_K
     mask_V = o_V < dim_V
     o_t = tl.arange(0, BLOCK_T)
+    last_T = o_t == BLOCK_T - 1
     if HAS_INIT:
         st_S = tl.load(ptr_init_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
     else:
@@ -692,9 +692,22 @@ def chunk_delta_parallel_state_kernel(
         v_new = tl.load(ptr_u + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], mask=mask_R[:, None] & mask_V[None, :], other=0.0).to(ACC) - tl.dot(w, st_S.to(DOT), input_precision=PRECISION)
         v_new = v_new.to(DOT)
         tl.store(ptr_vn + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_V + o_V[None, :], v_new, mask=mask_R[:, None] & mask_V[None, :])
-        kg = tl.load(ptr_kg + (i_bh * (NSTEP * T) + o_R)[:, None] * dim_K + o_K[None, :], mask=mask_R[:, None] & mask_K[None, :], other=0.0)
-        decay = tl.load(ptr_decay + i_bh * NT + i_t)
-        st_S = st_S * tl.exp2(decay) + tl.dot(tl.trans(kg), v_new, input_precision=PRECISION)
+        # the chunk's keys decayed to its end, kg = k 2^Gend, and its gate Glast0
+        o_T, mask_T = o_R, mask_R
+        raw_k = tl.load(ptr_in_k + (i_b * T * H + i_h) * (dim_K) + (o_T[:, None] * (H * dim_K) + o_K[None, :]), mask=(mask_T[:, None] & mask_K[None, :]), other=0.0)
+        raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
+        in_g = raw_g.to(ACC)
+        d_S = tl.where((mask_T), in_g, 0.0)
+        reset_S = d_S == float("-inf")
+        G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
+        R_S = tl.cumsum(reset_S.to(ACC), axis=0)
+        Glast_S = tl.sum(tl.where(last_T, G_S, 0.0), axis=0)
+        Rlast_S = tl.sum(tl.where(last_T, R_S, 0.0), axis=0)
+        G0_S = tl.where(R_S == 0.0, G_S, float("-inf"))
+        Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
+        Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
+        kg = (raw_k.to(DOT).to(ACC) * tl.exp2(Gend_S)[:, None]).to(DOT)
+        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(kg), v_new, input_precision=PRECISION)
     if STORE_FINAL:
         tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
 
@@ -732,7 +745,6 @@ def chunk_delta_parallel_output_kernel(
     mask_T = o_T < T
     raw_g = tl.load(ptr_in_g + (i_b * T * H + i_h) * (1) + (o_T * (H * 1)), mask=(mask_T), other=0.0)
     in_g = raw_g.to(ACC)
-    vn0_S = tl.load(ptr_vn + (i_bh * (NSTEP * T) + o_T * NSTEP + 0)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0)
     d_S = tl.where((mask_T), in_g, 0.0)
     reset_S = d_S == float("-inf")
     G_S = tl.cumsum(tl.where(reset_S, 0.0, d_S * 1.4426950408889634), axis=0)
@@ -754,6 +766,7 @@ def chunk_delta_parallel_output_kernel(
         q__read0_S = (tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)).to(DOT)
         r__read0_S += tl.dot(q__read0_S, h_S, input_precision=PRECISION)
         A__read0_S_0 += tl.dot(q__read0_S, tl.trans(raw_k.to(DOT)), input_precision=PRECISION)
+    vn0_S = tl.load(ptr_vn + (i_bh * (NSTEP * T) + o_T * NSTEP + 0)[:, None] * dim_V + o_V[None, :], mask=mask_T[:, None] & mask_V[None, :], other=0.0)
     r__read0_S = r__read0_S * tl.exp2(G0_S)[:, None]
     A__read0_S_0 = A__read0_S_0 * tl.exp2(tl.where((o_t[:, None] >= o_t[None, :]) & (R_S[:, None] == R_S[None, :]), G_S[:, None] - G_S[None, :], float("-inf")))
     r__read0_S += tl.dot(A__read0_S_0.to(DOT), vn0_S, input_precision=PRECISION)
@@ -763,20 +776,22 @@ def chunk_delta_parallel_output_kernel(
 
 def _chunk_delta_parallel_blocks(dims, block_split):
     """The blocks of the per-chunk kernel, the state pass and the output kernel at `dims`
-    (chunk_delta_parallel.md, "Blocks"): key blocks of 64 / delta steps in the per-chunk and
-    output kernels (16 in the output kernel with a key-wise decay), all of K in the state pass
-    (w h sums over it); value blocks of at most 64 lanes, 32 in the state pass when K > 64."""
+    (chunk_delta_parallel.md, "Blocks"): key blocks of at most 128 in the per-chunk
+    kernel, 64 in the output kernel, all of K in the state pass (w h sums over
+    it); value blocks of at most 64 lanes in the per-chunk kernel, 64 in the state pass (32 when
+    K > 128), 128 in the output kernel."""
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(block_split)))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], max(16, _pow2(block_split)))
     output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
-    if blocks["BLOCK_K"] > 64:     # the state pass holds [K, BLOCK_V] in fp32
-        state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32)
-    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
-    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    # the state pass holds [K, BLOCK_V] in fp32
+    state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64 if blocks["BLOCK_K"] <= 128 else 32)
+    output_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 128)
     prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
+    output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
+    prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 128)
     return prepare_blocks, state_blocks, output_blocks
 
 
@@ -804,10 +819,9 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
     device = spare.device
     chunk_states = torch.empty((B, H, n_t, K_, V_), dtype=_chunk_state_dtype(spare, x, options), device=device)
     w = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
-    kg = torch.empty((B * H, 1 * T, K_), dtype=dot_dtype, device=device)
     u = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
     v_new = torch.empty((B * H, 1 * T, V_), dtype=dot_dtype, device=device)
-    decay = torch.empty((B * H, n_t), dtype=spare.dtype, device=device)
+    kg, decay = w, spare        # not used: the state pass decays the keys itself
 
     def arguments(blocks, block_t, ns):
         return [
@@ -831,7 +845,7 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             chosen = _with_blocks(blocks, config)
             return grid_of(chosen), arguments(chosen, block_t, ns), _launch_options(config)
         return build
-    configs = _chunk_delta_parallel_configs(output_blocks["BLOCK_V"])
+    configs = _chunk_delta_parallel_configs(output_blocks["BLOCK_V"], state_blocks["BLOCK_V"])
     # the per-chunk kernel holds a chunk's 1 x block_t rows (a row per token and delta step) as sub-chunks of 16
     _launch(chunk_delta_parallel_prepare_kernel, configs["prepare"],
             launcher(prepare_blocks, lambda b: (n_t, B * H), 16, 1 * block_t // 16), key)
@@ -841,13 +855,20 @@ def _run_chunk_delta_parallel(x, p, dims, init, final, outputs, consts, options)
             launcher(output_blocks, lambda b: (triton.cdiv(V_, b["BLOCK_V"]), n_t, B * H), block_t, 1), key)
 
 
-def _chunk_delta_parallel_configs(block_v):
-    """Each kernel's launch configurations, its fallback first (autotune: parallel_host.md)."""
+def _chunk_delta_parallel_configs(block_v, state_block_v=64):
+    """Each kernel's launch configurations, its fallback first (autotune: parallel_host.md):
+    `block_v` the output kernel's value block, `state_block_v` the state pass's."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
+    state_half = [{"BLOCK_V": state_block_v // 2}] if state_block_v >= 32 else []
+    output = [{}, {"num_warps": 8, "num_stages": 2}]
+    if block_v > 64 and half:        # the list of value blocks of 64, as its last entry
+        output = [{"num_warps": 8}, {"num_warps": 8, "num_stages": 1}, dict(output[0], **half)]
+    elif half:
+        output.append(half)
     return {
         "prepare": [{"num_warps": 8}, {"num_warps": 8, "num_stages": 2}],
-        "state": [{}, {"num_warps": 8}, {"num_stages": 2}],
-        "output": [{}, {"num_warps": 8, "num_stages": 2}] + ([dict(half)] if half else []),
+        "state": [{"num_warps": 8}, {"num_warps": 8, "num_stages": 2}] + state_half,
+        "output": output,
     }
 
 
