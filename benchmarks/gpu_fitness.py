@@ -130,6 +130,9 @@ def main() -> int:
                         help="only these modes' kernels (comma-separated; default: every mode)")
     parser.add_argument("--no-training", action="store_true",
                         help="forward kernels only (no training call recorded)")
+    parser.add_argument("--all-configs", action="store_true",
+                        help="every launch configuration of the parallel forms' lists, not only "
+                             "their fallbacks (as `seqc gpu-check --all-configs`)")
     parser.add_argument("--cached-only", action="store_true",
                         help="kernels not in the kernel cache are reported, not compiled")
     parser.add_argument("--from-cache", action="store_true",
@@ -155,6 +158,7 @@ def main() -> int:
                         continue
                     one = copy.copy(job)
                     one.modes, one.cached_only = [mode], args.cached_only
+                    one.all_configs = args.all_configs
                     if mode not in trained:
                         one.training_module = None
                     jobs.append(one)

@@ -13,8 +13,8 @@ from .render import Constants, helpers
 # launch too few programs (module.py.j2, `_choose_mode`)
 PARALLEL_MODES = ("chunk_parallel", "chunk_delta_parallel", "chunk_dplr_parallel", "scan_parallel")
 # the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 when the inputs are;
-# states and accumulators stay fp32), but for a builder's `stores_fp32_outputs` exceptions: those
-# store fp32 and seqc/kernel.py casts them after the call (docs/backends.md, "Numerics")
+# states and accumulators stay fp32): every mode; one left out would store fp32, which
+# seqc/kernel.py casts after the call (docs/backends.md, "Numerics")
 CALL_DTYPE_OUTPUTS = ("fused_recurrent", "scan", "chunk", "chunk_delta", "chunk_dplr",
                       "scan_parallel", "chunk_parallel", "chunk_delta_parallel",
                       "chunk_dplr_parallel")
@@ -50,8 +50,7 @@ def emit(program, plan=None) -> str:
                   helpers=helpers(spec), kernels=kernels, constants=constants.host,
                   output_dims=fused.output_dims, cores=cores, core_helpers=common,
                   fused_backward=backward is not None,
-                  call_dtype_outputs=[b.mode for b in builders if b.mode in CALL_DTYPE_OUTPUTS
-                                      and not getattr(b, "stores_fp32_outputs", bool)()],
+                  call_dtype_outputs=[b.mode for b in builders if b.mode in CALL_DTYPE_OUTPUTS],
                   not_offered=families.not_offered(plan))
 
 

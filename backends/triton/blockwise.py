@@ -83,6 +83,49 @@ class FactoringRenderer(TritonRenderer):
         return super().matmul(node) if rewritten is None else self(rewritten)
 
 
+def key_sum(node: ir.Expr, dim: str) -> bool:
+    """Whether `node` is a sum over `dim`: the contraction of `@` or `sum(., dim)`."""
+    if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL:
+        return node.left.dims[-1] == dim
+    return isinstance(node, ir.Call) and node.func == "sum" and node.dim == dim
+
+
+def reads_state(expr: ir.Expr) -> bool:
+    """Whether `expr` holds a read of a state."""
+    return any(isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"
+               for n in ir.walk(expr))
+
+
+class KeySums(FactoringRenderer):
+    """Renders output expressions with each sum over the key dim `dim` (after `factored`) that
+    reads no state as a name `ksum<i>` (`sums`: its name and the block's code, rendered by
+    `inner`), for a kernel to form apart from the outputs: the chunk kernel before its
+    sections (`early_sums`), the chunk_parallel output kernel over its key blocks."""
+
+    def __init__(self, inner: FactoringRenderer, dim: str):
+        super().__init__(inner.name_block, inner.constants)
+        self.inner, self.dim = inner, dim
+        self.sums: list[tuple[str, Block]] = []
+
+    def matmul(self, node: ir.Binary) -> Block:
+        if node.left.dims[-1] == self.dim and factored(node) is None and not reads_state(node):
+            return self.collect(self.inner.matmul(node))
+        return super().matmul(node)
+
+    def reduce(self, node: ir.Call) -> Block:
+        if key_sum(node, self.dim) and not reads_state(node):
+            return self.collect(self.inner.reduce(node))
+        return super().reduce(node)
+
+    def next_name(self) -> str:
+        return f"ksum{len(self.sums)}"
+
+    def collect(self, block: Block) -> Block:
+        name = self.next_name()
+        self.sums.append((name, block))
+        return Block(name, block.dims)
+
+
 class BlockKernel:
     template = "blockwise.py.j2"
 
@@ -129,9 +172,10 @@ class BlockKernel:
             self.lets[let.name] = value.dims
             prelude.append(f"let_{let.name} = {value.code}")
         sections = [self.section(g) for g in self.plan.groups]
-        stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+        stores, early_sums = self.early_sum_stores()
         return dict(layout.prologue(spec, self.split, self.transposed_states()), loads=loads,
-                    prelude=prelude, sections=sections, stores=stores, split=self.split,
+                    prelude=prelude, early_sums=early_sums, sections=sections, stores=stores,
+                    split=self.split,
                     dot_dims=self.dot_dims, mode=self.mode, combines=self.combines,
                     dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap(),
                     wide_value_blocks=self.wide_value_blocks())
@@ -149,11 +193,22 @@ class BlockKernel:
             widest += f' or B * H * triton.cdiv(dims["{self.split}"], 32) >= WIDE_VALUE_PROGRAMS'
         return f"32 if {widest} else 16"
 
-    def stores_fp32_outputs(self) -> bool:
-        """The chunk kernel of a read of S_{t-1} (rwkv6) keeps fp32 outputs (seqc casts them):
-        at K = V = 128 it sits at 255 registers on sm_80, and the bf16 store spilled 24 B there
-        (docs/benchmarks.md, "Outputs in the call's dtype")."""
-        return self.mode == "chunk" and any(r.previous for r in self.plan.reads)
+    def early_sum_stores(self) -> tuple[list[str], list[str]]:
+        """The outputs' stores and, in the chunk kernel, the lines `ksum<i> = ...` of the sums
+        over the chunk group's key dim in them that read no state (`KeySums`), formed before the
+        sections so that the `[BLOCK_T, K]` blocks they read are not live up to the stores
+        (rwkv6's bonus `scale r @ (u * k * v)`: formed at the store, its bf16 store spilled 24 B
+        on sm_80 at K = V = 128; blockwise.md, "Outputs")."""
+        keys = {g.key_dim for g in self.plan.groups if g.kind == "chunk"}
+        if self.mode != "chunk" or len(keys) != 1:
+            return [self.store(name, value) for name, value in self.plan.outputs.items()], []
+        plain, self.expr = self.expr, KeySums(self.expr, keys.pop())
+        try:
+            stores = [self.store(name, value) for name, value in self.plan.outputs.items()]
+            sums = self.expr.sums
+        finally:
+            self.expr = plain
+        return stores, [f"{name} = {block.code}" for name, block in sums]
 
     def wide_value_blocks(self) -> bool:
         """chunk_delta with one delta step a token in every group fits with value blocks of 32

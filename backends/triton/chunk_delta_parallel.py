@@ -38,11 +38,6 @@ def supported(plan) -> bool:
 
 class ChunkDeltaParallelKernel(ChunkParallelKernel):
     template = "chunk_delta_parallel.py.j2"
-    # beside a key-wise decay too: kda's output kernel at 8 warps, 2 stages (its key-wise
-    # fallback) fits with the 16-bit store on sm_80 and sm_90a at K = V = 48, 64 and 128 (at 4
-    # warps it spilled 32 B on sm_90a; docs/benchmarks.md, "kda's chunk_delta_parallel output
-    # kernel at 8 warps")
-    keywise_outputs_fp32 = False
 
     def __init__(self, plan, constants):
         super().__init__(plan, constants)

@@ -37,7 +37,6 @@ def supported(plan) -> bool:
 
 class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):
     template = "chunk_dplr_parallel.py.j2"
-    keywise_outputs_fp32 = True     # rwkv7's 16-bit store spilled 16 B on sm_80 at 1-3 stages
 
     def __init__(self, plan, constants):
         super().__init__(plan, constants)
@@ -88,7 +87,7 @@ class ChunkDplrParallelKernel(ChunkDeltaParallelKernel):
                                 for loop, roles in loops.items()},
                     value_setup=self.setup(value_op, every),
                     init=layout.prologue(spec, V)["states"][0],
-                    outer=self.setup(outer_code + "\n" + inner_code, free_names),
+                    **self.outer_setups(outer_code, inner_code, "", free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     final_store=self.final_store(g.state, K, V))

@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 
 from seqc import ir, pretty
-from seqc.backends.torch_render import factored
 
 from . import layout
-from .blockwise import LOG2E, BlockKernel, FactoringRenderer
+from .blockwise import LOG2E, BlockKernel, FactoringRenderer, KeySums, key_sum, reads_state
 from .render import Block
 
 # the output kernel's widest value block, by whether the decay is key-wise (chunk_parallel.md,
@@ -97,13 +96,6 @@ def normaliser_sum(node: ir.Expr, plan) -> tuple[str, str, int] | None:
     return None
 
 
-def key_sum(node: ir.Expr, dim: str) -> bool:
-    """Whether `node` is a sum over `dim`: the contraction of `@` or `sum(., dim)`."""
-    if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL:
-        return node.left.dims[-1] == dim
-    return isinstance(node, ir.Call) and node.func == "sum" and node.dim == dim
-
-
 def key_sums_only(expr: ir.Expr, dim: str, bound: set[str], plan) -> bool:
     """Whether `expr` needs lanes of `dim` only inside sums over it (`key_sum`) that read no
     state and hold no other reduction over it, or that are a normaliser's `q @ n`
@@ -112,9 +104,8 @@ def key_sums_only(expr: ir.Expr, dim: str, bound: set[str], plan) -> bool:
     if normaliser_sum(expr, plan) is not None:
         return True
     if key_sum(expr, dim):
-        return not any(isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"
-                       or n is not expr and isinstance(n, ir.Call) and n.dim == dim
-                       for n in ir.walk(expr))
+        return not reads_state(expr) and not any(
+            n is not expr and isinstance(n, ir.Call) and n.dim == dim for n in ir.walk(expr))
     if dim in (getattr(expr, "dims", None) or ()) or (
             isinstance(expr, ir.Name) and expr.ref is not None and expr.ref.kind == "let"
             and expr.id in bound):
@@ -122,38 +113,28 @@ def key_sums_only(expr: ir.Expr, dim: str, bound: set[str], plan) -> bool:
     return all(key_sums_only(child, dim, bound, plan) for child in ir.children(expr))
 
 
-class KeySumRenderer(FactoringRenderer):
-    """The output kernel's renderer of output expressions: each sum over the key dim (after
-    `factored`) becomes an accumulator `ksum<i>` [BLOCK_T, ...] that the key loop adds each key
-    block's share to (`sums`: its name and the block's code, rendered by `inner`); a
-    normaliser's `q @ n` becomes `ksum<i>` formed from the read's scores (`normalised`)."""
+class KeySumRenderer(KeySums):
+    """The output kernel's renderer of output expressions: each sum over the key dim becomes an
+    accumulator `ksum<i>` [BLOCK_T, ...] that the key loop adds each key block's share to
+    (`KeySums`); a normaliser's `q @ n` becomes `ksum<i>` formed from the read's scores
+    (`normalised`)."""
 
     def __init__(self, inner: FactoringRenderer, dim: str, plan):
-        super().__init__(inner.name_block, inner.constants)
-        self.inner, self.dim, self.plan = inner, dim, plan
-        self.sums: list[tuple[str, Block]] = []
+        super().__init__(inner, dim)
+        self.plan = plan
         self.normalised: list[dict] = []
 
     def matmul(self, node: ir.Binary) -> Block:
         found = normaliser_sum(node, self.plan)
-        if found is not None:
-            read, state, write = found
-            name = f"ksum{len(self.sums) + len(self.normalised)}"
-            self.normalised.append(dict(name=name, read=read, state=state, write=write))
-            return Block(name, ("T",))
-        if node.left.dims[-1] == self.dim and factored(node) is None:
-            return self.collect(self.inner.matmul(node))
-        return super().matmul(node)
+        if found is None:
+            return super().matmul(node)
+        read, state, write = found
+        name = self.next_name()
+        self.normalised.append(dict(name=name, read=read, state=state, write=write))
+        return Block(name, ("T",))
 
-    def reduce(self, node: ir.Call) -> Block:
-        if key_sum(node, self.dim):
-            return self.collect(self.inner.reduce(node))
-        return super().reduce(node)
-
-    def collect(self, block: Block) -> Block:
-        name = f"ksum{len(self.sums) + len(self.normalised)}"
-        self.sums.append((name, block))
-        return Block(name, block.dims)
+    def next_name(self) -> str:
+        return f"ksum{len(self.sums) + len(self.normalised)}"
 
 
 def relabels(spec: ir.Spec) -> bool:
@@ -228,21 +209,11 @@ def used(lines: list[str], code: str, prefix: str) -> list[str]:
 
 class ChunkParallelKernel(BlockKernel):
     template = "chunk_parallel.py.j2"
-    # whether the output kernel beside a key-wise decay keeps fp32 outputs (stores_fp32_outputs)
-    keywise_outputs_fp32 = True
 
     def __init__(self, plan, constants):
         super().__init__(plan, constants)
         self.mode = "chunk_parallel"
         self.group = plan.groups[0]
-
-    def stores_fp32_outputs(self) -> bool:
-        """The key-wise output kernel keeps fp32 outputs (seqc casts them): with the bf16 store
-        gla's spilled 16 B on sm_90a at K = V = 64 (docs/benchmarks.md, "Outputs in the call's
-        dtype"); a subclass says by `keywise_outputs_fp32` whether its own does."""
-        g = self.group
-        return self.keywise_outputs_fp32 and g.log_decay is not None \
-            and g.log_decay.dims == (g.key_dim,)
 
     def loads(self, names) -> tuple[list[str], list[str]]:
         raw, cast = [], []

@@ -50,7 +50,7 @@ MODES = ("fused_recurrent", "chunk_parallel", "chunk", )
 DEFAULT_MODE = "chunk"
 # the modes whose kernels store the outputs in the call's dtype (bf16 / fp16 calls); the others
 # store fp32 (fp64 for fp64 calls), cast to the call's dtype by seqc after the call
-CALL_DTYPE_OUTPUTS = frozenset({"fused_recurrent", "chunk"})
+CALL_DTYPE_OUTPUTS = frozenset({"fused_recurrent", "chunk_parallel", "chunk"})
 # fused_recurrent has a generated backward kernel (`train`, fused_recurrent_bwd.md): every
 # operation of the step has a vector-Jacobian rule
 FUSED_BACKWARD = True
