@@ -1690,9 +1690,9 @@ def _cp_bwd_fused_wide_kernel(
 ):
     """_cp_bwd_fused_kernel for K or V above 64 (a scalar gate or none): V one block, two sweeps
     over key blocks (chunk_parallel_core.md, "(b + c) fused, wide"): first dk, dq per key block
-    with do, v and the decayed dM = (do v^T) M held, then (dM, v dead) the scores A = q k^T and
-    the state part 2^Gend k dh[n] of dv summed over the key blocks, dv += (A M)^T do once; a
-    scalar gate's dL/db summed over the key lanes, reverse-cumsummed once."""
+    with do, v and the decayed dM = (do v^T) M held, the scores A = q k^T summed; then (dM, v
+    dead) the state part 2^Gend k dh[n] of dv summed over the key blocks, dv += (A M)^T do once;
+    a scalar gate's dL/db summed over the key lanes, reverse-cumsummed once."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1705,6 +1705,7 @@ def _cp_bwd_fused_wide_kernel(
           * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
     dG = tl.zeros([BLOCK_T], dtype=ACC)                 # dL/db summed over the key lanes
     leaving = tl.sum(dG, axis=0)
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
@@ -1725,19 +1726,17 @@ def _cp_bwd_fused_wide_kernel(
         dq = tl.dot(dM, k, dq, input_precision=PRECISION)
         tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
         dG += tl.sum(q.to(ACC) * dq, axis=1)
+        A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION)
     if DECAY > 0:
         dG += tl.where(o_t == BLOCK_T - 1, leaving, 0.0)
         dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG             # reverse cumsum
         tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, dg), mask=mask_t)
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
         offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
-        q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION)
         dh = _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K, V,
                                     HAS_FINAL)
         dv = tl.dot((k.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT), dh.to(DOT), dv,
@@ -1809,20 +1808,25 @@ def _cp_blocks(K, V, decay, chunk_size):
     _cp_bwd_fused_kernel (a scalar gate or none, K and V of at most 64 lanes), `fused_keys`
     _cp_bwd_fused_keys_kernel (a key-wise gate, V of at most 64), `fused_wide` (where `fused`
     is not) _cp_bwd_fused_wide_kernel in key blocks of `wide_k` (a scalar gate or none, V of at
-    most 128); `adjoint_k`, `adjoint_warps` the adjoint state pass's key block and warps."""
+    most 128); `adjoint_k`, `adjoint_v`, `adjoint_warps`, `adjoint_stages` the adjoint state
+    pass's key and value blocks, warps and stages (beside the wide kernel one block of up to 128
+    x 128 lanes, one stage: q and do read once)."""
     block_t = max(16, _pow2(chunk_size))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
     keywise = decay == 2
     fused = not keywise and _pow2(K) <= 64 and _pow2(V) <= 64
+    fused_wide = not keywise and not fused and _pow2(V) <= 128
     return dict(block_t=block_t, sub_t=min(16, block_t),
                 state_k=min(block_k, 32) if keywise else block_k,
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4,
                 fused=fused, fused_keys=keywise and _pow2(V) <= 64,
-                fused_wide=not keywise and not fused and _pow2(V) <= 128, wide_k=16,
+                fused_wide=fused_wide, wide_k=16,
                 adjoint_k=block_k if keywise else min(128, max(16, _pow2(K))),
-                adjoint_warps=16 if keywise else (8 if K > 64 else 4))
+                adjoint_v=max(16, _pow2(V)) if fused_wide else block_v,
+                adjoint_warps=16 if keywise else (8 if K > 64 or fused_wide else 4),
+                adjoint_stages=1 if fused_wide else 3)
 
 
 class _ChunkParallelCore(torch.autograd.Function):
@@ -1882,10 +1886,11 @@ class _ChunkParallelCore(torch.autograd.Function):
         g_ptr = q if g is None else g
         dfinal = None if dfinal is None else dfinal.contiguous()
         final_ptr = ds0 if dfinal is None else dfinal
-        _cp_state_pass_kernel[(triton.cdiv(K, b["adjoint_k"]), NV, B * H)](
+        _cp_state_pass_kernel[(triton.cdiv(K, b["adjoint_k"]), triton.cdiv(V, b["adjoint_v"]),
+                               B * H)](
             q, do, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, b["block_t"], b["adjoint_k"],
-            b["block_v"], decay, True, dfinal is not None, after, acc, tl_dot,
-            precision, num_warps=b["adjoint_warps"])
+            b["adjoint_v"], decay, True, dfinal is not None, after, acc, tl_dot,
+            precision, num_warps=b["adjoint_warps"], num_stages=b["adjoint_stages"])
         if fused:
             _cp_bwd_fused_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
@@ -1900,7 +1905,7 @@ class _ChunkParallelCore(torch.autograd.Function):
             _cp_bwd_fused_wide_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
                 H, NT, K, V, b["block_t"], b["wide_k"], max(16, _pow2(V)), decay,
-                dfinal is not None, acc, tl_dot, precision, num_warps=8)
+                dfinal is not None, acc, tl_dot, precision, num_warps=8, num_stages=1)
         else:
             _cp_bwd_dv_kernel[(NV, NT, B * H)](
                 q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"],
