@@ -1,7 +1,7 @@
 """The parallel chunk core of the Triton backend, training in the `chunk_parallel` mode
 (backends/triton/chunk_parallel_core.py.j2, chunk_parallel_core.md): forward state pass + output
 kernel keeping the fp32 chunk states, backward an adjoint state pass and dv, dq/dk/dg kernels
-(or one fused kernel: a scalar gate or none at K, V <= 64, key-wise at V <= 64, the wide one for
+(or one fused kernel: a scalar gate or none at K, V <= 64, key-wise at V <= 128, the wide one for
 a scalar gate or none at V <= 128) parallel over chunks, gate gradients by the reverse cumsum
 inside each chunk.
 
@@ -57,13 +57,14 @@ def parallel_core_backwards(name, core="_ChunkParallelCore"):
 @pytest.mark.parametrize("decay, K, V, chunk", [
     (decay, 5, 3, 32) for decay in ("none", "scalar", "keywise")] + [
     ("scalar", 5, 3, 64), ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 40, 16),
-    ("keywise", 20, 66, 16), ("scalar", 5, 130, 16)])
+    ("keywise", 20, 66, 16), ("keywise", 5, 130, 16), ("scalar", 5, 130, 16)])
 def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
     """T = 37: the last chunk ragged; every output, the final state and every gradient. K, V
     of at most 64 with a scalar gate or none run the fused backward kernel (chunks of 64: one
     chunk, no adjoint state pass step); K = 70 with V = 66 the wide fused kernel (five key blocks
     of 16, V one block of 128); a key-wise gate with V up to 64 the key-wise fused kernel (K =
-    20: two key blocks of 16); the dv and dq/dk kernels above (a key-wise V = 66, V = 130)."""
+    20: two key blocks of 16) and with V up to 128 (V = 66: one value block of 128); the dv and
+    dq/dk kernels above (V = 130)."""
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk, tensors, chunk)

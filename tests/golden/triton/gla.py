@@ -1653,15 +1653,24 @@ def _cp_bwd_fused_keys_kernel(
     dA = tl.where(o_t[:, None] >= o_t[None, :],
                   tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0).to(DOT)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv = _cp_key_block(
-            ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-            mask_v, NT, K, V, BLOCK_T, BLOCK_K, HAS_FINAL, ACC)
-        dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)
-        h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-        leaving = tl.exp2(Glast0) * tl.sum(h * dh, axis=1) + tl.sum(k * dk, axis=0)
-        dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
+        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv = _cp_key_block(
+            ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V, BLOCK_T, BLOCK_K,
+            ACC)
+        dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+        dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
         dq, dk = _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T, SUB_T, DOT,
                                          PRECISION)
+        if n == NT - 1:     # as _cp_leaving_state_grad (a call here spilled 140 B on sm_80)
+            dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL,
+                         other=0.0)
+        else:
+            dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
+                         other=0.0)
+        dk_state = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)
+        h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
+        leaving = tl.exp2(Glast0) * tl.sum(h * dh, axis=1) + tl.sum(k * dk_state, axis=0)
+        dk += dk_state
+        dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
         mask_tk = mask_t[:, None] & mask_k[None, :]
         tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
         tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
@@ -1671,10 +1680,12 @@ def _cp_bwd_fused_keys_kernel(
                  tl.where(d == float("-inf"), 0.0, dg), mask=mask_tk)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv = _cp_key_block(
-            ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-            mask_v, NT, K, V, BLOCK_T, BLOCK_K, HAS_FINAL, ACC)
+        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv = _cp_key_block(
+            ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V, BLOCK_T, BLOCK_K,
+            ACC)
         A = _cp_keywise_scores(q, k, G, R, o_t, BLOCK_T, SUB_T, DOT, PRECISION)
+        dh = _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K, V,
+                                    HAS_FINAL)
         dv = tl.dot((k * tl.exp2(Gend)).to(DOT), dh.to(DOT), dv, input_precision=PRECISION)
         dv = tl.dot(tl.trans(A.to(DOT)), do, dv, input_precision=PRECISION)
     tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
@@ -1760,12 +1771,10 @@ def _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K,
 
 
 @triton.jit
-def _cp_key_block(ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-                  mask_v, NT, K, V, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-                  HAS_FINAL: tl.constexpr, ACC: tl.constexpr):
-    """Key block i_k of chunk n for the key-wise fused backward: its lanes, q and k (ACC), the
-    key-wise gates (_cp_chunk_gates) and dh[n] (the incoming dS_T for the last chunk, 0
-    without one; else slot n of the adjoint pass's AFTER states), with the state offsets."""
+def _cp_key_block(ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V,
+                  BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """Key block i_k of a chunk for the key-wise fused backward: its lanes, q and k (ACC), the
+    key-wise gates (_cp_chunk_gates) and the block's offsets in a [K, V] state."""
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = o_k < K
     offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
@@ -1773,11 +1782,7 @@ def _cp_key_block(ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, m
     k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K).to(ACC)
     d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, 2,
                                                 BLOCK_T, K, ACC)
-    if n == NT - 1:         # as _cp_leaving_state_grad (a call here spilled 140 B on sm_80)
-        dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
-    else:
-        dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-    return o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv
+    return o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv
 
 
 @triton.jit
@@ -1817,14 +1822,15 @@ def _cp_blocks(K, V, decay, chunk_size):
     keywise = decay == 2
     fused = not keywise and _pow2(K) <= 64 and _pow2(V) <= 64
     fused_wide = not keywise and not fused and _pow2(V) <= 128
+    fused_keys = keywise and _pow2(V) <= 128
     return dict(block_t=block_t, sub_t=min(16, block_t),
                 state_k=min(block_k, 32) if keywise else block_k,
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4,
-                fused=fused, fused_keys=keywise and _pow2(V) <= 64,
+                fused=fused, fused_keys=fused_keys,
                 fused_wide=fused_wide, wide_k=16,
                 adjoint_k=block_k if keywise else min(128, max(16, _pow2(K))),
-                adjoint_v=max(16, _pow2(V)) if fused_wide else block_v,
+                adjoint_v=max(16, _pow2(V)) if fused_wide or fused_keys else block_v,
                 adjoint_warps=16 if keywise else (8 if K > 64 or fused_wide else 4),
                 adjoint_stages=1 if fused_wide else 3)
 
@@ -1899,7 +1905,7 @@ class _ChunkParallelCore(torch.autograd.Function):
         elif fused_keys:
             _cp_bwd_fused_keys_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
-                H, NT, K, V, b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"],
+                H, NT, K, V, b["block_t"], b["sub_t"], b["dqk_k"], max(16, _pow2(V)),
                 dfinal is not None, acc, tl_dot, precision, num_warps=8)
         elif fused_wide:
             _cp_bwd_fused_wide_kernel[(NT, B * H)](
