@@ -1653,15 +1653,24 @@ def _cp_bwd_fused_keys_kernel(
     dA = tl.where(o_t[:, None] >= o_t[None, :],
                   tl.dot(do, tl.trans(v), input_precision=PRECISION), 0.0).to(DOT)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv = _cp_key_block(
-            ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-            mask_v, NT, K, V, BLOCK_T, BLOCK_K, HAS_FINAL, ACC)
-        dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)
-        h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-        leaving = tl.exp2(Glast0) * tl.sum(h * dh, axis=1) + tl.sum(k * dk, axis=0)
-        dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
+        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv = _cp_key_block(
+            ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V, BLOCK_T, BLOCK_K,
+            ACC)
+        dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
+        dk = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
         dq, dk = _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T, SUB_T, DOT,
                                          PRECISION)
+        if n == NT - 1:     # as _cp_leaving_state_grad (a call here spilled 140 B on sm_80)
+            dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL,
+                         other=0.0)
+        else:
+            dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
+                         other=0.0)
+        dk_state = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)
+        h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
+        leaving = tl.exp2(Glast0) * tl.sum(h * dh, axis=1) + tl.sum(k * dk_state, axis=0)
+        dk += dk_state
+        dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
         mask_tk = mask_t[:, None] & mask_k[None, :]
         tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
         tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
@@ -1671,10 +1680,12 @@ def _cp_bwd_fused_keys_kernel(
                  tl.where(d == float("-inf"), 0.0, dg), mask=mask_tk)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv = _cp_key_block(
-            ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-            mask_v, NT, K, V, BLOCK_T, BLOCK_K, HAS_FINAL, ACC)
+        o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv = _cp_key_block(
+            ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V, BLOCK_T, BLOCK_K,
+            ACC)
         A = _cp_keywise_scores(q, k, G, R, o_t, BLOCK_T, SUB_T, DOT, PRECISION)
+        dh = _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K, V,
+                                    HAS_FINAL)
         dv = tl.dot((k * tl.exp2(Gend)).to(DOT), dh.to(DOT), dv, input_precision=PRECISION)
         dv = tl.dot(tl.trans(A.to(DOT)), do, dv, input_precision=PRECISION)
     tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
@@ -1690,9 +1701,9 @@ def _cp_bwd_fused_wide_kernel(
 ):
     """_cp_bwd_fused_kernel for K or V above 64 (a scalar gate or none): V one block, two sweeps
     over key blocks (chunk_parallel_core.md, "(b + c) fused, wide"): first dk, dq per key block
-    with do, v and the decayed dM = (do v^T) M held, then (dM, v dead) the scores A = q k^T and
-    the state part 2^Gend k dh[n] of dv summed over the key blocks, dv += (A M)^T do once; a
-    scalar gate's dL/db summed over the key lanes, reverse-cumsummed once."""
+    with do, v and the decayed dM = (do v^T) M held, the scores A = q k^T summed; then (dM, v
+    dead) the state part 2^Gend k dh[n] of dv summed over the key blocks, dv += (A M)^T do once;
+    a scalar gate's dL/db summed over the key lanes, reverse-cumsummed once."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1705,6 +1716,7 @@ def _cp_bwd_fused_wide_kernel(
           * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
     dG = tl.zeros([BLOCK_T], dtype=ACC)                 # dL/db summed over the key lanes
     leaving = tl.sum(dG, axis=0)
+    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
@@ -1725,19 +1737,17 @@ def _cp_bwd_fused_wide_kernel(
         dq = tl.dot(dM, k, dq, input_precision=PRECISION)
         tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
         dG += tl.sum(q.to(ACC) * dq, axis=1)
+        A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION)
     if DECAY > 0:
         dG += tl.where(o_t == BLOCK_T - 1, leaving, 0.0)
         dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG             # reverse cumsum
         tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, dg), mask=mask_t)
-    A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
         offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
-        q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION)
         dh = _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K, V,
                                     HAS_FINAL)
         dv = tl.dot((k.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT), dh.to(DOT), dv,
@@ -1761,12 +1771,10 @@ def _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K,
 
 
 @triton.jit
-def _cp_key_block(ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, mask_t, o_t, o_v,
-                  mask_v, NT, K, V, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-                  HAS_FINAL: tl.constexpr, ACC: tl.constexpr):
-    """Key block i_k of chunk n for the key-wise fused backward: its lanes, q and k (ACC), the
-    key-wise gates (_cp_chunk_gates) and dh[n] (the incoming dS_T for the last chunk, 0
-    without one; else slot n of the adjoint pass's AFTER states), with the state offsets."""
+def _cp_key_block(ptr_q, ptr_k, ptr_g, i_k, base, mask_t, o_t, o_v, mask_v, K, V,
+                  BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """Key block i_k of a chunk for the key-wise fused backward: its lanes, q and k (ACC), the
+    key-wise gates (_cp_chunk_gates) and the block's offsets in a [K, V] state."""
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = o_k < K
     offs_kv, mask_kv = o_k[:, None] * V + o_v[None, :], mask_k[:, None] & mask_v[None, :]
@@ -1774,11 +1782,7 @@ def _cp_key_block(ptr_q, ptr_k, ptr_g, ptr_dh, ptr_dfinal, i_k, n, i_bh, base, m
     k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K).to(ACC)
     d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t, 2,
                                                 BLOCK_T, K, ACC)
-    if n == NT - 1:         # as _cp_leaving_state_grad (a call here spilled 140 B on sm_80)
-        dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
-    else:
-        dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-    return o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, dh, offs_kv, mask_kv
+    return o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv
 
 
 @triton.jit
@@ -1809,20 +1813,26 @@ def _cp_blocks(K, V, decay, chunk_size):
     _cp_bwd_fused_kernel (a scalar gate or none, K and V of at most 64 lanes), `fused_keys`
     _cp_bwd_fused_keys_kernel (a key-wise gate, V of at most 64), `fused_wide` (where `fused`
     is not) _cp_bwd_fused_wide_kernel in key blocks of `wide_k` (a scalar gate or none, V of at
-    most 128); `adjoint_k`, `adjoint_warps` the adjoint state pass's key block and warps."""
+    most 128); `adjoint_k`, `adjoint_v`, `adjoint_warps`, `adjoint_stages` the adjoint state
+    pass's key and value blocks, warps and stages (beside the wide kernel one block of up to 128
+    x 128 lanes, one stage: q and do read once)."""
     block_t = max(16, _pow2(chunk_size))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
     keywise = decay == 2
     fused = not keywise and _pow2(K) <= 64 and _pow2(V) <= 64
+    fused_wide = not keywise and not fused and _pow2(V) <= 128
+    fused_keys = keywise and _pow2(V) <= 128
     return dict(block_t=block_t, sub_t=min(16, block_t),
                 state_k=min(block_k, 32) if keywise else block_k,
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4,
-                fused=fused, fused_keys=keywise and _pow2(V) <= 64,
-                fused_wide=not keywise and not fused and _pow2(V) <= 128, wide_k=16,
+                fused=fused, fused_keys=fused_keys,
+                fused_wide=fused_wide, wide_k=16,
                 adjoint_k=block_k if keywise else min(128, max(16, _pow2(K))),
-                adjoint_warps=16 if keywise else (8 if K > 64 else 4))
+                adjoint_v=max(16, _pow2(V)) if fused_wide or fused_keys else block_v,
+                adjoint_warps=16 if keywise else (8 if K > 64 or fused_wide else 4),
+                adjoint_stages=1 if fused_wide else 3)
 
 
 class _ChunkParallelCore(torch.autograd.Function):
@@ -1882,10 +1892,11 @@ class _ChunkParallelCore(torch.autograd.Function):
         g_ptr = q if g is None else g
         dfinal = None if dfinal is None else dfinal.contiguous()
         final_ptr = ds0 if dfinal is None else dfinal
-        _cp_state_pass_kernel[(triton.cdiv(K, b["adjoint_k"]), NV, B * H)](
+        _cp_state_pass_kernel[(triton.cdiv(K, b["adjoint_k"]), triton.cdiv(V, b["adjoint_v"]),
+                               B * H)](
             q, do, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, b["block_t"], b["adjoint_k"],
-            b["block_v"], decay, True, dfinal is not None, after, acc, tl_dot,
-            precision, num_warps=b["adjoint_warps"])
+            b["adjoint_v"], decay, True, dfinal is not None, after, acc, tl_dot,
+            precision, num_warps=b["adjoint_warps"], num_stages=b["adjoint_stages"])
         if fused:
             _cp_bwd_fused_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
@@ -1894,13 +1905,13 @@ class _ChunkParallelCore(torch.autograd.Function):
         elif fused_keys:
             _cp_bwd_fused_keys_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
-                H, NT, K, V, b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"],
+                H, NT, K, V, b["block_t"], b["sub_t"], b["dqk_k"], max(16, _pow2(V)),
                 dfinal is not None, acc, tl_dot, precision, num_warps=8)
         elif fused_wide:
             _cp_bwd_fused_wide_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
                 H, NT, K, V, b["block_t"], b["wide_k"], max(16, _pow2(V)), decay,
-                dfinal is not None, acc, tl_dot, precision, num_warps=8)
+                dfinal is not None, acc, tl_dot, precision, num_warps=8, num_stages=1)
         else:
             _cp_bwd_dv_kernel[(NV, NT, B * H)](
                 q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"],
