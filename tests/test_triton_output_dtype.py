@@ -101,7 +101,7 @@ def test_the_interpreter_stores_bf16_rounded_to_nearest_even():
 def test_the_gpu_model_counts_outputs_in_the_call_dtype_and_charges_the_host_cast(monkeypatch):
     """simple_gla's chunk kernel at B = H = 1, T = 32, K = V = 16, bf16: its store of o moves
     T x V x 2 bytes, which the compulsory bytes count too; the same kernel made to store fp32
-    (outside CALL_DTYPE_OUTPUTS, as rwkv6's chunk kernel is) moves 2 bytes more a value and is
+    (outside CALL_DTYPE_OUTPUTS, as a mode left out would) moves 2 bytes more a value and is
     charged the host's cast, HOST_CAST: the fp32 o read and the bf16 o written."""
     from seqc.gpu_model import COMPULSORY, HOST_CAST, count_mode
     program = seqc.load("simple_gla")

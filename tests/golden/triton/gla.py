@@ -557,7 +557,8 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
     output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
     4 warps spilled 8 B on sm_90a), and its only full-block entry when it reads S_{t-1} (rwkv6:
-    4 warps spilled 64 B on sm_90a), and the scalar-decay one's when its value block is 128
+    4 warps spilled 64 B on sm_90a; its half-block entry then 8 warps, 2 stages too), and the
+    scalar-decay one's when its value block is 128
     lanes, 8 warps, one stage, its only full-block entry (4 warps, 3 stages spilled 260 B on
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
