@@ -556,7 +556,7 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     """Each kernel's launch configurations, its fallback (Triton's defaults: 4 warps, 3 stages)
     first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
     output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
-    4 warps spilled 8 B on sm_90a), and its only full-block entry when it reads S_{t-1} (rwkv6:
+    4 warps spilled 8-24 B on sm_90a, so no 4-warp entry there), and its only full-block entry when it reads S_{t-1} (rwkv6:
     4 warps spilled 64 B on sm_90a; its half-block entry then 8 warps, 2 stages too), and the
     scalar-decay one's when its value block is 128
     lanes, 8 warps, one stage, its only full-block entry (4 warps, 3 stages spilled 260 B on
@@ -568,7 +568,7 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
-        output.reverse()
+        output = output[1:]     # dead value lanes: 4 warps spilled 8-24 B on sm_90a at V = 48
     state = [{}, {"num_warps": 8}, {"num_stages": 2}]
     return {
         "state": state,
