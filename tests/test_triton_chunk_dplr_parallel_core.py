@@ -154,7 +154,7 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
         (f"{MODE} training", "_dpc_state_kernel", [1, 64]),
         (f"{MODE} training", "_dpc_output_kernel", [2, 16, 64]),
         (f"{MODE} backward", "_dpc_bwd_local_kernel", [16, 64]),
-        (f"{MODE} backward", "_dpc_bwd_state_kernel", [2, 64]),
+        (f"{MODE} backward", "_dpc_bwd_state_kernel", [1, 64]),
         (f"{MODE} backward", "_dpc_bwd_ut_kernel", [16, 64]),
         (f"{MODE} backward", "_dpc_bwd_reads_kernel", [1, 16, 64]),
     ] + [(f"{MODE} backward", "_dpc_bwd_side_kernel", [16, 64])] * 4), launches
