@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-python -m pytest -q -ra "$@"
+# two workers (pytest-xdist), a test file per worker: module fixtures are built once, and the
+# gpu-check job cache on disk (atomic writes) is shared between them
+python -m pytest -q -ra -n 2 --dist loadfile "$@"
