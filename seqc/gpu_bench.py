@@ -264,6 +264,19 @@ def table(rows: list[dict], shape: dict, dry: bool) -> str:
     return "\n".join(lines)
 
 
+def can_run(dry: bool, program: str) -> bool:
+    """A dry run runs the kernels under the Triton interpreter; a GPU run needs a CUDA device
+    (else a message on stderr and False)."""
+    if dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        return True
+    import torch
+    if not torch.cuda.is_available():
+        print(f"{program}: no CUDA device; use --dry-run to test it on the CPU", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seqc.gpu_bench",
                                      description=__doc__.splitlines()[0])
@@ -273,12 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     dry = args.dry_run
-    if dry:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-    if not dry and not torch.cuda.is_available():
-        print("seqc.gpu_bench: no CUDA device; use --dry-run to test the pipeline on the CPU",
-              file=sys.stderr)
+    if not can_run(dry, "seqc.gpu_bench"):
         return 2
     shape = parse_shape(args.shape or (DRY_SHAPE if dry else GPU_SHAPE))
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]

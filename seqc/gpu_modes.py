@@ -16,10 +16,10 @@ a mismatch: exit status 1); a rule that picks a slower mode is a finding, printe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from .gpu_bench import DRY_MISMATCH, MISMATCH, parse_shape, relative_rms, timed, with_backward
+from .gpu_bench import (DRY_MISMATCH, MISMATCH, can_run, parse_shape, relative_rms, timed,
+                        with_backward)
 
 SPECS = "simple_gla,gla,gated_deltanet,kda,rwkv7,comba,mamba2,hgrn"
 GPU_SHAPES = "B=4,T=4096,H=16,D=128;B=1,T=4096,H=4,D=128"
@@ -110,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     dry = args.dry_run
-    if dry:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-    if not dry and not torch.cuda.is_available():
-        print("seqc.gpu_modes: no CUDA device; use --dry-run to test it on the CPU",
-              file=sys.stderr)
+    if not can_run(dry, "seqc.gpu_modes"):
         return 2
     shapes = [parse_shape(s) for s in (args.shapes or (DRY_SHAPES if dry else GPU_SHAPES))
               .split(";") if s.strip()]
