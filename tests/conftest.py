@@ -10,8 +10,8 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 if os.environ["TRITON_INTERPRET"] == "1":
-    import interpreter_slices  # noqa: E402
-    interpreter_slices.install()  # custom scans and reduces a slice at a time, same results
+    import fast_interpreter  # noqa: E402
+    fast_interpreter.install()  # the same results, less interpreter bookkeeping
 
 from hypothesis import settings  # noqa: E402
 

@@ -1,4 +1,7 @@
-"""Triton's interpreter runs `tl.associative_scan` and `tl.reduce` with a combine function of
+"""Two shortcuts for Triton's interpreter in the suite; each leaves what a kernel computes bit for
+bit as it was (tests/test_fast_interpreter.py), only the interpreter's own bookkeeping is cut.
+
+1. Custom scans and reduces a slice at a time. Triton's interpreter runs `tl.associative_scan` and `tl.reduce` with a combine function of
 the kernel's own (seqc's affine, semiring and coupled combines) one ELEMENT at a time: for a
 [16, 256] block scanned along axis 0 it calls the combine 4096 times on scalars, and that loop
 was most of the time of the scan tests (a mamba `scan_parallel` call at T = 70: 46 s).
@@ -10,6 +13,13 @@ loop (out[0] = x[0]; out[i] = combine(out[i-1], x[i]) with the accumulator store
 dtype between steps), so the kernels compute what they computed before, only with one combine call
 per position instead of one per element. Only the interpreter's generic paths are replaced; its
 own fast paths (sums, products, min / max, argmin / argmax) are untouched.
+
+2. The language patched once per launch. Every call of a `@triton.jit` device function (seqc's
+kernels call many: combines, gates, dot helpers) re-ran the interpreter's `_patch_lang`, which
+walks every member of triton.language (inspect.getmembers) to wrap its builtins, although the
+launch had wrapped them already: 42% of an rwkv7 `chunk_dplr` call. A wrapped builtin is no longer
+a builtin, so when every language module the function sees already has its builtins wrapped, the
+walk would change nothing, and it is skipped (with an empty scope to restore).
 """
 import numpy as np
 import triton.language as tl
@@ -72,9 +82,18 @@ def _generic_reduce(self, input):
     return ret
 
 
-ORIGINAL = {"scan": interpreter.ScanOps.generic_scan, "reduce": interpreter.ReduceOps.generic_reduce}
+def _patch_lang_once(fn):
+    languages = {id(v): v for v in fn.__globals__.values() if v is tl or v is tl.core}.values()
+    if languages and not any(tl.core.is_builtin(lang.dot) for lang in languages):
+        return interpreter._LangPatchScope()
+    return ORIGINAL["patch_lang"](fn)
+
+
+ORIGINAL = {"scan": interpreter.ScanOps.generic_scan, "reduce": interpreter.ReduceOps.generic_reduce,
+            "patch_lang": interpreter._patch_lang}
 
 
 def install():
     interpreter.ScanOps.generic_scan = _generic_scan
     interpreter.ReduceOps.generic_reduce = _generic_reduce
+    interpreter._patch_lang = _patch_lang_once

@@ -1,7 +1,7 @@
-"""The suite's slice-at-a-time scans and reduces (tests/interpreter_slices.py) give bit for bit
-what Triton's own element-at-a-time interpreter paths give, on kernels with custom combines:
-an affine pair combine (scan, both directions, over axis 0 and 1) and a max-with-argument reduce
-(over an axis, with keep_dims, and over the whole block)."""
+"""The suite's interpreter shortcuts (tests/fast_interpreter.py) give bit for bit what Triton's own
+interpreter paths give: custom combines (an affine pair combine scanned both ways over axis 0 and
+1, a max-with-argument reduce over an axis with keep_dims and over the whole block), and device
+functions called inside a launch (the language patched once per launch)."""
 import os
 
 import numpy as np
@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from triton.runtime import interpreter
 
-import interpreter_slices
+import fast_interpreter
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="the interpreter's paths only")
@@ -29,9 +29,14 @@ def _max_with_index(v1, i1, v2, i2):
 
 
 @triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
 def _kernel(a_ptr, b_ptr, out_ptr, AXIS: tl.constexpr, REVERSE: tl.constexpr):
     rows = tl.arange(0, 8)[:, None] * 16 + tl.arange(0, 16)[None, :]
-    a = tl.load(a_ptr + rows)
+    a = _softplus(tl.load(a_ptr + rows)) + 0.5
     b = tl.load(b_ptr + rows)
     sa, sb = tl.associative_scan((a, b), AXIS, _affine, reverse=REVERSE)
     tl.store(out_ptr + rows, sa)
@@ -60,17 +65,17 @@ def _run(axis, reverse):
 
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_slices_equal_the_interpreters_element_loop(axis, reverse, monkeypatch):
-    assert interpreter.ScanOps.generic_scan is not ELEMENT_SCAN  # conftest installed the slices
-    assert interpreter.ReduceOps.generic_reduce is not ELEMENT_REDUCE
-    sliced = _run(axis, reverse)
-    monkeypatch.setattr(interpreter.ScanOps, "generic_scan", ELEMENT_SCAN)
-    monkeypatch.setattr(interpreter.ReduceOps, "generic_reduce", ELEMENT_REDUCE)
-    by_element = _run(axis, reverse)
-    assert torch.equal(sliced, by_element)
-    assert np.isfinite(sliced.numpy()).all() and sliced[:128].abs().sum() > 0
+def test_shortcuts_equal_the_interpreters_own_paths(axis, reverse, monkeypatch):
+    assert interpreter.ScanOps.generic_scan is not ORIGINAL["scan"]  # conftest installed them
+    assert interpreter._patch_lang is not ORIGINAL["patch_lang"]
+    fast = _run(axis, reverse)
+    monkeypatch.setattr(interpreter.ScanOps, "generic_scan", ORIGINAL["scan"])
+    monkeypatch.setattr(interpreter.ReduceOps, "generic_reduce", ORIGINAL["reduce"])
+    monkeypatch.setattr(interpreter, "_patch_lang", ORIGINAL["patch_lang"])
+    triton_own = _run(axis, reverse)
+    assert torch.equal(fast, triton_own)
+    assert np.isfinite(fast.numpy()).all() and fast[:128].abs().sum() > 0
 
 
-# Triton's own paths, as the wheel ships them (conftest installs the slices before any test)
-ELEMENT_SCAN = interpreter_slices.ORIGINAL["scan"]
-ELEMENT_REDUCE = interpreter_slices.ORIGINAL["reduce"]
+# Triton's own paths, as the wheel ships them (conftest installs the shortcuts before any test)
+ORIGINAL = fast_interpreter.ORIGINAL
