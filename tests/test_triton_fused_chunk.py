@@ -97,6 +97,25 @@ def test_two_delta_steps_keep_narrow_value_blocks_beside_a_key_dim_over_64():
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("name,key_side", [("gated_deltanet", 2 * (128 + 128 + 1 + 1)),
+                                           ("kda", 2 * (128 + 128 + 128 + 1))])
+def test_chunk_delta_moves_each_tile_once_a_program(name, key_side):
+    """At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16; counted at B = H = 1 as
+    the model counts, seqc/gpu_model.py) the kernel runs two value blocks of 64 a head and moves,
+    per token, its key side (q, k, gates, beta) once a value block and v, o once, and the final
+    state (fp32) once: 1.49x the call's compulsory bytes for gated_deltanet (2.48x with the four
+    value blocks of 32 it had before the state was held value dim first; chunk_delta.md,
+    "Layout"). T = 16: one chunk."""
+    from seqc.gpu_model import count_mode, launch_threshold_per_head
+    program = seqc.load(name)
+    sizes = dict(B=1, T=16, H=1, K=128, V=128)
+    with launch_threshold_per_head(program.kernel("triton").module, 4 * 16):
+        counts = count_mode(program, "chunk_delta", sizes, torch.bfloat16, {})
+    per_token = 2 * key_side + 2 * (2 * 128)
+    assert counts["chunk_delta_kernel"].bytes == 16 * per_token + 128 * 128 * 4
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("name,mode", [("linear_attn", "chunk"), ("hgrn2", "chunk"),
                                        ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
 def test_odd_dims_in_several_value_blocks(name, mode):
