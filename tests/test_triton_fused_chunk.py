@@ -1,6 +1,6 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 64
-lanes (chunk_dplr: 32, 16 beside a key dim over 64; chunk_delta: 16 beside a key dim over 64
+lanes (chunk_dplr: 32, 16 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
 with two delta steps a token, and the block of least memory time for the launch), 16-bit
 operands straight into `tl.dot`.
 
@@ -82,17 +82,20 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
     compare(name, "chunk_delta", {"K": 80, "V": V}, T, precision="ieee")
 
 
-def test_two_delta_steps_keep_narrow_value_blocks_beside_a_key_dim_over_64():
-    """Value blocks of 64 lanes beside a key block of 128 with one delta step a token, whatever
-    its roles (kda, and kda with a computed decay `g * a`: the state held value dim first fits
-    both, chunk_delta.md "Layout"); two delta steps a token (deltaproduct) spilled with 32 and 64
-    lanes at K = V = 128 on sm_80 and keep 16 (blockwise.md, "Blocks")."""
+def test_value_blocks_beside_a_key_dim_of_128():
+    """Value blocks of up to 64 lanes beside a key block of 128 with one delta step a token,
+    whatever its roles (kda, and kda with a computed decay `g * a`: the state held value dim
+    first fits both, chunk_delta.md "Layout"); with two delta steps a token (deltaproduct),
+    which spilled 496 B with 64 lanes at K = V = 128 on sm_80, up to 32 (blockwise.md,
+    "Blocks")."""
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
-    for program, widest_key in ((seqc.load("kda"), 128), (seqc.compile(edited), 128),
-                                (seqc.load("deltaproduct"), 64)):
+    one_step = '64 if blocks["BLOCK_K"] <= 128 else 16'
+    two_steps = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
+    for program, cap in ((seqc.load("kda"), one_step), (seqc.compile(edited), one_step),
+                         (seqc.load("deltaproduct"), two_steps)):
         code = program.emit("triton")
-        assert f'64 if blocks["BLOCK_K"] <= {widest_key} else 16' in code, program.name
+        assert f'min(blocks["BLOCK_V"], {cap}, ' in code, program.name
         assert "WIDE_VALUE_PROGRAMS = 132" in code, program.name
 
 

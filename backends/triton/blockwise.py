@@ -182,19 +182,24 @@ class BlockKernel:
 
     def value_cap(self) -> str:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
-        chunk_dplr 32, 16 when a key dim's block is wider than 64; in chunk_delta 64, beside a
-        key block over 64 only with one delta step a token in every group and a key block of at
-        most 128, else 16 (the program holds the key dim whole: blockwise.md, "Blocks")."""
+        chunk_dplr 32, 16 when a key dim's block is wider than 64; in chunk_delta 64 beside a
+        key block of at most 128 with one delta step a token in every group, else 64 beside one
+        of at most 64 and 32 beside one of 128; 16 beside a wider one (the program holds the key
+        dim whole: blockwise.md, "Blocks")."""
         if self.mode not in ("chunk_delta", "chunk_dplr"):
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
-        widest_key = 128 if self.mode == "chunk_delta" and self.one_delta_step() else 64
-        fits = " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
-        return f"{64 if self.mode == 'chunk_delta' else 32} if {fits} else 16"
+        def fits(widest_key: int) -> str:
+            return " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
+        if self.mode == "chunk_dplr":
+            return f"32 if {fits(64)} else 16"
+        if self.one_delta_step():
+            return f"64 if {fits(128)} else 16"
+        return f"64 if {fits(64)} else 32 if {fits(128)} else 16"
 
     def one_delta_step(self) -> bool:
-        """Every chunk_delta group has one delta step a token (deltaproduct's two, at K = 128,
-        spill with value blocks of 32 or 64: blockwise.md, "Blocks")."""
+        """Every chunk_delta group has one delta step a token (deltaproduct's two spill with
+        value blocks of 64 at K = 128: blockwise.md, "Blocks")."""
         return all(len(g.steps) == 1 for g in self.plan.groups if g.kind == "chunk_delta")
 
     def value_traffic(self) -> dict | None:

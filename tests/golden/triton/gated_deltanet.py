@@ -949,11 +949,15 @@ def chunk_delta_kernel(
         # u^T = (beta v - beta 2^G K S_0)^T T^T: the right-hand side first, so no [rows, K] product T (beta 2^G k)
         r_S = tl.trans(b_S[:, None] * v_S) - tl.dot(sd_S, tl.trans(((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT)), input_precision=PRECISION)
         ud_S = tl.dot(r_S.to(DOT), tl.trans(Td_S), input_precision=PRECISION).to(DOT)
-        # the state pass before the read-out, which reads S_0 as sd (chunk_delta.md, "Layout")
-        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(ud_S, ke_S, input_precision=PRECISION)
+        # the state pass before the read-out (which reads S_0 as sd) at 64 lanes, after it below
+        # (the chain's last dot sets its mma layout: chunk_delta.md, "Layout")
+        if BLOCK_V >= 64:
+            st_S = st_S * tl.exp2(Glast0_S) + tl.dot(ud_S, ke_S, input_precision=PRECISION)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)
         A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
         read__read0_S = tl.trans(tl.dot(sd_S, tl.trans(q_S.to(DOT)), input_precision=PRECISION) * tl.exp2(G0_S)[None, :] + tl.dot(ud_S, tl.trans(A_S.to(DOT)), input_precision=PRECISION))
+        if BLOCK_V < 64:
+            st_S = st_S * tl.exp2(Glast0_S) + tl.dot(ud_S, ke_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
