@@ -200,9 +200,10 @@ def extrapolated(program, mode: str, sizes: dict, dtype, options: dict) -> dict[
 
 @contextmanager
 def launch_threshold_per_head(module, heads: int):
-    """A module's threshold on a launch's programs (`WIDE_VALUE_PROGRAMS`: chunk_delta's value
-    blocks of 32 beside a key block over 64, taken when B x H x blocks reaches it) divided by the
-    call's B x H while counting at B = H = 1, so that the count takes the call shape's blocks."""
+    """A module's threshold on a launch's programs (`WIDE_VALUE_PROGRAMS`: the SMs chunk_delta's
+    choice of value block weighs a launch's programs against, `_chunk_delta_value_time`) divided
+    by the call's B x H while counting at B = H = 1, so that the count takes the call shape's
+    blocks."""
     wide = getattr(module, LAUNCH_THRESHOLD, None)
     if wide is None:
         yield

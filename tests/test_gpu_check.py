@@ -327,9 +327,10 @@ def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
 
 
 def test_the_model_counts_a_launch_size_rule_at_the_call_shape():
-    """deltanet's chunk_delta takes value blocks of 32 beside a key block over 64 only in a
-    launch of WIDE_VALUE_PROGRAMS (132) programs or more, else 16: K = 80, V = 40 is two value
-    blocks a head at B=4, H=17 (136 programs) and three at B=1, H=4. The counts, taken at
+    """deltanet's chunk_delta takes the value block of least memory time for the launch, whose
+    share of WIDE_VALUE_PROGRAMS (132 SMs) depends on B x H: K = 80, V = 40 is two value blocks
+    of 32 a head at B=4, H=17 (136 programs; one of 64 would fill 68 SMs) and three of 16 at
+    B=1, H=4. The counts, taken at
     B = H = 1, follow the call shape: a head's q, k (80 lanes) and beta (bf16) are read once
     more at the narrow shape, and nothing else changes."""
     import torch

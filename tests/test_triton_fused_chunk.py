@@ -1,9 +1,8 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
-blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 32
-lanes (64 in chunk; chunk_delta and chunk_dplr: 32, 16 beside a key dim over 64 unless the
-launch is wide and the delta rule has one step and a scalar decay), 16-bit
-operands straight into
-`tl.dot`.
+blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 64
+lanes (chunk_dplr: 32, 16 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
+with two delta steps a token, and the block of least memory time for the launch), 16-bit
+operands straight into `tl.dot`.
 
 Under the interpreter (tiny shapes): several value blocks, odd dims, T not a multiple of the
 chunk, fp32 "ieee" calls against the reference at test_triton.py's tolerance, bf16 calls within a
@@ -60,15 +59,18 @@ def test_key_dim_over_64(name, mode):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("name,V,T,wide,narrow", [("deltanet", 72, 37, 3, 5),
-                                                   ("gated_deltanet", 72, 37, 3, 5),
-                                                   ("kda", 40, 20, 2, 3)])
-def test_wide_value_blocks_beside_a_key_dim_over_64(name, V, T, wide, narrow, monkeypatch):
+@pytest.mark.parametrize("name,V,T,wide,narrow", [("deltanet", 72, 37, 2, 5),
+                                                   ("gated_deltanet", 72, 37, 2, 5),
+                                                   ("kda", 40, 20, 1, 3)])
+def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch):
     """chunk_delta with one delta step a token (any decay: kda's key-wise one too) takes value
-    blocks of 32 beside a 128-lane key block when the launch has WIDE_VALUE_PROGRAMS programs
-    with them (an H100's 132 SMs; lowered here to 1): K = 80, V = 72 is three value blocks of 32
-    a head (five of 16 below the threshold), T = 37 (kda, slower in the interpreter: V = 40, two
-    against three, T = 20); fp32 "ieee" against the reference."""
+    blocks of up to 64 lanes beside a 128-lane key block, the width of least memory time for the
+    launch (`_chunk_delta_value_time`: q, k re-read once a value block, over the share of the
+    WIDE_VALUE_PROGRAMS = 132 SMs the launch fills): K = 80, V = 72 at B = 1, H = 2 is five
+    value blocks of 16 a head (a launch far below the SMs: the most programs), two of 64 when
+    WIDE_VALUE_PROGRAMS is lowered to 1 (every launch fills the GPU: the fewest re-reads);
+    kda (slower in the interpreter) V = 40, three against one, T = 20; fp32 "ieee" against
+    the reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=T, H=2, K=80, V=V)
@@ -80,18 +82,40 @@ def test_wide_value_blocks_beside_a_key_dim_over_64(name, V, T, wide, narrow, mo
     compare(name, "chunk_delta", {"K": 80, "V": V}, T, precision="ieee")
 
 
-def test_wide_value_blocks_need_bare_key_wise_roles():
-    """A key-wise decay takes the wide value blocks only when its roles (log decay, key, beta,
-    value) are bare inputs, as kda's (blockwise.md, "Blocks"): kda with a computed decay `g * a`
-    spilled with 32 lanes at K = V = 128 on sm_80, so its module has 16 beside K > 64; two delta
-    steps a token (deltaproduct) keep 16 too."""
+def test_value_blocks_beside_a_key_dim_of_128():
+    """Value blocks of up to 64 lanes beside a key block of 128 with one delta step a token,
+    whatever its roles (kda, and kda with a computed decay `g * a`: the state held value dim
+    first fits both, chunk_delta.md "Layout"); with two delta steps a token (deltaproduct),
+    which spilled 496 B with 64 lanes at K = V = 128 on sm_80, up to 32 (blockwise.md,
+    "Blocks")."""
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
-    for program, wide in ((seqc.load("kda"), True), (seqc.compile(edited), False),
-                          (seqc.load("deltaproduct"), False)):
+    one_step = '64 if blocks["BLOCK_K"] <= 128 else 16'
+    two_steps = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
+    for program, cap in ((seqc.load("kda"), one_step), (seqc.compile(edited), one_step),
+                         (seqc.load("deltaproduct"), two_steps)):
         code = program.emit("triton")
-        assert "def _chunk_delta_blocks" in code, program.name
-        assert ("WIDE_VALUE_PROGRAMS = 132" in code) == wide, program.name
+        assert f'min(blocks["BLOCK_V"], {cap}, ' in code, program.name
+        assert "WIDE_VALUE_PROGRAMS = 132" in code, program.name
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name,key_side", [("gated_deltanet", 2 * (128 + 128 + 1 + 1)),
+                                           ("kda", 2 * (128 + 128 + 128 + 1))])
+def test_chunk_delta_moves_each_tile_once_a_program(name, key_side):
+    """At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16; counted at B = H = 1 as
+    the model counts, seqc/gpu_model.py) the kernel runs two value blocks of 64 a head and moves,
+    per token, its key side (q, k, gates, beta) once a value block and v, o once, and the final
+    state (fp32) once: 1.49x the call's compulsory bytes for gated_deltanet (2.48x with the four
+    value blocks of 32 it had before the state was held value dim first; chunk_delta.md,
+    "Layout"). T = 16: one chunk."""
+    from seqc.gpu_model import count_mode, launch_threshold_per_head
+    program = seqc.load(name)
+    sizes = dict(B=1, T=16, H=1, K=128, V=128)
+    with launch_threshold_per_head(program.kernel("triton").module, 4 * 16):
+        counts = count_mode(program, "chunk_delta", sizes, torch.bfloat16, {})
+    per_token = 2 * key_side + 2 * (2 * 128)
+    assert counts["chunk_delta_kernel"].bytes == 16 * per_token + 128 * 128 * 4
 
 
 @pytest.mark.triton
@@ -99,7 +123,7 @@ def test_wide_value_blocks_need_bare_key_wise_roles():
                                        ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
 def test_odd_dims_in_several_value_blocks(name, mode):
     """K = 24 (a 32-lane key block), V = 70: two value blocks of 64 a head (chunk), three of 32
-    (chunk_delta, chunk_dplr); T = 21."""
+    (chunk_dplr), five of 16 (chunk_delta: the most programs in this small launch); T = 21."""
     compare(name, mode, {"K": 24, "V": 70}, 21, precision="ieee")
 
 
@@ -120,7 +144,8 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64():
     as the others, still spilled 636 (sm_90a), from its bonus `r @ (u * k * v)` formed as a [T, K, V] block
     (blockwise.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
     Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
-    H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32)."""
+    H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32; chunk_delta's
+    one block of 64 would fill 64 of the 132 SMs)."""
     from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
     jobs = []
     for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk"),

@@ -178,20 +178,43 @@ class BlockKernel:
                     split=self.split,
                     dot_dims=self.dot_dims, mode=self.mode, combines=self.combines,
                     dot_mode=self.mode in DOT_MODES, value_cap=self.value_cap(),
-                    wide_value_blocks=self.wide_value_blocks())
+                    value_traffic=self.value_traffic())
 
     def value_cap(self) -> str:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
-        chunk_delta 32, 16 when a key dim's block is wider than 64 (the program holds the key dim
-        whole, and the delta rule's `[K, BLOCK_V]` state is an operand of three products:
-        blockwise.md, "Blocks")."""
-        if self.mode not in ("chunk_delta", "chunk_dplr"):      # chunk_dplr: as chunk_delta
+        chunk_dplr 32, 16 when a key dim's block is wider than 64; in chunk_delta 64 beside a
+        key block of at most 128 with one delta step a token in every group, else 64 beside one
+        of at most 64 and 32 beside one of 128; 16 beside a wider one (the program holds the key
+        dim whole: blockwise.md, "Blocks")."""
+        if self.mode not in ("chunk_delta", "chunk_dplr"):
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
-        widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
-        if self.wide_value_blocks():
-            widest += f' or B * H * triton.cdiv(dims["{self.split}"], 32) >= WIDE_VALUE_PROGRAMS'
-        return f"32 if {widest} else 16"
+        def fits(widest_key: int) -> str:
+            return " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
+        if self.mode == "chunk_dplr":
+            return f"32 if {fits(64)} else 16"
+        if self.one_delta_step():
+            return f"64 if {fits(128)} else 16"
+        return f"64 if {fits(64)} else 32 if {fits(128)} else 16"
+
+    def one_delta_step(self) -> bool:
+        """Every chunk_delta group has one delta step a token (deltaproduct's two spill with
+        value blocks of 64 at K = 128: blockwise.md, "Blocks")."""
+        return all(len(g.steps) == 1 for g in self.plan.groups if g.kind == "chunk_delta")
+
+    def value_traffic(self) -> dict | None:
+        """chunk_delta's choice of value block (blockwise.md, "Blocks"): code of the lanes a
+        token's inputs and outputs hold without the split dim (read again for each value block)
+        and with it (read or written once), over the call's `dims`."""
+        if self.mode != "chunk_delta" or self.split is None:
+            return None
+
+        def lanes(tensors) -> str:
+            return " + ".join(" * ".join(f'dims["{d}"]' for d in dims) or "1"
+                              for dims in tensors) or "0"
+        tensors = [x.dims for x in self.spec.inputs] + [output_dims(o) for o in self.spec.outputs]
+        return dict(shared=lanes([t for t in tensors if self.split not in t]),
+                    split=lanes([t for t in tensors if self.split in t]))
 
     def early_sum_stores(self) -> tuple[list[str], list[str]]:
         """The outputs' stores and, in the chunk kernel, the lines `ksum<i> = ...` of the sums
@@ -210,30 +233,13 @@ class BlockKernel:
             self.expr = plain
         return stores, [f"{name} = {block.code}" for name, block in sums]
 
-    def wide_value_blocks(self) -> bool:
-        """chunk_delta with one delta step a token in every group fits with value blocks of 32
-        beside a key block over 64 too, taken when the launch has enough programs without the
-        narrower blocks (blockwise.md): with a scalar decay or none (deltanet, gated_deltanet),
-        or a key-wise one whose roles are bare inputs (kda: its decayed keys formed before the
-        read-out, chunk_delta.md; a computed key-wise role, `g * a` or an l2norm `let`, spilled 8
-        B on sm_80 at K = V = 128). Two steps a token (deltaproduct) keep 16."""
-        def fits(group) -> bool:
-            if len(group.steps) != 1:
-                return False
-            if group.log_decay is None or group.log_decay.dims == ():
-                return True
-            step = group.steps[0]
-            return all(isinstance(role, ir.Name) and role.ref is not None
-                       and role.ref.kind == "input"
-                       for role in (group.log_decay, step.key, step.beta, step.value))
-        return self.mode == "chunk_delta" and all(
-            fits(g) for g in self.plan.groups if g.kind == "chunk_delta")
-
     def transposed_states(self) -> frozenset[str]:
-        """Chunk kernels hold a matrix state key dim first; a state declared [V, K] is not."""
+        """The matrix states held in the other order than declared: chunk kernels hold a state
+        key dim first, except chunk_delta's, held value dim first (chunk_delta.md, "Layout")."""
         return frozenset({g.state for g in self.plan.groups if g.kind in MATRIX_KINDS
                           and g.value_dim is not None
-                          and self.spec.tensor(g.state).dims[0] != g.key_dim})
+                          and (self.spec.tensor(g.state).dims[0] == g.key_dim)
+                          == (g.kind == "chunk_delta")})
 
     def operand(self, node: ir.Expr, dims: tuple[str, ...]) -> str:
         """A role expression as a `tl.dot` operand in the dot dtype: a bare input is its load

@@ -901,9 +901,9 @@ def chunk_delta_kernel(
     o_t = tl.arange(0, BLOCK_T)
     last_T = o_t == BLOCK_T - 1
     if HAS_INIT:
-        st_S = tl.load(ptr_init_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC)
+        st_S = tl.trans(tl.load(ptr_init_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), mask=(mask_K[:, None] & mask_V[None, :]), other=0.0).to(ACC))
     else:
-        st_S = tl.full([BLOCK_K, BLOCK_V], 0.0, dtype=ACC)
+        st_S = tl.full([BLOCK_V, BLOCK_K], 0.0, dtype=ACC)
     for t0 in range(0, T, BLOCK_T):
         o_T = t0 + o_t
         mask_T = o_T < T
@@ -943,35 +943,52 @@ def chunk_delta_kernel(
             l_S = tl.sum(tl.where((o_r == row)[:, None], L_S, 0.0), axis=0)
             Tm_S = tl.where((o_r == row)[:, None], Tm_S - tl.sum(l_S[:, None] * Tm_S, axis=0)[None, :], Tm_S)
         Td_S = Tm_S.to(DOT)
+        # the state is held value dim first, S_0^T [BLOCK_V, K]: every product with it has the value
+        # block, not the chunk, as its rows (chunk_delta.md, "Layout")
         sd_S = st_S.to(DOT)
-        # u = T (beta v - beta 2^G K S_0): the right-hand side first, so no [rows, K] product T (beta 2^G k)
-        r_S = b_S[:, None] * v_S - tl.dot(((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT), sd_S, input_precision=PRECISION)
-        ud_S = tl.dot(Td_S, r_S.to(DOT), input_precision=PRECISION).to(DOT)
+        # u^T = (beta v - beta 2^G K S_0)^T T^T: the right-hand side first, so no [rows, K] product T (beta 2^G k)
+        r_S = tl.trans(b_S[:, None] * v_S) - tl.dot(sd_S, tl.trans(((b_S * tl.exp2(G0r_S))[:, None] * k_S).to(DOT)), input_precision=PRECISION)
+        ud_S = tl.dot(r_S.to(DOT), tl.trans(Td_S), input_precision=PRECISION).to(DOT)
+        # the state pass before the read-out (which reads S_0 as sd) at 64 lanes, after it below
+        # (the chain's last dot sets its mma layout: chunk_delta.md, "Layout")
+        if BLOCK_V >= 64:
+            st_S = st_S * tl.exp2(Glast0_S) + tl.dot(ud_S, ke_S, input_precision=PRECISION)
         q_S = tl.where((mask_T[:, None] & mask_K[None, :]), (tl.full((), c0, ACC) * in_q), 0.0)
         A_S = tl.dot(q_S.to(DOT), tl.trans(kd_S), input_precision=PRECISION) * tl.exp2(tl.where(((o_t * 1 + 0)[:, None] >= pos_S[None, :]) & (R_S[:, None] == Rr_S[None, :]), G_S[:, None] - Gr_S[None, :], float("-inf")))
-        read__read0_S = tl.dot(q_S.to(DOT), sd_S, input_precision=PRECISION) * tl.exp2(G0_S)[:, None] + tl.dot(A_S.to(DOT), ud_S, input_precision=PRECISION)
-        st_S = st_S * tl.exp2(Glast0_S) + tl.dot(tl.trans(ke_S), ud_S, input_precision=PRECISION)
+        read__read0_S = tl.trans(tl.dot(sd_S, tl.trans(q_S.to(DOT)), input_precision=PRECISION) * tl.exp2(G0_S)[None, :] + tl.dot(ud_S, tl.trans(A_S.to(DOT)), input_precision=PRECISION))
+        if BLOCK_V < 64:
+            st_S = st_S * tl.exp2(Glast0_S) + tl.dot(ud_S, ke_S, input_precision=PRECISION)
 
         tl.store(ptr_out_o + ((i_b * T + t0) * H + i_h) * (dim_V) + (o_t[:, None] * (H * dim_V) + o_V[None, :]), read__read0_S, mask=(mask_T[:, None] & mask_V[None, :]))
     if STORE_FINAL:
-        tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), st_S, mask=(mask_K[:, None] & mask_V[None, :]))
+        tl.store(ptr_final_S + (i_b * H + i_h) * (dim_K * dim_V) + (o_K[:, None] * (dim_V) + o_V[None, :]), tl.trans(st_S), mask=(mask_K[:, None] & mask_V[None, :]))
 
 
-# value blocks of 32 lanes beside a key block over 64 when the launch has at least this many
-# programs with them (an H100's SMs), else 16 (blockwise.md, "Blocks")
+# the programs that fill the GPU (an H100's SMs): a launch of fewer reaches that share of the
+# bandwidth (seqc/gpu_model.py), so narrower value blocks pay in a small launch
 WIDE_VALUE_PROGRAMS = 132
+
+
+def _chunk_delta_value_time(value_block, dims):
+    """The memory time of a launch with this value block, up to a constant (blockwise.md,
+    "Blocks"): a program reads the token's lanes without the value dim once a value block."""
+    blocks = triton.cdiv(dims["V"], value_block)
+    moved = blocks * (dims["K"] + dims["K"] + 1 + 1) + dims["V"] + dims["V"]
+    return moved / min(1.0, dims["B"] * dims["H"] * blocks / WIDE_VALUE_PROGRAMS)
 
 
 def _chunk_delta_blocks(dims, block_split):
     """The kernel's blocks at `dims` and its value blocks a batch x head (its programs: B x H
     times them; `_choose_mode` counts these). GPU-fit blocking (blockwise.md, "Blocks"): value
-    blocks of at most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64)."""
-    B, H = dims["B"], dims["H"]
+    blocks of at most 64 lanes (chunk_dplr: 32, 16 when a key block is wider than 64)."""
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 32 if blocks["BLOCK_K"] <= 64 or B * H * triton.cdiv(dims["V"], 32) >= WIDE_VALUE_PROGRAMS else 16, max(16, _pow2(block_split)))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64 if blocks["BLOCK_K"] <= 128 else 16, max(16, _pow2(block_split)))
+    # the widest value block that fits, or a narrower one when its launch moves less per SM
+    widths = [w for w in (64, 32, 16) if w <= blocks["BLOCK_V"]] or [blocks["BLOCK_V"]]
+    blocks["BLOCK_V"] = min(widths, key=lambda w: _chunk_delta_value_time(w, dims))
     return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
 
 

@@ -660,8 +660,7 @@ def chunk_kernel(
 def _chunk_blocks(dims, block_split):
     """The kernel's blocks at `dims` and its value blocks a batch x head (its programs: B x H
     times them; `_choose_mode` counts these). GPU-fit blocking (blockwise.md, "Blocks"): value
-    blocks of at most 64 lanes (chunk_delta: 32, 16 when a key block is wider than 64)."""
-    B, H = dims["B"], dims["H"]
+    blocks of at most 64 lanes (chunk_dplr: 32, 16 when a key block is wider than 64)."""
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
