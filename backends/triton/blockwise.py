@@ -184,11 +184,14 @@ class BlockKernel:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
         chunk_delta 32, 16 when a key dim's block is wider than 64 (the program holds the key dim
         whole, and the delta rule's `[K, BLOCK_V]` state is an operand of three products:
-        blockwise.md, "Blocks")."""
-        if self.mode not in ("chunk_delta", "chunk_dplr"):      # chunk_dplr: as chunk_delta
+        blockwise.md, "Blocks"); in chunk_dplr 32, 64 when a key dim's block is wider than 64
+        (its value side is formed transposed, `[BLOCK_V, C]` blocks: chunk_dplr.md)."""
+        if self.mode not in ("chunk_delta", "chunk_dplr"):
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         widest = " and ".join(f'blocks["BLOCK_{d}"] <= 64' for d in keys)
+        if self.mode == "chunk_dplr":       # its value side transposed (chunk_dplr.md)
+            return f"32 if {widest} else 64"
         if self.wide_value_blocks():
             widest += f' or B * H * triton.cdiv(dims["{self.split}"], 32) >= WIDE_VALUE_PROGRAMS'
         return f"32 if {widest} else 16"
