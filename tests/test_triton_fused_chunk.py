@@ -1,7 +1,8 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 32
-lanes (64 in chunk; chunk_delta and chunk_dplr: 32, 16 beside a key dim over 64 unless the
-launch is wide and the delta rule has one step and a scalar decay), 16-bit
+lanes (64 in chunk; chunk_delta: 32, 16 beside a key dim over 64 unless the
+launch is wide and the delta rule has one step and a scalar decay; chunk_dplr: 32, 64 beside a
+key dim over 64), 16-bit
 operands straight into
 `tl.dot`.
 
