@@ -53,10 +53,15 @@ def compare(name, mode, dims, T, dtype=torch.float32, rtol=RTOL, **options):
                                        ("deltaproduct", "chunk_delta"), ("rwkv7", "chunk_dplr"),
                                        ("comba", "chunk_dplr")])
 def test_key_dim_over_64(name, mode):
-    """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk) or five of
-    16 (chunk_delta, chunk_dplr), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
+    """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk, chunk_dplr)
+    or five of 16 (chunk_delta), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
+    if mode == "chunk_dplr":        # its value blocks of 64 beside a key block over 64
+        from seqc.gpu_model import launch_grids
+        sizes = dict(B=1, T=37, H=2, K=80, V=72)
+        assert launch_grids(seqc.load(name), mode, sizes, torch.float32, {}) == {
+            "chunk_dplr_kernel": [2 * 2]}
     compare(name, mode, {"K": 80, "V": 72}, 37, chunk_size=64, precision="ieee")
 
 
@@ -100,7 +105,7 @@ def test_wide_value_blocks_need_bare_key_wise_roles():
                                        ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
 def test_odd_dims_in_several_value_blocks(name, mode):
     """K = 24 (a 32-lane key block), V = 70: two value blocks of 64 a head (chunk), three of 32
-    (chunk_delta, chunk_dplr); T = 21."""
+    (chunk_delta, chunk_dplr: a key block of at most 64); T = 21."""
     compare(name, mode, {"K": 24, "V": 70}, 21, precision="ieee")
 
 
