@@ -98,16 +98,17 @@ def test_offered_for_the_dplr_kinds_only():
 def test_default_mode_by_programs_against_sms():
     """mode=None: `chunk_dplr_parallel` when the single kernel would run fewer than 132 / 2
     programs (B x H x value blocks) and the state pass at least as many, else `chunk_dplr`
-    (docs/backends.md). The single kernel's value blocks are 32 lanes, 16 beside a key dim over
-    64 (blockwise.md, "Blocks"); the state pass's 64, 32 beside a key dim over 64: once V is over
-    32 the single kernel has the more programs and the forward stays `chunk_dplr` (training runs
+    (docs/backends.md). The single kernel's value blocks are 32 lanes, 64 beside a key dim over
+    64 (blockwise.md, "Blocks"); the state pass's 64, 32 beside a key dim over 64: at K <= 64,
+    once V is over 32, the single kernel has the more programs and the forward stays
+    `chunk_dplr`; beside a key dim over 64 the state pass has twice its programs (training runs
     on the parallel core whatever the forward's mode)."""
     module = seqc.load("rwkv7").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_dplr"
     wide = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128}
     assert module._state_pass_programs(wide, 128) == 64 * 4             # value blocks of 32
-    assert module._choose_mode(wide, 128) == "chunk_dplr"               # 64 x 8 blocks
-    assert module._choose_mode({**wide, "B": 1, "H": 4}, 128) == "chunk_dplr"  # 32 vs 16
+    assert module._choose_mode(wide, 128) == "chunk_dplr"               # 64 x 2 blocks
+    assert module._choose_mode({**wide, "B": 1, "H": 4}, 128) == MODE   # 8 vs 16
     few = {**wide, "B": 1, "H": 4, "K": 64, "V": 64}
     assert module._state_pass_programs(few, 128) == 4                   # one block of 64
     assert module._choose_mode(few, 128) == "chunk_dplr"                # 8 vs 4

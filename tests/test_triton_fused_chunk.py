@@ -1,6 +1,6 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 64
-lanes (chunk_dplr: 32, 16 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
+lanes (chunk_dplr: 32, 64 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
 with two delta steps a token, and the block of least memory time for the launch), 16-bit
 operands straight into `tl.dot`.
 
@@ -51,10 +51,15 @@ def compare(name, mode, dims, T, dtype=torch.float32, rtol=RTOL, **options):
                                        ("deltaproduct", "chunk_delta"), ("rwkv7", "chunk_dplr"),
                                        ("comba", "chunk_dplr")])
 def test_key_dim_over_64(name, mode):
-    """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk) or five of
-    16 (chunk_delta, chunk_dplr), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
+    """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk, chunk_dplr)
+    or five of 16 (chunk_delta), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
+    if mode == "chunk_dplr":        # its value blocks of 64 beside a key block over 64
+        from seqc.gpu_model import launch_grids
+        sizes = dict(B=1, T=37, H=2, K=80, V=72)
+        assert launch_grids(seqc.load(name), mode, sizes, torch.float32, {}) == {
+            "chunk_dplr_kernel": [2 * 2]}
     compare(name, mode, {"K": 80, "V": 72}, 37, chunk_size=64, precision="ieee")
 
 
@@ -123,7 +128,8 @@ def test_chunk_delta_moves_each_tile_once_a_program(name, key_side):
                                        ("deltanet", "chunk_delta"), ("rwkv7", "chunk_dplr")])
 def test_odd_dims_in_several_value_blocks(name, mode):
     """K = 24 (a 32-lane key block), V = 70: two value blocks of 64 a head (chunk), three of 32
-    (chunk_dplr), five of 16 (chunk_delta: the most programs in this small launch); T = 21."""
+    (chunk_dplr: a key block of at most 64), five of 16 (chunk_delta: the most programs in this
+    small launch); T = 21."""
     compare(name, mode, {"K": 24, "V": 70}, 21, precision="ieee")
 
 

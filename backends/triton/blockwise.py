@@ -182,7 +182,8 @@ class BlockKernel:
 
     def value_cap(self) -> str:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
-        chunk_dplr 32, 16 when a key dim's block is wider than 64; in chunk_delta 64 beside a
+        chunk_dplr 32, 64 when a key dim's block is wider than 64 (its value side is formed
+        transposed, `[BLOCK_V, C]` blocks: chunk_dplr.md); in chunk_delta 64 beside a
         key block of at most 128 with one delta step a token in every group, else 64 beside one
         of at most 64 and 32 beside one of 128; 16 beside a wider one (the program holds the key
         dim whole: blockwise.md, "Blocks")."""
@@ -191,8 +192,8 @@ class BlockKernel:
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         def fits(widest_key: int) -> str:
             return " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
-        if self.mode == "chunk_dplr":
-            return f"32 if {fits(64)} else 16"
+        if self.mode == "chunk_dplr":       # its value side transposed (chunk_dplr.md)
+            return f"32 if {fits(64)} else 64"
         if self.one_delta_step():
             return f"64 if {fits(128)} else 16"
         return f"64 if {fits(64)} else 32 if {fits(128)} else 16"
