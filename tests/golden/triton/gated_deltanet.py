@@ -2070,20 +2070,30 @@ def _cdp_bwd_state_kernel(
         we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
         qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
-        if LOCAL:
-            P = tl.dot(qg, tl.trans(we), input_precision=PRECISION)
-            P = _cdp_causal(P, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
-            dvn = tl.dot(tl.trans(P), do, input_precision=PRECISION)
+        if DECAY == 1:      # the chunk's C log decays, cumulated once for every factor below
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+        if LOCAL:           # P^T formed as it is used (no transposed copy of P)
+            PT = tl.dot(we, tl.trans(qg), input_precision=PRECISION)
+            keep = o_t[:, None] <= o_t[None, :]
+            if DECAY == 1:
+                keep = keep & (R[:, None] == R[None, :])
+                PT = PT * tl.exp2(tl.where(keep, G[None, :] - G[:, None], float("-inf")))
+            else:
+                PT = tl.where(keep, PT, 0.0)
+            dvn = tl.dot(PT.to(DOT), do, input_precision=PRECISION)
         else:
             dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V).to(ACC)
-        we = _cdp_row_scaled(we, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC, DOT)
-        qg = _cdp_row_scaled(qg, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC, DOT)
-        dvn = (dvn + tl.dot(we, dS.to(DOT), input_precision=PRECISION)).to(DOT)
+        if DECAY == 1:
+            we = (we.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT)
+        dvn = tl.dot(we, dS.to(DOT), dvn, input_precision=PRECISION).to(DOT)
         tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
+        if DECAY == 1:
+            qg = (qg.to(ACC) * tl.exp2(G0)[:, None]).to(DOT)
+        dS = tl.dot(tl.trans(qg), do, dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K,
+                                                      DECAY), input_precision=PRECISION)
         W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
-        dS = dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
-            + tl.dot(tl.trans(qg), do, input_precision=PRECISION) \
-            - tl.dot(tl.trans(W), dvn, input_precision=PRECISION)
+        dS = tl.dot(tl.trans(W), -dvn, dS, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
@@ -2346,9 +2356,9 @@ def _cdp_bwd_keys_kernel(
 def _cdp_blocks(K, V, decay, chunk_size):
     """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
     steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
-    hold all of K, on value blocks of 64 up to 64 key lanes (1 stage) and 32 beyond (2 stages),
-    but for the adjoint pass that forms the local dv (32 lanes); up to 64 key lanes with no or
-    a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
+    hold all of K, the forward pass on value blocks of 64 up to 64 key lanes (1 stage) and 32
+    beyond (2 stages), the adjoint pass on 64 (1 stage) but beside a scalar gate (32); up to 64
+    key lanes with no or a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
@@ -2356,10 +2366,12 @@ def _cdp_blocks(K, V, decay, chunk_size):
     keywise = decay == 2
     narrow = state_k <= 64
     # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
-    # lanes, on 32 value lanes and 1 stage (sm_80 spilled 24 B at 2 stages, 160-276 B at 128
-    # key lanes); the passes take 64 value lanes up to 64 key lanes otherwise (1 stage)
+    # lanes; it runs 64 value lanes on 1 stage (all of V up to 64: the [C, K] operands read
+    # once a chunk) but beside a scalar gate, whose factors cost registers: 32 lanes there (1
+    # stage; 2 beyond 64 key lanes: sm_80 spilled 60 B at 64 lanes and 64 key lanes, 24-192 B
+    # at 128)
     fuse_local = not keywise and narrow
-    adjoint_v = block_v if narrow and not fuse_local else min(block_v, 32)
+    adjoint_v = min(block_v, 32) if decay == 1 else block_v
     # the same spans take the keys' gradients in one kernel (_cdp_bwd_keys_kernel) on value
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
@@ -2368,7 +2380,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
-                adjoint_stages=1 if narrow else 2, fuse_keys=fuse_local, keys_v=16)
+                adjoint_stages=1 if narrow or decay != 1 else 2, fuse_keys=fuse_local, keys_v=16)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2463,8 +2475,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
             T, H, NT, K, V, b["block_t"], b["state_k"], b["adjoint_v"], decay,
             dfinal is not None, b["fuse_local"], acc, tl_dot, precision,
-            num_warps=b["state_warps"],
-            num_stages=b["adjoint_stages"])
+            num_warps=b["state_warps"], num_stages=b["adjoint_stages"])
         if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
             _cdp_bwd_keys_kernel[(NT, B * H)](
                 q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
