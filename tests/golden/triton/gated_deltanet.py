@@ -1852,15 +1852,16 @@ def _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY: tl.constexpr):
 
 
 @triton.jit
-def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_T: tl.constexpr,
-                SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, DECAY: tl.constexpr,
+def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_sx, ptr_sw, base, mask_t, o_t, T, K,
+                BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                DECAY: tl.constexpr,
                 SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
                 PRECISION: tl.constexpr):
     """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
     blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
     is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
-    per key block, SCALED 1 stores x 2^G0 and SCALED 2 stores w 2^Gend to ptr_scaled (in DOT:
-    the state passes' operands, so that they form no gate)."""
+    per key block, SCALED 1 stores x 2^G0 to ptr_sx, 2 stores w 2^Gend to ptr_sw, 3 both (in
+    DOT: the state passes' operands, so that they form no gate)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1870,13 +1871,11 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_
         if SCALED > 0 or DECAY == 2:
             start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                       DECAY, BLOCK_T, K, ACC)
-        if SCALED > 0:
-            if SCALED == 1:
-                scaled = x.to(ACC) * start
-            else:
-                scaled = w.to(ACC) * end
-            tl.store(ptr_scaled + base[:, None] * K + o_k[None, :], scaled,
-                     mask=mask_t[:, None] & mask_k[None, :])
+        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
+        if SCALED % 2 == 1:
+            tl.store(ptr_sx + offs_tk, x.to(ACC) * start, mask=mask_tk)
+        if SCALED >= 2:
+            tl.store(ptr_sw + offs_tk, w.to(ACC) * end, mask=mask_tk)
         if DECAY == 2:
             A += _cp_keywise_scores(x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
                                     PRECISION)
@@ -1930,8 +1929,8 @@ def _cdp_prepare_kernel(
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
+                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -2020,18 +2019,20 @@ def _cdp_state_kernel(
 
 @triton.jit
 def _cdp_bwd_local_kernel(
-    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, T, H, K, V,
+    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, ptr_we, T, H, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The new values' gradient through the chunk's own reads (adjoint b), one program per
-    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and, for
-    a key-wise gate, the adjoint state pass's 2^G0 q (stored, in DOT)."""
+    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and the
+    adjoint state pass's decayed operands (stored, in DOT), so that it forms no gate: 2^G0 q
+    for a gate, and w 2^Gend for a scalar one (a key-wise gate's the forward stored)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 1 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
+                    SUB_T, SCORES_K, DECAY, 3 if DECAY == 1 else DECAY // 2, ACC, DOT,
+                    PRECISION)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -2070,7 +2071,7 @@ def _cdp_bwd_state_kernel(
         we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
         qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
-        if DECAY == 1:      # the chunk's C log decays, cumulated once for every factor below
+        if LOCAL and DECAY == 1:    # the chunk's C log decays, cumulated once for the factors
             d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
                                                         DECAY, BLOCK_T, K, ACC)
         if LOCAL:           # P^T formed as it is used (no transposed copy of P)
@@ -2084,11 +2085,11 @@ def _cdp_bwd_state_kernel(
             dvn = tl.dot(PT.to(DOT), do, input_precision=PRECISION)
         else:
             dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V).to(ACC)
-        if DECAY == 1:
+        if LOCAL and DECAY == 1:
             we = (we.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT)
         dvn = tl.dot(we, dS.to(DOT), dvn, input_precision=PRECISION).to(DOT)
         tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
-        if DECAY == 1:
+        if LOCAL and DECAY == 1:
             qg = (qg.to(ACC) * tl.exp2(G0)[:, None]).to(DOT)
         dS = tl.dot(tl.trans(qg), do, dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K,
                                                       DECAY), input_precision=PRECISION)
@@ -2371,7 +2372,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
     # stage; 2 beyond 64 key lanes: sm_80 spilled 60 B at 64 lanes and 64 key lanes, 24-192 B
     # at 128)
     fuse_local = not keywise and narrow
-    adjoint_v = min(block_v, 32) if decay == 1 else block_v
+    adjoint_v = min(block_v, 32) if fuse_local and decay == 1 else block_v
     # the same spans take the keys' gradients in one kernel (_cdp_bwd_keys_kernel) on value
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
@@ -2380,7 +2381,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
-                adjoint_stages=1 if narrow or decay != 1 else 2, fuse_keys=fuse_local, keys_v=16)
+                adjoint_stages=1, fuse_keys=fuse_local, keys_v=16)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2456,15 +2457,20 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             else _cdp_rows_of_steps(do.to(k.dtype), steps)
         dvn = torch.empty_like(vn)
         g_ptr = k if g is None else g
-        # 2^G0 q for the state pass when key-wise (it scales q by a scalar gate itself)
-        qg = torch.empty_like(q) if decay == 2 else q
+        qg = q
         if b["fuse_local"]:     # the adjoint state pass forms the local dvn (b fused into c)
             dvl = dvn
-        else:                   # the local new-value gradient, for the state pass
+        else:                   # the local new-value gradient, for the state pass, and its
+            # decayed operands: 2^G0 q beside a gate, w 2^Gend beside a scalar one
             dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
+            if decay > 0:
+                qg = torch.empty_like(q)
+            if decay == 1:
+                we = torch.empty_like(w)
             _cdp_bwd_local_kernel[(NT, B * H)](
-                q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-                b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+                q, w, g_ptr, do, dvl, qg, we, T, H, K, V, b["block_t"], b["sub_t"],
+                b["scores_k"], b["block_v"], decay, acc, tl_dot, precision,
+                num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
         dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
