@@ -2165,47 +2165,45 @@ def _cdp_bwd_dqw_kernel(
 
 @triton.jit
 def _cdp_bwd_wy_kernel(
-    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
+    ptr_k, ptr_w, ptr_vn, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
     ptr_dg, T, H, K, V, DB_SHARES,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The WY backward (adjoint e), one program per (chunk, batch x head): from U = Tm v,
-    W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW, dTm = dvn v^T + dW (2^G0 k)^T; through
-    Tm = (I + L)^-1: dL = -Tm^T dTm Tm^T (strictly lower), back to k and w; the gates' share,
-    added to the dq/dw kernel's, and dg by its reverse cumsum inside the chunk."""
+    W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW; through Tm = (I + L)^-1:
+    dL = -Tm^T dTm Tm^T = -dv vn^T (strictly lower; chunk_delta_parallel_core_keys.md: no dTm
+    formed), back to k and w; the gates' share, added to the dq/dw kernel's, and dg by its
+    reverse cumsum inside the chunk."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     Tm = tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], mask=mask_t[:, None],
                  other=0.0)
     TmT = tl.trans(Tm)
-    dTm = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    dL = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # -dv vn^T (the keys kernel's identity)
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_v = o_v < V
-        dvn = _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V)
-        v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
-        tl.store(ptr_dv + base[:, None] * V + o_v[None, :],
-                 tl.dot(TmT, dvn, input_precision=PRECISION),
+        dv = tl.dot(TmT, _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V),
+                    input_precision=PRECISION)
+        tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
                  mask=mask_t[:, None] & mask_v[None, :])
-        dTm += tl.dot(dvn, tl.trans(v), input_precision=PRECISION)
-    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_k = o_k < K
-        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
-        start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
-                                                  BLOCK_T, K, ACC)
-        dTm += tl.dot(dW, tl.trans((k.to(ACC) * start).to(DOT)), input_precision=PRECISION)
-        if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+        dL -= tl.dot(dv.to(DOT), tl.trans(_cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)),
+                     input_precision=PRECISION)
+    if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+        for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+            o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_k = o_k < K
+            dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
+            start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                      DECAY, BLOCK_T, K, ACC)
             tl.store(ptr_dk + base[:, None] * K + o_k[None, :],
                      start * tl.dot(TmT, dW, input_precision=PRECISION),
                      mask=mask_t[:, None] & mask_k[None, :])
-    dL = -tl.dot(TmT, tl.dot(dTm.to(DOT), TmT, input_precision=PRECISION).to(DOT),
-                 input_precision=PRECISION)
-    if DECAY == 2:      # dk, stored above from a dot's layout, is read below in a load's
-        tl.debug_barrier()      # (other threads' stores made visible first)
+        # dk, stored above from a dot's layout, is read below in a load's (other threads'
+        # stores made visible first)
+        tl.debug_barrier()
     dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
     db_rows = tl.zeros([BLOCK_T], dtype=ACC)       # a scalar gate's share, summed over lanes
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -2437,17 +2435,17 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, w, v, g, h, tm, W, vn, we, whole)
+        ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole)     # not v: dL = -dv vn^T
         ctx.settings = (chunk_size, steps, decay, compute, precision)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, w, v, g, h, tm, W, vn, we, whole = ctx.saved_tensors
+        q, k, w, g, h, tm, W, vn, we, whole = ctx.saved_tensors
         chunk_size, steps, decay, compute, precision = ctx.settings
         B, T, H, K = k.shape
-        V = v.shape[-1]
+        V = vn.shape[-1]
         b = _cdp_blocks(K, V, decay, chunk_size)
         NT = triton.cdiv(T, b["block_t"])
         NK = triton.cdiv(K, b["dqw_k"])
@@ -2497,7 +2495,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
                 tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
-                k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
+                k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
                 dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
                 b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
