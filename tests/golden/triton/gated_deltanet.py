@@ -2054,11 +2054,12 @@ def _cdp_bwd_state_kernel(
     """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
     all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
     stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
-    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. A key-wise gate:
-    the decayed keys and queries stored by the per-chunk kernels (no gate is formed here). No
-    or a scalar gate: ptr_qg, ptr_we are q and w, scaled here by 2^G0, 2^Gend from the chunk's
-    [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or a scalar
-    gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is here)."""
+    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. The decayed keys
+    and queries stored by the per-chunk and local kernels (no gate is formed here), but with
+    LOCAL: ptr_qg, ptr_we are q and w, scaled here by a scalar gate's 2^G0, 2^Gend from the
+    chunk's [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or
+    a scalar gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is
+    here). The dots accumulate in place (tl.dot's acc: no [K, BLOCK_V] temporaries)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
@@ -2087,14 +2088,16 @@ def _cdp_bwd_state_kernel(
             dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V).to(ACC)
         if LOCAL and DECAY == 1:
             we = (we.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT)
-        dvn = tl.dot(we, dS.to(DOT), dvn, input_precision=PRECISION).to(DOT)
-        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
+        dvn = tl.dot(we, dS.to(DOT), dvn, input_precision=PRECISION)
+        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn.to(DOT), mask=mask_tv)
+        dvn = (-dvn).to(DOT)    # negated before rounding (the same value; the interpreter
+        # negates a 16-bit block wrongly)
         if LOCAL and DECAY == 1:
             qg = (qg.to(ACC) * tl.exp2(G0)[:, None]).to(DOT)
         dS = tl.dot(tl.trans(qg), do, dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K,
                                                       DECAY), input_precision=PRECISION)
         W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
-        dS = tl.dot(tl.trans(W), -dvn, dS, input_precision=PRECISION)
+        dS = tl.dot(tl.trans(W), dvn, dS, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
