@@ -1869,15 +1869,16 @@ def _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY: tl.constexpr):
 
 
 @triton.jit
-def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_T: tl.constexpr,
-                SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, DECAY: tl.constexpr,
+def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_sx, ptr_sw, base, mask_t, o_t, T, K,
+                BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                DECAY: tl.constexpr,
                 SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
                 PRECISION: tl.constexpr):
     """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
     blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
     is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
-    per key block, SCALED 1 stores x 2^G0 and SCALED 2 stores w 2^Gend to ptr_scaled (in DOT:
-    the state passes' operands, so that they form no gate)."""
+    per key block, SCALED 1 stores x 2^G0 to ptr_sx, 2 stores w 2^Gend to ptr_sw, 3 both (in
+    DOT: the state passes' operands, so that they form no gate)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1887,13 +1888,11 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_scaled, base, mask_t, o_t, T, K, BLOCK_
         if SCALED > 0 or DECAY == 2:
             start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                       DECAY, BLOCK_T, K, ACC)
-        if SCALED > 0:
-            if SCALED == 1:
-                scaled = x.to(ACC) * start
-            else:
-                scaled = w.to(ACC) * end
-            tl.store(ptr_scaled + base[:, None] * K + o_k[None, :], scaled,
-                     mask=mask_t[:, None] & mask_k[None, :])
+        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
+        if SCALED % 2 == 1:
+            tl.store(ptr_sx + offs_tk, x.to(ACC) * start, mask=mask_tk)
+        if SCALED >= 2:
+            tl.store(ptr_sw + offs_tk, w.to(ACC) * end, mask=mask_tk)
         if DECAY == 2:
             A += _cp_keywise_scores(x.to(ACC), w.to(ACC), G, R, o_t, BLOCK_T, SUB_T, DOT,
                                     PRECISION)
@@ -1947,8 +1946,8 @@ def _cdp_prepare_kernel(
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+    L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
+                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -2037,18 +2036,20 @@ def _cdp_state_kernel(
 
 @triton.jit
 def _cdp_bwd_local_kernel(
-    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, T, H, K, V,
+    ptr_q, ptr_w, ptr_g, ptr_do, ptr_dvl, ptr_qg, ptr_we, T, H, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The new values' gradient through the chunk's own reads (adjoint b), one program per
-    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and, for
-    a key-wise gate, the adjoint state pass's 2^G0 q (stored, in DOT)."""
+    (chunk, batch x head), over value blocks: dvn_s = sum_{t >= s} P_ts do_t (fp32); and the
+    adjoint state pass's decayed operands (stored, in DOT), so that it forms no gate: 2^G0 q
+    for a gate, and w 2^Gend for a scalar one (a key-wise gate's the forward stored)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, base, mask_t, o_t, T, K, BLOCK_T, SUB_T,
-                    SCORES_K, DECAY, 1 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+    P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
+                    SUB_T, SCORES_K, DECAY, 3 if DECAY == 1 else DECAY // 2, ACC, DOT,
+                    PRECISION)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -2070,11 +2071,12 @@ def _cdp_bwd_state_kernel(
     """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
     all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
     stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
-    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. A key-wise gate:
-    the decayed keys and queries stored by the per-chunk kernels (no gate is formed here). No
-    or a scalar gate: ptr_qg, ptr_we are q and w, scaled here by 2^G0, 2^Gend from the chunk's
-    [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or a scalar
-    gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is here)."""
+    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. The decayed keys
+    and queries stored by the per-chunk and local kernels (no gate is formed here), but with
+    LOCAL: ptr_qg, ptr_we are q and w, scaled here by a scalar gate's 2^G0, 2^Gend from the
+    chunk's [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or
+    a scalar gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is
+    here). The dots accumulate in place (tl.dot's acc: no [K, BLOCK_V] temporaries)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
@@ -2087,20 +2089,32 @@ def _cdp_bwd_state_kernel(
         we = _cp_load(ptr_we, base, mask_t, o_k, mask_k, K)
         qg = _cp_load(ptr_qg, base, mask_t, o_k, mask_k, K)
         do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
-        if LOCAL:
-            P = tl.dot(qg, tl.trans(we), input_precision=PRECISION)
-            P = _cdp_causal(P, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
-            dvn = tl.dot(tl.trans(P), do, input_precision=PRECISION)
+        if LOCAL and DECAY == 1:    # the chunk's C log decays, cumulated once for the factors
+            d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
+                                                        DECAY, BLOCK_T, K, ACC)
+        if LOCAL:           # P^T formed as it is used (no transposed copy of P)
+            PT = tl.dot(we, tl.trans(qg), input_precision=PRECISION)
+            keep = o_t[:, None] <= o_t[None, :]
+            if DECAY == 1:
+                keep = keep & (R[:, None] == R[None, :])
+                PT = PT * tl.exp2(tl.where(keep, G[None, :] - G[:, None], float("-inf")))
+            else:
+                PT = tl.where(keep, PT, 0.0)
+            dvn = tl.dot(PT.to(DOT), do, input_precision=PRECISION)
         else:
             dvn = _cp_load(ptr_dvl, base, mask_t, o_v, mask_v, V).to(ACC)
-        we = _cdp_row_scaled(we, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC, DOT)
-        qg = _cdp_row_scaled(qg, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC, DOT)
-        dvn = (dvn + tl.dot(we, dS.to(DOT), input_precision=PRECISION)).to(DOT)
-        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn, mask=mask_tv)
+        if LOCAL and DECAY == 1:
+            we = (we.to(ACC) * tl.exp2(Gend)[:, None]).to(DOT)
+        dvn = tl.dot(we, dS.to(DOT), dvn, input_precision=PRECISION)
+        tl.store(ptr_dvn + base[:, None] * V + o_v[None, :], dvn.to(DOT), mask=mask_tv)
+        dvn = (-dvn).to(DOT)    # negated before rounding (the same value; the interpreter
+        # negates a 16-bit block wrongly)
+        if LOCAL and DECAY == 1:
+            qg = (qg.to(ACC) * tl.exp2(G0)[:, None]).to(DOT)
+        dS = tl.dot(tl.trans(qg), do, dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K,
+                                                      DECAY), input_precision=PRECISION)
         W = _cp_load(ptr_W, base, mask_t, o_k, mask_k, K)
-        dS = dS * _cdp_whole(ptr_whole, i_bh, n, NT, o_k, mask_k, K, DECAY) \
-            + tl.dot(tl.trans(qg), do, input_precision=PRECISION) \
-            - tl.dot(tl.trans(W), dvn, input_precision=PRECISION)
+        dS = tl.dot(tl.trans(W), dvn, dS, input_precision=PRECISION)
     tl.store(ptr_ds0 + i_bh * K * V + offs_kv, dS, mask=mask_kv)
 
 
@@ -2171,47 +2185,45 @@ def _cdp_bwd_dqw_kernel(
 
 @triton.jit
 def _cdp_bwd_wy_kernel(
-    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
+    ptr_k, ptr_w, ptr_vn, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
     ptr_dg, T, H, K, V, DB_SHARES,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The WY backward (adjoint e), one program per (chunk, batch x head): from U = Tm v,
-    W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW, dTm = dvn v^T + dW (2^G0 k)^T; through
-    Tm = (I + L)^-1: dL = -Tm^T dTm Tm^T (strictly lower), back to k and w; the gates' share,
-    added to the dq/dw kernel's, and dg by its reverse cumsum inside the chunk."""
+    W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW; through Tm = (I + L)^-1:
+    dL = -Tm^T dTm Tm^T = -dv vn^T (strictly lower; chunk_delta_parallel_core_keys.md: no dTm
+    formed), back to k and w; the gates' share, added to the dq/dw kernel's, and dg by its
+    reverse cumsum inside the chunk."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     Tm = tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], mask=mask_t[:, None],
                  other=0.0)
     TmT = tl.trans(Tm)
-    dTm = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
+    dL = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # -dv vn^T (the keys kernel's identity)
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_v = o_v < V
-        dvn = _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V)
-        v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
-        tl.store(ptr_dv + base[:, None] * V + o_v[None, :],
-                 tl.dot(TmT, dvn, input_precision=PRECISION),
+        dv = tl.dot(TmT, _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V),
+                    input_precision=PRECISION)
+        tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
                  mask=mask_t[:, None] & mask_v[None, :])
-        dTm += tl.dot(dvn, tl.trans(v), input_precision=PRECISION)
-    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
-        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_k = o_k < K
-        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
-        start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
-                                                  BLOCK_T, K, ACC)
-        dTm += tl.dot(dW, tl.trans((k.to(ACC) * start).to(DOT)), input_precision=PRECISION)
-        if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+        dL -= tl.dot(dv.to(DOT), tl.trans(_cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)),
+                     input_precision=PRECISION)
+    if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+        for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+            o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_k = o_k < K
+            dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
+            start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
+                                                      DECAY, BLOCK_T, K, ACC)
             tl.store(ptr_dk + base[:, None] * K + o_k[None, :],
                      start * tl.dot(TmT, dW, input_precision=PRECISION),
                      mask=mask_t[:, None] & mask_k[None, :])
-    dL = -tl.dot(TmT, tl.dot(dTm.to(DOT), TmT, input_precision=PRECISION).to(DOT),
-                 input_precision=PRECISION)
-    if DECAY == 2:      # dk, stored above from a dot's layout, is read below in a load's
-        tl.debug_barrier()      # (other threads' stores made visible first)
+        # dk, stored above from a dot's layout, is read below in a load's (other threads'
+        # stores made visible first)
+        tl.debug_barrier()
     dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
     db_rows = tl.zeros([BLOCK_T], dtype=ACC)       # a scalar gate's share, summed over lanes
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -2363,9 +2375,9 @@ def _cdp_bwd_keys_kernel(
 def _cdp_blocks(K, V, decay, chunk_size):
     """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
     steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
-    hold all of K, on value blocks of 64 up to 64 key lanes (1 stage) and 32 beyond (2 stages),
-    but for the adjoint pass that forms the local dv (32 lanes); up to 64 key lanes with no or
-    a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
+    hold all of K, the forward pass on value blocks of 64 up to 64 key lanes (1 stage) and 32
+    beyond (2 stages), the adjoint pass on 64 (1 stage) but beside a scalar gate (32); up to 64
+    key lanes with no or a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
@@ -2373,10 +2385,12 @@ def _cdp_blocks(K, V, decay, chunk_size):
     keywise = decay == 2
     narrow = state_k <= 64
     # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
-    # lanes, on 32 value lanes and 1 stage (sm_80 spilled 24 B at 2 stages, 160-276 B at 128
-    # key lanes); the passes take 64 value lanes up to 64 key lanes otherwise (1 stage)
+    # lanes; it runs 64 value lanes on 1 stage (all of V up to 64: the [C, K] operands read
+    # once a chunk) but beside a scalar gate, whose factors cost registers: 32 lanes there (1
+    # stage; 2 beyond 64 key lanes: sm_80 spilled 60 B at 64 lanes and 64 key lanes, 24-192 B
+    # at 128)
     fuse_local = not keywise and narrow
-    adjoint_v = block_v if narrow and not fuse_local else min(block_v, 32)
+    adjoint_v = min(block_v, 32) if fuse_local and decay == 1 else block_v
     # the same spans take the keys' gradients in one kernel (_cdp_bwd_keys_kernel) on value
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
@@ -2385,7 +2399,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
-                adjoint_stages=1 if narrow else 2, fuse_keys=fuse_local, keys_v=16)
+                adjoint_stages=1, fuse_keys=fuse_local, keys_v=16)
 
 
 def _cdp_rows_of_steps(x, steps):
@@ -2441,17 +2455,17 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, w, v, g, h, tm, W, vn, we, whole)
+        ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole)     # not v: dL = -dv vn^T
         ctx.settings = (chunk_size, steps, decay, compute, precision)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, w, v, g, h, tm, W, vn, we, whole = ctx.saved_tensors
+        q, k, w, g, h, tm, W, vn, we, whole = ctx.saved_tensors
         chunk_size, steps, decay, compute, precision = ctx.settings
         B, T, H, K = k.shape
-        V = v.shape[-1]
+        V = vn.shape[-1]
         b = _cdp_blocks(K, V, decay, chunk_size)
         NT = triton.cdiv(T, b["block_t"])
         NK = triton.cdiv(K, b["dqw_k"])
@@ -2461,15 +2475,20 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             else _cdp_rows_of_steps(do.to(k.dtype), steps)
         dvn = torch.empty_like(vn)
         g_ptr = k if g is None else g
-        # 2^G0 q for the state pass when key-wise (it scales q by a scalar gate itself)
-        qg = torch.empty_like(q) if decay == 2 else q
+        qg = q
         if b["fuse_local"]:     # the adjoint state pass forms the local dvn (b fused into c)
             dvl = dvn
-        else:                   # the local new-value gradient, for the state pass
+        else:                   # the local new-value gradient, for the state pass, and its
+            # decayed operands: 2^G0 q beside a gate, w 2^Gend beside a scalar one
             dvl = torch.empty((B, T, H, V), dtype=compute, device=device)
+            if decay > 0:
+                qg = torch.empty_like(q)
+            if decay == 1:
+                we = torch.empty_like(w)
             _cdp_bwd_local_kernel[(NT, B * H)](
-                q, w, g_ptr, do, dvl, qg, T, H, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-                b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+                q, w, g_ptr, do, dvl, qg, we, T, H, K, V, b["block_t"], b["sub_t"],
+                b["scores_k"], b["block_v"], decay, acc, tl_dot, precision,
+                num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
         dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
@@ -2480,8 +2499,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
             T, H, NT, K, V, b["block_t"], b["state_k"], b["adjoint_v"], decay,
             dfinal is not None, b["fuse_local"], acc, tl_dot, precision,
-            num_warps=b["state_warps"],
-            num_stages=b["adjoint_stages"])
+            num_warps=b["state_warps"], num_stages=b["adjoint_stages"])
         if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
             _cdp_bwd_keys_kernel[(NT, B * H)](
                 q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
@@ -2497,7 +2515,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
                 tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
-                k, w, v, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
+                k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
                 dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
                 b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
