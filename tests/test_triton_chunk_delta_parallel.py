@@ -114,20 +114,20 @@ def test_default_mode_by_programs_against_sms():
     """mode=None: `chunk_delta_parallel` when the single kernel would run fewer than 132 / 2
     programs (B x H x value blocks) and the state pass at least as many, else `chunk_delta`
     (docs/backends.md), both counted with the value blocks they launch: at K = V = 128
-    chunk_delta's are 32 lanes at B=4, H=16 (a wide launch) and 16 at B=1, H=4, the state
-    pass's 64; the GPU model has chunk_delta faster at both shapes."""
+    chunk_delta's are 64 lanes at B=4, H=16 and 16 at B=1, H=4 (the width of least memory time
+    for the launch), the state pass's 64; the GPU model has chunk_delta faster at both shapes."""
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
-    # chunk_delta's value blocks: 32 lanes, 16 beside K > 64 unless the launch is wide
-    # (backends/triton/blockwise.md, "Blocks")
+    # chunk_delta's value blocks: the width of least memory time under the cap (64 beside a key
+    # block of 128 with one delta step a token; backends/triton/blockwise.md, "Blocks")
     few = {"B": 1, "T": 4096, "H": 4, "K": 128, "V": 128}
     assert module._chunk_delta_blocks(few, 128)[1] == 8
-    assert module._chunk_delta_blocks({**few, "B": 4, "H": 16}, 128)[1] == 4
+    assert module._chunk_delta_blocks({**few, "B": 4, "H": 16}, 128)[1] == 2
     assert module._state_pass_programs(few, 128) == 4 * 2
     assert module._choose_mode(few, 128) == "chunk_delta"                     # 4 x 8 blocks
     assert module._choose_mode({**few, "B": 4, "H": 16}, 128) == "chunk_delta"
     small = {**few, "K": 64, "V": 64}
-    assert module._choose_mode(small, 128) == "chunk_delta"                   # 4 x 2 against 4
+    assert module._choose_mode(small, 128) == "chunk_delta"                   # 4 x 4 against 4
     tiny = {**few, "H": 1, "K": 16, "V": 16}
     assert module._choose_mode(tiny, 128) == "chunk_delta_parallel"           # 1 against 1
     assert modes_run("gated_deltanet", scale=0.5) == ["chunk_delta_parallel"]
