@@ -10,9 +10,10 @@
 #
 #   bash scripts/gpu.sh [--dry-run] [--specs simple_gla,gla,...]
 #
-# --dry-run: the same two steps on the CPU under the Triton interpreter, at a tiny shape (step 1
-# runs the Triton tests of the first spec only; step 2 compares against fla's PyTorch references,
-# as fla's Triton ops need a GPU). CI runs it (tests/test_gpu_bench.py).
+# --dry-run: the same steps on the CPU under the Triton interpreter, at a tiny fp32 shape (step 1
+# runs the Triton tests of the first spec only; step 2 runs fla's Triton ops interpreted, through
+# the same adapters as on the GPU, seqc/fla_interpreted.py). CI runs it (tests/test_gpu_bench.py);
+# tests/test_fla_triton_adapters.py checks every adapter against seqc's reference.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -x .venv/bin/python ]; then . .venv/bin/activate; fi

@@ -11,9 +11,11 @@ difference above MISMATCH (bf16 inputs, fp32 states on both sides) is a mismatch
 such, and the exit status is 1.
 
 `--dry-run` is the same pipeline on the CPU under the Triton interpreter at a tiny fp32 shape,
-for CI: fla's Triton ops need a GPU (its autotuner asks for a driver even when interpreted), so
-the dry run compares against fla's pure-PyTorch references where seqc has them
-(seqc/baselines.py), and skips the rest saying so.
+for CI: fla's Triton ops themselves, made to run interpreted by seqc/fla_interpreted.py, through
+the same adapters (FLA_TRITON) as on a GPU; timings mean nothing there. Two ops refuse fp32
+inputs (FP32_REFUSED; the interpreter computes bf16 arithmetic wrongly, so bf16 is no way out):
+for those the dry run compares against fla's pure-PyTorch reference where seqc has one
+(seqc/baselines.py) and skips the rest, saying so.
 """
 from __future__ import annotations
 
@@ -22,10 +24,14 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
+
+from .fla_interpreted import interpreted_fla
 
 MISMATCH = 2e-2          # relative RMS difference that fails (bf16 inputs)
 DRY_MISMATCH = 1e-3      # fp32 under the interpreter
 GPU_SHAPE = "B=4,T=4096,H=16,D=128"
+FP32_REFUSED = {"deltanet", "deltaproduct"}   # fla asserts bf16 inputs (chunk_delta_rule, ...)
 DRY_SHAPE = "B=1,T=64,H=2,D=16"
 
 
@@ -81,7 +87,12 @@ def _kda(t, s):
 
 
 def _comba(t, s):
-    return lambda: _fla("comba", "chunk_comba")(t["q"], t["k"], t["v"], t["p"], t["g"],
+    """seqc's comba decays S before p reads it, as fla's naive_recurrent_comba does:
+    S <- exp(g) (I - beta k p^T) S + beta k v^T. fla's chunk_comba (and naive_chunk_comba) read
+    the undecayed state, S <- (exp(g) I - beta k p^T) S + beta k v^T: the same recurrence with
+    p scaled by exp(g)."""
+    p = t["p"] * t["g"].float().exp().to(t["p"].dtype)[..., None]
+    return lambda: _fla("comba", "chunk_comba")(t["q"], t["k"], t["v"], p, t["g"],
                                                 t["beta"])[0]
 
 
@@ -193,18 +204,18 @@ def bench_spec(name: str, shape: dict, dry: bool, repeats: int) -> dict:
     dtype = torch.float32 if dry else torch.bfloat16
     tensors, _ = random_call(program.spec, sizes, dtype=dtype, seed=0)
     tensors = {n: t.to(device) for n, t in tensors.items()}
-    if dry:
+    if dry and name in FP32_REFUSED:
         if name not in BASELINES:
-            return dict(spec=name, skipped="no fla PyTorch reference for the dry run")
+            return dict(spec=name, skipped="fla's op refuses fp32; no PyTorch reference")
         label, make = BASELINES[name]
-        label = f"{label} (dry run: stands in for fla {FLA_TRITON[name][0]})"
+        label = f"{label} (dry run: stands in for fla {FLA_TRITON[name][0]}, which refuses fp32)"
         ref = make(tensors, sizes)
         if ref is None:
             return dict(spec=name, skipped="shape not a multiple of the reference's chunk")
         baseline = lambda ref=ref: _first(ref())     # noqa: E731
     else:
         label, make = FLA_TRITON[name]
-        label = f"fla {label}"
+        label = f"fla {label}" + (" (interpreted)" if dry else "")
         baseline = make(tensors, sizes)
     kernel = program.kernel("triton")
     output = program.spec.outputs[0].name
@@ -296,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(FLA_TRITON)}", file=sys.stderr)
         return 2
     repeats = args.repeats or (1 if dry else 10)
-    rows = [bench_spec(name, shape, dry, repeats) for name in specs]
+    with interpreted_fla() if dry else nullcontext():
+        rows = [bench_spec(name, shape, dry, repeats) for name in specs]
     print(table(rows, shape, dry))
     bad = [r["spec"] for r in rows if r.get("mismatch")]
     if bad:

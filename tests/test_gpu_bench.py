@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seqc import baselines, gpu_bench, gpu_modes
+from seqc import gpu_bench, gpu_modes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_gpu_script_dry_run_runs_its_three_steps_and_prints_the_tables():
     rows = [line for line in against_fla.splitlines() if line.startswith("| simple_gla |")
             or line.startswith("| gated_deltanet |")]
     assert len(rows) == 2 and not any("MISMATCH" in r for r in rows)
-    assert "stands in for fla chunk_gated_delta_rule" in rows[1]
+    assert "fla chunk_gated_delta_rule (interpreted)" in rows[1]
     assert "== 3/3 every Triton mode (dry run: simple_gla, chunk and chunk_parallel)" in out
     modes = [line.split("|")[3].strip() for line in out.splitlines()
              if line.startswith("| simple_gla | B=1,T=64,H=2,K=16,V=16 |")]
@@ -33,12 +33,12 @@ def test_gpu_script_dry_run_runs_its_three_steps_and_prints_the_tables():
 
 @pytest.mark.triton
 def test_a_mismatch_fails_loudly(monkeypatch, capsys):
-    label, make = baselines.BASELINES["simple_gla"]
+    label, make = gpu_bench.FLA_TRITON["simple_gla"]
 
     def off_by_a_bit(tensors, sizes):
         fn = make(tensors, sizes)
         return lambda: gpu_bench._first(fn()) * 1.01
-    monkeypatch.setitem(baselines.BASELINES, "simple_gla", (label, off_by_a_bit))
+    monkeypatch.setitem(gpu_bench.FLA_TRITON, "simple_gla", (label, off_by_a_bit))
     assert gpu_bench.main(["--dry-run", "--specs", "simple_gla"]) == 1
     captured = capsys.readouterr()
     assert "| simple_gla |" in captured.out and "MISMATCH" in captured.out
@@ -48,7 +48,7 @@ def test_a_mismatch_fails_loudly(monkeypatch, capsys):
 
 def test_a_gradient_mismatch_fails_loudly(monkeypatch, capsys):
     """The same forward with a gradient twice as large: only the gradient check sees it."""
-    label, make = baselines.BASELINES["simple_gla"]
+    label, make = gpu_bench.FLA_TRITON["simple_gla"]
 
     def twice_the_gradient(tensors, sizes):
         fn = make(tensors, sizes)
@@ -57,7 +57,7 @@ def test_a_gradient_mismatch_fails_loudly(monkeypatch, capsys):
             out = gpu_bench._first(fn())
             return out.detach() + 2 * (out - out.detach())
         return run
-    monkeypatch.setitem(baselines.BASELINES, "simple_gla", (label, twice_the_gradient))
+    monkeypatch.setitem(gpu_bench.FLA_TRITON, "simple_gla", (label, twice_the_gradient))
     assert gpu_bench.main(["--dry-run", "--specs", "simple_gla"]) == 1
     row = next(line for line in capsys.readouterr().out.splitlines() if "| simple_gla |" in line)
     forward, gradient = (float(cell.split()[0]) for cell in row.split("|")[3:5])
