@@ -70,3 +70,20 @@ def test_outside_the_block_fla_runs_as_installed():
         chunk_simple_gla(q, q, q, -torch.rand(1, 64, 1))
         assert module.__dict__.get("range") is not None
     assert Autotuner.run is run and "range" not in module.__dict__
+
+
+def test_the_traffic_comparison_counts_both_sides():
+    """benchmarks/fla_traffic.py at a tiny call: each runner reads its inputs and writes its
+    output at least once (a ratio under 1 would mean uncounted loads, e.g. a load path the
+    counter misses), and the backward moves bytes on both sides."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
+    spec = importlib.util.spec_from_file_location("fla_traffic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.spec_rows("simple_gla", 16, 64)
+    assert [r["runner"] for r in rows][-1] == "fla chunk_simple_gla"
+    assert {"seqc chunk", "seqc chunk_parallel"} <= {r["runner"] for r in rows}
+    for r in rows:
+        assert r["inference"] >= 0.99 and r["fwd"] >= r["inference"] - 1e-9 and r["bwd"] > 1, r

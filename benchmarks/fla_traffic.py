@@ -1,0 +1,108 @@
+"""Bytes moved by seqc's Triton kernels and by fla's Triton ops for the same call, forward and
+backward, counted under the Triton interpreter (no GPU).
+
+    python benchmarks/fla_traffic.py [--specs simple_gla,gla,...] [--dims 64] [--T 128]
+
+For each stdlib spec fla-core computes with a Triton op (seqc.gpu_bench.FLA_TRITON, the adapters
+scripts/gpu.sh uses; fla's ops run interpreted through seqc/fla_interpreted.py, every autotuned
+kernel on its widest blocks: the fewest bytes it can move) and for each of seqc's chunk-family
+Triton modes of the spec: one call at B=1, T, H=2 and every dim `--dims`, fp32, no initial or
+final state: the call without gradients (inference), the call with them (a training forward,
+which may save more for the backward), then `backward` of the output under a random incoming
+gradient. Every masked load
+and store the interpreter runs is counted (seqc/bench_io.py `counting`); torch operations between
+kernels (fla's or seqc's) are not. Ratios are over the call's compulsory bytes (every input read
+once, the output written once), the same for both: issue 11's target is a backward within 2.5x.
+Bytes scale linearly in B, T and H, so the small call stands for the large one, but for
+value-block redundancy, which depends on the dims (kept).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from seqc.bench_io import compulsory, counting  # noqa: E402
+from seqc.fla_interpreted import interpreted_fla  # noqa: E402
+from seqc.gpu_bench import FLA_TRITON, FP32_REFUSED, _first  # noqa: E402
+from seqc.inputs import random_call  # noqa: E402
+
+CHUNK_MODES = ("chunk", "chunk_parallel", "chunk_delta", "chunk_delta_parallel", "chunk_dplr",
+               "chunk_dplr_parallel")
+
+
+def counted(run, seed=6):
+    """(inference bytes, training forward bytes, backward bytes): `run()` without gradients,
+    `run()` with them, and its output's backward."""
+    def moved(counts):
+        return counts["loaded"] + counts["stored"]
+    with torch.no_grad(), counting() as inference:
+        run()
+    with counting() as forward:
+        out = _first(run())
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    with counting() as backward:
+        (out * grad).sum().backward()
+    return moved(inference), moved(forward), moved(backward)
+
+
+def ratios(moved, total):
+    inference, forward, backward = (m / total for m in moved)
+    return dict(inference=inference, fwd=forward, bwd=backward)
+
+
+def spec_rows(name: str, dims: int, T: int) -> list[dict]:
+    program = seqc.load(name)
+    sizes = dict(B=1, T=T, H=2, **{d.name: dims for d in program.spec.dims})
+    tensors, _ = random_call(program.spec, sizes, dtype=torch.float32, seed=5)
+    output = program.spec.outputs[0].name
+    read, written = compulsory(tensors, {output: torch.empty(
+        program.kernel("reference")(**tensors)[output].shape)}, {})
+    total = read + written
+
+    def leaves():
+        return {n: t.clone().requires_grad_() for n, t in tensors.items()}
+    rows = []
+    modes = [m for m in program.kernel("triton").module.MODES if m in CHUNK_MODES]
+    for mode in modes:
+        kernel, x = program.kernel("triton", mode=mode), leaves()
+        moved = counted(lambda: kernel(**x)[output])
+        rows.append(dict(spec=name, runner=f"seqc {mode}", **ratios(moved, total)))
+    label, make = FLA_TRITON[name]
+    x = leaves()
+    with interpreted_fla():
+        moved = counted(make(x, sizes))
+    rows.append(dict(spec=name, runner=f"fla {label}", **ratios(moved, total)))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", default=",".join(n for n in FLA_TRITON if n not in FP32_REFUSED
+                                                    and n != "hgrn"))
+    parser.add_argument("--dims", type=int, default=64)
+    parser.add_argument("--T", type=int, default=128)
+    args = parser.parse_args(argv)
+    print(f"bytes over the compulsory bytes (B=1, T={args.T}, H=2, dims {args.dims}, fp32, "
+          f"interpreter counts)\n")
+    print("| spec | runner | forward (no grad) | forward (training) | backward | "
+          "training step |")
+    print("|---|---|---|---|---|---|")
+    for name in filter(None, args.specs.split(",")):
+        if name in FP32_REFUSED:
+            print(f"| {name} | fla refuses fp32 inputs: not counted | | | | |")
+            continue
+        for r in spec_rows(name, args.dims, args.T):
+            print(f"| {r['spec']} | {r['runner']} | {r['inference']:.2f}x | {r['fwd']:.2f}x | "
+                  f"{r['bwd']:.2f}x | {r['fwd'] + r['bwd']:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
