@@ -10,8 +10,10 @@ Triton modes of the spec: one call at B=1, T, H=2 and every dim `--dims`, fp32, 
 final state: the call without gradients (inference), the call with them (a training forward,
 which may save more for the backward), then `backward` of the output under a random incoming
 gradient. Every masked load
-and store the interpreter runs is counted (seqc/bench_io.py `counting`); torch operations between
-kernels (fla's or seqc's) are not. Ratios are over the call's compulsory bytes (every input read
+and store the interpreter runs is counted (seqc/bench_io.py `counting`); the torch operations
+between kernels (fla's or seqc's: gate cumsums, casts, the prelude, gradient sums) are counted
+apart, as each operator's tensor inputs and outputs (`TorchBytes`: an upper bound, eager and
+unfused). Ratios are over the call's compulsory bytes (every input read
 once, the output written once), the same for both: issue 11's target is a backward within 2.5x.
 Bytes scale linearly in B, T and H, so the small call stands for the large one, but for
 value-block redundancy, which depends on the dims (kept).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,24 +40,71 @@ CHUNK_MODES = ("chunk", "chunk_parallel", "chunk_delta", "chunk_delta_parallel",
                "chunk_dplr_parallel")
 
 
+class TorchBytes:
+    """Bytes of the torch operations run between kernels (a TorchDispatchMode while entered):
+    every operator's tensor inputs and outputs, but views (no data moves), allocations without
+    a fill (`empty*`) and what runs inside a Triton launch (the interpreter's own copies)."""
+
+    SKIPPED = ("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+               "detach", "alias", "lift_fresh")
+
+    def __init__(self):
+        self.bytes = 0
+
+    @contextmanager
+    def counting(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+        from triton.runtime.interpreter import GridExecutor
+        owner, launch, inside = self, GridExecutor.__call__, [0]
+
+        def launched(executor, *args, **kwargs):
+            inside[0] += 1
+            try:
+                return launch(executor, *args, **kwargs)
+            finally:
+                inside[0] -= 1
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not inside[0] and not func.is_view and \
+                        func.overloadpacket.__name__ not in TorchBytes.SKIPPED:
+                    owner.bytes += sum(t.numel() * t.element_size()
+                                       for t in tree_leaves((args, kwargs, out))
+                                       if isinstance(t, torch.Tensor))
+                return out
+
+        GridExecutor.__call__ = launched
+        try:
+            with Mode():
+                yield self
+        finally:
+            GridExecutor.__call__ = launch
+
+
 def counted(run, seed=6):
-    """(inference bytes, training forward bytes, backward bytes): `run()` without gradients,
-    `run()` with them, and its output's backward."""
-    def moved(counts):
-        return counts["loaded"] + counts["stored"]
-    with torch.no_grad(), counting() as inference:
+    """(inference, training forward, backward) bytes: `run()` without gradients, `run()` with
+    them, and its output's backward; each (Triton kernels' bytes, torch operations' bytes)."""
+    def moved(counts, torch_side):
+        return counts["loaded"] + counts["stored"], torch_side.bytes
+    inference_torch, forward_torch, backward_torch = TorchBytes(), TorchBytes(), TorchBytes()
+    with torch.no_grad(), counting() as inference, inference_torch.counting():
         run()
-    with counting() as forward:
+    with counting() as forward, forward_torch.counting():
         out = _first(run())
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
-    with counting() as backward:
+    with counting() as backward, backward_torch.counting():
         (out * grad).sum().backward()
-    return moved(inference), moved(forward), moved(backward)
+    return (moved(inference, inference_torch), moved(forward, forward_torch),
+            moved(backward, backward_torch))
 
 
 def ratios(moved, total):
-    inference, forward, backward = (m / total for m in moved)
-    return dict(inference=inference, fwd=forward, bwd=backward)
+    (inference, inference_torch), (forward, forward_torch), (backward, backward_torch) = (
+        (kernels / total, torch_side / total) for kernels, torch_side in moved)
+    return dict(inference=inference, fwd=forward, bwd=backward, inference_torch=inference_torch,
+                fwd_torch=forward_torch, bwd_torch=backward_torch)
 
 
 def spec_rows(name: str, dims: int, T: int) -> list[dict]:
@@ -92,15 +142,16 @@ def main(argv=None) -> int:
     print(f"bytes over the compulsory bytes (B=1, T={args.T}, H=2, dims {args.dims}, fp32, "
           f"interpreter counts)\n")
     print("| spec | runner | forward (no grad) | forward (training) | backward | "
-          "training step |")
-    print("|---|---|---|---|---|---|")
+          "training step | torch ops: no grad / training step |")
+    print("|---|---|---|---|---|---|---|")
     for name in filter(None, args.specs.split(",")):
         if name in FP32_REFUSED:
-            print(f"| {name} | fla refuses fp32 inputs: not counted | | | | |")
+            print(f"| {name} | fla refuses fp32 inputs: not counted | | | | | |")
             continue
         for r in spec_rows(name, args.dims, args.T):
             print(f"| {r['spec']} | {r['runner']} | {r['inference']:.2f}x | {r['fwd']:.2f}x | "
-                  f"{r['bwd']:.2f}x | {r['fwd'] + r['bwd']:.2f}x |", flush=True)
+                  f"{r['bwd']:.2f}x | {r['fwd'] + r['bwd']:.2f}x | {r['inference_torch']:.2f}x / "
+                  f"{r['fwd_torch'] + r['bwd_torch']:.2f}x |", flush=True)
     return 0
 
 
