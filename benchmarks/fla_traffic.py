@@ -107,13 +107,13 @@ def ratios(moved, total):
                 fwd_torch=forward_torch, bwd_torch=backward_torch)
 
 
-def spec_rows(name: str, dims: int, T: int) -> list[dict]:
+def spec_rows(name: str, dims: int, T: int, dtype=torch.float32, fla: bool = True) -> list[dict]:
     program = seqc.load(name)
     sizes = dict(B=1, T=T, H=2, **{d.name: dims for d in program.spec.dims})
-    tensors, _ = random_call(program.spec, sizes, dtype=torch.float32, seed=5)
+    tensors, _ = random_call(program.spec, sizes, dtype=dtype, seed=5)
     output = program.spec.outputs[0].name
-    read, written = compulsory(tensors, {output: torch.empty(
-        program.kernel("reference")(**tensors)[output].shape)}, {})
+    shape = program.kernel("reference")(**{n: t.float() for n, t in tensors.items()})[output].shape
+    read, written = compulsory(tensors, {output: torch.empty(shape, dtype=dtype)}, {})
     total = read + written
 
     def leaves():
@@ -124,6 +124,8 @@ def spec_rows(name: str, dims: int, T: int) -> list[dict]:
         kernel, x = program.kernel("triton", mode=mode), leaves()
         moved = counted(lambda: kernel(**x)[output])
         rows.append(dict(spec=name, runner=f"seqc {mode}", **ratios(moved, total)))
+    if not fla:
+        return rows
     label, make = FLA_TRITON[name]
     x = leaves()
     with interpreted_fla():
@@ -138,9 +140,14 @@ def main(argv=None) -> int:
                                                     and n != "hgrn"))
     parser.add_argument("--dims", type=int, default=64)
     parser.add_argument("--T", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="bfloat16: bytes only (the interpreter computes fla's bf16 "
+                             "arithmetic wrongly, which changes no address)")
+    parser.add_argument("--seqc-only", action="store_true")
     args = parser.parse_args(argv)
-    print(f"bytes over the compulsory bytes (B=1, T={args.T}, H=2, dims {args.dims}, fp32, "
-          f"interpreter counts)\n")
+    dtype = getattr(torch, args.dtype)
+    print(f"bytes over the compulsory bytes (B=1, T={args.T}, H=2, dims {args.dims}, "
+          f"{args.dtype}, interpreter counts)\n")
     print("| spec | runner | forward (no grad) | forward (training) | backward | "
           "training step | torch ops: no grad / training step |")
     print("|---|---|---|---|---|---|---|")
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
         if name in FP32_REFUSED:
             print(f"| {name} | fla refuses fp32 inputs: not counted | | | | | |")
             continue
-        for r in spec_rows(name, args.dims, args.T):
+        for r in spec_rows(name, args.dims, args.T, dtype, not args.seqc_only):
             print(f"| {r['spec']} | {r['runner']} | {r['inference']:.2f}x | {r['fwd']:.2f}x | "
                   f"{r['bwd']:.2f}x | {r['fwd'] + r['bwd']:.2f}x | {r['inference_torch']:.2f}x / "
                   f"{r['fwd_torch'] + r['bwd_torch']:.2f}x |", flush=True)
