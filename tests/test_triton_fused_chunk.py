@@ -66,16 +66,18 @@ def test_key_dim_over_64(name, mode):
 @pytest.mark.triton
 @pytest.mark.parametrize("name,V,T,wide,narrow", [("deltanet", 72, 37, 2, 5),
                                                    ("gated_deltanet", 72, 37, 2, 5),
-                                                   ("kda", 40, 20, 1, 3)])
+                                                   ("kda", 40, 20, 1, 3),
+                                                   ("deltaproduct", 72, 20, 2, 5)])
 def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch):
-    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) takes value
-    blocks of up to 64 lanes beside a 128-lane key block, the width of least memory time for the
+    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) or two
+    (deltaproduct) takes value blocks of up to 64 lanes beside a 128-lane key block, the width of least memory time for the
     launch (`_chunk_delta_value_time`: q, k re-read once a value block, over the share of the
     WIDE_VALUE_PROGRAMS = 132 SMs the launch fills): K = 80, V = 72 at B = 1, H = 2 is five
     value blocks of 16 a head (a launch far below the SMs: the most programs), two of 64 when
     WIDE_VALUE_PROGRAMS is lowered to 1 (every launch fills the GPU: the fewest re-reads);
-    kda (slower in the interpreter) V = 40, three against one, T = 20; fp32 "ieee" against
-    the reference."""
+    kda (slower in the interpreter) V = 40, three against one, T = 20; deltaproduct T = 20
+    (its 64-lane blocks run the read-outs before the state pass); fp32 "ieee" against the
+    reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=T, H=2, K=80, V=V)
@@ -90,18 +92,22 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
 def test_value_blocks_beside_a_key_dim_of_128():
     """Value blocks of up to 64 lanes beside a key block of 128 with one delta step a token,
     whatever its roles (kda, and kda with a computed decay `g * a`: the state held value dim
-    first fits both, chunk_delta.md "Layout"); with two delta steps a token (deltaproduct),
-    which spilled 496 B with 64 lanes at K = V = 128 on sm_80, up to 32 (blockwise.md,
-    "Blocks")."""
+    first fits both, chunk_delta.md "Layout"), and with two (deltaproduct: its products with the
+    state one a step, one copy of the 16-bit state, the state pass last, chunk_delta.md "Two
+    delta steps a token"; 496 B spilled on sm_80 with 64 lanes before, when it was kept at 32).
+    At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16) deltaproduct runs two value
+    blocks of 64 a head: 128 programs (256 with 32 lanes before)."""
+    from seqc.gpu_model import launch_grids
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
-    one_step = '64 if blocks["BLOCK_K"] <= 128 else 16'
-    two_steps = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
-    for program, cap in ((seqc.load("kda"), one_step), (seqc.compile(edited), one_step),
-                         (seqc.load("deltaproduct"), two_steps)):
+    cap = '64 if blocks["BLOCK_K"] <= 128 else 16'
+    for program in (seqc.load("kda"), seqc.compile(edited), seqc.load("deltaproduct")):
         code = program.emit("triton")
         assert f'min(blocks["BLOCK_V"], {cap}, ' in code, program.name
         assert "WIDE_VALUE_PROGRAMS = 132" in code, program.name
+    sizes = dict(B=4, T=64, H=16, K=128, V=128)
+    assert launch_grids(seqc.load("deltaproduct"), "chunk_delta", sizes, torch.bfloat16, {}) == {
+        "chunk_delta_kernel": [4 * 16 * 2]}
 
 
 @pytest.mark.triton
