@@ -76,7 +76,7 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
     value blocks of 16 a head (a launch far below the SMs: the most programs), two of 64 when
     WIDE_VALUE_PROGRAMS is lowered to 1 (every launch fills the GPU: the fewest re-reads);
     kda (slower in the interpreter) V = 40, three against one, T = 20; deltaproduct T = 20
-    (its 64-lane blocks run the read-outs before the state pass); fp32 "ieee" against the
+    (its products with the state split by step, the state pass last); fp32 "ieee" against the
     reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
