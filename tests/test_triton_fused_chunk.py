@@ -1,7 +1,7 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 64
 lanes (chunk_dplr: 32, 64 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
-with two delta steps a token, and the block of least memory time for the launch), 16-bit
+with two delta steps a token and a decay, and the block of least memory time for the launch), 16-bit
 operands straight into `tl.dot`.
 
 Under the interpreter (tiny shapes): several value blocks, odd dims, T not a multiple of the
@@ -108,6 +108,45 @@ def test_value_blocks_beside_a_key_dim_of_128():
     sizes = dict(B=4, T=64, H=16, K=128, V=128)
     assert launch_grids(seqc.load("deltaproduct"), "chunk_delta", sizes, torch.bfloat16, {}) == {
         "chunk_delta_kernel": [4 * 16 * 2]}
+
+
+@pytest.mark.triton
+def test_two_delta_steps_with_a_scalar_decay(monkeypatch):
+    """deltaproduct with a scalar gate before a token's two steps (not in the stdlib; fla's gated
+    delta product): its value blocks stay at 32 beside a key block of 128 (64 lanes spilled
+    100 B on sm_90a at K = V = 128), 64 beside one of 64 (blockwise.py `value_cap`); its
+    chunk_delta kernel against the reference with -inf gates inside a chunk and at a chunk's
+    first and last token, in value blocks of 16 (three a head) and of 64 (one): K = 20, V = 40,
+    T = 37, fp32 "ieee"."""
+    from seqc.gpu_model import launch_grids
+    source = (seqc.load("deltaproduct").source
+              .replace("model deltaproduct", "model gated_deltaproduct")
+              .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
+              .replace("state S[K, V] = 0\n", "state S[K, V] = 0\nS = exp(g) * S\n"))
+    program = seqc.compile(source)
+    cap = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
+    assert f'min(blocks["BLOCK_V"], {cap}, ' in program.emit("triton")
+    gen = torch.Generator().manual_seed(7)
+    T, K, V = 37, 20, 40
+    x = {n: torch.nn.functional.normalize(torch.randn(1, T, 2, K, generator=gen), dim=-1)
+         for n in ("q", "k1", "k2")}
+    x.update({n: torch.randn(1, T, 2, V, generator=gen) for n in ("v1", "v2")})
+    x.update({n: torch.rand(1, T, 2, generator=gen) for n in ("beta1", "beta2")})
+    x["g"] = -torch.rand(1, T, 2, generator=gen)
+    for t in (5, 15, 16):
+        x["g"][0, t, 1] = float("-inf")
+    state = {"S": torch.randn(1, 2, K, V, generator=gen) * 0.5}
+    want = program.kernel("reference")(**x, initial_state=state, output_final_state=True)
+    module = program.kernel("triton").module
+    sizes = dict(B=1, T=T, H=2, K=K, V=V)
+    for wide, blocks in ((132, 3), (1, 1)):
+        monkeypatch.setattr(module, "WIDE_VALUE_PROGRAMS", wide)
+        assert launch_grids(program, "chunk_delta", sizes, torch.float32, {}) == {
+            "chunk_delta_kernel": [2 * blocks]}
+        got = program.kernel("triton", mode="chunk_delta", precision="ieee")(
+            **x, initial_state=state, output_final_state=True)
+        close(got.o, want.o, f"o, {blocks} value blocks", RTOL)
+        close(got.final_state["S"], want.final_state["S"], f"S, {blocks} value blocks", RTOL)
 
 
 @pytest.mark.triton
