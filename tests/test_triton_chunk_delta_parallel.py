@@ -119,7 +119,7 @@ def test_default_mode_by_programs_against_sms():
     module = seqc.load("gated_deltanet").kernel("triton").module
     assert module.DEFAULT_MODE == "chunk_delta"
     # chunk_delta's value blocks: the width of least memory time under the cap (64 beside a key
-    # block of 128 with one delta step a token; backends/triton/blockwise.md, "Blocks")
+    # block of 128 with one or two delta steps a token; backends/triton/blockwise.md, "Blocks")
     few = {"B": 1, "T": 4096, "H": 4, "K": 128, "V": 128}
     assert module._chunk_delta_blocks(few, 128)[1] == 8
     assert module._chunk_delta_blocks({**few, "B": 4, "H": 16}, 128)[1] == 2

@@ -1,7 +1,7 @@
 """The single-kernel chunk forms (`chunk`, `chunk_delta`, `chunk_dplr`) shaped for a GPU (backends/triton/
 blockwise.md, "Blocks" and "Dtypes"): chunks of at most 16 steps, value blocks of at most 64
 lanes (chunk_dplr: 32, 64 beside a key dim over 64; chunk_delta: 32 beside a key dim of 128
-with two delta steps a token, and the block of least memory time for the launch), 16-bit
+with two delta steps a token and a decay, and the block of least memory time for the launch), 16-bit
 operands straight into `tl.dot`.
 
 Under the interpreter (tiny shapes): several value blocks, odd dims, T not a multiple of the
@@ -66,16 +66,18 @@ def test_key_dim_over_64(name, mode):
 @pytest.mark.triton
 @pytest.mark.parametrize("name,V,T,wide,narrow", [("deltanet", 72, 37, 2, 5),
                                                    ("gated_deltanet", 72, 37, 2, 5),
-                                                   ("kda", 40, 20, 1, 3)])
+                                                   ("kda", 40, 20, 1, 3),
+                                                   ("deltaproduct", 72, 20, 2, 5)])
 def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch):
-    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) takes value
-    blocks of up to 64 lanes beside a 128-lane key block, the width of least memory time for the
+    """chunk_delta with one delta step a token (any decay: kda's key-wise one too) or two
+    (deltaproduct) takes value blocks of up to 64 lanes beside a 128-lane key block, the width of least memory time for the
     launch (`_chunk_delta_value_time`: q, k re-read once a value block, over the share of the
     WIDE_VALUE_PROGRAMS = 132 SMs the launch fills): K = 80, V = 72 at B = 1, H = 2 is five
     value blocks of 16 a head (a launch far below the SMs: the most programs), two of 64 when
     WIDE_VALUE_PROGRAMS is lowered to 1 (every launch fills the GPU: the fewest re-reads);
-    kda (slower in the interpreter) V = 40, three against one, T = 20; fp32 "ieee" against
-    the reference."""
+    kda (slower in the interpreter) V = 40, three against one, T = 20; deltaproduct T = 20
+    (its products with the state split by step, the state pass last); fp32 "ieee" against the
+    reference."""
     from seqc.gpu_model import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=T, H=2, K=80, V=V)
@@ -90,18 +92,61 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
 def test_value_blocks_beside_a_key_dim_of_128():
     """Value blocks of up to 64 lanes beside a key block of 128 with one delta step a token,
     whatever its roles (kda, and kda with a computed decay `g * a`: the state held value dim
-    first fits both, chunk_delta.md "Layout"); with two delta steps a token (deltaproduct),
-    which spilled 496 B with 64 lanes at K = V = 128 on sm_80, up to 32 (blockwise.md,
-    "Blocks")."""
+    first fits both, chunk_delta.md "Layout"), and with two (deltaproduct: its products with the
+    state one a step, one copy of the 16-bit state, the state pass last, chunk_delta.md "Two
+    delta steps a token"; 496 B spilled on sm_80 with 64 lanes before, when it was kept at 32).
+    At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16) deltaproduct runs two value
+    blocks of 64 a head: 128 programs (256 with 32 lanes before)."""
+    from seqc.gpu_model import launch_grids
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
-    one_step = '64 if blocks["BLOCK_K"] <= 128 else 16'
-    two_steps = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
-    for program, cap in ((seqc.load("kda"), one_step), (seqc.compile(edited), one_step),
-                         (seqc.load("deltaproduct"), two_steps)):
+    cap = '64 if blocks["BLOCK_K"] <= 128 else 16'
+    for program in (seqc.load("kda"), seqc.compile(edited), seqc.load("deltaproduct")):
         code = program.emit("triton")
         assert f'min(blocks["BLOCK_V"], {cap}, ' in code, program.name
         assert "WIDE_VALUE_PROGRAMS = 132" in code, program.name
+    sizes = dict(B=4, T=64, H=16, K=128, V=128)
+    assert launch_grids(seqc.load("deltaproduct"), "chunk_delta", sizes, torch.bfloat16, {}) == {
+        "chunk_delta_kernel": [4 * 16 * 2]}
+
+
+@pytest.mark.triton
+def test_two_delta_steps_with_a_scalar_decay(monkeypatch):
+    """deltaproduct with a scalar gate before a token's two steps (not in the stdlib; fla's gated
+    delta product): its value blocks stay at 32 beside a key block of 128 (64 lanes spilled
+    100 B on sm_90a at K = V = 128), 64 beside one of 64 (blockwise.py `value_cap`); its
+    chunk_delta kernel against the reference with -inf gates inside a chunk and at a chunk's
+    first and last token, in value blocks of 16 (three a head) and of 64 (one): K = 20, V = 40,
+    T = 37, fp32 "ieee"."""
+    from seqc.gpu_model import launch_grids
+    source = (seqc.load("deltaproduct").source
+              .replace("model deltaproduct", "model gated_deltaproduct")
+              .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
+              .replace("state S[K, V] = 0\n", "state S[K, V] = 0\nS = exp(g) * S\n"))
+    program = seqc.compile(source)
+    cap = '64 if blocks["BLOCK_K"] <= 64 else 32 if blocks["BLOCK_K"] <= 128 else 16'
+    assert f'min(blocks["BLOCK_V"], {cap}, ' in program.emit("triton")
+    gen = torch.Generator().manual_seed(7)
+    T, K, V = 37, 20, 40
+    x = {n: torch.nn.functional.normalize(torch.randn(1, T, 2, K, generator=gen), dim=-1)
+         for n in ("q", "k1", "k2")}
+    x.update({n: torch.randn(1, T, 2, V, generator=gen) for n in ("v1", "v2")})
+    x.update({n: torch.rand(1, T, 2, generator=gen) for n in ("beta1", "beta2")})
+    x["g"] = -torch.rand(1, T, 2, generator=gen)
+    for t in (5, 15, 16):
+        x["g"][0, t, 1] = float("-inf")
+    state = {"S": torch.randn(1, 2, K, V, generator=gen) * 0.5}
+    want = program.kernel("reference")(**x, initial_state=state, output_final_state=True)
+    module = program.kernel("triton").module
+    sizes = dict(B=1, T=T, H=2, K=K, V=V)
+    for wide, blocks in ((132, 3), (1, 1)):
+        monkeypatch.setattr(module, "WIDE_VALUE_PROGRAMS", wide)
+        assert launch_grids(program, "chunk_delta", sizes, torch.float32, {}) == {
+            "chunk_delta_kernel": [2 * blocks]}
+        got = program.kernel("triton", mode="chunk_delta", precision="ieee")(
+            **x, initial_state=state, output_final_state=True)
+        close(got.o, want.o, f"o, {blocks} value blocks", RTOL)
+        close(got.final_state["S"], want.final_state["S"], f"S, {blocks} value blocks", RTOL)
 
 
 @pytest.mark.triton

@@ -184,9 +184,9 @@ class BlockKernel:
         """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
         chunk_dplr 32, 64 when a key dim's block is wider than 64 (its value side is formed
         transposed, `[BLOCK_V, C]` blocks: chunk_dplr.md); in chunk_delta 64 beside a
-        key block of at most 128 with one delta step a token in every group, else 64 beside one
-        of at most 64 and 32 beside one of 128; 16 beside a wider one (the program holds the key
-        dim whole: blockwise.md, "Blocks")."""
+        key block of at most 128 (with one or two delta steps a token: chunk_delta.md, "Two
+        delta steps a token"; two with a decay: 32 beside one of 128), 16 beside a wider one
+        (the program holds the key dim whole: blockwise.md, "Blocks")."""
         if self.mode not in ("chunk_delta", "chunk_dplr"):
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
@@ -194,14 +194,16 @@ class BlockKernel:
             return " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
         if self.mode == "chunk_dplr":       # its value side transposed (chunk_dplr.md)
             return f"32 if {fits(64)} else 64"
-        if self.one_delta_step():
-            return f"64 if {fits(128)} else 16"
-        return f"64 if {fits(64)} else 32 if {fits(128)} else 16"
+        if self.decayed_delta_steps():
+            return f"64 if {fits(64)} else 32 if {fits(128)} else 16"
+        return f"64 if {fits(128)} else 16"
 
-    def one_delta_step(self) -> bool:
-        """Every chunk_delta group has one delta step a token (deltaproduct's two spill with
-        value blocks of 64 at K = 128: blockwise.md, "Blocks")."""
-        return all(len(g.steps) == 1 for g in self.plan.groups if g.kind == "chunk_delta")
+    def decayed_delta_steps(self) -> bool:
+        """A chunk_delta group with several delta steps a token and a decay (deltaproduct with a
+        gate, not in the stdlib): at K = V = 128 with 64 lanes it spilled 100 B on sm_90a, with
+        32 0 (chunk_delta.md, "Two delta steps a token")."""
+        return any(len(g.steps) > 1 and g.log_decay is not None
+                   for g in self.plan.groups if g.kind == "chunk_delta")
 
     def value_traffic(self) -> dict | None:
         """chunk_delta's choice of value block (blockwise.md, "Blocks"): code of the lanes a
