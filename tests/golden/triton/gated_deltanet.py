@@ -2158,6 +2158,68 @@ def _cdp_bwd_dqw_kernel(
         if DECAY > 0:
             hdh += tl.sum(h * dh, axis=1)
     tl.store(ptr_dW + offs_tk, dW, mask=mask_tk)
+    _cdp_dqw_finish(dq, dw, dP, hdh, ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db, base, mask_t,
+                    o_t, o_k, mask_k, i_k * (tl.num_programs(2) * T), n, T, K, BLOCK_T, SUB_T,
+                    DECAY, ACC, DOT, PRECISION)
+
+
+@triton.jit
+def _cdp_bwd_dqw_chunk_kernel(
+    ptr_q, ptr_w, ptr_g, ptr_tm, ptr_h, ptr_dh, ptr_do, ptr_vn, ptr_dvn, ptr_dq, ptr_dw, ptr_dk,
+    ptr_dv, ptr_db, T, H, NT, K, V,
+    BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """_cdp_bwd_dqw_kernel's products with all of V in one block (BLOCK_V >= V), one program
+    per (chunk, batch x head) over key blocks: do, vn and dvn read once a chunk (not once per
+    key block), dP = do vn^T formed once; and in place of dW, the WY backward's first half:
+    dv = Tm^T dvn (stored) and d(2^G0 k) = Tm^T dW = -dv h^T, stored into dk as 2^G0 d(2^G0 k)
+    (chunk_delta_parallel_core_keys.md), so that the WY backward reads neither Tm nor dW."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_v = tl.arange(0, BLOCK_V)
+    mask_v = o_v < V
+    do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
+    vn = _cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)
+    dP = tl.dot(do, tl.trans(vn), input_precision=PRECISION)
+    dv = tl.dot(tl.trans(tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :],
+                                 mask=mask_t[:, None], other=0.0)),
+                _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V), input_precision=PRECISION)
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+             mask=mask_t[:, None] & mask_v[None, :])
+    tl.debug_barrier()      # dv read back in a load's layout (other threads stored it)
+    dv = (-_cp_load(ptr_dv, base, mask_t, o_v, mask_v, V)).to(DOT)     # negated before
+    # rounding (the interpreter negates a 16-bit block wrongly)
+    for i_k in range(0, tl.cdiv(K, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = o_k < K
+        offs = (i_bh * NT + n) * K * V + o_k[:, None] * V + o_v[None, :]
+        mask_kv = mask_k[:, None] & mask_v[None, :]
+        h = tl.load(ptr_h + offs, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + offs, mask=mask_kv, other=0.0)
+        tl.store(ptr_dk + base[:, None] * K + o_k[None, :],
+                 tl.dot(dv, tl.trans(h.to(DOT)), input_precision=PRECISION),
+                 mask=mask_t[:, None] & mask_k[None, :])
+        _cdp_dqw_finish(tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION),
+                        tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION), dP,
+                        tl.sum(h * dh, axis=1),
+                        ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db, base, mask_t, o_t, o_k,
+                        mask_k, i_k * (tl.num_programs(1) * T), n, T, K, BLOCK_T, SUB_T, DECAY,
+                        ACC, DOT, PRECISION)
+
+
+@triton.jit
+def _cdp_dqw_finish(dq, dw, dP, hdh, ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db, base, mask_t,
+                    o_t, o_k, mask_k, share, n, T, K, BLOCK_T: tl.constexpr,
+                    SUB_T: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr,
+                    DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """The dq/dw kernels' key block from dq = do h^T, dw = vn dh^T, dP = do vn^T and
+    hdh = sum_v h dh: the factors, the score gradients, dq and dw stored, and the gates' share
+    q dq - w dw (+ the leaving state's on the last row; a scalar gate's summed over the block's
+    lanes, stored at offset `share`)."""
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    offs_tk = base[:, None] * K + o_k[None, :]
     q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
     w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
     start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t, DECAY,
@@ -2179,8 +2241,8 @@ def _cdp_bwd_dqw_kernel(
         if DECAY == 2:
             tl.store(ptr_db + offs_tk, db, mask=mask_tk)
         else:
-            tl.store(ptr_db + i_k * (tl.num_programs(2) * T) + base,
-                     tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1), mask=mask_t)
+            tl.store(ptr_db + share + base, tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1),
+                     mask=mask_t)
 
 
 @triton.jit
@@ -2188,30 +2250,37 @@ def _cdp_bwd_wy_kernel(
     ptr_k, ptr_w, ptr_vn, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
     ptr_dg, T, H, K, V, DB_SHARES,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, PARKED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """The WY backward (adjoint e), one program per (chunk, batch x head): from U = Tm v,
     W = Tm (2^G0 k): dv = Tm^T dvn, d(2^G0 k) = Tm^T dW; through Tm = (I + L)^-1:
     dL = -Tm^T dTm Tm^T = -dv vn^T (strictly lower; chunk_delta_parallel_core_keys.md: no dTm
     formed), back to k and w; the gates' share, added to the dq/dw kernel's, and dg by its
-    reverse cumsum inside the chunk."""
+    reverse cumsum inside the chunk. PARKED: the dq/dw chunk kernel stored dv and
+    d(2^G0 k) = -dv h^T (in dk) already; dv is read for dL (no Tm, dvn or dW)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
-    Tm = tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], mask=mask_t[:, None],
-                 other=0.0)
-    TmT = tl.trans(Tm)
+    if not PARKED:
+        Tm = tl.load(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], mask=mask_t[:, None],
+                     other=0.0)
+        TmT = tl.trans(Tm)
     dL = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # -dv vn^T (the keys kernel's identity)
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask_v = o_v < V
-        dv = tl.dot(TmT, _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V),
-                    input_precision=PRECISION)
-        tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
-                 mask=mask_t[:, None] & mask_v[None, :])
+        if PARKED:
+            dv = _cp_load(ptr_dv, base, mask_t, o_v, mask_v, V)
+        else:
+            dv = tl.dot(TmT, _cp_load(ptr_dvn, base, mask_t, o_v, mask_v, V),
+                        input_precision=PRECISION)
+            tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+                     mask=mask_t[:, None] & mask_v[None, :])
         dL -= tl.dot(dv.to(DOT), tl.trans(_cp_load(ptr_vn, base, mask_t, o_v, mask_v, V)),
                      input_precision=PRECISION)
-    if DECAY == 2:      # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not held below
+    if DECAY == 2 and not PARKED:   # k's gradient through W, 2^G0 Tm^T dW, now: Tm is not
+        # held below
         for i_k in range(0, tl.cdiv(K, BLOCK_K)):
             o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
             mask_k = o_k < K
@@ -2241,14 +2310,20 @@ def _cdp_bwd_wy_kernel(
             # registers; sm_80 spilled 64 B with the copies)
             dk_L, dw_L = _cp_keywise_score_grads(zeros, zeros, dL, k, w, G, R, o_t, BLOCK_T,
                                                  SUB_T, DOT, PRECISION)
-            dk = tl.load(ptr_dk + offs_tk, mask=mask_tk, other=0.0) + dk_L
+            dk = tl.load(ptr_dk + offs_tk, mask=mask_tk, other=0.0)
+            if PARKED:      # d(2^G0 k) parked, 2^G0 d(2^G0 k) in place of the first key loop's
+                dk = tl.exp2(G0) * dk
+            dk += dk_L
         else:
-            dW = _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K)
             start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                       DECAY, BLOCK_T, K, ACC)
             dk_L, dw_L = _cdp_score_grads(zeros, zeros, dL, k, w, G, R, ptr_g, base, mask_t,
                                           o_t, K, BLOCK_T, SUB_T, DECAY, ACC, DOT, PRECISION)
-            dk = start * tl.dot(TmT, dW, input_precision=PRECISION) + dk_L
+            if PARKED:
+                dk = start * tl.load(ptr_dk + offs_tk, mask=mask_tk, other=0.0) + dk_L
+            else:
+                dk = start * tl.dot(TmT, _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K),
+                                    input_precision=PRECISION) + dk_L
         tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
         dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0)
         tl.store(ptr_dw + offs_tk, dw + dw_L, mask=mask_tk)
@@ -2384,6 +2459,9 @@ def _cdp_blocks(K, V, decay, chunk_size):
     state_k = max(16, _pow2(K))
     keywise = decay == 2
     narrow = state_k <= 64
+    # the dq/dw kernel holds all of V up to 64 lanes (do, vn, dvn read once a chunk: one
+    # program a chunk over key blocks), else value blocks of 32 in a program per key block
+    narrow_v = _pow2(V) <= 64
     # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
     # lanes; it runs 64 value lanes on 1 stage (all of V up to 64: the [C, K] operands read
     # once a chunk) but beside a scalar gate, whose factors cost registers: 32 lanes there (1
@@ -2395,7 +2473,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
-                dqw_v=min(block_v, 32), wy_k=16 if keywise else min(block_k, 32),
+                dqw_v=block_v if narrow_v else 32, wy_k=16 if keywise else min(block_k, 32),
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
@@ -2507,17 +2585,26 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 b["state_k"], b["keys_v"], decay, acc, tl_dot, precision, num_warps=8,
                 num_stages=1)
         else:
-            dW = torch.empty_like(W)
             db = None if g is None else torch.empty(
                 ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=device)
-            _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
-                q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
-                T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay, acc,
-                tl_dot, precision, num_warps=8)
+            parked = b["dqw_v"] >= V    # all of V in one block: the chunk kernel, which
+            # stores dv and dk's share through W itself (no dW)
+            if parked:
+                dW = dk
+                _cdp_bwd_dqw_chunk_kernel[(NT, B * H)](
+                    q, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dw, dk, dv,
+                    dq if db is None else db, T, H, NT, K, V, b["block_t"], b["sub_t"],
+                    b["dqw_k"], b["dqw_v"], decay, acc, tl_dot, precision, num_warps=8)
+            else:
+                dW = torch.empty_like(W)
+                _cdp_bwd_dqw_kernel[(NK, NT, B * H)](
+                    q, w, g_ptr, h, dh, do, vn, dvn, dq, dw, dW, dq if db is None else db,
+                    T, H, NT, K, V, b["block_t"], b["sub_t"], b["dqw_k"], b["dqw_v"], decay,
+                    acc, tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
                 dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
-                b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
+                b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
 
 
