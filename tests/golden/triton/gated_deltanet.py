@@ -2437,7 +2437,9 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q = _cdp_rows_of_steps(q.to(dot), steps)
         k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
-        g = None if g is None else g.contiguous()
+        # a scalar gate in fp32 (1/K of k's bytes: the kernels' registers as before), a
+        # key-wise one as it comes
+        g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
         s0 = s0.to(compute).contiguous()
         B, T, H, K = k.shape
         V = v.shape[-1]
@@ -2505,10 +2507,12 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
-        # dq and dv stored once, in their inputs' dtype; dk, dw and dg are read back (fp32)
-        dq = torch.empty((B, T, H, K), dtype=given[0], device=device)
+        # dq and dv stored once, in their inputs' dtype, but by the fused keys kernel (whose
+        # 16-bit stores spilled 24 B on sm_80); dk, dw and dg are read back (fp32)
+        fused = b["fuse_keys"]
+        dq = torch.empty((B, T, H, K), dtype=compute if fused else given[0], device=device)
         dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(2))
-        dv = torch.empty((B, T, H, V), dtype=given[3], device=device)
+        dv = torch.empty((B, T, H, V), dtype=compute if fused else given[3], device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
@@ -2534,7 +2538,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
                 dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
                 b["block_v"], decay, acc, tl_dot, precision, num_warps=8)
-        dk, dw = dk.to(given[1]), dw.to(given[2])
+        dq, dk, dw, dv = (x.to(given[i]) for x, i in zip((dq, dk, dw, dv), range(4)))
         dg = None if dg is None else dg.to(given[4])
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
 

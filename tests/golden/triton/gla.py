@@ -1857,7 +1857,9 @@ class _ChunkParallelCore(torch.autograd.Function):
         given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype)
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q, k, v = (x.to(dot).contiguous() for x in (q, k, v))
-        g = None if g is None else g.contiguous()
+        # a scalar gate in fp32 (1/K of q's bytes; read as bf16 the state pass spilled 40 B
+        # on sm_80), a key-wise one as it comes
+        g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
         s0 = s0.to(compute).contiguous()
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -1898,10 +1900,12 @@ class _ChunkParallelCore(torch.autograd.Function):
         # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself
         dh = h.new_empty((B, H, NT - 1, K, V)) if after else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
-        # each gradient in its input's dtype, stored so by the kernels (a store casts)
-        dq = torch.empty((B, T, H, K), dtype=given[0], device=q.device)
-        dk = torch.empty((B, T, H, K), dtype=given[1], device=q.device)
-        dv = torch.empty((B, T, H, V), dtype=given[2], device=q.device)
+        # each gradient in its input's dtype, stored so by the kernels (a store casts); but
+        # the wide kernel's in fp32, cast after (its 16-bit stores spilled 24 B on sm_90a)
+        stored = [compute if fused_wide else dtype for dtype in given[:3]]
+        dq = torch.empty((B, T, H, K), dtype=stored[0], device=q.device)
+        dk = torch.empty((B, T, H, K), dtype=stored[1], device=q.device)
+        dv = torch.empty((B, T, H, V), dtype=stored[2], device=q.device)
         dg = None if g is None else torch.empty(    # the scalar gate's partial sums in fp32
             ((NK,) if decay == 1 else ()) + tuple(g.shape),
             dtype=compute if decay == 1 else given[3], device=q.device)
@@ -1939,6 +1943,7 @@ class _ChunkParallelCore(torch.autograd.Function):
                 precision, num_warps=8)
         if decay == 1:
             dg = dg.sum(0).to(given[3])
+        dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
         return dq, dk, dv, dg, ds0, None, None, None
 
 
