@@ -142,11 +142,14 @@ def torch_module(program):
 def core_options(triton_module, options: dict) -> dict:
     """Options of the torch module's `run` that put the Triton module's recurrence cores with
     adjoint kernels (`CORES`: chunk_core.md, scan_core.md, chunk_delta_core.md) in place of its families,
-    at the Triton chunk size."""
+    at the Triton chunk size; `call_dtype`: the inputs that reach a chunk-family core unchanged
+    are handed to it in the call's dtype (a 16-bit call's not copied to fp32: the cores' kernels
+    load them as they are, compute in fp32 and store their gradients in that dtype;
+    backends/torch/module.md, "Call-dtype inputs")."""
     cores = getattr(triton_module, "CORES", {})
     if not cores:
         return {}
-    return {**cores, "chunk_size": options.get("chunk_size", 64)}
+    return {**cores, "chunk_size": options.get("chunk_size", 64), "call_dtype": True}
 
 
 def training_cores(triton_module, options: dict, dims: dict | None = None,

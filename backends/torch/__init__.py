@@ -8,6 +8,8 @@ to the family functions time-second, `[B, H, T, ...]`.
 """
 from __future__ import annotations
 
+import ast
+
 from seqc import ir
 from seqc.plan import MATRIX_KINDS
 from seqc.backends.torch_render import (PRELUDE, FactoringTorchRenderer, TorchRenderer,
@@ -54,7 +56,67 @@ def emit_plan(plan) -> str:
     return render("torch", "module.py.j2", spec=spec, helpers=PRELUDE + render("torch", "helpers.py.j2"),
                   families=[render("torch", f) for f in families], prelude=prelude, body=body,
                   outputs=outputs, inits={s.name: _init(s) for s in spec.states},
-                  scanned_size=_scanned_size(plan, sequential))
+                  scanned_size=_scanned_size(plan, sequential),
+                  core_inputs={} if sequential else core_inputs(prelude + body,
+                                                                 [c for _, c in outputs]))
+
+
+# the kinds of core whose arguments a call-dtype input may be (run(..., call_dtype=True))
+CALL_DTYPE_KINDS = ("chunk", "chunk_delta", "chunk_dplr")
+
+
+def core_inputs(lines: list[str], outputs: list[str]) -> dict[str, str]:
+    """The inputs the emitted code uses once, as a whole argument of a chunk-family core call
+    (`cores['chunk'](...)`, ..., `CALL_DTYPE_KINDS`): `in_x`, or a constant times it, or that
+    `.expand(...)`ed, alone or as the element of a list argument; name -> the core's kind. Such an input reaches the core
+    unchanged, so under `run(..., call_dtype=True)` it is handed over in the call's dtype,
+    uncast (module.md, "Call-dtype inputs"); any other use (the prelude, a let, an output, a
+    second argument) keeps it in the compute dtype."""
+    uses: dict[str, list] = {}
+    for code in lines + outputs:
+        try:
+            tree = ast.parse(code.strip())
+        except SyntaxError:
+            return {}
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id.startswith("in_"):
+                uses.setdefault(node.id[3:], []).append(_core_kind(node, parents))
+    return {name: kinds[0] for name, kinds in uses.items() if len(kinds) == 1 and kinds[0]}
+
+
+def _core_kind(name: ast.Name, parents: dict) -> str | None:
+    """The kind of the core call `name` is a whole argument of, or scaled by a constant
+    (`dims["scale"] * in_q`: module.md, "Call-dtype inputs"), else None."""
+    node = name
+    parent = parents.get(node)
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Mult) and \
+            _scalar(parent.right if parent.left is node else parent.left):
+        node, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.Attribute) and parent.attr == "expand":
+        call = parents.get(parent)
+        if not (isinstance(call, ast.Call) and call.func is parent):
+            return None
+        node, parent = call, parents.get(call)
+    if isinstance(parent, ast.List):
+        node, parent = parent, parents.get(parent)
+    if not (isinstance(parent, ast.Call) and node in parent.args):
+        return None
+    func = parent.func
+    if (isinstance(func, ast.Subscript) and isinstance(func.value, ast.Name)
+            and func.value.id == "cores" and isinstance(func.slice, ast.Constant)
+            and func.slice.value in CALL_DTYPE_KINDS):
+        return func.slice.value
+    return None
+
+
+def _scalar(node) -> bool:
+    """A number, or a const of the call (`dims["scale"]`)."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return (isinstance(node, ast.Constant) and isinstance(node.value, (int, float))) or (
+        isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+        and node.value.id == "dims")
 
 
 def _scanned_size(plan, sequential: bool) -> str:

@@ -1295,6 +1295,17 @@ def train(inputs, params, dims, initial_state=None, output_final_state=False, se
 # ---- helpers of the recurrence cores with adjoint kernels (chunk_core.md, chunk_delta_core.md) ----
 
 
+def _widened(state, *tensors):
+    """`tensors` (None kept) in `state`'s dtype where they are 16-bit and it is not: a core
+    whose kernels take q, k, v in one dtype, given a 16-bit call's inputs as they are (the
+    torch module's `run(..., call_dtype=True)`, seqc/autograd.py), upcasts them here."""
+    narrow = (torch.bfloat16, torch.float16)
+    if state.dtype in narrow:
+        return tensors
+    return tuple(x.to(state.dtype) if x is not None and x.dtype in narrow else x
+                 for x in tensors)
+
+
 @triton.jit
 def _core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t, DECAY: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
@@ -1605,6 +1616,8 @@ def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_
     decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
     does (docs/backends.md)."""
     (q,) = queries
+    keys, write_keys, values = ([*_widened(state, *xs)] for xs in (keys, write_keys, values))
+    q, log_decay = _widened(state, q, log_decay)
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size, 1)
@@ -2497,11 +2510,14 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision):
-        compute = q.dtype
+        compute = s0.dtype      # the state's: q, k, w, v, g may come in the call's 16-bit dtype
+        given = tuple(None if x is None else x.dtype for x in (q, k, w, v, g))
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q = _cdp_rows_of_steps(q.to(dot), steps)
         k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
-        g = None if g is None else g.contiguous()
+        # a scalar gate in fp32 (1/K of k's bytes: the kernels' registers as before), a
+        # key-wise one as it comes
+        g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
         s0 = s0.to(compute).contiguous()
         B, T, H, K = k.shape
         V = v.shape[-1]
@@ -2534,14 +2550,14 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole)     # not v: dL = -dv vn^T
-        ctx.settings = (chunk_size, steps, decay, compute, precision)
+        ctx.settings = (chunk_size, steps, decay, compute, precision, given)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, w, g, h, tm, W, vn, we, whole = ctx.saved_tensors
-        chunk_size, steps, decay, compute, precision = ctx.settings
+        chunk_size, steps, decay, compute, precision, given = ctx.settings
         B, T, H, K = k.shape
         V = vn.shape[-1]
         b = _cdp_blocks(K, V, decay, chunk_size)
@@ -2569,8 +2585,15 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
-        dq, dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(3))
-        dv = torch.empty((B, T, H, V), dtype=compute, device=device)
+        # dq and dv stored once, in their inputs' dtype, but by the fused keys kernel (whose
+        # 16-bit stores spilled 24 B on sm_80); dk, dw and dg are read back (fp32)
+        fused = b["fuse_keys"]
+        parked = not fused and b["dqw_v"] >= V     # all of V in one block: the chunk kernel,
+        # which stores dv and dk's share through W itself (no dW); the WY kernel reads dv back
+        dq = torch.empty((B, T, H, K), dtype=compute if fused else given[0], device=device)
+        dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(2))
+        dv = torch.empty((B, T, H, V), dtype=compute if fused or parked else given[3],
+                         device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
@@ -2587,8 +2610,6 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         else:
             db = None if g is None else torch.empty(
                 ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=device)
-            parked = b["dqw_v"] >= V    # all of V in one block: the chunk kernel, which
-            # stores dv and dk's share through W itself (no dW)
             if parked:
                 dW = dk
                 _cdp_bwd_dqw_chunk_kernel[(NT, B * H)](
@@ -2605,6 +2626,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
                 dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
                 b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
+        dq, dk, dw, dv = (x.to(given[i]) for x, i in zip((dq, dk, dw, dv), range(4)))
+        dg = None if dg is None else dg.to(given[4])
         return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
 
 
@@ -2621,7 +2644,7 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
     else:
         k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
-    o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size,
+    o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, chunk_size,
                                              steps, dot_dtype, precision)
     return [o.transpose(1, 2)], final
 

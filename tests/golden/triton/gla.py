@@ -946,6 +946,17 @@ def train(inputs, params, dims, initial_state=None, output_final_state=False, se
 # ---- helpers of the recurrence cores with adjoint kernels (chunk_core.md, chunk_delta_core.md) ----
 
 
+def _widened(state, *tensors):
+    """`tensors` (None kept) in `state`'s dtype where they are 16-bit and it is not: a core
+    whose kernels take q, k, v in one dtype, given a 16-bit call's inputs as they are (the
+    torch module's `run(..., call_dtype=True)`, seqc/autograd.py), upcasts them here."""
+    narrow = (torch.bfloat16, torch.float16)
+    if state.dtype in narrow:
+        return tensors
+    return tuple(x.to(state.dtype) if x is not None and x.dtype in narrow else x
+                 for x in tensors)
+
+
 @triton.jit
 def _core_gates(ptr_g, offs_tk, offs_t, mask_tk, mask_t, o_t, DECAY: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
@@ -1224,6 +1235,7 @@ def chunk_core(queries, keys, values, log_decay, state, chunk_size):
     state) on these kernels: one query and one write a step. `run(..., chunk_core=)` of the
     torch module takes it; seqc's Triton backward does (docs/backends.md)."""
     (q,), (k,), (v,) = queries, keys, values
+    q, k, v, log_decay = _widened(state, q, k, v, log_decay)
     o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
     return [o.transpose(1, 2)], final
 
@@ -1841,10 +1853,13 @@ class _ChunkParallelCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision):
-        compute = q.dtype
+        compute = s0.dtype      # the state's: q, k, v, g may come in the call's 16-bit dtype
+        given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype)
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q, k, v = (x.to(dot).contiguous() for x in (q, k, v))
-        g = None if g is None else g.contiguous()
+        # a scalar gate in fp32 (1/K of q's bytes; read as bf16 the state pass spilled 40 B
+        # on sm_80), a key-wise one as it comes
+        g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
         s0 = s0.to(compute).contiguous()
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -1864,14 +1879,14 @@ class _ChunkParallelCore(torch.autograd.Function):
             q, k, v, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
             b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         ctx.save_for_backward(q, k, v, g, h)
-        ctx.settings = (chunk_size, decay, compute, precision)
+        ctx.settings = (chunk_size, decay, compute, precision, given)
         return o, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, v, g, h = ctx.saved_tensors
-        chunk_size, decay, compute, precision = ctx.settings
+        chunk_size, decay, compute, precision, given = ctx.settings
         B, T, H, K = q.shape
         V = v.shape[-1]
         b = _cp_blocks(K, V, decay, chunk_size)
@@ -1885,10 +1900,15 @@ class _ChunkParallelCore(torch.autograd.Function):
         # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself
         dh = h.new_empty((B, H, NT - 1, K, V)) if after else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
-        dq = torch.empty((B, T, H, K), dtype=compute, device=q.device)
-        dk, dv = torch.empty_like(dq), torch.empty((B, T, H, V), dtype=compute, device=q.device)
-        dg = None if g is None else torch.empty(
-            ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=q.device)
+        # each gradient in its input's dtype, stored so by the kernels (a store casts); but
+        # the wide kernel's in fp32, cast after (its 16-bit stores spilled 24 B on sm_90a)
+        stored = [compute if fused_wide else dtype for dtype in given[:3]]
+        dq = torch.empty((B, T, H, K), dtype=stored[0], device=q.device)
+        dk = torch.empty((B, T, H, K), dtype=stored[1], device=q.device)
+        dv = torch.empty((B, T, H, V), dtype=stored[2], device=q.device)
+        dg = None if g is None else torch.empty(    # the scalar gate's partial sums in fp32
+            ((NK,) if decay == 1 else ()) + tuple(g.shape),
+            dtype=compute if decay == 1 else given[3], device=q.device)
         g_ptr = q if g is None else g
         dfinal = None if dfinal is None else dfinal.contiguous()
         final_ptr = ds0 if dfinal is None else dfinal
@@ -1922,7 +1942,8 @@ class _ChunkParallelCore(torch.autograd.Function):
                 b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot,
                 precision, num_warps=8)
         if decay == 1:
-            dg = dg.sum(0)
+            dg = dg.sum(0).to(given[3])
+        dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
         return dq, dk, dv, dg, ds0, None, None, None
 
 

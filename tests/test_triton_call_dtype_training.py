@@ -1,0 +1,130 @@
+"""A 16-bit training call on the Triton cores (seqc/autograd.py, `run(..., call_dtype=True)`;
+backends/torch/module.md, "Call-dtype inputs"): the inputs that reach a chunk-family core
+unchanged (no prelude operation but a constant factor, simple_gla's `scale * q`) are handed to
+it in the call's dtype, not copied to fp32 by the torch side; the cores load them as they are,
+compute in fp32 and return their gradients in that dtype. Inputs with another prelude operation
+(gated_deltanet's normalised keys) stay fp32.
+
+Under the interpreter, tiny shapes: which inputs the emitter passes through, the dtypes the core
+receives, gradients of a bf16 call against an fp32 call on the same (bf16) values, and the bytes
+of the torch operations of a bf16 training step (benchmarks/fla_traffic.py `TorchBytes`).
+"""
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import seqc  # noqa: E402
+from seqc.backends.torch import core_inputs  # noqa: E402
+from seqc.bench_io import compulsory  # noqa: E402
+from seqc.inputs import random_call  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+def slab_lines(name):
+    code = seqc.load(name).emit("torch")
+    body = code[code.index("def _run_slab"):].splitlines()
+    return [line for line in body if line.startswith("    in_")]
+
+
+@pytest.mark.parametrize("name, raw", [
+    ("simple_gla", {"q": "chunk", "k": "chunk", "v": "chunk", "g": "chunk"}),   # scale * q
+    ("gated_deltanet", {"q": "chunk_delta", "v": "chunk_delta", "g": "chunk_delta"}),  # k, beta:
+    #                                                                   the delta rule's lets
+    ("rwkv7", {"r": "chunk_dplr", "k": "chunk_dplr", "v": "chunk_dplr"}),  # kk, a, g (twice)
+    ("hgrn", {})])                                                 # a scan: through _scan_roles
+def test_the_emitter_passes_the_core_arguments_through(name, raw):
+    lines = slab_lines(name)
+    passed = {line.split()[0][3:]: line.split('"')[3] for line in lines if " in raw " in line}
+    assert passed == raw
+    assert all(line.endswith(".to(compute)") for line in lines)
+
+
+def test_core_inputs_needs_one_whole_argument():
+    call = "reads, final_S = cores['chunk']([{}], [in_k.expand(B, T, H, dim_K)], [in_v], in_g, s, c)"
+    assert core_inputs([call.format("in_q")], []) == {"q": "chunk", "k": "chunk", "v": "chunk",
+                                                      "g": "chunk"}
+    assert core_inputs([call.format('dims["scale"] * in_q')], []) == {
+        "q": "chunk", "k": "chunk", "v": "chunk", "g": "chunk"}
+    assert core_inputs([call.format("in_q * in_v")], []) == {"k": "chunk", "g": "chunk"}
+    assert core_inputs([call.format("torch.exp(in_q)")], []) == {"k": "chunk", "v": "chunk",
+                                                                 "g": "chunk"}
+    # a second use, in a let, an output or another argument, keeps it in the compute dtype
+    assert core_inputs([call.format("in_k")], []) == {"v": "chunk", "g": "chunk"}
+    assert core_inputs([call.format("in_q")], ["in_v * rd_S"]) == {"q": "chunk", "k": "chunk",
+                                                                   "g": "chunk"}
+    assert core_inputs([call.format("in_q").replace("cores['chunk']", "cores['scan']")], []) == {}
+
+
+def sizes_of(program, T=32, dims=16):
+    return dict(B=1, T=T, H=2, **{d.name: dims for d in program.spec.dims})
+
+
+def test_the_core_receives_the_call_dtype(monkeypatch):
+    """simple_gla at bf16: q (scaled in bf16), k, v, g reach chunk_parallel_core in bf16, the
+    state in fp32; the gradients come back in bf16; an fp32 call hands it fp32 throughout."""
+    program = seqc.load("simple_gla")
+    kernel = program.kernel("triton")
+    own = kernel.module.MODE_CORES["chunk_parallel"]
+    core, seen = own["chunk_core"], []
+
+    def recorded(queries, keys, values, log_decay, state, chunk_size, **options):
+        seen.append([t.dtype for t in (queries[0], keys[0], values[0], log_decay, state)])
+        return core(queries, keys, values, log_decay, state, chunk_size, **options)
+    monkeypatch.setitem(own, "chunk_core", recorded)
+    for dtype in (torch.bfloat16, torch.float32):
+        tensors, _ = random_call(program.spec, sizes_of(program), dtype=dtype, seed=3)
+        x = {n: t.requires_grad_() for n, t in tensors.items()}
+        kernel(**x)["o"].float().sum().backward()
+        assert {x[n].grad.dtype for n in x} == {dtype}
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert seen == [[bf16, bf16, bf16, bf16, f32], [f32] * 5]
+
+
+@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "rwkv7", "comba", "kda"])
+def test_bf16_gradients_match_the_fp32_call(name):
+    """Within bf16 rounding of the fp32 call's on the same bf16 values (every input's gradient,
+    those the cores store in bf16 and those cast from fp32)."""
+    program = seqc.load(name)
+    tensors, _ = random_call(program.spec, sizes_of(program, T=40), dtype=torch.float32, seed=5)
+    tensors = {n: t.to(torch.bfloat16) for n, t in tensors.items()}
+    output = program.spec.outputs[0].name
+    grads = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = {n: t.detach().to(dtype).requires_grad_() for n, t in tensors.items()}
+        out = program.kernel("triton")(**x)[output]
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out.float() * weight).sum().backward()
+        grads[dtype] = {n: t.grad for n, t in x.items()}
+    for n, want in grads[torch.float32].items():
+        got = grads[torch.bfloat16][n]
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), n
+
+
+def test_bf16_training_step_torch_bytes():
+    """The torch operations of a bf16 simple_gla training step (T=64, dims 16) move at most
+    6.5x the call's compulsory bytes (5.82x: the loss, `scale * q` and its backward in bf16,
+    the output's cast to bf16 and its gradient's to fp32 and back, the scalar gate's gradient
+    sum and its fp32 copy; before, with every input copied to fp32 and every gradient cast
+    back, 13.45x)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
+    spec = importlib.util.spec_from_file_location("fla_traffic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    program = seqc.load("simple_gla")
+    tensors, _ = random_call(program.spec, sizes_of(program, T=64), dtype=torch.bfloat16, seed=5)
+    x = {n: t.clone().requires_grad_() for n, t in tensors.items()}
+    kernel = program.kernel("triton")
+    out = kernel(**x)["o"]
+    read, written = compulsory(tensors, {"o": out}, {})
+    step = module.TorchBytes()
+    with step.counting():
+        out = kernel(**x)["o"]
+        (out * torch.ones_like(out)).sum().backward()
+    assert step.bytes <= 6.5 * (read + written)
