@@ -9,7 +9,10 @@ every loop body walked twice (a store in one iteration, a load in the next), bot
 (named `ptr...`) it is computed from (`ptr_dk + offs`, or a name assigned from such an
 expression). A `tl.load` of a base that a `tl.store` (or `tl.atomic_*`) wrote before is a
 hazard unless a barrier lies between them on the load's path (a barrier under `if X:` orders
-the loads under `if X:`, of any statement with that test), or the two sit on two arms of one
+the loads under `if X:`, of any statement with that test) or on every path of the store (a
+barrier after the store under the store's own tests, in no loop the store is outside: a store
+under `if A and not B:` followed there by a barrier is ordered for a load under `if A:`), or
+the two sit on two arms of one
 test (the kernels branch on constexprs: never both), or they are in two iterations of a loop
 and both addresses depend on its variable: each iteration then addresses its own block (a
 chunk, a key block), as the kernels here do; the check trusts that.
@@ -135,6 +138,18 @@ def _arms(event):
     return {e[1:] for e in event[3] if e[0] == "arm"}
 
 
+def _loops(event):
+    return {e[1] for e in event[3] if e[0] == "loop"}
+
+
+def _orders(barrier, store, load):
+    """A barrier after the store orders the load when it lies on the load's path (its tests a
+    subset of the load's), or on every path of the store (its tests a subset of the store's and
+    no loop the store is outside: whenever the store ran, the barrier ran after it)."""
+    return _arms(barrier) <= _arms(load) or (
+        _arms(barrier) <= _arms(store) and _loops(barrier) <= _loops(store))
+
+
 def _exclusive(store, load):
     """On two arms of one condition (the constexpr branches of a kernel: never both)."""
     return any((test, not taken) in _arms(load) for test, taken in _arms(store))
@@ -161,10 +176,10 @@ def hazards(code):
             elif kind == "barrier":
                 for pending in stored.values():
                     for entry in pending:
-                        entry[1].append(_arms(event))
+                        entry[1].append(event)
             else:
                 for store, barriers in stored.get(base, []):
-                    if any(arms <= _arms(event) for arms in barriers):
+                    if any(_orders(barrier, store, event) for barrier in barriers):
                         continue
                     if not _per_iteration(store, event) and not _exclusive(store, event):
                         found.add((name, base, store[4], event[4]))

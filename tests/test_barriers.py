@@ -57,3 +57,23 @@ def test_lint_flags_a_read_back_without_barrier_and_only_it():
     # a helper parking in its pointer argument and reading it back: found through the call
     assert _lint(between="tl.debug_barrier()", helper="_park(ptr_x, BLOCK)") \
         == [("kernel", "ptr_x", 16, 17)]
+
+
+def test_a_barrier_on_every_path_of_the_store_orders_a_later_load():
+    """kda's WY kernel: dk stored and ordered under one test, read back under a wider one."""
+    code = textwrap.dedent('''
+    @triton.jit
+    def kernel(ptr_x, ptr_y, A: tl.constexpr, B: tl.constexpr, BLOCK: tl.constexpr):
+        o = tl.arange(0, BLOCK)
+        if A and not B:
+            tl.store(ptr_y + o, tl.load(ptr_x + o))
+            {barrier}
+        if A:
+            tl.store(ptr_x + o, tl.load(ptr_y + tl.flip(o, 0)))
+    ''')
+    assert hazards(code.format(barrier="tl.debug_barrier()")) == []
+    assert hazards(code.format(barrier="pass")) == [("kernel", "ptr_y", 6, 9)]
+    # a barrier under another test does not order it
+    other = code.format(barrier="pass").replace(
+        "    if A:\n", "    if B:\n        tl.debug_barrier()\n    if A:\n")
+    assert hazards(other) == [("kernel", "ptr_y", 6, 11)]
