@@ -20,6 +20,10 @@ done for them, which `interpreted_fla()` does for the block it guards:
 4. Masks: the interpreter's `&` of a block mask and a broadcast scalar comparison can give an
    int64 block, which its load and store reject ("mask has unsupported dtype"; fla's hgrn
    kernels). Inside the block a load's or store's mask is taken as `mask != 0`, as a GPU does.
+5. bf16: the interpreter holds bf16 as its uint16 bits and computes on those (`a + b`, `-a`,
+   `tl.dot`, comparisons, casts): fla's delta-rule ops, which take bf16 only, came out garbage.
+   The block installs the hooks seqc's emitted modules install (backends/triton/
+   interpreter_bf16.py: exact fp32 values, rounded to nearest even as a GPU rounds); they stay.
 
 Nothing of fla is copied or edited; outside the block fla runs as installed.
 """
@@ -94,6 +98,7 @@ def interpreted_fla():
     """Run fla-core's Triton ops under the Triton interpreter inside the block (see above)."""
     from triton.runtime.autotuner import Autotuner
     import numpy as np
+    from .backends.triton.interpreter_bf16 import bf16_in_the_interpreter
     from triton.runtime.interpreter import InterpretedFunction, InterpreterBuilder, TensorHandle
     run, interpreted_run = Autotuner.run, InterpretedFunction.run
 
@@ -132,6 +137,7 @@ def interpreted_fla():
         patch_modules()
         return interpreted_run(self, *args, **kwargs)
 
+    bf16_in_the_interpreter()
     patched: dict = {}
     builtins_by_id = _builtins_by_id()
     load, store = InterpreterBuilder.create_masked_load, InterpreterBuilder.create_masked_store

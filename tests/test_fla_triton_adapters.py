@@ -18,6 +18,7 @@ from seqc.inputs import random_call
 pytestmark = pytest.mark.triton
 
 TOLERANCE = 1e-4      # relative RMS, fp32 on both sides (fla's chunks of 64, seqc's reference)
+BF16_TOLERANCE = 2e-2   # bf16 inputs into fla's op, fp32 reference (seqc.gpu_bench.MISMATCH)
 
 
 @pytest.mark.parametrize("name", sorted(set(FLA_TRITON) - FP32_REFUSED))
@@ -35,6 +36,29 @@ def test_fla_op_through_its_adapter_computes_the_spec(name):
                                     lambda leaves: make(leaves, sizes)(), tensors)
     assert error < TOLERANCE, f"{name}: output differs from the reference by {error:.1e}"
     assert grad_error < TOLERANCE, f"{name}: gradients differ by {grad_error:.1e}"
+
+
+@pytest.mark.parametrize("name", sorted(FP32_REFUSED))
+def test_fla_bf16_only_op_through_its_adapter_computes_the_spec(name):
+    """fla's delta-rule ops take bf16 only: run on bf16 inputs (the interpreter computing bf16 as
+    a GPU does, backends/triton/interpreter_bf16.py; without it fla's deltanet output is off by
+    1e11), against seqc's fp32 reference on the same values, to bf16's tolerance (measured
+    4.5e-3 to 7.0e-3)."""
+    program = seqc.load(name)
+    sizes = dict(B=1, T=64, H=2, **{d.name: 16 for d in program.spec.dims})
+    tensors, _ = random_call(program.spec, sizes, dtype=torch.bfloat16, seed=0)
+    output = program.spec.outputs[0].name
+    reference = program.kernel("reference")
+
+    def want(leaves):
+        return reference(**{n: t.float() for n, t in leaves.items()})[output]
+    _, make = FLA_TRITON[name]
+    with interpreted_fla():
+        with torch.no_grad():
+            error = relative_rms(_first(make(tensors, sizes)()), want(tensors))
+        grad_error = gradient_error(want, lambda leaves: make(leaves, sizes)(), tensors)
+    assert error < BF16_TOLERANCE, f"{name}: output differs from the reference by {error:.1e}"
+    assert grad_error < BF16_TOLERANCE, f"{name}: gradients differ by {grad_error:.1e}"
 
 
 def test_a_wrong_adapter_is_caught():

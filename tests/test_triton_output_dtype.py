@@ -98,6 +98,44 @@ def test_the_interpreter_stores_bf16_rounded_to_nearest_even():
     assert out[0] == 1.0 + 2.0 ** -7 and out[1] == 1.0 and out[3] == 1.0 + 2.0 ** -6
 
 
+def test_the_interpreter_computes_on_bf16_as_a_gpu_does():
+    """bf16 blocks through the interpreter's arithmetic, comparisons, casts, reductions and
+    scans: torch's bf16 results (each operation on the exact fp32 values, rounded to nearest
+    even), bit for bit. The interpreter alone applies numpy to the uint16 bits (`a + b` NaN,
+    `-a` off by 34, `a > b` wrong on negatives, `tl.max` of the bits, a boolean's bits as bf16); the module's
+    `_bf16_arithmetic_in_the_interpreter` and `_bf16_rounding_in_the_interpreter` mend it."""
+    import triton
+    import triton.language as tl
+
+    seqc.load("simple_gla").kernel("triton", mode="chunk")      # installs the module's hooks
+
+    @triton.jit
+    def elementwise(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
+        o = tl.arange(0, N)
+        a, b = tl.load(a_ptr + o), tl.load(b_ptr + o)
+        results = (a + b, -a, a * b, a - b, a / b, tl.maximum(a, b), tl.minimum(a, b),
+                   tl.where(a > b, a, b), (a < b).to(tl.bfloat16), a * 2.0, a + 1.0,
+                   tl.exp(a.to(tl.float32)).to(tl.bfloat16), tl.abs(a), tl.fma(a, b, a), tl.clamp(a, -0.5, 0.5),
+                   tl.cumsum(a, 0), (a * 4.0).to(tl.int32).to(tl.bfloat16))
+        for i in tl.static_range(len(results)):
+            tl.store(out_ptr + i * N + o, results[i])
+        tl.store(out_ptr + len(results) * N + o, tl.max(a, 0) + tl.zeros_like(a))
+        tl.store(out_ptr + (len(results) + 1) * N + o, tl.min(a, 0) + tl.zeros_like(a))
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 16, dtype=torch.bfloat16)
+    out = torch.full((19, 16), float("nan"), dtype=torch.bfloat16)
+    elementwise[(1,)](a, b, out, 16)
+    f = a.float()
+    want = [a + b, -a, a * b, a - b, a / b, torch.maximum(a, b), torch.minimum(a, b),
+            torch.where(a > b, a, b), (a < b).to(torch.bfloat16), a * 2, a + 1,
+            f.exp().bfloat16(), a.abs(), torch.addcmul(f, f, b.float()).bfloat16(),
+            a.clamp(-0.5, 0.5), f.cumsum(0).bfloat16(), (a * 4).int().bfloat16(),
+            a.max().expand(16), a.min().expand(16)]
+    for i, w in enumerate(want):
+        assert torch.equal(bits(out[i]), bits(w)), (i, out[i], w)
+
+
 def test_the_gpu_model_counts_outputs_in_the_call_dtype_and_charges_the_host_cast(monkeypatch):
     """simple_gla's chunk kernel at B = H = 1, T = 32, K = V = 16, bf16: its store of o moves
     T x V x 2 bytes, which the compulsory bytes count too; the same kernel made to store fp32
