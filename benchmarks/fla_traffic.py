@@ -108,6 +108,26 @@ def ratios(moved, total):
 
 
 def spec_rows(name: str, dims: int, T: int, dtype=torch.float32, fla: bool = True) -> list[dict]:
+    """Each runner's ratios (`ratios`) on one call of T steps."""
+    return [dict(spec=name, runner=runner, **ratios(moved, total))
+            for runner, moved, total in spec_counts(name, dims, T, dtype, fla)]
+
+
+def slope_rows(name: str, dims: int, T: int, dtype=torch.float32, fla: bool = True) -> list[dict]:
+    """Each runner's ratios on the steps from T to 2T: the bytes a call of 2T steps moves beyond
+    one of T, over the compulsory bytes it adds, i.e. the rate of a long sequence, free of what a
+    call moves once whatever its length (first and last chunks, launch-sized buffers)."""
+    short = spec_counts(name, dims, T, dtype, fla)
+    long = spec_counts(name, dims, 2 * T, dtype, fla)
+    rows = []
+    for (runner, moved, total), (_, moved2, total2) in zip(short, long):
+        added = tuple((k2 - k1, t2 - t1) for (k1, t1), (k2, t2) in zip(moved, moved2))
+        rows.append(dict(spec=name, runner=runner, **ratios(added, total2 - total)))
+    return rows
+
+
+def spec_counts(name: str, dims: int, T: int, dtype=torch.float32, fla: bool = True) -> list:
+    """(runner, `counted` bytes, the call's compulsory bytes) of each runner on one call."""
     program = seqc.load(name)
     sizes = dict(B=1, T=T, H=2, **{d.name: dims for d in program.spec.dims})
     tensors, _ = random_call(program.spec, sizes, dtype=dtype, seed=5)
@@ -122,15 +142,13 @@ def spec_rows(name: str, dims: int, T: int, dtype=torch.float32, fla: bool = Tru
     modes = [m for m in program.kernel("triton").module.MODES if m in CHUNK_MODES]
     for mode in modes:
         kernel, x = program.kernel("triton", mode=mode), leaves()
-        moved = counted(lambda: kernel(**x)[output])
-        rows.append(dict(spec=name, runner=f"seqc {mode}", **ratios(moved, total)))
+        rows.append((f"seqc {mode}", counted(lambda: kernel(**x)[output]), total))
     if not fla:
         return rows
     label, make = FLA_TRITON[name]
     x = leaves()
     with interpreted_fla():
-        moved = counted(make(x, sizes))
-    rows.append(dict(spec=name, runner=f"fla {label}", **ratios(moved, total)))
+        rows.append((f"fla {label}", counted(make(x, sizes)), total))
     return rows
 
 
@@ -141,21 +159,28 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", type=int, default=64)
     parser.add_argument("--T", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="bfloat16: bytes only (the interpreter computes fla's bf16 "
-                             "arithmetic wrongly, which changes no address)")
+                        help="bfloat16: the GPU's dtype (the interpreter computes bf16 as a "
+                             "GPU does under seqc's hooks); deltanet and deltaproduct, whose fla "
+                             "ops refuse fp32, are counted at bfloat16 only")
     parser.add_argument("--seqc-only", action="store_true")
+    parser.add_argument("--slope", action="store_true",
+                        help="count calls of T and 2T steps; report the bytes the steps from T "
+                             "to 2T add over the compulsory bytes they add (a long sequence's "
+                             "rate)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    print(f"bytes over the compulsory bytes (B=1, T={args.T}, H=2, dims {args.dims}, "
+    steps = f"the steps from T={args.T} to {2 * args.T}" if args.slope else f"T={args.T}"
+    print(f"bytes over the compulsory bytes (B=1, {steps}, H=2, dims {args.dims}, "
           f"{args.dtype}, interpreter counts)\n")
+    rows_of = slope_rows if args.slope else spec_rows
     print("| spec | runner | forward (no grad) | forward (training) | backward | "
           "training step | torch ops: no grad / training step |")
     print("|---|---|---|---|---|---|---|")
     for name in filter(None, args.specs.split(",")):
-        if name in FP32_REFUSED:
-            print(f"| {name} | fla refuses fp32 inputs: not counted | | | | | |")
+        if name in FP32_REFUSED and dtype == torch.float32:
+            print(f"| {name} | fla refuses fp32 inputs: see --dtype bfloat16 | | | | | |")
             continue
-        for r in spec_rows(name, args.dims, args.T, dtype, not args.seqc_only):
+        for r in rows_of(name, args.dims, args.T, dtype, not args.seqc_only):
             print(f"| {r['spec']} | {r['runner']} | {r['inference']:.2f}x | {r['fwd']:.2f}x | "
                   f"{r['bwd']:.2f}x | {r['fwd'] + r['bwd']:.2f}x | {r['inference_torch']:.2f}x / "
                   f"{r['fwd_torch'] + r['bwd_torch']:.2f}x |", flush=True)
