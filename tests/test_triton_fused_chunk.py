@@ -197,7 +197,8 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64():
     Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
     H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32; chunk_delta's
     one block of 64 would fill 64 of the 132 SMs)."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     jobs = []
     for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk"),
                        ("rwkv7", "chunk_dplr")):
