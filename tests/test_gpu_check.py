@@ -283,7 +283,8 @@ def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
 
 
 def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms():
-    from seqc.gpu_model import GPUS, LAUNCH_S, KernelCount, kernel_time
+    from seqc.gpu_counts import KernelCount
+    from seqc.gpu_model import GPUS, LAUNCH_S, kernel_time
     h100 = GPUS["h100"]
     fma = KernelCount(bytes=3.35e9, flops=dict(tensor=0.0, tf32=0.0, fma=67e9))
     full = kernel_time(h100, fma, programs=264)
@@ -306,7 +307,8 @@ def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
     import torch
 
     import seqc
-    from seqc.gpu_model import GPUS, count_mode, roofline, spec_model
+    from seqc.gpu_counts import count_mode
+    from seqc.gpu_model import GPUS, roofline, spec_model
     program = seqc.load("simple_gla")
     sizes = dict(B=2, T=512, H=2, K=32, V=32)
     model = spec_model(program, sizes, GPUS["h100"], modes=["chunk_parallel"])
@@ -337,7 +339,7 @@ def test_the_model_counts_a_launch_size_rule_at_the_call_shape():
     import torch
 
     import seqc
-    from seqc.gpu_model import extrapolated, launch_grids
+    from seqc.gpu_counts import extrapolated, launch_grids
     program = seqc.load("deltanet")
     per_head = {}
     for B, H, blocks in ((4, 17, 2), (1, 4, 3)):

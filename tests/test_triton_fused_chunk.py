@@ -56,7 +56,7 @@ def test_key_dim_over_64(name, mode):
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
     if mode == "chunk_dplr":        # its value blocks of 64 beside a key block over 64
-        from seqc.gpu_model import launch_grids
+        from seqc.gpu_counts import launch_grids
         sizes = dict(B=1, T=37, H=2, K=80, V=72)
         assert launch_grids(seqc.load(name), mode, sizes, torch.float32, {}) == {
             "chunk_dplr_kernel": [2 * 2]}
@@ -78,7 +78,7 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
     kda (slower in the interpreter) V = 40, three against one, T = 20; deltaproduct T = 20
     (its products with the state split by step, the state pass last); fp32 "ieee" against the
     reference."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=T, H=2, K=80, V=V)
     assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
@@ -97,7 +97,7 @@ def test_value_blocks_beside_a_key_dim_of_128():
     delta steps a token"; 496 B spilled on sm_80 with 64 lanes before, when it was kept at 32).
     At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16) deltaproduct runs two value
     blocks of 64 a head: 128 programs (256 with 32 lanes before)."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
     cap = '64 if blocks["BLOCK_K"] <= 128 else 16'
@@ -118,7 +118,7 @@ def test_two_delta_steps_with_a_scalar_decay(monkeypatch):
     chunk_delta kernel against the reference with -inf gates inside a chunk and at a chunk's
     first and last token, in value blocks of 16 (three a head) and of 64 (one): K = 20, V = 40,
     T = 37, fp32 "ieee"."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     source = (seqc.load("deltaproduct").source
               .replace("model deltaproduct", "model gated_deltaproduct")
               .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
@@ -159,7 +159,7 @@ def test_chunk_delta_moves_each_tile_once_a_program(name, key_side):
     state (fp32) once: 1.49x the call's compulsory bytes for gated_deltanet (2.48x with the four
     value blocks of 32 it had before the state was held value dim first; chunk_delta.md,
     "Layout"). T = 16: one chunk."""
-    from seqc.gpu_model import count_mode, launch_threshold_per_head
+    from seqc.gpu_counts import count_mode, launch_threshold_per_head
     program = seqc.load(name)
     sizes = dict(B=1, T=16, H=1, K=128, V=128)
     with launch_threshold_per_head(program.kernel("triton").module, 4 * 16):
