@@ -193,7 +193,7 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64():
     """At K = V = 64, bf16: simple_gla's chunk kernel spilled 61776 bytes (sm_90a), deltanet's
     chunk_delta 136904, with fp32 (upcast) dots and no tensor cores; rwkv6's chunk kernel, blocked
     as the others, still spilled 636 (sm_90a), from its bonus `r @ (u * k * v)` formed as a [T, K, V] block
-    (blockwise.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
+    (key_sums.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
     Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
     H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32; chunk_delta's
     one block of 64 would fill 64 of the 132 SMs)."""
