@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRITON_INTERPRET", "1")     # the modules' training cores are looked up here
 
 from seqc.api import load  # noqa: E402
-from seqc.gpucheck import (  # noqa: E402
-    ARCH_NAME, DEFAULT_SHAPE, KernelCheck, failed, job_key, kb, read_job, run_jobs, spec_jobs)
+from seqc.gpu_jobs import ARCH_NAME, DEFAULT_SHAPE, KernelCheck, kb, spec_jobs  # noqa: E402
+from seqc.gpu_workers import failed, job_key, read_job, run_jobs  # noqa: E402
 from seqc.resources import stdlib_names  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import torch
 
 import seqc
 from seqc import gpu_compile
-from seqc.gpucheck import DEFAULT_SHAPE, emitted_module, spec_jobs
+from seqc.gpu_jobs import DEFAULT_SHAPE, emitted_module, spec_jobs
 
 
 def training_launches(module, job):

@@ -53,7 +53,7 @@ TT_DOT = re.compile(r"= tt\.dot .*?(?:inputPrecision = (\w+) )?: tensor<[0-9x]+x
 
 
 def main(argv: list[str]) -> int:
-    """JOB.json holds a list of jobs, all of one module (gpucheck.run_jobs groups them so): the
+    """JOB.json holds a list of jobs, all of one module (gpu_workers.run_jobs groups them so): the
     module is imported once and each job recorded and compiled in turn. RESULT.json is rewritten
     before every kernel and after every job, `{"jobs": [results of each finished job],
     "current": [results so far of the next], "compiling": {...}}`, so that a parent that stops

@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from seqc.cli import main
-from seqc.gpucheck import Job, KernelCheck, run_job, run_jobs
+from seqc.gpu_jobs import Job, KernelCheck
+from seqc.gpu_workers import run_job, run_jobs
 
 TOYS = '''
 import triton
@@ -116,7 +117,7 @@ def test_jobs_of_one_module_share_a_worker_and_a_failed_one_stops_the_rest(tmp_p
     """run_jobs runs a module's jobs in one worker (halved while workers would idle); when the
     worker fails on a job, that job fails with the worker's error and the jobs after it are
     reported not measured, none of them cached."""
-    from seqc.gpucheck import worker_groups
+    from seqc.gpu_workers import worker_groups
     assert worker_groups([[0, 1, 2, 3], [4]], 1) == [[0, 1, 2, 3], [4]]
     assert worker_groups([[0, 1, 2, 3], [4]], 3) == [[0, 1], [2, 3], [4]]
     assert worker_groups([[0, 1, 2]], 2) == [[0, 1], [2]]
@@ -235,7 +236,7 @@ def test_the_fused_recurrent_kernel_fits_at_k_v_128(tmp_path, monkeypatch):
     blocked so that a program holds at most 8192 state values (BLOCK_V = 64, 2 programs a
     head)."""
     import seqc
-    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load("simple_gla"), {"*": 128}, DEFAULT_SHAPE, [80, 90], ["bf16"])
     for job in jobs:
@@ -252,7 +253,7 @@ def test_the_fused_backward_of_a_small_recurrence_does_not_spill(tmp_path, monke
     backward with 56 / 32 registers and spilled 16 / 12 B (sm_80 / sm_90a); launched with
     `maxnreg` (fused_recurrent_bwd.md, "Registers") it uses 61-64 and spills nothing."""
     import seqc
-    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = [job for spec in ("maxplus", "mingru")
             for job in spec_jobs(seqc.load(spec), {"*": 64}, DEFAULT_SHAPE, [80, 90], ["bf16"])]
@@ -282,7 +283,8 @@ def test_the_blocked_fused_recurrent_kernel_matches_the_reference():
 
 
 def test_the_model_takes_the_larger_of_memory_and_compute_over_the_covered_sms():
-    from seqc.gpu_model import GPUS, LAUNCH_S, KernelCount, kernel_time
+    from seqc.gpu_counts import KernelCount
+    from seqc.gpu_model import GPUS, LAUNCH_S, kernel_time
     h100 = GPUS["h100"]
     fma = KernelCount(bytes=3.35e9, flops=dict(tensor=0.0, tf32=0.0, fma=67e9))
     full = kernel_time(h100, fma, programs=264)
@@ -305,7 +307,8 @@ def test_the_model_counts_each_kernel_of_a_mode_and_sums_them():
     import torch
 
     import seqc
-    from seqc.gpu_model import GPUS, count_mode, roofline, spec_model
+    from seqc.gpu_counts import count_mode
+    from seqc.gpu_model import GPUS, roofline, spec_model
     program = seqc.load("simple_gla")
     sizes = dict(B=2, T=512, H=2, K=32, V=32)
     model = spec_model(program, sizes, GPUS["h100"], modes=["chunk_parallel"])
@@ -336,7 +339,7 @@ def test_the_model_counts_a_launch_size_rule_at_the_call_shape():
     import torch
 
     import seqc
-    from seqc.gpu_model import extrapolated, launch_grids
+    from seqc.gpu_counts import extrapolated, launch_grids
     program = seqc.load("deltanet")
     per_head = {}
     for B, H, blocks in ((4, 17, 2), (1, 4, 3)):

@@ -11,7 +11,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs  # noqa: E402
+from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs  # noqa: E402
+from seqc.gpu_workers import run_jobs  # noqa: E402
 
 SIZES = (64,) + ((128,) if os.environ.get("SEQC_FITNESS_128") == "1" else ())
 FORMS = [("simple_gla", "chunk_parallel", "_chunk_parallel_configs"),

@@ -24,7 +24,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs  # noqa: E402
+from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs  # noqa: E402
+from seqc.gpu_workers import run_jobs  # noqa: E402
 
 # K = V = 128 compiles the largest kernels (most of a cold run's ptxas time): the suite checks
 # 64 and the odd 48; SEQC_FITNESS_128=1 adds 128, which benchmarks/gpu_fitness.py sweeps for

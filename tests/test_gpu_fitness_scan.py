@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import seqc  # noqa: E402
-from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs  # noqa: E402
+from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs  # noqa: E402
+from seqc.gpu_workers import run_jobs  # noqa: E402
 from seqc.inputs import random_call  # noqa: E402
 
 

@@ -175,7 +175,8 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     cached_only; the torch module runs time in slabs of 1024 steps, 16 chunks of 64). A
     scalar gate's backward launches no local dv kernel: the adjoint state pass forms it; and
     one kernel for the keys' gradients (K = 64)."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load("gated_deltanet"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:

@@ -171,7 +171,8 @@ def test_the_kernels_fit_sm_90a_at_k_v_64():
     the three kernels compile for sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory
     within the limit, tensor-core instructions and 16-bit operands in their dots; the per-chunk
     and output kernels run a program per chunk."""
-    from seqc.gpucheck import DEFAULT_SHAPE, spec_jobs, run_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     jobs = spec_jobs(seqc.load("rwkv7"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
         job.modes = [MODE]

@@ -144,7 +144,8 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     training` / `chunk_dplr_parallel backward` at their grids (without compiling: cached_only;
     the torch module runs time in slabs of 1024 steps, 16 chunks of 64; rwkv7's side kernels
     form the state reads themselves at V = 64: no `_dpc_bwd_reads_kernel`)."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load("rwkv7"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
@@ -170,7 +171,8 @@ def test_the_training_kernels_fit_sm_90a_at_k_v_64():
     every training kernel compiles for sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared
     memory within the limit, tensor-core instructions and bf16 operands in its dots; all but the
     state passes run at least 2 x 132 programs at B=4, T=4096, H=16."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     jobs = spec_jobs(seqc.load("rwkv7"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:
         job.modes = [MODE]

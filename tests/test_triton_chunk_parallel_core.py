@@ -151,7 +151,8 @@ def test_gpu_check_lists_the_training_kernels(tmp_path, monkeypatch):
     reversed, two compiles), once, at their grids (the torch module runs time in slabs of 1024
     steps: 16 chunks of 64): a forced `chunk` trains on the same core, so chunk_core is not
     launched; and the fused recurrent kernel's generated backward."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     monkeypatch.setenv("SEQC_CACHE_DIR", str(tmp_path / "cache"))
     jobs = spec_jobs(seqc.load("simple_gla"), {"*": 64}, DEFAULT_SHAPE, [90], ["bf16"])
     for job in jobs:

@@ -56,7 +56,7 @@ def test_key_dim_over_64(name, mode):
     chunk_size=64 asked, 16 run. fp32 in "ieee": the reference's numbers at test_triton.py's
     tolerance."""
     if mode == "chunk_dplr":        # its value blocks of 64 beside a key block over 64
-        from seqc.gpu_model import launch_grids
+        from seqc.gpu_counts import launch_grids
         sizes = dict(B=1, T=37, H=2, K=80, V=72)
         assert launch_grids(seqc.load(name), mode, sizes, torch.float32, {}) == {
             "chunk_dplr_kernel": [2 * 2]}
@@ -78,7 +78,7 @@ def test_value_blocks_of_least_memory_time(name, V, T, wide, narrow, monkeypatch
     kda (slower in the interpreter) V = 40, three against one, T = 20; deltaproduct T = 20
     (its products with the state split by step, the state pass last); fp32 "ieee" against the
     reference."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     module = seqc.load(name).kernel("triton").module
     sizes = dict(B=1, T=T, H=2, K=80, V=V)
     assert launch_grids(seqc.load(name), "chunk_delta", sizes, torch.float32, {}) == {
@@ -97,7 +97,7 @@ def test_value_blocks_beside_a_key_dim_of_128():
     delta steps a token"; 496 B spilled on sm_80 with 64 lanes before, when it was kept at 32).
     At the GPU model's call shape (B = 4, H = 16, K = V = 128, bf16) deltaproduct runs two value
     blocks of 64 a head: 128 programs (256 with 32 lanes before)."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     edited = seqc.load("kda").source.replace("S = exp(g) * S", "S = exp(g * a) * S").replace(
         "const scale", "param a[K] in (0, 1)\nconst scale")
     cap = '64 if blocks["BLOCK_K"] <= 128 else 16'
@@ -118,7 +118,7 @@ def test_two_delta_steps_with_a_scalar_decay(monkeypatch):
     chunk_delta kernel against the reference with -inf gates inside a chunk and at a chunk's
     first and last token, in value blocks of 16 (three a head) and of 64 (one): K = 20, V = 40,
     T = 37, fp32 "ieee"."""
-    from seqc.gpu_model import launch_grids
+    from seqc.gpu_counts import launch_grids
     source = (seqc.load("deltaproduct").source
               .replace("model deltaproduct", "model gated_deltaproduct")
               .replace("input beta1 in (0, 1)", "input g in (-inf, 0)\ninput beta1 in (0, 1)")
@@ -159,7 +159,7 @@ def test_chunk_delta_moves_each_tile_once_a_program(name, key_side):
     state (fp32) once: 1.49x the call's compulsory bytes for gated_deltanet (2.48x with the four
     value blocks of 32 it had before the state was held value dim first; chunk_delta.md,
     "Layout"). T = 16: one chunk."""
-    from seqc.gpu_model import count_mode, launch_threshold_per_head
+    from seqc.gpu_counts import count_mode, launch_threshold_per_head
     program = seqc.load(name)
     sizes = dict(B=1, T=16, H=1, K=128, V=128)
     with launch_threshold_per_head(program.kernel("triton").module, 4 * 16):
@@ -193,11 +193,12 @@ def test_the_single_kernel_chunk_forms_fit_sm80_and_sm90a_at_64():
     """At K = V = 64, bf16: simple_gla's chunk kernel spilled 61776 bytes (sm_90a), deltanet's
     chunk_delta 136904, with fp32 (upcast) dots and no tensor cores; rwkv6's chunk kernel, blocked
     as the others, still spilled 636 (sm_90a), from its bonus `r @ (u * k * v)` formed as a [T, K, V] block
-    (blockwise.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
+    (key_sums.FactoringRenderer); rwkv7's chunk_dplr 277226 (sm_80, fp32 dots, chunks of 64).
     Now: no spill, mma / wgmma instructions, bf16 operands in every dot; 64 programs at B=4,
     H=16 (chunk: one value block of 64), 128 (chunk_delta, chunk_dplr: two of 32; chunk_delta's
     one block of 64 would fill 64 of the 132 SMs)."""
-    from seqc.gpucheck import DEFAULT_SHAPE, run_jobs, spec_jobs
+    from seqc.gpu_jobs import DEFAULT_SHAPE, spec_jobs
+    from seqc.gpu_workers import run_jobs
     jobs = []
     for name, mode in (("simple_gla", "chunk"), ("deltanet", "chunk_delta"), ("rwkv6", "chunk"),
                        ("rwkv7", "chunk_dplr")):

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 import seqc  # noqa: E402
 from oracles import random_inputs, random_state  # noqa: E402
-from seqc.gpu_model import call_args  # noqa: E402
+from seqc.gpu_counts import call_args  # noqa: E402
 
 pytestmark = pytest.mark.triton
 # one spec per kernel family a converted mode belongs to
@@ -141,7 +141,7 @@ def test_the_gpu_model_counts_outputs_in_the_call_dtype_and_charges_the_host_cas
     T x V x 2 bytes, which the compulsory bytes count too; the same kernel made to store fp32
     (outside CALL_DTYPE_OUTPUTS, as a mode left out would) moves 2 bytes more a value and is
     charged the host's cast, HOST_CAST: the fp32 o read and the bf16 o written."""
-    from seqc.gpu_model import COMPULSORY, HOST_CAST, count_mode
+    from seqc.gpu_counts import COMPULSORY, HOST_CAST, count_mode
     program = seqc.load("simple_gla")
     sizes, values = dict(B=1, T=32, H=1, K=16, V=16), 32 * 16
     narrow = count_mode(program, "chunk", sizes, torch.bfloat16, {})

@@ -5,18 +5,20 @@ the Plan's role expressions are rendered over `[BLOCK_T, ...]` register blocks (
 `T`), each state group advances the whole block at once with its family's algebra (scan.md,
 coupled_scan.md, chunk.md, chunk_delta.md, chunk_dplr.md), and the outputs are evaluated from the groups'
 reads. Inputs are read once and outputs written once, as in the fused recurrent kernel; the
-parallelism inside a block is what replaces the step loop.
+parallelism inside a block is what replaces the step loop. The role renderers are key_sums.py's,
+the coupled scan's combine coupled_combine.py's.
 """
 from __future__ import annotations
 
 from seqc import ir
-from seqc.backends.torch_render import factored
 from seqc.plan import MATRIX_KINDS
 from seqc.templates import render
 
 from . import layout
+from .coupled_combine import closure, combine_code
 from .fused import PREFIX, full, output_dims
-from .render import Block, Constants, TritonRenderer, align, index, union
+from .key_sums import FactoringRenderer, KeySums
+from .render import Block, Constants, align, index
 
 # the modes whose sections dot 16-bit operands (what enters a `tl.dot` is in the call's dtype DOT)
 DOT_MODES = ("chunk", "chunk_delta", "chunk_dplr")
@@ -70,60 +72,6 @@ def linked(dims: set[str], spec: ir.Spec) -> set[str]:
         if more <= found:
             return found
         found |= more
-
-
-class FactoringRenderer(TritonRenderer):
-    """Renders `x @ (a * b)` with `b` free of the contracted dim as `(x @ a) * b` (`factored`):
-    the same sum without the `[BLOCK_T, K, V]` product block (rwkv6's bonus `r @ (u * k * v)`:
-    formed whole, its chunk kernel spilled 636 B on sm_90a at K = V = 64, 11-32 KB with chunks
-    of 32)."""
-
-    def matmul(self, node: ir.Binary) -> Block:
-        rewritten = factored(node)
-        return super().matmul(node) if rewritten is None else self(rewritten)
-
-
-def key_sum(node: ir.Expr, dim: str) -> bool:
-    """Whether `node` is a sum over `dim`: the contraction of `@` or `sum(., dim)`."""
-    if isinstance(node, ir.Binary) and node.op is ir.Op.MATMUL:
-        return node.left.dims[-1] == dim
-    return isinstance(node, ir.Call) and node.func == "sum" and node.dim == dim
-
-
-def reads_state(expr: ir.Expr) -> bool:
-    """Whether `expr` holds a read of a state."""
-    return any(isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"
-               for n in ir.walk(expr))
-
-
-class KeySums(FactoringRenderer):
-    """Renders output expressions with each sum over the key dim `dim` (after `factored`) that
-    reads no state as a name `ksum<i>` (`sums`: its name and the block's code, rendered by
-    `inner`), for a kernel to form apart from the outputs: the chunk kernel before its
-    sections (`early_sums`), the chunk_parallel output kernel over its key blocks."""
-
-    def __init__(self, inner: FactoringRenderer, dim: str):
-        super().__init__(inner.name_block, inner.constants)
-        self.inner, self.dim = inner, dim
-        self.sums: list[tuple[str, Block]] = []
-
-    def matmul(self, node: ir.Binary) -> Block:
-        if node.left.dims[-1] == self.dim and factored(node) is None and not reads_state(node):
-            return self.collect(self.inner.matmul(node))
-        return super().matmul(node)
-
-    def reduce(self, node: ir.Call) -> Block:
-        if key_sum(node, self.dim) and not reads_state(node):
-            return self.collect(self.inner.reduce(node))
-        return super().reduce(node)
-
-    def next_name(self) -> str:
-        return f"ksum{len(self.sums)}"
-
-    def collect(self, block: Block) -> Block:
-        name = self.next_name()
-        self.sums.append((name, block))
-        return Block(name, block.dims)
 
 
 class BlockKernel:
@@ -402,26 +350,3 @@ class BlockKernel:
                     erase=self.role(group.erase, K), key=self.role(group.key, K),
                     unseen=None if unseen is None else self.role(unseen, K if keywise else ()),
                     unseen_keywise=keywise)
-
-
-def closure(n: int, coupling: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The entries (i, j) a product of coupling matrices can make non-zero (with the identity's
-    diagonal): the reflexive-transitive closure of `coupling` read as edges i <- j."""
-    reach = {(i, i) for i in range(n)} | set(coupling)
-    for k in range(n):
-        reach |= {(i, j) for i in range(n) for j in range(n) if (i, k) in reach and (k, j) in reach}
-    return sorted(reach)
-
-
-def combine_code(n: int, entries: list[tuple[int, int]]) -> dict:
-    """(A1, b1) o (A2, b2) = (A2 A1, A2 b1 + b2) over the carried entries, earlier on the left."""
-    def a(side, i, j):
-        return f"a{side}_{i}_{j}"
-
-    params = ([a(1, i, j) for i, j in entries] + [f"b1_{i}" for i in range(n)]
-              + [a(2, i, j) for i, j in entries] + [f"b2_{i}" for i in range(n)])
-    results = [" + ".join(f"{a(2, i, j)} * {a(1, j, k)}" for j in range(n)
-                          if (i, j) in entries and (j, k) in entries) for i, k in entries]
-    results += [" + ".join([f"{a(2, i, j)} * b1_{j}" for j in range(n) if (i, j) in entries]
-                           + [f"b2_{i}"]) for i in range(n)]
-    return dict(params=params, results=results)

@@ -16,7 +16,8 @@ import re
 from seqc import ir, pretty
 
 from . import layout
-from .blockwise import LOG2E, BlockKernel, FactoringRenderer, KeySums, key_sum, reads_state
+from .blockwise import LOG2E, BlockKernel
+from .key_sums import FactoringRenderer, KeySums, key_sum, reads_state
 from .render import Block
 
 # the output kernel's widest value block, by whether the decay is key-wise (chunk_parallel.md,

@@ -15,7 +15,8 @@ from __future__ import annotations
 from seqc.templates import render
 
 from . import layout
-from .blockwise import SECTION, BlockKernel, closure
+from .blockwise import SECTION, BlockKernel
+from .coupled_combine import closure
 from .render import index
 
 LAST = "tl.sum(tl.where({last}, {block}, 0.0), axis=0)"      # a block's last row (time axis 0)
@@ -61,7 +62,7 @@ class ScanParallelKernel(BlockKernel):
 
     def _aggregate_coupled_scan(self, group) -> list[str]:
         """(A, b) composed: the chunk's matrix product A_last ... A_first, entry by entry over
-        the entries a product can fill (blockwise.closure)."""
+        the entries a product can fill (coupled_combine.closure)."""
         names = group.states
         n = len(names)
         dims = self.spec.tensor(names[0]).dims
