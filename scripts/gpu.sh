@@ -6,7 +6,9 @@
 #      H=16, K=V=128, bf16: forward and forward + backward timed; outputs and gradients compared
 #      (any mismatch exits 1); a markdown table;
 #   3. every Triton mode of one spec per family timed side by side at B=4 and B=1 (python -m
-#      seqc.gpu_modes): whether `mode=None`'s rule (docs/backends.md) picks the fastest form.
+#      seqc.gpu_modes): whether `mode=None`'s rule (docs/backends.md) picks the fastest form, and
+#      beside each forward the GPU model's prediction (seqc/gpu_model.py, computed on the CPU
+#      meanwhile) and measured / predicted: the model's calibration.
 #
 #   bash scripts/gpu.sh [--dry-run] [--specs simple_gla,gla,...]
 #

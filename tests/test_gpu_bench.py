@@ -26,9 +26,12 @@ def test_gpu_script_dry_run_runs_its_three_steps_and_prints_the_tables():
     assert len(rows) == 2 and not any("MISMATCH" in r for r in rows)
     assert "fla chunk_gated_delta_rule (interpreted)" in rows[1]
     assert "== 3/3 every Triton mode (dry run: simple_gla, chunk and chunk_parallel)" in out
-    modes = [line.split("|")[3].strip() for line in out.splitlines()
+    sweep = [line.split("|") for line in out.splitlines()
              if line.startswith("| simple_gla | B=1,T=64,H=2,K=16,V=16 |")]
-    assert modes == ["chunk", "chunk_parallel"]
+    assert [cells[3].strip() for cells in sweep] == ["chunk", "chunk_parallel"]
+    # the GPU model's forward beside each measured one (a child process under the interpreter)
+    assert "model: h100 at bf16, forward" in out and "the GPU model failed" not in out
+    assert all(float(cells[7]) > 0 and float(cells[8]) > 0 for cells in sweep)
 
 
 @pytest.mark.triton
