@@ -173,7 +173,7 @@ def test_families_follow_the_analysis():
     kinds = {n: sorted({g.kind for g in seqc.load(n).analysis.plan.groups}) for n in NAMES}
     assert kinds["simple_gla"] == ["chunk"] and kinds["gla"] == ["chunk"]
     assert kinds["gated_deltanet"] == ["chunk_delta"] and kinds["deltaproduct"] == ["chunk_delta"]
-    assert kinds["kda"] == ["chunk_delta"] and kinds["rwkv7"] == kinds["comba"] == ["chunk_dplr"]
+    assert kinds["kda"] == kinds["comba"] == ["chunk_delta"] and kinds["rwkv7"] == ["chunk_dplr"]
     assert kinds["hgrn"] == ["scan"] and kinds["maxplus"] == ["semiring"]
     assert kinds["lstm"] == ["sequential"]
 
