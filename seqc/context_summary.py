@@ -156,11 +156,13 @@ def _with_identity(run, values, roles, K, start):
 
 
 def _delta_summary(group, roles, chunk_delta, start):
-    """(A, U): A [B, H, K, K] the product of the shard's transitions exp(g) (I - beta k k^T),
-    U [B, H, K, V] its writes from zero: one chunkwise run of width V + K (`_with_identity`)."""
+    """(A, U): A [B, H, K, K] the product of the shard's transitions exp(g) (I - beta w k^T)
+    (k the erase key, w the write key: k itself in the delta rule), U [B, H, K, V] its writes
+    from zero: one chunkwise run of width V + K (`_with_identity`)."""
     kd, vd = (group.key_dim,), (group.value_dim,)
     keys = [roles(step.key, kd) for step in group.steps]
-    writes = [roles(step.beta, kd) * key for step, key in zip(group.steps, keys)]
+    writes = [roles(step.beta, kd) * (key if step.write_key is None else roles(step.write_key, kd))
+              for step, key in zip(group.steps, keys)]
     log_decay = _log_decay(group, roles)
 
     def run(cut, values, state):
@@ -261,10 +263,10 @@ def _steps_chunk_delta(group, roles, spec):
     offset = roles.zeros(group.key_dim, group.value_dim)
     eye = torch.eye(roles.sizes[group.key_dim], dtype=roles.dtype, device=roles.device)
     for step in group.steps:
-        key, beta = roles(step.key, kd), roles(step.beta, kd)
-        householder = eye - _outer(beta * key, key)
+        key, write = roles(step.key, kd), roles(step.beta, kd) * roles(step.writes, kd)
+        householder = eye - _outer(write, key)
         transition = householder @ transition
-        offset = householder @ offset + _outer(beta * key, roles(step.value, vd))
+        offset = householder @ offset + _outer(write, roles(step.value, vd))
     return transition, offset
 
 

@@ -18,7 +18,9 @@ Vocabulary (per step t, dims by name as in the spec):
              (over (Vd,), or None) decays along the value dim too: S_t = exp(log_decay_t)
              exp(value_log_decay_t)^T * S_{t-1} + writes, an outer-product decay.
 - `chunk_delta`  S_t = exp(log_decay_t) * S_{t-1}, then for each DeltaStep j in order:
-             S <- S + beta_j * key_j (x) (value_j - key_j @ S).
+             S <- S + beta_j * w_j (x) (value_j - key_j @ S), w_j = write_key_j, or key_j
+             itself when write_key_j is None: the transition I - beta_j w_j key_j^T, the erase
+             (read) key key_j apart from the write key w_j (Comba).
 - `chunk_dplr`  S_t = exp(log_decay_t) * S_{t-1} - erase_t (x) (key_t @ S'_t)
              + sum_w key_w,t (x) value_w,t with S'_t = exp(log_decay_t - unseen_log_decay_t) S_{t-1}:
              diagonal plus low rank, the key reading the state before the decay (RWKV-7's
@@ -90,9 +92,15 @@ class ChunkGroup(KeyValueGroup):
 
 @dataclass(frozen=True)
 class DeltaStep:
-    key: ir.Expr          # (key_dim,)
-    beta: ir.Expr         # () or (key_dim,)?  () in the stdlib
+    key: ir.Expr          # (key_dim,): the erase key, read as `key @ S`
+    beta: ir.Expr         # ()
     value: ir.Expr        # (value_dim,)
+    write_key: ir.Expr | None = None    # (key_dim,): the write direction; None: `key` itself
+
+    @property
+    def writes(self) -> ir.Expr:
+        """The key the step writes along (beta * writes (x) value)."""
+        return self.key if self.write_key is None else self.write_key
 
 
 @dataclass(frozen=True)

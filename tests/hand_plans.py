@@ -64,7 +64,8 @@ def _attention(name, decay, writes, query="(K ** -0.5) * q", out="o"):
 def _delta(name, decay, steps):
     t = Typer(name)
     t.read_dims = {"rdS": ("V",)}
-    steps = tuple(DeltaStep(t.e(k), t.e(b), t.e(v)) for k, b, v in steps)
+    steps = tuple(DeltaStep(t.e(k), t.e(b), t.e(v), t.e(w[0]) if w else None)
+                  for k, b, v, *w in steps)
     group = DeltaGroup("S", "K", "V", t.e(decay) if decay else None, steps)
     return _plan(t, [group], [Read("rdS", "S", t.e("(K ** -0.5) * q"))], {"o": "rdS"})
 
@@ -142,8 +143,12 @@ HAND_PLANS = {
     "lstm": lambda: _sequential("lstm"),
     "gru": lambda: _sequential("gru"),
     "rwkv7": lambda: _dplr("rwkv7", "g", "a * kk", "kk", [("k", "v")], "r", unseen="g"),
-    "comba": lambda: _dplr("comba", "g", "beta * k", "p", [("beta * k", "v")],
-                           "(K ** -0.5) * q", unseen=None),
+    # comba: the delta rule with its erase key p apart from its write key k (what the analysis
+    # concludes), and the same recurrence as diagonal plus low rank with a scalar decay the key
+    # sees (what it concluded before; `name/variant`: the spec is the part before the slash)
+    "comba": lambda: _delta("comba", "g", [("p", "beta", "v", "k")]),
+    "comba/dplr": lambda: _dplr("comba", "g", "beta * k", "p", [("beta * k", "v")],
+                                "(K ** -0.5) * q", unseen=None),
 }
 
 

@@ -174,11 +174,11 @@ def _element(name: str, rng):
         return rng.normal(size=(4, 3, 3)), rng.normal(size=(4, 3))
     if name == "chunk":
         return rng.uniform(0.1, 1.0, size=3), rng.normal(size=(3, 2))
-    if name == "chunk_delta":
-        k = rng.normal(size=3)
-        k /= np.linalg.norm(k)
+    if name == "chunk_delta":       # the erase key p apart from the write key k (Comba)
+        k, p = rng.normal(size=3), rng.normal(size=3)
+        k, p = k / np.linalg.norm(k), p / np.linalg.norm(p)
         decay = rng.uniform(0.1, 1.0)
-        return decay * (np.eye(3) - rng.uniform() * np.outer(k, k)), rng.normal(size=(3, 2))
+        return decay * (np.eye(3) - rng.uniform() * np.outer(k, p)), rng.normal(size=(3, 2))
     if name == "chunk_dplr":
         e, k = rng.normal(size=3), rng.normal(size=3)
         return np.diag(rng.uniform(0.1, 1.0, size=3)) - np.outer(e, k), rng.normal(size=(3, 2))
@@ -214,12 +214,13 @@ def summary_applied(combine, summary, state):
     return combine.apply((combine.identity(summary)[0], state), summary)[1]
 
 
-def _householders(keys, betas):
-    """(I - beta_J k_J k_J^T) ... (I - beta_1 k_1 k_1^T), with beta scalar or key-wise."""
+def _householders(keys, betas, writes=None):
+    """(I - beta_J w_J k_J^T) ... (I - beta_1 w_1 k_1^T), with beta scalar or key-wise, k the
+    erase keys and w the write keys (the erase keys themselves when `writes` is None)."""
     eye = np.broadcast_to(np.eye(keys[0].shape[-1]), keys[0].shape + keys[0].shape[-1:])
     product = eye
-    for k, beta in zip(keys, betas):
-        product = (eye - (beta * k)[..., :, None] * k[..., None, :]) @ product
+    for k, beta, w in zip(keys, betas, keys if writes is None else writes):
+        product = (eye - (beta * w)[..., :, None] * k[..., None, :]) @ product
     return product
 
 
@@ -267,24 +268,29 @@ class Loops:
 
     @staticmethod
     def chunk_delta(rng):
-        keys = rng.normal(size=(2, 3))
+        """Two steps a token; the second's write key apart from its erase key (Comba's
+        I - beta k p^T), the first's the erase key itself."""
+        keys, writes = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
         keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
-        return dict(log_decay=-rng.uniform(0, 1, 3), keys=keys, betas=rng.uniform(0, 1, 2),
-                    values=rng.normal(size=(2, 2))), rng.normal(size=(3, 2))
+        writes /= np.linalg.norm(writes, axis=-1, keepdims=True)
+        writes[0] = keys[0]
+        return dict(log_decay=-rng.uniform(0, 1, 3), keys=keys, writes=writes,
+                    betas=rng.uniform(0, 1, 2), values=rng.normal(size=(2, 2))), \
+            rng.normal(size=(3, 2))
 
     @staticmethod
     def chunk_delta_step(s, h):
         h = np.exp(s["log_decay"])[:, None] * h
-        for k, beta, v in zip(s["keys"], s["betas"], s["values"]):
-            h = h + beta * np.outer(k, v - k @ h)
+        for k, w, beta, v in zip(s["keys"], s["writes"], s["betas"], s["values"]):
+            h = h + beta * np.outer(w, v - k @ h)
         return h
 
     @staticmethod
     def chunk_delta_element(s):
-        transition = _householders(list(s["keys"]), list(s["betas"]))
+        transition = _householders(list(s["keys"]), list(s["betas"]), list(s["writes"]))
         offset = np.zeros((3, 2))
-        for k, beta, v in zip(s["keys"], s["betas"], s["values"]):
-            offset = offset + beta * np.outer(k, v - k @ offset)
+        for k, w, beta, v in zip(s["keys"], s["writes"], s["betas"], s["values"]):
+            offset = offset + beta * np.outer(w, v - k @ offset)
         return transition @ np.diag(np.exp(s["log_decay"])), offset
 
     @staticmethod

@@ -17,7 +17,7 @@ from seqc.gpu_workers import run_jobs  # noqa: E402
 SIZES = (64,) + ((128,) if os.environ.get("SEQC_FITNESS_128") == "1" else ())
 FORMS = [("simple_gla", "chunk_parallel", "_chunk_parallel_configs"),
          ("deltanet", "chunk_delta_parallel", "_chunk_delta_parallel_configs"),
-         ("comba", "chunk_dplr_parallel", "_chunk_dplr_parallel_configs"),
+         ("rwkv7", "chunk_dplr_parallel", "_chunk_dplr_parallel_configs"),
          ("hgrn", "scan_parallel", "_scan_parallel_configs")]
 
 

@@ -139,7 +139,7 @@ def test_the_reset_erases_everything_before_it():
 
 TRITON_CASES = [("simple_gla", "chunk"), ("gla", "chunk"), ("mamba2", "chunk"),
                 ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
-                ("comba", "chunk_dplr"), ("rwkv7", "chunk_dplr"), ("gla", "fused_recurrent")]
+                ("comba", "chunk_delta"), ("rwkv7", "chunk_dplr"), ("gla", "fused_recurrent")]
 
 
 @pytest.mark.triton

@@ -14,7 +14,7 @@ import seqc
 from oracles import random_inputs
 
 CORES = {"chunk_core": "mlstm", "chunk_parallel_core": "gla", "scan_core": "hgrn", "chunk_delta_core": "gated_deltanet",
-         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "chunk_dplr_parallel_core": "comba",
+         "chunk_delta_parallel_core": "kda", "chunk_dplr_core": "rwkv7", "chunk_dplr_parallel_core": "rwkv7",
          "semiring_scan_core": "logsumexp"}
 
 

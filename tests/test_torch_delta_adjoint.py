@@ -18,8 +18,8 @@ from test_torch_adjoint import assert_saves_a_third, torch_kernel
 from seqc.inputs import random_call
 from test_value_side import DECAYS, RWKV7_WX, SIZES, call, delta_wx, program
 
-DELTA_SPECS = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
-DPLR_SPECS = ["rwkv7", "comba"]
+DELTA_SPECS = ["deltanet", "gated_deltanet", "kda", "deltaproduct", "comba"]
+DPLR_SPECS = ["rwkv7"]
 CORES = {**{n: "_ChunkDeltaAdjoint" for n in DELTA_SPECS}, **{n: "_ChunkDplrAdjoint" for n in DPLR_SPECS}}
 ODD = {"K": 5, "V": 3}
 TOL = {"rtol": 1e-12, "atol": 1e-12}

@@ -157,6 +157,7 @@ def test_families_follow_the_plan():
     delta = ("fused_recurrent", "chunk_delta_parallel", "chunk_delta")
     want = {"gla": ("fused_recurrent", "chunk_parallel", "chunk"), "deltanet": delta,
             "hgrn": ("fused_recurrent", "scan_parallel", "scan"), "kda": delta, "deltaproduct": delta,
+            "comba": delta,
             "rwkv7": ("fused_recurrent", "chunk_dplr_parallel", "chunk_dplr"), "maxplus": ("fused_recurrent", "scan_parallel", "scan"),
             "lstm": ("fused_recurrent",), "mlstm": ("fused_recurrent", "chunk_parallel", "chunk"),
             "rwkv6": ("fused_recurrent", "chunk_parallel", "chunk"),

@@ -17,7 +17,7 @@ import seqc  # noqa: E402
 from training_cores import check_mode, check_trains_on_core, modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
-SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct"]
+SUPPORTED = ["deltanet", "gated_deltanet", "kda", "deltaproduct", "comba"]
 
 
 def check(name, T, dims, dtype=torch.float32, resets=(), seed=0, **options):
@@ -40,7 +40,7 @@ def test_two_sub_chunks():
     check("gated_deltanet", 45, {"K": 5, "V": 20}, chunk_size=32, precision="ieee")
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
+@pytest.mark.parametrize("name", ["gated_deltanet", "kda", "comba"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_key_and_value_blocks_split(name, dtype):
     """K = 80 (all of it in the per-chunk kernel and the state pass, two key blocks of 64 in
@@ -50,11 +50,12 @@ def test_key_and_value_blocks_split(name, dtype):
           precision="ieee")
 
 
-def test_two_key_blocks_in_the_per_chunk_kernel():
+@pytest.mark.parametrize("name", ["gated_deltanet", "comba"])
+def test_two_key_blocks_in_the_per_chunk_kernel(name):
     """K = 136: two key blocks of 128 in the per-chunk kernel, so its second key loop loads the
-    keys again (at K <= 128 it reuses the first loop's), value blocks of 32 in the state pass
-    (K > 128); a hard reset inside the first chunk."""
-    check("gated_deltanet", 20, {"K": 136, "V": 8}, resets=(5,), chunk_size=16, precision="ieee")
+    keys again (at K <= 128 it reuses the first loop's; comba: the erase keys only), value
+    blocks of 32 in the state pass (K > 128); a hard reset inside the first chunk."""
+    check(name, 20, {"K": 136, "V": 8}, resets=(5,), chunk_size=16, precision="ieee")
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "kda"])
@@ -76,9 +77,9 @@ def test_bf16_inputs(name):
 
 
 def test_specs_without_the_form_keep_the_single_kernel():
-    """The DPLR kinds (rwkv7, comba) are not offered the mode: theirs is chunk_dplr_parallel
-    (tests/test_triton_chunk_dplr_parallel.py)."""
-    for name in ("rwkv7", "comba"):
+    """The DPLR kind (rwkv7) is not offered the mode: its is chunk_dplr_parallel
+    (tests/test_triton_chunk_dplr_parallel.py); comba, a delta rule with two keys, is."""
+    for name in ("rwkv7",):
         module = seqc.load(name).kernel("triton").module
         assert "chunk_delta_parallel" not in module.MODES, name
     for name in SUPPORTED:

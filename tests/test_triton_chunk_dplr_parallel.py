@@ -1,7 +1,7 @@
 """The three-kernel diagonal-plus-low-rank form `chunk_dplr_parallel`
 (backends/triton/chunk_dplr_parallel.md) against the reference, under the Triton interpreter:
-rwkv7 (key-wise decay, the key reading the state before it) and comba (scalar decay, the key
-reading the decayed state); ragged lengths, odd dims, chunks of one, two and four sub-chunks of
+rwkv7 (key-wise decay, the key reading the state before it; comba, a scalar decay the key
+sees, proves the two-key delta rule now: test_triton_chunk_delta_parallel.py); ragged lengths, odd dims, chunks of one, two and four sub-chunks of
 16 (the block merge of the UT inverse), key and value blocks split, initial and final states,
 hard resets (-inf log decays) and very negative gates, fp32, fp64 and bf16 inputs (bf16 operands
 go into tl.dot as they are, the reference runs on the same bf16 values in fp32: the tolerance
@@ -19,7 +19,7 @@ from oracles import random_inputs, random_state  # noqa: E402
 from training_cores import check_mode, check_trains_on_core, modes_run  # noqa: E402
 
 pytestmark = pytest.mark.triton
-SUPPORTED = ["rwkv7", "comba"]
+SUPPORTED = ["rwkv7"]
 MODE = "chunk_dplr_parallel"
 
 
@@ -27,11 +27,11 @@ def check(name, T, dims, dtype=torch.float32, gates=(), seed=0, tol=None, **opti
     check_mode(name, MODE, T, dims, dtype, gates, seed, tol, **options)
 
 
-@pytest.mark.parametrize("name,T,chunk", [("rwkv7", 1, 64), ("comba", 37, 16), ("rwkv7", 45, 32),
+@pytest.mark.parametrize("name,T,chunk", [("rwkv7", 1, 64), ("rwkv7", 37, 16), ("rwkv7", 45, 32),
                                           ("rwkv7", 70, 64)])
 def test_odd_dims_ragged_lengths(name, T, chunk):
     """K = 5, V = 20, chunks of 16 (one sub-chunk of the key-wise scores), 32 (two) and 64
-    (four; comba's chunks of 64: the hard-reset test); the last chunk ragged; an initial state
+    (four); the last chunk ragged; an initial state
     and the final one; precision "ieee" (fp32 at 1e-4)."""
     check(name, T, {"K": 5, "V": 20}, chunk_size=chunk, precision="ieee")
 
@@ -43,8 +43,7 @@ def test_fp64(name):
     check(name, 21, {"K": 5, "V": 20}, dtype=torch.float64, chunk_size=16)
 
 
-@pytest.mark.parametrize("name,dtype", [("rwkv7", torch.float32), ("comba", torch.float32),
-                                        ("rwkv7", torch.bfloat16)])
+@pytest.mark.parametrize("name,dtype", [("rwkv7", torch.float32), ("rwkv7", torch.bfloat16)])
 def test_key_and_value_blocks_split(name, dtype):
     """K = 20 (two key blocks of 16 in the per-chunk and output kernels, the second ragged; all
     of it in the state pass), V = 20 as two value blocks of 16 (block_split=16): two state-pass
@@ -54,8 +53,7 @@ def test_key_and_value_blocks_split(name, dtype):
 
 
 @pytest.mark.parametrize("name,chunk,steps", [("rwkv7", 16, (3, 16, 20, 36)),
-                                               ("rwkv7", 64, (15, 16, 40, 64)),
-                                               ("comba", 64, (15, 16, 40, 64))])
+                                               ("rwkv7", 64, (15, 16, 40, 64))])
 def test_hard_resets_at_and_inside_chunks(name, chunk, steps):
     """-inf log decays (rwkv7: on key lane 2) inside a sub-chunk, at a sub-chunk's first step
     (16 with chunks of 64), at a chunk's first step (16 / 64) and at the last step: nothing
@@ -87,12 +85,14 @@ def test_tf32_by_default_on_fp32():
 
 
 def test_offered_for_the_dplr_kinds_only():
-    """rwkv7 and comba get the mode beside their single kernel; the delta rule does not."""
+    """rwkv7 gets the mode beside its single kernel; the delta rule (comba's two keys too) does
+    not."""
     for name in SUPPORTED:
         module = seqc.load(name).kernel("triton").module
         assert module.MODES == ("fused_recurrent", MODE, "chunk_dplr"), name
         assert module.PARALLEL_MODE == MODE and module.DEFAULT_MODE == "chunk_dplr"
-    assert MODE not in seqc.load("gated_deltanet").kernel("triton").module.MODES
+    for name in ("gated_deltanet", "comba"):
+        assert MODE not in seqc.load(name).kernel("triton").module.MODES
 
 
 def test_default_mode_by_programs_against_sms():
@@ -166,8 +166,8 @@ def test_scratch_traffic_counted():
 
 def test_the_kernels_fit_sm_90a_at_k_v_64():
     """`seqc gpu-check` (the suite's gpu-check cache: tests/test_gpu_fitness_families.py compiles
-    the same kernels, read back here), rwkv7 (comba's kernels differ only in their role
-    expressions and scalar decay; docs/benchmarks.md has both at 64 and 128 on sm_80 and sm_90a):
+    the same kernels, read back here), rwkv7 (docs/benchmarks.md has it at 64 and 128 on sm_80
+    and sm_90a):
     the three kernels compile for sm_90a at K = V = 64 on bf16 with 0 spill bytes, shared memory
     within the limit, tensor-core instructions and 16-bit operands in their dots; the per-chunk
     and output kernels run a program per chunk."""

@@ -3,7 +3,7 @@
 S_t = diag(exp d_t) S_{t-1} - e_t u_t^T + k_t v_t^T, u_t = kp_t^T diag(exp(d_t - unseen_t)) S_{t-1},
 o_t = S_t^T q_t, with no, a scalar or a key-wise log decay d and unseen part.
 
-A Triton call of rwkv7 or comba that needs a gradient (seqc/autograd.py) runs the torch module's
+A Triton call of rwkv7 that needs a gradient (seqc/autograd.py) runs the torch module's
 prelude under autograd with this core in place of the torch `_chunk_dplr`; here the core is
 checked on its own against the torch `_chunk_dplr`'s autograd (fp64, rtol 1e-10) and through
 whole specs against the reference's autograd (fp32, rtol 1e-4): T not a multiple of the chunk,
@@ -24,8 +24,9 @@ from test_triton_chunk_adjoint import (  # noqa: E402
     assert_resets_equal_the_reference, assert_trains_through_core, without_parallel_cores)
 
 pytestmark = pytest.mark.triton
-DPLR_SPECS = ["rwkv7", "comba"]
-# (log decay, unseen): rwkv7's key-wise decay its key does not see, comba's scalar one it sees,
+DPLR_SPECS = ["rwkv7"]
+# (log decay, unseen): rwkv7's key-wise decay its key does not see, a scalar one seen (comba's
+# before it proved the delta rule with two keys),
 # a key-wise decay seen, a scalar one unseen, no decay
 GATES = [("keywise", "all"), ("scalar", "none"), ("keywise", "none"), ("scalar", "all"),
          ("none", "none"), ("keywise", "half")]

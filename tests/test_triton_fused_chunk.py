@@ -49,7 +49,7 @@ def compare(name, mode, dims, T, dtype=torch.float32, rtol=RTOL, **options):
                                        ("mlstm", "chunk"), ("rwkv6", "chunk"),
                                        ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
                                        ("deltaproduct", "chunk_delta"), ("rwkv7", "chunk_dplr"),
-                                       ("comba", "chunk_dplr")])
+                                       ("comba", "chunk_delta")])
 def test_key_dim_over_64(name, mode):
     """K = 80 (a 128-lane key block): V = 72 is two value blocks of 64 a head (chunk, chunk_dplr)
     or five of 16 (chunk_delta), the last one ragged; T = 37 is two whole chunks of 16 and a ragged one;
@@ -181,7 +181,7 @@ def test_odd_dims_in_several_value_blocks(name, mode):
 @pytest.mark.triton
 @pytest.mark.parametrize("name,mode", [("simple_gla", "chunk"), ("gla", "chunk"),
                                        ("gated_deltanet", "chunk_delta"), ("kda", "chunk_delta"),
-                                       ("rwkv7", "chunk_dplr"), ("comba", "chunk_dplr")])
+                                       ("rwkv7", "chunk_dplr"), ("comba", "chunk_delta")])
 def test_bf16_calls_dot_in_bf16_within_a_bf16_rounding(name, mode):
     """bf16 q, k, v go into tl.dot as they are and the computed operands (scores, decayed keys,
     the state read back, the UT inverse, the DPLR pseudo-values) are rounded to bf16 once: outputs and final states

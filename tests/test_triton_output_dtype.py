@@ -27,7 +27,7 @@ CASES = [("simple_gla", "fused_recurrent"), ("simple_gla", "chunk"),
          ("simple_gla", "chunk_parallel"), ("hgrn", "scan"), ("hgrn", "scan_parallel"),
          ("deltanet", "chunk_delta"), ("deltanet", "chunk_delta_parallel"),
          ("kda", "chunk_delta_parallel"),      # the key-wise output kernel (8 warps)
-         ("comba", "chunk_dplr_parallel"),
+         ("comba", "chunk_delta_parallel"),   # the write key apart from the erase key
          ("rwkv6", "chunk"),                   # a read of S_{t-1}, its bonus formed early
          ("gla", "chunk_parallel"),            # the key-wise output kernel
          ("rwkv7", "chunk_dplr_parallel")]     # key-wise gates

@@ -21,7 +21,7 @@ FORMS = [
     ("deltanet", "chunk_delta_parallel", "_chunk_delta_parallel_configs",
      {"prepare": [{"num_warps": 8}], "state": [{}, {"num_stages": 2}],
       "output": [{}, {"BLOCK_V": 16}]}),
-    ("comba", "chunk_dplr_parallel", "_chunk_dplr_parallel_configs",
+    ("rwkv7", "chunk_dplr_parallel", "_chunk_dplr_parallel_configs",
      {"prepare": [{"num_warps": 8}], "state": [{"num_warps": 8}],
       "output": [{"num_warps": 8}, {"BLOCK_V": 16}]}),
     ("hgrn", "scan_parallel", "_scan_parallel_configs", [{}, {"num_warps": 8}]),

@@ -139,7 +139,8 @@ class GroupEmitter:
         lines = []
         for j, step in enumerate(g.steps):
             lines.append(f"key_{s}_{j} = {self.call(step.key, kd)}")
-            lines.append(f"write_{s}_{j} = {self.call(step.beta, kd)} * key_{s}_{j}")
+            written = f"key_{s}_{j}" if step.write_key is None else self.call(step.write_key, kd)
+            lines.append(f"write_{s}_{j} = {self.call(step.beta, kd)} * {written}")
         keys = ", ".join(f"key_{s}_{j}" for j in range(len(g.steps)))
         writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
         values = ", ".join(self.call(step.value, vd) for step in g.steps)

@@ -338,9 +338,10 @@ class BlockKernel:
 
     def _chunk_delta(self, group) -> dict:
         K, V = group.key_dim, group.value_dim
-        steps = [(self.role(s.key, (K,)), self.role(s.beta, ()), self.role(s.value, (V,)))
-                 for s in group.steps]
-        return dict(self.matrix_roles(group), steps=steps, n=len(steps))
+        two_keys = any(s.write_key is not None for s in group.steps)
+        steps = [(self.role(s.key, (K,)), self.role(s.beta, ()), self.role(s.value, (V,)),
+                  self.role(s.writes, (K,)) if two_keys else None) for s in group.steps]
+        return dict(self.matrix_roles(group), steps=steps, n=len(steps), two_keys=two_keys)
 
     def _chunk_dplr(self, group) -> dict:
         K = (group.key_dim,)

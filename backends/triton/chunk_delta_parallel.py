@@ -2,7 +2,8 @@
 (chunks, batch x head) forming the WY factors w, u of each chunk, a state pass writing the
 chunk-boundary states and the new values, and an output kernel parallel over (value blocks,
 chunks, batch x head), for a Plan whose only group is a `chunk_delta` group S[K, V] with one
-delta step a token and a scalar or key-wise log decay, or none (deltanet, gated_deltanet, kda).
+delta step a token and a scalar or key-wise log decay, or none (deltanet, gated_deltanet, kda,
+comba: its write key apart from its erase key).
 
 Role expressions are rendered as in chunk_parallel.py (whose loads, operands and setup this
 builder shares); what enters a `tl.dot` is in the call's dot dtype `DOT`, the states, gates and
@@ -26,7 +27,8 @@ def supported(plan) -> bool:
     if group is None or len(group.steps) not in (1, 2):
         return False
     K, V = group.key_dim, group.value_dim
-    if any(s.key.dims != (K,) or s.value.dims != (V,) or s.beta.dims != () for s in group.steps):
+    if any(s.key.dims != (K,) or s.writes.dims != (K,) or s.value.dims != (V,) or s.beta.dims != ()
+           for s in group.steps):
         return False
     if group.log_decay is not None and group.log_decay.dims not in ((), (K,)[:len(group.steps) == 1]):
         return False
@@ -44,8 +46,10 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         self.mode = "chunk_delta_parallel"
 
     def keys(self) -> list:
-        """The group's key-dim role expressions besides the queries (here the delta steps')."""
-        return [s.key for s in self.group.steps]
+        """The group's key-dim role expressions besides the queries (here the delta steps' erase
+        keys and, where apart, their write keys)."""
+        return [s.key for s in self.group.steps] + [s.write_key for s in self.group.steps
+                                                     if s.write_key is not None]
 
     def key_exprs(self):
         queries = [q for _, q in self.reads_of(self.group.state)]
@@ -68,12 +72,19 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         K, V = g.key_dim, g.value_dim
         spec = self.spec
         every, bound, keywise, decay = self.group_basics()
+        # key_op the erase keys (read as k @ S: the UT system's rows, w = T beta k), write_op the
+        # write keys (the UT system's columns, the state pass, the read-out): the erase keys
+        # themselves unless a step writes along another key (Comba: chunk_delta_parallel.md)
+        two_keys = any(s.write_key is not None for s in g.steps)
         steps = [dict(key_op=self.operand(s.key, (K,)), beta=self.role(s.beta, ()),
-                      value=self.role(s.value, (V,))) for s in g.steps]
-        key = self.role(g.steps[0].key, (K,))       # the fp32 key (key-wise: one step)
-        key_op, beta, value = (by_step([s[role] for s in steps], axis)
-                               for role, axis in (("key_op", "[:, None]"), ("beta", ""),
-                                                  ("value", "[:, None]")))
+                      value=self.role(s.value, (V,)), write_op=self.operand(s.writes, (K,)))
+                 for s in g.steps]
+        key = self.role(g.steps[0].key, (K,))       # the fp32 keys (key-wise: one step)
+        write = self.role(g.steps[0].writes, (K,))
+        key_op, beta, value, write_op = (by_step([s[role] for s in steps], axis)
+                                         for role, axis in (("key_op", "[:, None]"), ("beta", ""),
+                                                            ("value", "[:, None]"),
+                                                            ("write_op", "[:, None]")))
         row_decay = decay       # per row of the per-chunk kernel: before a token's first step
         if decay is not None and len(steps) > 1:
             row_decay = f"tl.where(step == 0, {decay}, 0.0)"
@@ -85,26 +96,27 @@ class ChunkDeltaParallelKernel(ChunkParallelKernel):
         stores = [self.store(name, v) for name, v in self.plan.outputs.items()]
         key_names = {n for n in every if n in bound or self.has_dim(n, K)}
         free_names = every - key_names
-        inner = [r["query_op"] for r in reads] + [s["key_op"] for s in steps]
+        inner = [r["query_op"] for r in reads] + [s["write_op"] for s in steps]
         outer = stores
         if keywise:     # the gates, the fp32 query and key of each key block (keywise_scores)
-            inner += [decay, key] + [r["query"] for r in reads]
+            inner += [decay, write] + [r["query"] for r in reads]
         elif decay:
             outer = outer + [decay]
         inner_code, outer_code = "\n".join(inner), "\n".join(outer)
         full_key = any(reduces(e, K) for e in self.key_exprs())
         beta_code = beta if keywise else "\n".join([beta, row_decay or ""])
-        key_code = "\n".join([key_op, decay]) if keywise else key_op
+        key_code = "\n".join([key_op, write_op] + ([decay] if keywise else []))
         # one step a token, no key-wise decay: the state pass decays the keys itself
         kg_from_keys = len(steps) == 1 and not keywise
         return dict(K=K, V=V, S=g.state, decay=decay, keywise=keywise, log2e=LOG2E,
                     steps=steps, n=len(steps), row_decay=row_decay,
                     key=key, key_op=key_op, beta=beta, value=value, reads=reads, stores=stores,
+                    write=write, write_op=write_op, two_keys=two_keys,
                     **self.kernel_lanes(K, V),
                     beta_setup=own_step_loads(steps, self.setup(beta_code, every - key_names)),
                     key_setup=own_step_loads(steps, self.setup(key_code, every)),
                     kg_from_keys=kg_from_keys,
-                    state_setup=self.setup("\n".join([key_op, decay or ""]), every),
+                    state_setup=self.setup("\n".join([write_op, decay or ""]), every),
                     value_setup=own_step_loads(steps, self.setup(value, every)),
                     init=layout.prologue(spec, V)["states"][0],
                     outer=self.setup(outer_code + "\n" + inner_code, free_names),

@@ -62,12 +62,15 @@ def adjoint_of(proof) -> Adjoint:
              "erase": d["key"], "key": d["erase"], "keys": "the queries q",
              "values": "the outputs' gradients do"})
     if proof.kind == "chunk_delta":
-        # A_t = H_J ... H_1 D_t, so A_t^T = D_t H_1 ... H_J: dS_t meets step J first
-        factors = " ".join(f"(I - {_t(s.beta)} {_t(s.key)} (x) {_t(s.key)})" for s in d["steps"])
+        # A_t = H_J ... H_1 D_t, so A_t^T = D_t H_1^T ... H_J^T: dS_t meets step J first;
+        # H = I - beta w (x) k transposes to I - beta k (x) w (the keys swap; one key: symmetric)
+        factors = " ".join(f"(I - {_t(s.beta)} {_t(s.key)} (x) {_t(s.writes)})" for s in d["steps"])
         steps = tuple(reversed(d["steps"]))
+        each = ("transposed (the erase and write keys swapped)"
+                if any(s.write_key is not None for s in d["steps"]) else "symmetric")
         return Adjoint(
             "chunk_delta",
-            f"D_t {factors}: each delta factor symmetric, the product reversed (the last step "
+            f"D_t {factors}: each delta factor {each}, the product reversed (the last step "
             "first)",
             f"d{state}_(t-1) = A_t^T d{state}_t + q_(t-1) (x) do_(t-1)",
             {"log_decay": d["log_decay"], "steps": steps, "keys": "the queries q",

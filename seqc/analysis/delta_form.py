@@ -1,6 +1,8 @@
 """`chunk_delta`, the delta rule: a matrix state whose coefficient holds `k @ S`, pure decays then
-steps S + beta k (v - k @ S) with beta scalar, k over the key dim, v over the value dim; a single
-update of the diagonal-plus-low-rank shape goes to dplr_form.py. On the value side (`S @ k`, read
+steps S + beta w (v - k @ S) with beta scalar, k (the erase key, read) and w (the write key: k
+itself, or another one, Comba's I - beta w k^T) over the key dim, v over the value dim; a single
+update of the diagonal-plus-low-rank shape the steps do not take (a decay inside the update, a
+write of its own) goes to dplr_form.py. On the value side (`S @ k`, read
 `S @ q`) the same rules hold for S^T: its last dim is the key dim.
 """
 from __future__ import annotations
@@ -65,12 +67,12 @@ def delta_proof(sym: Symbolic, state: str, reads: ReadForms, facts) -> Proof:
         raise Refused(Reason(f"the decay `{text(sym.to_ir(decay))}` is not provably positive, so "
                              "it cannot be cumulated in log space", update.span, update.value))
     group = plan.DeltaGroup(state, key_dim, value_dim, log_decay, tuple(steps))
-    facts.append(f"each step's transition is (I - beta k k^T) with k over {key_dim}: "
+    facts.append(f"each step's transition is {_transitions(steps)}, keys over {key_dim}: "
                  "identity minus rank one, after a decay over "
                  f"{dims_text(sym.dims(decay))}")
     if side == "right":
         facts.append(transposed_fact(state, key_dim, value_dim))
-    low_rank = tuple(f"{text(s.beta)} * {text(s.key)} {text(s.key)}^T" for s in steps)
+    low_rank = tuple(f"{text(s.beta)} * {text(s.writes)} {text(s.key)}^T" for s in steps)
     return Proof("chunk_delta", (state,), group,
                  {"decay": sym.to_ir(decay), "log_decay": log_decay, "low_rank": low_rank,
                   "steps": tuple(steps), "key_dim": key_dim, "value_dim": value_dim,
@@ -116,19 +118,50 @@ def _not_a_key_read(state: str, dims, reads: ReadForms, side: str = "left") -> R
                   name.span, name)
 
 
+def _transitions(steps) -> str:
+    """The steps' transitions as the facts say them: (I - beta k k^T), or, with a write key w
+    apart from the erase key p, (I - beta w p^T) in the spec's names."""
+    kinds = {"(I - beta k k^T)" if s.write_key is None else
+             f"(I - {text(s.beta)} {text(s.write_key)} {text(s.key)}^T), the write key "
+             f"`{text(s.write_key)}` apart from the erase key `{text(s.key)}`" for s in steps}
+    return " or ".join(sorted(kinds))
+
+
 def _delta_step(sym: Symbolic, state, update, coefficient, write, key_dim, value_dim,
                 side="left"):
-    """S + beta k (v - k @ S): coefficient 1 - beta k <k|, write beta k v (or, on the value
-    side, S + beta (v - S @ k) k: coefficient 1 - beta |k> k)."""
+    """S + beta w (v - k @ S): coefficient 1 - beta w <k|, write beta w v, with w the erase key k
+    itself (the delta rule) or another write key over the key dim (Comba's I - beta k p^T, p the
+    erase key); on the value side, S + beta (v - S @ k) w: coefficient 1 - beta |k> w."""
     low_rank = one_low_rank(sym, state, update, coefficient, key_dim, side)
     if low_rank is None or sp.simplify(low_rank[0] - 1) != 0:
         return None
     _, weight, key = low_rank
-    beta = sp.cancel(weight / sym.convert(key))
-    value = sp.cancel(write / weight) if write != 0 else sp.Integer(0)
-    if sym.dims(beta) or not sym.dims(value) <= {value_dim} or sym.has_functional(value):
+    split = _scalar_times_key(sym, weight, key, key_dim)
+    if split is None:
         return None
-    return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value))
+    beta, write_key = split
+    value = sp.cancel(write / weight) if write != 0 else sp.Integer(0)
+    if not sym.dims(value) <= {value_dim} or sym.has_functional(value):
+        return None
+    return plan.DeltaStep(key, sym.to_ir(beta), sym.to_ir(value),
+                          None if write_key is None else sym.to_ir(write_key))
+
+
+def _scalar_times_key(sym: Symbolic, weight: sp.Expr, key, key_dim: str):
+    """The erase weight e of `1 - e <k|` as beta w, beta scalar: (beta, None) when w is the key
+    k itself, (beta, w) for a write key w over the key dim apart from k (the factors of e that
+    carry a dim; a key-wise beta joins w); None when e is not over the key dim."""
+    if sym.has_functional(weight):
+        return None
+    beta = sp.cancel(weight / sym.convert(key))
+    if not sym.dims(beta):
+        return beta, None
+    factors = sp.Mul.make_args(sp.factor_terms(sp.cancel(weight)))
+    beta = sp.Mul(*[f for f in factors if not sym.dims(f)])
+    write_key = sp.Mul(*[f for f in factors if sym.dims(f)])
+    if sym.dims(write_key) != {key_dim}:
+        return None
+    return beta, write_key
 
 
 def _rank_one(sym: Symbolic, coefficient: sp.Expr, key_dim: str, side: str = "left") -> bool:

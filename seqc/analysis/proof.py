@@ -127,7 +127,8 @@ COMBINES = {
                      "(exp of the summed log decay), U the summed key (x) value writes", "(1, 0)",
                      _chunk, _ones_zeros),
     "chunk_delta": Combine("chunk_delta", "(A1, U1) o (A2, U2) = (A2 A1, A2 U1 + U2), "
-                           "A = exp(log_decay) (I - beta k k^T) per step", "(I, 0)",
+                           "A = exp(log_decay) (I - beta w k^T) per step, k the erase key, "
+                           "w the write key (k itself in the delta rule)", "(I, 0)",
                            _delta, _eye_zeros),
     "chunk_dplr": Combine("chunk_dplr", "(A1, U1) o (A2, U2) = (A2 A1, A2 U1 + U2), "
                           "A = diag(exp(log_decay)) - erase key^T per step", "(I, 0)",

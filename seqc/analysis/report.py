@@ -43,7 +43,7 @@ def summary(proof) -> str:
                 f"({_functional(d, state, d['key'])}), the key reading the state {where}, "
                 f"written by {writes or 'nothing'}{held}")
     if proof.kind == "chunk_delta":
-        steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.key)}` (x) (`{text(s.value)}` - "
+        steps = "; then ".join(f"`{text(s.beta)}` * `{text(s.writes)}` (x) (`{text(s.value)}` - "
                                f"{_functional(d, state, s.key)})" for s in d["steps"])
         return (f"{_decay(d)}, then identity minus low rank: {steps}{held}")
     if proof.kind == "semiring":
@@ -125,7 +125,8 @@ def _json_value(value):
     if isinstance(value, (tuple, list)):
         return [_json_value(v) for v in value]
     if isinstance(value, (plan.Write, plan.DeltaStep)):
-        return {f: text(getattr(value, f)) for f in value.__dataclass_fields__}
+        return {f: None if getattr(value, f) is None else text(getattr(value, f))
+                for f in value.__dataclass_fields__}
     if isinstance(value, (ir.Num, ir.Name, ir.Unary, ir.Binary, ir.Call)):
         return text(value)
     return value

@@ -567,7 +567,8 @@ def chunk_delta_parallel_prepare_kernel(
         A33 = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
         k3 = tl.zeros([BLOCK_T, BLOCK_K], dtype=DOT)
     Glast, Rlast = Gc, Rc
-    # A = beta k k^T decayed, strictly lower, block by block, summed over key blocks
+    # A = beta k w^T decayed (erase keys against write keys), strictly lower, block by block,
+    # summed over key blocks
     for i_k in range(0, tl.cdiv(dim_K, BLOCK_K)):
         o_K = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_K = o_K < dim_K
@@ -1042,7 +1043,7 @@ def chunk_delta_kernel(
         Gend_S = tl.where(R_S == Rlast_S, Glast_S - G_S, float("-inf"))
         Glast0_S = tl.where(Rlast_S == 0.0, Glast_S, float("-inf"))
         Gr_S, Rr_S, G0r_S, Gendr_S = G_S, R_S, G0_S, Gend_S
-        # the state pass's keys k 2^(G_C - G), formed now so the fp32 keys die before the read-out
+        # the state pass's keys w 2^(G_C - G), formed now so the fp32 keys die before the read-out
         ke_S = (k_S * tl.exp2(Gendr_S)[:, None]).to(DOT)
         L_S = tl.dot(kd_S, tl.trans(kd_S), input_precision=PRECISION) * b_S[:, None] * tl.exp2(tl.where((pos_S[:, None] > pos_S[None, :]) & (Rr_S[:, None] == Rr_S[None, :]), Gr_S[:, None] - Gr_S[None, :], float("-inf")))
         Tm_S = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
