@@ -16,6 +16,18 @@ FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
 SEMIRING_ADD = {"maxplus": "torch.maximum", "logsumexp": "torch.logaddexp"}
 
 
+def plain_reads(plan) -> frozenset[str]:
+    """The matrix reads of the current state that are a whole output expression and appear in
+    no other (module.md, "Call-dtype reads"): such a read reaches its output unchanged."""
+    def reads(expr):
+        return [n.id for n in ir.walk(expr)
+                if isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"]
+    used = [name for expr in plan.outputs.values() for name in reads(expr)]
+    whole = [expr.id for expr in plan.outputs.values() if reads(expr) == [getattr(expr, "id", None)]]
+    return frozenset(r.name for r in plan.reads if r.query is not None and not r.previous
+                     and r.name in whole and used.count(r.name) == whole.count(r.name))
+
+
 def output_dims(output: ir.Output) -> tuple[str, ...]:
     return output.declared_dims if output.declared_dims is not None else output.value.dims
 
@@ -43,10 +55,12 @@ def supported(group, spec: ir.Spec) -> bool:
 
 
 class GroupEmitter:
-    def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer):
+    def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer,
+                 plain: frozenset[str] = frozenset()):
         self.spec = spec
         self.reads = reads
         self.whole = whole
+        self.plain = plain      # the reads that are a whole output (`plain_reads`)
 
     def seq(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
         """`value` over [B, H, T, *dims]."""
@@ -74,6 +88,14 @@ class GroupEmitter:
                 code = f"_next_query(q_{r.name})"
             queries.append(code)
         return lines, ", ".join(queries)
+
+    def options(self, kind: str, reads) -> str:
+        """The core call's call-dtype keywords (module.md, "Call-dtype reads"): under
+        `call_dtype`, a core given for `kind` stores its reads in the call's dtype when each is
+        a whole output (`plain_reads`), so that no fp32 read is cast after it."""
+        if reads and all(r.name in self.plain for r in reads):
+            return f", **_given(raw, '{kind}', read_dtype=first.dtype)"
+        return ""
 
     def matrix_read_lines(self, reads, init: str, squeeze: str = "") -> list[str]:
         """rd_<read> from the core's `reads` [B, H, T, V]; a previous-state read comes out one
@@ -115,7 +137,7 @@ class GroupEmitter:
         squeeze = ".squeeze(-1)" if vector else ""
         if g.value_log_decay is None:
             lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], "
-                      f"[{values}], {decay}, {init}, chunk_size)"]
+                      f"[{values}], {decay}, {init}, chunk_size{self.options('chunk', reads)})"]
         else:                   # a torch-only core: no Triton kernel takes a value-wise gate
             lines += [f"reads, final_{g.state} = _chunk_value_gated([{queries}], [{keys}], "
                       f"[{values}], {decay}, {self.call(g.value_log_decay, vd)}, {init}, "
@@ -148,7 +170,8 @@ class GroupEmitter:
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         lines += query_lines
         lines.append(f"reads, final_{s} = cores['chunk_delta']([{queries}], [{keys}], "
-                     f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
+                     f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, "
+                     f"chunk_size{self.options('chunk_delta', reads)})")
         lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
@@ -167,7 +190,7 @@ class GroupEmitter:
                          for log in (g.log_decay, g.unseen_log_decay))
         lines += [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
                   f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
-                  f"init_{s}{self.swapped(g)}, chunk_size)"]
+                  f"init_{s}{self.swapped(g)}, chunk_size{self.options('chunk_dplr', reads)})"]
         lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")

@@ -1609,22 +1609,23 @@ class _DeltaCore(torch.autograd.Function):
         return dq, dk, dw, dv, dg, ds0, None, None
 
 
-def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
+def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
+                     read_dtype=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on these kernels: one query, one or more delta steps a token (a product of
     delta factors: the delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise
     decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
-    does (docs/backends.md)."""
+    does (docs/backends.md). `read_dtype`: the reads cast to it (the kernels store fp32)."""
     (q,) = queries
     keys, write_keys, values = ([*_widened(state, *xs)] for xs in (keys, write_keys, values))
     q, log_decay = _widened(state, q, log_decay)
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size, 1)
-        return [o.transpose(1, 2)], final
-    k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
-    o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size, len(keys))
-    return [o.transpose(1, 2)], final
+    else:
+        k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
+        o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size, len(keys))
+    return [o.transpose(1, 2).to(read_dtype or o.dtype)], final
 
 
 def _delta_steps(keys, write_keys, values, log_decay):
@@ -2509,7 +2510,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
     the adjoint kernels alone (chunk_delta_parallel_core.md)."""
 
     @staticmethod
-    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision):
+    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision, read_dtype):
         compute = s0.dtype      # the state's: q, k, w, v, g may come in the call's 16-bit dtype
         given = tuple(None if x is None else x.dtype for x in (q, k, w, v, g))
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
@@ -2536,7 +2537,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                             device=device)                           # 2^Glast0
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
         final = torch.empty((B, H, K, V), dtype=compute, device=device)
-        o = torch.empty((B, T, H, V), dtype=compute, device=device)
+        o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=device)   # the read
         g_ptr = k if g is None else g
         _cdp_prepare_kernel[(NT, B * H)](
             k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
@@ -2628,15 +2629,16 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
         dq, dk, dw, dv = (x.to(given[i]) for x, i in zip((dq, dk, dw, dv), range(4)))
         dg = None if dg is None else dg.to(given[4])
-        return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
+        return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None, None
 
 
 def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
-                              dot_dtype=None, precision=None):
+                              dot_dtype=None, precision=None, read_dtype=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on the parallel kernels: one query, one or more delta steps a token (the
     delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise decay; q, k, w, v
-    dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype)."""
+    dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype); the reads
+    stored in `read_dtype` (backends/torch/module.md, "Call-dtype reads"), else fp32."""
     (q,) = queries
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
@@ -2645,7 +2647,7 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
         k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
     o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, chunk_size,
-                                             steps, dot_dtype, precision)
+                                             steps, dot_dtype, precision, read_dtype)
     return [o.transpose(1, 2)], final
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of

@@ -1230,14 +1230,15 @@ class _ChunkCore(torch.autograd.Function):
         return dq, dk, dv, dg, ds0, None
 
 
-def chunk_core(queries, keys, values, log_decay, state, chunk_size):
+def chunk_core(queries, keys, values, log_decay, state, chunk_size, read_dtype=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on these kernels: one query and one write a step. `run(..., chunk_core=)` of the
-    torch module takes it; seqc's Triton backward does (docs/backends.md)."""
+    torch module takes it; seqc's Triton backward does (docs/backends.md). `read_dtype`: the
+    reads cast to it (chunk_core.md; the kernels store fp32)."""
     (q,), (k,), (v,) = queries, keys, values
     q, k, v, log_decay = _widened(state, q, k, v, log_decay)
     o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
-    return [o.transpose(1, 2)], final
+    return [o.transpose(1, 2).to(read_dtype or o.dtype)], final
 
 
 
@@ -1852,7 +1853,7 @@ class _ChunkParallelCore(torch.autograd.Function):
     chunk states h [B, H, NT, K, V], the backward is the adjoint kernels alone."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision):
+    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision, read_dtype):
         compute = s0.dtype      # the state's: q, k, v, g may come in the call's 16-bit dtype
         given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype)
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
@@ -1868,7 +1869,9 @@ class _ChunkParallelCore(torch.autograd.Function):
         NT, NV = triton.cdiv(T, b["block_t"]), triton.cdiv(V, b["block_v"])
         acc, tl_dot = _acc(s0), _TL_DTYPES[dot]
         precision = precision or ("tf32" if dot == torch.float32 else "ieee")
-        o = torch.empty((B, T, H, V), dtype=compute, device=q.device)
+        # the read stored in read_dtype (the call's, when it is a whole output: its gradient
+        # then comes in that dtype too), else fp32
+        o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=q.device)
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
@@ -1944,17 +1947,19 @@ class _ChunkParallelCore(torch.autograd.Function):
         if decay == 1:
             dg = dg.sum(0).to(given[3])
         dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
-        return dq, dk, dv, dg, ds0, None, None, None
+        return dq, dk, dv, dg, ds0, None, None, None, None
 
 
 def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot_dtype=None,
-                        precision=None):
+                        precision=None, read_dtype=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on the parallel kernels, one query and one write a step; q, k, v dot in `dot_dtype`
-    when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation."""
+    when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation; the
+    reads stored in `read_dtype` (the call's, backends/torch/module.md "Call-dtype reads"), else
+    fp32."""
     (q,), (k,), (v,) = queries, keys, values
     o, final = _ChunkParallelCore.apply(q, k, v, log_decay, state, chunk_size, dot_dtype,
-                                        precision)
+                                        precision, read_dtype)
     return [o.transpose(1, 2)], final
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
