@@ -66,15 +66,17 @@ def sizes_of(program, T=32, dims=16):
 
 
 def test_the_core_receives_the_call_dtype(monkeypatch):
-    """simple_gla at bf16: q (scaled in bf16), k, v, g reach chunk_parallel_core in bf16, the
-    state in fp32; the gradients come back in bf16; an fp32 call hands it fp32 throughout."""
+    """simple_gla at bf16: q (unscaled: the core takes `scale` as `query_scale`), k, v, g reach
+    chunk_parallel_core in bf16, the state in fp32; the gradients come back in bf16; an fp32
+    call hands it fp32 throughout."""
     program = seqc.load("simple_gla")
     kernel = program.kernel("triton")
     own = kernel.module.MODE_CORES["chunk_parallel"]
-    core, seen = own["chunk_core"], []
+    core, seen, scales = own["chunk_core"], [], []
 
     def recorded(queries, keys, values, log_decay, state, chunk_size, **options):
         seen.append([t.dtype for t in (queries[0], keys[0], values[0], log_decay, state)])
+        scales.append(options["query_scale"])
         return core(queries, keys, values, log_decay, state, chunk_size, **options)
     monkeypatch.setitem(own, "chunk_core", recorded)
     for dtype in (torch.bfloat16, torch.float32):
@@ -84,6 +86,7 @@ def test_the_core_receives_the_call_dtype(monkeypatch):
         assert {x[n].grad.dtype for n in x} == {dtype}
     bf16, f32 = torch.bfloat16, torch.float32
     assert seen == [[bf16, bf16, bf16, bf16, f32], [f32] * 5]
+    assert scales == [16 ** -0.5] * 2
 
 
 @pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "rwkv7", "comba", "kda"])
@@ -107,14 +110,16 @@ def test_bf16_gradients_match_the_fp32_call(name):
         assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), n
 
 
-@pytest.mark.parametrize("name, bound", [("simple_gla", 4.0), ("gated_deltanet", 15.0)])
+@pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 14.0)])
 def test_bf16_training_step_torch_bytes(name, bound):
     """The torch operations of a bf16 training step (T=64, dims 16) move at most `bound` times
-    the call's compulsory bytes. simple_gla 3.60x: the loss, `scale * q` and its backward in
-    bf16, the scalar gate's gradient sum and its fp32 copy (5.82x while the core stored its read
+    the call's compulsory bytes. simple_gla 3.11x: the loss, the incoming gradient times
+    `scale` (the core's backward), the scalar gate's gradient sum and its fp32 copy (3.60x with
+    `scale * q` and its backward in bf16 on the torch side; 5.82x while the core stored its read
     in fp32, cast to bf16 after, and took its gradient cast to fp32; 13.45x with every input
-    copied to fp32). gated_deltanet 14.28x (16.46x with the fp32 read): the normalised key and
-    `beta * k` in fp32 (module.md, "Call-dtype reads")."""
+    copied to fp32). gated_deltanet 13.79x (14.28x with `scale * q`, 16.46x with the fp32
+    read): the normalised key and `beta * k` in fp32 (module.md, "Call-dtype reads", "A
+    constant query scale")."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
     spec = importlib.util.spec_from_file_location("fla_traffic", path)
     module = importlib.util.module_from_spec(spec)
@@ -161,3 +166,46 @@ def test_the_core_stores_the_read_in_the_call_dtype(monkeypatch):
         x = {n: t.requires_grad_() for n, t in tensors.items()}
         kernel(**x)["o"].float().sum().backward()
     assert seen == [torch.bfloat16] * 2 + [torch.float32] * 2
+
+
+@pytest.mark.parametrize("name", ["simple_gla", "gated_deltanet"])
+def test_the_torch_forms_take_the_call_dtype_keywords(name):
+    """The module's own chunk forms given as the cores under `call_dtype` (their query handed
+    unscaled, `query_scale` and `read_dtype` as keywords: `_call_dtype_form`) compute what the
+    plain call does, fp64, outputs and gradients."""
+    program = seqc.load(name)
+    module = program.kernel("torch").module
+    kind = "chunk_delta" if name == "gated_deltanet" else "chunk"
+    tensors, _ = random_call(program.spec, sizes_of(program), dtype=torch.float64, seed=7)
+    dims = {**sizes_of(program), "scale": 0.3}
+    results = []
+    for options in ({}, {f"{kind}_core": getattr(module, f"_{kind}"), "call_dtype": True}):
+        x = {n: t.clone().requires_grad_() for n, t in tensors.items()}
+        out = module.run(x, {}, dims, **options)[0]["o"]
+        out.sum().backward()
+        results.append([out.detach()] + [x[n].grad for n in sorted(x)])
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_parallel_core_scales_the_query():
+    """chunk_parallel_core with `query_scale` s on q is the core on s q (fp32: outputs and
+    every gradient, the output's accumulator scaled in the kernel, the backward of s do)."""
+    program = seqc.load("simple_gla")
+    core = program.kernel("triton").module.MODE_CORES["chunk_parallel"]["chunk_core"]
+    generator = torch.Generator().manual_seed(11)
+    B, T, H, K = 1, 40, 2, 16
+    q, k, v = (torch.randn(B, T, H, K, generator=generator) for _ in range(3))
+    g = -torch.rand(B, T, H, generator=generator)
+    s0 = torch.randn(B, H, K, K, generator=generator)
+    weight = torch.randn(B, H, T, K, generator=generator)
+    runs = []
+    for scaled in (False, True):
+        x = [t.clone().requires_grad_() for t in (q, k, v, g, s0)]
+        query = x[0] if scaled else 0.3 * x[0]
+        reads, final = core([query], [x[1]], [x[2]], x[3], x[4], 16, precision="ieee",
+                            **({"query_scale": 0.3} if scaled else {}))
+        ((reads[0] * weight).sum() + final.sum()).backward()
+        runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
+    for got, want in zip(*runs):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)

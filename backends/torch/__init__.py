@@ -98,6 +98,9 @@ def _core_kind(name: ast.Name, parents: dict) -> str | None:
         if not (isinstance(call, ast.Call) and call.func is parent):
             return None
         node, parent = call, parents.get(call)
+    if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and \
+            parent.func.id == "_query" and parent.args and parent.args[-1] is node:
+        node, parent = parent, parents.get(parent)      # `_query(raw, kind, c, x)`: c * x
     if isinstance(parent, ast.List):
         node, parent = parent, parents.get(parent)
     if not (isinstance(parent, ast.Call) and node in parent.args):
