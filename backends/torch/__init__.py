@@ -16,7 +16,7 @@ from seqc.backends.torch_render import (PRELUDE, FactoringTorchRenderer, TorchRe
                                          constant_tensor, is_constant, step_value)
 from seqc.templates import render
 
-from .roles import GroupEmitter, output_dims, supported, templates
+from .roles import GroupEmitter, output_dims, plain_reads, supported, templates
 
 PREFIX = {"input": "in_", "param": "par_", "let": "let_", "dim": "dim_", "read": "rd_"}
 
@@ -45,7 +45,7 @@ def emit_plan(plan) -> str:
         body, families = _sequential_body(spec, prelude_names), []
         outputs = [(o.name, f"seq_{o.name}") for o in spec.outputs]
     else:
-        emitter = GroupEmitter(spec, plan.reads, whole)
+        emitter = GroupEmitter(spec, plan.reads, whole, plain_reads(plan))
         body = [line for group in plan.groups for line in emitter.lines(group)]
         families = sorted({t for g in plan.groups for t in templates(g)})
         # the derived adjoints of the families that have one, for run(..., adjoint=True)
@@ -98,6 +98,9 @@ def _core_kind(name: ast.Name, parents: dict) -> str | None:
         if not (isinstance(call, ast.Call) and call.func is parent):
             return None
         node, parent = call, parents.get(call)
+    if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and \
+            parent.func.id == "_query" and parent.args and parent.args[-1] is node:
+        node, parent = parent, parents.get(parent)      # `_query(raw, kind, c, x)`: c * x
     if isinstance(parent, ast.List):
         node, parent = parent, parents.get(parent)
     if not (isinstance(parent, ast.Call) and node in parent.args):

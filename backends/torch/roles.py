@@ -16,6 +16,18 @@ FAMILIES = {"chunk": "chunk.py.j2", "chunk_delta": "chunk_delta.py.j2",
 SEMIRING_ADD = {"maxplus": "torch.maximum", "logsumexp": "torch.logaddexp"}
 
 
+def plain_reads(plan) -> frozenset[str]:
+    """The matrix reads of the current state that are a whole output expression and appear in
+    no other (module.md, "Call-dtype reads"): such a read reaches its output unchanged."""
+    def reads(expr):
+        return [n.id for n in ir.walk(expr)
+                if isinstance(n, ir.Name) and n.ref is not None and n.ref.kind == "read"]
+    used = [name for expr in plan.outputs.values() for name in reads(expr)]
+    whole = [expr.id for expr in plan.outputs.values() if reads(expr) == [getattr(expr, "id", None)]]
+    return frozenset(r.name for r in plan.reads if r.query is not None and not r.previous
+                     and r.name in whole and used.count(r.name) == whole.count(r.name))
+
+
 def output_dims(output: ir.Output) -> tuple[str, ...]:
     return output.declared_dims if output.declared_dims is not None else output.value.dims
 
@@ -43,10 +55,12 @@ def supported(group, spec: ir.Spec) -> bool:
 
 
 class GroupEmitter:
-    def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer):
+    def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer,
+                 plain: frozenset[str] = frozenset()):
         self.spec = spec
         self.reads = reads
         self.whole = whole
+        self.plain = plain      # the reads that are a whole output (`plain_reads`)
 
     def seq(self, value: ir.Expr, dims: tuple[str, ...]) -> str:
         """`value` over [B, H, T, *dims]."""
@@ -63,17 +77,49 @@ class GroupEmitter:
     def reads_of(self, state: str):
         return [r for r in self.reads if r.state == state]
 
-    def queries(self, reads, kd) -> tuple[list[str], str]:
+    def queries(self, reads, kd, kind: str = "") -> tuple[list[str], str]:
         """Lines binding the queries of previous-state reads, and the core's query list: such a
-        read's query goes in one step later (`_next_query`, module.md)."""
+        read's query goes in one step later (`_next_query`, module.md). The one query of a
+        `kind` core call that is a constant times a query (`query_scale`) is `_query(raw, ...)`:
+        unscaled when the core given under call_dtype scales it itself (module.md, "A constant
+        query scale")."""
         lines, queries = [], []
+        scale = self.query_scale(reads) if kind else None
         for r in reads:
             code = self.call(r.query, kd)
+            if scale is not None:
+                code = f"_query(raw, '{kind}', {scale[0]}, {self.call(scale[1], kd)})"
             if r.previous:
                 lines.append(f"q_{r.name} = {code}")
                 code = f"_next_query(q_{r.name})"
             queries.append(code)
         return lines, ", ".join(queries)
+
+    def query_scale(self, reads) -> tuple[str, ir.Expr] | None:
+        """(the constant's code, the query) when the group's one read is of the current state by
+        a constant times a query (`scale * q`: a number, a dim size or a const of the call)."""
+        if len(reads) != 1 or reads[0].previous or not isinstance(reads[0].query, ir.Binary):
+            return None
+        query = reads[0].query
+        if query.op is not ir.Op.MUL:
+            return None
+        for scale, rest in ((query.left, query.right), (query.right, query.left)):
+            if is_constant(scale) and not is_constant(rest):
+                return self.whole(scale), rest
+        return None
+
+    def options(self, kind: str, reads) -> str:
+        """The core call's call-dtype keywords (module.md, "Call-dtype reads", "A constant query
+        scale"): under `call_dtype`, a core given for `kind` stores its reads in the call's
+        dtype when each is a whole output (`plain_reads`), so that no fp32 read is cast after
+        it, and takes the query's constant factor as `query_scale`."""
+        options = []
+        if reads and all(r.name in self.plain for r in reads):
+            options.append("read_dtype=first.dtype")
+        scale = self.query_scale(reads)
+        if scale is not None:
+            options.append(f"query_scale={scale[0]}")
+        return f", **_given(raw, '{kind}', {', '.join(options)})" if options else ""
 
     def matrix_read_lines(self, reads, init: str, squeeze: str = "") -> list[str]:
         """rd_<read> from the core's `reads` [B, H, T, V]; a previous-state read comes out one
@@ -108,14 +154,14 @@ class GroupEmitter:
             values = (f"torch.zeros(B, T, H, {'1' if vector else 'dim_' + g.value_dim}, "
                       "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
-        lines, queries = self.queries(reads, kd)
+        lines, queries = self.queries(reads, kd, "chunk" if g.value_log_decay is None else "")
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
         if g.value_log_decay is None:
             lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], "
-                      f"[{values}], {decay}, {init}, chunk_size)"]
+                      f"[{values}], {decay}, {init}, chunk_size{self.options('chunk', reads)})"]
         else:                   # a torch-only core: no Triton kernel takes a value-wise gate
             lines += [f"reads, final_{g.state} = _chunk_value_gated([{queries}], [{keys}], "
                       f"[{values}], {decay}, {self.call(g.value_log_decay, vd)}, {init}, "
@@ -145,11 +191,12 @@ class GroupEmitter:
         writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
         values = ", ".join(self.call(step.value, vd) for step in g.steps)
         reads = self.reads_of(s)
-        query_lines, queries = self.queries(reads, kd)
+        query_lines, queries = self.queries(reads, kd, "chunk_delta")
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         lines += query_lines
         lines.append(f"reads, final_{s} = cores['chunk_delta']([{queries}], [{keys}], "
-                     f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, chunk_size)")
+                     f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, "
+                     f"chunk_size{self.options('chunk_delta', reads)})")
         lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
@@ -163,12 +210,12 @@ class GroupEmitter:
             keys = f"torch.zeros(B, T, H, dim_{g.key_dim}, dtype=compute, device=device)"
             values = f"torch.zeros(B, T, H, dim_{g.value_dim}, dtype=compute, device=device)"
         reads = self.reads_of(s)
-        lines, queries = self.queries(reads, kd)
+        lines, queries = self.queries(reads, kd, "chunk_dplr")
         decay, unseen = ("None" if log is None else self.call(log, log.dims and kd)
                          for log in (g.log_decay, g.unseen_log_decay))
         lines += [f"reads, final_{s} = cores['chunk_dplr']([{queries}], {self.call(g.erase, kd)}, "
                   f"{self.call(g.key, kd)}, [{keys}], [{values}], {decay}, {unseen}, "
-                  f"init_{s}{self.swapped(g)}, chunk_size)"]
+                  f"init_{s}{self.swapped(g)}, chunk_size{self.options('chunk_dplr', reads)})"]
         lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")

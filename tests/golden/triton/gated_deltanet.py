@@ -1718,22 +1718,25 @@ class _DeltaCore(torch.autograd.Function):
         return dq, dk, dw, dv, dg, ds0, None, None
 
 
-def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size):
+def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
+                     read_dtype=None, query_scale=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on these kernels: one query, one or more delta steps a token (a product of
     delta factors: the delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise
     decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
-    does (docs/backends.md)."""
+    does (docs/backends.md). `read_dtype`: the reads cast to it (the kernels store fp32);
+    `query_scale`: q's constant factor, applied to the widened q."""
     (q,) = queries
     keys, write_keys, values = ([*_widened(state, *xs)] for xs in (keys, write_keys, values))
     q, log_decay = _widened(state, q, log_decay)
+    q = q if query_scale is None else query_scale * q
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         o, final = _DeltaCore.apply(q, k, w, v, log_decay, state.to(q.dtype), chunk_size, 1)
-        return [o.transpose(1, 2)], final
-    k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
-    o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size, len(keys))
-    return [o.transpose(1, 2)], final
+    else:
+        k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
+        o, final = _DeltaCore.apply(q, k, w, v, g, state.to(q.dtype), chunk_size, len(keys))
+    return [o.transpose(1, 2).to(read_dtype or o.dtype)], final
 
 
 def _delta_steps(keys, write_keys, values, log_decay):
@@ -1879,6 +1882,13 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
               torch.float64: tl.float64}
 
 
+def _cp_scaled(do, scale, dtype):
+    """The incoming output gradient times the query's constant factor, in the kernels' dtype,
+    contiguous (chunk_parallel_core.md, "A constant query scale": the outputs are linear in q, so
+    the backward of SCALE o(q) is the unscaled core's backward of SCALE do)."""
+    return (do if scale == 1 else do * scale).to(dtype).contiguous()
+
+
 @triton.jit
 def _cp_scores_and_read(ptr_q, ptr_k, ptr_g, ptr_state, n, i_bh, base, mask_t, o_t, o_v, mask_v,
                         T, NT, K, V, BLOCK_T: tl.constexpr, SUB_T: tl.constexpr,
@@ -1931,12 +1941,13 @@ def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _cp_fwd_output_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Forward outputs: one program per (value block, chunk, batch x head),
-    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks."""
+    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks, times SCALE (the query's
+    constant factor, on the fp32 accumulator)."""
     i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1948,7 +1959,7 @@ def _cp_fwd_output_kernel(
     out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
-    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out,
+    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out * SCALE,
              mask=mask_t[:, None] & mask_v[None, :])
 
 
@@ -2618,7 +2629,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
     the adjoint kernels alone (chunk_delta_parallel_core.md)."""
 
     @staticmethod
-    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision):
+    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision, read_dtype,
+                scale):
         compute = s0.dtype      # the state's: q, k, w, v, g may come in the call's 16-bit dtype
         given = tuple(None if x is None else x.dtype for x in (q, k, w, v, g))
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
@@ -2645,7 +2657,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                             device=device)                           # 2^Glast0
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
         final = torch.empty((B, H, K, V), dtype=compute, device=device)
-        o = torch.empty((B, T, H, V), dtype=compute, device=device)
+        o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=device)   # the read
         g_ptr = k if g is None else g
         _cdp_prepare_kernel[(NT, B * H)](
             k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
@@ -2656,17 +2668,17 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             b["forward_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
             num_stages=b["forward_stages"])
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
-            q, w, vn, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+            q, w, vn, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
+            b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole)     # not v: dL = -dv vn^T
-        ctx.settings = (chunk_size, steps, decay, compute, precision, given)
+        ctx.settings = (chunk_size, steps, decay, compute, precision, given, scale)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, w, g, h, tm, W, vn, we, whole = ctx.saved_tensors
-        chunk_size, steps, decay, compute, precision, given = ctx.settings
+        chunk_size, steps, decay, compute, precision, given, scale = ctx.settings
         B, T, H, K = k.shape
         V = vn.shape[-1]
         b = _cdp_blocks(K, V, decay, chunk_size)
@@ -2675,7 +2687,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         acc, tl_dot = _acc(h), _TL_DTYPES[k.dtype]
         device = k.device
         do = torch.zeros((B, T, H, V), dtype=k.dtype, device=device) if do is None \
-            else _cdp_rows_of_steps(do.to(k.dtype), steps)
+            else _cdp_rows_of_steps(_cp_scaled(do, scale, k.dtype), steps)
         dvn = torch.empty_like(vn)
         g_ptr = k if g is None else g
         qg = q
@@ -2737,15 +2749,18 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
         dq, dk, dw, dv = (x.to(given[i]) for x, i in zip((dq, dk, dw, dv), range(4)))
         dg = None if dg is None else dg.to(given[4])
-        return dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None
+        return (dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None, None,
+                None)
 
 
 def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
-                              dot_dtype=None, precision=None):
+                              dot_dtype=None, precision=None, read_dtype=None, query_scale=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on the parallel kernels: one query, one or more delta steps a token (the
     delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise decay; q, k, w, v
-    dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype)."""
+    dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype); the reads
+    stored in `read_dtype` (backends/torch/module.md, "Call-dtype reads"), else fp32;
+    `query_scale` q's constant factor, applied to the outputs' fp32 accumulators."""
     (q,) = queries
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
@@ -2754,7 +2769,8 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
         k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
     o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, chunk_size,
-                                             steps, dot_dtype, precision)
+                                             steps, dot_dtype, precision, read_dtype,
+                                             1.0 if query_scale is None else float(query_scale))
     return [o.transpose(1, 2)], final
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of

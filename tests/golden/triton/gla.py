@@ -1338,14 +1338,18 @@ class _ChunkCore(torch.autograd.Function):
         return dq, dk, dv, dg, ds0, None
 
 
-def chunk_core(queries, keys, values, log_decay, state, chunk_size):
+def chunk_core(queries, keys, values, log_decay, state, chunk_size, read_dtype=None,
+               query_scale=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on these kernels: one query and one write a step. `run(..., chunk_core=)` of the
-    torch module takes it; seqc's Triton backward does (docs/backends.md)."""
+    torch module takes it; seqc's Triton backward does (docs/backends.md). `read_dtype`: the
+    reads cast to it (chunk_core.md; the kernels store fp32); `query_scale`: q's constant
+    factor, applied to the widened q."""
     (q,), (k,), (v,) = queries, keys, values
     q, k, v, log_decay = _widened(state, q, k, v, log_decay)
+    q = q if query_scale is None else query_scale * q
     o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
-    return [o.transpose(1, 2)], final
+    return [o.transpose(1, 2).to(read_dtype or o.dtype)], final
 
 
 
@@ -1479,6 +1483,13 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
               torch.float64: tl.float64}
 
 
+def _cp_scaled(do, scale, dtype):
+    """The incoming output gradient times the query's constant factor, in the kernels' dtype,
+    contiguous (chunk_parallel_core.md, "A constant query scale": the outputs are linear in q, so
+    the backward of SCALE o(q) is the unscaled core's backward of SCALE do)."""
+    return (do if scale == 1 else do * scale).to(dtype).contiguous()
+
+
 @triton.jit
 def _cp_state_pass_kernel(
     ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
@@ -1579,12 +1590,13 @@ def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _cp_fwd_output_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Forward outputs: one program per (value block, chunk, batch x head),
-    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks."""
+    o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks, times SCALE (the query's
+    constant factor, on the fp32 accumulator)."""
     i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1596,7 +1608,7 @@ def _cp_fwd_output_kernel(
     out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
-    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out,
+    tl.store(ptr_o + base[:, None] * V + o_v[None, :], out * SCALE,
              mask=mask_t[:, None] & mask_v[None, :])
 
 
@@ -1960,7 +1972,7 @@ class _ChunkParallelCore(torch.autograd.Function):
     chunk states h [B, H, NT, K, V], the backward is the adjoint kernels alone."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision):
+    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision, read_dtype, scale):
         compute = s0.dtype      # the state's: q, k, v, g may come in the call's 16-bit dtype
         given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype)
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
@@ -1976,7 +1988,9 @@ class _ChunkParallelCore(torch.autograd.Function):
         NT, NV = triton.cdiv(T, b["block_t"]), triton.cdiv(V, b["block_v"])
         acc, tl_dot = _acc(s0), _TL_DTYPES[dot]
         precision = precision or ("tf32" if dot == torch.float32 else "ieee")
-        o = torch.empty((B, T, H, V), dtype=compute, device=q.device)
+        # the read stored in read_dtype (the call's, when it is a whole output: its gradient
+        # then comes in that dtype too), else fp32
+        o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=q.device)
         h = torch.empty((B, H, NT, K, V), dtype=compute, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
@@ -1984,17 +1998,17 @@ class _ChunkParallelCore(torch.autograd.Function):
             k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
             decay, False, True, False, acc, tl_dot, precision, num_warps=b["warps"])
         _cp_fwd_output_kernel[(NV, NT, B * H)](
-            q, k, v, g_ptr, h, o, T, H, NT, K, V, b["block_t"], b["sub_t"], b["scores_k"],
-            b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+            q, k, v, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
+            b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         ctx.save_for_backward(q, k, v, g, h)
-        ctx.settings = (chunk_size, decay, compute, precision, given)
+        ctx.settings = (chunk_size, decay, compute, precision, given, scale)
         return o, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
         q, k, v, g, h = ctx.saved_tensors
-        chunk_size, decay, compute, precision, given = ctx.settings
+        chunk_size, decay, compute, precision, given, scale = ctx.settings
         B, T, H, K = q.shape
         V = v.shape[-1]
         b = _cp_blocks(K, V, decay, chunk_size)
@@ -2004,7 +2018,7 @@ class _ChunkParallelCore(torch.autograd.Function):
         after = fused or fused_keys or fused_wide
         NK = 1 if after else triton.cdiv(K, b["dqk_k"])
         acc, tl_dot = _acc(h), _TL_DTYPES[q.dtype]
-        do = torch.zeros_like(v) if do is None else do.to(q.dtype).contiguous()
+        do = torch.zeros_like(v) if do is None else _cp_scaled(do, scale, q.dtype)
         # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself
         dh = h.new_empty((B, H, NT - 1, K, V)) if after else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
@@ -2052,17 +2066,20 @@ class _ChunkParallelCore(torch.autograd.Function):
         if decay == 1:
             dg = dg.sum(0).to(given[3])
         dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
-        return dq, dk, dv, dg, ds0, None, None, None
+        return dq, dk, dv, dg, ds0, None, None, None, None, None
 
 
 def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot_dtype=None,
-                        precision=None):
+                        precision=None, read_dtype=None, query_scale=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on the parallel kernels, one query and one write a step; q, k, v dot in `dot_dtype`
-    when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation."""
+    when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation; the
+    reads stored in `read_dtype` (the call's, backends/torch/module.md "Call-dtype reads"), else
+    fp32; `query_scale` q's constant factor, applied to the outputs' fp32 accumulators."""
     (q,), (k,), (v,) = queries, keys, values
     o, final = _ChunkParallelCore.apply(q, k, v, log_decay, state, chunk_size, dot_dtype,
-                                        precision)
+                                        precision, read_dtype,
+                                        1.0 if query_scale is None else float(query_scale))
     return [o.transpose(1, 2)], final
 
 # options of the torch module's `run` that put a recurrence core with adjoint kernels in place of
