@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import test_triton_chunk_adjoint as chunk  # noqa: E402
+import test_triton_delta_adjoint as delta  # noqa: E402
 from training_cores import recorded_launches  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -58,6 +59,26 @@ def test_chunk_parallel_states_in_the_dot_dtype(decay, K, V):
             results[dot] = chunk.core_gradients(core, tensors, 16)
         assert seen == [BF16 if dot else FP32] * 2, dot           # h forward, dh backward
     assert_within_bf16(results[BF16], results[None], chunk.names(decay))
+
+
+@pytest.mark.parametrize("decay, K, V", [("scalar", 16, 16), ("keywise", 16, 16),
+                                         ("scalar", 70, 70)])
+def test_chunk_delta_parallel_states_in_the_dot_dtype(decay, K, V):
+    """K = 16 with a scalar gate: the fused keys kernel; key-wise: the dq/dw chunk kernel and
+    the WY backward; K = V = 70: the local dv kernel, the dq/dw kernel over value blocks of 32
+    and the WY backward."""
+    module = delta.modules()[0]
+    tensors = bf16_exact(delta.core_inputs(decay, T=50, K=K, V=V, dtype=FP32, seed=4))
+    results = {}
+    for dot in (BF16, None):
+        core = functools.partial(module.chunk_delta_parallel_core, dot_dtype=dot,
+                                 precision="ieee")
+        with recorded_launches(module, "_cdp_state_kernel", lambda args: args[5].dtype) as h, \
+                recorded_launches(module, "_cdp_bwd_state_kernel",
+                                  lambda args: args[9].dtype) as dh:
+            results[dot] = delta.core_gradients(core, tensors, 16)
+        assert h + dh == [BF16 if dot else FP32] * 2, dot
+    assert_within_bf16(results[BF16], results[None], delta.names(decay))
 
 
 def test_bf16_training_step_slope_bytes():
