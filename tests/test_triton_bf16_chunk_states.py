@@ -65,8 +65,8 @@ def test_chunk_parallel_states_in_the_dot_dtype(decay, K, V):
                                          ("scalar", 70, 70)])
 def test_chunk_delta_parallel_states_in_the_dot_dtype(decay, K, V):
     """K = 16 with a scalar gate: the fused keys kernel; key-wise: the dq/dw chunk kernel and
-    the WY backward; K = V = 70: the local dv kernel, the dq/dw kernel over value blocks of 32
-    and the WY backward."""
+    the WY backward; K = V = 70: the local dv kernel, the dq/dw kernel over value blocks of 16
+    (bf16; 32 fp32) and the WY backward."""
     module = delta.modules()[0]
     tensors = bf16_exact(delta.core_inputs(decay, T=50, K=K, V=V, dtype=FP32, seed=4))
     results = {}
