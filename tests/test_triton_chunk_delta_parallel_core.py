@@ -1,6 +1,6 @@
 """The parallel delta-rule core of the Triton backend, training in the `chunk_delta_parallel`
 mode (backends/triton/chunk_delta_parallel_core.py.j2, chunk_delta_parallel_core.md): forward
-WY factors per chunk, a state pass keeping the fp32 chunk states and the new values, an output
+WY factors per chunk, a state pass keeping the chunk states (DOT) and the new values, an output
 kernel parallel over chunks; backward a local dv kernel, the reverse adjoint state pass, a dq/dw
 kernel parallel over (key blocks, chunks, batch x head) and the WY backward (or, up to 64 key
 lanes with no or a scalar gate, one kernel for both), the gates' gradients by the reverse cumsum

@@ -1,6 +1,6 @@
 """The parallel diagonal-plus-low-rank core of the Triton backend, training in the
 `chunk_dplr_parallel` mode (backends/triton/chunk_dplr_parallel_core.py.j2,
-chunk_dplr_parallel_core.md): forward UT factors per chunk, a state pass keeping the fp32 chunk
+chunk_dplr_parallel_core.md): forward UT factors per chunk, a state pass keeping the chunk
 states and the pseudo-values, an output kernel parallel over chunks; backward the chunk's own
 reads, the reverse adjoint state pass, the UT backward on the values, the keys' gradients through
 the chunk states (their own kernel beyond 64 value lanes) and a keys kernel parallel over
@@ -103,8 +103,8 @@ def test_training_follows_the_mode():
 
 def test_bf16_training_dots_in_bf16():
     """A bf16 call: the kernels get q, e, kp, k, v in bf16 (rounded once) and keep the factors
-    they form (A, M, w, the pseudo-values) in bf16; the states stay fp32; gradients within bf16
-    rounding of the fp32 ones."""
+    they form (A, M, w, the pseudo-values) in bf16, and the chunk states h (the running state
+    fp32 in the state pass); gradients within bf16 rounding of the fp32 ones."""
     tensors = core_inputs("keywise", "all", dtype=torch.float32, K=16, V=16, seed=4)
     q, e, kk, k, v, g, un, s0 = tensors
     q = q.clone().requires_grad_()
@@ -112,7 +112,7 @@ def test_bf16_training_dots_in_bf16():
     saved = o.grad_fn.next_functions[0][0].saved_tensors
     assert [t.dtype for t in saved[:5]] == [torch.bfloat16] * 5         # q, e, kp, k, v
     assert [t.dtype for t in saved[8:12]] == [torch.bfloat16] * 4       # A, M, w, u
-    assert saved[7].dtype == torch.float32 and o.dtype == torch.float32  # h
+    assert saved[7].dtype == torch.bfloat16 and o.dtype == torch.float32  # h
     got = core_gradients(parallel_core(torch.bfloat16), tensors, 16)
     want = core_gradients(parallel_core(None, precision="ieee"), tensors, 16)
     for name in want:

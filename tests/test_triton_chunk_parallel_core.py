@@ -1,9 +1,9 @@
 """The parallel chunk core of the Triton backend, training in the `chunk_parallel` mode
 (backends/triton/chunk_parallel_core.py.j2, chunk_parallel_core.md): forward state pass + output
-kernel keeping the fp32 chunk states, backward an adjoint state pass and dv, dq/dk/dg kernels
-(or one fused kernel: a scalar gate or none at K, V <= 64, key-wise at V <= 128, the wide one for
-a scalar gate or none at V <= 128) parallel over chunks, gate gradients by the reverse cumsum
-inside each chunk.
+kernel keeping the chunk states (in the dot dtype), backward an adjoint state pass and dv,
+dq/dk/dg kernels (or one fused kernel: a scalar gate or none at K, V <= 64, key-wise at
+V <= 128, the wide one for a scalar gate or none at V <= 128) parallel over chunks, gate
+gradients by the reverse cumsum inside each chunk.
 
 Checked on its own against the torch `_chunk`'s autograd (fp64, rtol 1e-10: the same sums in
 another order) with chunks of 32 (sub-chunks of 16: the key-wise off-diagonal path) and dims

@@ -2142,11 +2142,12 @@ def _cdp_state_kernel(
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_START: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """The forward state pass (forward 2): one program per (value block, batch x head) holds
-    all of K and walks the chunks: h[n] stored (fp32), the new values vn = U - W h[n] stored
-    over U (DOT), h[n + 1] = 2^Glast0 h[n] + (w 2^Gend)^T vn (2^Glast0 stored by the per-chunk
-    kernel, and w 2^Gend for a key-wise gate: ptr_we; else ptr_we is w and a scalar gate's
-    2^Gend is formed here from its [BLOCK_T] log decays); then the last state."""
+    """The forward state pass (forward 2): one program per (value block, batch x head) holds all
+    of K and walks the chunks: h[n] stored (the fp32 state rounded to ptr_states' dtype: the dot
+    dtype of a 16-bit call), the new values vn = U - W h[n] stored over U (DOT), h[n + 1] =
+    2^Glast0 h[n] + (w 2^Gend)^T vn (2^Glast0 stored by the per-chunk kernel, and w 2^Gend for a
+    key-wise gate: ptr_we; else ptr_we is w and a scalar gate's 2^Gend is formed here from its
+    [BLOCK_T] log decays); then the last state."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, S = _cdp_state_block(
@@ -2201,15 +2202,16 @@ def _cdp_bwd_state_kernel(
     HAS_DFINAL: tl.constexpr, LOCAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds
-    all of K, chunks in reverse from dS_T: dh[n] (the gradient of the state leaving chunk n)
-    stored, the new values' whole gradient dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT),
-    dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do - W^T dvn; the last is dS_0. The decayed keys
-    and queries stored by the per-chunk and local kernels (no gate is formed here), but with
-    LOCAL: ptr_qg, ptr_we are q and w, scaled here by a scalar gate's 2^G0, 2^Gend from the
-    chunk's [BLOCK_T] log decays. dvn_local stored by the local kernel, or, with LOCAL (no or
-    a scalar gate), formed here: P^T do with P = (q w^T) M (adjoint b fused: all of K is
-    here). The dots accumulate in place (tl.dot's acc: no [K, BLOCK_V] temporaries)."""
+    """The adjoint state pass (adjoint c): one program per (value block, batch x head) holds all
+    of K, chunks in reverse from dS_T (fp32): dh[n] (the gradient of the state leaving chunk n)
+    stored (in ptr_dh's dtype: the dot dtype of a 16-bit call), the new values' whole gradient
+    dvn = dvn_local + (w 2^Gend) dh[n] stored (DOT), dh[n - 1] = 2^Glast0 dh[n] + (2^G0 q)^T do
+    - W^T dvn; the last is dS_0. The decayed keys and queries stored by the per-chunk and local
+    kernels (no gate is formed here), but with LOCAL: ptr_qg, ptr_we are q and w, scaled here by
+    a scalar gate's 2^G0, 2^Gend from the chunk's [BLOCK_T] log decays. dvn_local stored by the
+    local kernel, or, with LOCAL (no or a scalar gate), formed here: P^T do with P = (q w^T) M
+    (adjoint b fused: all of K is here). The dots accumulate in place (tl.dot's acc: no [K,
+    BLOCK_V] temporaries)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v, mask_k, mask_v, offs_kv, mask_kv, dS = _cdp_state_block(
@@ -2289,7 +2291,7 @@ def _cdp_bwd_dqw_kernel(
         dw += tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION)
         dW -= tl.dot(dvn, tl.trans(h.to(DOT)), input_precision=PRECISION)
         if DECAY > 0:
-            hdh += tl.sum(h * dh, axis=1)
+            hdh += tl.sum(h.to(ACC) * dh.to(ACC), axis=1)
     tl.store(ptr_dW + offs_tk, dW, mask=mask_tk)
     _cdp_dqw_finish(dq, dw, dP, hdh, ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db, base, mask_t,
                     o_t, o_k, mask_k, i_k * (tl.num_programs(2) * T), n, T, K, BLOCK_T, SUB_T,
@@ -2336,7 +2338,7 @@ def _cdp_bwd_dqw_chunk_kernel(
                  mask=mask_t[:, None] & mask_k[None, :])
         _cdp_dqw_finish(tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION),
                         tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION), dP,
-                        tl.sum(h * dh, axis=1),
+                        tl.sum(h.to(ACC) * dh.to(ACC), axis=1),
                         ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db, base, mask_t, o_t, o_k,
                         mask_k, i_k * (tl.num_programs(1) * T), n, T, K, BLOCK_T, SUB_T, DECAY,
                         ACC, DOT, PRECISION)
@@ -2528,7 +2530,7 @@ def _cdp_bwd_keys_kernel(
         dk -= tl.dot(dv, tl.trans(h.to(DOT)), input_precision=PRECISION)
         dw += tl.dot(vn, tl.trans(dh.to(DOT)), input_precision=PRECISION)
         if DECAY > 0:
-            hdh += tl.sum(h * dh)
+            hdh += tl.sum(h.to(ACC) * dh.to(ACC))
     # (dL M) w into dk, stored and its gate's share taken before (dL M)^T k goes into dw
     dM = _cdp_causal(tl.where(o_t[:, None] > o_t[None, :], dL, 0.0), ptr_g, base, mask_t, o_t,
                      K, BLOCK_T, DECAY, ACC).to(DOT)
@@ -2580,12 +2582,13 @@ def _cdp_bwd_keys_kernel(
         _cdp_store_dg(ptr_dg, base, mask_t, db, d, BLOCK_T, ACC)
 
 
-def _cdp_blocks(K, V, decay, chunk_size):
+def _cdp_blocks(K, V, decay, chunk_size, states16=False):
     """Blocks, warps and stages (chunk_delta_parallel_core.md, "Blocks"): chunks of at most 64
     steps, key and value blocks of at most 64 lanes (16 for key-wise scores); the state passes
     hold all of K, the forward pass on value blocks of 64 up to 64 key lanes (1 stage) and 32
     beyond (2 stages), the adjoint pass on 64 (1 stage) but beside a scalar gate (32); up to 64
-    key lanes with no or a scalar gate, one kernel forms the keys' gradients (fuse_keys)."""
+    key lanes with no or a scalar gate, one kernel forms the keys' gradients (fuse_keys);
+    states16: the chunk states are 16-bit (the dq/dw kernel's value blocks)."""
     block_t = min(64, max(16, _pow2(chunk_size)))
     block_k = min(64, max(16, _pow2(K)))
     block_v = min(64, max(16, _pow2(V)))
@@ -2593,8 +2596,11 @@ def _cdp_blocks(K, V, decay, chunk_size):
     keywise = decay == 2
     narrow = state_k <= 64
     # the dq/dw kernel holds all of V up to 64 lanes (do, vn, dvn read once a chunk: one
-    # program a chunk over key blocks), else value blocks of 32 in a program per key block
+    # program a chunk over key blocks), else value blocks of 32 in a program per key block,
+    # of 16 beside 16-bit states and no or a scalar gate (at 32 sm_80 spilled 224-236 B at
+    # K = V = 128; at 2 or 1 stages 356 B, 120 B)
     narrow_v = _pow2(V) <= 64
+    dqw_v = block_v if narrow_v else (16 if states16 and not keywise else 32)
     # the adjoint state pass forms the local dv itself for no or a scalar gate up to 64 key
     # lanes; it runs 64 value lanes on 1 stage (all of V up to 64: the [C, K] operands read
     # once a chunk) but beside a scalar gate, whose factors cost registers: 32 lanes there (1
@@ -2606,7 +2612,7 @@ def _cdp_blocks(K, V, decay, chunk_size):
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
                 scores_k=16 if keywise else block_k, dqw_k=16 if keywise else block_k,
-                dqw_v=block_v if narrow_v else 32, wy_k=16 if keywise else min(block_k, 32),
+                dqw_v=dqw_v, wy_k=16 if keywise else min(block_k, 32),
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
                 forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
@@ -2625,8 +2631,8 @@ def _cdp_rows_of_steps(x, steps):
 
 class _ChunkDeltaParallelCore(torch.autograd.Function):
     """(o, S_T) of the delta-rule recurrence by the parallel kernels; the forward keeps the
-    fp32 chunk states h [B, H, NT, K, V], the inverses Tm and the new values, the backward is
-    the adjoint kernels alone (chunk_delta_parallel_core.md)."""
+    chunk states h [B, H, NT, K, V] (in the dot dtype), the inverses Tm and the new values,
+    the backward is the adjoint kernels alone (chunk_delta_parallel_core.md)."""
 
     @staticmethod
     def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision, read_dtype,
@@ -2655,7 +2661,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         we = torch.empty((B, T, H, K), dtype=dot, device=device) if decay == 2 else w
         whole = torch.empty((B * H, NT) + ((K,) if decay == 2 else ()), dtype=compute,
                             device=device)                           # 2^Glast0
-        h = torch.empty((B, H, NT, K, V), dtype=compute, device=device)
+        h = torch.empty((B, H, NT, K, V), dtype=dot, device=device)   # the dots' dtype
         final = torch.empty((B, H, K, V), dtype=compute, device=device)
         o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=device)   # the read
         g_ptr = k if g is None else g
@@ -2681,10 +2687,10 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         chunk_size, steps, decay, compute, precision, given, scale = ctx.settings
         B, T, H, K = k.shape
         V = vn.shape[-1]
-        b = _cdp_blocks(K, V, decay, chunk_size)
+        b = _cdp_blocks(K, V, decay, chunk_size, h.element_size() == 2)
         NT = triton.cdiv(T, b["block_t"])
         NK = triton.cdiv(K, b["dqw_k"])
-        acc, tl_dot = _acc(h), _TL_DTYPES[k.dtype]
+        acc, tl_dot = _acc(whole), _TL_DTYPES[k.dtype]     # not h's: 16-bit on a 16-bit call
         device = k.device
         do = torch.zeros((B, T, H, V), dtype=k.dtype, device=device) if do is None \
             else _cdp_rows_of_steps(_cp_scaled(do, scale, k.dtype), steps)

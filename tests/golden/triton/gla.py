@@ -1498,13 +1498,14 @@ def _cp_state_pass_kernel(
     DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """A state pass: one program per (key block, value block, batch x head) walks the chunks,
-    storing the state at each chunk's boundary (fp32), then the last one. Forward (x = k,
-    y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] + (k 2^Gend)^T v. The
-    adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the gradient of the state leaving
-    chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the initial state's.
-    AFTER (the adjoint feeding _cp_bwd_fused_kernel, which reads dS_T itself): the state after
-    each chunk but the last is stored, dh[n - 1] in slot n - 1 of NT - 1, and dh[NT - 1] = dS_T
-    is not copied."""
+    storing the state at each chunk's boundary (in ptr_states' dtype: the dot dtype of a 16-bit
+    call, the store rounding the fp32 state held in registers), then the last one (fp32).
+    Forward (x = k, y = v): h[n] the state entering chunk n, h[n + 1] = 2^Glast0 h[n] +
+    (k 2^Gend)^T v. The adjoint (REVERSE, x = q, y = do), chunks backward: dh[n] the gradient
+    of the state leaving chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the
+    initial state's. AFTER (the adjoint feeding _cp_bwd_fused_kernel, which reads dS_T itself):
+    the state after each chunk but the last is stored, dh[n - 1] in slot n - 1 of NT - 1, and
+    dh[NT - 1] = dS_T is not copied."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1667,7 +1668,7 @@ def _cp_bwd_dqk_kernel(
         dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION)
         dk += tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION)
         if DECAY > 0:
-            hdh += tl.sum(h * dh, axis=1)
+            hdh += tl.sum(h.to(ACC) * dh.to(ACC), axis=1)
     q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
     k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
     dA = tl.where(o_t[:, None] >= o_t[None, :], dA, 0.0)
@@ -1735,7 +1736,8 @@ def _cp_bwd_fused_kernel(
     if n == NT - 1:
         dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
     else:
-        dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
+        dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
+                     other=0.0).to(ACC)
     do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
     A = (tl.dot(q, tl.trans(k), input_precision=PRECISION)
          * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
@@ -1753,7 +1755,7 @@ def _cp_bwd_fused_kernel(
     tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
     dG = -tl.sum(k.to(ACC) * dk, axis=1)              # a scalar gate's dL/db, summed over K
     h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-    leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h * dh, axis=1), axis=0)
+    leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h.to(ACC) * dh, axis=1), axis=0)
     dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)[:, None]
     dq = tl.dot(dM, k, dq, input_precision=PRECISION)
     tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
@@ -1797,10 +1799,11 @@ def _cp_bwd_fused_keys_kernel(
                          other=0.0)
         else:
             dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
-                         other=0.0)
+                         other=0.0).to(ACC)
         dk_state = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)
         h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-        leaving = tl.exp2(Glast0) * tl.sum(h * dh, axis=1) + tl.sum(k * dk_state, axis=0)
+        leaving = (tl.exp2(Glast0) * tl.sum(h.to(ACC) * dh, axis=1)
+                   + tl.sum(k * dk_state, axis=0))
         dk += dk_state
         dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
         mask_tk = mask_t[:, None] & mask_k[None, :]
@@ -1864,7 +1867,7 @@ def _cp_bwd_fused_wide_kernel(
         tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
         dG -= tl.sum(k.to(ACC) * dk, axis=1)
         h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
-        leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h * dh, axis=1), axis=0)
+        leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h.to(ACC) * dh, axis=1), axis=0)
         dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)[:, None]
         dq = tl.dot(dM, k, dq, input_precision=PRECISION)
         tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
@@ -1893,13 +1896,14 @@ def _cp_bwd_fused_wide_kernel(
 @triton.jit
 def _cp_leaving_state_grad(ptr_dh, ptr_dfinal, n, i_bh, offs_kv, mask_kv, NT, K, V,
                            HAS_FINAL: tl.constexpr):
-    """dh[n] at offs_kv for the fused kernels: the incoming dS_T for the last chunk (0 without
-    one), else slot n of the adjoint pass's AFTER states."""
+    """dh[n] at offs_kv for the fused kernels, in dS_T's dtype (the compute dtype): the
+    incoming dS_T for the last chunk (0 without one), else slot n of the adjoint pass's AFTER
+    states (in the dot dtype of a 16-bit call, converted)."""
     if n == NT - 1:
         return tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
     else:
         return tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
-                       other=0.0)
+                       other=0.0).to(ptr_dfinal.dtype.element_ty)
 
 
 @triton.jit
@@ -1968,8 +1972,9 @@ def _cp_blocks(K, V, decay, chunk_size):
 
 
 class _ChunkParallelCore(torch.autograd.Function):
-    """(o, S_T) of the chunk recurrence by the parallel kernels; the forward keeps the fp32
-    chunk states h [B, H, NT, K, V], the backward is the adjoint kernels alone."""
+    """(o, S_T) of the chunk recurrence by the parallel kernels; the forward keeps the chunk
+    states h [B, H, NT, K, V] in the dot dtype (fp32 for fp32 calls), the backward is the
+    adjoint kernels alone."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision, read_dtype, scale):
@@ -1991,12 +1996,16 @@ class _ChunkParallelCore(torch.autograd.Function):
         # the read stored in read_dtype (the call's, when it is a whole output: its gradient
         # then comes in that dtype too), else fp32
         o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=q.device)
-        h = torch.empty((B, H, NT, K, V), dtype=compute, device=q.device)
+        # the chunk states in the dot dtype (16-bit calls: what their dots read; the passes
+        # hold the state in fp32 registers and round a copy at each boundary)
+        h = torch.empty((B, H, NT, K, V), dtype=dot, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
             k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
-            decay, False, True, False, acc, tl_dot, precision, num_warps=b["warps"])
+            decay, False, True, False, acc, tl_dot, precision, num_warps=b["warps"],
+            num_stages=2 if decay == 1 and dot != compute else 3)   # 16-bit h beside a scalar
+        # gate: at 3 stages sm_80 spilled 16 B (48, 64, 128)
         _cp_fwd_output_kernel[(NV, NT, B * H)](
             q, k, v, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
             b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
@@ -2017,11 +2026,12 @@ class _ChunkParallelCore(torch.autograd.Function):
         fused_keys, fused_wide = b["fused_keys"], b["fused_wide"]
         after = fused or fused_keys or fused_wide
         NK = 1 if after else triton.cdiv(K, b["dqk_k"])
-        acc, tl_dot = _acc(h), _TL_DTYPES[q.dtype]
+        tl_dot = _TL_DTYPES[q.dtype]
         do = torch.zeros_like(v) if do is None else _cp_scaled(do, scale, q.dtype)
-        # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself
+        # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself; in h's dtype
         dh = h.new_empty((B, H, NT - 1, K, V)) if after else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
+        acc = _acc(ds0)     # not h's: 16-bit on a 16-bit call
         # each gradient in its input's dtype, stored so by the kernels (a store casts); but
         # the wide kernel's in fp32, cast after (its 16-bit stores spilled 24 B on sm_90a)
         stored = [compute if fused_wide else dtype for dtype in given[:3]]
