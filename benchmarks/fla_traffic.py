@@ -50,6 +50,7 @@ class TorchBytes:
 
     def __init__(self):
         self.bytes = 0
+        self.ops = 0            # operators counted (each an eager kernel launch)
 
     @contextmanager
     def counting(self):
@@ -73,6 +74,7 @@ class TorchBytes:
                     owner.bytes += sum(t.numel() * t.element_size()
                                        for t in tree_leaves((args, kwargs, out))
                                        if isinstance(t, torch.Tensor))
+                    owner.ops += 1
                 return out
 
         GridExecutor.__call__ = launched

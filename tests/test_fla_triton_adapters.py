@@ -111,3 +111,59 @@ def test_the_traffic_comparison_counts_both_sides():
     assert {"seqc chunk", "seqc chunk_parallel"} <= {r["runner"] for r in rows}
     for r in rows:
         assert r["inference"] >= 0.99 and r["fwd"] >= r["inference"] - 1e-9 and r["bwd"] > 1, r
+
+
+def _benchmark(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(here))
+    spec = importlib.util.spec_from_file_location(name, here / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # a dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_model_comparison_scales_each_launch():
+    """benchmarks/fla_model.py: a kernel's bytes and programs counted at the two lengths are
+    taken as a + b T per batch x head; its time is the GPU model's for that count and grid."""
+    from seqc.gpu_counts import COUNT_T, KernelCount
+    from seqc.gpu_model import GPUS, LAUNCH_S
+    fm = _benchmark("fla_model")
+    gpu = GPUS["h100"]
+    t1, t2 = COUNT_T
+    first, second = fm.Counted(), fm.Counted()
+    first.kernels["k"] = [(KernelCount(1000.0), 2)]       # 1000 bytes, 2 programs at t1
+    second.kernels["k"] = [(KernelCount(2000.0), 4)]      # doubled at t2 = 2 t1
+    first.torch_bytes, second.torch_bytes, second.torch_ops = 10.0, 20.0, 3
+    sizes = dict(B=2, H=3, T=4 * t1)
+    timed = fm.phase_time(first, second, sizes, gpu)
+    assert t2 == 2 * t1
+    assert timed["kernel_bytes"] == pytest.approx(6 * 4000.0)
+    (kernel,) = timed["per_kernel"]
+    assert kernel["programs"] == 6 * 8
+    assert kernel["predicted_s"] == pytest.approx(
+        6 * 4000.0 / (gpu.bandwidth * 48 / gpu.sms) + LAUNCH_S)
+    assert timed["torch_s"] == pytest.approx(6 * 40.0 / gpu.bandwidth + 3 * LAUNCH_S)
+    second.kernels["k"].append((KernelCount(1.0), 1))
+    with pytest.raises(ValueError, match="not linear"):
+        fm.phase_time(first, second, sizes, gpu)
+
+
+def test_the_model_comparison_records_each_launch_grid():
+    """The grids benchmarks/fla_model.py records while a call runs are the grids seqc's own
+    model reads off the module's launches (seqc/gpu_counts.py `launch_grids`)."""
+    import seqc
+    from seqc.gpu_counts import launch_grids
+    fm = _benchmark("fla_model")
+    program = seqc.load("simple_gla")
+    sizes = dict(B=1, T=128, H=1, K=16, V=16)
+    _, runners = fm.runners("simple_gla", 16, 128, torch.bfloat16, fla=False)
+    call = dict((label, call) for label, call, _ in runners)["seqc chunk_parallel"]
+    with torch.no_grad():
+        counted = fm.count_phase(call)
+    grids = launch_grids(program, "chunk_parallel", sizes, torch.bfloat16, {})
+    assert {k: [p for _, p in v] for k, v in counted.kernels.items()} == grids
+    assert all(c.bytes > 0 for v in counted.kernels.values() for c, _ in v)
