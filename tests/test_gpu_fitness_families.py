@@ -46,6 +46,9 @@ FAMILIES = {
     "coupled": (MOMENTUM, ["scan", "scan_parallel"], True),
     "chunk": ("simple_gla", ["chunk"], True),
     "chunk_parallel": ("gla", ["chunk_parallel"], True),
+    # a key the prelude forms in fp32 beside 16-bit q and v: the fused backward kernels store
+    # fp32 gradients then (16-bit and fp32 stores in one kernel spilled 8 B on sm_80 at 48, 64)
+    "chunk_parallel_mixed": ("hgrn2", ["chunk_parallel"], True),
     "chunk_delta": ("gated_deltanet", ["chunk_delta"], True),
     "chunk_delta_parallel": ("deltanet", ["chunk_delta_parallel"], True),
     # both DPLR modes train on chunk_dplr_parallel_core (seqc/autograd.py, single_to_parallel):

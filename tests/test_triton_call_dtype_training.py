@@ -188,15 +188,18 @@ def test_the_torch_forms_take_the_call_dtype_keywords(name):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_the_parallel_core_scales_the_query():
+@pytest.mark.parametrize("K, keywise", [(16, False), (16, True), (80, False), (144, False)])
+def test_the_parallel_core_scales_the_query(K, keywise):
     """chunk_parallel_core with `query_scale` s on q is the core on s q (fp32: outputs and
-    every gradient, the output's accumulator scaled in the kernel, the backward of s do)."""
-    program = seqc.load("simple_gla")
+    every gradient, the output's accumulator scaled in the kernel; the backward kernels run on
+    the unscaled do and dS_T / s and scale every gradient they store), in each backward form:
+    fused (K = 16), fused key-wise, fused wide (80), dv and dq/dk kernels (144)."""
+    program = seqc.load("gla" if keywise else "simple_gla")
     core = program.kernel("triton").module.MODE_CORES["chunk_parallel"]["chunk_core"]
     generator = torch.Generator().manual_seed(11)
-    B, T, H, K = 1, 40, 2, 16
+    B, T, H = 1, 40, 2
     q, k, v = (torch.randn(B, T, H, K, generator=generator) for _ in range(3))
-    g = -torch.rand(B, T, H, generator=generator)
+    g = -torch.rand(*((B, T, H, K) if keywise else (B, T, H)), generator=generator)
     s0 = torch.randn(B, H, K, K, generator=generator)
     weight = torch.randn(B, H, T, K, generator=generator)
     runs = []

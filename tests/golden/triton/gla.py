@@ -1618,6 +1618,7 @@ def _cp_bwd_dv_kernel(
     ptr_q, ptr_k, ptr_g, ptr_dh, ptr_do, ptr_dv, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
     """dv over one (value block, chunk, batch x head):
     dv_s = (k_s 2^Gend_s)^T dh[n] + sum_{t>=s} A_ts do_t, the scores A over key blocks."""
@@ -1632,7 +1633,7 @@ def _cp_bwd_dv_kernel(
     dv, A = _cp_decayed(dv, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, True, ACC)
     do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
     dv += tl.dot(tl.trans(A.to(DOT)), do, input_precision=PRECISION)
-    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], _cp_times(dv, SCALE),
              mask=mask_t[:, None] & mask_v[None, :])
 
 
@@ -1641,6 +1642,7 @@ def _cp_bwd_dqk_kernel(
     ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_dh, ptr_do, ptr_dq, ptr_dk, ptr_dg, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
     """dq, dk and the gate gradient over one (key block, chunk, batch x head), over value blocks
     (chunk_parallel_core.md): the state parts 2^G0 (do h[n]^T) and 2^Gend (v dh[n]^T), the
@@ -1699,15 +1701,16 @@ def _cp_bwd_dqk_kernel(
         dg = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG      # reverse cumsum
         if DECAY == 2:
             dg = tl.where(d == float("-inf"), 0.0, dg)
-            tl.store(ptr_dg + base[:, None] * K + o_k[None, :], dg,
+            tl.store(ptr_dg + base[:, None] * K + o_k[None, :], _cp_times(dg, SCALE),
                      mask=mask_t[:, None] & mask_k[None, :])
         else:
             dg = tl.where(d == float("-inf"), 0.0, tl.sum(tl.where(mask_k[None, :], dg, 0.0),
                                                           axis=1))
-            tl.store(ptr_dg + i_k * (tl.num_programs(2) * T) + base, dg, mask=mask_t)
+            tl.store(ptr_dg + i_k * (tl.num_programs(2) * T) + base, _cp_times(dg, SCALE),
+                     mask=mask_t)
     mask_tk = mask_t[:, None] & mask_k[None, :]
-    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
-    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], _cp_times(dq, SCALE), mask=mask_tk)
+    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], _cp_times(dk, SCALE), mask=mask_tk)
 
 
 @triton.jit
@@ -1716,6 +1719,7 @@ def _cp_bwd_fused_kernel(
     ptr_dg, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
     """dv, dq, dk and dg of one (chunk, batch x head) when K and V are one block each and the
     gate is scalar or absent (chunk_parallel_core.md, "(b + c) fused"): q, k, v, do, g, h[n] and
@@ -1743,7 +1747,7 @@ def _cp_bwd_fused_kernel(
          * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
     dv = tl.dot(k, dh.to(DOT), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
     dv = tl.dot(tl.trans(A), do, dv, input_precision=PRECISION)
-    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], _cp_times(dv, SCALE),
              mask=mask_t[:, None] & mask_v[None, :])
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     dM = (tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -1752,18 +1756,19 @@ def _cp_bwd_fused_kernel(
     dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
     leaving = tl.sum(tl.sum(k.to(ACC) * dk, axis=1), axis=0)
     dk = tl.dot(tl.trans(dM), q, dk, input_precision=PRECISION)
-    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+    tl.store(ptr_dk + base[:, None] * K + o_k[None, :], _cp_times(dk, SCALE), mask=mask_tk)
     dG = -tl.sum(k.to(ACC) * dk, axis=1)              # a scalar gate's dL/db, summed over K
     h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
     leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h.to(ACC) * dh, axis=1), axis=0)
     dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)[:, None]
     dq = tl.dot(dM, k, dq, input_precision=PRECISION)
-    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
+    tl.store(ptr_dq + base[:, None] * K + o_k[None, :], _cp_times(dq, SCALE), mask=mask_tk)
     if DECAY > 0:
         dG += tl.sum(q.to(ACC) * dq, axis=1)
         dG += tl.where(o_t == BLOCK_T - 1, leaving, 0.0)
         dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG             # reverse cumsum
-        tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, dg), mask=mask_t)
+        tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, _cp_times(dg, SCALE)),
+                 mask=mask_t)
 
 
 @triton.jit
@@ -1772,6 +1777,7 @@ def _cp_bwd_fused_keys_kernel(
     ptr_dg, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
     """dv, dq, dk and dg of one (chunk, batch x head) for a key-wise gate, V one block, in two
     sweeps over the key blocks (chunk_parallel_core.md, "(b + c) fused, key-wise"): first dq,
@@ -1807,12 +1813,12 @@ def _cp_bwd_fused_keys_kernel(
         dk += dk_state
         dq += tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)
         mask_tk = mask_t[:, None] & mask_k[None, :]
-        tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
-        tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+        tl.store(ptr_dq + base[:, None] * K + o_k[None, :], _cp_times(dq, SCALE), mask=mask_tk)
+        tl.store(ptr_dk + base[:, None] * K + o_k[None, :], _cp_times(dk, SCALE), mask=mask_tk)
         dG = q * dq - k * dk + tl.where((o_t == BLOCK_T - 1)[:, None], leaving[None, :], 0.0)
         dg = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG      # reverse cumsum
         tl.store(ptr_dg + base[:, None] * K + o_k[None, :],
-                 tl.where(d == float("-inf"), 0.0, dg), mask=mask_tk)
+                 tl.where(d == float("-inf"), 0.0, _cp_times(dg, SCALE)), mask=mask_tk)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k, mask_k, q, k, d, G, R, G0, Gend, Glast0, offs_kv, mask_kv = _cp_key_block(
@@ -1823,7 +1829,7 @@ def _cp_bwd_fused_keys_kernel(
                                     HAS_FINAL)
         dv = tl.dot((k * tl.exp2(Gend)).to(DOT), dh.to(DOT), dv, input_precision=PRECISION)
         dv = tl.dot(tl.trans(A.to(DOT)), do, dv, input_precision=PRECISION)
-    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], _cp_times(dv, SCALE),
              mask=mask_t[:, None] & mask_v[None, :])
 
 
@@ -1833,6 +1839,7 @@ def _cp_bwd_fused_wide_kernel(
     ptr_dg, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
     HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    SCALE: tl.constexpr,
 ):
     """_cp_bwd_fused_kernel for K or V above 64 (a scalar gate or none): V one block, two sweeps
     over key blocks (chunk_parallel_core.md, "(b + c) fused, wide"): first dk, dq per key block
@@ -1864,19 +1871,20 @@ def _cp_bwd_fused_wide_kernel(
         dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
         leaving += tl.sum(tl.sum(k.to(ACC) * dk, axis=1), axis=0)
         dk = tl.dot(tl.trans(dM), q, dk, input_precision=PRECISION)
-        tl.store(ptr_dk + base[:, None] * K + o_k[None, :], dk, mask=mask_tk)
+        tl.store(ptr_dk + base[:, None] * K + o_k[None, :], _cp_times(dk, SCALE), mask=mask_tk)
         dG -= tl.sum(k.to(ACC) * dk, axis=1)
         h = tl.load(ptr_h + (i_bh * NT + n) * K * V + offs_kv, mask=mask_kv, other=0.0)
         leaving += tl.exp2(Glast0) * tl.sum(tl.sum(h.to(ACC) * dh, axis=1), axis=0)
         dq = tl.dot(do, tl.trans(h.to(DOT)), input_precision=PRECISION) * tl.exp2(G0)[:, None]
         dq = tl.dot(dM, k, dq, input_precision=PRECISION)
-        tl.store(ptr_dq + base[:, None] * K + o_k[None, :], dq, mask=mask_tk)
+        tl.store(ptr_dq + base[:, None] * K + o_k[None, :], _cp_times(dq, SCALE), mask=mask_tk)
         dG += tl.sum(q.to(ACC) * dq, axis=1)
         A = tl.dot(q, tl.trans(k), A, input_precision=PRECISION)
     if DECAY > 0:
         dG += tl.where(o_t == BLOCK_T - 1, leaving, 0.0)
         dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG             # reverse cumsum
-        tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, dg), mask=mask_t)
+        tl.store(ptr_dg + base, tl.where(d == float("-inf"), 0.0, _cp_times(dg, SCALE)),
+                 mask=mask_t)
     dv = tl.zeros([BLOCK_T, BLOCK_V], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1889,8 +1897,18 @@ def _cp_bwd_fused_wide_kernel(
                     input_precision=PRECISION)
     A = (A * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
     dv = tl.dot(tl.trans(A), do, dv, input_precision=PRECISION)
-    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], dv,
+    tl.store(ptr_dv + base[:, None] * V + o_v[None, :], _cp_times(dv, SCALE),
              mask=mask_t[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def _cp_times(x, SCALE: tl.constexpr):
+    """A gradient times the query scale (chunk_parallel_core.md, "Dtypes"); at 1 (no scale:
+    hgrn2, mamba2) no multiply at all."""
+    if SCALE == 1.0:
+        return x
+    else:
+        return x * SCALE
 
 
 @triton.jit
@@ -2027,14 +2045,25 @@ class _ChunkParallelCore(torch.autograd.Function):
         after = fused or fused_keys or fused_wide
         NK = 1 if after else triton.cdiv(K, b["dqk_k"])
         tl_dot = _TL_DTYPES[q.dtype]
-        do = torch.zeros_like(v) if do is None else _cp_scaled(do, scale, q.dtype)
+        # the query scale on the stores (SCALE): the kernels run on the unscaled do and dS_T /
+        # scale, every gradient linear in both; fp64 calls scale do on the host (a Triton
+        # float constant is fp32)
+        in_kernel = compute != torch.float64
+        do = torch.zeros_like(v) if do is None else _cp_scaled(
+            do, 1.0 if in_kernel else scale, q.dtype)
+        if in_kernel and dfinal is not None and scale != 1:
+            dfinal = dfinal / scale
+        kscale = scale if in_kernel else 1.0
         # fused: dh[n] for n < NT - 1 only, the fused kernel reads dS_T itself; in h's dtype
         dh = h.new_empty((B, H, NT - 1, K, V)) if after else torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         acc = _acc(ds0)     # not h's: 16-bit on a 16-bit call
         # each gradient in its input's dtype, stored so by the kernels (a store casts); but
-        # the wide kernel's in fp32, cast after (its 16-bit stores spilled 24 B on sm_90a)
-        stored = [compute if fused_wide else dtype for dtype in given[:3]]
+        # the wide and key-wise fused kernels' in fp32, cast after, unless q, k and v share one
+        # dtype (stores of two dtypes spilled: the wide kernel 24 B on sm_90a, mamba2 and mlstm
+        # at 128; the key-wise one 8 B on sm_80, hgrn2 at 48 and 64)
+        mixed = (fused_wide or fused_keys) and len(set(given[:3])) > 1
+        stored = [compute if mixed else dtype for dtype in given[:3]]
         dq = torch.empty((B, T, H, K), dtype=stored[0], device=q.device)
         dk = torch.empty((B, T, H, K), dtype=stored[1], device=q.device)
         dv = torch.empty((B, T, H, V), dtype=stored[2], device=q.device)
@@ -2053,29 +2082,32 @@ class _ChunkParallelCore(torch.autograd.Function):
             _cp_bwd_fused_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
                 H, NT, K, V, b["block_t"], b["dqk_k"], b["block_v"], decay, dfinal is not None,
-                acc, tl_dot, precision, num_warps=8)
+                acc, tl_dot, precision, kscale, num_warps=8)
         elif fused_keys:
             _cp_bwd_fused_keys_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
                 H, NT, K, V, b["block_t"], b["sub_t"], b["dqk_k"], max(16, _pow2(V)),
-                dfinal is not None, acc, tl_dot, precision, num_warps=8)
+                dfinal is not None, acc, tl_dot, precision, kscale, num_warps=8)
         elif fused_wide:
             _cp_bwd_fused_wide_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
                 H, NT, K, V, b["block_t"], b["wide_k"], max(16, _pow2(V)), decay,
-                dfinal is not None, acc, tl_dot, precision, num_warps=8, num_stages=1)
+                dfinal is not None, acc, tl_dot, precision, kscale, num_warps=8,
+                num_stages=1)
         else:
             _cp_bwd_dv_kernel[(NV, NT, B * H)](
                 q, k, g_ptr, dh, do, dv, T, H, NT, K, V, b["block_t"], b["sub_t"],
-                b["scores_k"], b["block_v"], decay, acc, tl_dot, precision,
+                b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, kscale,
                 num_warps=b["warps"])
             _cp_bwd_dqk_kernel[(NK, NT, B * H)](
                 q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
                 b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot,
-                precision, num_warps=8)
+                precision, kscale, num_warps=8)
         if decay == 1:
             dg = dg.sum(0).to(given[3])
         dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
+        if kscale != 1:
+            ds0 = ds0 * kscale
         return dq, dk, dv, dg, ds0, None, None, None, None, None
 
 
