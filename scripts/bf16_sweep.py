@@ -111,9 +111,10 @@ def call(kernel, tensors, state, weights, dtype):
 
 
 def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
-          chunk_size: int | None = 16, seed: int = 0, reference=None) -> Row:
+          chunk_size: int | None = 16, seed: int = 0, reference=None, **options) -> Row:
     """One row of the sweep: `program` through Triton `mode` in `dtype` against the reference
-    in fp64 (`reference`: its (outputs, finals, grads) if already computed for these values)."""
+    in fp64 (`reference`: its (outputs, finals, grads) if already computed for these values;
+    `options`: more kernel options, e.g. chunk_state_dtype)."""
     row = Row(program.name, mode)
     start = time.perf_counter()
     tensors, state = random_call(program.spec, sizes_for(program, T, dims), seed=seed,
@@ -123,7 +124,7 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
         if reference is None:
             reference = reference_call(program, tensors, state, dtype, seed)
         want_out, want_final, want_grads, weights = reference
-        options = {"mode": mode}
+        options = {"mode": mode, **options}
         if chunk_size is not None:
             options["chunk_size"] = chunk_size
         kernel = program.kernel("triton", **options)
@@ -225,10 +226,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("specs", nargs="*", help="stdlib specs (default: all)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--modes", help="comma-separated modes (default: every mode of a spec)")
+    parser.add_argument("--modes", help="comma-separated modes, those a spec offers run "
+                        "(default: every mode of a spec)")
     parser.add_argument("--T", type=int, default=67)
     parser.add_argument("--dims", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--chunk-size", type=int, default=16, help="0: each mode's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forward-tol", type=float, default=FORWARD_TOL)
     parser.add_argument("--grad-tol", type=float, default=GRAD_TOL)
@@ -237,13 +239,13 @@ def main(argv=None) -> int:
     rows = []
     for name in args.specs or STDLIB:
         program = seqc.load(name)
-        modes = args.modes.split(",") if args.modes else modes_of(program)
+        modes = [m for m in modes_of(program) if not args.modes or m in args.modes.split(",")]
         tensors, state = random_call(program.spec, sizes_for(program, args.T, args.dims),
                                      seed=args.seed, with_initial_state=True)
         reference = reference_call(program, {n: t.to(dtype) for n, t in tensors.items()}, state,
                                    dtype, args.seed)
         for mode in modes:
-            row = check(program, mode, dtype, args.T, args.dims, args.chunk_size, args.seed,
+            row = check(program, mode, dtype, args.T, args.dims, args.chunk_size or None, args.seed,
                         reference)
             rows.append(row)
             print(table([row], args.forward_tol, args.grad_tol).splitlines()[-1],
