@@ -92,9 +92,10 @@ def relative(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def call(kernel, tensors, state, weights, dtype):
-    """Outputs, final states and gradients of one call; the incoming gradient is `weights`
-    (one per output and final state, in the call dtype's values)."""
-    leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in tensors.items()}
+    """Outputs, final states and gradients of one call on `tensors` as they are (the state in
+    fp32, fp64 for an fp64 `dtype`); the incoming gradient is `weights` (one per output and final
+    state, in the call dtype's values)."""
+    leaves = {n: t.detach().clone().requires_grad_() for n, t in tensors.items()}
     initial = {n: t.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
                .requires_grad_() for n, t in state.items()}
     out = kernel(**leaves, initial_state=initial, output_final_state=True)
@@ -111,7 +112,8 @@ def call(kernel, tensors, state, weights, dtype):
 
 
 def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
-          chunk_size: int | None = 16, seed: int = 0, reference=None, **options) -> Row:
+          chunk_size: int | None = 16, seed: int = 0, reference=None, mixed: bool = False,
+          **options) -> Row:
     """One row of the sweep: `program` through Triton `mode` in `dtype` against the reference
     in fp64 (`reference`: its (outputs, finals, grads) if already computed for these values;
     `options`: more kernel options, e.g. chunk_state_dtype)."""
@@ -119,7 +121,7 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
     start = time.perf_counter()
     tensors, state = random_call(program.spec, sizes_for(program, T, dims), seed=seed,
                                  with_initial_state=True)
-    tensors = {n: t.to(dtype) for n, t in tensors.items()}        # the values both calls see
+    tensors = call_tensors(program, tensors, dtype, mixed)     # the values both calls see
     try:
         if reference is None:
             reference = reference_call(program, tensors, state, dtype, seed)
@@ -140,9 +142,10 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
         row.error = traceback.format_exception_only(type(e), e)[-1].strip()[:160]
         row.seconds = time.perf_counter() - start
         return row
+    first = next(iter(tensors.values())).dtype
     for n, want in {**want_out, **want_final}.items():
         got = {**got_out, **got_final}[n]
-        if n in got_out and got.dtype != dtype:
+        if n in got_out and got.dtype != first:      # the first input's dtype (seqc/validate.py)
             row.flags.append(f"{n} is {str(got.dtype)[6:]}")
         finite = torch.isfinite(want)
         if not torch.isfinite(got[finite]).all():
@@ -166,6 +169,13 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
         row.grads[n] = relative(got, want)
     row.seconds = time.perf_counter() - start
     return row
+
+
+def call_tensors(program, tensors, dtype, mixed=False):
+    """`tensors` rounded to `dtype`; with `mixed`, those declared with a range (gates, betas)
+    stay fp32, as fla's callers often pass them."""
+    ranged = {t.name for t in program.spec.inputs + program.spec.params if t.range is not None}
+    return {n: t.float() if mixed and n in ranged else t.to(dtype) for n, t in tensors.items()}
 
 
 def reference_call(program, tensors, state, dtype, seed: int):
@@ -232,6 +242,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=16, help="0: each mode's default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed", action="store_true", help="inputs and params with a declared "
+                        "range (gates, betas) in fp32, the rest in the call dtype (fla's mix)")
     parser.add_argument("--forward-tol", type=float, default=FORWARD_TOL)
     parser.add_argument("--grad-tol", type=float, default=GRAD_TOL)
     args = parser.parse_args(argv)
@@ -242,11 +254,11 @@ def main(argv=None) -> int:
         modes = [m for m in modes_of(program) if not args.modes or m in args.modes.split(",")]
         tensors, state = random_call(program.spec, sizes_for(program, args.T, args.dims),
                                      seed=args.seed, with_initial_state=True)
-        reference = reference_call(program, {n: t.to(dtype) for n, t in tensors.items()}, state,
-                                   dtype, args.seed)
+        reference = reference_call(program, call_tensors(program, tensors, dtype, args.mixed),
+                                   state, dtype, args.seed)
         for mode in modes:
-            row = check(program, mode, dtype, args.T, args.dims, args.chunk_size or None, args.seed,
-                        reference)
+            row = check(program, mode, dtype, args.T, args.dims, args.chunk_size or None,
+                        args.seed, reference, args.mixed)
             rows.append(row)
             print(table([row], args.forward_tol, args.grad_tol).splitlines()[-1],
                   f"({row.seconds:.0f} s)", flush=True)
