@@ -113,7 +113,7 @@ def call(kernel, tensors, state, weights, dtype):
 
 def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
           chunk_size: int | None = 16, seed: int = 0, reference=None, mixed: bool = False,
-          **options) -> Row:
+          resets: bool = False, **options) -> Row:
     """One row of the sweep: `program` through Triton `mode` in `dtype` against the reference
     in fp64 (`reference`: its (outputs, finals, grads) if already computed for these values;
     `options`: more kernel options, e.g. chunk_state_dtype)."""
@@ -121,7 +121,7 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
     start = time.perf_counter()
     tensors, state = random_call(program.spec, sizes_for(program, T, dims), seed=seed,
                                  with_initial_state=True)
-    tensors = call_tensors(program, tensors, dtype, mixed)     # the values both calls see
+    tensors = call_tensors(program, tensors, dtype, mixed, resets)  # what both calls see
     try:
         if reference is None:
             reference = reference_call(program, tensors, state, dtype, seed)
@@ -161,21 +161,39 @@ def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
             continue
         if got.dtype != dtypes[n]:
             row.flags.append(f"d{n} is {str(got.dtype)[6:]}")
-        if not torch.isfinite(got).all():
+        finite = torch.isfinite(want)     # (a reset's -inf gate may have a NaN gradient there)
+        if not torch.isfinite(got[finite]).all():
             row.flags.append(f"d{n} not finite")
             continue
         if not got.any() and want.any():
             row.flags.append(f"d{n} all zero")
-        row.grads[n] = relative(got, want)
+        row.grads[n] = relative(torch.where(finite, got.double(), 0.0),
+                                torch.where(finite, want, 0.0))
     row.seconds = time.perf_counter() - start
     return row
 
 
-def call_tensors(program, tensors, dtype, mixed=False):
+RESET_STEPS = [0, 5, 6, 15, 16, 31, 40]       # first, inside, a boundary of chunks of 16, ...
+
+
+def call_tensors(program, tensors, dtype, mixed=False, resets=False):
     """`tensors` rounded to `dtype`; with `mixed`, those declared with a range (gates, betas)
-    stay fp32, as fla's callers often pass them."""
+    stay fp32, as fla's callers often pass them; with `resets`, every log-gate input (declared
+    in (-inf, 0)) is -inf at RESET_STEPS and the last step (half the keys of a key-wise gate):
+    tests/test_hard_resets.py's positions."""
     ranged = {t.name for t in program.spec.inputs + program.spec.params if t.range is not None}
-    return {n: t.float() if mixed and n in ranged else t.to(dtype) for n, t in tensors.items()}
+    out = {n: t.float() if mixed and n in ranged else t.to(dtype) for n, t in tensors.items()}
+    if resets:
+        for t in program.spec.inputs:
+            if t.range is not None and t.range.low == -math.inf and t.range.high == 0:
+                g = out[t.name].clone()
+                steps = [s for s in RESET_STEPS if s < g.shape[1]] + [g.shape[1] - 1]
+                if g.dim() == 4:
+                    g[:, steps, :, ::2] = -math.inf
+                else:
+                    g[:, steps] = -math.inf
+                out[t.name] = g
+    return out
 
 
 def reference_call(program, tensors, state, dtype, seed: int):
@@ -244,6 +262,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed", action="store_true", help="inputs and params with a declared "
                         "range (gates, betas) in fp32, the rest in the call dtype (fla's mix)")
+    parser.add_argument("--resets", action="store_true", help="hard resets: -inf in every log "
+                        "gate input (range (-inf, 0)) at steps 0, 5, 6, 15, 16, 31, 40 and T - 1 "
+                        "(half the keys of a key-wise gate)")
     parser.add_argument("--forward-tol", type=float, default=FORWARD_TOL)
     parser.add_argument("--grad-tol", type=float, default=GRAD_TOL)
     args = parser.parse_args(argv)
@@ -254,11 +275,11 @@ def main(argv=None) -> int:
         modes = [m for m in modes_of(program) if not args.modes or m in args.modes.split(",")]
         tensors, state = random_call(program.spec, sizes_for(program, args.T, args.dims),
                                      seed=args.seed, with_initial_state=True)
-        reference = reference_call(program, call_tensors(program, tensors, dtype, args.mixed),
-                                   state, dtype, args.seed)
+        reference = reference_call(program, call_tensors(program, tensors, dtype, args.mixed,
+                                                         args.resets), state, dtype, args.seed)
         for mode in modes:
             row = check(program, mode, dtype, args.T, args.dims, args.chunk_size or None,
-                        args.seed, reference, args.mixed)
+                        args.seed, reference, args.mixed, args.resets)
             rows.append(row)
             print(table([row], args.forward_tol, args.grad_tol).splitlines()[-1],
                   f"({row.seconds:.0f} s)", flush=True)
