@@ -53,6 +53,16 @@ def test_bf16_call_matches_the_reference(name, mode):
     assert row.grads and row.forward, table([row])
 
 
+@pytest.mark.parametrize("name,mode", [("gla", "chunk_parallel"),
+                                       ("gated_deltanet", "chunk_delta_parallel")])
+def test_bf16_call_with_hard_resets_and_fp32_gates(name, mode):
+    """-inf log gates at the first step, inside a chunk, on a chunk boundary and the last step
+    (half the keys of gla's key-wise gate), the gates and betas in fp32 beside bf16 q, k, v."""
+    row = check(seqc.load(name), mode, torch.bfloat16, T=37, dims=16, chunk_size=16, seed=1,
+                mixed=True, resets=True)
+    assert row.passed(TOL, TOL), table([row], TOL, TOL)
+
+
 def test_the_single_kernel_dplr_forward_matches_the_reference():
     row = check(seqc.load("rwkv7"), "chunk_dplr", torch.bfloat16, T=21, dims=16, chunk_size=16,
                 seed=1)
