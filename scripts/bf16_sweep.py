@@ -113,13 +113,13 @@ def call(kernel, tensors, state, weights, dtype):
 
 def check(program, mode: str, dtype=torch.bfloat16, T: int = 67, dims: int = 32,
           chunk_size: int | None = 16, seed: int = 0, reference=None, mixed: bool = False,
-          resets: bool = False, **options) -> Row:
+          resets: bool = False, B: int = 1, H: int = 2, **options) -> Row:
     """One row of the sweep: `program` through Triton `mode` in `dtype` against the reference
     in fp64 (`reference`: its (outputs, finals, grads) if already computed for these values;
     `options`: more kernel options, e.g. chunk_state_dtype)."""
     row = Row(program.name, mode)
     start = time.perf_counter()
-    tensors, state = random_call(program.spec, sizes_for(program, T, dims), seed=seed,
+    tensors, state = random_call(program.spec, sizes_for(program, T, dims, B, H), seed=seed,
                                  with_initial_state=True)
     tensors = call_tensors(program, tensors, dtype, mixed, resets)  # what both calls see
     try:
@@ -256,6 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--modes", help="comma-separated modes, those a spec offers run "
                         "(default: every mode of a spec)")
+    parser.add_argument("--B", type=int, default=1)
+    parser.add_argument("--H", type=int, default=2)
     parser.add_argument("--T", type=int, default=67)
     parser.add_argument("--dims", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=16, help="0: each mode's default")
@@ -273,17 +275,18 @@ def main(argv=None) -> int:
     for name in args.specs or STDLIB:
         program = seqc.load(name)
         modes = [m for m in modes_of(program) if not args.modes or m in args.modes.split(",")]
-        tensors, state = random_call(program.spec, sizes_for(program, args.T, args.dims),
+        tensors, state = random_call(program.spec, sizes_for(program, args.T, args.dims, args.B,
+                                                             args.H),
                                      seed=args.seed, with_initial_state=True)
         reference = reference_call(program, call_tensors(program, tensors, dtype, args.mixed,
                                                          args.resets), state, dtype, args.seed)
         for mode in modes:
             row = check(program, mode, dtype, args.T, args.dims, args.chunk_size or None,
-                        args.seed, reference, args.mixed, args.resets)
+                        args.seed, reference, args.mixed, args.resets, args.B, args.H)
             rows.append(row)
             print(table([row], args.forward_tol, args.grad_tol).splitlines()[-1],
                   f"({row.seconds:.0f} s)", flush=True)
-    print(f"\n{args.dtype}, B=1, H=2, T={args.T}, dims {args.dims}, chunks of "
+    print(f"\n{args.dtype}, B={args.B}, H={args.H}, T={args.T}, dims {args.dims}, chunks of "
           f"{args.chunk_size}, seed {args.seed}; tolerance {args.forward_tol} forward, "
           f"{args.grad_tol} gradients (relative to each tensor's max magnitude)\n")
     print(table(rows, args.forward_tol, args.grad_tol))
