@@ -10,10 +10,12 @@ that is None or all zero where the reference's is not.
 Tolerance: 2e-2 of each tensor's largest magnitude, forward and gradients (the sweep's default
 is 3e-2 / 6e-2). These cases measure at most 6.8e-3 (deltanet's inference final state); the
 full sweep (every stdlib spec and mode, docs/benchmarks.md "bf16 sweep") at most 1.3e-2 (dims 5,
-chunks of 64). A lost factor, a dropped term, an fp16 overflow land far above; a gate gradient
-summed in bf16 inside a chunk of 16 (tried on chunk_parallel_core's scalar-gate kernel) lands at
-1.1e-2 against 3.4e-3 and is NOT caught here: the fp32 tests at 1e-4 catch a cast to bf16, not
-one to the call's dtype. Tiny shapes: T = 37 with chunks of 16 (a ragged last chunk), dims 16.
+chunks of 64), but for a delta rule's beta gradient at T = 1 (4.5e-2: a small gradient of
+cancelling terms, formed from 16-bit values). A lost factor, a dropped term, an fp16
+overflow land far above; a gate gradient summed in bf16 inside a chunk of 16 (tried on
+chunk_parallel_core's scalar-gate kernel) lands at 1.1e-2 against 3.4e-3 and is NOT caught
+here: the fp32 tests at 1e-4 catch a cast to bf16, not one to the call's dtype. Tiny shapes:
+T = 37 with chunks of 16 (a ragged last chunk), dims 16.
 """
 import os
 import sys
