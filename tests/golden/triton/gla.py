@@ -1991,10 +1991,12 @@ def _cp_blocks(K, V, decay, chunk_size):
     fused_wide = not keywise and not fused and _pow2(V) <= 128
     fused_keys = keywise and _pow2(V) <= 128
     return dict(block_t=block_t, sub_t=min(16, block_t),
-                state_k=min(block_k, 32) if keywise else block_k,
-                # the forward state pass: V one block of up to 128 lanes (k, g read once), 8 warps
+                # the forward state pass: V one block of up to 128 lanes (k, g read once), 8
+                # warps; beside key-wise gates at V > 64 key blocks of 64 at 16 warps, as the
+                # adjoint pass (v read once a key block)
+                state_k=(block_k if _pow2(V) > 64 else min(block_k, 32)) if keywise else block_k,
                 state_v=min(128, max(16, _pow2(V))),
-                state_warps=8 if keywise or _pow2(V) > 64 else 4,
+                state_warps=(16 if _pow2(V) > 64 else 8) if keywise else (8 if _pow2(V) > 64 else 4),
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4,
                 fused=fused, fused_keys=fused_keys,
