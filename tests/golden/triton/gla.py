@@ -700,8 +700,10 @@ def _chunk_parallel_configs(block_v, dim_v=None, state_v=64):
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
     (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes
-    (chunks of 128) 8 warps, one stage only (4 warps spilled 16-32 B on sm_80 (mamba2), 8 warps,
-    3 stages 18 B (linear_attn): chunk_parallel.md, "Blocks")."""
+    (chunks of 128) or a state block of 128 value lanes (`state_v`) 8 warps, one stage only (4
+    warps spilled 16-32 B on sm_80 (mamba2), 8 warps, 3 stages 18 B (linear_attn); beside a
+    normaliser at 128 lanes 8 warps, 3 stages 40 B (mlstm)), beside key-wise gates at 128 lanes
+    8 warps only (4 spilled 20 B: chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
