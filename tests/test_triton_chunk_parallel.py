@@ -151,7 +151,12 @@ def test_default_mode_by_programs_against_sms():
     assert module._choose_mode({**few, "B": 2}, 128) == "chunk_parallel"      # 32 x 2 blocks
     assert module._choose_mode({**few, "B": 2}, 32) == "chunk"                # 32 x 4 blocks
     small = {**few, "K": 64, "V": 64}
-    assert module._state_pass_programs(small, 128) == 64
+    # the state pass's blocks of least modelled time (chunk_parallel.md, "Blocks"): at K = V = 64
+    # two value blocks of 32 (k read twice, all 132 SMs), at 128 one value block of 128 beside
+    # key blocks of 64 (k read once), at B = 1, H = 4 the most programs
+    assert module._state_pass_programs(small, 128) == 64 * 2
+    assert module._state_pass_programs(few, 128) == 64 * 2
+    assert module._state_pass_programs({**few, "B": 1, "H": 4}, 128) == 4 * 4 * 8
     assert module._choose_mode(small, 128) == "chunk_parallel"                # 64 x 1 block
     assert module._choose_mode({**small, "B": 8}, 128) == "chunk"             # 128 x 1 block
     assert modes_run("simple_gla", scale=0.5) == ["chunk_parallel"]

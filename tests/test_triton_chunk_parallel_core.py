@@ -123,7 +123,7 @@ def test_bf16_training_dots_in_bf16():
 
 @pytest.mark.parametrize("name, dims, bound, forward_bound", [
     ("linear_attn", 64, 2.5, 1.81), ("simple_gla", 64, 2.502, 1.81), ("gla", 64, 3.25, 2.0),
-    ("linear_attn", 128, 3.167, 2.67), ("simple_gla", 128, 3.167, 2.672)])
+    ("linear_attn", 128, 3.167, 2.51), ("simple_gla", 128, 3.167, 2.51)])
 def test_backward_traffic(name, dims, bound, forward_bound):
     """Bytes the kernels load and store during `loss.backward()` against the forward call's
     compulsory traffic, T = 128 in chunks of 64, one head (the ratio does not depend on B or H),
@@ -132,7 +132,8 @@ def test_backward_traffic(name, dims, bound, forward_bound):
     before the fused kernel 3.4x; with a key-wise gate the key-wise fused kernel 3.25x, 4.67x
     before it; at dims 128 the wide kernel 3.1664x, 3.50x before its first sweep summed the
     scores and the adjoint pass took V as one block; the single-program chunk_core moves 1.9x
-    but runs B x H programs). gla at 128 (3.57x) costs a minute under the interpreter: not here."""
+    but runs B x H programs; forward at dims 128 2.50x with the forward state pass in one value
+    block of 128, 2.67x with two of 64). gla at 128 (3.57x) costs a minute under the interpreter: not here."""
     program = seqc.load(name)
     with parallel_core_backwards(name) as calls:
         forward, backward, compulsory = counted_training_step(

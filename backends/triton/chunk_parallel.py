@@ -314,12 +314,23 @@ class ChunkParallelKernel(BlockKernel):
                     previous=bool(previous),
                     outer_lanes=outer_lanes,
                     state_setup=self.setup(state_code, every), init=state,
+                    **self.state_reads(state_code, every, K, V),
                     **self.outer_setups(outer_code, inner_code,
                                         decay if decay and not keywise else "", free_names),
                     inner=self.setup(inner_code, key_names),
                     full_key=full_key, split_v=layout.split_dim(spec) == V,
                     output_value_cap=64 if full_key else OUTPUT_VALUE_CAP[keywise],
                     final_store=self.final_store(g.state, K, V))
+
+    def state_reads(self, state_code: str, names, K: str, V: str) -> dict:
+        """The [T, K] and [T, V] inputs the state pass loads (`state_key_reads`,
+        `state_value_reads`): what a program re-reads per block of the other dim, weighed by
+        `_chunk_parallel_state_time` (chunk_parallel.md, "Blocks")."""
+        loaded = set(self.setup(state_code, names)["body"])
+        dims = {x.name: x.dims for x in self.spec.inputs
+                if any(line.startswith(f"raw_{x.name} = ") for line in loaded)}
+        return dict(state_key_reads=max(1, sum(K in d for d in dims.values())),
+                    state_value_reads=max(1, sum(V in d for d in dims.values())))
 
     def outer_setups(self, outer_code: str, inner_code: str, early_code: str, names) -> dict:
         """What the output kernel sets up outside its key loop, from `names`: before it (`outer`)

@@ -595,13 +595,41 @@ def _chunk_parallel_chunk(dims, block_split):
     return 64
 
 
+# the programs that fill the GPU (an H100's SMs): a launch of fewer reaches that share of the
+# bandwidth (seqc/gpu_model.py), so wider state blocks pay in a small launch
+WIDE_VALUE_PROGRAMS = 132
+
+
+def _chunk_parallel_state_time(block_k, block_v, block_t, dims):
+    """The memory time of the state pass with [block_k, block_v] state blocks, up to a constant
+    (chunk_parallel.md, "Blocks"): a program reads the key side (k, the key-wise gates: 2 [T, K]
+    read(s)) once a value block and the value side (1 [T, V] read(s)) once a key block; the chunk states
+    are stored once; a launch of fewer programs than WIDE_VALUE_PROGRAMS reaches that share of
+    the bandwidth."""
+    K_, V_ = dims["K"], dims["V"]
+    n_k, n_v = triton.cdiv(K_, block_k), triton.cdiv(V_, block_v)
+    moved = n_v * 2 * K_ + n_k * 1 * V_ + K_ * V_ / block_t
+    return moved / min(1.0, dims["B"] * dims["H"] * n_k * n_v / WIDE_VALUE_PROGRAMS)
+
+
+def _chunk_parallel_state_blocks(dims, block_split, block_t):
+    """The state pass's (BLOCK_K, BLOCK_V) at `dims` (chunk_parallel.md, "Blocks"): of the
+    blocks that fit (key blocks of at most 64 lanes; value blocks of at most 128
+    lanes, 64 beside a wider key block), the one of least memory time
+    (`_chunk_parallel_state_time`)."""
+    top_k = max(16, _pow2(dims["K"]))
+    top_v = max(16, _pow2(dims["V"]))
+    top_v = min(top_v, 128, max(16, _pow2(block_split)))
+    keys = [w for w in (64, 32, 16) if w <= top_k] or [top_k]
+    values = [w for w in (128, 64, 32, 16) if w <= top_v] or [top_v]
+    fits = [(bk, bv) for bk in keys for bv in values if bk <= 64 or bv <= 64] or [(keys[-1], values[-1])]
+    return min(fits, key=lambda b: _chunk_parallel_state_time(b[0], b[1], block_t, dims))
+
+
 def _state_pass_programs(dims, block_split):
-    """Programs of the state pass at `dims` (its grid in _run_chunk_parallel): key blocks of
-    at most 64 x value blocks x batch x heads; `_choose_mode` weighs them."""
-    block_v = max(16, _pow2(dims["V"]))
-    block_v = min(block_v, 64, max(16, _pow2(block_split)))
-    block_k = max(16, _pow2(dims["K"]))
-    block_k = min(block_k, 64)
+    """Programs of the state pass at `dims` (its grid in _run_chunk_parallel, at the default
+    chunk): key blocks x value blocks x batch x heads; `_choose_mode` weighs them."""
+    block_k, block_v = _chunk_parallel_state_blocks(dims, block_split, _chunk_parallel_chunk(dims, block_split))
     return triton.cdiv(dims["K"], block_k) * triton.cdiv(dims["V"], block_v) * dims["B"] * dims["H"]
 
 def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
@@ -615,10 +643,9 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
     blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(options.get("block_split", 128))))
-    # key blocks: at most 64 lanes in the state pass; the key-wise output kernel, which also holds
-    # the [BLOCK_T, BLOCK_K] gates and re-anchored factors, 16 (chunk_parallel.md, "Blocks")
+    # key blocks: the key-wise output kernel, which also holds the [BLOCK_T, BLOCK_K] gates and
+    # re-anchored factors, 16 (chunk_parallel.md, "Blocks"); the state pass's below
     state_blocks, output_blocks = dict(blocks), dict(blocks)
-    state_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
     # value blocks: the output kernel takes up to 64 lanes (q and k read once a
     # value block: one block at V = 64; chunk_parallel.md, "Blocks")
@@ -627,6 +654,8 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
         output_blocks["BLOCK_K"] = min(output_blocks["BLOCK_K"], 16)
     block_t = max(16, _pow2(options.get("chunk_size") or _chunk_parallel_chunk(dims, options.get("block_split", 128))))
     n_t = triton.cdiv(T, block_t)
+    # the state pass's blocks: the least memory time for the launch (_chunk_parallel_state_blocks)
+    state_blocks["BLOCK_K"], state_blocks["BLOCK_V"] = _chunk_parallel_state_blocks(dims, options.get("block_split", 128), block_t)
     n_k = triton.cdiv(dims["K"], state_blocks["BLOCK_K"])
     chunk_states = torch.empty((B, H, n_t, dims["K"], dims["V"]), dtype=_chunk_state_dtype(spare, x, options), device=spare.device)
 
@@ -655,12 +684,12 @@ def _run_chunk_parallel(x, p, dims, init, final, outputs, consts, options):
         chosen = _with_blocks(output_blocks, config)
         grid = (triton.cdiv(dims["V"], chosen["BLOCK_V"]), n_t, B * H)
         return grid, arguments(chosen), _launch_options(config)
-    configs = _chunk_parallel_configs(output_blocks["BLOCK_V"], dims["V"])
+    configs = _chunk_parallel_configs(output_blocks["BLOCK_V"], dims["V"], state_blocks["BLOCK_V"])
     _launch(chunk_parallel_state_kernel, configs["state"], state_launch, key)
     _launch(chunk_parallel_output_kernel, configs["output"], output_launch, key)
 
 
-def _chunk_parallel_configs(block_v, dim_v=None):
+def _chunk_parallel_configs(block_v, dim_v=None, state_v=64):
     """Each kernel's launch configurations, its fallback (Triton's defaults: 4 warps, 3 stages)
     first (autotune.md; every entry compiles without spills at K = V = 64 and 128). The key-wise
     output kernel's fallback is 8 warps, 2 stages when the value block has dead lanes (V = 48:
@@ -671,13 +700,17 @@ def _chunk_parallel_configs(block_v, dim_v=None):
     sm_80, 8 warps, 2 stages 144 B with key blocks of 64); the state pass runs 8 warps only
     beside a normaliser
     (mlstm: 4 warps spilled 32-40 B on sm_80), and beside a scalar decay at 128 value lanes
-    (chunks of 128) 8 warps, one stage only (4 warps spilled 16-32 B on sm_80 (mamba2), 8 warps,
-    3 stages 18 B (linear_attn): chunk_parallel.md, "Blocks")."""
+    (chunks of 128) or a state block of 128 value lanes (`state_v`) 8 warps, one stage only (4
+    warps spilled 16-32 B on sm_80 (mamba2), 8 warps, 3 stages 18 B (linear_attn); beside a
+    normaliser at 128 lanes 8 warps, 3 stages 40 B (mlstm)), beside key-wise gates at 128 lanes
+    8 warps only (4 spilled 20 B: chunk_parallel.md, "Blocks")."""
     half = {"BLOCK_V": block_v // 2} if block_v >= 32 else {}
     output = [{}, {"num_warps": 8, "num_stages": 2}]
     if dim_v is not None and dim_v < block_v:
         output = output[1:]     # dead value lanes: 4 warps spilled 8-24 B on sm_90a at V = 48
     state = [{}, {"num_warps": 8}, {"num_stages": 2}]
+    if state_v > 64:    # a key-wise state block of 128 value lanes: 4 warps spilled 20 B (gla)
+        state = [{"num_warps": 8}]
     return {
         "state": state,
         "output": output + ([dict(half)] if half else []),
@@ -1978,7 +2011,12 @@ def _cp_blocks(K, V, decay, chunk_size):
     fused_wide = not keywise and not fused and _pow2(V) <= 128
     fused_keys = keywise and _pow2(V) <= 128
     return dict(block_t=block_t, sub_t=min(16, block_t),
-                state_k=min(block_k, 32) if keywise else block_k,
+                # the forward state pass: V one block of up to 128 lanes (k, g read once), 8
+                # warps; beside key-wise gates at V > 64 key blocks of 64 at 16 warps, as the
+                # adjoint pass (v read once a key block)
+                state_k=(block_k if _pow2(V) > 64 else min(block_k, 32)) if keywise else block_k,
+                state_v=min(128, max(16, _pow2(V))),
+                state_warps=(16 if _pow2(V) > 64 else 8) if keywise else (8 if _pow2(V) > 64 else 4),
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
                 block_v=block_v, warps=8 if keywise else 4,
                 fused=fused, fused_keys=fused_keys,
@@ -2019,9 +2057,9 @@ class _ChunkParallelCore(torch.autograd.Function):
         h = torch.empty((B, H, NT, K, V), dtype=dot, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
-        _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), NV, B * H)](
-            k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["block_v"],
-            decay, False, True, False, acc, tl_dot, precision, num_warps=b["warps"],
+        _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), triton.cdiv(V, b["state_v"]), B * H)](
+            k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"],
+            decay, False, True, False, acc, tl_dot, precision, num_warps=b["state_warps"],
             num_stages=2 if decay == 1 and dot != compute else 3)   # 16-bit h beside a scalar
         # gate: at 3 stages sm_80 spilled 16 B (48, 64, 128)
         _cp_fwd_output_kernel[(NV, NT, B * H)](
