@@ -2711,7 +2711,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         # a write scale beta (chunk_delta_parallel_core.md, "A write scale"): w the write key
         # r times beta, formed here in the dot dtype (the rounding of beta k's fp32 product,
         # as before); the backward kernels fold dw into r's and beta's gradients. Its kind:
-        # 0 none, 1 r apart from the erase key k (comba), 2 r the erase key k itself
+        # 0 none, 2 r the erase key k itself (1, r apart from k, is not launched: the
+        # wrapper scales such a key)
         scaled = 0 if beta is None else (2 if _cdp_same(w, k) else 1)
         r = None if scaled != 1 else w.to(dot).contiguous()
         if scaled:
@@ -2864,6 +2865,10 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
         (k,), (w,), (v,) = keys, write_keys, values
         g, steps = log_decay, 1
         (beta,) = write_scale or (None,)
+        if beta is not None and not _cdp_same(w, k):    # a write key apart from the erase
+            # key (comba): scaled here, in the call's dtype, under autograd (the kernels' fold
+            # into it spilled on sm_80: 24 B keys kernel, 32 B WY kernel)
+            w, beta = beta[..., None] * w, None
     else:
         if write_scale is not None:
             write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
