@@ -34,8 +34,10 @@ def slab_lines(name):
 
 @pytest.mark.parametrize("name, raw", [
     ("simple_gla", {"q": "chunk", "k": "chunk", "v": "chunk", "g": "chunk"}),   # scale * q
-    ("gated_deltanet", {"q": "chunk_delta", "v": "chunk_delta", "g": "chunk_delta"}),  # k, beta:
-    #                                                                   the delta rule's lets
+    ("gated_deltanet", {"q": "chunk_delta", "k": "chunk_delta", "v": "chunk_delta",
+                        "g": "chunk_delta", "beta": "chunk_delta"}),   # beta as `write_scale`
+    ("deltaproduct", {"q": "chunk_delta", "v1": "chunk_delta", "v2": "chunk_delta"}),  # two
+    #                                                      steps a token: beta1 k1, beta2 k2 lets
     ("rwkv7", {"r": "chunk_dplr", "k": "chunk_dplr", "v": "chunk_dplr"}),  # kk, a, g (twice)
     ("hgrn", {})])                                                 # a scan: through _scan_roles
 def test_the_emitter_passes_the_core_arguments_through(name, raw):
@@ -59,6 +61,14 @@ def test_core_inputs_needs_one_whole_argument():
     assert core_inputs([call.format("in_q")], ["in_v * rd_S"]) == {"q": "chunk", "k": "chunk",
                                                                    "g": "chunk"}
     assert core_inputs([call.format("in_q").replace("cores['chunk']", "cores['scan']")], []) == {}
+    # a delta rule's key and write scale, each twice in its core call (module.md, "A write
+    # scale"); a third use elsewhere keeps them fp32
+    delta = ("reads, final_S = cores['chunk_delta']([in_q], [in_k], [_written(raw, "
+             "'chunk_delta', in_beta.expand(B, T, H), in_k)], [in_v], None, s, c, "
+             "**_given(raw, 'chunk_delta', write_scale=[in_beta.expand(B, T, H)]))")
+    assert core_inputs([delta], []) == dict.fromkeys("qkv", "chunk_delta") | {
+        "beta": "chunk_delta"}
+    assert core_inputs([delta], ["in_beta * rd_S"]) == dict.fromkeys("qkv", "chunk_delta")
 
 
 def sizes_of(program, T=32, dims=16):
@@ -110,16 +120,19 @@ def test_bf16_gradients_match_the_fp32_call(name):
         assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), n
 
 
-@pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 14.0)])
+@pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 6.0),
+                                         ("deltanet", 6.0), ("kda", 4.9), ("comba", 6.5)])
 def test_bf16_training_step_torch_bytes(name, bound):
     """The torch operations of a bf16 training step (T=64, dims 16) move at most `bound` times
     the call's compulsory bytes. simple_gla 3.11x: the loss, the incoming gradient times
     `scale` (the core's backward), the scalar gate's gradient sum and its fp32 copy (3.60x with
     `scale * q` and its backward in bf16 on the torch side; 5.82x while the core stored its read
     in fp32, cast to bf16 after, and took its gradient cast to fp32; 13.45x with every input
-    copied to fp32). gated_deltanet 13.79x (14.28x with `scale * q`, 16.46x with the fp32
-    read): the normalised key and `beta * k` in fp32 (module.md, "Call-dtype reads", "A
-    constant query scale")."""
+    copied to fp32). gated_deltanet 5.73x, deltanet 5.73x, kda 4.60x with `beta` handed to the
+    core as `write_scale` (module.md, "A write scale"), comba 6.36x (its write key apart from
+    its erase key, scaled by the core's wrapper in bf16 under autograd); 13.79x, 13.91x, 11.16x,
+    11.10x with k and beta cast to fp32, `beta * k` and its backward on the torch side (14.28x
+    with `scale * q`, 16.46x with the fp32 read, gated_deltanet)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
     spec = importlib.util.spec_from_file_location("fla_traffic", path)
     module = importlib.util.module_from_spec(spec)
@@ -210,5 +223,65 @@ def test_the_parallel_core_scales_the_query(K, keywise):
                             **({"query_scale": 0.3} if scaled else {}))
         ((reads[0] * weight).sum() + final.sum()).backward()
         runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
+    for got, want in zip(*runs):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_delta_step_hands_its_beta_to_the_core(monkeypatch):
+    """gated_deltanet and comba at bf16: chunk_delta_parallel_core receives beta as
+    `write_scale` and the unscaled write key in bf16 (gated_deltanet's the erase key itself:
+    no `beta * k` formed on the torch side), and beta's gradient comes back in bf16."""
+    for name, write in (("gated_deltanet", "k"), ("comba", "k")):
+        program = seqc.load(name)
+        kernel = program.kernel("triton")
+        own = kernel.module.MODE_CORES["chunk_delta_parallel"]
+        core, seen = own["chunk_delta_core"], []
+
+        def recorded(queries, keys, write_keys, values, log_decay, state, chunk_size, **options):
+            seen.append((keys[0], write_keys[0], options.get("write_scale")))
+            return core(queries, keys, write_keys, values, log_decay, state, chunk_size,
+                        **options)
+        monkeypatch.setitem(own, "chunk_delta_core", recorded)
+        tensors, _ = random_call(program.spec, sizes_of(program), dtype=torch.bfloat16, seed=3)
+        x = {n: t.requires_grad_() for n, t in tensors.items()}
+        kernel(**x)["o"].float().sum().backward()
+        ((key, written, scale),) = seen
+        assert written.dtype == key.dtype == torch.bfloat16
+        assert written.data_ptr() == x[write].data_ptr()
+        assert (written.data_ptr() == key.data_ptr()) == (name == "gated_deltanet")
+        assert len(scale) == 1 and scale[0].dtype == torch.bfloat16
+        assert scale[0].data_ptr() == x["beta"].data_ptr()
+        assert x["beta"].grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("K, keywise, same", [(16, False, True), (16, False, False),
+                                              (16, True, True), (128, False, True),
+                                              (128, False, False)])
+def test_the_parallel_core_scales_the_write_key(K, keywise, same):
+    """chunk_delta_parallel_core with `write_scale` beta on the write key r is the core on
+    beta r (fp32: outputs and every gradient): r the erase key itself (dk + beta dw and dbeta
+    in the kernel) or another (scaled by the wrapper), through the fused keys kernel (K = 16,
+    a scalar gate), the WY kernel (a key-wise gate; K = 128)."""
+    program = seqc.load("gated_deltanet")
+    core = program.kernel("triton").module.MODE_CORES["chunk_delta_parallel"]["chunk_delta_core"]
+    generator = torch.Generator().manual_seed(13)
+    B, T, H, V = 1, 40, 2, 16
+    q, k, r = (torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=generator), dim=-1)
+               for _ in range(3))
+    v = torch.randn(B, T, H, V, generator=generator)
+    g = -0.1 * torch.rand((B, T, H, K) if keywise else (B, T, H), generator=generator)
+    beta = torch.rand(B, T, H, generator=generator)
+    s0 = torch.randn(B, H, K, V, generator=generator)
+    weight = torch.randn(B, H, T, V, generator=generator)
+    runs = []
+    for scaled in (False, True):
+        x = [t.clone().requires_grad_() for t in (q, k, r, v, g, beta, s0)]
+        erase, write = x[1], (x[1] if same else x[2])
+        written = write if scaled else x[5][..., None] * write
+        reads, final = core([x[0]], [erase], [written], [x[3]], x[4], x[6], 16,
+                            precision="ieee", **({"write_scale": [x[5]]} if scaled else {}))
+        ((reads[0] * weight).sum() + final.sum()).backward()
+        runs.append([reads[0].detach(), final.detach()]
+                    + [torch.zeros(()) if t.grad is None else t.grad for t in x])
     for got, want in zip(*runs):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -82,7 +82,15 @@ def core_inputs(lines: list[str], outputs: list[str]) -> dict[str, str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and node.id.startswith("in_"):
                 uses.setdefault(node.id[3:], []).append(_core_kind(node, parents))
-    return {name: kinds[0] for name, kinds in uses.items() if len(kinds) == 1 and kinds[0]}
+    return {name: kinds[0] for name, kinds in uses.items()
+            if kinds[0] and (len(kinds) == 1 or _scaled_write(kinds))}
+
+
+def _scaled_write(kinds: list) -> bool:
+    """An input used twice or thrice, each use a whole argument of one delta-rule core call:
+    the key as erase and write key, a write scale as `write_scale` and `_written`'s factor
+    (module.md, "A write scale")."""
+    return len(kinds) <= 3 and set(kinds) == {"chunk_delta"}
 
 
 def _core_kind(name: ast.Name, parents: dict) -> str | None:
@@ -101,8 +109,17 @@ def _core_kind(name: ast.Name, parents: dict) -> str | None:
     if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and \
             parent.func.id == "_query" and parent.args and parent.args[-1] is node:
         node, parent = parent, parents.get(parent)      # `_query(raw, kind, c, x)`: c * x
+    if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and \
+            parent.func.id == "_written" and node in parent.args[2:]:
+        node, parent = parent, parents.get(parent)      # `_written(raw, kind, s, x)`: s x
     if isinstance(parent, ast.List):
         node, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.keyword) and parent.arg == "write_scale":
+        call = parents.get(parent)      # `**_given(raw, kind, write_scale=[s])`
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and \
+                call.func.id == "_given" and isinstance(call.args[1], ast.Constant):
+            return call.args[1].value if call.args[1].value in CALL_DTYPE_KINDS else None
+        return None
     if not (isinstance(parent, ast.Call) and node in parent.args):
         return None
     func = parent.func

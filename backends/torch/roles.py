@@ -108,12 +108,13 @@ class GroupEmitter:
                 return self.whole(scale), rest
         return None
 
-    def options(self, kind: str, reads) -> str:
+    def options(self, kind: str, reads, extra: tuple[str, ...] = ()) -> str:
         """The core call's call-dtype keywords (module.md, "Call-dtype reads", "A constant query
-        scale"): under `call_dtype`, a core given for `kind` stores its reads in the call's
-        dtype when each is a whole output (`plain_reads`), so that no fp32 read is cast after
-        it, and takes the query's constant factor as `query_scale`."""
-        options = []
+        scale", "A write scale"): under `call_dtype`, a core given for `kind` stores its reads
+        in the call's dtype when each is a whole output (`plain_reads`), so that no fp32 read is
+        cast after it, and takes the query's constant factor as `query_scale`; `extra`, further
+        keywords (`write_scale=[...]`)."""
+        options = list(extra)
         if reads and all(r.name in self.plain for r in reads):
             options.append("read_dtype=first.dtype")
         scale = self.query_scale(reads)
@@ -182,13 +183,22 @@ class GroupEmitter:
     def chunk_delta(self, g) -> list[str]:
         kd, vd = (g.key_dim,), (g.value_dim,)
         s = g.state
-        lines = []
-        for j, step in enumerate(g.steps):
-            lines.append(f"key_{s}_{j} = {self.call(step.key, kd)}")
-            written = f"key_{s}_{j}" if step.write_key is None else self.call(step.write_key, kd)
-            lines.append(f"write_{s}_{j} = {self.call(step.beta, kd)} * {written}")
-        keys = ", ".join(f"key_{s}_{j}" for j in range(len(g.steps)))
-        writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
+        lines, extra = [], ()
+        scale = self.write_scale(g)
+        if scale is not None:   # the core scales the write key (module.md, "A write scale")
+            (step,) = g.steps
+            keys = self.call(step.key, kd)
+            written = keys if step.write_key is None else self.call(step.write_key, kd)
+            writes = f"_written(raw, 'chunk_delta', {scale}, {written})"
+            extra = (f"write_scale=[{scale}]",)
+        else:
+            for j, step in enumerate(g.steps):
+                lines.append(f"key_{s}_{j} = {self.call(step.key, kd)}")
+                written = (f"key_{s}_{j}" if step.write_key is None
+                           else self.call(step.write_key, kd))
+                lines.append(f"write_{s}_{j} = {self.call(step.beta, kd)} * {written}")
+            keys = ", ".join(f"key_{s}_{j}" for j in range(len(g.steps)))
+            writes = ", ".join(f"write_{s}_{j}" for j in range(len(g.steps)))
         values = ", ".join(self.call(step.value, vd) for step in g.steps)
         reads = self.reads_of(s)
         query_lines, queries = self.queries(reads, kd, "chunk_delta")
@@ -196,11 +206,20 @@ class GroupEmitter:
         lines += query_lines
         lines.append(f"reads, final_{s} = cores['chunk_delta']([{queries}], [{keys}], "
                      f"[{writes}], [{values}], {decay}, init_{s}{self.swapped(g)}, "
-                     f"chunk_size{self.options('chunk_delta', reads)})")
+                     f"chunk_size{self.options('chunk_delta', reads, extra)})")
         lines += self.matrix_read_lines(reads, f"init_{s}{self.swapped(g)}")
         if self.swapped(g):
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
         return lines
+
+    def write_scale(self, g) -> str | None:
+        """The per-token factor of a one-step delta group's write key (`beta` in
+        `beta * k * (v - k @ S)`), as the code of its [B, T, H] sequence, when the group has
+        one step and that factor is a non-constant scalar: a core given under `call_dtype`
+        takes it as `write_scale` and forms `beta k` itself (module.md, "A write scale")."""
+        if len(g.steps) != 1 or g.steps[0].beta.dims or is_constant(g.steps[0].beta):
+            return None
+        return self.call(g.steps[0].beta, ())
 
     def chunk_dplr(self, g) -> list[str]:
         kd, vd, s = (g.key_dim,), (g.value_dim,), g.state

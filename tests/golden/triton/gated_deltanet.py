@@ -1719,15 +1719,19 @@ class _DeltaCore(torch.autograd.Function):
 
 
 def chunk_delta_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
-                     read_dtype=None, query_scale=None):
+                     read_dtype=None, query_scale=None, write_scale=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on these kernels: one query, one or more delta steps a token (a product of
     delta factors: the delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise
     decay. `run(..., chunk_delta_core=)` of the torch module takes it; seqc's Triton backward
     does (docs/backends.md). `read_dtype`: the reads cast to it (the kernels store fp32);
-    `query_scale`: q's constant factor, applied to the widened q."""
+    `query_scale`: q's constant factor, applied to the widened q; `write_scale`: each write
+    key's per-token factor [B, T, H], applied to the widened write key."""
     (q,) = queries
     keys, write_keys, values = ([*_widened(state, *xs)] for xs in (keys, write_keys, values))
+    if write_scale is not None:
+        write_keys = [s[..., None] * w for s, w in zip(_widened(state, *write_scale),
+                                                        write_keys)]
     q, log_decay = _widened(state, q, log_decay)
     q = q if query_scale is None else query_scale * q
     if len(keys) == 1:
@@ -2383,7 +2387,7 @@ def _cdp_dqw_finish(dq, dw, dP, hdh, ptr_q, ptr_w, ptr_g, ptr_dq, ptr_dw, ptr_db
 @triton.jit
 def _cdp_bwd_wy_kernel(
     ptr_k, ptr_w, ptr_vn, ptr_g, ptr_tm, ptr_dvn, ptr_dW, ptr_db, ptr_dk, ptr_dw, ptr_dv,
-    ptr_dg, T, H, K, V, DB_SHARES,
+    ptr_dg, ptr_beta, ptr_r, ptr_dbeta, WRITE_SCALE: tl.constexpr, T, H, K, V, DB_SHARES,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, PARKED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -2393,7 +2397,9 @@ def _cdp_bwd_wy_kernel(
     dL = -Tm^T dTm Tm^T = -dv vn^T (strictly lower; chunk_delta_parallel_core_keys.md: no dTm
     formed), back to k and w; the gates' share, added to the dq/dw kernel's, and dg by its
     reverse cumsum inside the chunk. PARKED: the dq/dw chunk kernel stored dv and
-    d(2^G0 k) = -dv h^T (in dk) already; dv is read for dL (no Tm, dvn or dW)."""
+    d(2^G0 k) = -dv h^T (in dk) already; dv is read for dL (no Tm, dvn or dW). WRITE_SCALE
+    (w = beta r, chunk_delta_parallel_core_keys.md, "A write scale"): dbeta = sum_K r dw, and
+    r's gradient beta dw, added to dk when r is k (2), else stored in dw (1)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2430,6 +2436,7 @@ def _cdp_bwd_wy_kernel(
         tl.debug_barrier()
     dL = tl.where(o_t[:, None] > o_t[None, :], dL, 0.0)
     db_rows = tl.zeros([BLOCK_T], dtype=ACC)       # a scalar gate's share, summed over lanes
+    dbeta = tl.zeros([BLOCK_T], dtype=ACC)         # sum_K r dw (a write scale's, DECAY < 2)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
@@ -2459,9 +2466,24 @@ def _cdp_bwd_wy_kernel(
             else:
                 dk = start * tl.dot(TmT, _cp_load(ptr_dW, base, mask_t, o_k, mask_k, K),
                                     input_precision=PRECISION) + dk_L
-        tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
-        dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0)
-        tl.store(ptr_dw + offs_tk, dw + dw_L, mask=mask_tk)
+        dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0) + dw_L
+        if WRITE_SCALE > 0:     # loaded a key block (held across the loop: sm_80 spilled 8 B)
+            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+            r = k if WRITE_SCALE == 2 else _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            if DECAY == 2:  # sum_K r dw, a key block's share in its own slice of dbeta,
+                # summed after (a C-vector held across the loop spilled 16 B on sm_80, kda at
+                # K = 128; read, added to and stored a block, 64 B)
+                tl.store(ptr_dbeta + i_k * (tl.num_programs(1) * T) + base,
+                         tl.sum(r.to(ACC) * dw, axis=1), mask=mask_t)
+            else:           # held (in slices, gated_deltanet spilled 8 B at K = 128)
+                dbeta += tl.sum(r.to(ACC) * dw, axis=1)
+        if WRITE_SCALE == 2:
+            tl.store(ptr_dk + offs_tk, dk + beta[:, None] * dw, mask=mask_tk)
+        else:
+            tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
+            if WRITE_SCALE == 1:
+                dw = beta[:, None] * dw
+            tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
         if DECAY > 0:
             db = k.to(ACC) * dk - w.to(ACC) * dw_L
             if DECAY == 2:
@@ -2469,6 +2491,8 @@ def _cdp_bwd_wy_kernel(
                 _cdp_store_dg(ptr_dg, offs_tk, mask_tk, db, d, BLOCK_T, ACC)
             else:
                 db_rows += tl.sum(tl.where(mask_k[None, :], db, 0.0), axis=1)
+    if WRITE_SCALE > 0 and DECAY < 2:
+        tl.store(ptr_dbeta + base, dbeta, mask=mask_t)
     if DECAY == 1:
         for share in range(0, DB_SHARES):
             db_rows += tl.load(ptr_db + share * (tl.num_programs(1) * T) + base, mask=mask_t,
@@ -2489,7 +2513,7 @@ def _cdp_store_dg(ptr_dg, offs, mask, db, d, BLOCK_T: tl.constexpr, ACC: tl.cons
 @triton.jit
 def _cdp_bwd_keys_kernel(
     ptr_q, ptr_k, ptr_w, ptr_g, ptr_tm, ptr_h, ptr_dh, ptr_do, ptr_vn, ptr_dvn, ptr_dq, ptr_dk,
-    ptr_dw, ptr_dv, ptr_dg, T, H, NT, K, V,
+    ptr_dw, ptr_dv, ptr_dg, ptr_beta, ptr_r, ptr_dbeta, WRITE_SCALE: tl.constexpr, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -2497,7 +2521,8 @@ def _cdp_bwd_keys_kernel(
     a scalar gate), one program per (chunk, batch x head), in two loops over value blocks
     (chunk_delta_parallel_core_keys.md): dv = Tm^T dvn, dL = -dv vn^T, d(2^G0 k) = -dv h^T,
     vn dh^T, dk stored; then dP = do vn^T, do h^T: dq, dw, and dg by the reverse cumsum (no dW
-    or dTm formed)."""
+    or dTm formed). WRITE_SCALE (w = beta r; "A write scale"): dbeta = sum_K r dw and r's
+    gradient beta dw, held with dk and stored once when r is k (2), else stored in dw (1)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2543,7 +2568,8 @@ def _cdp_bwd_keys_kernel(
     # summed over the lanes (0 past K) as the gate is scalar
     leaving = whole * tl.sum(hdh, axis=0) + tl.sum(w.to(ACC) * dw)
     dk = dk * start + tl.dot(dM, w, input_precision=PRECISION)
-    tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
+    if WRITE_SCALE != 2:
+        tl.store(ptr_dk + offs_tk, dk, mask=mask_tk)
     if DECAY == 1:      # the gate's share so far, summed over the lanes, parked in dg (a
         # [C] vector), with the leaving state's on the chunk's last step before T (the reverse
         # cumsum takes it to every step)
@@ -2551,6 +2577,14 @@ def _cdp_bwd_keys_kernel(
         tl.store(ptr_dg + base, tl.sum(k.to(ACC) * dk, axis=1) + tl.where(o_t == last, leaving,
                  0.0), mask=mask_t)
     dw += tl.dot(tl.trans(dM), k, input_precision=PRECISION)
+    if WRITE_SCALE == 2:    # k's whole gradient so far held in dw's place; dw's lane sums kept
+        beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+        dbeta = tl.sum(k.to(ACC) * dw, axis=1)
+        if DECAY == 0:  # parked (held, deltanet spilled 64 B on sm_80; parked beside a gate
+            # 80 B)
+            tl.store(ptr_dbeta + base, dbeta, mask=mask_t)
+        wdw = tl.sum(w.to(ACC) * dw, axis=1)
+        dw = dk + beta[:, None] * dw
     # then the reads' terms
     dP = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)       # do vn^T
     dq = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)       # do h^T
@@ -2571,12 +2605,32 @@ def _cdp_bwd_keys_kernel(
     dM = _cdp_causal(dP, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, ACC).to(DOT)
     dq = dq * start + tl.dot(dM, w, input_precision=PRECISION)
     tl.store(ptr_dq + offs_tk, dq, mask=mask_tk)
-    dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
-    tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
+    if WRITE_SCALE == 2:
+        dw_q = tl.dot(tl.trans(dM), q, input_precision=PRECISION)
+        k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)     # again (sm_80 spilled 304 B
+        # with part 1's held)
+        wdw += tl.sum(w.to(ACC) * dw_q, axis=1)
+        if DECAY == 0:  # beta again, the parked share read back (other threads' stores)
+            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+            tl.store(ptr_dk + offs_tk, dw + beta[:, None] * dw_q, mask=mask_tk)
+            tl.debug_barrier()
+            dbeta = tl.load(ptr_dbeta + base, mask=mask_t, other=0.0)
+        else:
+            tl.store(ptr_dk + offs_tk, dw + beta[:, None] * dw_q, mask=mask_tk)
+        tl.store(ptr_dbeta + base, dbeta + tl.sum(k.to(ACC) * dw_q, axis=1), mask=mask_t)
+    else:
+        dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
+        wdw = tl.sum(w.to(ACC) * dw, axis=1)
+        if WRITE_SCALE == 1:
+            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+            r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            tl.store(ptr_dbeta + base, tl.sum(r.to(ACC) * dw, axis=1), mask=mask_t)
+            dw = beta[:, None] * dw
+        tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
     if DECAY == 1:
         tl.debug_barrier()      # the share parked in dg by other threads (a reduction's layout)
         db = tl.load(ptr_dg + base, mask=mask_t, other=0.0) \
-            + tl.sum(q.to(ACC) * dq - w.to(ACC) * dw, axis=1)
+            + tl.sum(q.to(ACC) * dq, axis=1) - wdw
         d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
                                                     DECAY, BLOCK_T, K, ACC)
         _cdp_store_dg(ptr_dg, base, mask_t, db, d, BLOCK_T, ACC)
@@ -2629,18 +2683,41 @@ def _cdp_rows_of_steps(x, steps):
     return rows
 
 
+def _cdp_same(a, b):
+    """Whether two tensors are one (views of the same memory, alike; on the `meta` device,
+    which has no memory, `seqc gpu-check`'s training call: views of one tensor)."""
+    if a is b:
+        return True
+    if (a.shape, a.stride(), a.dtype, a.storage_offset()) != \
+            (b.shape, b.stride(), b.dtype, b.storage_offset()):
+        return False
+    if a.device.type == "meta":
+        return a._base is not None and a._base is b._base
+    return a.data_ptr() == b.data_ptr()
+
+
 class _ChunkDeltaParallelCore(torch.autograd.Function):
     """(o, S_T) of the delta-rule recurrence by the parallel kernels; the forward keeps the
     chunk states h [B, H, NT, K, V] (in the dot dtype), the inverses Tm and the new values,
     the backward is the adjoint kernels alone (chunk_delta_parallel_core.md)."""
 
     @staticmethod
-    def forward(ctx, q, k, w, v, g, s0, chunk_size, steps, dot_dtype, precision, read_dtype,
-                scale):
+    def forward(ctx, q, k, w, v, g, s0, beta, chunk_size, steps, dot_dtype, precision,
+                read_dtype, scale):
         compute = s0.dtype      # the state's: q, k, w, v, g may come in the call's 16-bit dtype
-        given = tuple(None if x is None else x.dtype for x in (q, k, w, v, g))
+        given = tuple(None if x is None else x.dtype for x in (q, k, w, v, g, beta))
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q = _cdp_rows_of_steps(q.to(dot), steps)
+        # a write scale beta (chunk_delta_parallel_core.md, "A write scale"): w the write key
+        # r times beta, formed here in the dot dtype (the rounding of beta k's fp32 product,
+        # as before); the backward kernels fold dw into r's and beta's gradients. Its kind:
+        # 0 none, 2 r the erase key k itself (1, r apart from k, is not launched: the
+        # wrapper scales such a key)
+        scaled = 0 if beta is None else (2 if _cdp_same(w, k) else 1)
+        r = None if scaled != 1 else w.to(dot).contiguous()
+        if scaled:
+            beta = beta.contiguous()
+            w = (w * beta[..., None]).to(dot)
         k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
         # a scalar gate in fp32 (1/K of k's bytes: the kernels' registers as before), a
         # key-wise one as it comes
@@ -2676,15 +2753,15 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
             q, w, vn, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
             b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole)     # not v: dL = -dv vn^T
-        ctx.settings = (chunk_size, steps, decay, compute, precision, given, scale)
+        ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole, beta, r)     # not v
+        ctx.settings = (chunk_size, steps, decay, compute, precision, given, scale, scaled)
         return o[:, steps - 1::steps], final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, w, g, h, tm, W, vn, we, whole = ctx.saved_tensors
-        chunk_size, steps, decay, compute, precision, given, scale = ctx.settings
+        q, k, w, g, h, tm, W, vn, we, whole, beta, r = ctx.saved_tensors
+        chunk_size, steps, decay, compute, precision, given, scale, scaled = ctx.settings
         B, T, H, K = k.shape
         V = vn.shape[-1]
         b = _cdp_blocks(K, V, decay, chunk_size, h.element_size() == 2)
@@ -2722,6 +2799,15 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         dv = torch.empty((B, T, H, V), dtype=compute if fused or parked else given[3],
                          device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
+        # beta's gradient sum_K r dw, and r's: k's whole one (dk + beta dw) when r is k, else
+        # beta dw in dw (kind 2 stores no dw)
+        # (the WY kernel's key blocks each store their share beside a key-wise gate, summed
+        # below)
+        shares = triton.cdiv(K, b["wy_k"]) if decay == 2 and not b["fuse_keys"] else 1
+        dbeta = None if not scaled else torch.empty((shares, B, T, H), dtype=compute,
+                                                    device=device)
+        written = (k if beta is None else beta, k if r is None else r,
+                   dq if dbeta is None else dbeta, scaled)
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
@@ -2731,7 +2817,7 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
             _cdp_bwd_keys_kernel[(NT, B * H)](
                 q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
-                dq if dg is None else dg, T, H, NT, K, V, b["block_t"], b["sub_t"],
+                dq if dg is None else dg, *written, T, H, NT, K, V, b["block_t"], b["sub_t"],
                 b["state_k"], b["keys_v"], decay, acc, tl_dot, precision, num_warps=8,
                 num_stages=1)
         else:
@@ -2751,30 +2837,44 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                     acc, tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
-                dq if dg is None else dg, T, H, K, V, NK, b["block_t"], b["sub_t"], b["wy_k"],
+                dq if dg is None else dg, *written, T, H, K, V, NK, b["block_t"], b["sub_t"],
+                b["wy_k"],
                 b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
-        dq, dk, dw, dv = (x.to(given[i]) for x, i in zip((dq, dk, dw, dv), range(4)))
-        dg = None if dg is None else dg.to(given[4])
-        return (dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, None, None, None, None, None,
-                None)
+        dw = None if scaled == 2 else dw        # kind 2: r's gradient is in dk
+        dbeta = None if dbeta is None else (dbeta[0] if shares == 1 else dbeta.sum(0))
+        dq, dk, dw, dv, dg, dbeta = (None if x is None else x.to(given[i])
+                                     for i, x in enumerate((dq, dk, dw, dv, dg, dbeta)))
+        return (dq[:, steps - 1::steps], dk, dw, dv, dg, ds0, dbeta, None, None, None, None,
+                None, None)
 
 
 def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, state, chunk_size,
-                              dot_dtype=None, precision=None, read_dtype=None, query_scale=None):
+                              dot_dtype=None, precision=None, read_dtype=None, query_scale=None,
+                              write_scale=None):
     """The torch backend's `_chunk_delta` (same arguments, same results: reads [B, H, T, V] and
     the last state) on the parallel kernels: one query, one or more delta steps a token (the
     delta rule over the steps, `_delta_steps`), no, a scalar or a key-wise decay; q, k, w, v
     dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype); the reads
     stored in `read_dtype` (backends/torch/module.md, "Call-dtype reads"), else fp32;
-    `query_scale` q's constant factor, applied to the outputs' fp32 accumulators."""
+    `query_scale` q's constant factor, applied to the outputs' fp32 accumulators;
+    `write_scale` (one delta step a token) the write key's per-token factor [B, T, H], formed
+    into it by the core (chunk_delta_parallel_core.md, "A write scale")."""
     (q,) = queries
+    beta = None
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         g, steps = log_decay, 1
+        (beta,) = write_scale or (None,)
+        if beta is not None and not _cdp_same(w, k):    # a write key apart from the erase
+            # key (comba): scaled here, in the call's dtype, under autograd (the kernels' fold
+            # into it spilled on sm_80: 24 B keys kernel, 32 B WY kernel)
+            w, beta = beta[..., None] * w, None
     else:
+        if write_scale is not None:
+            write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
         k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
-    o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, chunk_size,
+    o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, beta, chunk_size,
                                              steps, dot_dtype, precision, read_dtype,
                                              1.0 if query_scale is None else float(query_scale))
     return [o.transpose(1, 2)], final
