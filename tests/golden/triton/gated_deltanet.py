@@ -2789,14 +2789,19 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                 num_warps=b["warps"])
         dh = torch.empty_like(h)
         ds0 = torch.empty((B, H, K, V), dtype=compute, device=device)
-        # dq and dv stored once, in their inputs' dtype, but by the fused keys kernel (whose
-        # 16-bit stores spilled 24 B on sm_80); dk, dw and dg are read back (fp32)
+        # dq and dv stored once, in their inputs' dtype, by the fused keys kernel too when it
+        # folds the write scale into the key (kind 2: gated_deltanet, deltanet; at 48 and 64
+        # 255 registers on sm_80, 0 spill), else fp32 there and cast after (comba's 16-bit
+        # stores spilled 56 B on sm_80, and 24 B before the write scale went into the core);
+        # dk, dw and dg fp32 (read back by the WY kernel; the fused keys kernel's 16-bit dk
+        # spilled 12-16 B on sm_80 at 48 and 64)
         fused = b["fuse_keys"]
+        kept_fp32 = fused and scaled != 2
         parked = not fused and b["dqw_v"] >= V     # all of V in one block: the chunk kernel,
         # which stores dv and dk's share through W itself (no dW); the WY kernel reads dv back
-        dq = torch.empty((B, T, H, K), dtype=compute if fused else given[0], device=device)
+        dq = torch.empty((B, T, H, K), dtype=compute if kept_fp32 else given[0], device=device)
         dk, dw = (torch.empty((B, T, H, K), dtype=compute, device=device) for _ in range(2))
-        dv = torch.empty((B, T, H, V), dtype=compute if fused or parked else given[3],
+        dv = torch.empty((B, T, H, V), dtype=compute if kept_fp32 or parked else given[3],
                          device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         # beta's gradient sum_K r dw, and r's: k's whole one (dk + beta dw) when r is k, else
