@@ -100,13 +100,7 @@ def test_the_traffic_comparison_counts_both_sides():
     """benchmarks/fla_traffic.py at a tiny call: each runner reads its inputs and writes its
     output at least once (a ratio under 1 would mean uncounted loads, e.g. a load path the
     counter misses), and the backward moves bytes on both sides."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
-    spec = importlib.util.spec_from_file_location("fla_traffic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.spec_rows("simple_gla", 16, 64)
+    rows = _benchmark("fla_traffic").spec_rows("simple_gla", 16, 64)
     assert [r["runner"] for r in rows][-1] == "fla chunk_simple_gla"
     assert {"seqc chunk", "seqc chunk_parallel"} <= {r["runner"] for r in rows}
     for r in rows:
