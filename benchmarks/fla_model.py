@@ -38,7 +38,7 @@ import seqc  # noqa: E402
 from seqc.bench_io import compulsory  # noqa: E402
 from seqc.fla_interpreted import interpreted_fla  # noqa: E402
 from seqc.gpu_bench import FLA_TRITON, _first  # noqa: E402
-from seqc.gpu_counts import (COUNT_T, UNITS, KernelCount, counting_kernels,  # noqa: E402
+from seqc.gpu_counts import (COUNT_T, UNITS, KernelCount, count_weights, counting_kernels,  # noqa: E402
                              launch_threshold_per_head)
 from seqc.gpu_model import GPUS, LAUNCH_S, kernel_time, roofline  # noqa: E402
 from seqc.inputs import random_call  # noqa: E402
@@ -125,9 +125,8 @@ def runners(name: str, dims: int, T: int, dtype, fla: bool):
 
 def scaled(first, second, T: int, heads: int):
     """a + b T per batch x head from the counts at COUNT_T, times `heads`."""
-    t1, t2 = COUNT_T
-    w2 = (T - t1) / (t2 - t1)
-    return heads * ((1 - w2) * first + w2 * second)
+    (w1, w2) = count_weights(T, heads)
+    return w1 * first + w2 * second
 
 
 def phase_time(first: Counted, second: Counted, sizes: dict, gpu) -> dict:

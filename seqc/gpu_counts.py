@@ -139,15 +139,22 @@ def extrapolated(program, mode: str, sizes: dict, dtype, options: dict) -> dict[
             _COUNTED[key] = (count_mode(program, mode, dict(small, T=t1), dtype, options),
                              count_mode(program, mode, dict(small, T=t2), dtype, options))
     first, second = _COUNTED[key]
+    (w1, w2) = count_weights(T, heads)
     out: dict[str, KernelCount] = {}
     for name in first.keys() | second.keys():
-        a, b = first.get(name, KernelCount()), second.get(name, KernelCount())
-        slope = (T - t1) / (t2 - t1)        # a(T) = a(t1) + (a(t2) - a(t1)) (T - t1) / (t2 - t1)
         total = KernelCount()
-        total.add(a, heads * (1 - slope))
-        total.add(b, heads * slope)
+        total.add(first.get(name, KernelCount()), w1)
+        total.add(second.get(name, KernelCount()), w2)
         out[name] = total
     return out
+
+
+def count_weights(T: int, heads: int) -> tuple[float, float]:
+    """The weights of the counts at COUNT_T that give a + b T at length T, times `heads`:
+    a(T) = a(t1) + (a(t2) - a(t1)) (T - t1) / (t2 - t1)."""
+    (t1, t2) = COUNT_T
+    slope = (T - t1) / (t2 - t1)
+    return heads * (1 - slope), heads * slope
 
 
 @contextmanager
