@@ -83,6 +83,15 @@ def test_odd_sizes(name, mode):
     compare(name, mode, 37, dims={"K": 48, "V": 20}, chunk_size=16)
 
 
+@pytest.mark.parametrize("name,mode,V", [("simple_gla", "chunk", 40), ("gla", "chunk", 40),
+                                         ("gated_deltanet", "chunk_delta_parallel", 130)])
+def test_wide_keys(name, mode, V):
+    """K = 130 (256 key lanes) narrows the value blocks: chunk's to 32 lanes (V = 40 in two),
+    chunk_delta_parallel's output kernel to 64 (V = 130 in three; 128 beside narrower keys):
+    docs/benchmarks.md, "Dims beyond the targets"."""
+    compare(name, mode, 37, dims={"K": 130, "V": V}, chunk_size=16)
+
+
 @pytest.mark.parametrize("name,mode", [("mlstm", "chunk"), ("mlstm", "fused_recurrent"),
                                        ("gated_deltanet", "chunk_delta")])
 def test_value_split(name, mode):

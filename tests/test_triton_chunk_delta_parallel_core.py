@@ -49,12 +49,14 @@ def parallel_core_backwards(name):
 
 @pytest.mark.parametrize("decay, K, V, chunk", [
     ("none", 5, 3, 32), ("scalar", 5, 3, 32), ("keywise", 5, 3, 16), ("keywise", 5, 3, 32),
-    ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 32)])
+    ("none", 70, 66, 16), ("scalar", 70, 66, 16), ("keywise", 20, 66, 32),
+    ("scalar", 130, 40, 16), ("keywise", 130, 40, 16)])
 def test_core_adjoint_matches_torch_autograd_fp64(decay, K, V, chunk):
     """Every output, the final state and every gradient (q, the erase and write keys, v, the
     log decay, the initial state) under a random incoming gradient of o and of the final state.
     K = 70 is two key blocks of 64 (the scalar gate's per-block gradient shares summed), V = 66
-    two value blocks; a key-wise K = 20 two blocks of 16."""
+    two value blocks; a key-wise K = 20 two blocks of 16; K = 130 holds 256 key lanes in the
+    state passes, whose adjoint runs value blocks of 32 (16 beside a key-wise gate)."""
     tensors = core_inputs(decay, K=K, V=V)
     got = core_gradients(parallel_core(torch.float64), tensors, chunk)
     want = core_gradients(modules()[1]._chunk_delta, tensors, chunk)

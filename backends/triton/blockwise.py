@@ -129,17 +129,20 @@ class BlockKernel:
                     value_traffic=self.value_traffic())
 
     def value_cap(self) -> str:
-        """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk; in
+        """The dot modes' widest value block (code over `blocks`): 64 lanes in chunk beside a key
+        block of at most 128, 32 beside a wider one (K = 256: 64 spilled 64-88 B on sm_80); in
         chunk_dplr 32, 64 when a key dim's block is wider than 64 (its value side is formed
         transposed, `[BLOCK_V, C]` blocks: chunk_dplr.md); in chunk_delta 64 beside a
         key block of at most 128 (with one or two delta steps a token: chunk_delta.md, "Two
         delta steps a token"; two with a decay: 32 beside one of 128), 16 beside a wider one
         (the program holds the key dim whole: blockwise.md, "Blocks")."""
-        if self.mode not in ("chunk_delta", "chunk_dplr"):
+        if self.mode not in ("chunk", "chunk_delta", "chunk_dplr"):
             return "64"
         keys = [d for d in sorted(self.dot_dims) if d != self.split] or sorted(self.dot_dims)
         def fits(widest_key: int) -> str:
             return " and ".join(f'blocks["BLOCK_{d}"] <= {widest_key}' for d in keys)
+        if self.mode == "chunk":            # 256 x 64 fp32 lanes spilled 64-88 B on sm_80
+            return f"64 if {fits(128)} else 32"
         if self.mode == "chunk_dplr":       # its value side transposed (chunk_dplr.md)
             return f"32 if {fits(64)} else 64"
         if self.decayed_delta_steps():

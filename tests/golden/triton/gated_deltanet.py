@@ -888,7 +888,7 @@ def _chunk_delta_parallel_blocks(dims, block_split):
     (chunk_delta_parallel.md, "Blocks"): key blocks of at most 128 in the per-chunk
     kernel, 64 in the output kernel, all of K in the state pass (w h sums over
     it); value blocks of at most 64 lanes in the per-chunk kernel, 64 in the state pass (32 when
-    K > 128), 128 in the output kernel."""
+    K > 128), 128 (64 when K > 128) in the output kernel."""
     blocks = {
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
@@ -897,7 +897,8 @@ def _chunk_delta_parallel_blocks(dims, block_split):
     output_blocks, state_blocks, prepare_blocks = dict(blocks), dict(blocks), dict(blocks)
     # the state pass holds [K, BLOCK_V] in fp32
     state_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64 if blocks["BLOCK_K"] <= 128 else 32)
-    output_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 128)
+    # 128 value lanes beside a key dim of 256 spilled 8-24 B on sm_80
+    output_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 128 if blocks["BLOCK_K"] <= 128 else 64)
     prepare_blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64)
     output_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 64)
     prepare_blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 128)
@@ -2661,7 +2662,11 @@ def _cdp_blocks(K, V, decay, chunk_size, states16=False):
     # stage; 2 beyond 64 key lanes: sm_80 spilled 60 B at 64 lanes and 64 key lanes, 24-192 B
     # at 128)
     fuse_local = not keywise and narrow
-    adjoint_v = min(block_v, 32) if fuse_local and decay == 1 else block_v
+    # at 32 too beyond 128 key lanes, 16 beside a key-wise gate there (K = 256: 64 value lanes
+    # spilled 360-564 B; kda at 32 40 B on sm_90a)
+    adjoint_v = min(block_v, 32) if (fuse_local and decay == 1) or state_k > 128 else block_v
+    if state_k > 128 and keywise:
+        adjoint_v = min(block_v, 16)
     # the same spans take the keys' gradients in one kernel (_cdp_bwd_keys_kernel) on value
     # blocks of 16 and 1 stage (sm_80 spilled at 32 lanes and at 2 or 3 stages, scalar gate)
     return dict(block_t=block_t, sub_t=min(16, block_t), block_k=block_k, block_v=block_v,
@@ -2669,7 +2674,7 @@ def _cdp_blocks(K, V, decay, chunk_size, states16=False):
                 dqw_v=dqw_v, wy_k=16 if keywise else min(block_k, 32),
                 state_k=state_k, warps=8 if keywise else 4, state_warps=8,
                 forward_v=block_v if narrow else min(block_v, 32),
-                forward_stages=1 if narrow else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
+                forward_stages=1 if narrow or state_k > 128 else 2, fuse_local=fuse_local, adjoint_v=adjoint_v,
                 adjoint_stages=1, fuse_keys=fuse_local, keys_v=16)
 
 

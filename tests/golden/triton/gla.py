@@ -806,7 +806,7 @@ def _chunk_blocks(dims, block_split):
         "BLOCK_K": max(16, _pow2(dims["K"])),
         "BLOCK_V": max(16, _pow2(dims["V"])),
     }
-    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64, max(16, _pow2(block_split)))
+    blocks["BLOCK_V"] = min(blocks["BLOCK_V"], 64 if blocks["BLOCK_K"] <= 128 else 32, max(16, _pow2(block_split)))
     return blocks, triton.cdiv(dims["V"], blocks["BLOCK_V"])
 
 
@@ -2018,6 +2018,7 @@ def _cp_blocks(K, V, decay, chunk_size):
                 state_v=min(128, max(16, _pow2(V))),
                 state_warps=(16 if _pow2(V) > 64 else 8) if keywise else (8 if _pow2(V) > 64 else 4),
                 scores_k=16 if keywise else block_k, dqk_k=16 if keywise else block_k,
+                dqk_v=block_v if keywise else min(block_v, 32),
                 block_v=block_v, warps=8 if keywise else 4,
                 fused=fused, fused_keys=fused_keys,
                 fused_wide=fused_wide, wide_k=16,
@@ -2139,7 +2140,7 @@ class _ChunkParallelCore(torch.autograd.Function):
                 num_warps=b["warps"])
             _cp_bwd_dqk_kernel[(NK, NT, B * H)](
                 q, k, v, g_ptr, h, dh, do, dq, dk, dq if dg is None else dg, T, H, NT, K, V,
-                b["block_t"], b["sub_t"], b["dqk_k"], b["block_v"], decay, acc, tl_dot,
+                b["block_t"], b["sub_t"], b["dqk_k"], b["dqk_v"], decay, acc, tl_dot,
                 precision, kscale, num_warps=8)
         if decay == 1:
             dg = dg.sum(0).to(given[3])
