@@ -255,13 +255,14 @@ def test_a_delta_step_hands_its_beta_to_the_core(monkeypatch):
 
 
 @pytest.mark.parametrize("K, keywise, same", [(16, False, True), (16, False, False),
-                                              (16, True, True), (128, False, True),
-                                              (128, False, False)])
+                                              (16, True, True), (16, True, False),
+                                              (128, False, True), (128, False, False)])
 def test_the_parallel_core_scales_the_write_key(K, keywise, same):
     """chunk_delta_parallel_core with `write_scale` beta on the write key r is the core on
     beta r (fp32: outputs and every gradient): r the erase key itself (dk + beta dw and dbeta
-    in the kernel) or another (scaled by the wrapper), through the fused keys kernel (K = 16,
-    a scalar gate), the WY kernel (a key-wise gate; K = 128)."""
+    in the kernel) or another (comba: w formed from r and beta, beta dw and dbeta in the
+    kernel), through the fused keys kernel (K = 16, a scalar gate), the WY kernel (a key-wise
+    gate; K = 128)."""
     program = seqc.load("gated_deltanet")
     core = program.kernel("triton").module.MODE_CORES["chunk_delta_parallel"]["chunk_delta_core"]
     generator = torch.Generator().manual_seed(13)
@@ -283,5 +284,34 @@ def test_the_parallel_core_scales_the_write_key(K, keywise, same):
         ((reads[0] * weight).sum() + final.sum()).backward()
         runs.append([reads[0].detach(), final.detach()]
                     + [torch.zeros(()) if t.grad is None else t.grad for t in x])
+    for got, want in zip(*runs):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("K", [16, 128])
+def test_the_parallel_core_scales_each_steps_write_key(K):
+    """chunk_delta_parallel_core on two delta steps a token (deltaproduct) with `write_scale`
+    [b1, b2] on the keys themselves is the core on [b1 k1, b2 k2] (fp32: outputs and every
+    gradient; the steps' keys and factors interleaved once, dk + beta dw and dbeta in the
+    kernels): the fused keys kernel (K = 16), the WY kernel (K = 128)."""
+    program = seqc.load("deltaproduct")
+    core = program.kernel("triton").module.MODE_CORES["chunk_delta_parallel"]["chunk_delta_core"]
+    generator = torch.Generator().manual_seed(17)
+    B, T, H, V = 1, 24, 2, 16
+    q, k1, k2 = (torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=generator),
+                                               dim=-1) for _ in range(3))
+    v1, v2 = (torch.randn(B, T, H, V, generator=generator) for _ in range(2))
+    b1, b2 = (torch.rand(B, T, H, generator=generator) for _ in range(2))
+    s0 = torch.randn(B, H, K, V, generator=generator)
+    weight = torch.randn(B, H, T, V, generator=generator)
+    runs = []
+    for scaled in (False, True):
+        x = [t.clone().requires_grad_() for t in (q, k1, k2, v1, v2, b1, b2, s0)]
+        keys, betas = x[1:3], x[5:7]
+        written = keys if scaled else [b[..., None] * k for b, k in zip(betas, keys)]
+        reads, final = core([x[0]], keys, written, x[3:5], None, x[7], 16, precision="ieee",
+                            **({"write_scale": betas} if scaled else {}))
+        ((reads[0] * weight).sum() + final.sum()).backward()
+        runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
     for got, want in zip(*runs):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
