@@ -36,8 +36,8 @@ def slab_lines(name):
     ("simple_gla", {"q": "chunk", "k": "chunk", "v": "chunk", "g": "chunk"}),   # scale * q
     ("gated_deltanet", {"q": "chunk_delta", "k": "chunk_delta", "v": "chunk_delta",
                         "g": "chunk_delta", "beta": "chunk_delta"}),   # beta as `write_scale`
-    ("deltaproduct", {"q": "chunk_delta", "v1": "chunk_delta", "v2": "chunk_delta"}),  # two
-    #                                                      steps a token: beta1 k1, beta2 k2 lets
+    ("deltaproduct", dict.fromkeys(["q", "k1", "k2", "v1", "v2", "beta1", "beta2"],
+                                   "chunk_delta")),     # two steps a token, each beta handed
     ("rwkv7", {"r": "chunk_dplr", "k": "chunk_dplr", "v": "chunk_dplr"}),  # kk, a, g (twice)
     ("hgrn", {})])                                                 # a scan: through _scan_roles
 def test_the_emitter_passes_the_core_arguments_through(name, raw):
@@ -121,7 +121,8 @@ def test_bf16_gradients_match_the_fp32_call(name):
 
 
 @pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 6.0),
-                                         ("deltanet", 6.0), ("kda", 4.9), ("comba", 6.5)])
+                                         ("deltanet", 6.0), ("kda", 4.9), ("comba", 4.7),
+                                         ("deltaproduct", 9.6)])
 def test_bf16_training_step_torch_bytes(name, bound):
     """The torch operations of a bf16 training step (T=64, dims 16) move at most `bound` times
     the call's compulsory bytes. simple_gla 3.11x: the loss, the incoming gradient times
@@ -129,10 +130,13 @@ def test_bf16_training_step_torch_bytes(name, bound):
     `scale * q` and its backward in bf16 on the torch side; 5.82x while the core stored its read
     in fp32, cast to bf16 after, and took its gradient cast to fp32; 13.45x with every input
     copied to fp32). gated_deltanet 5.73x, deltanet 5.73x, kda 4.60x with `beta` handed to the
-    core as `write_scale` (module.md, "A write scale"), comba 6.36x (its write key apart from
-    its erase key, scaled by the core's wrapper in bf16 under autograd); 13.79x, 13.91x, 11.16x,
-    11.10x with k and beta cast to fp32, `beta * k` and its backward on the torch side (14.28x
-    with `scale * q`, 16.46x with the fp32 read, gated_deltanet)."""
+    core as `write_scale` (module.md, "A write scale"), comba 4.61x (its write key apart from
+    its erase key folded by the kernels; 6.36x scaled by the core's wrapper in bf16 under
+    autograd), deltaproduct 9.49x (each step's beta handed, the steps' keys interleaved once in
+    bf16; 23.19x with k1, k2, beta1, beta2 cast to fp32 and `beta * k` formed and
+    differentiated on the torch side); 13.79x, 13.91x, 11.16x, 11.10x with k and beta cast to
+    fp32, `beta * k` and its backward on the torch side (14.28x with `scale * q`, 16.46x with
+    the fp32 read, gated_deltanet)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
     spec = importlib.util.spec_from_file_location("fla_traffic", path)
     module = importlib.util.module_from_spec(spec)
@@ -252,6 +256,43 @@ def test_a_delta_step_hands_its_beta_to_the_core(monkeypatch):
         assert len(scale) == 1 and scale[0].dtype == torch.bfloat16
         assert scale[0].data_ptr() == x["beta"].data_ptr()
         assert x["beta"].grad.dtype == torch.bfloat16
+
+
+def test_each_delta_step_hands_its_beta_to_the_core(monkeypatch):
+    """deltaproduct at bf16 (two delta steps a token): chunk_delta_parallel_core receives each
+    step's beta as `write_scale` and the steps' keys themselves, uncast, as their write keys;
+    its backward keys kernel folds the write scale (WRITE_SCALE 2 over the interleaved rows),
+    and both betas' gradients come back in bf16."""
+    program = seqc.load("deltaproduct")
+    kernel = program.kernel("triton")
+    module = kernel.module
+    own = module.MODE_CORES["chunk_delta_parallel"]
+    core, seen, folds = own["chunk_delta_core"], [], []
+
+    def recorded(queries, keys, write_keys, values, log_decay, state, chunk_size, **options):
+        seen.append((keys, write_keys, options.get("write_scale")))
+        return core(queries, keys, write_keys, values, log_decay, state, chunk_size, **options)
+    launch = module._cdp_bwd_keys_kernel
+
+    class Keys:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                folds.append(args[18])      # WRITE_SCALE
+                return launch[grid](*args, **kwargs)
+            return run
+    monkeypatch.setitem(own, "chunk_delta_core", recorded)
+    monkeypatch.setattr(module, "_cdp_bwd_keys_kernel", Keys())
+    tensors, _ = random_call(program.spec, sizes_of(program), dtype=torch.bfloat16, seed=3)
+    x = {n: t.requires_grad_() for n, t in tensors.items()}
+    kernel(**x)["o"].float().sum().backward()
+    ((keys, written, scale),) = seen
+    for j, (key, write) in enumerate(zip(keys, written), 1):
+        assert key.dtype == write.dtype == torch.bfloat16
+        assert key.data_ptr() == write.data_ptr() == x[f"k{j}"].data_ptr()
+        assert scale[j - 1].dtype == torch.bfloat16
+        assert scale[j - 1].data_ptr() == x[f"beta{j}"].data_ptr()
+        assert x[f"beta{j}"].grad.dtype == torch.bfloat16
+    assert folds == [2]
 
 
 @pytest.mark.parametrize("K, keywise, same", [(16, False, True), (16, False, False),
