@@ -2399,7 +2399,8 @@ def _cdp_bwd_wy_kernel(
     reverse cumsum inside the chunk. PARKED: the dq/dw chunk kernel stored dv and
     d(2^G0 k) = -dv h^T (in dk) already; dv is read for dL (no Tm, dvn or dW). WRITE_SCALE
     (w = beta r, chunk_delta_parallel_core_keys.md, "A write scale"): dbeta = sum_K r dw, and
-    r's gradient beta dw, added to dk when r is k (2), else stored in dw (1)."""
+    r's gradient beta dw, added to dk when r is k (2), else (1: w formed from r and beta in
+    its place) stored in dw (fp32: in r's 16-bit dtype sm_80 spilled 8 B at K = 128)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2443,7 +2444,11 @@ def _cdp_bwd_wy_kernel(
         mask_tk = mask_t[:, None] & mask_k[None, :]
         offs_tk = base[:, None] * K + o_k[None, :]
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if WRITE_SCALE == 1:    # w = beta r formed from r (loaded in w's place: with a third
+            # key block loaded, sm_80 spilled 32 B at K = 128)
+            w, r, beta = _cdp_written(ptr_r, ptr_beta, base, mask_t, o_k, mask_k, K, ACC, DOT)
+        else:
+            w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
         zeros = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
         if DECAY == 2:
             d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
@@ -2468,8 +2473,9 @@ def _cdp_bwd_wy_kernel(
                                     input_precision=PRECISION) + dk_L
         dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0) + dw_L
         if WRITE_SCALE > 0:     # loaded a key block (held across the loop: sm_80 spilled 8 B)
-            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
-            r = k if WRITE_SCALE == 2 else _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            if WRITE_SCALE == 2:
+                beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+                r = k
             if DECAY == 2:  # sum_K r dw, a key block's share in its own slice of dbeta,
                 # summed after (a C-vector held across the loop spilled 16 B on sm_80, kda at
                 # K = 128; read, added to and stored a block, 64 B)
@@ -2521,8 +2527,9 @@ def _cdp_bwd_keys_kernel(
     a scalar gate), one program per (chunk, batch x head), in two loops over value blocks
     (chunk_delta_parallel_core_keys.md): dv = Tm^T dvn, dL = -dv vn^T, d(2^G0 k) = -dv h^T,
     vn dh^T, dk stored; then dP = do vn^T, do h^T: dq, dw, and dg by the reverse cumsum (no dW
-    or dTm formed). WRITE_SCALE (w = beta r; "A write scale"): dbeta = sum_K r dw and r's
-    gradient beta dw, held with dk and stored once when r is k (2), else stored in dw (1)."""
+    or dTm formed). WRITE_SCALE (w = beta r; "A write scale"): 2, r is k: dbeta = sum_K k dw
+    and k's gradient dk + beta dw, held in dw's place and stored once; 0 otherwise (r apart
+    from k: `_cdp_bwd_fold_kernel` folds the stored dw after)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2621,11 +2628,6 @@ def _cdp_bwd_keys_kernel(
     else:
         dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
         wdw = tl.sum(w.to(ACC) * dw, axis=1)
-        if WRITE_SCALE == 1:
-            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
-            r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
-            tl.store(ptr_dbeta + base, tl.sum(r.to(ACC) * dw, axis=1), mask=mask_t)
-            dw = beta[:, None] * dw
         tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
     if DECAY == 1:
         tl.debug_barrier()      # the share parked in dg by other threads (a reduction's layout)
@@ -2634,6 +2636,39 @@ def _cdp_bwd_keys_kernel(
         d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
                                                     DECAY, BLOCK_T, K, ACC)
         _cdp_store_dg(ptr_dg, base, mask_t, db, d, BLOCK_T, ACC)
+
+
+@triton.jit
+def _cdp_written(ptr_r, ptr_beta, base, mask_t, o_k, mask_k, K, ACC: tl.constexpr,
+                 DOT: tl.constexpr):
+    """(w, r, beta) of a write scale's kind 1 (r apart from the erase key, comba): w = beta r
+    rounded to DOT once, as the Function formed it, from a key block of r and the chunk's
+    beta (chunk_delta_parallel_core_keys.md, "A write scale")."""
+    r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+    beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+    return (beta[:, None] * r.to(ACC)).to(DOT), r, beta
+
+
+@triton.jit
+def _cdp_bwd_fold_kernel(
+    ptr_dw, ptr_r, ptr_beta, ptr_dr, ptr_dbeta, T, H, K, BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+):
+    """A write scale's fold after the fused keys kernel, r apart from the erase key (comba; the
+    kernel's own fold spilled on sm_80, chunk_delta_parallel_core_keys.md, "A write scale"), one
+    program per (chunk, batch x head), all of K: dbeta = sum_K r dw and r's gradient beta dw,
+    stored in r's dtype (ptr_dr)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    dw = _cp_load(ptr_dw, base, mask_t, o_k, mask_k, K).to(ACC)
+    r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K).to(ACC)
+    beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+    tl.store(ptr_dbeta + base, tl.sum(r * dw, axis=1), mask=mask_t)
+    tl.store(ptr_dr + base[:, None] * K + o_k[None, :], beta[:, None] * dw,
+             mask=mask_t[:, None] & mask_k[None, :])
 
 
 def _cdp_blocks(K, V, decay, chunk_size, states16=False):
@@ -2711,8 +2746,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         # a write scale beta (chunk_delta_parallel_core.md, "A write scale"): w the write key
         # r times beta, formed here in the dot dtype (the rounding of beta k's fp32 product,
         # as before); the backward kernels fold dw into r's and beta's gradients. Its kind:
-        # 0 none, 2 r the erase key k itself (1, r apart from k, is not launched: the
-        # wrapper scales such a key)
+        # 0 none, 2 r the erase key k itself, 1 r apart from k (comba: the backward kernels
+        # form w from r and beta where they read it)
         scaled = 0 if beta is None else (2 if _cdp_same(w, k) else 1)
         r = None if scaled != 1 else w.to(dot).contiguous()
         if scaled:
@@ -2805,14 +2840,18 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                          device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         # beta's gradient sum_K r dw, and r's: k's whole one (dk + beta dw) when r is k, else
-        # beta dw in dw (kind 2 stores no dw)
+        # beta dw in dw or dr (kind 2 stores no dw)
         # (the WY kernel's key blocks each store their share beside a key-wise gate, summed
         # below)
         shares = triton.cdiv(K, b["wy_k"]) if decay == 2 and not b["fuse_keys"] else 1
         dbeta = None if not scaled else torch.empty((shares, B, T, H), dtype=compute,
                                                     device=device)
         written = (k if beta is None else beta, k if r is None else r,
-                   dq if dbeta is None else dbeta, scaled)
+                   dq if dbeta is None else dbeta)
+        # r apart from k: r's gradient beta dw stored in r's dtype by the fold kernel after
+        # the fused keys kernel (the WY kernel stores it in dw, fp32: in r's dtype sm_80
+        # spilled 8 B at K = 128)
+        dr = None if scaled != 1 or not b["fuse_keys"] else torch.empty_like(r, dtype=given[2])
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
@@ -2822,9 +2861,14 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
             _cdp_bwd_keys_kernel[(NT, B * H)](
                 q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
-                dq if dg is None else dg, *written, T, H, NT, K, V, b["block_t"], b["sub_t"],
-                b["state_k"], b["keys_v"], decay, acc, tl_dot, precision, num_warps=8,
-                num_stages=1)
+                dq if dg is None else dg, *written, scaled if scaled != 1 else 0, T, H, NT,
+                K, V, b["block_t"], b["sub_t"], b["state_k"], b["keys_v"], decay, acc, tl_dot,
+                precision, num_warps=8, num_stages=1)
+            if scaled == 1:     # r apart from k: dw folded after (the keys kernel's own fold
+                # spilled 24-80 B on sm_80 at 48 and 64)
+                _cdp_bwd_fold_kernel[(NT, B * H)](
+                    dw, r, beta, dr, dbeta, T, H, K, b["block_t"], b["state_k"], acc,
+                    num_warps=4)
         else:
             db = None if g is None else torch.empty(
                 ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=device)
@@ -2842,10 +2886,11 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                     acc, tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
-                dq if dg is None else dg, *written, T, H, K, V, NK, b["block_t"], b["sub_t"],
-                b["wy_k"],
-                b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
-        dw = None if scaled == 2 else dw        # kind 2: r's gradient is in dk
+                dq if dg is None else dg, *written, scaled, T, H, K, V, NK, b["block_t"],
+                b["sub_t"], b["wy_k"], b["block_v"], decay, parked, acc, tl_dot, precision,
+                num_warps=8)
+        # kind 2: r's gradient is in dk; kind 1: in dr
+        dw = None if scaled == 2 else (dw if dr is None else dr)
         dbeta = None if dbeta is None else (dbeta[0] if shares == 1 else dbeta.sum(0))
         dq, dk, dw, dv, dg, dbeta = (None if x is None else x.to(given[i])
                                      for i, x in enumerate((dq, dk, dw, dv, dg, dbeta)))
@@ -2862,23 +2907,26 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
     dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype); the reads
     stored in `read_dtype` (backends/torch/module.md, "Call-dtype reads"), else fp32;
     `query_scale` q's constant factor, applied to the outputs' fp32 accumulators;
-    `write_scale` (one delta step a token) the write key's per-token factor [B, T, H], formed
-    into it by the core (chunk_delta_parallel_core.md, "A write scale")."""
+    `write_scale` each write key's per-token factor [B, T, H], formed into it by the core
+    (chunk_delta_parallel_core.md, "A write scale")."""
     (q,) = queries
     beta = None
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         g, steps = log_decay, 1
-        (beta,) = write_scale or (None,)
-        if beta is not None and not _cdp_same(w, k):    # a write key apart from the erase
-            # key (comba): scaled here, in the call's dtype, under autograd (the kernels' fold
-            # into it spilled on sm_80: 24 B keys kernel, 32 B WY kernel)
-            w, beta = beta[..., None] * w, None
+        (beta,) = write_scale or (None,)    # r apart from k (comba): the kernels' kind 1
     else:
-        if write_scale is not None:
-            write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
-        k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
+        if write_scale is not None and all(_cdp_same(w, x) for w, x in zip(write_keys, keys)):
+            # each step's write key its erase key (deltaproduct): the steps' keys interleaved
+            # once, in the call's dtype, as both, and their factors on the same rows (the
+            # kernels' kind 2: no beta k, nor its backward, on the torch side)
+            k, beta, v, g = _delta_steps(keys, write_scale, values, log_decay)
+            w = k
+        else:
+            if write_scale is not None:
+                write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
+            k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
     o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, beta, chunk_size,
                                              steps, dot_dtype, precision, read_dtype,
                                              1.0 if query_scale is None else float(query_scale))
