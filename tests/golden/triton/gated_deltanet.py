@@ -2010,22 +2010,30 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_sx, ptr_sw, base, mask_t, o_t, T, K,
                 BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr,
                 DECAY: tl.constexpr,
                 SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, ptr_beta, ptr_r, WRITE: tl.constexpr):
     """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
     blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
     is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
     per key block, SCALED 1 stores x 2^G0 to ptr_sx, 2 stores w 2^Gend to ptr_sw, 3 both (in
-    DOT: the state passes' operands, so that they form no gate)."""
+    DOT: the state passes' operands, so that they form no gate). WRITE (a write scale,
+    chunk_delta_parallel_core.md): w = beta r formed (rounded to DOT once) and stored to ptr_w,
+    r = x (2) or ptr_r's (1)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
+        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
         x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if WRITE == 0:
+            w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        else:
+            r = x if WRITE == 2 else _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+            w = (beta[:, None] * r.to(ACC)).to(DOT)
+            tl.store(ptr_w + offs_tk, w, mask=mask_tk)
         if SCALED > 0 or DECAY == 2:
             start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                       DECAY, BLOCK_T, K, ACC)
-        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
         if SCALED % 2 == 1:
             tl.store(ptr_sx + offs_tk, x.to(ACC) * start, mask=mask_tk)
         if SCALED >= 2:
@@ -2071,7 +2079,8 @@ def _cdp_score_grads(dx, dw, dA, x, w, G, R, ptr_g, base, mask_t, o_t, K,
 
 @triton.jit
 def _cdp_prepare_kernel(
-    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, T, H, NT, K, V,
+    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, ptr_beta, ptr_r,
+    WRITE_SCALE: tl.constexpr, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_V: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -2079,12 +2088,15 @@ def _cdp_prepare_kernel(
     """The WY factors of one (chunk, batch x head) (chunk_delta_parallel_core.md, forward 1):
     L = the decayed k w^T strictly below the diagonal, Tm = (I + L)^-1 (stored, in DOT),
     W = Tm (2^G0 k) and U = Tm v, and the state passes' 2^Glast0 (fp32) and, for a key-wise
-    gate, w 2^Gend (in DOT; a scalar gate's the state passes form from its [BLOCK_T] gates)."""
+    gate, w 2^Gend (in DOT; a scalar gate's the state passes form from its [BLOCK_T] gates).
+    WRITE_SCALE (chunk_delta_parallel_core.md, "A write scale"): w = beta r formed in the
+    scores' key loop and stored (r = k at 2, ptr_r's at 1) for the kernels after."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
-                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION,
+                    ptr_beta, ptr_r, WRITE_SCALE)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -2187,7 +2199,7 @@ def _cdp_bwd_local_kernel(
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
                     SUB_T, SCORES_K, DECAY, 3 if DECAY == 1 else DECAY // 2, ACC, DOT,
-                    PRECISION)
+                    PRECISION, ptr_q, ptr_q, 0)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -2744,16 +2756,18 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q = _cdp_rows_of_steps(q.to(dot), steps)
         # a write scale beta (chunk_delta_parallel_core.md, "A write scale"): w the write key
-        # r times beta, formed here in the dot dtype (the rounding of beta k's fp32 product,
-        # as before); the backward kernels fold dw into r's and beta's gradients. Its kind:
-        # 0 none, 2 r the erase key k itself, 1 r apart from k (comba: the backward kernels
-        # form w from r and beta where they read it)
+        # r times beta, formed and stored by the per-chunk kernel in the dot dtype (the
+        # rounding of beta k's fp32 product, as before); the backward kernels fold dw into r's
+        # and beta's gradients. Its kind: 0 none, 2 r the erase key k itself, 1 r apart from k
+        # (comba: the WY kernel forms w from r and beta where it reads it)
         scaled = 0 if beta is None else (2 if _cdp_same(w, k) else 1)
         r = None if scaled != 1 else w.to(dot).contiguous()
+        k, v = (x.to(dot).contiguous() for x in (k, v))
         if scaled:
             beta = beta.contiguous()
-            w = (w * beta[..., None]).to(dot)
-        k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
+            w = torch.empty_like(k)     # the per-chunk kernel's
+        else:
+            w = w.to(dot).contiguous()
         # a scalar gate in fp32 (1/K of k's bytes: the kernels' registers as before), a
         # key-wise one as it comes
         g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
@@ -2778,7 +2792,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=device)   # the read
         g_ptr = k if g is None else g
         _cdp_prepare_kernel[(NT, B * H)](
-            k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
+            k, w, v, g_ptr, tm, W, vn, we, whole, k if beta is None else beta,
+            k if r is None else r, scaled, T, H, NT, K, V, b["block_t"], b["sub_t"],
             b["scores_k"],
             b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         _cdp_state_kernel[(triton.cdiv(V, b["forward_v"]), B * H)](
