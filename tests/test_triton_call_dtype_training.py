@@ -36,8 +36,8 @@ def slab_lines(name):
     ("simple_gla", {"q": "chunk", "k": "chunk", "v": "chunk", "g": "chunk"}),   # scale * q
     ("gated_deltanet", {"q": "chunk_delta", "k": "chunk_delta", "v": "chunk_delta",
                         "g": "chunk_delta", "beta": "chunk_delta"}),   # beta as `write_scale`
-    ("deltaproduct", {"q": "chunk_delta", "v1": "chunk_delta", "v2": "chunk_delta"}),  # two
-    #                                                      steps a token: beta1 k1, beta2 k2 lets
+    ("deltaproduct", dict.fromkeys(["q", "k1", "k2", "v1", "v2", "beta1", "beta2"],
+                                   "chunk_delta")),     # two steps a token, each beta handed
     ("rwkv7", {"r": "chunk_dplr", "k": "chunk_dplr", "v": "chunk_dplr"}),  # kk, a, g (twice)
     ("hgrn", {})])                                                 # a scan: through _scan_roles
 def test_the_emitter_passes_the_core_arguments_through(name, raw):
@@ -120,19 +120,25 @@ def test_bf16_gradients_match_the_fp32_call(name):
         assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), n
 
 
-@pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 6.0),
-                                         ("deltanet", 6.0), ("kda", 4.9), ("comba", 6.5)])
+@pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 3.9),
+                                         ("deltanet", 3.9), ("kda", 4.3), ("comba", 4.3),
+                                         ("deltaproduct", 8.9)])
 def test_bf16_training_step_torch_bytes(name, bound):
     """The torch operations of a bf16 training step (T=64, dims 16) move at most `bound` times
     the call's compulsory bytes. simple_gla 3.11x: the loss, the incoming gradient times
     `scale` (the core's backward), the scalar gate's gradient sum and its fp32 copy (3.60x with
     `scale * q` and its backward in bf16 on the torch side; 5.82x while the core stored its read
     in fp32, cast to bf16 after, and took its gradient cast to fp32; 13.45x with every input
-    copied to fp32). gated_deltanet 5.73x, deltanet 5.73x, kda 4.60x with `beta` handed to the
-    core as `write_scale` (module.md, "A write scale"), comba 6.36x (its write key apart from
-    its erase key, scaled by the core's wrapper in bf16 under autograd); 13.79x, 13.91x, 11.16x,
-    11.10x with k and beta cast to fp32, `beta * k` and its backward on the torch side (14.28x
-    with `scale * q`, 16.46x with the fp32 read, gated_deltanet)."""
+    copied to fp32). gated_deltanet 3.78x, deltanet 3.74x, kda 4.19x with `beta` handed to the
+    core as `write_scale` (module.md, "A write scale") and `w = beta k` formed in its per-chunk
+    kernel (4.28x, 4.25x, 4.60x with that multiply on the torch side; 5.73x, 5.73x, 4.60x
+    before the fused keys kernel stored dq and dv in bf16), comba 4.21x (its write key apart
+    from its erase key folded by the kernels; 6.36x scaled by the core's wrapper in bf16 under
+    autograd), deltaproduct 8.82x (each step's beta handed, the steps' keys interleaved once in
+    bf16; 23.19x with k1, k2, beta1, beta2 cast to fp32 and `beta * k` formed and
+    differentiated on the torch side); 13.79x, 13.91x, 11.16x, 11.10x with k and beta cast to
+    fp32, `beta * k` and its backward on the torch side (14.28x with `scale * q`, 16.46x with
+    the fp32 read, gated_deltanet)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
     spec = importlib.util.spec_from_file_location("fla_traffic", path)
     module = importlib.util.module_from_spec(spec)
@@ -254,14 +260,52 @@ def test_a_delta_step_hands_its_beta_to_the_core(monkeypatch):
         assert x["beta"].grad.dtype == torch.bfloat16
 
 
+def test_each_delta_step_hands_its_beta_to_the_core(monkeypatch):
+    """deltaproduct at bf16 (two delta steps a token): chunk_delta_parallel_core receives each
+    step's beta as `write_scale` and the steps' keys themselves, uncast, as their write keys;
+    its backward keys kernel folds the write scale (WRITE_SCALE 2 over the interleaved rows),
+    and both betas' gradients come back in bf16."""
+    program = seqc.load("deltaproduct")
+    kernel = program.kernel("triton")
+    module = kernel.module
+    own = module.MODE_CORES["chunk_delta_parallel"]
+    core, seen, folds = own["chunk_delta_core"], [], []
+
+    def recorded(queries, keys, write_keys, values, log_decay, state, chunk_size, **options):
+        seen.append((keys, write_keys, options.get("write_scale")))
+        return core(queries, keys, write_keys, values, log_decay, state, chunk_size, **options)
+    launch = module._cdp_bwd_keys_kernel
+
+    class Keys:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                folds.append(args[18])      # WRITE_SCALE
+                return launch[grid](*args, **kwargs)
+            return run
+    monkeypatch.setitem(own, "chunk_delta_core", recorded)
+    monkeypatch.setattr(module, "_cdp_bwd_keys_kernel", Keys())
+    tensors, _ = random_call(program.spec, sizes_of(program), dtype=torch.bfloat16, seed=3)
+    x = {n: t.requires_grad_() for n, t in tensors.items()}
+    kernel(**x)["o"].float().sum().backward()
+    ((keys, written, scale),) = seen
+    for j, (key, write) in enumerate(zip(keys, written), 1):
+        assert key.dtype == write.dtype == torch.bfloat16
+        assert key.data_ptr() == write.data_ptr() == x[f"k{j}"].data_ptr()
+        assert scale[j - 1].dtype == torch.bfloat16
+        assert scale[j - 1].data_ptr() == x[f"beta{j}"].data_ptr()
+        assert x[f"beta{j}"].grad.dtype == torch.bfloat16
+    assert folds == [2]
+
+
 @pytest.mark.parametrize("K, keywise, same", [(16, False, True), (16, False, False),
-                                              (16, True, True), (128, False, True),
-                                              (128, False, False)])
+                                              (16, True, True), (16, True, False),
+                                              (128, False, True), (128, False, False)])
 def test_the_parallel_core_scales_the_write_key(K, keywise, same):
     """chunk_delta_parallel_core with `write_scale` beta on the write key r is the core on
     beta r (fp32: outputs and every gradient): r the erase key itself (dk + beta dw and dbeta
-    in the kernel) or another (scaled by the wrapper), through the fused keys kernel (K = 16,
-    a scalar gate), the WY kernel (a key-wise gate; K = 128)."""
+    in the kernel) or another (comba: w formed from r and beta, beta dw and dbeta in the
+    kernel), through the fused keys kernel (K = 16, a scalar gate), the WY kernel (a key-wise
+    gate; K = 128)."""
     program = seqc.load("gated_deltanet")
     core = program.kernel("triton").module.MODE_CORES["chunk_delta_parallel"]["chunk_delta_core"]
     generator = torch.Generator().manual_seed(13)
@@ -283,5 +327,34 @@ def test_the_parallel_core_scales_the_write_key(K, keywise, same):
         ((reads[0] * weight).sum() + final.sum()).backward()
         runs.append([reads[0].detach(), final.detach()]
                     + [torch.zeros(()) if t.grad is None else t.grad for t in x])
+    for got, want in zip(*runs):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("K", [16, 128])
+def test_the_parallel_core_scales_each_steps_write_key(K):
+    """chunk_delta_parallel_core on two delta steps a token (deltaproduct) with `write_scale`
+    [b1, b2] on the keys themselves is the core on [b1 k1, b2 k2] (fp32: outputs and every
+    gradient; the steps' keys and factors interleaved once, dk + beta dw and dbeta in the
+    kernels): the fused keys kernel (K = 16), the WY kernel (K = 128)."""
+    program = seqc.load("deltaproduct")
+    core = program.kernel("triton").module.MODE_CORES["chunk_delta_parallel"]["chunk_delta_core"]
+    generator = torch.Generator().manual_seed(17)
+    B, T, H, V = 1, 24, 2, 16
+    q, k1, k2 = (torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=generator),
+                                               dim=-1) for _ in range(3))
+    v1, v2 = (torch.randn(B, T, H, V, generator=generator) for _ in range(2))
+    b1, b2 = (torch.rand(B, T, H, generator=generator) for _ in range(2))
+    s0 = torch.randn(B, H, K, V, generator=generator)
+    weight = torch.randn(B, H, T, V, generator=generator)
+    runs = []
+    for scaled in (False, True):
+        x = [t.clone().requires_grad_() for t in (q, k1, k2, v1, v2, b1, b2, s0)]
+        keys, betas = x[1:3], x[5:7]
+        written = keys if scaled else [b[..., None] * k for b, k in zip(betas, keys)]
+        reads, final = core([x[0]], keys, written, x[3:5], None, x[7], 16, precision="ieee",
+                            **({"write_scale": betas} if scaled else {}))
+        ((reads[0] * weight).sum() + final.sum()).backward()
+        runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
     for got, want in zip(*runs):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -184,13 +184,16 @@ class GroupEmitter:
         kd, vd = (g.key_dim,), (g.value_dim,)
         s = g.state
         lines, extra = [], ()
-        scale = self.write_scale(g)
-        if scale is not None:   # the core scales the write key (module.md, "A write scale")
-            (step,) = g.steps
-            keys = self.call(step.key, kd)
-            written = keys if step.write_key is None else self.call(step.write_key, kd)
-            writes = f"_written(raw, 'chunk_delta', {scale}, {written})"
-            extra = (f"write_scale=[{scale}]",)
+        scales = self.write_scales(g)
+        if scales is not None:  # the core scales the write keys (module.md, "A write scale")
+            key_codes, writes_codes = [], []
+            for step, scale in zip(g.steps, scales):
+                key = self.call(step.key, kd)
+                written = key if step.write_key is None else self.call(step.write_key, kd)
+                key_codes.append(key)
+                writes_codes.append(f"_written(raw, 'chunk_delta', {scale}, {written})")
+            keys, writes = ", ".join(key_codes), ", ".join(writes_codes)
+            extra = (f"write_scale=[{', '.join(scales)}]",)
         else:
             for j, step in enumerate(g.steps):
                 lines.append(f"key_{s}_{j} = {self.call(step.key, kd)}")
@@ -212,14 +215,15 @@ class GroupEmitter:
             lines.append(f"final_{s} = final_{s}{self.swapped(g)}")
         return lines
 
-    def write_scale(self, g) -> str | None:
-        """The per-token factor of a one-step delta group's write key (`beta` in
-        `beta * k * (v - k @ S)`), as the code of its [B, T, H] sequence, when the group has
-        one step and that factor is a non-constant scalar: a core given under `call_dtype`
-        takes it as `write_scale` and forms `beta k` itself (module.md, "A write scale")."""
-        if len(g.steps) != 1 or g.steps[0].beta.dims or is_constant(g.steps[0].beta):
+    def write_scales(self, g) -> list[str] | None:
+        """The per-token factors of a delta group's write keys (`beta` in
+        `beta * k * (v - k @ S)`), as the code of each step's [B, T, H] sequence, when every
+        step's factor is a non-constant scalar (one step a token: gated_deltanet, deltanet, kda,
+        comba; several: deltaproduct): a core given under `call_dtype` takes them as
+        `write_scale` and forms `beta k` itself (module.md, "A write scale")."""
+        if any(step.beta.dims or is_constant(step.beta) for step in g.steps):
             return None
-        return self.call(g.steps[0].beta, ())
+        return [self.call(step.beta, ()) for step in g.steps]
 
     def chunk_dplr(self, g) -> list[str]:
         kd, vd, s = (g.key_dim,), (g.value_dim,), g.state

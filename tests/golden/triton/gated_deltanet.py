@@ -2011,22 +2011,30 @@ def _cdp_scores(ptr_x, ptr_w, ptr_g, ptr_sx, ptr_sw, base, mask_t, o_t, T, K,
                 BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr,
                 DECAY: tl.constexpr,
                 SCALED: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, ptr_beta, ptr_r, WRITE: tl.constexpr):
     """A[t, s] = sum_d x_td w_sd 2^(G_td - G_sd) for s <= t (0 across a reset) over all key
     blocks: x the erase keys (L, the caller keeps s < t) or the queries (P). A scalar gate
     is applied after the key loop, a key-wise one per block (keywise_scores.md). On the way,
     per key block, SCALED 1 stores x 2^G0 to ptr_sx, 2 stores w 2^Gend to ptr_sw, 3 both (in
-    DOT: the state passes' operands, so that they form no gate)."""
+    DOT: the state passes' operands, so that they form no gate). WRITE (a write scale,
+    chunk_delta_parallel_core.md): w = beta r formed (rounded to DOT once) and stored to ptr_w,
+    r = x (2) or ptr_r's (1)."""
     A = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)
     for i_k in range(0, tl.cdiv(K, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = o_k < K
+        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
         x = _cp_load(ptr_x, base, mask_t, o_k, mask_k, K)
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if WRITE == 0:
+            w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        else:
+            r = x if WRITE == 2 else _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+            w = (beta[:, None] * r.to(ACC)).to(DOT)
+            tl.store(ptr_w + offs_tk, w, mask=mask_tk)
         if SCALED > 0 or DECAY == 2:
             start, end, whole, d, G, R = _cdp_factors(ptr_g, base, mask_t, o_k, mask_k, o_t,
                                                       DECAY, BLOCK_T, K, ACC)
-        offs_tk, mask_tk = base[:, None] * K + o_k[None, :], mask_t[:, None] & mask_k[None, :]
         if SCALED % 2 == 1:
             tl.store(ptr_sx + offs_tk, x.to(ACC) * start, mask=mask_tk)
         if SCALED >= 2:
@@ -2072,7 +2080,8 @@ def _cdp_score_grads(dx, dw, dA, x, w, G, R, ptr_g, base, mask_t, o_t, K,
 
 @triton.jit
 def _cdp_prepare_kernel(
-    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, T, H, NT, K, V,
+    ptr_k, ptr_w, ptr_v, ptr_g, ptr_tm, ptr_W, ptr_u, ptr_we, ptr_whole, ptr_beta, ptr_r,
+    WRITE_SCALE: tl.constexpr, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, SCORES_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_V: tl.constexpr, DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -2080,12 +2089,15 @@ def _cdp_prepare_kernel(
     """The WY factors of one (chunk, batch x head) (chunk_delta_parallel_core.md, forward 1):
     L = the decayed k w^T strictly below the diagonal, Tm = (I + L)^-1 (stored, in DOT),
     W = Tm (2^G0 k) and U = Tm v, and the state passes' 2^Glast0 (fp32) and, for a key-wise
-    gate, w 2^Gend (in DOT; a scalar gate's the state passes form from its [BLOCK_T] gates)."""
+    gate, w 2^Gend (in DOT; a scalar gate's the state passes form from its [BLOCK_T] gates).
+    WRITE_SCALE (chunk_delta_parallel_core.md, "A write scale"): w = beta r formed in the
+    scores' key loop and stored (r = k at 2, ptr_r's at 1) for the kernels after."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     L = _cdp_scores(ptr_k, ptr_w, ptr_g, ptr_we, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
-                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION)
+                    SUB_T, SCORES_K, DECAY, 2 if DECAY == 2 else 0, ACC, DOT, PRECISION,
+                    ptr_beta, ptr_r, WRITE_SCALE)
     L = tl.where(o_t[:, None] > o_t[None, :], L, 0.0)
     Tm = _core_unit_lower_inverse(L, o_t, BLOCK_T)
     tl.store(ptr_tm + base[:, None] * BLOCK_T + o_t[None, :], Tm, mask=mask_t[:, None])
@@ -2188,7 +2200,7 @@ def _cdp_bwd_local_kernel(
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
     P = _cdp_scores(ptr_q, ptr_w, ptr_g, ptr_qg, ptr_we, base, mask_t, o_t, T, K, BLOCK_T,
                     SUB_T, SCORES_K, DECAY, 3 if DECAY == 1 else DECAY // 2, ACC, DOT,
-                    PRECISION)
+                    PRECISION, ptr_q, ptr_q, 0)
     P = tl.trans(P.to(DOT))
     for i_v in range(0, tl.cdiv(V, BLOCK_V)):
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -2400,7 +2412,8 @@ def _cdp_bwd_wy_kernel(
     reverse cumsum inside the chunk. PARKED: the dq/dw chunk kernel stored dv and
     d(2^G0 k) = -dv h^T (in dk) already; dv is read for dL (no Tm, dvn or dW). WRITE_SCALE
     (w = beta r, chunk_delta_parallel_core_keys.md, "A write scale"): dbeta = sum_K r dw, and
-    r's gradient beta dw, added to dk when r is k (2), else stored in dw (1)."""
+    r's gradient beta dw, added to dk when r is k (2), else (1: w formed from r and beta in
+    its place) stored in dw (fp32: in r's 16-bit dtype sm_80 spilled 8 B at K = 128)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2444,7 +2457,11 @@ def _cdp_bwd_wy_kernel(
         mask_tk = mask_t[:, None] & mask_k[None, :]
         offs_tk = base[:, None] * K + o_k[None, :]
         k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
-        w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
+        if WRITE_SCALE == 1:    # w = beta r formed from r (loaded in w's place: with a third
+            # key block loaded, sm_80 spilled 32 B at K = 128)
+            w, r, beta = _cdp_written(ptr_r, ptr_beta, base, mask_t, o_k, mask_k, K, ACC, DOT)
+        else:
+            w = _cp_load(ptr_w, base, mask_t, o_k, mask_k, K)
         zeros = tl.zeros([BLOCK_T, BLOCK_K], dtype=ACC)
         if DECAY == 2:
             d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_k, mask_k, o_t,
@@ -2469,8 +2486,9 @@ def _cdp_bwd_wy_kernel(
                                     input_precision=PRECISION) + dk_L
         dw = tl.load(ptr_dw + offs_tk, mask=mask_tk, other=0.0) + dw_L
         if WRITE_SCALE > 0:     # loaded a key block (held across the loop: sm_80 spilled 8 B)
-            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
-            r = k if WRITE_SCALE == 2 else _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+            if WRITE_SCALE == 2:
+                beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+                r = k
             if DECAY == 2:  # sum_K r dw, a key block's share in its own slice of dbeta,
                 # summed after (a C-vector held across the loop spilled 16 B on sm_80, kda at
                 # K = 128; read, added to and stored a block, 64 B)
@@ -2522,8 +2540,9 @@ def _cdp_bwd_keys_kernel(
     a scalar gate), one program per (chunk, batch x head), in two loops over value blocks
     (chunk_delta_parallel_core_keys.md): dv = Tm^T dvn, dL = -dv vn^T, d(2^G0 k) = -dv h^T,
     vn dh^T, dk stored; then dP = do vn^T, do h^T: dq, dw, and dg by the reverse cumsum (no dW
-    or dTm formed). WRITE_SCALE (w = beta r; "A write scale"): dbeta = sum_K r dw and r's
-    gradient beta dw, held with dk and stored once when r is k (2), else stored in dw (1)."""
+    or dTm formed). WRITE_SCALE (w = beta r; "A write scale"): 2, r is k: dbeta = sum_K k dw
+    and k's gradient dk + beta dw, held in dw's place and stored once; 0 otherwise (r apart
+    from k: `_cdp_bwd_fold_kernel` folds the stored dw after)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -2622,11 +2641,6 @@ def _cdp_bwd_keys_kernel(
     else:
         dw += tl.dot(tl.trans(dM), q, input_precision=PRECISION)
         wdw = tl.sum(w.to(ACC) * dw, axis=1)
-        if WRITE_SCALE == 1:
-            beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
-            r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
-            tl.store(ptr_dbeta + base, tl.sum(r.to(ACC) * dw, axis=1), mask=mask_t)
-            dw = beta[:, None] * dw
         tl.store(ptr_dw + offs_tk, dw, mask=mask_tk)
     if DECAY == 1:
         tl.debug_barrier()      # the share parked in dg by other threads (a reduction's layout)
@@ -2635,6 +2649,39 @@ def _cdp_bwd_keys_kernel(
         d, G, R, G0, Gend, Glast0 = _cp_chunk_gates(ptr_g, base, mask_t, o_t, mask_t, o_t,
                                                     DECAY, BLOCK_T, K, ACC)
         _cdp_store_dg(ptr_dg, base, mask_t, db, d, BLOCK_T, ACC)
+
+
+@triton.jit
+def _cdp_written(ptr_r, ptr_beta, base, mask_t, o_k, mask_k, K, ACC: tl.constexpr,
+                 DOT: tl.constexpr):
+    """(w, r, beta) of a write scale's kind 1 (r apart from the erase key, comba): w = beta r
+    rounded to DOT once, as the Function formed it, from a key block of r and the chunk's
+    beta (chunk_delta_parallel_core_keys.md, "A write scale")."""
+    r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K)
+    beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+    return (beta[:, None] * r.to(ACC)).to(DOT), r, beta
+
+
+@triton.jit
+def _cdp_bwd_fold_kernel(
+    ptr_dw, ptr_r, ptr_beta, ptr_dr, ptr_dbeta, T, H, K, BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+):
+    """A write scale's fold after the fused keys kernel, r apart from the erase key (comba; the
+    kernel's own fold spilled on sm_80, chunk_delta_parallel_core_keys.md, "A write scale"), one
+    program per (chunk, batch x head), all of K: dbeta = sum_K r dw and r's gradient beta dw,
+    stored in r's dtype (ptr_dr)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
+    o_k = tl.arange(0, BLOCK_K)
+    mask_k = o_k < K
+    dw = _cp_load(ptr_dw, base, mask_t, o_k, mask_k, K).to(ACC)
+    r = _cp_load(ptr_r, base, mask_t, o_k, mask_k, K).to(ACC)
+    beta = tl.load(ptr_beta + base, mask=mask_t, other=0.0).to(ACC)
+    tl.store(ptr_dbeta + base, tl.sum(r * dw, axis=1), mask=mask_t)
+    tl.store(ptr_dr + base[:, None] * K + o_k[None, :], beta[:, None] * dw,
+             mask=mask_t[:, None] & mask_k[None, :])
 
 
 def _cdp_blocks(K, V, decay, chunk_size, states16=False):
@@ -2714,16 +2761,18 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q = _cdp_rows_of_steps(q.to(dot), steps)
         # a write scale beta (chunk_delta_parallel_core.md, "A write scale"): w the write key
-        # r times beta, formed here in the dot dtype (the rounding of beta k's fp32 product,
-        # as before); the backward kernels fold dw into r's and beta's gradients. Its kind:
-        # 0 none, 2 r the erase key k itself (1, r apart from k, is not launched: the
-        # wrapper scales such a key)
+        # r times beta, formed and stored by the per-chunk kernel in the dot dtype (the
+        # rounding of beta k's fp32 product, as before); the backward kernels fold dw into r's
+        # and beta's gradients. Its kind: 0 none, 2 r the erase key k itself, 1 r apart from k
+        # (comba: the WY kernel forms w from r and beta where it reads it)
         scaled = 0 if beta is None else (2 if _cdp_same(w, k) else 1)
         r = None if scaled != 1 else w.to(dot).contiguous()
+        k, v = (x.to(dot).contiguous() for x in (k, v))
         if scaled:
             beta = beta.contiguous()
-            w = (w * beta[..., None]).to(dot)
-        k, w, v = (x.to(dot).contiguous() for x in (k, w, v))
+            w = torch.empty_like(k)     # the per-chunk kernel's
+        else:
+            w = w.to(dot).contiguous()
         # a scalar gate in fp32 (1/K of k's bytes: the kernels' registers as before), a
         # key-wise one as it comes
         g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
@@ -2748,7 +2797,8 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         o = torch.empty((B, T, H, V), dtype=read_dtype or compute, device=device)   # the read
         g_ptr = k if g is None else g
         _cdp_prepare_kernel[(NT, B * H)](
-            k, w, v, g_ptr, tm, W, vn, we, whole, T, H, NT, K, V, b["block_t"], b["sub_t"],
+            k, w, v, g_ptr, tm, W, vn, we, whole, k if beta is None else beta,
+            k if r is None else r, scaled, T, H, NT, K, V, b["block_t"], b["sub_t"],
             b["scores_k"],
             b["block_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
         _cdp_state_kernel[(triton.cdiv(V, b["forward_v"]), B * H)](
@@ -2810,14 +2860,18 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                          device=device)
         dg = None if g is None else torch.empty(g.shape, dtype=compute, device=device)
         # beta's gradient sum_K r dw, and r's: k's whole one (dk + beta dw) when r is k, else
-        # beta dw in dw (kind 2 stores no dw)
+        # beta dw in dw or dr (kind 2 stores no dw)
         # (the WY kernel's key blocks each store their share beside a key-wise gate, summed
         # below)
         shares = triton.cdiv(K, b["wy_k"]) if decay == 2 and not b["fuse_keys"] else 1
         dbeta = None if not scaled else torch.empty((shares, B, T, H), dtype=compute,
                                                     device=device)
         written = (k if beta is None else beta, k if r is None else r,
-                   dq if dbeta is None else dbeta, scaled)
+                   dq if dbeta is None else dbeta)
+        # r apart from k: r's gradient beta dw stored in r's dtype by the fold kernel after
+        # the fused keys kernel (the WY kernel stores it in dw, fp32: in r's dtype sm_80
+        # spilled 8 B at K = 128)
+        dr = None if scaled != 1 or not b["fuse_keys"] else torch.empty_like(r, dtype=given[2])
         dfinal = None if dfinal is None else dfinal.to(compute).contiguous()
         _cdp_bwd_state_kernel[(triton.cdiv(V, b["adjoint_v"]), B * H)](
             qg, we, W, g_ptr, whole, do, dvl, dvn, ds0 if dfinal is None else dfinal, dh, ds0,
@@ -2827,9 +2881,14 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
         if b["fuse_keys"]:      # dq, dk, dw, dv and dg in one pass (adjoint d and e fused)
             _cdp_bwd_keys_kernel[(NT, B * H)](
                 q, k, w, g_ptr, tm, h, dh, do, vn, dvn, dq, dk, dw, dv,
-                dq if dg is None else dg, *written, T, H, NT, K, V, b["block_t"], b["sub_t"],
-                b["state_k"], b["keys_v"], decay, acc, tl_dot, precision, num_warps=8,
-                num_stages=1)
+                dq if dg is None else dg, *written, scaled if scaled != 1 else 0, T, H, NT,
+                K, V, b["block_t"], b["sub_t"], b["state_k"], b["keys_v"], decay, acc, tl_dot,
+                precision, num_warps=8, num_stages=1)
+            if scaled == 1:     # r apart from k: dw folded after (the keys kernel's own fold
+                # spilled 24-80 B on sm_80 at 48 and 64)
+                _cdp_bwd_fold_kernel[(NT, B * H)](
+                    dw, r, beta, dr, dbeta, T, H, K, b["block_t"], b["state_k"], acc,
+                    num_warps=4)
         else:
             db = None if g is None else torch.empty(
                 ((NK,) if decay == 1 else ()) + tuple(g.shape), dtype=compute, device=device)
@@ -2847,10 +2906,11 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
                     acc, tl_dot, precision, num_warps=8)
             _cdp_bwd_wy_kernel[(NT, B * H)](
                 k, w, vn, g_ptr, tm, dvn, dW, dq if db is None else db, dk, dw, dv,
-                dq if dg is None else dg, *written, T, H, K, V, NK, b["block_t"], b["sub_t"],
-                b["wy_k"],
-                b["block_v"], decay, parked, acc, tl_dot, precision, num_warps=8)
-        dw = None if scaled == 2 else dw        # kind 2: r's gradient is in dk
+                dq if dg is None else dg, *written, scaled, T, H, K, V, NK, b["block_t"],
+                b["sub_t"], b["wy_k"], b["block_v"], decay, parked, acc, tl_dot, precision,
+                num_warps=8)
+        # kind 2: r's gradient is in dk; kind 1: in dr
+        dw = None if scaled == 2 else (dw if dr is None else dr)
         dbeta = None if dbeta is None else (dbeta[0] if shares == 1 else dbeta.sum(0))
         dq, dk, dw, dv, dg, dbeta = (None if x is None else x.to(given[i])
                                      for i, x in enumerate((dq, dk, dw, dv, dg, dbeta)))
@@ -2867,23 +2927,26 @@ def chunk_delta_parallel_core(queries, keys, write_keys, values, log_decay, stat
     dot in `dot_dtype` when it is 16-bit (seqc/autograd.py binds the call's dtype); the reads
     stored in `read_dtype` (backends/torch/module.md, "Call-dtype reads"), else fp32;
     `query_scale` q's constant factor, applied to the outputs' fp32 accumulators;
-    `write_scale` (one delta step a token) the write key's per-token factor [B, T, H], formed
-    into it by the core (chunk_delta_parallel_core.md, "A write scale")."""
+    `write_scale` each write key's per-token factor [B, T, H], formed into it by the core
+    (chunk_delta_parallel_core.md, "A write scale")."""
     (q,) = queries
     beta = None
     if len(keys) == 1:
         (k,), (w,), (v,) = keys, write_keys, values
         g, steps = log_decay, 1
-        (beta,) = write_scale or (None,)
-        if beta is not None and not _cdp_same(w, k):    # a write key apart from the erase
-            # key (comba): scaled here, in the call's dtype, under autograd (the kernels' fold
-            # into it spilled on sm_80: 24 B keys kernel, 32 B WY kernel)
-            w, beta = beta[..., None] * w, None
+        (beta,) = write_scale or (None,)    # r apart from k (comba): the kernels' kind 1
     else:
-        if write_scale is not None:
-            write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
-        k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
         steps = len(keys)
+        if write_scale is not None and all(_cdp_same(w, x) for w, x in zip(write_keys, keys)):
+            # each step's write key its erase key (deltaproduct): the steps' keys interleaved
+            # once, in the call's dtype, as both, and their factors on the same rows (the
+            # kernels' kind 2: no beta k, nor its backward, on the torch side)
+            k, beta, v, g = _delta_steps(keys, write_scale, values, log_decay)
+            w = k
+        else:
+            if write_scale is not None:
+                write_keys = [s[..., None] * x for s, x in zip(write_scale, write_keys)]
+            k, w, v, g = _delta_steps(keys, write_keys, values, log_decay)
     o, final = _ChunkDeltaParallelCore.apply(q, k, w, v, g, state, beta, chunk_size,
                                              steps, dot_dtype, precision, read_dtype,
                                              1.0 if query_scale is None else float(query_scale))
