@@ -6,6 +6,7 @@ gradient must be the same bits. A difference is a kernel whose programs depend o
 programs of a launch run at once, its result would depend on scheduling.
 
     TRITON_INTERPRET=1 python scripts/program_order_sweep.py [SPEC ...] [--sizes 5,70]
+        [--block-split 16]
 
 Exits 1 when any call differs. tests/test_program_order.py runs one spec per kernel family.
 """
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("specs", nargs="*")
     parser.add_argument("--sizes", default="5,70", help="every dim of a spec at each size")
+    parser.add_argument("--block-split", type=int, default=128,
+                        help="value blocks of at most this many lanes (16: several at small dims)")
     args = parser.parse_args(argv)
     differing = 0
     print("| spec | mode | dims | outputs, final states, gradients | largest difference |")
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
     for name in args.specs or sorted(SPECS):
         for mode in seqc.load(name).kernel("triton").module.MODES:
             for size in (int(s) for s in args.sizes.split(",")):
-                diff = order_differences(name, mode, size)
+                diff = order_differences(name, mode, size, block_split=args.block_split)
                 worst = max(diff.values())
                 differing += worst != 0
                 what = ", ".join(f"{n} {d:.2g}" for n, d in diff.items() if d) or "same bits"
