@@ -165,9 +165,11 @@ class GroupEmitter:
         vd = () if vector else (g.value_dim,)
         keys = ", ".join(self.call(w.key, kd) for w in g.writes)
         scaled = chunk_write_scale(g)
-        extra = ()
+        extra, bound = (), []
         if scaled is not None:  # the core scales the key (module.md, "A write scale")
             scale, key = self.call(scaled[0], ()), self.call(scaled[1], kd)
+            if not isinstance(scaled[0], ir.Name):      # computed once (mlstm's exp(i))
+                bound, scale = [f"scale_{g.state} = {scale}"], f"scale_{g.state}"
             keys = f"_written(raw, 'chunk', {scale}, {key})"
             extra = (f"write_scale=[{scale}]",)
         values = ", ".join("torch.ones(B, T, H, 1, dtype=compute, device=device)" if vector
@@ -178,6 +180,7 @@ class GroupEmitter:
                       "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
         lines, queries = self.queries(reads, kd, "chunk" if g.value_log_decay is None else "")
+        lines = bound + lines
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
