@@ -55,7 +55,7 @@ def test_chunk_parallel_states_in_the_dot_dtype(decay, K, V):
     for dot in (BF16, None):
         core = functools.partial(module.chunk_parallel_core, dot_dtype=dot, precision="ieee")
         with recorded_launches(module, "_cp_state_pass_kernel",
-                               lambda args: args[4].dtype) as seen:
+                               lambda args: args[5].dtype) as seen:
             results[dot] = chunk.core_gradients(core, tensors, 16)
         assert seen == [BF16 if dot else FP32] * 2, dot           # h forward, dh backward
     assert_within_bf16(results[BF16], results[None], chunk.names(decay))

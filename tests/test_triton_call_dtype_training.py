@@ -69,6 +69,11 @@ def test_core_inputs_needs_one_whole_argument():
     assert core_inputs([delta], []) == dict.fromkeys("qkv", "chunk_delta") | {
         "beta": "chunk_delta"}
     assert core_inputs([delta], ["in_beta * rd_S"]) == dict.fromkeys("qkv", "chunk_delta")
+    # a chunk key's write factor (mamba2's dt): raw unless also read elsewhere (its decay)
+    chunk = ("reads, final_S = cores['chunk']([in_q], [_written(raw, 'chunk', in_s, in_k)], "
+             "[in_v], {}, s, c, **_given(raw, 'chunk', write_scale=[in_s]))")
+    assert core_inputs([chunk.format("None")], []) == dict.fromkeys("qkvs", "chunk")
+    assert core_inputs([chunk.format("in_s * par_A")], []) == dict.fromkeys("qkv", "chunk")
 
 
 def sizes_of(program, T=32, dims=16):
@@ -99,7 +104,8 @@ def test_the_core_receives_the_call_dtype(monkeypatch):
     assert scales == [16 ** -0.5] * 2
 
 
-@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "rwkv7", "comba", "kda"])
+@pytest.mark.parametrize("name", ["simple_gla", "gla", "gated_deltanet", "rwkv7", "comba", "kda",
+                                  "mamba2", "mlstm"])
 def test_bf16_gradients_match_the_fp32_call(name):
     """Within bf16 rounding of the fp32 call's on the same bf16 values (every input's gradient,
     those the cores store in bf16 and those cast from fp32)."""
@@ -122,7 +128,7 @@ def test_bf16_gradients_match_the_fp32_call(name):
 
 @pytest.mark.parametrize("name, bound", [("simple_gla", 3.3), ("gated_deltanet", 3.9),
                                          ("deltanet", 3.9), ("kda", 4.3), ("comba", 4.3),
-                                         ("deltaproduct", 8.9)])
+                                         ("deltaproduct", 8.9), ("mamba2", 3.2)])
 def test_bf16_training_step_torch_bytes(name, bound):
     """The torch operations of a bf16 training step (T=64, dims 16) move at most `bound` times
     the call's compulsory bytes. simple_gla 3.11x: the loss, the incoming gradient times
@@ -138,7 +144,8 @@ def test_bf16_training_step_torch_bytes(name, bound):
     bf16; 23.19x with k1, k2, beta1, beta2 cast to fp32 and `beta * k` formed and
     differentiated on the torch side); 13.79x, 13.91x, 11.16x, 11.10x with k and beta cast to
     fp32, `beta * k` and its backward on the torch side (14.28x with `scale * q`, 16.46x with
-    the fp32 read, gated_deltanet)."""
+    the fp32 read, gated_deltanet). mamba2 2.96x with `dt` handed to the core as the key's
+    `write_scale` (9.20x with B cast to fp32, `dt * B` and its backward on the torch side)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fla_traffic.py"
     spec = importlib.util.spec_from_file_location("fla_traffic", path)
     module = importlib.util.module_from_spec(spec)
@@ -147,11 +154,12 @@ def test_bf16_training_step_torch_bytes(name, bound):
     tensors, _ = random_call(program.spec, sizes_of(program, T=64), dtype=torch.bfloat16, seed=5)
     x = {n: t.clone().requires_grad_() for n, t in tensors.items()}
     kernel = program.kernel("triton")
-    out = kernel(**x)["o"]
-    read, written = compulsory(tensors, {"o": out}, {})
+    output = program.spec.outputs[0].name
+    out = kernel(**x)[output]
+    read, written = compulsory(tensors, {output: out}, {})
     step = module.TorchBytes()
     with step.counting():
-        out = kernel(**x)["o"]
+        out = kernel(**x)[output]
         (out * torch.ones_like(out)).sum().backward()
     assert step.bytes <= bound * (read + written)
 
@@ -358,3 +366,83 @@ def test_the_parallel_core_scales_each_steps_write_key(K):
         runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
     for got, want in zip(*runs):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_chunk_write_factor_is_handed_to_the_core(monkeypatch):
+    """mamba2 and mlstm at bf16: chunk_parallel_core receives the key's scalar factor as
+    `write_scale` (mamba2's dt, mlstm's exp(i); module.md, "A write scale") and the key
+    unscaled: mamba2's B in bf16 as the call gave it (no `dt * B` on the torch side), mlstm's
+    `kt = K^-1/2 k` (a let in fp32: the normaliser's scan reads it too); dt (read by the decay
+    `dt * A` too) and exp(i) in fp32; every gradient comes back in bf16."""
+    for name, key in (("mamba2", "B"), ("mlstm", None)):
+        program = seqc.load(name)
+        kernel = program.kernel("triton")
+        own = kernel.module.MODE_CORES["chunk_parallel"]
+        core, seen = own["chunk_core"], []
+
+        def recorded(queries, keys, values, log_decay, state, chunk_size, **options):
+            seen.append((keys[0], options.get("write_scale")))
+            return core(queries, keys, values, log_decay, state, chunk_size, **options)
+        monkeypatch.setitem(own, "chunk_core", recorded)
+        tensors, _ = random_call(program.spec, sizes_of(program), dtype=torch.bfloat16, seed=3)
+        x = {n: t.requires_grad_() for n, t in tensors.items()}
+        kernel(**x)[program.spec.outputs[0].name].float().sum().backward()
+        ((written, scale),) = seen
+        if key is not None:
+            assert written.dtype == torch.bfloat16
+            assert written.data_ptr() == x[key].data_ptr()
+        assert len(scale) == 1 and scale[0].dtype == torch.float32
+        assert {t.grad.dtype for t in x.values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("K, keywise", [(16, False), (80, False), (16, True), (144, False)])
+def test_the_parallel_core_scales_the_key(K, keywise):
+    """chunk_parallel_core with `write_scale` s on the key k is the core on s k (fp64: outputs
+    and every gradient, s's among them): s k formed by the forward kernels, dk = s dw and
+    ds = sum_K k dw by the fused backward kernel (K = 16); where the wide (K = 80), key-wise or
+    dv and dq/dk kernels run, the wrapper forms s k under autograd."""
+    program = seqc.load("simple_gla")
+    core = program.kernel("triton").module.MODE_CORES["chunk_parallel"]["chunk_core"]
+    generator = torch.Generator().manual_seed(11)
+    B, T, H = 1, 40, 2
+    q, k, v = (torch.randn(B, T, H, K, generator=generator, dtype=torch.float64)
+               for _ in range(3))
+    g = -torch.rand(*((B, T, H, K) if keywise else (B, T, H)), generator=generator,
+                    dtype=torch.float64)
+    s = torch.rand(B, T, H, generator=generator, dtype=torch.float64) + 0.5
+    s0 = torch.randn(B, H, K, K, generator=generator, dtype=torch.float64)
+    weight = torch.randn(B, H, T, K, generator=generator, dtype=torch.float64)
+    runs = []
+    for scaled in (False, True):
+        x = [t.clone().requires_grad_() for t in (q, k, v, g, s, s0)]
+        key = x[1] if scaled else x[4][..., None] * x[1]
+        reads, final = core([x[0]], [key], [x[2]], x[3], x[5], 16, query_scale=0.3,
+                            **({"write_scale": [x[4]]} if scaled else {}))
+        ((reads[0] * weight).sum() + final.sum()).backward()
+        runs.append([reads[0].detach(), final.detach()] + [t.grad for t in x])
+    for got, want in zip(*runs):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, dims", [(torch.float32, 16), (torch.bfloat16, 16),
+                                         (torch.bfloat16, 80)])
+def test_mamba2_gradients_with_the_write_scale_match_the_reference(dtype, dims):
+    """mamba2 trained in chunk_parallel, chunks of 16 (`dt * B` formed by the core's kernels
+    at dims 16, by its wrapper at 80; dt's gradient from the key's factor and from the decay
+    `dt * A`) against the reference's autograd in fp64 on the same values: fp32 within 1e-4,
+    bf16 within 3% of each gradient's largest."""
+    program = seqc.load("mamba2")
+    tensors, _ = random_call(program.spec, sizes_of(program, T=40, dims=dims), seed=5)
+    tensors = {n: t.to(dtype) for n, t in tensors.items()}
+    weight = torch.randn(1, 40, 2, dims, generator=torch.Generator().manual_seed(1))
+    grads = []
+    triton = program.kernel("triton", mode="chunk_parallel", chunk_size=16)
+    for kernel, cast in ((triton, dtype), (program.kernel("reference"), torch.float64)):
+        x = {n: t.detach().to(cast).requires_grad_() for n, t in tensors.items()}
+        (kernel(**x)["y"].double() * weight).sum().backward()
+        grads.append({n: t.grad for n, t in x.items()})
+    tolerance = 1e-4 if dtype == torch.float32 else 0.03
+    for n, want in grads[1].items():
+        got = grads[0][n]
+        assert got.dtype == dtype
+        assert (got.double() - want).abs().max() <= tolerance * want.abs().max(), n

@@ -82,20 +82,22 @@ def core_inputs(lines: list[str], outputs: list[str]) -> dict[str, str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and node.id.startswith("in_"):
                 uses.setdefault(node.id[3:], []).append(_core_kind(node, parents))
-    return {name: kinds[0] for name, kinds in uses.items()
+    return {name: kinds[0].split()[0] for name, kinds in uses.items()
             if kinds[0] and (len(kinds) == 1 or _scaled_write(kinds))}
 
 
 def _scaled_write(kinds: list) -> bool:
-    """An input used twice or thrice, each use a whole argument of one delta-rule core call:
-    the key as erase and write key, a write scale as `write_scale` and `_written`'s factor
-    (module.md, "A write scale")."""
-    return len(kinds) <= 3 and set(kinds) == {"chunk_delta"}
+    """An input used twice or thrice, each use a whole argument of one delta-rule core call
+    (the key as erase and write key), or a write scale: `_written`'s factor and the
+    `write_scale` keyword of its delta-rule or chunk core call (module.md, "A write scale")."""
+    delta = len(kinds) <= 3 and set(kinds) <= {"chunk_delta", "chunk_delta write_scale"}
+    return delta or sorted(map(str, kinds)) == ["chunk", "chunk write_scale"]
 
 
 def _core_kind(name: ast.Name, parents: dict) -> str | None:
     """The kind of the core call `name` is a whole argument of, or scaled by a constant
-    (`dims["scale"] * in_q`: module.md, "Call-dtype inputs"), else None."""
+    (`dims["scale"] * in_q`: module.md, "Call-dtype inputs"), `<kind> write_scale` in its
+    `write_scale` keyword, else None."""
     node = name
     parent = parents.get(node)
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Mult) and \
@@ -118,7 +120,8 @@ def _core_kind(name: ast.Name, parents: dict) -> str | None:
         call = parents.get(parent)      # `**_given(raw, kind, write_scale=[s])`
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and \
                 call.func.id == "_given" and isinstance(call.args[1], ast.Constant):
-            return call.args[1].value if call.args[1].value in CALL_DTYPE_KINDS else None
+            kind = call.args[1].value
+            return f"{kind} write_scale" if kind in CALL_DTYPE_KINDS else None
         return None
     if not (isinstance(parent, ast.Call) and node in parent.args):
         return None

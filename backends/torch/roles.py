@@ -54,6 +54,22 @@ def supported(group, spec: ir.Spec) -> bool:
     return group.kind in ("chunk", "chunk_dplr", "semiring")
 
 
+def chunk_write_scale(g) -> tuple[ir.Expr, ir.Expr] | None:
+    """(the factor, the key) of a chunk group's one key that is a non-constant scalar times a
+    vector (`dt * B`: mamba2; `exp(i) * kt`: mlstm) when no value-wise gate comes with it: a
+    core given under `call_dtype` takes the factor as `write_scale` and forms the key itself
+    (module.md, "A write scale")."""
+    if len(g.writes) != 1 or g.value_dim is None or g.value_log_decay is not None:
+        return None
+    key = g.writes[0].key
+    if not (isinstance(key, ir.Binary) and key.op is ir.Op.MUL):
+        return None
+    for scale, rest in ((key.left, key.right), (key.right, key.left)):
+        if not scale.dims and not is_constant(scale) and rest.dims:
+            return scale, rest
+    return None
+
+
 class GroupEmitter:
     def __init__(self, spec: ir.Spec, reads, whole: TorchRenderer,
                  plain: frozenset[str] = frozenset()):
@@ -148,6 +164,14 @@ class GroupEmitter:
         kd = (g.key_dim,)
         vd = () if vector else (g.value_dim,)
         keys = ", ".join(self.call(w.key, kd) for w in g.writes)
+        scaled = chunk_write_scale(g)
+        extra, bound = (), []
+        if scaled is not None:  # the core scales the key (module.md, "A write scale")
+            scale, key = self.call(scaled[0], ()), self.call(scaled[1], kd)
+            if not isinstance(scaled[0], ir.Name):      # computed once (mlstm's exp(i))
+                bound, scale = [f"scale_{g.state} = {scale}"], f"scale_{g.state}"
+            keys = f"_written(raw, 'chunk', {scale}, {key})"
+            extra = (f"write_scale=[{scale}]",)
         values = ", ".join("torch.ones(B, T, H, 1, dtype=compute, device=device)" if vector
                            else self.call(w.value, vd) for w in g.writes)
         if not g.writes:        # a state that is only decayed (or constant): one zero write
@@ -156,13 +180,15 @@ class GroupEmitter:
                       "dtype=compute, device=device)")
         reads = self.reads_of(g.state)
         lines, queries = self.queries(reads, kd, "chunk" if g.value_log_decay is None else "")
+        lines = bound + lines
         decay = "None" if g.log_decay is None else self.call(g.log_decay, g.log_decay.dims and kd)
         swapped = self.swapped(g)
         init = f"init_{g.state}" + ("[..., None]" if vector else "") + swapped
         squeeze = ".squeeze(-1)" if vector else ""
         if g.value_log_decay is None:
             lines += [f"reads, final_{g.state} = cores['chunk']([{queries}], [{keys}], "
-                      f"[{values}], {decay}, {init}, chunk_size{self.options('chunk', reads)})"]
+                      f"[{values}], {decay}, {init}, chunk_size"
+                      f"{self.options('chunk', reads, extra)})"]
         else:                   # a torch-only core: no Triton kernel takes a value-wise gate
             lines += [f"reads, final_{g.state} = _chunk_value_gated([{queries}], [{keys}], "
                       f"[{values}], {decay}, {self.call(g.value_log_decay, vd)}, {init}, "

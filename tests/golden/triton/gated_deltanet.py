@@ -1867,6 +1867,16 @@ def _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T: tl.constexpr,
 
 
 @triton.jit
+def _cp_write_scale(ptr_s, base, mask_t, WRITE: tl.constexpr, ACC: tl.constexpr):
+    """The chunk's write factors s [BLOCK_T] (ACC, 0 past T), the key written at step t being
+    s_t k_t (chunk_parallel_core.md, "A write scale"); without one (WRITE false) zeros, unused."""
+    if WRITE:
+        return tl.load(ptr_s + base, mask=mask_t, other=0.0).to(ACC)
+    else:
+        return tl.zeros(base.shape, dtype=ACC)
+
+
+@triton.jit
 def _cp_rows(n, i_b, i_h, T, H, BLOCK_T: tl.constexpr):
     """The steps of chunk n: their token index (b, t, h) and mask, and the offsets in a chunk."""
     o_t = tl.arange(0, BLOCK_T)
@@ -1946,13 +1956,15 @@ def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _cp_fwd_output_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_s, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, WRITE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Forward outputs: one program per (value block, chunk, batch x head),
     o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks, times SCALE (the query's
-    constant factor, on the fp32 accumulator)."""
+    constant factor, on the fp32 accumulator); WRITE: the keys times their write factors s
+    (the scores' columns)."""
     i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1962,6 +1974,8 @@ def _cp_fwd_output_kernel(
                                  mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
                                  False, ACC, DOT, PRECISION)
     out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
+    if WRITE:
+        A = A * _cp_write_scale(ptr_s, base, mask_t, WRITE, ACC)[None, :]
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
     tl.store(ptr_o + base[:, None] * V + o_v[None, :], out * SCALE,
@@ -2806,8 +2820,9 @@ class _ChunkDeltaParallelCore(torch.autograd.Function):
             b["forward_v"], decay, True, acc, tl_dot, precision, num_warps=b["state_warps"],
             num_stages=b["forward_stages"])
         _cp_fwd_output_kernel[(triton.cdiv(V, b["block_v"]), NT, B * H)](
-            q, w, vn, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
-            b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
+            q, w, vn, g_ptr, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
+            b["scores_k"], b["block_v"], decay, False, acc, tl_dot, precision,
+            num_warps=b["warps"])
         ctx.save_for_backward(q, k, w, g, h, tm, W, vn, we, whole, beta, r)     # not v
         ctx.settings = (chunk_size, steps, decay, compute, precision, given, scale, scaled)
         return o[:, steps - 1::steps], final

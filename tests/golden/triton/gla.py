@@ -1372,15 +1372,18 @@ class _ChunkCore(torch.autograd.Function):
 
 
 def chunk_core(queries, keys, values, log_decay, state, chunk_size, read_dtype=None,
-               query_scale=None):
+               query_scale=None, write_scale=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on these kernels: one query and one write a step. `run(..., chunk_core=)` of the
     torch module takes it; seqc's Triton backward does (docs/backends.md). `read_dtype`: the
     reads cast to it (chunk_core.md; the kernels store fp32); `query_scale`: q's constant
-    factor, applied to the widened q."""
+    factor, applied to the widened q; `write_scale`: the key's per-token factor [B, T, H],
+    applied to the widened key."""
     (q,), (k,), (v,) = queries, keys, values
-    q, k, v, log_decay = _widened(state, q, k, v, log_decay)
+    (s,) = write_scale or (None,)
+    q, k, v, log_decay, s = _widened(state, q, k, v, log_decay, s)
     q = q if query_scale is None else query_scale * q
+    k = k if s is None else s[..., None] * k
     o, final = _ChunkCore.apply(q, k, v, log_decay, state.to(q.dtype), chunk_size)
     return [o.transpose(1, 2).to(read_dtype or o.dtype)], final
 
@@ -1496,6 +1499,16 @@ def _cp_keywise_score_grads(dq, dk, dA, q, k, G, R, o_t, BLOCK_T: tl.constexpr,
 
 
 @triton.jit
+def _cp_write_scale(ptr_s, base, mask_t, WRITE: tl.constexpr, ACC: tl.constexpr):
+    """The chunk's write factors s [BLOCK_T] (ACC, 0 past T), the key written at step t being
+    s_t k_t (chunk_parallel_core.md, "A write scale"); without one (WRITE false) zeros, unused."""
+    if WRITE:
+        return tl.load(ptr_s + base, mask=mask_t, other=0.0).to(ACC)
+    else:
+        return tl.zeros(base.shape, dtype=ACC)
+
+
+@triton.jit
 def _cp_rows(n, i_b, i_h, T, H, BLOCK_T: tl.constexpr):
     """The steps of chunk n: their token index (b, t, h) and mask, and the offsets in a chunk."""
     o_t = tl.arange(0, BLOCK_T)
@@ -1525,10 +1538,10 @@ def _cp_scaled(do, scale, dtype):
 
 @triton.jit
 def _cp_state_pass_kernel(
-    ptr_x, ptr_y, ptr_g, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
+    ptr_x, ptr_y, ptr_g, ptr_s, ptr_start, ptr_states, ptr_last, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_START: tl.constexpr, AFTER: tl.constexpr, ACC: tl.constexpr,
-    DOT: tl.constexpr, PRECISION: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_START: tl.constexpr, AFTER: tl.constexpr, WRITE: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """A state pass: one program per (key block, value block, batch x head) walks the chunks,
     storing the state at each chunk's boundary (in ptr_states' dtype: the dot dtype of a 16-bit
@@ -1538,7 +1551,7 @@ def _cp_state_pass_kernel(
     of the state leaving chunk n, dh[n - 1] = 2^Glast0 dh[n] + (q 2^G0)^T do; its last is the
     initial state's. AFTER (the adjoint feeding _cp_bwd_fused_kernel, which reads dS_T itself):
     the state after each chunk but the last is stored, dh[n - 1] in slot n - 1 of NT - 1, and
-    dh[NT - 1] = dS_T is not copied."""
+    dh[NT - 1] = dS_T is not copied. WRITE (forward): the keys times their write factors s."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -1562,11 +1575,13 @@ def _cp_state_pass_kernel(
             gate = G0 if REVERSE else Gend
             if DECAY == 2:
                 S = S * tl.exp2(Glast0)[:, None]
-                x = (x.to(ACC) * tl.exp2(gate)).to(DOT)
+                x = x.to(ACC) * tl.exp2(gate)
             else:
                 S = S * tl.exp2(Glast0)
-                x = (x.to(ACC) * tl.exp2(gate)[:, None]).to(DOT)
-        S += tl.dot(tl.trans(x), y, input_precision=PRECISION)
+                x = x.to(ACC) * tl.exp2(gate)[:, None]
+        if WRITE:
+            x = x * _cp_write_scale(ptr_s, base, mask_t, WRITE, ACC)[:, None]
+        S += tl.dot(tl.trans(x.to(DOT)), y, input_precision=PRECISION)
         if AFTER and n > 0:
             tl.store(ptr_states + (i_bh * (NT - 1) + n - 1) * K * V + offs_kv, S, mask=mask_kv)
     tl.store(ptr_last + i_bh * K * V + offs_kv, S, mask=mask_kv)
@@ -1624,13 +1639,15 @@ def _cp_decayed(read, A, ptr_g, base, mask_t, o_t, K, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _cp_fwd_output_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_s, ptr_h, ptr_o, T, H, NT, K, V, SCALE,
     BLOCK_T: tl.constexpr, SUB_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    DECAY: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    DECAY: tl.constexpr, WRITE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Forward outputs: one program per (value block, chunk, batch x head),
     o_t = 2^G0_t (q_t^T h_n) + sum_{s<=t} A_ts v_s, over key blocks, times SCALE (the query's
-    constant factor, on the fp32 accumulator)."""
+    constant factor, on the fp32 accumulator); WRITE: the keys times their write factors s
+    (the scores' columns)."""
     i_v, n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1640,6 +1657,8 @@ def _cp_fwd_output_kernel(
                                  mask_v, T, NT, K, V, BLOCK_T, SUB_T, BLOCK_K, BLOCK_V, DECAY,
                                  False, ACC, DOT, PRECISION)
     out, A = _cp_decayed(out, A, ptr_g, base, mask_t, o_t, K, BLOCK_T, DECAY, False, ACC)
+    if WRITE:
+        A = A * _cp_write_scale(ptr_s, base, mask_t, WRITE, ACC)[None, :]
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
     out += tl.dot(A.to(DOT), v, input_precision=PRECISION)
     tl.store(ptr_o + base[:, None] * V + o_v[None, :], out * SCALE,
@@ -1748,17 +1767,20 @@ def _cp_bwd_dqk_kernel(
 
 @triton.jit
 def _cp_bwd_fused_kernel(
-    ptr_q, ptr_k, ptr_v, ptr_g, ptr_h, ptr_dh, ptr_dfinal, ptr_do, ptr_dq, ptr_dk, ptr_dv,
-    ptr_dg, T, H, NT, K, V,
+    ptr_q, ptr_k, ptr_v, ptr_g, ptr_s, ptr_h, ptr_dh, ptr_dfinal, ptr_do, ptr_dq, ptr_dk,
+    ptr_dv, ptr_dg, ptr_ds, T, H, NT, K, V,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, DECAY: tl.constexpr,
-    HAS_FINAL: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-    SCALE: tl.constexpr,
+    HAS_FINAL: tl.constexpr, WRITE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, SCALE: tl.constexpr,
 ):
     """dv, dq, dk and dg of one (chunk, batch x head) when K and V are one block each and the
     gate is scalar or absent (chunk_parallel_core.md, "(b + c) fused"): q, k, v, do, g, h[n] and
     dh[n] read once. dh[NT - 1] is the incoming gradient of the final state (0 without one),
     the others the adjoint state pass's (AFTER: NT - 1 slots). The order keeps ptxas within
-    255 registers: dv (A dies with it), the decayed dA, then dk and dq, each stored when done."""
+    255 registers: dv (A dies with it), the decayed dA, then dk and dq, each stored when done.
+    WRITE: the key written is s k (chunk_parallel_core.md, "A write scale"): s on the scores'
+    columns and on k's rows, dk = s dw, ds = sum_K k dw (its score part from q k^T formed
+    again)."""
     n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t, base, mask_t = _cp_rows(n, i_b, i_h, T, H, BLOCK_T)
@@ -1770,24 +1792,33 @@ def _cp_bwd_fused_kernel(
     q = _cp_load(ptr_q, base, mask_t, o_k, mask_k, K)
     k = _cp_load(ptr_k, base, mask_t, o_k, mask_k, K)
     d, G, R, G0, Gend, Glast0 = _cp_gates(ptr_g, base, mask_t, o_t, DECAY, BLOCK_T, ACC)
+    s = _cp_write_scale(ptr_s, base, mask_t, WRITE, ACC)
     if n == NT - 1:
         dh = tl.load(ptr_dfinal + i_bh * K * V + offs_kv, mask=mask_kv & HAS_FINAL, other=0.0)
     else:
         dh = tl.load(ptr_dh + (i_bh * (NT - 1) + n) * K * V + offs_kv, mask=mask_kv,
                      other=0.0).to(ACC)
     do = _cp_load(ptr_do, base, mask_t, o_v, mask_v, V)
-    A = (tl.dot(q, tl.trans(k), input_precision=PRECISION)
-         * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
-    dv = tl.dot(k, dh.to(DOT), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
+    A = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _cp_causal_mask(G, R, o_t, DECAY)
+    A = (A * s[None, :] if WRITE else A).to(DOT)
+    written = tl.exp2(Gend) * s if WRITE else tl.exp2(Gend)     # a key row's factor
+    dv = tl.dot(k, dh.to(DOT), input_precision=PRECISION) * written[:, None]
     dv = tl.dot(tl.trans(A), do, dv, input_precision=PRECISION)
     tl.store(ptr_dv + base[:, None] * V + o_v[None, :], _cp_times(dv, SCALE),
              mask=mask_t[:, None] & mask_v[None, :])
     v = _cp_load(ptr_v, base, mask_t, o_v, mask_v, V)
-    dM = (tl.dot(do, tl.trans(v), input_precision=PRECISION)
-          * _cp_causal_mask(G, R, o_t, DECAY)).to(DOT)
+    dM = tl.dot(do, tl.trans(v), input_precision=PRECISION) * _cp_causal_mask(G, R, o_t, DECAY)
+    if WRITE:   # ds's score part, sum_t dM_ts (q_t . k_s); then s on dM's columns
+        ds = tl.sum(dM * tl.dot(q, tl.trans(k), input_precision=PRECISION), axis=0)
+        dM = dM * s[None, :]
+    dM = dM.to(DOT)
     mask_tk = mask_t[:, None] & mask_k[None, :]
     dk = tl.dot(v, tl.trans(dh.to(DOT)), input_precision=PRECISION) * tl.exp2(Gend)[:, None]
-    leaving = tl.sum(tl.sum(k.to(ACC) * dk, axis=1), axis=0)
+    leaving = tl.sum(k.to(ACC) * dk, axis=1)
+    if WRITE:   # ds's state part; dk and the leaving state's share times s
+        tl.store(ptr_ds + base, _cp_times(ds + leaving, SCALE), mask=mask_t)
+        dk, leaving = dk * s[:, None], leaving * s
+    leaving = tl.sum(leaving, axis=0)
     dk = tl.dot(tl.trans(dM), q, dk, input_precision=PRECISION)
     tl.store(ptr_dk + base[:, None] * K + o_k[None, :], _cp_times(dk, SCALE), mask=mask_tk)
     dG = -tl.sum(k.to(ACC) * dk, axis=1)              # a scalar gate's dL/db, summed over K
@@ -2034,11 +2065,15 @@ class _ChunkParallelCore(torch.autograd.Function):
     adjoint kernels alone."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, s0, chunk_size, dot_dtype, precision, read_dtype, scale):
+    def forward(ctx, q, k, v, g, s0, s, chunk_size, dot_dtype, precision, read_dtype, scale):
         compute = s0.dtype      # the state's: q, k, v, g may come in the call's 16-bit dtype
-        given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype)
+        given = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype,
+                 None if s is None else s.dtype)
         dot = dot_dtype if dot_dtype in (torch.bfloat16, torch.float16) else compute
         q, k, v = (x.to(dot).contiguous() for x in (q, k, v))
+        # a write scale s (chunk_parallel_core.md, "A write scale"): the key written is s k,
+        # formed by the kernels; as it comes, [B, T, H]
+        s = None if s is None else s.contiguous()
         # a scalar gate in fp32 (1/K of q's bytes; read as bf16 the state pass spilled 40 B
         # on sm_80), a key-wise one as it comes
         g = None if g is None else (g.to(compute) if g.dim() == 3 else g).contiguous()
@@ -2058,22 +2093,25 @@ class _ChunkParallelCore(torch.autograd.Function):
         h = torch.empty((B, H, NT, K, V), dtype=dot, device=q.device)
         final = torch.empty((B, H, K, V), dtype=compute, device=q.device)
         g_ptr = q if g is None else g
+        s_ptr = g_ptr if s is None else s
         _cp_state_pass_kernel[(triton.cdiv(K, b["state_k"]), triton.cdiv(V, b["state_v"]), B * H)](
-            k, v, g_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"], b["state_v"],
-            decay, False, True, False, acc, tl_dot, precision, num_warps=b["state_warps"],
+            k, v, g_ptr, s_ptr, s0, h, final, T, H, NT, K, V, b["block_t"], b["state_k"],
+            b["state_v"], decay, False, True, False, s is not None, acc, tl_dot, precision,
+            num_warps=b["state_warps"],
             num_stages=2 if decay == 1 and dot != compute else 3)   # 16-bit h beside a scalar
         # gate: at 3 stages sm_80 spilled 16 B (48, 64, 128)
         _cp_fwd_output_kernel[(NV, NT, B * H)](
-            q, k, v, g_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
-            b["scores_k"], b["block_v"], decay, acc, tl_dot, precision, num_warps=b["warps"])
-        ctx.save_for_backward(q, k, v, g, h)
+            q, k, v, g_ptr, s_ptr, h, o, T, H, NT, K, V, scale, b["block_t"], b["sub_t"],
+            b["scores_k"], b["block_v"], decay, s is not None, acc, tl_dot, precision,
+            num_warps=b["warps"])
+        ctx.save_for_backward(q, k, v, g, h, s)
         ctx.settings = (chunk_size, decay, compute, precision, given, scale)
         return o, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dfinal):
-        q, k, v, g, h = ctx.saved_tensors
+        q, k, v, g, h, s = ctx.saved_tensors
         chunk_size, decay, compute, precision, given, scale = ctx.settings
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -2109,19 +2147,24 @@ class _ChunkParallelCore(torch.autograd.Function):
         dg = None if g is None else torch.empty(    # the scalar gate's partial sums in fp32
             ((NK,) if decay == 1 else ()) + tuple(g.shape),
             dtype=compute if decay == 1 else given[3], device=q.device)
+        # the write scale's gradient sum_K k dw (fp32, cast after): only the fused kernel
+        # takes a write scale (`_cp_writes`)
+        ds = None if s is None else torch.empty(s.shape, dtype=compute, device=q.device)
         g_ptr = q if g is None else g
+        s_ptr, ds_ptr = (g_ptr, dq) if s is None else (s, ds)
         dfinal = None if dfinal is None else dfinal.contiguous()
         final_ptr = ds0 if dfinal is None else dfinal
         _cp_state_pass_kernel[(triton.cdiv(K, b["adjoint_k"]), triton.cdiv(V, b["adjoint_v"]),
                                B * H)](
-            q, do, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, b["block_t"], b["adjoint_k"],
-            b["adjoint_v"], decay, True, dfinal is not None, after, acc, tl_dot,
-            precision, num_warps=b["adjoint_warps"], num_stages=b["adjoint_stages"])
+            q, do, g_ptr, g_ptr, final_ptr, dh, ds0, T, H, NT, K, V, b["block_t"],
+            b["adjoint_k"], b["adjoint_v"], decay, True, dfinal is not None, after, False, acc,
+            tl_dot, precision, num_warps=b["adjoint_warps"], num_stages=b["adjoint_stages"])
         if fused:
             _cp_bwd_fused_kernel[(NT, B * H)](
-                q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
-                H, NT, K, V, b["block_t"], b["dqk_k"], b["block_v"], decay, dfinal is not None,
-                acc, tl_dot, precision, kscale, num_warps=8)
+                q, k, v, g_ptr, s_ptr, h, dh, final_ptr, do, dq, dk, dv,
+                dq if dg is None else dg, ds_ptr, T, H, NT, K, V, b["block_t"], b["dqk_k"],
+                b["block_v"], decay, dfinal is not None, s is not None, acc, tl_dot, precision,
+                kscale, num_warps=8)
         elif fused_keys:
             _cp_bwd_fused_keys_kernel[(NT, B * H)](
                 q, k, v, g_ptr, h, dh, final_ptr, do, dq, dk, dv, dq if dg is None else dg, T,
@@ -2145,20 +2188,34 @@ class _ChunkParallelCore(torch.autograd.Function):
         if decay == 1:
             dg = dg.sum(0).to(given[3])
         dq, dk, dv = (x.to(dtype) for x, dtype in zip((dq, dk, dv), given))
+        ds = None if ds is None else ds.to(given[4])
         if kscale != 1:
             ds0 = ds0 * kscale
-        return dq, dk, dv, dg, ds0, None, None, None, None, None
+        return dq, dk, dv, dg, ds0, ds, None, None, None, None, None
+
+
+def _cp_writes(K, V, log_decay, chunk_size):
+    """Whether the kernels form the written key s k themselves (chunk_parallel_core.md, "A write
+    scale"): when the backward runs the fused kernel (a scalar gate or none, K, V <= 64)."""
+    decay = 0 if log_decay is None else (2 if log_decay.dim() == 4 else 1)
+    return _cp_blocks(K, V, decay, chunk_size)["fused"]
 
 
 def chunk_parallel_core(queries, keys, values, log_decay, state, chunk_size, dot_dtype=None,
-                        precision=None, read_dtype=None, query_scale=None):
+                        precision=None, read_dtype=None, query_scale=None, write_scale=None):
     """The torch backend's `_chunk` (same arguments, same results: reads [B, H, T, V] and the last
     state) on the parallel kernels, one query and one write a step; q, k, v dot in `dot_dtype`
     when it is 16-bit (the call's dtype: seqc/autograd.py binds it), fp32 accumulation; the
     reads stored in `read_dtype` (the call's, backends/torch/module.md "Call-dtype reads"), else
-    fp32; `query_scale` q's constant factor, applied to the outputs' fp32 accumulators."""
+    fp32; `query_scale` q's constant factor, applied to the outputs' fp32 accumulators;
+    `write_scale` the key's per-token factor s [B, T, H], the key written s k (formed by the
+    kernels, chunk_parallel_core.md "A write scale")."""
     (q,), (k,), (v,) = queries, keys, values
-    o, final = _ChunkParallelCore.apply(q, k, v, log_decay, state, chunk_size, dot_dtype,
+    (s,) = write_scale or (None,)
+    if s is not None and not _cp_writes(k.shape[-1], v.shape[-1], log_decay, chunk_size):
+        # s k under autograd, in the key's dtype (the wide kernel's fold spilled on sm_90a)
+        k, s = s.to(k.dtype)[..., None] * k, None
+    o, final = _ChunkParallelCore.apply(q, k, v, log_decay, state, s, chunk_size, dot_dtype,
                                         precision, read_dtype,
                                         1.0 if query_scale is None else float(query_scale))
     return [o.transpose(1, 2)], final
